@@ -1,0 +1,190 @@
+//! Docker-style tables and human times ("Up 5 minutes", "2 hours ago").
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use viking_client::api::HostView;
+use viking_core::records::{ProcRecord, PsRecord};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// "5 minutes", like Docker's units.HumanDuration.
+pub fn human(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0 => "Less than a second".to_string(),
+        1 => "1 second".to_string(),
+        2..=59 => format!("{s} seconds"),
+        60..=119 => "About a minute".to_string(),
+        120..=3599 => format!("{} minutes", s / 60),
+        3600..=7199 => "About an hour".to_string(),
+        7200..=172_799 => format!("{} hours", s / 3600),
+        _ => format!("{} days", s / 86400),
+    }
+}
+
+fn ago(now: u64, t: u64) -> String {
+    format!("{} ago", human(now.saturating_sub(t)))
+}
+
+/// Render rows as left-aligned columns separated by three spaces.
+pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
+        let n = cells.len();
+        for (i, c) in cells.into_iter().enumerate() {
+            out.push_str(&c);
+            if i + 1 < n {
+                let pad = widths[i] - c.chars().count() + 3;
+                out.push_str(&" ".repeat(pad));
+            }
+        }
+        out.push('\n');
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+    out
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let t: String = s.chars().take(n - 1).collect();
+        format!("{t}…")
+    }
+}
+
+/// Docker's status column: "Up 5 minutes", "Exited (1) 2 hours ago".
+pub fn status(p: &PsRecord, now: u64) -> String {
+    match p.status.as_str() {
+        "running" => format!("Up {}", human(now.saturating_sub(p.started_at.unwrap_or(now)))),
+        "exited" | "dead" => {
+            let code = p.exit_code.map(|c| format!(" ({c})")).unwrap_or_default();
+            let when = p.finished_at.map(|f| format!(" {}", ago(now, f))).unwrap_or_default();
+            format!("Exited{code}{when}")
+        }
+        other => {
+            let mut s = other[..1].to_uppercase() + &other[1..];
+            if let Some(e) = &p.error {
+                s = format!("{s}: {e}");
+            }
+            s
+        }
+    }
+}
+
+pub fn ps(v: &[PsRecord], now: u64) -> String {
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|p| {
+            let ports = p
+                .ports
+                .iter()
+                .map(|pp| format!("{}:{}->{}/{}", if pp.host_ip.is_empty() { "0.0.0.0" } else { &pp.host_ip }, pp.host_port, pp.container, pp.proto))
+                .collect::<Vec<_>>()
+                .join(", ");
+            vec![
+                p.job.clone(),
+                p.node.clone(),
+                truncate(&p.container_id, 12),
+                p.image.clone(),
+                format!("\"{}\"", truncate(&p.command.join(" "), 20)),
+                ago(now, p.created_at),
+                status(p, now),
+                ports,
+            ]
+        })
+        .collect();
+    render(&["NAME", "HOST", "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS"], &rows)
+}
+
+pub fn proc(v: &[ProcRecord], now: u64) -> String {
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|p| {
+            let j = &p.job;
+            let mut flags = vec!["daemonize"];
+            if j.fixed {
+                flags.push("fixed");
+            }
+            if j.static_ {
+                flags.push("static");
+            }
+            let mut place = Vec::new();
+            if let Some(h) = &j.host {
+                place.push(format!("host={h}"));
+            }
+            if !j.filter.is_empty() {
+                place.push(format!("tags={}", j.filter.join(",")));
+            }
+            vec![
+                j.name.clone(),
+                j.image.clone(),
+                format!("\"{}\"", truncate(&j.command.join(" "), 20)),
+                j.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","),
+                flags.join(","),
+                place.join(" "),
+                ago(now, p.created_at),
+            ]
+        })
+        .collect();
+    render(&["NAME", "IMAGE", "COMMAND", "PORTS", "FLAGS", "PLACEMENT", "CREATED"], &rows)
+}
+
+pub fn hosts(v: &[HostView], now: u64) -> String {
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|h| {
+            let r = &h.host;
+            let state = if h.alive {
+                "alive".to_string()
+            } else {
+                format!("gone since {}", ago(now, r.updated_at))
+            };
+            vec![
+                r.name.clone(),
+                state,
+                r.ip.clone(),
+                r.tags.join(","),
+                r.running.to_string(),
+                r.cpus.to_string(),
+                format!("{:.1}GiB", r.memory as f64 / (1u64 << 30) as f64),
+                r.version.clone(),
+                if h.alive { human(now.saturating_sub(r.started_at)) } else { "-".to_string() },
+            ]
+        })
+        .collect();
+    render(&["NAME", "STATE", "ADDRESS", "TAGS", "JOBS", "CPUS", "MEMORY", "VERSION", "UPTIME"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_times() {
+        assert_eq!(human(500), "Less than a second");
+        assert_eq!(human(5_000), "5 seconds");
+        assert_eq!(human(300_000), "5 minutes");
+        assert_eq!(human(3 * 3600 * 1000), "3 hours");
+    }
+
+    #[test]
+    fn columns_align() {
+        let t = render(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A     BB\nxxx   y\n");
+    }
+}

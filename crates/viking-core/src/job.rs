@@ -1,0 +1,666 @@
+//! The job model: what a user asks viking to run.
+//!
+//! A job is JSON that describes a `docker run`. [`JobSpec`] is the document
+//! exactly as a user writes it (every field optional but `image`, loose
+//! forms allowed: `command` as a string or a list, `env` as an object or a
+//! list). [`Job::parse`] / [`Job::from_spec`] check every rule and produce a
+//! [`Job`]: normalised, with the design's defaults applied. A `Job`
+//! serialises back into a document that parses to the same `Job`, so what is
+//! stored in viking-proc is itself a valid job file.
+//!
+//! Defaults, exactly as designed:
+//! - `daemonize`: false, but true when `ports` is not empty;
+//! - `fixed`: false, but true when `volumes` is not empty, when `static` is
+//!   true, or when env `VIKING_FIXED` is set (to anything but `""`, `0`,
+//!   `false` or `no`);
+//! - `static`: false.
+//!
+//! A value given explicitly always wins over a default.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The largest job document accepted.
+pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+/// The longest job name accepted.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// A rule a job broke: names the field and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid job: {field}: {message}")]
+pub struct JobError {
+    pub field: String,
+    pub message: String,
+}
+
+impl JobError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A string or a list of strings (`command`, `entrypoint`, `filter`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    One(String),
+    List(Vec<String>),
+}
+
+/// `env` as an object or as `["K=V", ...]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EnvSpec {
+    Map(BTreeMap<String, String>),
+    List(Vec<String>),
+}
+
+/// A job document as written by a user. Unknown fields are refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<StringOrList>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<StringOrList>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<EnvSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemonize: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed: Option<bool>,
+    #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
+    pub static_: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<StringOrList>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<bool>,
+}
+
+/// A transport protocol of a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// One port of a job: `80`, `8080:80`, `53/udp`, `5353:53/udp`.
+///
+/// Without a host port, Docker picks a free one when the job starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortSpec {
+    pub host: Option<u16>,
+    pub container: u16,
+    pub proto: Proto,
+}
+
+impl PortSpec {
+    /// Parse one port string.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (ports, proto) = match s.split_once('/') {
+            Some((p, "tcp")) => (p, Proto::Tcp),
+            Some((p, "udp")) => (p, Proto::Udp),
+            Some((_, other)) => {
+                return Err(format!(
+                    "{s:?}: protocol must be tcp or udp, not {other:?}"
+                ))
+            }
+            None => (s, Proto::Tcp),
+        };
+        let parse_one = |p: &str| -> Result<u16, String> {
+            let n: u64 = p
+                .parse()
+                .map_err(|_| format!("{s:?}: {p:?} is not a port number"))?;
+            if (1..=65535).contains(&n) {
+                Ok(n as u16)
+            } else {
+                Err(format!("{s:?}: port {n} is outside 1-65535"))
+            }
+        };
+        match ports.split_once(':') {
+            Some((h, c)) => Ok(Self {
+                host: Some(parse_one(h)?),
+                container: parse_one(c)?,
+                proto,
+            }),
+            None => Ok(Self {
+                host: None,
+                container: parse_one(ports)?,
+                proto,
+            }),
+        }
+    }
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(h) = self.host {
+            write!(f, "{h}:")?;
+        }
+        write!(f, "{}", self.container)?;
+        if self.proto == Proto::Udp {
+            write!(f, "/udp")?;
+        }
+        Ok(())
+    }
+}
+
+/// A validated job with its defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub name: String,
+    pub image: String,
+    /// The command (Docker's `Cmd`); empty means the image's default.
+    pub command: Vec<String>,
+    /// Overrides the image's entrypoint when set.
+    pub entrypoint: Option<Vec<String>>,
+    pub workdir: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub ports: Vec<PortSpec>,
+    /// Absolute container paths; the host side is always
+    /// `<data-dir>/volumes/<job>/<path>`.
+    pub volumes: Vec<String>,
+    pub daemonize: bool,
+    pub fixed: bool,
+    pub static_: bool,
+    /// Pin to this server (`--viking-host`, env `VIKING_HOST`).
+    pub host: Option<String>,
+    /// Tags a server must have (`--viking-filter`, env `VIKING_TAG`).
+    pub filter: Vec<String>,
+    pub tty: bool,
+}
+
+impl Job {
+    /// Parse and validate a job document (JSON bytes).
+    ///
+    /// `gen_name` is called for a non-daemonized job without a name.
+    pub fn parse(doc: &[u8], gen_name: impl FnOnce() -> String) -> Result<Self, JobError> {
+        if doc.len() > MAX_DOCUMENT_BYTES {
+            return Err(JobError::new(
+                "(document)",
+                format!(
+                    "is {} bytes, more than the limit of {} bytes (1 MiB)",
+                    doc.len(),
+                    MAX_DOCUMENT_BYTES
+                ),
+            ));
+        }
+        let spec: JobSpec = serde_json::from_slice(doc).map_err(|e| {
+            let msg = e.to_string();
+            // serde names unknown fields as "unknown field `x`, expected ..."
+            let field = msg
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split('`').next())
+                .unwrap_or("(document)")
+                .to_string();
+            JobError::new(field, msg)
+        })?;
+        Self::from_spec(spec, gen_name)
+    }
+
+    /// Validate a [`JobSpec`] and apply the defaults.
+    pub fn from_spec(spec: JobSpec, gen_name: impl FnOnce() -> String) -> Result<Self, JobError> {
+        // env first: VIKING_FIXED / VIKING_HOST / VIKING_TAG feed the flags.
+        let env = parse_env(spec.env)?;
+
+        let image = spec.image.trim().to_string();
+        if image.is_empty() {
+            return Err(JobError::new("image", "is required and must not be empty"));
+        }
+        if image.len() > 512 || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(JobError::new(
+                "image",
+                format!("{image:?} is not an image reference (no spaces, at most 512 characters)"),
+            ));
+        }
+
+        let command = match spec.command {
+            None => Vec::new(),
+            Some(c) => split_command("command", c)?,
+        };
+        let entrypoint = match spec.entrypoint {
+            None => None,
+            Some(c) => Some(split_command("entrypoint", c)?),
+        };
+        if let Some(w) = &spec.workdir {
+            if !w.starts_with('/') || w.contains('\0') {
+                return Err(JobError::new("workdir", format!("{w:?} must be an absolute path")));
+            }
+        }
+
+        let mut ports = Vec::with_capacity(spec.ports.len());
+        let mut seen_ports = BTreeSet::new();
+        for p in &spec.ports {
+            let port = PortSpec::parse(p.trim()).map_err(|m| JobError::new("ports", m))?;
+            if !seen_ports.insert((port.container, port.proto)) {
+                return Err(JobError::new(
+                    "ports",
+                    format!("container port {} is listed twice", port),
+                ));
+            }
+            ports.push(port);
+        }
+
+        let mut volumes = Vec::with_capacity(spec.volumes.len());
+        for v in &spec.volumes {
+            let path = normalize_volume(v).map_err(|m| JobError::new("volumes", m))?;
+            if volumes.contains(&path) {
+                return Err(JobError::new("volumes", format!("{path:?} is listed twice")));
+            }
+            volumes.push(path);
+        }
+
+        let static_ = spec.static_.unwrap_or(false);
+        let daemonize = spec.daemonize.unwrap_or(!ports.is_empty());
+        let fixed = spec.fixed.unwrap_or(
+            !volumes.is_empty() || static_ || env.get("VIKING_FIXED").is_some_and(|v| truthy(v)),
+        );
+
+        let host = merge_host(spec.host, env.get("VIKING_HOST"))?;
+        let filter = merge_filter(spec.filter, env.get("VIKING_TAG"))?;
+
+        let name = match spec.name {
+            Some(n) => {
+                validate_name(&n)?;
+                n
+            }
+            None if daemonize => {
+                return Err(JobError::new(
+                    "name",
+                    "is required for a daemonized job (one with ports or -d)",
+                ))
+            }
+            None => {
+                let n = gen_name();
+                validate_name(&n)?;
+                n
+            }
+        };
+
+        Ok(Job {
+            name,
+            image,
+            command,
+            entrypoint,
+            workdir: spec.workdir,
+            env,
+            ports,
+            volumes,
+            daemonize,
+            fixed,
+            static_,
+            host,
+            filter,
+            tty: spec.tty.unwrap_or(false),
+        })
+    }
+
+    /// The job as a document with every flag explicit; parses back to `self`.
+    pub fn to_spec(&self) -> JobSpec {
+        JobSpec {
+            name: Some(self.name.clone()),
+            image: self.image.clone(),
+            command: Some(StringOrList::List(self.command.clone())),
+            entrypoint: self.entrypoint.clone().map(StringOrList::List),
+            workdir: self.workdir.clone(),
+            env: Some(EnvSpec::Map(self.env.clone())),
+            ports: self.ports.iter().map(|p| p.to_string()).collect(),
+            volumes: self.volumes.clone(),
+            daemonize: Some(self.daemonize),
+            fixed: Some(self.fixed),
+            static_: Some(self.static_),
+            host: self.host.clone(),
+            filter: Some(StringOrList::List(self.filter.clone())),
+            tty: Some(self.tty),
+        }
+    }
+
+    /// The env as Docker's `K=V` list.
+    pub fn env_list(&self) -> Vec<String> {
+        self.env.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    }
+}
+
+impl Serialize for Job {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_spec().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Job {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spec = JobSpec::deserialize(d)?;
+        let name_missing = || String::new();
+        Job::from_spec(spec, name_missing).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Check a job name: letters, digits, `_`, `.`, `-`, starting with a letter
+/// or digit, at most 128 characters.
+pub fn validate_name(n: &str) -> Result<(), JobError> {
+    let rule = "must be 1-128 characters of letters, digits, '_', '.', '-', starting with a letter or digit";
+    let ok = !n.is_empty()
+        && n.len() <= MAX_NAME_LEN
+        && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        let shown: String = n.chars().take(40).collect();
+        Err(JobError::new("name", format!("{shown:?} {rule}")))
+    }
+}
+
+fn truthy(v: &str) -> bool {
+    !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no")
+}
+
+fn parse_env(env: Option<EnvSpec>) -> Result<BTreeMap<String, String>, JobError> {
+    let pairs: Vec<(String, String)> = match env {
+        None => return Ok(BTreeMap::new()),
+        Some(EnvSpec::Map(m)) => m.into_iter().collect(),
+        Some(EnvSpec::List(l)) => {
+            let mut v = Vec::with_capacity(l.len());
+            for item in l {
+                match item.split_once('=') {
+                    Some((k, val)) => v.push((k.to_string(), val.to_string())),
+                    None => {
+                        return Err(JobError::new(
+                            "env",
+                            format!("{item:?} must be of the form KEY=VALUE"),
+                        ))
+                    }
+                }
+            }
+            v
+        }
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in pairs {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(JobError::new(
+                "env",
+                format!("{k:?}: names must be non-empty without '=' or NUL"),
+            ));
+        }
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+fn split_command(field: &str, c: StringOrList) -> Result<Vec<String>, JobError> {
+    let v = match c {
+        StringOrList::List(l) => l,
+        StringOrList::One(s) => shell_words::split(&s)
+            .map_err(|e| JobError::new(field, format!("cannot split {s:?}: {e}")))?,
+    };
+    if v.iter().any(|a| a.contains('\0')) {
+        return Err(JobError::new(field, "must not contain NUL characters"));
+    }
+    Ok(v)
+}
+
+/// Normalise an absolute container path: no `..`, no `.`, no empty parts.
+fn normalize_volume(v: &str) -> Result<String, String> {
+    if !v.starts_with('/') {
+        return Err(format!(
+            "{v:?} must be an absolute container path like \"/data\"; the host side is always inside the viking data directory"
+        ));
+    }
+    if v.contains(['\0', ':', ',']) {
+        return Err(format!(
+            "{v:?} must be a container path only (no ':' or ','); the host side is always inside the viking data directory"
+        ));
+    }
+    let mut parts = Vec::new();
+    for part in v.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(format!("{v:?} must not contain '..'")),
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return Err(format!("{v:?}: the container root cannot be a volume"));
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+fn merge_host(field: Option<String>, env: Option<&String>) -> Result<Option<String>, JobError> {
+    let field = field.filter(|h| !h.trim().is_empty()).map(|h| h.trim().to_string());
+    let env = env.filter(|h| !h.trim().is_empty()).map(|h| h.trim().to_string());
+    let host = match (field, env) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(JobError::new(
+                "host",
+                format!("{a:?} disagrees with env VIKING_HOST={b:?}"),
+            ))
+        }
+        (a, b) => a.or(b),
+    };
+    if let Some(h) = &host {
+        validate_name(h).map_err(|e| JobError::new("host", e.message))?;
+    }
+    Ok(host)
+}
+
+fn merge_filter(field: Option<StringOrList>, env: Option<&String>) -> Result<Vec<String>, JobError> {
+    let mut tags = BTreeSet::new();
+    let mut add = |s: &str| {
+        for t in s.split(',') {
+            let t = t.trim();
+            if !t.is_empty() {
+                tags.insert(t.to_string());
+            }
+        }
+    };
+    match field {
+        None => {}
+        Some(StringOrList::One(s)) => add(&s),
+        Some(StringOrList::List(l)) => l.iter().for_each(|s| add(s)),
+    }
+    if let Some(e) = env {
+        add(e);
+    }
+    for t in &tags {
+        if t.chars().any(|c| c.is_whitespace() || c.is_control()) || t.len() > 128 {
+            return Err(JobError::new("filter", format!("{t:?} is not a valid tag")));
+        }
+    }
+    Ok(tags.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse(s: &str) -> Result<Job, JobError> {
+        Job::parse(s.as_bytes(), || "gen-name".to_string())
+    }
+
+    #[test]
+    fn minimal_job_defaults() {
+        let j = parse(r#"{"image":"busybox"}"#).unwrap();
+        assert_eq!(j.name, "gen-name");
+        assert!(!j.daemonize && !j.fixed && !j.static_);
+        assert!(j.command.is_empty());
+    }
+
+    #[test]
+    fn ports_make_daemonized_and_need_a_name() {
+        let e = parse(r#"{"image":"b","ports":["80"]}"#).unwrap_err();
+        assert_eq!(e.field, "name");
+        let j = parse(r#"{"name":"web","image":"b","ports":["8080:80","53/udp"]}"#).unwrap();
+        assert!(j.daemonize);
+        assert!(!j.fixed);
+        assert_eq!(j.ports[0], PortSpec { host: Some(8080), container: 80, proto: Proto::Tcp });
+        assert_eq!(j.ports[1], PortSpec { host: None, container: 53, proto: Proto::Udp });
+    }
+
+    #[test]
+    fn fixed_defaults() {
+        assert!(parse(r#"{"image":"b","volumes":["/data"]}"#).unwrap().fixed);
+        assert!(parse(r#"{"image":"b","static":true}"#).unwrap().fixed);
+        assert!(parse(r#"{"image":"b","env":{"VIKING_FIXED":"1"}}"#).unwrap().fixed);
+        assert!(parse(r#"{"image":"b","env":["VIKING_FIXED=yes"]}"#).unwrap().fixed);
+        assert!(!parse(r#"{"image":"b","env":["VIKING_FIXED=0"]}"#).unwrap().fixed);
+        // explicit wins
+        assert!(!parse(r#"{"image":"b","volumes":["/d"],"fixed":false}"#).unwrap().fixed);
+        assert!(!parse(r#"{"image":"b","ports":["80"],"name":"x","daemonize":false}"#)
+            .unwrap()
+            .daemonize);
+    }
+
+    #[test]
+    fn command_forms() {
+        let j = parse(r#"{"image":"b","command":"sh -c 'echo hi there'"}"#).unwrap();
+        assert_eq!(j.command, vec!["sh", "-c", "echo hi there"]);
+        let j = parse(r#"{"image":"b","command":["a","b c"]}"#).unwrap();
+        assert_eq!(j.command, vec!["a", "b c"]);
+        assert_eq!(parse(r#"{"image":"b","command":"sh -c 'x"}"#).unwrap_err().field, "command");
+    }
+
+    #[test]
+    fn placement_hints_from_env() {
+        let j = parse(r#"{"image":"b","env":{"VIKING_HOST":"n2","VIKING_TAG":"ssd,gpu"},"filter":"eu"}"#)
+            .unwrap();
+        assert_eq!(j.host.as_deref(), Some("n2"));
+        assert_eq!(j.filter, vec!["eu", "gpu", "ssd"]);
+        let e = parse(r#"{"image":"b","host":"n1","env":{"VIKING_HOST":"n2"}}"#).unwrap_err();
+        assert_eq!(e.field, "host");
+    }
+
+    #[test]
+    fn rejections_name_the_field() {
+        let cases = [
+            (r#"{"image":"b","bogus":1}"#, "bogus"),
+            (r#"{"image":"b","name":"-x"}"#, "name"),
+            (r#"{"image":"b","name":"a b"}"#, "name"),
+            (r#"{"image":""}"#, "image"),
+            (r#"{"name":"x"}"#, "image"),
+            (r#"{"image":"b","ports":["0"]}"#, "ports"),
+            (r#"{"image":"b","ports":["65536"]}"#, "ports"),
+            (r#"{"image":"b","ports":["80/sctp"]}"#, "ports"),
+            (r#"{"image":"b","volumes":["data"]}"#, "volumes"),
+            (r#"{"image":"b","volumes":["/a/../etc"]}"#, "volumes"),
+            (r#"{"image":"b","volumes":["/host:/data"]}"#, "volumes"),
+            (r#"{"image":"b","volumes":["/"]}"#, "volumes"),
+            (r#"{"image":"b","env":["NOEQUALS"]}"#, "env"),
+            (r#"{"image":"b","workdir":"rel"}"#, "workdir"),
+        ];
+        for (doc, field) in cases {
+            let e = parse(doc).unwrap_err();
+            assert_eq!(e.field, field, "{doc}: {e}");
+            assert!(e.to_string().contains(field), "{e}");
+        }
+        let long = format!(r#"{{"image":"b","name":"{}"}}"#, "a".repeat(129));
+        assert_eq!(parse(&long).unwrap_err().field, "name");
+        let ok = format!(r#"{{"image":"b","name":"{}"}}"#, "a".repeat(128));
+        assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn oversized_document_is_refused() {
+        let big = format!(r#"{{"image":"b","command":["{}"]}}"#, "x".repeat(MAX_DOCUMENT_BYTES));
+        assert_eq!(parse(&big).unwrap_err().field, "(document)");
+    }
+
+    #[test]
+    fn volumes_are_normalised() {
+        let j = parse(r#"{"image":"b","volumes":["//data/./x/"]}"#).unwrap();
+        assert_eq!(j.volumes, vec!["/data/x"]);
+    }
+
+    fn arb_spec() -> impl Strategy<Value = JobSpec> {
+        let name = proptest::option::of("[a-zA-Z0-9][a-zA-Z0-9_.-]{0,20}");
+        let port = (proptest::option::of(1u16..), 1u16.., any::<bool>()).prop_map(|(h, c, udp)| {
+            let p = PortSpec { host: h, container: c, proto: if udp { Proto::Udp } else { Proto::Tcp } };
+            p.to_string()
+        });
+        let vol = "(/[a-z]{1,5}){1,3}";
+        let env = proptest::collection::btree_map("[A-Z_]{1,8}", "[ -~]{0,8}", 0..4);
+        (
+            name,
+            "[a-z/:.]{1,20}",
+            proptest::collection::vec(port, 0..3),
+            proptest::collection::vec(vol, 0..3),
+            env,
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(any::<bool>()),
+        )
+            .prop_map(|(name, image, ports, volumes, env, d, f, s)| JobSpec {
+                name,
+                image,
+                ports,
+                volumes,
+                env: Some(EnvSpec::Map(env)),
+                daemonize: d,
+                fixed: f,
+                static_: s,
+                ..Default::default()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics_on_bytes(doc in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Job::parse(&doc, || "g".into());
+        }
+
+        #[test]
+        fn parser_never_panics_on_json_like(doc in r#"\{("[a-z]{1,9}":("[ -~]{0,12}"|\[("[ -~]{0,8}",?){0,3}\]|true|false|[0-9]{1,6}),?){0,6}\}"#) {
+            let _ = Job::parse(doc.as_bytes(), || "g".into());
+        }
+
+        #[test]
+        fn defaults_follow_the_design(spec in arb_spec()) {
+            match Job::from_spec(spec.clone(), || "g".into()) {
+                Ok(job) => {
+                    let st = spec.static_.unwrap_or(false);
+                    prop_assert_eq!(job.static_, st);
+                    prop_assert_eq!(job.daemonize, spec.daemonize.unwrap_or(!spec.ports.is_empty()));
+                    let env_fixed = job.env.get("VIKING_FIXED").is_some_and(|v| truthy(v));
+                    prop_assert_eq!(job.fixed, spec.fixed.unwrap_or(!spec.volumes.is_empty() || st || env_fixed));
+                    // stored form round-trips
+                    let bytes = serde_json::to_vec(&job).unwrap();
+                    let back = Job::parse(&bytes, || "other".into()).unwrap();
+                    prop_assert_eq!(back, job);
+                }
+                Err(e) => {
+                    // only the name rule or duplicate ports/volumes can fail here
+                    prop_assert!(["name", "ports", "volumes", "image", "env"].contains(&e.field.as_str()), "{}", e);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! The store's key layout, relative to the cluster prefix (`/viking` by
+//! default). See ARCHITECTURE.md for the full table.
+
+/// floki: one key per server, attached to the server's lease.
+pub const HOSTS: &str = "hosts/";
+/// floki's durable copy of every server ever seen (not under a lease), so
+/// `viking hosts` can say since when a server is gone.
+pub const FLEET: &str = "fleet/";
+/// viking-proc: desired state, one key per daemonized job.
+pub const PROC: &str = "proc/";
+/// viking-ps: actual state, one key per job that has a container.
+pub const PS: &str = "ps/";
+/// Placement history of each job (bounded).
+pub const HISTORY: &str = "history/";
+
+pub fn host(name: &str) -> String {
+    format!("{HOSTS}{name}")
+}
+
+pub fn fleet(name: &str) -> String {
+    format!("{FLEET}{name}")
+}
+
+pub fn proc(job: &str) -> String {
+    format!("{PROC}{job}")
+}
+
+pub fn ps(job: &str) -> String {
+    format!("{PS}{job}")
+}
+
+pub fn history(job: &str) -> String {
+    format!("{HISTORY}{job}")
+}
+
+/// The name part of a key under one of the prefixes above.
+pub fn name_of<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
+    key.strip_prefix(prefix)
+}

@@ -1,0 +1,234 @@
+//! The records viking keeps in the store, each with a format version.
+//!
+//! Every record is written as an envelope `{"v": N, "data": {...}}`. A
+//! reader accepts its own version and every older one ([`Record::migrate`]
+//! upgrades older data), and refuses a newer one with a clear error rather
+//! than misreading it: a cluster can be upgraded one server at a time.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::job::{Job, Proto};
+
+/// How many placements a job's history keeps.
+pub const HISTORY_LEN: usize = 20;
+
+/// A record kept in the store.
+pub trait Record: Serialize + DeserializeOwned {
+    /// What the record is, for error messages.
+    const KIND: &'static str;
+    /// The version this code writes.
+    const VERSION: u32;
+
+    /// Upgrade data written by an older version. Version 1 is the first, so
+    /// nothing needs migrating yet.
+    fn migrate(version: u32, data: serde_json::Value) -> Result<Self, RecordError> {
+        Err(RecordError(format!(
+            "{} record version {version} cannot be migrated to {}: {data}",
+            Self::KIND,
+            Self::VERSION
+        )))
+    }
+}
+
+/// A record could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RecordError(pub String);
+
+#[derive(Serialize)]
+struct EnvelopeOut<'a, T> {
+    v: u32,
+    data: &'a T,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeIn {
+    v: u32,
+    data: serde_json::Value,
+}
+
+/// Serialise a record in its envelope.
+pub fn encode<T: Record>(r: &T) -> Vec<u8> {
+    // Serialising plain data structs to a Vec cannot fail.
+    serde_json::to_vec(&EnvelopeOut { v: T::VERSION, data: r }).unwrap_or_default()
+}
+
+/// Read a record, migrating older versions.
+pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, RecordError> {
+    let env: EnvelopeIn = serde_json::from_slice(bytes)
+        .map_err(|e| RecordError(format!("{} record is not valid: {e}", T::KIND)))?;
+    if env.v > T::VERSION {
+        return Err(RecordError(format!(
+            "{} record has version {}, newer than this viking understands ({}); upgrade viking",
+            T::KIND,
+            env.v,
+            T::VERSION
+        )));
+    }
+    if env.v < T::VERSION {
+        return T::migrate(env.v, env.data);
+    }
+    serde_json::from_value(env.data)
+        .map_err(|e| RecordError(format!("{} record is not valid: {e}", T::KIND)))
+}
+
+/// viking-proc: a daemonized job, written before anything runs, as the
+/// statement of intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcRecord {
+    pub job: Job,
+    /// When the job was asked for (unix milliseconds).
+    pub created_at: u64,
+    /// The host dowding placed it on; `None` while it waits for a host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_on: Option<String>,
+    /// Why the job does not run now, e.g. "waiting for host n2".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+}
+
+impl Record for ProcRecord {
+    const KIND: &'static str = "proc";
+    const VERSION: u32 = 1;
+}
+
+/// A host port that Docker published for a container port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub container: u16,
+    pub proto: String,
+    pub host_ip: String,
+    pub host_port: u16,
+}
+
+impl PublishedPort {
+    pub fn proto(&self) -> Proto {
+        if self.proto == "udp" {
+            Proto::Udp
+        } else {
+            Proto::Tcp
+        }
+    }
+}
+
+/// viking-ps: what runs where, with Docker's status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PsRecord {
+    pub job: String,
+    /// The server (floki name) whose Docker engine runs the container.
+    pub node: String,
+    pub container_id: String,
+    pub image: String,
+    pub image_id: String,
+    pub command: Vec<String>,
+    pub daemonize: bool,
+    /// Docker's state: created, running, exited, dead, or `missing` when
+    /// the container vanished.
+    pub status: String,
+    pub exit_code: Option<i64>,
+    /// Why the job is not running, when viking knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub ports: Vec<PublishedPort>,
+    pub created_at: u64,
+    pub started_at: Option<u64>,
+    pub finished_at: Option<u64>,
+    #[serde(default)]
+    pub restarts: u32,
+}
+
+impl Record for PsRecord {
+    const KIND: &'static str = "ps";
+    const VERSION: u32 = 1;
+}
+
+impl PsRecord {
+    pub fn is_running(&self) -> bool {
+        self.status == "running"
+    }
+}
+
+/// floki: one server of the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub name: String,
+    /// The advertised address (`--ip`): where published ports are reached.
+    pub ip: String,
+    /// The server's API URL.
+    pub api: String,
+    pub tags: Vec<String>,
+    pub cpus: u64,
+    pub memory: u64,
+    /// Running containers of viking jobs on this host.
+    pub running: u64,
+    /// Memory that those containers use, in bytes.
+    pub memory_used: u64,
+    pub version: String,
+    pub started_at: u64,
+    pub updated_at: u64,
+}
+
+impl Record for HostRecord {
+    const KIND: &'static str = "host";
+    const VERSION: u32 = 1;
+}
+
+/// One placement of a job on a server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub node: String,
+    pub at: u64,
+}
+
+/// Where a job has run, newest last, at most [`HISTORY_LEN`] entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    pub placements: Vec<Placement>,
+}
+
+impl Record for History {
+    const KIND: &'static str = "history";
+    const VERSION: u32 = 1;
+}
+
+impl History {
+    /// Append a placement, dropping the oldest past the bound.
+    pub fn push(&mut self, node: &str, at: u64) {
+        self.placements.push(Placement {
+            node: node.to_string(),
+            at,
+        });
+        if self.placements.len() > HISTORY_LEN {
+            let extra = self.placements.len() - HISTORY_LEN;
+            self.placements.drain(..extra);
+        }
+    }
+
+    /// The server the job last ran on.
+    pub fn last_node(&self) -> Option<&str> {
+        self.placements.last().map(|p| p.node.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trip_and_newer_refused() {
+        let mut h = History::default();
+        for i in 0..30 {
+            h.push(&format!("n{i}"), i);
+        }
+        assert_eq!(h.placements.len(), HISTORY_LEN);
+        assert_eq!(h.last_node(), Some("n29"));
+        let bytes = encode(&h);
+        assert!(String::from_utf8_lossy(&bytes).starts_with(r#"{"v":1,"#));
+        assert_eq!(decode::<History>(&bytes).unwrap(), h);
+        let newer = br#"{"v":2,"data":{"placements":[]}}"#;
+        let e = decode::<History>(newer).unwrap_err();
+        assert!(e.0.contains("newer"), "{e}");
+        assert!(decode::<History>(b"garbage").is_err());
+    }
+}

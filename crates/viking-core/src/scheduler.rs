@@ -1,0 +1,247 @@
+//! dowding: picks the server for a job.
+//!
+//! A pure function over a snapshot: the job, the hosts of floki, the host
+//! ports already taken on each, and the job's history. It runs a pipeline of
+//! filters, cheapest first, each of which records why it rejected a host,
+//! then ranks the hosts left: least busy (running jobs, then free memory),
+//! ties broken by name so the choice is deterministic.
+//!
+//! Filters, in order:
+//! 1. alive: the host's floki lease is live;
+//! 2. pinned: the job's `host` (`--viking-host`, `VIKING_HOST`);
+//! 3. tags: every tag of the job's `filter` (`--viking-filter`, `VIKING_TAG`);
+//! 4. fixed: a fixed job goes back to the host in its history, and only there;
+//! 5. ports: a host port the job publishes is free on the host.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::{Job, Proto};
+use crate::records::History;
+
+/// What dowding knows of one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSnapshot {
+    pub name: String,
+    pub alive: bool,
+    pub tags: BTreeSet<String>,
+    /// Running jobs on the host.
+    pub running: u64,
+    pub memory: u64,
+    pub memory_used: u64,
+    /// Host ports already published on the host.
+    pub used_ports: BTreeSet<(u16, Proto)>,
+}
+
+/// Why a host cannot take a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub host: String,
+    pub reason: String,
+}
+
+/// The outcome of a placement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The chosen host; `None` when no host can take the job.
+    pub host: Option<String>,
+    /// Every host that was rejected, with its reason, in host-name order.
+    pub rejected: Vec<Rejection>,
+    /// Set when a fixed job's host is known but not alive: the job waits.
+    pub waiting_for: Option<String>,
+}
+
+impl Decision {
+    /// A one-line explanation of a failed placement.
+    pub fn explain(&self) -> String {
+        if let Some(h) = &self.waiting_for {
+            return format!("the job is fixed to host {h:?}, which is not alive; it will run there when {h} returns");
+        }
+        if self.rejected.is_empty() {
+            return "no hosts are registered in floki".to_string();
+        }
+        let reasons: Vec<String> = self
+            .rejected
+            .iter()
+            .map(|r| format!("{}: {}", r.host, r.reason))
+            .collect();
+        format!("no host can take the job ({})", reasons.join("; "))
+    }
+}
+
+/// Pick a host for `job`. Hosts must have distinct names.
+pub fn place(job: &Job, hosts: &[HostSnapshot], history: Option<&History>) -> Decision {
+    let fixed_to = if job.fixed {
+        history.and_then(|h| h.last_node())
+    } else {
+        None
+    };
+    let mut rejected = Vec::new();
+    let mut best: Option<&HostSnapshot> = None;
+    for h in hosts {
+        let reason = reject(job, fixed_to, h);
+        match reason {
+            Some(reason) => rejected.push(Rejection {
+                host: h.name.clone(),
+                reason,
+            }),
+            None => {
+                if best.is_none_or(|b| rank(h) < rank(b)) {
+                    best = Some(h);
+                }
+            }
+        }
+    }
+    rejected.sort_by(|a, b| a.host.cmp(&b.host));
+    let waiting_for = match (best, fixed_to) {
+        (None, Some(f)) if hosts.iter().any(|h| h.name == f && !h.alive) || !hosts.iter().any(|h| h.name == f) => {
+            Some(f.to_string())
+        }
+        _ => None,
+    };
+    Decision {
+        host: best.map(|h| h.name.clone()),
+        rejected,
+        waiting_for,
+    }
+}
+
+/// The filter pipeline, cheapest first: why `h` cannot take `job`, if it
+/// cannot.
+fn reject(job: &Job, fixed_to: Option<&str>, h: &HostSnapshot) -> Option<String> {
+    if !h.alive {
+        return Some("host is not alive".to_string());
+    }
+    if let Some(pin) = job.host.as_deref().filter(|p| *p != h.name) {
+        return Some(format!("job is pinned to host {pin:?}"));
+    }
+    if let Some(missing) = job.filter.iter().find(|t| !h.tags.contains(*t)) {
+        return Some(format!("missing tag {missing:?}"));
+    }
+    if let Some(f) = fixed_to.filter(|f| *f != h.name) {
+        return Some(format!("job is fixed to host {f:?}"));
+    }
+    job.ports
+        .iter()
+        .find_map(|p| p.host.filter(|hp| h.used_ports.contains(&(*hp, p.proto))))
+        .map(|p| format!("host port {p} is already taken"))
+}
+
+/// Lower is better: fewer running jobs, then more free memory, then name.
+fn rank(h: &HostSnapshot) -> (u64, std::cmp::Reverse<u64>, &str) {
+    (
+        h.running,
+        std::cmp::Reverse(h.memory.saturating_sub(h.memory_used)),
+        h.name.as_str(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn host(name: &str, running: u64, tags: &[&str]) -> HostSnapshot {
+        HostSnapshot {
+            name: name.into(),
+            alive: true,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            running,
+            memory: 1 << 30,
+            memory_used: 0,
+            used_ports: BTreeSet::new(),
+        }
+    }
+
+    fn job(doc: &str) -> Job {
+        Job::parse(doc.as_bytes(), || "j".into()).unwrap()
+    }
+
+    #[test]
+    fn least_busy_wins_with_name_tiebreak() {
+        let hosts = [host("b", 1, &[]), host("a", 1, &[]), host("c", 0, &[])];
+        assert_eq!(place(&job(r#"{"image":"x"}"#), &hosts, None).host.as_deref(), Some("c"));
+        let hosts = [host("b", 1, &[]), host("a", 1, &[])];
+        assert_eq!(place(&job(r#"{"image":"x"}"#), &hosts, None).host.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn filters_record_reasons() {
+        let mut dead = host("d", 0, &["ssd"]);
+        dead.alive = false;
+        let mut busy_port = host("p", 0, &["ssd"]);
+        busy_port.used_ports.insert((8080, Proto::Tcp));
+        let hosts = [dead, busy_port, host("t", 0, &[]), host("ok", 5, &["ssd"])];
+        let d = place(&job(r#"{"name":"w","image":"x","ports":["8080:80"],"filter":"ssd"}"#), &hosts, None);
+        assert_eq!(d.host.as_deref(), Some("ok"));
+        let reasons: Vec<_> = d.rejected.iter().map(|r| (r.host.as_str(), r.reason.as_str())).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                ("d", "host is not alive"),
+                ("p", "host port 8080 is already taken"),
+                ("t", "missing tag \"ssd\""),
+            ]
+        );
+    }
+
+    #[test]
+    fn pinned_and_fixed() {
+        let hosts = [host("a", 0, &[]), host("b", 9, &[])];
+        let d = place(&job(r#"{"image":"x","host":"b"}"#), &hosts, None);
+        assert_eq!(d.host.as_deref(), Some("b"));
+        let mut h = History::default();
+        h.push("b", 1);
+        let d = place(&job(r#"{"image":"x","volumes":["/d"]}"#), &hosts, Some(&h));
+        assert_eq!(d.host.as_deref(), Some("b"));
+        // a fixed job whose host is gone waits for it
+        let mut hosts2 = hosts.clone();
+        hosts2[1].alive = false;
+        let d = place(&job(r#"{"image":"x","volumes":["/d"]}"#), &hosts2, Some(&h));
+        assert_eq!(d.host, None);
+        assert_eq!(d.waiting_for.as_deref(), Some("b"));
+        assert!(d.explain().contains("fixed to host \"b\""));
+        // a non-fixed job ignores its history
+        let d = place(&job(r#"{"image":"x"}"#), &hosts2, Some(&h));
+        assert_eq!(d.host.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn no_host_explains_every_host() {
+        let hosts = [host("a", 0, &[]), host("b", 0, &[])];
+        let d = place(&job(r#"{"image":"x","filter":"gpu"}"#), &hosts, None);
+        assert_eq!(d.host, None);
+        assert_eq!(d.rejected.len(), 2);
+        assert!(d.explain().contains("a: missing tag"), "{}", d.explain());
+    }
+
+    proptest! {
+        #[test]
+        fn chosen_host_passes_every_filter(
+            running in proptest::collection::vec((0u64..5, any::<bool>(), any::<bool>()), 1..12),
+            want_tag in any::<bool>(),
+        ) {
+            let hosts: Vec<HostSnapshot> = running.iter().enumerate().map(|(i, (r, alive, tagged))| {
+                let mut h = host(&format!("h{i:02}"), *r, if *tagged { &["t"] } else { &[] });
+                h.alive = *alive;
+                h
+            }).collect();
+            let j = if want_tag { job(r#"{"image":"x","filter":"t"}"#) } else { job(r#"{"image":"x"}"#) };
+            let d = place(&j, &hosts, None);
+            let eligible: Vec<&HostSnapshot> = hosts.iter().filter(|h| h.alive && (!want_tag || h.tags.contains("t"))).collect();
+            match &d.host {
+                Some(name) => {
+                    let h = hosts.iter().find(|h| &h.name == name).unwrap();
+                    prop_assert!(eligible.iter().any(|e| e.name == h.name));
+                    prop_assert!(eligible.iter().all(|e| e.running >= h.running));
+                    prop_assert_eq!(d.rejected.len(), hosts.len() - eligible.len());
+                }
+                None => {
+                    prop_assert!(eligible.is_empty());
+                    prop_assert_eq!(d.rejected.len(), hosts.len());
+                }
+            }
+        }
+    }
+}

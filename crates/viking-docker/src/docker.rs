@@ -1,0 +1,502 @@
+//! [`Runtime`] on a real Docker engine through `bollard`, over the local
+//! unix socket.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use bollard::container::{
+    AttachContainerOptions, Config, CreateContainerOptions, InspectContainerOptions,
+    KillContainerOptions, ListContainersOptions, LogOutput, LogsOptions, RemoveContainerOptions,
+    StartContainerOptions, StopContainerOptions, WaitContainerOptions,
+};
+use bollard::errors::Error as BollardError;
+use bollard::image::CreateImageOptions;
+use bollard::models::{ContainerInspectResponse, HostConfig, PortBinding};
+use bollard::system::EventsOptions;
+use bollard::Docker;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use viking_core::records::PublishedPort;
+
+use crate::{
+    Attached, ContainerEvent, ContainerInfo, ContainerSpec, EngineInfo, Output, Result, Runtime,
+    RuntimeError, LABEL_CLUSTER, LABEL_DAEMONIZE, LABEL_JOB, LABEL_NODE,
+};
+
+/// A Docker engine on a unix socket.
+#[derive(Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    endpoint: String,
+}
+
+impl DockerRuntime {
+    /// Connect to the engine at `endpoint` (`unix:///var/run/docker.sock` or
+    /// a socket path) and agree on an API version with it.
+    pub async fn connect(endpoint: &str) -> Result<Self> {
+        let path = endpoint.strip_prefix("unix://").unwrap_or(endpoint);
+        if !path.starts_with('/') {
+            return Err(RuntimeError::Unreachable {
+                endpoint: endpoint.to_string(),
+                reason: "only a local unix socket is supported (unix:///path/to/docker.sock)"
+                    .to_string(),
+            });
+        }
+        let unreachable = |e: BollardError| RuntimeError::Unreachable {
+            endpoint: endpoint.to_string(),
+            reason: e.to_string(),
+        };
+        let docker = Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
+            .map_err(unreachable)?
+            .negotiate_version()
+            .await
+            .map_err(unreachable)?;
+        docker.ping().await.map_err(unreachable)?;
+        Ok(Self {
+            docker,
+            endpoint: endpoint.to_string(),
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+}
+
+fn err(e: BollardError) -> RuntimeError {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } => RuntimeError::NotFound(message),
+        BollardError::DockerResponseServerError { message, .. } => RuntimeError::Docker(message),
+        other => RuntimeError::Docker(other.to_string()),
+    }
+}
+
+fn is_status(e: &BollardError, code: u16) -> bool {
+    matches!(e, BollardError::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+fn port_key(p: &viking_core::PortSpec) -> String {
+    format!("{}/{}", p.container, p.proto.as_str())
+}
+
+fn output(o: LogOutput) -> Output {
+    match o {
+        LogOutput::StdErr { message } => Output::Stderr(message),
+        LogOutput::StdOut { message }
+        | LogOutput::Console { message }
+        | LogOutput::StdIn { message } => Output::Stdout(message),
+    }
+}
+
+/// Unix milliseconds from Docker's RFC 3339 timestamps
+/// (`2026-11-25T19:00:52.123456789Z`); `None` for Docker's zero time.
+pub(crate) fn parse_time(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || s.starts_with("0001-") {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut ms = 0;
+    if b.get(19) == Some(&b'.') {
+        let frac: String = s[20..].chars().take_while(|c| c.is_ascii_digit()).collect();
+        let frac3: String = frac.chars().chain("000".chars()).take(3).collect();
+        ms = frac3.parse().ok()?;
+    }
+    // days from civil (Howard Hinnant's algorithm)
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = if y2 >= 0 { y2 } else { y2 - 399 } / 400;
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let secs = days * 86400 + h * 3600 + mi * 60 + sec;
+    u64::try_from(secs * 1000 + ms).ok()
+}
+
+fn info_from_inspect(c: ContainerInspectResponse) -> Option<ContainerInfo> {
+    let config = c.config.unwrap_or_default();
+    let labels = config.labels.unwrap_or_default();
+    let job = labels.get(LABEL_JOB)?.clone();
+    let state = c.state.unwrap_or_default();
+    let mut ports = Vec::new();
+    if let Some(map) = c.network_settings.and_then(|n| n.ports) {
+        for (key, bindings) in map {
+            let (num, proto) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
+            let Ok(container) = num.parse::<u16>() else {
+                continue;
+            };
+            for b in bindings.unwrap_or_default() {
+                let host_port = b.host_port.as_deref().and_then(|p| p.parse().ok());
+                if let Some(host_port) = host_port {
+                    ports.push(PublishedPort {
+                        container,
+                        proto: proto.to_string(),
+                        host_ip: b.host_ip.unwrap_or_default(),
+                        host_port,
+                    });
+                }
+            }
+        }
+    }
+    ports.sort_by(|a, b| (a.container, &a.proto, &a.host_ip).cmp(&(b.container, &b.proto, &b.host_ip)));
+    // One entry per (port, proto): Docker lists IPv4 and IPv6 separately.
+    ports.dedup_by(|a, b| a.container == b.container && a.proto == b.proto);
+    let mut command = config.entrypoint.unwrap_or_default();
+    command.extend(config.cmd.unwrap_or_default());
+    let status = state
+        .status
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "unknown".to_string());
+    Some(ContainerInfo {
+        id: c.id.unwrap_or_default(),
+        node: labels.get(LABEL_NODE).cloned().unwrap_or_default(),
+        cluster: labels.get(LABEL_CLUSTER).cloned().unwrap_or_default(),
+        daemonize: labels.get(LABEL_DAEMONIZE).is_some_and(|v| v == "true"),
+        job,
+        image: config.image.unwrap_or_default(),
+        image_id: c.image.unwrap_or_default(),
+        command,
+        exit_code: if status == "running" || status == "created" {
+            None
+        } else {
+            state.exit_code
+        },
+        error: state.error.filter(|e| !e.is_empty()),
+        started_at: state.started_at.as_deref().and_then(parse_time),
+        finished_at: state.finished_at.as_deref().and_then(parse_time),
+        status,
+        ports,
+    })
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    async fn info(&self) -> Result<EngineInfo> {
+        let i = self.docker.info().await.map_err(err)?;
+        Ok(EngineInfo {
+            cpus: i.ncpu.unwrap_or(0).max(0) as u64,
+            memory: i.mem_total.unwrap_or(0).max(0) as u64,
+        })
+    }
+
+    async fn image_id(&self, image: &str) -> Result<Option<String>> {
+        match self.docker.inspect_image(image).await {
+            Ok(i) => Ok(i.id),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    fn pull(&self, image: &str) -> BoxStream<'static, Result<String>> {
+        let (from_image, tag) = split_tag(image);
+        let opts = CreateImageOptions {
+            from_image,
+            tag,
+            ..Default::default()
+        };
+        let image = image.to_string();
+        self.docker
+            .create_image(Some(opts), None, None)
+            .map(move |item| match item {
+                Ok(info) => {
+                    if let Some(e) = info.error {
+                        return Err(RuntimeError::Image {
+                            image: image.clone(),
+                            reason: e,
+                        });
+                    }
+                    let mut line = info.status.unwrap_or_default();
+                    if let Some(id) = info.id {
+                        line = format!("{id}: {line}");
+                    }
+                    if let Some(p) = info.progress {
+                        line = format!("{line} {p}");
+                    }
+                    Ok(line)
+                }
+                Err(e) => Err(RuntimeError::Image {
+                    image: image.clone(),
+                    reason: match e {
+                        BollardError::DockerResponseServerError { message, .. } => message,
+                        BollardError::DockerStreamError { error } => error,
+                        other => other.to_string(),
+                    },
+                }),
+            })
+            .boxed()
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String> {
+        let mut exposed = HashMap::new();
+        let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+        for p in &spec.ports {
+            exposed.insert(port_key(p), HashMap::new());
+            bindings.insert(
+                port_key(p),
+                Some(vec![PortBinding {
+                    host_ip: None,
+                    host_port: Some(p.host.map(|h| h.to_string()).unwrap_or_default()),
+                }]),
+            );
+        }
+        let binds = spec
+            .binds
+            .iter()
+            .map(|(h, c)| format!("{}:{}", h.display(), c))
+            .collect::<Vec<_>>();
+        let config = Config {
+            image: Some(spec.image.clone()),
+            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            entrypoint: spec.entrypoint.clone(),
+            working_dir: spec.workdir.clone(),
+            env: Some(spec.env.clone()),
+            labels: Some(spec.labels.clone()),
+            exposed_ports: Some(exposed),
+            tty: Some(spec.tty),
+            open_stdin: Some(spec.interactive),
+            stdin_once: Some(spec.interactive),
+            attach_stdin: Some(spec.interactive),
+            attach_stdout: Some(spec.interactive),
+            attach_stderr: Some(spec.interactive),
+            host_config: Some(HostConfig {
+                port_bindings: Some(bindings),
+                binds: Some(binds),
+                init: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptions {
+            name: spec.name.clone(),
+            platform: None,
+        };
+        let r = self
+            .docker
+            .create_container(Some(opts), config)
+            .await
+            .map_err(|e| match e {
+                BollardError::DockerResponseServerError {
+                    status_code: 404,
+                    message,
+                } => RuntimeError::Image {
+                    image: spec.image.clone(),
+                    reason: message,
+                },
+                other => err(other),
+            })?;
+        Ok(r.id)
+    }
+
+    async fn attach(&self, id: &str) -> Result<Attached> {
+        let opts = AttachContainerOptions::<String> {
+            stdin: Some(true),
+            stdout: Some(true),
+            stderr: Some(true),
+            stream: Some(true),
+            logs: Some(true),
+            detach_keys: None,
+        };
+        let r = self
+            .docker
+            .attach_container(id, Some(opts))
+            .await
+            .map_err(err)?;
+        Ok(Attached {
+            output: r.output.map(|o| o.map(output).map_err(err)).boxed(),
+            input: r.input,
+        })
+    }
+
+    async fn start(&self, id: &str) -> Result<()> {
+        match self
+            .docker
+            .start_container(id, None::<StartContainerOptions<String>>)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 304) => Ok(()),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    async fn wait(&self, id: &str) -> Result<i64> {
+        let opts = WaitContainerOptions {
+            condition: "not-running",
+        };
+        let mut s = self.docker.wait_container(id, Some(opts));
+        match s.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(err(e)),
+            None => Err(RuntimeError::Docker(format!(
+                "wait for container {id} ended without a status"
+            ))),
+        }
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerInfo>> {
+        match self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => Ok(info_from_inspect(c)),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    async fn stop(&self, id: &str, timeout_secs: i64) -> Result<()> {
+        match self
+            .docker
+            .stop_container(id, Some(StopContainerOptions { t: timeout_secs }))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    async fn kill(&self, id: &str, signal: &str) -> Result<()> {
+        match self
+            .docker
+            .kill_container(id, Some(KillContainerOptions { signal }))
+            .await
+        {
+            Ok(()) => Ok(()),
+            // 409: not running; 404: gone. Both mean "nothing to kill".
+            Err(e) if is_status(&e, 409) || is_status(&e, 404) => Ok(()),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    async fn remove(&self, id: &str, force: bool) -> Result<()> {
+        let opts = RemoveContainerOptions {
+            force,
+            v: false,
+            link: false,
+        };
+        match self.docker.remove_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            // 409 "removal already in progress" is success for us.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("already in progress") => Ok(()),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    async fn list(&self, cluster: &str) -> Result<Vec<ContainerInfo>> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_CLUSTER}={cluster}")],
+        )]);
+        let opts = ListContainersOptions {
+            all: true,
+            filters,
+            ..Default::default()
+        };
+        let summaries = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(err)?;
+        let mut out = Vec::with_capacity(summaries.len());
+        for s in summaries {
+            let Some(id) = s.id else { continue };
+            // Inspect for exit codes, times and ports; a container removed
+            // in between is simply skipped.
+            if let Some(info) = self.inspect(&id).await? {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    fn events(&self) -> BoxStream<'static, Result<ContainerEvent>> {
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("label".to_string(), vec![LABEL_JOB.to_string()]),
+        ]);
+        let opts = EventsOptions::<String> {
+            filters,
+            ..Default::default()
+        };
+        self.docker
+            .events(Some(opts))
+            .filter_map(|e| async move {
+                match e {
+                    Ok(m) => {
+                        let actor = m.actor?;
+                        let job = actor.attributes.as_ref()?.get(LABEL_JOB)?.clone();
+                        Some(Ok(ContainerEvent {
+                            id: actor.id.unwrap_or_default(),
+                            job,
+                            action: m.action.unwrap_or_default(),
+                        }))
+                    }
+                    Err(e) => Some(Err(err(e))),
+                }
+            })
+            .boxed()
+    }
+
+    fn logs(&self, id: &str, follow: bool) -> BoxStream<'static, Result<Output>> {
+        let opts = LogsOptions::<String> {
+            follow,
+            stdout: true,
+            stderr: true,
+            tail: "all".to_string(),
+            ..Default::default()
+        };
+        self.docker
+            .logs(id, Some(opts))
+            .map(|o| o.map(output).map_err(err))
+            .boxed()
+    }
+}
+
+/// `repo:tag` split for the pull API; `repo@sha256:...` and a registry port
+/// (`host:5000/img`) are kept whole.
+fn split_tag(image: &str) -> (String, String) {
+    if image.contains('@') {
+        return (image.to_string(), String::new());
+    }
+    let last_slash = image.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match image[last_slash..].rfind(':') {
+        Some(i) => (
+            image[..last_slash + i].to_string(),
+            image[last_slash + i + 1..].to_string(),
+        ),
+        None => (image.to_string(), "latest".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse() {
+        assert_eq!(parse_time("1970-01-01T00:00:01.5Z"), Some(1500));
+        assert_eq!(parse_time("2026-11-25T19:00:52.123456789Z"), Some(1_795_633_252_123));
+        assert_eq!(parse_time("0001-01-01T00:00:00Z"), None);
+        assert_eq!(parse_time("junk"), None);
+    }
+
+    #[test]
+    fn tags_split() {
+        assert_eq!(split_tag("busybox"), ("busybox".into(), "latest".into()));
+        assert_eq!(split_tag("a/b:1.2"), ("a/b".into(), "1.2".into()));
+        assert_eq!(split_tag("127.0.0.1:5000/x"), ("127.0.0.1:5000/x".into(), "latest".into()));
+    }
+}

@@ -1,0 +1,221 @@
+//! The container runtime: viking's only door to a Docker engine.
+//!
+//! [`Runtime`] is the seam between viking and the engine that runs its
+//! containers; [`DockerRuntime`] implements it on the Docker API through
+//! `bollard`, over the local unix socket only (Docker engines are never
+//! reached over the network). [`ContainerSpec::for_job`] turns a job into
+//! the container to create, with viking's labels and the job's volumes
+//! inside the data directory.
+//!
+//! Architecture invariant: this crate is the only one that knows Docker, and
+//! it only ever lists, changes or removes containers that carry the
+//! [`LABEL_JOB`] label: viking never touches containers it did not create.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::io::AsyncWrite;
+use viking_core::records::PublishedPort;
+use viking_core::Job;
+
+mod docker;
+
+pub use docker::DockerRuntime;
+
+/// The label that marks a container as viking's; its value is the job name.
+pub const LABEL_JOB: &str = "viking.job";
+/// The server (floki name) that created the container.
+pub const LABEL_NODE: &str = "viking.node";
+/// `true` for a daemonized job's container.
+pub const LABEL_DAEMONIZE: &str = "viking.daemonize";
+/// The cluster's key prefix, so two clusters on one engine stay apart.
+pub const LABEL_CLUSTER: &str = "viking.cluster";
+
+/// Errors from the container runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("no such container: {0}")]
+    NotFound(String),
+    #[error("image {image:?} is not available: {reason}")]
+    Image { image: String, reason: String },
+    #[error("docker: {0}")]
+    Docker(String),
+    #[error("docker engine unreachable at {endpoint}: {reason}")]
+    Unreachable { endpoint: String, reason: String },
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// What a container to create looks like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// The Docker container name (the job's name).
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub workdir: Option<String>,
+    pub env: Vec<String>,
+    pub ports: Vec<viking_core::PortSpec>,
+    /// (host path, container path) bind mounts.
+    pub binds: Vec<(PathBuf, String)>,
+    pub labels: HashMap<String, String>,
+    /// Keep stdin open and attach to it (an interactive job).
+    pub interactive: bool,
+    pub tty: bool,
+}
+
+impl ContainerSpec {
+    /// The container for `job` on server `node`, whose volumes live under
+    /// `<data_dir>/volumes/<job>/<path>`.
+    pub fn for_job(job: &Job, node: &str, cluster: &str, data_dir: &Path) -> Self {
+        let binds = job
+            .volumes
+            .iter()
+            .map(|v| (volume_host_path(data_dir, &job.name, v), v.clone()))
+            .collect();
+        let labels = HashMap::from([
+            (LABEL_JOB.to_string(), job.name.clone()),
+            (LABEL_NODE.to_string(), node.to_string()),
+            (LABEL_DAEMONIZE.to_string(), job.daemonize.to_string()),
+            (LABEL_CLUSTER.to_string(), cluster.to_string()),
+        ]);
+        ContainerSpec {
+            name: job.name.clone(),
+            image: job.image.clone(),
+            command: job.command.clone(),
+            entrypoint: job.entrypoint.clone(),
+            workdir: job.workdir.clone(),
+            env: job.env_list(),
+            ports: job.ports.clone(),
+            binds,
+            labels,
+            interactive: !job.daemonize,
+            tty: job.tty,
+        }
+    }
+}
+
+/// Where a job's volume lives on its host: always inside the data directory.
+pub fn volume_host_path(data_dir: &Path, job: &str, container_path: &str) -> PathBuf {
+    // The container path is validated absolute without `..` by the job
+    // model; strip the leading '/' so `join` stays inside the directory.
+    data_dir
+        .join("volumes")
+        .join(job)
+        .join(container_path.trim_start_matches('/'))
+}
+
+/// The engine's capacity, for floki.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineInfo {
+    pub cpus: u64,
+    pub memory: u64,
+}
+
+/// One of viking's containers as Docker sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub job: String,
+    pub node: String,
+    pub cluster: String,
+    pub daemonize: bool,
+    pub image: String,
+    pub image_id: String,
+    pub command: Vec<String>,
+    /// created, running, exited, dead, ...
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+    pub started_at: Option<u64>,
+    pub finished_at: Option<u64>,
+    pub ports: Vec<PublishedPort>,
+}
+
+/// A chunk of a container's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Stdout(Bytes),
+    Stderr(Bytes),
+}
+
+/// Something happened to one of viking's containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub id: String,
+    pub job: String,
+    /// Docker's action: start, die, destroy, ...
+    pub action: String,
+}
+
+/// The streams of an attached container.
+pub struct Attached {
+    pub output: BoxStream<'static, Result<Output>>,
+    pub input: Pin<Box<dyn AsyncWrite + Send>>,
+}
+
+/// The container runtime seam. Every operation is idempotent where Docker
+/// allows it: starting a running container, stopping a stopped one and
+/// removing a removed one succeed.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    async fn info(&self) -> Result<EngineInfo>;
+    /// The image's id if the engine has it.
+    async fn image_id(&self, image: &str) -> Result<Option<String>>;
+    /// Pull an image; each item is a line of progress.
+    fn pull(&self, image: &str) -> BoxStream<'static, Result<String>>;
+    async fn create(&self, spec: &ContainerSpec) -> Result<String>;
+    async fn attach(&self, id: &str) -> Result<Attached>;
+    async fn start(&self, id: &str) -> Result<()>;
+    /// Wait until the container is not running; its exit code.
+    async fn wait(&self, id: &str) -> Result<i64>;
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerInfo>>;
+    async fn stop(&self, id: &str, timeout_secs: i64) -> Result<()>;
+    async fn kill(&self, id: &str, signal: &str) -> Result<()>;
+    async fn remove(&self, id: &str, force: bool) -> Result<()>;
+    /// Every container labelled by viking for `cluster`, running or not.
+    async fn list(&self, cluster: &str) -> Result<Vec<ContainerInfo>>;
+    /// Events of viking's containers, from now on.
+    fn events(&self) -> BoxStream<'static, Result<ContainerEvent>>;
+    fn logs(&self, id: &str, follow: bool) -> BoxStream<'static, Result<Output>>;
+}
+
+/// Drain a pull's progress, keeping the last line (for error messages).
+pub async fn pull_quietly(rt: &dyn Runtime, image: &str) -> Result<()> {
+    let mut s = rt.pull(image);
+    while let Some(item) = s.next().await {
+        item?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_stay_inside_the_data_directory() {
+        let p = volume_host_path(Path::new("/var/lib/viking"), "db", "/var/lib/data");
+        assert_eq!(p, PathBuf::from("/var/lib/viking/volumes/db/var/lib/data"));
+    }
+
+    #[test]
+    fn spec_for_job_labels_and_binds() {
+        let job = Job::parse(
+            br#"{"name":"db","image":"b","volumes":["/data"],"ports":["5432"]}"#,
+            String::new,
+        )
+        .unwrap();
+        let s = ContainerSpec::for_job(&job, "n1", "/viking", Path::new("/d"));
+        assert_eq!(s.labels[LABEL_JOB], "db");
+        assert_eq!(s.labels[LABEL_DAEMONIZE], "true");
+        assert_eq!(s.binds, vec![(PathBuf::from("/d/volumes/db/data"), "/data".to_string())]);
+        assert!(!s.interactive);
+    }
+}

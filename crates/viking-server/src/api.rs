@@ -1,0 +1,358 @@
+//! The versioned HTTP API (`/v1/...`), JSON in and out. The paths are listed
+//! in `viking_client::api`. Every request needs the cluster token; every
+//! error is JSON with a message and the right status.
+//!
+//! Architecture invariant: handlers only translate HTTP to calls into
+//! [`crate::jobs`] and back; the Docker API is never exposed.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use viking_client::api::{ErrorBody, Ping, ProgressLine, ATTACH_PROTOCOL};
+use viking_core::records::{decode, HostRecord, ProcRecord, PsRecord};
+use viking_core::{keys, Job};
+use viking_store::Store;
+
+use crate::{jobs, token, Shared};
+
+/// An API error: a status and a message for the user.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, m)
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, m)
+    }
+    pub fn conflict(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, m)
+    }
+    pub fn docker(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, m)
+    }
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: self.message.clone(),
+            status: self.status.as_u16(),
+        }
+    }
+}
+
+impl From<viking_store::StoreError> for ApiError {
+    fn from(e: viking_store::StoreError) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, format!("cluster store: {e}"))
+    }
+}
+
+impl From<viking_docker::RuntimeError> for ApiError {
+    fn from(e: viking_docker::RuntimeError) -> Self {
+        match e {
+            viking_docker::RuntimeError::NotFound(m) => Self::not_found(m),
+            other => Self::docker(other.to_string()),
+        }
+    }
+}
+
+impl From<viking_core::records::RecordError> for ApiError {
+    fn from(e: viking_core::records::RecordError) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.0)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The API's routes, behind the token check.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/ping", get(ping))
+        .route("/v1/jobs", post(run))
+        .route("/v1/ps", get(ps))
+        .route("/v1/proc", get(proc_list))
+        .route("/v1/hosts", get(hosts))
+        .route("/v1/jobs/{name}", get(inspect).delete(remove))
+        .route("/v1/jobs/{name}/stop", post(stop))
+        .route("/v1/jobs/{name}/logs", get(logs))
+        .route("/v1/internal/start", post(internal_start))
+        .route("/v1/internal/attach", post(internal_attach))
+        .fallback(|| async { ApiError::not_found("no such API path; see /v1/...") })
+        .layer(middleware::from_fn_with_state(shared.clone(), auth))
+        .with_state(shared)
+}
+
+async fn auth(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if token::matches(&sh.token, t) => next.run(req).await,
+        _ => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong token: pass --token or set VIKING_TOKEN (the server keeps it in <data-dir>/token)",
+        )
+        .into_response(),
+    }
+}
+
+async fn ping(State(sh): State<Arc<Shared>>) -> Json<Ping> {
+    Json(Ping {
+        name: sh.config.name.clone(),
+        version: crate::VERSION.to_string(),
+        store: sh.store.backend().to_string(),
+    })
+}
+
+#[derive(Deserialize, Default)]
+struct RunQuery {
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    progress: bool,
+}
+
+/// The largest request body: a job document of 1 MiB plus some slack.
+const BODY_LIMIT: usize = viking_core::job::MAX_DOCUMENT_BYTES + 4096;
+
+async fn run(
+    State(sh): State<Arc<Shared>>,
+    Query(q): Query<RunQuery>,
+    mut req: Request,
+) -> ApiResult<Response> {
+    let wants_attach = is_attach(req.headers());
+    let on_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+    let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
+        .await
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "invalid job: (document): larger than the limit of {} bytes (1 MiB)",
+                viking_core::job::MAX_DOCUMENT_BYTES
+            ))
+        })?;
+    let job = Job::parse(&body, jobs::generate_name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+
+    if q.dry_run {
+        return Ok(Json(jobs::dry_run(&sh, job).await?).into_response());
+    }
+    if !job.daemonize {
+        let Some(on_upgrade) = on_upgrade.filter(|_| wants_attach) else {
+            return Err(ApiError::bad_request(format!(
+                "job {:?} is not daemonized, so it needs an attached client (Upgrade: {ATTACH_PROTOCOL}); run it with `viking run`, or give it ports or -d to daemonize it",
+                job.name
+            )));
+        };
+        return crate::attach::start(sh, job, on_upgrade).await;
+    }
+    if !q.progress {
+        let r = jobs::run_daemon(&sh, job, &|_| {}).await?;
+        return Ok((StatusCode::CREATED, Json(r)).into_response());
+    }
+    // Progress: the name is claimed before answering, so a conflict is
+    // still a 409.
+    let claim = jobs::claim_daemon(&sh, &job).await?;
+    progress_response(sh, move |sh, progress| {
+        Box::pin(async move { jobs::run_claimed(sh, job, claim, progress).await })
+    })
+}
+
+use tokio_stream::StreamExt as _;
+
+/// Newline-delimited JSON progress of a daemonized job, ending with the
+/// result or the error.
+fn progress_response<F>(sh: Arc<Shared>, work: F) -> ApiResult<Response>
+where
+    F: for<'a> FnOnce(
+            &'a Shared,
+            &'a (dyn Fn(String) + Sync),
+        ) -> futures::future::BoxFuture<'a, ApiResult<viking_client::api::RunResponse>>
+        + Send
+        + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<ProgressLine>();
+    tokio::spawn(async move {
+        let tx2 = tx.clone();
+        let progress = move |line: String| {
+            let _ = tx2.send(ProgressLine::Progress(line));
+        };
+        let last = match work(&sh, &progress).await {
+            Ok(r) => ProgressLine::Done(r),
+            Err(e) => ProgressLine::Error(e.body()),
+        };
+        let _ = tx.send(last);
+    });
+    let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|line| {
+        let mut v = serde_json::to_vec(&line).unwrap_or_default();
+        v.push(b'\n');
+        Ok::<_, std::convert::Infallible>(v)
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn read_job(req: Request) -> ApiResult<Job> {
+    let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
+        .await
+        .map_err(|_| ApiError::bad_request("invalid job: (document): larger than 1 MiB"))?;
+    Job::parse(&body, String::new).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// Another server placed a job here and wrote it to viking-proc: start it.
+async fn internal_start(State(sh): State<Arc<Shared>>, req: Request) -> ApiResult<Response> {
+    let job = read_job(req).await?;
+    progress_response(sh, move |sh, progress| {
+        Box::pin(async move { jobs::start_placed(sh, &job, progress).await })
+    })
+}
+
+#[derive(Deserialize)]
+struct AttachQuery {
+    claim_rev: i64,
+}
+
+/// Another server claimed an interactive job for this host: run it here,
+/// attached through that server.
+async fn internal_attach(
+    State(sh): State<Arc<Shared>>,
+    Query(q): Query<AttachQuery>,
+    mut req: Request,
+) -> ApiResult<Response> {
+    let on_upgrade = req
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .filter(|_| is_attach(req.headers()))
+        .ok_or_else(|| ApiError::bad_request(format!("needs Upgrade: {ATTACH_PROTOCOL}")))?;
+    let job = read_job(req).await?;
+    crate::attach::serve_claimed(sh, job, q.claim_rev, on_upgrade).await
+}
+
+fn is_attach(h: &HeaderMap) -> bool {
+    let upgrade = h
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(ATTACH_PROTOCOL));
+    let connection = h
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
+    upgrade && connection
+}
+
+/// Read every record under a prefix, skipping none silently: a record that
+/// cannot be read is an error.
+pub async fn list_records<T: viking_core::records::Record>(
+    store: &dyn Store,
+    prefix: &str,
+) -> ApiResult<Vec<T>> {
+    let (kvs, _) = store.list(prefix).await?;
+    kvs.iter()
+        .map(|kv| decode::<T>(&kv.value).map_err(ApiError::from))
+        .collect()
+}
+
+#[derive(Deserialize, Default)]
+struct PsQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn ps(State(sh): State<Arc<Shared>>, Query(q): Query<PsQuery>) -> ApiResult<Json<Vec<PsRecord>>> {
+    let mut v: Vec<PsRecord> = list_records(sh.store.as_ref(), keys::PS).await?;
+    if !q.all {
+        v.retain(|p| p.is_running());
+    }
+    Ok(Json(v))
+}
+
+async fn proc_list(State(sh): State<Arc<Shared>>) -> ApiResult<Json<Vec<ProcRecord>>> {
+    Ok(Json(list_records(sh.store.as_ref(), keys::PROC).await?))
+}
+
+async fn hosts(State(sh): State<Arc<Shared>>) -> ApiResult<Json<Vec<viking_client::api::HostView>>> {
+    Ok(Json(crate::floki::list(&sh).await?))
+}
+
+async fn inspect(
+    State(sh): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<viking_client::api::InspectResponse>> {
+    Ok(Json(jobs::inspect(&sh, &name).await?))
+}
+
+#[derive(Deserialize, Default)]
+struct StopQuery {
+    t: Option<i64>,
+}
+
+async fn stop(
+    State(sh): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> ApiResult<Json<viking_client::api::InspectResponse>> {
+    Ok(Json(jobs::stop(&sh, &name, q.t.unwrap_or(10)).await?))
+}
+
+#[derive(Deserialize, Default)]
+struct RmQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn remove(
+    State(sh): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(q): Query<RmQuery>,
+) -> ApiResult<StatusCode> {
+    jobs::remove(&sh, &name, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+async fn logs(
+    State(sh): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<Response> {
+    let stream = jobs::logs(&sh, &name, q.follow).await?;
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/vnd.viking.stream")
+        .body(Body::from_stream(stream))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// A host record from its stored bytes (for floki listings).
+pub fn host_from(bytes: &[u8]) -> ApiResult<HostRecord> {
+    Ok(decode::<HostRecord>(bytes)?)
+}

@@ -1,0 +1,85 @@
+//! The server's settings, checked before anything starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything `viking server` is told. Built by the CLI from flags and
+/// environment variables; [`ServerConfig::validate`] reports bad settings
+/// before any port is bound or any file is written.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// This server's name in floki (default: the host name).
+    pub name: String,
+    /// The advertised address: where other hosts reach this server and its
+    /// jobs' published ports.
+    pub ip: String,
+    pub listen: SocketAddr,
+    /// etcd endpoints; empty means the embedded store in the data directory.
+    pub etcd: Vec<String>,
+    /// The prefix of every key in the store.
+    pub key: String,
+    pub tags: Vec<String>,
+    pub data_dir: PathBuf,
+    /// The Docker engine's unix socket.
+    pub docker: String,
+    /// The cluster token; `None` means read or create `<data-dir>/token`.
+    pub token: Option<String>,
+    /// How long a dead server stays in floki as alive.
+    pub host_ttl: Duration,
+    /// How often the full Docker resync runs.
+    pub resync: Duration,
+}
+
+impl ServerConfig {
+    /// Check every setting; the message names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        viking_core::job::validate_name(&self.name)
+            .map_err(|e| format!("--name {:?}: {}", self.name, e.message))?;
+        if self.ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!("--ip {:?} is not an IP address", self.ip));
+        }
+        if !self.key.starts_with('/') || self.key.len() < 2 || self.key.ends_with('/') {
+            return Err(format!(
+                "--key {:?} must be an absolute prefix like /viking (no trailing '/')",
+                self.key
+            ));
+        }
+        for e in &self.etcd {
+            let rest = e.strip_prefix("http://").unwrap_or(e);
+            if e.starts_with("https://") || !rest.contains(':') || rest.contains('/') {
+                return Err(format!("--etcd {e:?} must look like http://HOST:PORT"));
+            }
+        }
+        for t in &self.tags {
+            if t.is_empty() || t.chars().any(|c| c.is_whitespace() || c == ',') {
+                return Err(format!("--tags: {t:?} is not a valid tag"));
+            }
+        }
+        if !self.data_dir.is_absolute() {
+            return Err(format!(
+                "--data-dir {:?} must be an absolute path",
+                self.data_dir
+            ));
+        }
+        if let Some(t) = &self.token {
+            if t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err("--token must be at least 16 characters without spaces".to_string());
+            }
+        }
+        if self.host_ttl < Duration::from_secs(1) {
+            return Err("--host-ttl must be at least 1s".to_string());
+        }
+        Ok(())
+    }
+
+    /// The URL other servers and clients use to reach this one.
+    pub fn api_url(&self) -> String {
+        let port = self.listen.port();
+        if self.ip.contains(':') {
+            format!("http://[{}]:{port}", self.ip)
+        } else {
+            format!("http://{}:{port}", self.ip)
+        }
+    }
+}

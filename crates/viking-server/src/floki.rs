@@ -1,0 +1,150 @@
+//! floki: this server's entry in the fleet registry.
+//!
+//! The server registers under a lease at `hosts/<name>` (name, addresses,
+//! tags, capacity, load, version, start time) and keeps the lease alive;
+//! when the server dies its entry expires after the TTL. A durable copy at
+//! `fleet/<name>` remembers the server after that, so `viking hosts` can
+//! say since when it is gone. If the lease is lost (a partition longer than
+//! the TTL), the server registers again with a new lease.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use std::sync::Arc;
+
+use viking_client::api::HostView;
+use viking_core::keys;
+use viking_core::records::{decode, encode, HostRecord, PsRecord};
+use viking_store::{LeaseId, Op, StoreError};
+
+use crate::api::{list_records, ApiError};
+use crate::{now_ms, Shared};
+
+/// How often the load in the record is refreshed.
+const LOAD_REFRESH: Duration = Duration::from_secs(2);
+
+/// Every server floki knows, alive or gone, sorted by name.
+pub async fn list(sh: &Shared) -> Result<Vec<HostView>, ApiError> {
+    let alive: Vec<HostRecord> = list_records(sh.store.as_ref(), keys::HOSTS).await?;
+    let known: Vec<HostRecord> = list_records(sh.store.as_ref(), keys::FLEET).await?;
+    let mut all: BTreeMap<String, HostView> = known
+        .into_iter()
+        .map(|h| (h.name.clone(), HostView { host: h, alive: false }))
+        .collect();
+    for h in alive {
+        all.insert(h.name.clone(), HostView { host: h, alive: true });
+    }
+    Ok(all.into_values().collect())
+}
+
+async fn record(sh: &Shared) -> HostRecord {
+    let (cpus, memory) = match sh.runtime.info().await {
+        Ok(i) => (i.cpus, i.memory),
+        Err(_) => (0, 0),
+    };
+    let running = match list_records::<PsRecord>(sh.store.as_ref(), keys::PS).await {
+        Ok(v) => v
+            .iter()
+            .filter(|p| p.node == sh.config.name && p.is_running())
+            .count() as u64,
+        Err(_) => 0,
+    };
+    HostRecord {
+        name: sh.config.name.clone(),
+        ip: sh.config.ip.clone(),
+        api: sh.config.api_url(),
+        tags: sh.config.tags.clone(),
+        cpus,
+        memory,
+        running,
+        memory_used: 0,
+        version: crate::VERSION.to_string(),
+        started_at: sh.started_at,
+        updated_at: now_ms(),
+    }
+}
+
+async fn publish(sh: &Shared, lease: LeaseId) -> Result<(), StoreError> {
+    let rec = encode(&record(sh).await);
+    sh.store
+        .txn(
+            vec![],
+            vec![
+                Op::Put {
+                    key: keys::host(&sh.config.name),
+                    value: rec.clone(),
+                    lease: Some(lease),
+                },
+                Op::Put {
+                    key: keys::fleet(&sh.config.name),
+                    value: rec,
+                    lease: None,
+                },
+            ],
+            vec![],
+        )
+        .await
+        .map(|_| ())
+}
+
+/// Register once, before the server answers requests.
+pub async fn join(sh: &Shared) -> Result<LeaseId, StoreError> {
+    let id = sh.store.lease_grant(sh.config.host_ttl).await?;
+    publish(sh, id).await?;
+    tracing::info!(name = %sh.config.name, "registered in floki");
+    Ok(id)
+}
+
+/// Stay registered until shutdown.
+pub async fn register(sh: Arc<Shared>, first: LeaseId) {
+    let ttl = sh.config.host_ttl;
+    let beat = (ttl / 3).max(Duration::from_millis(200));
+    let mut shutdown = sh.shutdown.clone();
+    let mut lease: Option<LeaseId> = Some(first);
+    let mut last_publish = tokio::time::Instant::now();
+    loop {
+        let step = async {
+            let id = match lease {
+                Some(id) => match sh.store.lease_keep_alive(id).await {
+                    Ok(()) => id,
+                    Err(StoreError::LeaseNotFound(_)) => {
+                        tracing::warn!("floki lease expired; registering again");
+                        lease = None;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                },
+                None => {
+                    let id = sh.store.lease_grant(ttl).await?;
+                    publish(&sh, id).await?;
+                    last_publish = tokio::time::Instant::now();
+                    lease = Some(id);
+                    tracing::info!(name = %sh.config.name, "registered in floki");
+                    id
+                }
+            };
+            if last_publish.elapsed() >= LOAD_REFRESH {
+                publish(&sh, id).await?;
+                last_publish = tokio::time::Instant::now();
+            }
+            Ok::<(), StoreError>(())
+        };
+        if let Err(e) = step.await {
+            tracing::warn!("floki registration: {e}");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(beat) => {}
+            _ = crate::stopped(&mut shutdown) => break,
+        }
+    }
+}
+
+/// A host's record from the store, alive or not.
+pub async fn host(sh: &Shared, name: &str) -> Result<Option<HostRecord>, ApiError> {
+    for key in [keys::host(name), keys::fleet(name)] {
+        if let Some(kv) = sh.store.get(&key).await? {
+            return Ok(Some(decode(&kv.value)?));
+        }
+    }
+    Ok(None)
+}

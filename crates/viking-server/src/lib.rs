@@ -1,0 +1,171 @@
+//! viking-server: `viking server`, the process that runs on every node.
+//!
+//! Layout:
+//! - [`config`]: the settings, checked before anything starts;
+//! - [`token`]: the cluster token (bearer auth of every request);
+//! - [`api`]: the versioned HTTP API (axum), the only HTTP-facing part;
+//! - [`jobs`]: running, stopping and removing jobs: viking-proc first, then
+//!   Docker, then viking-ps;
+//! - [`attach`]: the attached streams of interactive jobs;
+//! - [`agent`]: keeps this host's viking-ps true from its Docker engine
+//!   (events plus a full resync at start and periodically);
+//! - [`floki`]: registers this server in the fleet registry under a lease.
+//!
+//! A server is `serve(config, listener, shutdown)`: the binary passes
+//! Ctrl-C/SIGTERM, tests bind port 0. Shutdown reaches every task through
+//! one `watch` channel; containers keep running when the server stops.
+#![forbid(unsafe_code)]
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use viking_docker::{DockerRuntime, Runtime};
+use viking_store::embedded::EmbeddedStore;
+use viking_store::etcd::EtcdStore;
+use viking_store::Store;
+
+pub mod agent;
+pub mod api;
+pub mod attach;
+pub mod config;
+pub mod floki;
+pub mod jobs;
+pub mod token;
+
+pub use config::ServerConfig;
+
+/// The viking version, reported in floki and `/v1/ping`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// State shared by every request and task of one server.
+pub struct Shared {
+    pub config: ServerConfig,
+    pub store: Arc<dyn Store>,
+    pub runtime: Arc<dyn Runtime>,
+    pub token: String,
+    pub started_at: u64,
+    /// Names of the interactive jobs attached on this server right now. A
+    /// std mutex: held only to insert, remove or copy, never across `.await`.
+    pub sessions: Mutex<HashSet<String>>,
+    /// Fires when the server shuts down.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Shared {
+    /// Whether `name` is attached here now.
+    pub fn in_session(&self, name: &str) -> bool {
+        self.sessions
+            .lock()
+            .map(|s| s.contains(name))
+            .unwrap_or(false)
+    }
+}
+
+/// Resolves once the server is shutting down.
+pub async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Everything `serve` needs that can fail, prepared before the port is bound.
+pub struct Prepared {
+    shared: Arc<Shared>,
+    shutdown_tx: tokio::sync::watch::Sender<bool>,
+}
+
+/// Check the settings, make the data directory and token, reach Docker and
+/// open the store. Nothing is listening yet, so a bad setting changes
+/// nothing.
+pub async fn prepare(config: ServerConfig) -> anyhow::Result<Prepared> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let token = match &config.token {
+        Some(t) => t.clone(),
+        None => token::load_or_create(&config.data_dir)?,
+    };
+    let runtime = DockerRuntime::connect(&config.docker)
+        .await
+        .context("connecting to Docker")?;
+    let store: Arc<dyn Store> = if config.etcd.is_empty() {
+        let path = config.data_dir.join("viking.redb");
+        EmbeddedStore::open(&path, &config.key)
+            .with_context(|| format!("opening the embedded store {}", path.display()))?
+    } else {
+        Arc::new(
+            EtcdStore::connect(&config.etcd, &config.key)
+                .await
+                .with_context(|| format!("connecting to etcd at {}", config.etcd.join(",")))?,
+        )
+    };
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(Shared {
+        config,
+        store,
+        runtime: Arc::new(runtime),
+        token,
+        started_at: now_ms(),
+        sessions: Mutex::new(HashSet::new()),
+        shutdown: shutdown_rx,
+    });
+    Ok(Prepared {
+        shared,
+        shutdown_tx,
+    })
+}
+
+/// Run a prepared server on `listener` until `shutdown` resolves.
+pub async fn serve(
+    prepared: Prepared,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Prepared {
+        shared,
+        shutdown_tx,
+    } = prepared;
+    // Bring viking-ps up to date with what Docker runs before answering.
+    if let Err(e) = agent::resync(&shared).await {
+        tracing::warn!("initial resync with Docker failed: {e:#}");
+    }
+    let lease = floki::join(&shared)
+        .await
+        .context("registering this server in floki")?;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(floki::register(shared.clone(), lease));
+    tasks.spawn(agent::run(shared.clone()));
+
+    let app = api::router(shared.clone());
+    tracing::info!(
+        name = %shared.config.name,
+        listen = %shared.config.listen,
+        store = shared.store.backend(),
+        "viking server ready"
+    );
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = shutdown_tx.send(true);
+        })
+        .await
+        .context("serving the API");
+    tracing::info!("viking server stopping; containers keep running");
+    // Give the tasks a moment to finish their current step.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    tasks.abort_all();
+    result
+}

@@ -1,0 +1,67 @@
+//! The cluster token: every API request carries it as a bearer token.
+//!
+//! Given with `--token`, or made at first start and kept in
+//! `<data-dir>/token` with mode 0600.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::Context;
+
+/// The token file's name inside the data directory.
+pub const TOKEN_FILE: &str = "token";
+
+/// Read the token file, or create it with a fresh random token.
+pub fn load_or_create(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let bytes: [u8; 24] = rand::random();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = data_dir.join(".token.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(token.as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(token)
+}
+
+/// Compare tokens in constant time.
+pub fn matches(expected: &str, given: &str) -> bool {
+    let (a, b) = (expected.as_bytes(), given.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn token_is_made_once_with_mode_0600() {
+        let d = tempfile::tempdir().unwrap();
+        let t1 = load_or_create(d.path()).unwrap();
+        let t2 = load_or_create(d.path()).unwrap();
+        assert_eq!(t1, t2);
+        assert_eq!(t1.len(), 48);
+        let mode = std::fs::metadata(d.path().join(TOKEN_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches(&t1, &t2));
+        assert!(!matches(&t1, "nope"));
+    }
+}

@@ -1,0 +1,579 @@
+//! The etcd backend, for multi-host clusters.
+//!
+//! This module owns [`EtcdStore`]: the mapping of the [`Store`] primitives
+//! onto etcd v3 (via `etcd-client`), the key prefix, error mapping, and the
+//! fault tolerance around it:
+//!
+//! - every endpoint is handed to the client, which balances requests over
+//!   them; a request that lands on a dead member fails, so idempotent
+//!   requests (reads, lease keep-alives, grants, revokes) are retried a few
+//!   times with a short backoff, and transactions are retried only when the
+//!   error shows the request never reached etcd (connection refused, member
+//!   without a leader, ...);
+//! - requests require a leader, so a member cut off from the majority fails
+//!   fast instead of hanging;
+//! - a watch reconnects after an error and resumes at the revision after the
+//!   last one it delivered, so no change is lost or repeated; a compacted
+//!   start revision is reported as [`StoreError::Compacted`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions,
+    Txn, TxnOp, WatchOptions, WatchResponse,
+};
+use tokio::sync::mpsc;
+
+use crate::ops::validate_txn;
+use crate::{
+    Compare, EventKind, KeyValue, LeaseId, Op, Result, Revision, Store, StoreError, TxnResponse,
+    WatchEvent, WatchStream,
+};
+
+/// How long to keep retrying a request that failed transiently.
+const RETRY_FOR: Duration = Duration::from_secs(6);
+const BACKOFF_START: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_millis(800);
+const WATCH_BUFFER: usize = 1024;
+
+// gRPC status codes (tonic::Code discriminants).
+const CODE_CANCELLED: i32 = 1;
+const CODE_UNKNOWN: i32 = 2;
+const CODE_DEADLINE_EXCEEDED: i32 = 4;
+const CODE_NOT_FOUND: i32 = 5;
+const CODE_ABORTED: i32 = 10;
+const CODE_OUT_OF_RANGE: i32 = 11;
+const CODE_UNAVAILABLE: i32 = 14;
+
+/// A store on an etcd cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    /// The cluster prefix, with a trailing `/`.
+    prefix: String,
+    endpoints: Vec<String>,
+}
+
+fn status_code(e: &etcd_client::Error) -> Option<i32> {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => Some(s.code() as i32),
+        _ => None,
+    }
+}
+
+/// Whether retrying an idempotent request may help.
+fn is_transient(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) | E::IoError(_) => true,
+        E::GRpcStatus(_) => matches!(
+            status_code(e),
+            Some(
+                CODE_CANCELLED
+                    | CODE_UNKNOWN
+                    | CODE_DEADLINE_EXCEEDED
+                    | CODE_ABORTED
+                    | CODE_UNAVAILABLE
+            )
+        ),
+        // The keep-alive stream ended before answering.
+        E::WatchError(m) => m.contains("failed to create lease keeper"),
+        _ => false,
+    }
+}
+
+/// Whether the error proves the request never reached (or was rejected
+/// before being applied by) etcd, so even a non-idempotent request may be
+/// retried.
+fn never_applied(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) => true,
+        E::GRpcStatus(s) if s.code() as i32 == CODE_UNAVAILABLE => {
+            let m = s.message().to_ascii_lowercase();
+            [
+                "connect",
+                "not ready",
+                "no leader",
+                "dns error",
+                "connection refused",
+            ]
+            .iter()
+            .any(|p| m.contains(p))
+        }
+        _ => false,
+    }
+}
+
+fn is_lease_not_found(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() as i32 == CODE_NOT_FOUND && s.message().contains("lease not found")
+        }
+        _ => false,
+    }
+}
+
+/// Map an etcd error to a [`StoreError`], with context.
+fn map_err(what: &str, e: etcd_client::Error) -> StoreError {
+    match &e {
+        etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_) => {
+            StoreError::Invalid(format!("etcd {what}: {e}"))
+        }
+        _ if status_code(&e) == Some(CODE_OUT_OF_RANGE) => {
+            StoreError::Invalid(format!("etcd {what}: {e}"))
+        }
+        _ => StoreError::Unavailable(format!("etcd {what}: {e}")),
+    }
+}
+
+/// Run `f` until it succeeds, fails with an error `retryable` rejects, or
+/// [`RETRY_FOR`] has passed.
+async fn retry<T, F, Fut>(
+    what: &str,
+    retryable: fn(&etcd_client::Error) -> bool,
+    mut f: F,
+) -> std::result::Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + RETRY_FOR;
+    let mut backoff = BACKOFF_START;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if retryable(&e) && tokio::time::Instant::now() + backoff < deadline => {
+                tracing::debug!(error = %e, "etcd {what} failed, retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl EtcdStore {
+    /// Connect to the etcd cluster at `endpoints` (e.g.
+    /// `http://10.0.0.1:2379`); keys live under `prefix`. Fails if no
+    /// endpoint answers within a few seconds.
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
+        if endpoints.is_empty() {
+            return Err(StoreError::Invalid("no etcd endpoints given".into()));
+        }
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        let client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(|e| map_err(&format!("connect to {endpoints:?}"), e))?;
+        let store = Self {
+            client,
+            prefix: format!("{}/", prefix.trim_end_matches('/')),
+            endpoints: endpoints.to_vec(),
+        };
+        // The client connects lazily: check that the cluster answers.
+        store.revision().await.map_err(|e| {
+            StoreError::Unavailable(format!("etcd at {endpoints:?} does not answer: {e}"))
+        })?;
+        Ok(store)
+    }
+
+    /// The endpoints this store was given.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn convert_kv(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
+        let full = std::str::from_utf8(kv.key())
+            .map_err(|e| StoreError::Io(format!("etcd returned a non-UTF-8 key: {e}")))?;
+        let key = full.strip_prefix(&self.prefix).unwrap_or(full).to_string();
+        Ok(KeyValue {
+            key,
+            value: kv.value().to_vec(),
+            create_revision: kv.create_revision(),
+            mod_revision: kv.mod_revision(),
+            lease: (kv.lease() != 0).then_some(kv.lease()),
+        })
+    }
+
+    fn convert_event(&self, ev: &etcd_client::Event) -> Result<Option<WatchEvent>> {
+        let Some(kv) = ev.kv() else { return Ok(None) };
+        let mut kv = self.convert_kv(kv)?;
+        let kind = match ev.event_type() {
+            EventType::Put => EventKind::Put,
+            EventType::Delete => {
+                kv.value.clear();
+                kv.create_revision = 0;
+                kv.lease = None;
+                EventKind::Delete
+            }
+        };
+        Ok(Some(WatchEvent { kind, kv }))
+    }
+
+    /// Open an etcd watch from `from` and wait for its creation; a
+    /// compacted start revision gives [`StoreError::Compacted`].
+    async fn open_watch(
+        &self,
+        prefix: &str,
+        from: Revision,
+    ) -> Result<(etcd_client::WatchStream, Vec<WatchResponse>)> {
+        let full = self.full(prefix);
+        let (stream, first) = retry("watch", is_transient, || {
+            let mut client = self.client.watch_client();
+            let full = full.clone();
+            async move {
+                let mut stream = client
+                    .watch(
+                        full,
+                        Some(WatchOptions::new().with_prefix().with_start_revision(from)),
+                    )
+                    .await?;
+                let first = stream.message().await?;
+                Ok((stream, first))
+            }
+        })
+        .await
+        .map_err(|e| map_err(&format!("watch {prefix:?} from {from}"), e))?;
+        let Some(first) = first else {
+            return Err(StoreError::Unavailable(format!(
+                "etcd watch {prefix:?} from {from}: stream closed at creation"
+            )));
+        };
+        let mut pending = Vec::new();
+        if first.canceled() {
+            if first.compact_revision() > 0 {
+                return Err(StoreError::Compacted {
+                    requested: from,
+                    oldest: first.compact_revision(),
+                });
+            }
+            return Err(StoreError::Unavailable(format!(
+                "etcd watch {prefix:?} from {from} canceled: {}",
+                first.cancel_reason()
+            )));
+        }
+        if !first.events().is_empty() {
+            pending.push(first);
+        }
+        Ok((stream, pending))
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        crate::ops::validate_key(key)?;
+        let full = self.full(key);
+        let resp = retry("get", is_transient, || {
+            let mut kv = self.client.kv_client();
+            let full = full.clone();
+            async move { kv.get(full, None).await }
+        })
+        .await
+        .map_err(|e| map_err(&format!("get {key:?}"), e))?;
+        resp.kvs().first().map(|kv| self.convert_kv(kv)).transpose()
+    }
+
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
+        let full = self.full(prefix);
+        let resp = retry("list", is_transient, || {
+            let mut kv = self.client.kv_client();
+            let full = full.clone();
+            async move { kv.get(full, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await
+        .map_err(|e| map_err(&format!("list {prefix:?}"), e))?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        // etcd sorts a range by key (byte order) by default.
+        let kvs = resp
+            .kvs()
+            .iter()
+            .map(|kv| self.convert_kv(kv))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((kvs, revision))
+    }
+
+    async fn txn(
+        &self,
+        compares: Vec<Compare>,
+        success: Vec<Op>,
+        failure: Vec<Op>,
+    ) -> Result<TxnResponse> {
+        validate_txn(&compares, &success, &failure)?;
+        let cmps: Vec<EtcdCompare> = compares
+            .iter()
+            .map(|c| match c {
+                Compare::Absent(k) => {
+                    EtcdCompare::create_revision(self.full(k), CompareOp::Equal, 0)
+                }
+                Compare::Exists(k) => {
+                    EtcdCompare::create_revision(self.full(k), CompareOp::Greater, 0)
+                }
+                Compare::ModRevision(k, r) => {
+                    EtcdCompare::mod_revision(self.full(k), CompareOp::Equal, *r)
+                }
+                Compare::Value(k, v) => {
+                    EtcdCompare::value(self.full(k), CompareOp::Equal, v.clone())
+                }
+            })
+            .collect();
+        let to_ops = |ops: &[Op]| -> Vec<TxnOp> {
+            ops.iter()
+                .map(|op| match op {
+                    Op::Put { key, value, lease } => TxnOp::put(
+                        self.full(key),
+                        value.clone(),
+                        lease.map(|l| PutOptions::new().with_lease(l)),
+                    ),
+                    Op::Delete { key } => TxnOp::delete(self.full(key), None),
+                })
+                .collect()
+        };
+        let (then_ops, else_ops) = (to_ops(&success), to_ops(&failure));
+        let resp = retry("txn", never_applied, || {
+            let mut kv = self.client.kv_client();
+            let txn = Txn::new()
+                .when(cmps.clone())
+                .and_then(then_ops.clone())
+                .or_else(else_ops.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map_err(|e| {
+            if is_lease_not_found(&e) {
+                let lease = success
+                    .iter()
+                    .chain(failure.iter())
+                    .find_map(|op| match op {
+                        Op::Put { lease, .. } => *lease,
+                        Op::Delete { .. } => None,
+                    })
+                    .unwrap_or(0);
+                StoreError::LeaseNotFound(lease)
+            } else {
+                map_err("txn", e)
+            }
+        })?;
+        Ok(TxnResponse {
+            succeeded: resp.succeeded(),
+            revision: resp.header().map_or(0, |h| h.revision()),
+        })
+    }
+
+    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId> {
+        if ttl.is_zero() {
+            return Err(StoreError::Invalid("lease ttl must be positive".into()));
+        }
+        // etcd counts in whole seconds; round up.
+        let secs = i64::try_from(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0))
+            .unwrap_or(i64::MAX)
+            .max(1);
+        // Retried: a grant whose answer was lost only leaks a lease that
+        // expires by itself.
+        let resp = retry("lease grant", is_transient, || {
+            let mut lease = self.client.lease_client();
+            async move { lease.grant(secs, None).await }
+        })
+        .await
+        .map_err(|e| map_err(&format!("lease grant ({secs}s)"), e))?;
+        Ok(resp.id())
+    }
+
+    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<()> {
+        retry("lease keep-alive", is_transient, || {
+            let mut client = self.client.lease_client();
+            async move {
+                // One request on a fresh stream: the first response tells
+                // whether the lease still exists.
+                client.keep_alive(lease).await.map(|_| ())
+            }
+        })
+        .await
+        .map_err(|e| {
+            if is_lease_not_found(&e) {
+                StoreError::LeaseNotFound(lease)
+            } else {
+                map_err(&format!("lease keep-alive {lease}"), e)
+            }
+        })
+    }
+
+    async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
+        let mut attempts = 0u32;
+        let result = retry("lease revoke", is_transient, || {
+            attempts += 1;
+            let mut client = self.client.lease_client();
+            async move { client.revoke(lease).await.map(|_| ()) }
+        })
+        .await;
+        match result {
+            Ok(()) => Ok(()),
+            // An earlier attempt may have succeeded without us hearing back.
+            Err(e) if is_lease_not_found(&e) && attempts > 1 => Ok(()),
+            Err(e) if is_lease_not_found(&e) => Err(StoreError::LeaseNotFound(lease)),
+            Err(e) => Err(map_err(&format!("lease revoke {lease}"), e)),
+        }
+    }
+
+    async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
+        let from = if from <= 0 {
+            self.revision().await? + 1
+        } else {
+            from
+        };
+        let (stream, pending) = self.open_watch(prefix, from).await?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(run_watch(
+            self.clone(),
+            prefix.to_string(),
+            from,
+            stream,
+            pending,
+            tx,
+        ));
+        Ok(WatchStream::new(rx))
+    }
+
+    async fn revision(&self) -> Result<Revision> {
+        // A point read of a key that need not exist: the header carries the
+        // store's revision.
+        let key = self.full("");
+        let resp = retry("revision", is_transient, || {
+            let mut kv = self.client.kv_client();
+            let key = key.clone();
+            async move { kv.get(key, Some(GetOptions::new().with_count_only())).await }
+        })
+        .await
+        .map_err(|e| map_err("read revision", e))?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    fn backend(&self) -> &'static str {
+        "etcd"
+    }
+}
+
+/// Deliver one response's events; returns false when the receiver is gone.
+async fn deliver(
+    store: &EtcdStore,
+    resp: &WatchResponse,
+    last: &mut Revision,
+    tx: &mpsc::Sender<Result<WatchEvent>>,
+) -> bool {
+    // All events of one revision arrive in one response, so anything at or
+    // below the revision delivered before this response was already sent
+    // (before a reconnect).
+    let delivered = *last;
+    for ev in resp.events() {
+        match store.convert_event(ev) {
+            Ok(Some(ev)) => {
+                if ev.revision() <= delivered {
+                    continue;
+                }
+                *last = (*last).max(ev.revision());
+                if tx.send(Ok(ev)).await.is_err() {
+                    return false;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping an undecodable etcd watch event");
+            }
+        }
+    }
+    true
+}
+
+/// Follow an etcd watch, reconnecting at `last + 1` after errors, until the
+/// receiver is dropped or an unrecoverable error (compaction) is delivered.
+async fn run_watch(
+    store: EtcdStore,
+    prefix: String,
+    from: Revision,
+    mut stream: etcd_client::WatchStream,
+    pending: Vec<WatchResponse>,
+    tx: mpsc::Sender<Result<WatchEvent>>,
+) {
+    let mut last = from - 1;
+    for resp in &pending {
+        if !deliver(&store, resp, &mut last, &tx).await {
+            return;
+        }
+    }
+    let mut backoff = BACKOFF_START;
+    loop {
+        // Follow the current stream until it fails.
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                msg = stream.message() => match msg {
+                    Ok(Some(resp)) => {
+                        if resp.compact_revision() > 0 {
+                            let _ = tx
+                                .send(Err(StoreError::Compacted {
+                                    requested: last + 1,
+                                    oldest: resp.compact_revision(),
+                                }))
+                                .await;
+                            return;
+                        }
+                        if resp.canceled() {
+                            tracing::debug!(reason = resp.cancel_reason(), "etcd watch canceled; reconnecting");
+                            break;
+                        }
+                        if !deliver(&store, &resp, &mut last, &tx).await {
+                            return;
+                        }
+                        backoff = BACKOFF_START;
+                    }
+                    Ok(None) => {
+                        tracing::debug!(%prefix, "etcd watch stream ended; reconnecting");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%prefix, error = %e, "etcd watch failed; reconnecting");
+                        break;
+                    }
+                },
+            }
+        }
+        // Reconnect from the revision after the last delivered one.
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            match store.open_watch(&prefix, last + 1).await {
+                Ok((s, pending)) => {
+                    stream = s;
+                    for resp in &pending {
+                        if !deliver(&store, resp, &mut last, &tx).await {
+                            return;
+                        }
+                    }
+                    break;
+                }
+                Err(e @ StoreError::Compacted { .. }) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(%prefix, error = %e, "etcd watch reconnect failed; retrying");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Test support (cargo feature `testing`): real etcd servers on loopback.
+//!
+//! This module owns starting and stopping throwaway etcd clusters for the
+//! contract tests and benchmarks: free loopback ports, a temporary data
+//! directory, a wait until every member answers `/health`, and a kill on
+//! drop (which also runs when a test panics). As a second line of defence
+//! every etcd process is started with `PR_SET_PDEATHSIG`, so it dies with the
+//! thread that started it even if `Drop` never runs (e.g. the process-wide
+//! [`shared_etcd`]).
+//!
+//! The binary is `$VIKING_ETCD_BIN`, else `etcd` on `PATH`, else
+//! `/usr/bin/etcd`. A missing binary is an error, never a skip.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long to wait for a cluster to become healthy.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One etcd member process.
+struct Member {
+    name: String,
+    client_url: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// A running etcd cluster on loopback, killed when dropped.
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    dir: Option<tempfile::TempDir>,
+    root: PathBuf,
+}
+
+/// The etcd binary to run.
+pub fn etcd_binary() -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var("VIKING_ETCD_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("etcd");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    let fallback = PathBuf::from("/usr/bin/etcd");
+    if fallback.is_file() {
+        return Ok(fallback);
+    }
+    Err(
+        "etcd binary not found: install etcd-server (Debian: `apt-get install etcd-server`) \
+         or set VIKING_ETCD_BIN"
+            .to_string(),
+    )
+}
+
+/// `n` distinct free loopback ports (held open together, then released).
+fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").map_err(|e| format!("binding a port: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .map(|a| a.port())
+                .map_err(|e| format!("reading a port: {e}"))
+        })
+        .collect()
+}
+
+impl EtcdCluster {
+    /// Start an `n`-member cluster in a fresh temporary directory. Call it
+    /// from a thread that outlives the cluster (see the module docs).
+    pub fn start(n: usize) -> Result<Self, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("viking-etcd-")
+            .tempdir()
+            .map_err(|e| format!("creating a temp dir: {e}"))?;
+        let root = dir.path().to_path_buf();
+        Self::start_in(n, root, Some(dir))
+    }
+
+    fn start_in(n: usize, root: PathBuf, dir: Option<tempfile::TempDir>) -> Result<Self, String> {
+        if n == 0 {
+            return Err("an etcd cluster needs at least one member".into());
+        }
+        let mut last_err = String::new();
+        // Ports are released before etcd binds them; retry if another
+        // process grabbed one in between.
+        for attempt in 0..3 {
+            let ports = free_ports(2 * n)?;
+            let mut cluster = Self {
+                members: Vec::new(),
+                dir: None,
+                root: root.join(format!("attempt-{attempt}")),
+            };
+            match cluster
+                .launch(n, &ports)
+                .and_then(|()| cluster.wait_healthy())
+            {
+                Ok(()) => {
+                    cluster.dir = dir;
+                    cluster.root = root;
+                    return Ok(cluster);
+                }
+                Err(e) => last_err = e, // `cluster` is dropped: members killed
+            }
+        }
+        Err(last_err)
+    }
+
+    fn launch(&mut self, n: usize, ports: &[u16]) -> Result<(), String> {
+        let bin = etcd_binary()?;
+        std::fs::create_dir_all(&self.root)
+            .map_err(|e| format!("creating {}: {e}", self.root.display()))?;
+        let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
+        let initial_cluster = (0..n)
+            .map(|i| format!("m{i}={}", peer_url(i)))
+            .collect::<Vec<_>>()
+            .join(",");
+        for i in 0..n {
+            let name = format!("m{i}");
+            let client_url = format!("http://127.0.0.1:{}", ports[2 * i]);
+            let log = self.root.join(format!("{name}.log"));
+            let log_file = std::fs::File::create(&log)
+                .map_err(|e| format!("creating {}: {e}", log.display()))?;
+            let log_err = log_file
+                .try_clone()
+                .map_err(|e| format!("cloning a log handle: {e}"))?;
+            let mut cmd = Command::new(&bin);
+            cmd.arg("--name")
+                .arg(&name)
+                .arg("--data-dir")
+                .arg(self.root.join(format!("{name}.data")))
+                .arg("--listen-client-urls")
+                .arg(&client_url)
+                .arg("--advertise-client-urls")
+                .arg(&client_url)
+                .arg("--listen-peer-urls")
+                .arg(peer_url(i))
+                .arg("--initial-advertise-peer-urls")
+                .arg(peer_url(i))
+                .arg("--initial-cluster")
+                .arg(&initial_cluster)
+                .arg("--initial-cluster-state")
+                .arg("new")
+                .arg("--initial-cluster-token")
+                .arg(format!("viking-test-{}", ports[0]))
+                // Fast elections and a 1 s minimum lease TTL.
+                .arg("--heartbeat-interval")
+                .arg("50")
+                .arg("--election-timeout")
+                .arg("500")
+                .arg("--logger")
+                .arg("zap")
+                .arg("--log-level")
+                .arg("warn")
+                .stdin(Stdio::null())
+                .stdout(log_file)
+                .stderr(log_err);
+            if std::env::consts::ARCH == "aarch64" {
+                cmd.env("ETCD_UNSUPPORTED_ARCH", "arm64");
+            }
+            set_parent_death_signal(&mut cmd);
+            let child = cmd
+                .spawn()
+                .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+            self.members.push(Member {
+                name,
+                client_url,
+                child: Some(child),
+                log,
+            });
+        }
+        Ok(())
+    }
+
+    fn wait_healthy(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let mut all = true;
+            for m in &mut self.members {
+                if let Some(child) = m.child.as_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return Err(format!(
+                            "etcd member {} exited during startup ({status}); log:\n{}",
+                            m.name,
+                            tail(&m.log)
+                        ));
+                    }
+                }
+                if !healthy(&m.client_url) {
+                    all = false;
+                }
+            }
+            if all {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let logs = self
+                    .members
+                    .iter()
+                    .map(|m| format!("--- {} ---\n{}", m.name, tail(&m.log)))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                return Err(format!(
+                    "etcd cluster not healthy after {START_TIMEOUT:?}; logs:\n{logs}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every member's client URL (including killed ones).
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// Kill member `i` (SIGKILL) and wait for it to exit.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(m) = self.members.get_mut(i) {
+            if let Some(mut child) = m.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// The directory holding the members' data and logs.
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Whether the member at `client_url` answers `GET /health` with
+/// `"health":"true"`.
+fn healthy(client_url: &str) -> bool {
+    let Some(addr) = client_url.strip_prefix("http://") else {
+        return false;
+    };
+    let Ok(sock) = addr.parse() else {
+        return false;
+    };
+    let Ok(mut stream) = TcpStream::connect_timeout(&sock, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let req = format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    if stream.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = stream.read_to_string(&mut body);
+    body.contains("\"health\":\"true\"")
+}
+
+#[cfg(target_os = "linux")]
+fn set_parent_death_signal(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_parent_death_signal(_cmd: &mut Command) {}
+
+/// A single-member etcd shared by every test of this process, started on
+/// first use. It lives until the process exits: it is started from a thread
+/// that never ends, so `PR_SET_PDEATHSIG` kills it when the process does.
+/// Tests sharing it must use distinct key prefixes.
+pub fn shared_etcd() -> Result<&'static EtcdCluster, String> {
+    static SHARED: OnceLock<Result<EtcdCluster, String>> = OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            remove_stale_shared_dirs();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("shared-etcd".into())
+                .spawn(move || {
+                    let dir = std::env::temp_dir()
+                        .join(format!("viking-etcd-shared-{}", std::process::id()));
+                    let _ = std::fs::remove_dir_all(&dir);
+                    let _ = tx.send(EtcdCluster::start_in(1, dir, None));
+                    loop {
+                        std::thread::park();
+                    }
+                });
+            match spawned {
+                Ok(_) => rx
+                    .recv()
+                    .map_err(|e| format!("shared etcd thread died: {e}"))
+                    .and_then(|r| r),
+                Err(e) => Err(format!("spawning the shared etcd thread: {e}")),
+            }
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Remove data directories of shared etcds whose test process is gone.
+fn remove_stale_shared_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("viking-etcd-shared-"))
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}

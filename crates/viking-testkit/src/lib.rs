@@ -1,0 +1,39 @@
+//! Test harness for viking's integration tests.
+//!
+//! * [`Etcd`]: a throwaway etcd on free ports (loopback or a given address).
+//! * [`Cluster`]: N "hosts" on one machine — node containers from
+//!   `viking-test/node:latest`, each with its own dockerd, the host's `viking`
+//!   binary bind-mounted, `viking-test/busybox` loaded and (optionally) a
+//!   `viking server` running — on a private Docker network with its own etcd.
+//!   Nodes can be killed, restarted, partitioned and healed.
+//!
+//! Prepare the machine once with `sudo scripts/test-images.sh --node`.
+//! Everything the harness creates in Docker is labelled `viking-test=1` and is
+//! removed on drop (also when the test panics, after printing the viking logs);
+//! [`cleanup_stale`] removes leftovers of crashed runs.
+//!
+//! ```no_run
+//! use viking_testkit::{Cluster, ClusterOpts};
+//! // In the `viking` crate's own tests pass `env!("CARGO_BIN_EXE_viking")` as
+//! // `viking_bin`; elsewhere it is located in target/<profile>/ (build it first).
+//! let opts = ClusterOpts {
+//!     tags: vec!["zone=a".into(), "zone=b".into(), "zone=b".into()],
+//!     ..ClusterOpts::default()
+//! };
+//! let c = Cluster::start(3, opts).expect("cluster");
+//! let out = c.node(0).cli(["ps"]);
+//! assert!(out.status.success());
+//! c.node(1).partition().unwrap();
+//! ```
+
+mod cluster;
+mod etcd;
+mod http;
+mod util;
+
+pub use cluster::{
+    cleanup_stale, viking_bin, Cluster, ClusterOpts, Node, BUSYBOX_IMAGE, NODE_IMAGE, VIKING_LOG,
+};
+pub use etcd::Etcd;
+pub use http::{http_get, HttpResponse};
+pub use util::{host_docker, LABEL};

@@ -1,0 +1,99 @@
+//! The `viking` binary: parses the command line and hands over to the
+//! server (`viking server`) or the client commands.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use viking_cli::{Cli, Command, ServerArgs};
+use viking_server::ServerConfig;
+
+fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
+    let listen: SocketAddr = a
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {:?} must be ADDR:PORT", a.listen))?;
+    let secs = |v: f64, flag: &str| -> anyhow::Result<Duration> {
+        Duration::try_from_secs_f64(v).map_err(|_| anyhow::anyhow!("{flag} {v} is not a duration in seconds"))
+    };
+    Ok(ServerConfig {
+        name: a.name.filter(|n| !n.is_empty()).unwrap_or_else(viking_cli::hostname),
+        ip: a.ip,
+        listen,
+        etcd: a.etcd.into_iter().filter(|e| !e.is_empty()).collect(),
+        key: a.key,
+        tags: a.tags.into_iter().filter(|t| !t.is_empty()).collect(),
+        data_dir: a.data_dir.unwrap_or_else(viking_cli::default_data_dir),
+        docker: a.docker,
+        token: a.token.filter(|t| !t.is_empty()),
+        host_ttl: secs(a.host_ttl, "--host-ttl")?,
+        resync: secs(a.resync, "--resync")?.max(Duration::from_secs(1)),
+    })
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn server(a: ServerArgs) -> anyhow::Result<()> {
+    let config = server_config(a)?;
+    let listen = config.listen;
+    let prepared = viking_server::prepare(config).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    viking_server::serve(prepared, listener, shutdown_signal()).await
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("viking: starting the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = rt.block_on(async move {
+        match cli.command {
+            Command::Server(a) => {
+                tracing_subscriber::fmt()
+                    .with_env_filter(
+                        tracing_subscriber::EnvFilter::try_from_env("VIKING_LOG")
+                            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                    )
+                    .with_writer(std::io::stderr)
+                    .init();
+                match server(a).await {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("viking server: {e:#}");
+                        1
+                    }
+                }
+            }
+            command => match viking_cli::dispatch(&cli.server, cli.token, command).await {
+                Ok(code) => code,
+                Err(f) => {
+                    eprintln!("viking: {}", f.message);
+                    f.code
+                }
+            },
+        }
+    });
+    // Do not wait for the stdin reader thread, which may block on a read.
+    rt.shutdown_timeout(Duration::from_millis(10));
+    std::process::exit(code);
+}
