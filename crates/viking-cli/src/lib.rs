@@ -26,7 +26,12 @@ pub mod table;
 #[command(name = "viking", version, about, disable_help_subcommand = true)]
 pub struct Cli {
     /// The viking server to talk to.
-    #[arg(long, env = "VIKING_SERVER", default_value = "http://127.0.0.1:8791", global = false)]
+    #[arg(
+        long,
+        env = "VIKING_SERVER",
+        default_value = "http://127.0.0.1:8791",
+        global = false
+    )]
     pub server: String,
     /// The cluster token (default: the local server's token file).
     #[arg(long, env = "VIKING_TOKEN", hide_env_values = true)]
@@ -117,7 +122,11 @@ pub struct ServerArgs {
     #[arg(long, env = "VIKING_DATA")]
     pub data_dir: Option<PathBuf>,
     /// The Docker engine's socket.
-    #[arg(long, env = "DOCKER_HOST", default_value = "unix:///var/run/docker.sock")]
+    #[arg(
+        long,
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
     pub docker: String,
     /// The cluster token (default: made at first start, kept in the data directory).
     #[arg(long, env = "VIKING_TOKEN", hide_env_values = true)]
@@ -200,12 +209,17 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
 }
 
 fn path_segment(name: &str) -> Result<&str, Failure> {
-    viking_core::job::validate_name(name).map_err(|e| Failure::new(1, format!("{name:?}: {}", e.message)))?;
+    viking_core::job::validate_name(name)
+        .map_err(|e| Failure::new(1, format!("{name:?}: {}", e.message)))?;
     Ok(name)
 }
 
 /// Run a client command (not `server`); the process exit status.
-pub async fn dispatch(server: &str, token: Option<String>, command: Command) -> Result<i32, Failure> {
+pub async fn dispatch(
+    server: &str,
+    token: Option<String>,
+    command: Command,
+) -> Result<i32, Failure> {
     let c = client(server, token)?;
     match command {
         Command::Server(_) => Err(Failure::new(2, "`viking server` is started by the binary")),

@@ -74,7 +74,11 @@ pub struct RunArgs {
     #[arg(long = "dry-run")]
     pub dry_run: bool,
     /// IMAGE [COMMAND] [ARG...]
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "IMAGE [COMMAND] [ARG...]")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "IMAGE [COMMAND] [ARG...]"
+    )]
     pub args: Vec<String>,
 }
 
@@ -86,9 +90,16 @@ impl RunArgs {
             let r = if f.as_os_str() == "-" {
                 std::io::stdin().read_to_end(&mut doc).map(|_| ())
             } else {
-                std::fs::File::open(f).and_then(|mut h| h.read_to_end(&mut doc)).map(|_| ())
+                std::fs::File::open(f)
+                    .and_then(|mut h| h.read_to_end(&mut doc))
+                    .map(|_| ())
             };
-            r.map_err(|e| Failure::new(DAEMON_ERROR, format!("reading job file {}: {e}", f.display())))?;
+            r.map_err(|e| {
+                Failure::new(
+                    DAEMON_ERROR,
+                    format!("reading job file {}: {e}", f.display()),
+                )
+            })?;
             return Ok(doc);
         }
         let Some((image, command)) = self.args.split_first() else {
@@ -99,8 +110,12 @@ impl RunArgs {
         };
         let mut env = Vec::new();
         for file in &self.env_file {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| Failure::new(DAEMON_ERROR, format!("reading env file {}: {e}", file.display())))?;
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                Failure::new(
+                    DAEMON_ERROR,
+                    format!("reading env file {}: {e}", file.display()),
+                )
+            })?;
             for line in text.lines().map(str::trim) {
                 if line.is_empty() || line.starts_with('#') {
                     continue;
@@ -152,7 +167,10 @@ pub async fn run(c: &Client, args: RunArgs) -> Result<i32, Failure> {
     let doc = args.to_document()?;
     let api_err = |e: viking_client::ClientError| Failure::new(DAEMON_ERROR, e.to_string());
     if args.dry_run {
-        let d: DryRunResponse = c.json(Method::POST, "/v1/jobs?dry_run=true", Some(doc)).await.map_err(api_err)?;
+        let d: DryRunResponse = c
+            .json(Method::POST, "/v1/jobs?dry_run=true", Some(doc))
+            .await
+            .map_err(api_err)?;
         match &d.host {
             Some(h) => println!("job {} would run on host {h}", d.job.name),
             None => println!("job {} cannot run on any host now", d.job.name),
@@ -180,7 +198,9 @@ async fn run_daemon(c: &Client, doc: Vec<u8>) -> Result<i32, Failure> {
         None => eprintln!(
             "{}: {}",
             r.job.name,
-            r.waiting.as_deref().unwrap_or("accepted; it will start when a host can take it")
+            r.waiting
+                .as_deref()
+                .unwrap_or("accepted; it will start when a host can take it")
         ),
     }
     Ok(0)
@@ -211,7 +231,10 @@ fn spawn_stdin_reader(attached: bool) -> tokio::sync::mpsc::Receiver<Option<Vec<
     rx
 }
 
-async fn attached(io: viking_client::client::AttachedIo, stdin_attached: bool) -> Result<i32, Failure> {
+async fn attached(
+    io: viking_client::client::AttachedIo,
+    stdin_attached: bool,
+) -> Result<i32, Failure> {
     let (rd, mut wr) = tokio::io::split(io);
     let mut stdin = spawn_stdin_reader(stdin_attached);
     // stdin and Ctrl-C to the server.
@@ -258,12 +281,14 @@ async fn print_attached<R: tokio::io::AsyncRead + Unpin>(rd: R) -> Result<i32, F
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     loop {
-        let f = frames
-            .next()
-            .await
-            .map_err(|e| Failure::new(DAEMON_ERROR, format!("connection to the server lost: {e}")))?;
+        let f = frames.next().await.map_err(|e| {
+            Failure::new(DAEMON_ERROR, format!("connection to the server lost: {e}"))
+        })?;
         let Some(f) = f else {
-            return Err(Failure::new(DAEMON_ERROR, "connection to the server lost before the job ended"));
+            return Err(Failure::new(
+                DAEMON_ERROR,
+                "connection to the server lost before the job ended",
+            ));
         };
         match f.kind {
             frame::STDOUT => {
@@ -282,7 +307,10 @@ async fn print_attached<R: tokio::io::AsyncRead + Unpin>(rd: R) -> Result<i32, F
             }
             frame::ERROR => {
                 let body: Option<ErrorBody> = serde_json::from_slice(&f.data).ok();
-                error = Some(body.map(|b| b.error).unwrap_or_else(|| String::from_utf8_lossy(&f.data).into_owned()));
+                error = Some(
+                    body.map(|b| b.error)
+                        .unwrap_or_else(|| String::from_utf8_lossy(&f.data).into_owned()),
+                );
             }
             frame::EXIT => {
                 let code = f.exit_code().unwrap_or(DAEMON_ERROR as i64);
@@ -345,7 +373,23 @@ mod tests {
 
     #[test]
     fn docker_flags_make_a_job() {
-        let d = doc(&["--name", "web", "-d", "-p", "8080:80", "-e", "A=1", "-v", "/data", "--viking-filter", "ssd", "img", "sh", "-c", "x -y"]);
+        let d = doc(&[
+            "--name",
+            "web",
+            "-d",
+            "-p",
+            "8080:80",
+            "-e",
+            "A=1",
+            "-v",
+            "/data",
+            "--viking-filter",
+            "ssd",
+            "img",
+            "sh",
+            "-c",
+            "x -y",
+        ]);
         assert_eq!(d["name"], "web");
         assert_eq!(d["daemonize"], true);
         assert_eq!(d["ports"][0], "8080:80");

@@ -70,10 +70,16 @@ fn truncate(s: &str, n: usize) -> String {
 /// Docker's status column: "Up 5 minutes", "Exited (1) 2 hours ago".
 pub fn status(p: &PsRecord, now: u64) -> String {
     match p.status.as_str() {
-        "running" => format!("Up {}", human(now.saturating_sub(p.started_at.unwrap_or(now)))),
+        "running" => format!(
+            "Up {}",
+            human(now.saturating_sub(p.started_at.unwrap_or(now)))
+        ),
         "exited" | "dead" => {
             let code = p.exit_code.map(|c| format!(" ({c})")).unwrap_or_default();
-            let when = p.finished_at.map(|f| format!(" {}", ago(now, f))).unwrap_or_default();
+            let when = p
+                .finished_at
+                .map(|f| format!(" {}", ago(now, f)))
+                .unwrap_or_default();
             format!("Exited{code}{when}")
         }
         other => {
@@ -93,7 +99,19 @@ pub fn ps(v: &[PsRecord], now: u64) -> String {
             let ports = p
                 .ports
                 .iter()
-                .map(|pp| format!("{}:{}->{}/{}", if pp.host_ip.is_empty() { "0.0.0.0" } else { &pp.host_ip }, pp.host_port, pp.container, pp.proto))
+                .map(|pp| {
+                    format!(
+                        "{}:{}->{}/{}",
+                        if pp.host_ip.is_empty() {
+                            "0.0.0.0"
+                        } else {
+                            &pp.host_ip
+                        },
+                        pp.host_port,
+                        pp.container,
+                        pp.proto
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
             vec![
@@ -108,7 +126,19 @@ pub fn ps(v: &[PsRecord], now: u64) -> String {
             ]
         })
         .collect();
-    render(&["NAME", "HOST", "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS"], &rows)
+    render(
+        &[
+            "NAME",
+            "HOST",
+            "CONTAINER ID",
+            "IMAGE",
+            "COMMAND",
+            "CREATED",
+            "STATUS",
+            "PORTS",
+        ],
+        &rows,
+    )
 }
 
 pub fn proc(v: &[ProcRecord], now: u64) -> String {
@@ -134,14 +164,29 @@ pub fn proc(v: &[ProcRecord], now: u64) -> String {
                 j.name.clone(),
                 j.image.clone(),
                 format!("\"{}\"", truncate(&j.command.join(" "), 20)),
-                j.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","),
+                j.ports
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
                 flags.join(","),
                 place.join(" "),
                 ago(now, p.created_at),
             ]
         })
         .collect();
-    render(&["NAME", "IMAGE", "COMMAND", "PORTS", "FLAGS", "PLACEMENT", "CREATED"], &rows)
+    render(
+        &[
+            "NAME",
+            "IMAGE",
+            "COMMAND",
+            "PORTS",
+            "FLAGS",
+            "PLACEMENT",
+            "CREATED",
+        ],
+        &rows,
+    )
 }
 
 pub fn hosts(v: &[HostView], now: u64) -> String {
@@ -163,11 +208,20 @@ pub fn hosts(v: &[HostView], now: u64) -> String {
                 r.cpus.to_string(),
                 format!("{:.1}GiB", r.memory as f64 / (1u64 << 30) as f64),
                 r.version.clone(),
-                if h.alive { human(now.saturating_sub(r.started_at)) } else { "-".to_string() },
+                if h.alive {
+                    human(now.saturating_sub(r.started_at))
+                } else {
+                    "-".to_string()
+                },
             ]
         })
         .collect();
-    render(&["NAME", "STATE", "ADDRESS", "TAGS", "JOBS", "CPUS", "MEMORY", "VERSION", "UPTIME"], &rows)
+    render(
+        &[
+            "NAME", "STATE", "ADDRESS", "TAGS", "JOBS", "CPUS", "MEMORY", "VERSION", "UPTIME",
+        ],
+        &rows,
+    )
 }
 
 #[cfg(test)]

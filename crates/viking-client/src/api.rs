@@ -64,7 +64,7 @@ pub struct DryRunResponse {
 #[serde(rename_all = "snake_case")]
 pub enum ProgressLine {
     Progress(String),
-    Done(RunResponse),
+    Done(Box<RunResponse>),
     Error(ErrorBody),
 }
 

@@ -50,7 +50,11 @@ impl Client {
     pub fn new(server: &str, token: Option<String>) -> Result<Self, ClientError> {
         let rest = server.strip_prefix("http://").unwrap_or(server);
         let addr = rest.trim_end_matches('/');
-        if addr.is_empty() || addr.contains('/') || !addr.contains(':') || server.starts_with("https://") {
+        if addr.is_empty()
+            || addr.contains('/')
+            || !addr.contains(':')
+            || server.starts_with("https://")
+        {
             return Err(ClientError::BadUrl(server.to_string()));
         }
         Ok(Self {
@@ -63,7 +67,9 @@ impl Client {
         &self.addr
     }
 
-    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError> {
+    async fn connect(
+        &self,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError> {
         let tcp = TcpStream::connect(&self.addr)
             .await
             .map_err(|e| ClientError::Connect {
@@ -81,7 +87,12 @@ impl Client {
         Ok(sender)
     }
 
-    fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Request<Full<Bytes>>, ClientError> {
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Request<Full<Bytes>>, ClientError> {
         let mut b = Request::builder()
             .method(method)
             .uri(path)
@@ -97,7 +108,12 @@ impl Client {
     }
 
     /// Send a request; any status is returned as is.
-    pub async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Response<Incoming>, ClientError> {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>, ClientError> {
         let req = self.request(method, path, body)?;
         let mut sender = self.connect().await?;
         sender
@@ -108,19 +124,30 @@ impl Client {
 
     /// Send a request and read a JSON answer; an error status becomes
     /// [`ClientError::Api`] with the server's message.
-    pub async fn json<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<T, ClientError> {
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
         let resp = self.send(method, path, body).await?;
         let status = resp.status();
         let bytes = read_body(resp).await?;
         if !status.is_success() {
             return Err(api_error(status, &bytes));
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Http(format!("unexpected answer: {e}")))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Http(format!("unexpected answer: {e}")))
     }
 
     /// Send a request whose answer has no body of interest; an error status
     /// becomes [`ClientError::Api`].
-    pub async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(), ClientError> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(), ClientError> {
         let resp = self.send(method, path, body).await?;
         let status = resp.status();
         let bytes = read_body(resp).await?;
@@ -132,7 +159,12 @@ impl Client {
 
     /// Send a request whose answer is a stream; an error status becomes
     /// [`ClientError::Api`].
-    pub async fn stream(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Incoming, ClientError> {
+    pub async fn stream(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Incoming, ClientError> {
         let resp = self.send(method, path, body).await?;
         let status = resp.status();
         if !status.is_success() {
@@ -155,13 +187,17 @@ impl Client {
         loop {
             while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
                 let line = buf.split_to(nl + 1);
-                let parsed: ProgressLine = serde_json::from_slice(&line)
-                    .map_err(|e| ClientError::Http(format!("unexpected answer from the server: {e}")))?;
+                let parsed: ProgressLine = serde_json::from_slice(&line).map_err(|e| {
+                    ClientError::Http(format!("unexpected answer from the server: {e}"))
+                })?;
                 match parsed {
                     ProgressLine::Progress(p) => on_progress(p),
-                    ProgressLine::Done(r) => return Ok(r),
+                    ProgressLine::Done(r) => return Ok(*r),
                     ProgressLine::Error(ErrorBody { error, status }) => {
-                        return Err(ClientError::Api { status, message: error })
+                        return Err(ClientError::Api {
+                            status,
+                            message: error,
+                        })
                     }
                 }
             }
@@ -171,7 +207,11 @@ impl Client {
                         buf.extend_from_slice(&data);
                     }
                 }
-                Some(Err(e)) => return Err(ClientError::Http(format!("reading the server's answer: {e}"))),
+                Some(Err(e)) => {
+                    return Err(ClientError::Http(format!(
+                        "reading the server's answer: {e}"
+                    )))
+                }
                 None => {
                     return Err(ClientError::Http(
                         "the server closed the connection before the job started".to_string(),
@@ -185,8 +225,14 @@ impl Client {
     pub async fn attach(&self, path: &str, body: Vec<u8>) -> Result<AttachedIo, ClientError> {
         let mut req = self.request(Method::POST, path, Some(body))?;
         let h = req.headers_mut();
-        h.insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
-        h.insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static(ATTACH_PROTOCOL));
+        h.insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("Upgrade"),
+        );
+        h.insert(
+            hyper::header::UPGRADE,
+            hyper::header::HeaderValue::from_static(ATTACH_PROTOCOL),
+        );
         let mut sender = self.connect().await?;
         let resp = sender
             .send_request(req)
@@ -215,7 +261,10 @@ async fn read_body(resp: Response<Incoming>) -> Result<Bytes, ClientError> {
 fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
     let message = match serde_json::from_slice::<ErrorBody>(bytes) {
         Ok(b) => b.error,
-        Err(_) => format!("server answered {status}: {}", String::from_utf8_lossy(bytes)),
+        Err(_) => format!(
+            "server answered {status}: {}",
+            String::from_utf8_lossy(bytes)
+        ),
     };
     ClientError::Api {
         status: status.as_u16(),
@@ -229,8 +278,14 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(Client::new("http://127.0.0.1:8791", None).unwrap().addr(), "127.0.0.1:8791");
-        assert_eq!(Client::new("10.0.0.1:1/", None).unwrap().addr(), "10.0.0.1:1");
+        assert_eq!(
+            Client::new("http://127.0.0.1:8791", None).unwrap().addr(),
+            "127.0.0.1:8791"
+        );
+        assert_eq!(
+            Client::new("10.0.0.1:1/", None).unwrap().addr(),
+            "10.0.0.1:1"
+        );
         assert!(Client::new("https://x:1", None).is_err());
         assert!(Client::new("http://x", None).is_err());
     }

@@ -58,8 +58,15 @@ impl Frame {
 }
 
 /// Write one frame.
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, kind: u8, data: &[u8]) -> std::io::Result<()> {
-    for chunk in data.chunks(MAX_FRAME).chain(data.is_empty().then_some(&[][..])) {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: u8,
+    data: &[u8],
+) -> std::io::Result<()> {
+    for chunk in data
+        .chunks(MAX_FRAME)
+        .chain(data.is_empty().then_some(&[][..]))
+    {
         let mut head = [0u8; 5];
         head[0] = kind;
         head[1..].copy_from_slice(&(chunk.len() as u32).to_be_bytes());
@@ -141,7 +148,10 @@ mod tests {
         Frame::exit(-3).encode(&mut b);
         out.extend_from_slice(&b);
         let mut r = FrameReader::new(&out[..]);
-        assert_eq!(r.next().await.unwrap(), Some(Frame::new(STDOUT, &b"hello"[..])));
+        assert_eq!(
+            r.next().await.unwrap(),
+            Some(Frame::new(STDOUT, &b"hello"[..]))
+        );
         assert_eq!(r.next().await.unwrap().unwrap().kind, STDIN_EOF);
         assert_eq!(r.next().await.unwrap().unwrap().exit_code(), Some(-3));
         assert_eq!(r.next().await.unwrap(), None);

@@ -127,9 +127,7 @@ impl PortSpec {
             Some((p, "tcp")) => (p, Proto::Tcp),
             Some((p, "udp")) => (p, Proto::Udp),
             Some((_, other)) => {
-                return Err(format!(
-                    "{s:?}: protocol must be tcp or udp, not {other:?}"
-                ))
+                return Err(format!("{s:?}: protocol must be tcp or udp, not {other:?}"))
             }
             None => (s, Proto::Tcp),
         };
@@ -250,7 +248,10 @@ impl Job {
         };
         if let Some(w) = &spec.workdir {
             if !w.starts_with('/') || w.contains('\0') {
-                return Err(JobError::new("workdir", format!("{w:?} must be an absolute path")));
+                return Err(JobError::new(
+                    "workdir",
+                    format!("{w:?} must be an absolute path"),
+                ));
             }
         }
 
@@ -271,7 +272,10 @@ impl Job {
         for v in &spec.volumes {
             let path = normalize_volume(v).map_err(|m| JobError::new("volumes", m))?;
             if volumes.contains(&path) {
-                return Err(JobError::new("volumes", format!("{path:?} is listed twice")));
+                return Err(JobError::new(
+                    "volumes",
+                    format!("{path:?} is listed twice"),
+                ));
             }
             volumes.push(path);
         }
@@ -368,8 +372,7 @@ pub fn validate_name(n: &str) -> Result<(), JobError> {
     let ok = !n.is_empty()
         && n.len() <= MAX_NAME_LEN
         && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && n
-            .chars()
+        && n.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if ok {
         Ok(())
@@ -380,7 +383,10 @@ pub fn validate_name(n: &str) -> Result<(), JobError> {
 }
 
 fn truthy(v: &str) -> bool {
-    !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no")
+    !matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "" | "0" | "false" | "no"
+    )
 }
 
 fn parse_env(env: Option<EnvSpec>) -> Result<BTreeMap<String, String>, JobError> {
@@ -455,8 +461,12 @@ fn normalize_volume(v: &str) -> Result<String, String> {
 }
 
 fn merge_host(field: Option<String>, env: Option<&String>) -> Result<Option<String>, JobError> {
-    let field = field.filter(|h| !h.trim().is_empty()).map(|h| h.trim().to_string());
-    let env = env.filter(|h| !h.trim().is_empty()).map(|h| h.trim().to_string());
+    let field = field
+        .filter(|h| !h.trim().is_empty())
+        .map(|h| h.trim().to_string());
+    let env = env
+        .filter(|h| !h.trim().is_empty())
+        .map(|h| h.trim().to_string());
     let host = match (field, env) {
         (Some(a), Some(b)) if a != b => {
             return Err(JobError::new(
@@ -472,7 +482,10 @@ fn merge_host(field: Option<String>, env: Option<&String>) -> Result<Option<Stri
     Ok(host)
 }
 
-fn merge_filter(field: Option<StringOrList>, env: Option<&String>) -> Result<Vec<String>, JobError> {
+fn merge_filter(
+    field: Option<StringOrList>,
+    env: Option<&String>,
+) -> Result<Vec<String>, JobError> {
     let mut tags = BTreeSet::new();
     let mut add = |s: &str| {
         for t in s.split(',') {
@@ -522,22 +535,54 @@ mod tests {
         let j = parse(r#"{"name":"web","image":"b","ports":["8080:80","53/udp"]}"#).unwrap();
         assert!(j.daemonize);
         assert!(!j.fixed);
-        assert_eq!(j.ports[0], PortSpec { host: Some(8080), container: 80, proto: Proto::Tcp });
-        assert_eq!(j.ports[1], PortSpec { host: None, container: 53, proto: Proto::Udp });
+        assert_eq!(
+            j.ports[0],
+            PortSpec {
+                host: Some(8080),
+                container: 80,
+                proto: Proto::Tcp
+            }
+        );
+        assert_eq!(
+            j.ports[1],
+            PortSpec {
+                host: None,
+                container: 53,
+                proto: Proto::Udp
+            }
+        );
     }
 
     #[test]
     fn fixed_defaults() {
         assert!(parse(r#"{"image":"b","volumes":["/data"]}"#).unwrap().fixed);
         assert!(parse(r#"{"image":"b","static":true}"#).unwrap().fixed);
-        assert!(parse(r#"{"image":"b","env":{"VIKING_FIXED":"1"}}"#).unwrap().fixed);
-        assert!(parse(r#"{"image":"b","env":["VIKING_FIXED=yes"]}"#).unwrap().fixed);
-        assert!(!parse(r#"{"image":"b","env":["VIKING_FIXED=0"]}"#).unwrap().fixed);
+        assert!(
+            parse(r#"{"image":"b","env":{"VIKING_FIXED":"1"}}"#)
+                .unwrap()
+                .fixed
+        );
+        assert!(
+            parse(r#"{"image":"b","env":["VIKING_FIXED=yes"]}"#)
+                .unwrap()
+                .fixed
+        );
+        assert!(
+            !parse(r#"{"image":"b","env":["VIKING_FIXED=0"]}"#)
+                .unwrap()
+                .fixed
+        );
         // explicit wins
-        assert!(!parse(r#"{"image":"b","volumes":["/d"],"fixed":false}"#).unwrap().fixed);
-        assert!(!parse(r#"{"image":"b","ports":["80"],"name":"x","daemonize":false}"#)
-            .unwrap()
-            .daemonize);
+        assert!(
+            !parse(r#"{"image":"b","volumes":["/d"],"fixed":false}"#)
+                .unwrap()
+                .fixed
+        );
+        assert!(
+            !parse(r#"{"image":"b","ports":["80"],"name":"x","daemonize":false}"#)
+                .unwrap()
+                .daemonize
+        );
     }
 
     #[test]
@@ -546,13 +591,20 @@ mod tests {
         assert_eq!(j.command, vec!["sh", "-c", "echo hi there"]);
         let j = parse(r#"{"image":"b","command":["a","b c"]}"#).unwrap();
         assert_eq!(j.command, vec!["a", "b c"]);
-        assert_eq!(parse(r#"{"image":"b","command":"sh -c 'x"}"#).unwrap_err().field, "command");
+        assert_eq!(
+            parse(r#"{"image":"b","command":"sh -c 'x"}"#)
+                .unwrap_err()
+                .field,
+            "command"
+        );
     }
 
     #[test]
     fn placement_hints_from_env() {
-        let j = parse(r#"{"image":"b","env":{"VIKING_HOST":"n2","VIKING_TAG":"ssd,gpu"},"filter":"eu"}"#)
-            .unwrap();
+        let j = parse(
+            r#"{"image":"b","env":{"VIKING_HOST":"n2","VIKING_TAG":"ssd,gpu"},"filter":"eu"}"#,
+        )
+        .unwrap();
         assert_eq!(j.host.as_deref(), Some("n2"));
         assert_eq!(j.filter, vec!["eu", "gpu", "ssd"]);
         let e = parse(r#"{"image":"b","host":"n1","env":{"VIKING_HOST":"n2"}}"#).unwrap_err();
@@ -590,7 +642,10 @@ mod tests {
 
     #[test]
     fn oversized_document_is_refused() {
-        let big = format!(r#"{{"image":"b","command":["{}"]}}"#, "x".repeat(MAX_DOCUMENT_BYTES));
+        let big = format!(
+            r#"{{"image":"b","command":["{}"]}}"#,
+            "x".repeat(MAX_DOCUMENT_BYTES)
+        );
         assert_eq!(parse(&big).unwrap_err().field, "(document)");
     }
 
@@ -603,7 +658,11 @@ mod tests {
     fn arb_spec() -> impl Strategy<Value = JobSpec> {
         let name = proptest::option::of("[a-zA-Z0-9][a-zA-Z0-9_.-]{0,20}");
         let port = (proptest::option::of(1u16..), 1u16.., any::<bool>()).prop_map(|(h, c, udp)| {
-            let p = PortSpec { host: h, container: c, proto: if udp { Proto::Udp } else { Proto::Tcp } };
+            let p = PortSpec {
+                host: h,
+                container: c,
+                proto: if udp { Proto::Udp } else { Proto::Tcp },
+            };
             p.to_string()
         });
         let vol = "(/[a-z]{1,5}){1,3}";

@@ -4,9 +4,8 @@
 //! create-if-absent anyway).
 
 const LEFT: &[&str] = &[
-    "admiring", "bold", "brave", "calm", "clever", "eager", "fervent", "gallant", "happy",
-    "jolly", "keen", "lucid", "merry", "nifty", "quirky", "serene", "stoic", "swift", "vivid",
-    "zealous",
+    "admiring", "bold", "brave", "calm", "clever", "eager", "fervent", "gallant", "happy", "jolly",
+    "keen", "lucid", "merry", "nifty", "quirky", "serene", "stoic", "swift", "vivid", "zealous",
 ];
 const RIGHT: &[&str] = &[
     "bjorn", "erik", "floki", "freya", "gunnar", "harald", "ingrid", "ivar", "lagertha", "leif",

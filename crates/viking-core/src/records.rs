@@ -51,7 +51,11 @@ struct EnvelopeIn {
 /// Serialise a record in its envelope.
 pub fn encode<T: Record>(r: &T) -> Vec<u8> {
     // Serialising plain data structs to a Vec cannot fail.
-    serde_json::to_vec(&EnvelopeOut { v: T::VERSION, data: r }).unwrap_or_default()
+    serde_json::to_vec(&EnvelopeOut {
+        v: T::VERSION,
+        data: r,
+    })
+    .unwrap_or_default()
 }
 
 /// Read a record, migrating older versions.

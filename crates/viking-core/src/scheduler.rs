@@ -95,7 +95,10 @@ pub fn place(job: &Job, hosts: &[HostSnapshot], history: Option<&History>) -> De
     }
     rejected.sort_by(|a, b| a.host.cmp(&b.host));
     let waiting_for = match (best, fixed_to) {
-        (None, Some(f)) if hosts.iter().any(|h| h.name == f && !h.alive) || !hosts.iter().any(|h| h.name == f) => {
+        (None, Some(f))
+            if hosts.iter().any(|h| h.name == f && !h.alive)
+                || !hosts.iter().any(|h| h.name == f) =>
+        {
             Some(f.to_string())
         }
         _ => None,
@@ -161,9 +164,19 @@ mod tests {
     #[test]
     fn least_busy_wins_with_name_tiebreak() {
         let hosts = [host("b", 1, &[]), host("a", 1, &[]), host("c", 0, &[])];
-        assert_eq!(place(&job(r#"{"image":"x"}"#), &hosts, None).host.as_deref(), Some("c"));
+        assert_eq!(
+            place(&job(r#"{"image":"x"}"#), &hosts, None)
+                .host
+                .as_deref(),
+            Some("c")
+        );
         let hosts = [host("b", 1, &[]), host("a", 1, &[])];
-        assert_eq!(place(&job(r#"{"image":"x"}"#), &hosts, None).host.as_deref(), Some("a"));
+        assert_eq!(
+            place(&job(r#"{"image":"x"}"#), &hosts, None)
+                .host
+                .as_deref(),
+            Some("a")
+        );
     }
 
     #[test]
@@ -173,9 +186,17 @@ mod tests {
         let mut busy_port = host("p", 0, &["ssd"]);
         busy_port.used_ports.insert((8080, Proto::Tcp));
         let hosts = [dead, busy_port, host("t", 0, &[]), host("ok", 5, &["ssd"])];
-        let d = place(&job(r#"{"name":"w","image":"x","ports":["8080:80"],"filter":"ssd"}"#), &hosts, None);
+        let d = place(
+            &job(r#"{"name":"w","image":"x","ports":["8080:80"],"filter":"ssd"}"#),
+            &hosts,
+            None,
+        );
         assert_eq!(d.host.as_deref(), Some("ok"));
-        let reasons: Vec<_> = d.rejected.iter().map(|r| (r.host.as_str(), r.reason.as_str())).collect();
+        let reasons: Vec<_> = d
+            .rejected
+            .iter()
+            .map(|r| (r.host.as_str(), r.reason.as_str()))
+            .collect();
         assert_eq!(
             reasons,
             vec![

@@ -144,7 +144,9 @@ fn info_from_inspect(c: ContainerInspectResponse) -> Option<ContainerInfo> {
             }
         }
     }
-    ports.sort_by(|a, b| (a.container, &a.proto, &a.host_ip).cmp(&(b.container, &b.proto, &b.host_ip)));
+    ports.sort_by(|a, b| {
+        (a.container, &a.proto, &a.host_ip).cmp(&(b.container, &b.proto, &b.host_ip))
+    });
     // One entry per (port, proto): Docker lists IPv4 and IPv6 separately.
     ports.dedup_by(|a, b| a.container == b.container && a.proto == b.proto);
     let mut command = config.entrypoint.unwrap_or_default();
@@ -405,11 +407,7 @@ impl Runtime for DockerRuntime {
             filters,
             ..Default::default()
         };
-        let summaries = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(err)?;
+        let summaries = self.docker.list_containers(Some(opts)).await.map_err(err)?;
         let mut out = Vec::with_capacity(summaries.len());
         for s in summaries {
             let Some(id) = s.id else { continue };
@@ -488,7 +486,10 @@ mod tests {
     #[test]
     fn times_parse() {
         assert_eq!(parse_time("1970-01-01T00:00:01.5Z"), Some(1500));
-        assert_eq!(parse_time("2026-11-25T19:00:52.123456789Z"), Some(1_795_633_252_123));
+        assert_eq!(
+            parse_time("2026-11-25T19:00:52.123456789Z"),
+            Some(1_795_633_252_123)
+        );
         assert_eq!(parse_time("0001-01-01T00:00:00Z"), None);
         assert_eq!(parse_time("junk"), None);
     }
@@ -497,6 +498,9 @@ mod tests {
     fn tags_split() {
         assert_eq!(split_tag("busybox"), ("busybox".into(), "latest".into()));
         assert_eq!(split_tag("a/b:1.2"), ("a/b".into(), "1.2".into()));
-        assert_eq!(split_tag("127.0.0.1:5000/x"), ("127.0.0.1:5000/x".into(), "latest".into()));
+        assert_eq!(
+            split_tag("127.0.0.1:5000/x"),
+            ("127.0.0.1:5000/x".into(), "latest".into())
+        );
     }
 }

@@ -215,7 +215,10 @@ mod tests {
         let s = ContainerSpec::for_job(&job, "n1", "/viking", Path::new("/d"));
         assert_eq!(s.labels[LABEL_JOB], "db");
         assert_eq!(s.labels[LABEL_DAEMONIZE], "true");
-        assert_eq!(s.binds, vec![(PathBuf::from("/d/volumes/db/data"), "/data".to_string())]);
+        assert_eq!(
+            s.binds,
+            vec![(PathBuf::from("/d/volumes/db/data"), "/data".to_string())]
+        );
         assert!(!s.interactive);
     }
 }

@@ -103,7 +103,8 @@ pub async fn resync(sh: &Shared) -> anyhow::Result<()> {
         .filter_map(|kv| keys::name_of(keys::PROC, &kv.key).map(str::to_string))
         .collect();
 
-    let by_id: HashMap<&str, &ContainerInfo> = containers.iter().map(|c| (c.id.as_str(), c)).collect();
+    let by_id: HashMap<&str, &ContainerInfo> =
+        containers.iter().map(|c| (c.id.as_str(), c)).collect();
     for c in &containers {
         if !c.daemonize {
             // An interactive job's container outlives its session only if
@@ -122,7 +123,9 @@ pub async fn resync(sh: &Shared) -> anyhow::Result<()> {
                     ..fresh
                 };
                 if &fresh != rec {
-                    sh.store.cas(&keys::ps(&c.job), *rev, encode(&fresh)).await?;
+                    sh.store
+                        .cas(&keys::ps(&c.job), *rev, encode(&fresh))
+                        .await?;
                 }
             }
             None if procs.contains(&c.job) => {

@@ -58,7 +58,10 @@ impl ApiError {
 
 impl From<viking_store::StoreError> for ApiError {
     fn from(e: viking_store::StoreError) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, format!("cluster store: {e}"))
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cluster store: {e}"),
+        )
     }
 }
 
@@ -153,7 +156,8 @@ async fn run(
                 viking_core::job::MAX_DOCUMENT_BYTES
             ))
         })?;
-    let job = Job::parse(&body, jobs::generate_name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let job =
+        Job::parse(&body, jobs::generate_name).map_err(|e| ApiError::bad_request(e.to_string()))?;
 
     if q.dry_run {
         return Ok(Json(jobs::dry_run(&sh, job).await?).into_response());
@@ -188,7 +192,8 @@ where
     F: for<'a> FnOnce(
             &'a Shared,
             &'a (dyn Fn(String) + Sync),
-        ) -> futures::future::BoxFuture<'a, ApiResult<viking_client::api::RunResponse>>
+        )
+            -> futures::future::BoxFuture<'a, ApiResult<viking_client::api::RunResponse>>
         + Send
         + 'static,
 {
@@ -199,7 +204,7 @@ where
             let _ = tx2.send(ProgressLine::Progress(line));
         };
         let last = match work(&sh, &progress).await {
-            Ok(r) => ProgressLine::Done(r),
+            Ok(r) => ProgressLine::Done(Box::new(r)),
             Err(e) => ProgressLine::Error(e.body()),
         };
         let _ = tx.send(last);
@@ -282,7 +287,10 @@ struct PsQuery {
     all: bool,
 }
 
-async fn ps(State(sh): State<Arc<Shared>>, Query(q): Query<PsQuery>) -> ApiResult<Json<Vec<PsRecord>>> {
+async fn ps(
+    State(sh): State<Arc<Shared>>,
+    Query(q): Query<PsQuery>,
+) -> ApiResult<Json<Vec<PsRecord>>> {
     let mut v: Vec<PsRecord> = list_records(sh.store.as_ref(), keys::PS).await?;
     if !q.all {
         v.retain(|p| p.is_running());
@@ -294,7 +302,9 @@ async fn proc_list(State(sh): State<Arc<Shared>>) -> ApiResult<Json<Vec<ProcReco
     Ok(Json(list_records(sh.store.as_ref(), keys::PROC).await?))
 }
 
-async fn hosts(State(sh): State<Arc<Shared>>) -> ApiResult<Json<Vec<viking_client::api::HostView>>> {
+async fn hosts(
+    State(sh): State<Arc<Shared>>,
+) -> ApiResult<Json<Vec<viking_client::api::HostView>>> {
     Ok(Json(crate::floki::list(&sh).await?))
 }
 

@@ -44,7 +44,9 @@ pub async fn start(sh: Arc<Shared>, job: Job, on_upgrade: OnUpgrade) -> Result<R
             ))
         }
     };
-    let node = host.as_ref().map_or(sh.config.name.clone(), |h| h.name.clone());
+    let node = host
+        .as_ref()
+        .map_or(sh.config.name.clone(), |h| h.name.clone());
     let claim_rev = claim(&sh, &job, &node).await?;
     let Some(host) = host else {
         return serve_claimed(sh, job, claim_rev, on_upgrade).await;
@@ -79,11 +81,20 @@ pub async fn start(sh: Arc<Shared>, job: Job, on_upgrade: OnUpgrade) -> Result<R
         match on_upgrade.await {
             Ok(upgraded) => {
                 let mut local = TokioIo::new(upgraded);
-                if let Err(e) = tokio::io::copy_bidirectional_with_sizes(&mut local, &mut remote, 256 * 1024, 256 * 1024).await {
+                if let Err(e) = tokio::io::copy_bidirectional_with_sizes(
+                    &mut local,
+                    &mut remote,
+                    256 * 1024,
+                    256 * 1024,
+                )
+                .await
+                {
                     tracing::debug!(job = %job.name, "relay ended: {e}");
                 }
             }
-            Err(e) => tracing::warn!(job = %job.name, "client went away before the stream opened: {e}"),
+            Err(e) => {
+                tracing::warn!(job = %job.name, "client went away before the stream opened: {e}")
+            }
         }
     });
     Ok(switching())
@@ -92,7 +103,10 @@ pub async fn start(sh: Arc<Shared>, job: Job, on_upgrade: OnUpgrade) -> Result<R
 fn switching() -> Response {
     (
         StatusCode::SWITCHING_PROTOCOLS,
-        [(header::CONNECTION, "Upgrade"), (header::UPGRADE, ATTACH_PROTOCOL)],
+        [
+            (header::CONNECTION, "Upgrade"),
+            (header::UPGRADE, ATTACH_PROTOCOL),
+        ],
     )
         .into_response()
 }
@@ -151,9 +165,11 @@ pub async fn serve_claimed(
     on_upgrade: OnUpgrade,
 ) -> Result<Response, ApiError> {
     let ours = match sh.store.get(&keys::ps(&job.name)).await? {
-        Some(kv) if kv.mod_revision == claim_rev => viking_core::records::decode::<PsRecord>(&kv.value)
-            .map(|p| p.node == sh.config.name && !p.daemonize)
-            .unwrap_or(false),
+        Some(kv) if kv.mod_revision == claim_rev => {
+            viking_core::records::decode::<PsRecord>(&kv.value)
+                .map(|p| p.node == sh.config.name && !p.daemonize)
+                .unwrap_or(false)
+        }
         _ => false,
     };
     let fresh = ours
@@ -192,7 +208,9 @@ pub async fn serve_claimed(
 
 /// The exit code `docker run` uses when a container cannot start.
 fn start_failure_code(message: &str) -> i64 {
-    if message.contains("executable file not found") || message.contains("no such file or directory") {
+    if message.contains("executable file not found")
+        || message.contains("no such file or directory")
+    {
         127
     } else if message.contains("permission denied") {
         126
@@ -216,7 +234,14 @@ where
     let last = match outcome {
         Ok(code) => Frame::exit(code),
         Err((code, e)) => {
-            let _ = send(&mut wr, Frame::new(frame::ERROR, serde_json::to_vec(&e.body()).unwrap_or_default())).await;
+            let _ = send(
+                &mut wr,
+                Frame::new(
+                    frame::ERROR,
+                    serde_json::to_vec(&e.body()).unwrap_or_default(),
+                ),
+            )
+            .await;
             Frame::exit(code)
         }
     };
@@ -227,7 +252,13 @@ where
 
 type Failure = (i64, ApiError);
 
-async fn run<R, W>(sh: &Arc<Shared>, job: &Job, claim_rev: i64, rd: R, wr: &mut W) -> Result<i64, Failure>
+async fn run<R, W>(
+    sh: &Arc<Shared>,
+    job: &Job,
+    claim_rev: i64,
+    rd: R,
+    wr: &mut W,
+) -> Result<i64, Failure>
 where
     R: tokio::io::AsyncRead + Send + Unpin + 'static,
     W: AsyncWrite + Unpin,
@@ -253,10 +284,16 @@ where
 
     let spec = ContainerSpec::for_job(job, &sh.config.name, &sh.config.key, &sh.config.data_dir);
     for (host, _) in &spec.binds {
-        std::fs::create_dir_all(host)
-            .map_err(|e| daemon_err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("creating {}: {e}", host.display()))))?;
+        std::fs::create_dir_all(host).map_err(|e| {
+            daemon_err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("creating {}: {e}", host.display()),
+            ))
+        })?;
     }
-    let id = jobs::create_container(sh, &spec).await.map_err(daemon_err)?;
+    let id = jobs::create_container(sh, &spec)
+        .await
+        .map_err(daemon_err)?;
     let result = attached(sh, job, claim_rev, &id, rd, wr).await;
     if let Err(e) = sh.runtime.remove(&id, true).await {
         tracing::warn!(job = %job.name, "removing the finished container: {e}");
@@ -277,7 +314,11 @@ where
     W: AsyncWrite + Unpin,
 {
     let daemon_err = |e: ApiError| (125, e);
-    let att = sh.runtime.attach(id).await.map_err(|e| daemon_err(e.into()))?;
+    let att = sh
+        .runtime
+        .attach(id)
+        .await
+        .map_err(|e| daemon_err(e.into()))?;
     if let Err(e) = sh.runtime.start(id).await {
         let msg = e.to_string();
         return Err((start_failure_code(&msg), ApiError::docker(msg)));
@@ -317,11 +358,9 @@ where
         loop {
             match frames.next().await {
                 Ok(Some(f)) => match f.kind {
-                    frame::STDIN if input_open => {
-                        if input.write_all(&f.data).await.is_err() {
-                            // The process closed its stdin; drop the rest.
-                            input_open = false;
-                        }
+                    // The process closed its stdin: drop the rest.
+                    frame::STDIN if input_open && input.write_all(&f.data).await.is_err() => {
+                        input_open = false;
                     }
                     frame::STDIN_EOF if input_open => {
                         let _ = input.flush().await;

@@ -29,10 +29,24 @@ pub async fn list(sh: &Shared) -> Result<Vec<HostView>, ApiError> {
     let known: Vec<HostRecord> = list_records(sh.store.as_ref(), keys::FLEET).await?;
     let mut all: BTreeMap<String, HostView> = known
         .into_iter()
-        .map(|h| (h.name.clone(), HostView { host: h, alive: false }))
+        .map(|h| {
+            (
+                h.name.clone(),
+                HostView {
+                    host: h,
+                    alive: false,
+                },
+            )
+        })
         .collect();
     for h in alive {
-        all.insert(h.name.clone(), HostView { host: h, alive: true });
+        all.insert(
+            h.name.clone(),
+            HostView {
+                host: h,
+                alive: true,
+            },
+        );
     }
     Ok(all.into_values().collect())
 }

@@ -16,15 +16,15 @@
 use std::collections::BTreeSet;
 
 use axum::http::StatusCode;
-use hyper::Method;
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use hyper::Method;
 use viking_client::api::{DryRunResponse, InspectResponse, RunResponse};
 use viking_client::frame::{Frame, STDERR, STDOUT};
-use viking_core::records::{decode, encode, History, ProcRecord, PsRecord};
 use viking_client::{Client, ClientError};
 use viking_core::records::HostRecord;
+use viking_core::records::{decode, encode, History, ProcRecord, PsRecord};
 use viking_core::scheduler::{self, HostSnapshot};
 use viking_core::{keys, Job};
 use viking_docker::{ContainerInfo, ContainerSpec, Output, RuntimeError};
@@ -48,12 +48,19 @@ pub async fn snapshot(sh: &Shared) -> ApiResult<Vec<HostSnapshot>> {
     // The load of a host: jobs running there, plus jobs placed there that
     // have not started yet (so concurrent runs spread too).
     let mut load: std::collections::HashMap<&str, BTreeSet<&str>> = Default::default();
-    for p in ps.iter().filter(|p| p.is_running() || p.status == "created") {
-        load.entry(p.node.as_str()).or_default().insert(p.job.as_str());
+    for p in ps
+        .iter()
+        .filter(|p| p.is_running() || p.status == "created")
+    {
+        load.entry(p.node.as_str())
+            .or_default()
+            .insert(p.job.as_str());
     }
     for p in &procs {
         if let Some(n) = &p.placed_on {
-            load.entry(n.as_str()).or_default().insert(p.job.name.as_str());
+            load.entry(n.as_str())
+                .or_default()
+                .insert(p.job.name.as_str());
         }
     }
     Ok(hosts
@@ -119,7 +126,10 @@ pub async fn choose(sh: &Shared, job: &Job) -> ApiResult<Target> {
         (Some(h), _) if h == sh.config.name => Ok(Target::Here),
         (Some(h), _) => match crate::floki::host(sh, &h).await? {
             Some(rec) => Ok(Target::There(rec)),
-            None => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("host {h:?} left floki"))),
+            None => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("host {h:?} left floki"),
+            )),
         },
         (None, Some(w)) => Ok(Target::Waiting(w)),
         (None, None) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, d.explain())),
@@ -176,7 +186,11 @@ pub async fn claim_daemon(sh: &Shared, job: &Job) -> ApiResult<Claim> {
 }
 
 /// Run a daemonized job: claim, then start.
-pub async fn run_daemon(sh: &Shared, job: Job, progress: &(dyn Fn(String) + Sync)) -> ApiResult<RunResponse> {
+pub async fn run_daemon(
+    sh: &Shared,
+    job: Job,
+    progress: &(dyn Fn(String) + Sync),
+) -> ApiResult<RunResponse> {
     let claim = claim_daemon(sh, &job).await?;
     run_claimed(sh, job, claim, progress).await
 }
@@ -196,7 +210,9 @@ pub async fn run_claimed(
             return Ok(RunResponse {
                 job,
                 ps: None,
-                waiting: Some(format!("waiting for host {h}: the job is fixed to it and it is not alive")),
+                waiting: Some(format!(
+                    "waiting for host {h}: the job is fixed to it and it is not alive"
+                )),
             })
         }
     };
@@ -234,19 +250,37 @@ pub fn peer_error(host: &str, e: ClientError) -> ApiError {
 }
 
 /// Ask the chosen host's server to start a job this server claimed.
-async fn forward_start(sh: &Shared, host: &HostRecord, job: &Job, progress: &(dyn Fn(String) + Sync)) -> ApiResult<PsRecord> {
-    let doc = serde_json::to_vec(job).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+async fn forward_start(
+    sh: &Shared,
+    host: &HostRecord,
+    job: &Job,
+    progress: &(dyn Fn(String) + Sync),
+) -> ApiResult<PsRecord> {
+    let doc = serde_json::to_vec(job)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let r = peer(sh, host)?
         .run_with_progress("/v1/internal/start", doc, progress)
         .await
         .map_err(|e| peer_error(&host.name, e))?;
-    r.ps.ok_or_else(|| ApiError::docker(format!("host {} did not start job {:?}", host.name, job.name)))
+    r.ps.ok_or_else(|| {
+        ApiError::docker(format!(
+            "host {} did not start job {:?}",
+            host.name, job.name
+        ))
+    })
 }
 
 /// Start a job that another server placed here and wrote to viking-proc.
-pub async fn start_placed(sh: &Shared, job: &Job, progress: &(dyn Fn(String) + Sync)) -> ApiResult<RunResponse> {
+pub async fn start_placed(
+    sh: &Shared,
+    job: &Job,
+    progress: &(dyn Fn(String) + Sync),
+) -> ApiResult<RunResponse> {
     let Some(p) = get_proc(sh, &job.name).await? else {
-        return Err(ApiError::conflict(format!("job {:?} is not in viking-proc", job.name)));
+        return Err(ApiError::conflict(format!(
+            "job {:?} is not in viking-proc",
+            job.name
+        )));
     };
     if p.placed_on.as_deref() != Some(sh.config.name.as_str()) {
         return Err(ApiError::conflict(format!(
@@ -263,7 +297,11 @@ pub async fn start_placed(sh: &Shared, job: &Job, progress: &(dyn Fn(String) + S
 }
 
 /// Make sure the engine has `image`, pulling it with progress if not.
-pub async fn ensure_image(sh: &Shared, image: &str, progress: &(dyn Fn(String) + Sync)) -> ApiResult<String> {
+pub async fn ensure_image(
+    sh: &Shared,
+    image: &str,
+    progress: &(dyn Fn(String) + Sync),
+) -> ApiResult<String> {
     if let Some(id) = sh.runtime.image_id(image).await? {
         return Ok(id);
     }
@@ -284,7 +322,9 @@ pub async fn ensure_image(sh: &Shared, image: &str, progress: &(dyn Fn(String) +
         }
     }
     sh.runtime.image_id(image).await?.ok_or_else(|| {
-        ApiError::docker(format!("image {image:?} was pulled but the engine does not list it"))
+        ApiError::docker(format!(
+            "image {image:?} was pulled but the engine does not list it"
+        ))
     })
 }
 
@@ -346,17 +386,23 @@ pub fn ps_from(sh: &Shared, c: &ContainerInfo, restarts: u32) -> PsRecord {
     }
 }
 
-async fn start_container(sh: &Shared, job: &Job, progress: &(dyn Fn(String) + Sync)) -> ApiResult<PsRecord> {
+async fn start_container(
+    sh: &Shared,
+    job: &Job,
+    progress: &(dyn Fn(String) + Sync),
+) -> ApiResult<PsRecord> {
     ensure_image(sh, &job.image, progress).await?;
     let spec = ContainerSpec::for_job(job, &sh.config.name, &sh.config.key, &sh.config.data_dir);
     make_volume_dirs(sh, &spec)?;
     let id = create_container(sh, &spec).await?;
     let started = async {
         sh.runtime.start(&id).await?;
-        sh.runtime
-            .inspect(&id)
-            .await?
-            .ok_or_else(|| ApiError::docker(format!("container of job {:?} vanished after it started", job.name)))
+        sh.runtime.inspect(&id).await?.ok_or_else(|| {
+            ApiError::docker(format!(
+                "container of job {:?} vanished after it started",
+                job.name
+            ))
+        })
     }
     .await;
     let info = match started {
@@ -409,7 +455,10 @@ pub async fn record_started(sh: &Shared, ps: &PsRecord) -> ApiResult<()> {
     }
     Err(ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        format!("could not record job {:?}: its history kept changing", ps.job),
+        format!(
+            "could not record job {:?}: its history kept changing",
+            ps.job
+        ),
     ))
 }
 
@@ -558,7 +607,10 @@ pub async fn remove(sh: &Shared, name: &str, force: bool) -> ApiResult<()> {
             Owner::Here => {}
             Owner::Peer(c, host) => {
                 let path = format!("/v1/jobs/{name}?force={force}");
-                return c.call(Method::DELETE, &path, None).await.map_err(|e| peer_error(&host, e));
+                return c
+                    .call(Method::DELETE, &path, None)
+                    .await
+                    .map_err(|e| peer_error(&host, e));
             }
             Owner::Gone(host) => {
                 // The records go now; when the host returns, its agent
@@ -615,7 +667,9 @@ pub async fn logs(
         }
     }
     if ps.container_id.is_empty() {
-        return Err(ApiError::conflict(format!("job {name:?} has no container yet")));
+        return Err(ApiError::conflict(format!(
+            "job {name:?} has no container yet"
+        )));
     }
     let mut shutdown = sh.shutdown.clone();
     let stream = sh

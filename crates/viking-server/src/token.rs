@@ -59,7 +59,10 @@ mod tests {
         let t2 = load_or_create(d.path()).unwrap();
         assert_eq!(t1, t2);
         assert_eq!(t1.len(), 48);
-        let mode = std::fs::metadata(d.path().join(TOKEN_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.path().join(TOKEN_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(matches(&t1, &t2));
         assert!(!matches(&t1, "nope"));

@@ -15,10 +15,14 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
         .parse()
         .with_context(|| format!("--listen {:?} must be ADDR:PORT", a.listen))?;
     let secs = |v: f64, flag: &str| -> anyhow::Result<Duration> {
-        Duration::try_from_secs_f64(v).map_err(|_| anyhow::anyhow!("{flag} {v} is not a duration in seconds"))
+        Duration::try_from_secs_f64(v)
+            .map_err(|_| anyhow::anyhow!("{flag} {v} is not a duration in seconds"))
     };
     Ok(ServerConfig {
-        name: a.name.filter(|n| !n.is_empty()).unwrap_or_else(viking_cli::hostname),
+        name: a
+            .name
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(viking_cli::hostname),
         ip: a.ip,
         listen,
         etcd: a.etcd.into_iter().filter(|e| !e.is_empty()).collect(),
@@ -59,7 +63,10 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
 
 fn main() {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("viking: starting the runtime: {e}");

@@ -27,10 +27,17 @@ fn jobs_pipe_into_each_other() {
         t = s.token(),
         b = BUSYBOX
     );
-    let out = std::process::Command::new("sh").args(["-c", &cmd]).output().unwrap();
+    let out = std::process::Command::new("sh")
+        .args(["-c", &cmd])
+        .output()
+        .unwrap();
     assert_eq!(stdout(&out), "OLLEH\n", "{}", stderr(&out));
     // Interactive containers are removed when they exit, and so are their records.
-    wait_until("interactive containers removed", Duration::from_secs(10), || s.containers().is_empty());
+    wait_until(
+        "interactive containers removed",
+        Duration::from_secs(10),
+        || s.containers().is_empty(),
+    );
     assert_eq!(s.json(&["ps", "-a", "--json"]), serde_json::json!([]));
 }
 
@@ -47,7 +54,9 @@ fn exit_codes_and_stderr_come_back() {
     let out = s.cli(&["run", BUSYBOX, "no-such-command"]);
     assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
     assert!(stderr(&out).contains("no-such-command"), "{}", stderr(&out));
-    wait_until("no containers", Duration::from_secs(10), || s.containers().is_empty());
+    wait_until("no containers", Duration::from_secs(10), || {
+        s.containers().is_empty()
+    });
     assert_eq!(s.json(&["ps", "-a", "--json"]), serde_json::json!([]));
 }
 
@@ -72,7 +81,9 @@ fn hundred_megabytes_arrive_byte_for_byte() {
 fn daemonized_job_lifecycle() {
     let s = Server::start();
     let name = unique("web");
-    let out = s.cli(&["run", "-d", "--name", &name, "-p", "8080", BUSYBOX, "httpd", "-f", "-p", "8080"]);
+    let out = s.cli(&[
+        "run", "-d", "--name", &name, "-p", "8080", BUSYBOX, "httpd", "-f", "-p", "8080",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), name);
 
@@ -127,7 +138,16 @@ fn daemonized_job_lifecycle() {
 fn logs_and_follow() {
     let s = Server::start();
     let name = unique("talker");
-    let out = s.cli(&["run", "-d", "--name", &name, BUSYBOX, "sh", "-c", "echo one; echo two >&2; sleep 1; echo three; sleep 1000"]);
+    let out = s.cli(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        BUSYBOX,
+        "sh",
+        "-c",
+        "echo one; echo two >&2; sleep 1; echo three; sleep 1000",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let mut follow = s.spawn_cli(&["logs", "-f", &name]);
     std::thread::sleep(Duration::from_millis(2500));
@@ -143,7 +163,12 @@ fn logs_and_follow() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut followed = String::new();
-    follow.stdout.take().unwrap().read_to_string(&mut followed).unwrap();
+    follow
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut followed)
+        .unwrap();
     assert_eq!(followed, "one\nthree\n");
 }
 
@@ -168,16 +193,31 @@ fn a_taken_name_is_refused_and_changes_nothing() {
 fn rejected_jobs_leave_no_trace() {
     let s = Server::start();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["run", "-d", "--name", "bad1", "-p", "70000", BUSYBOX], "ports"),
+        (
+            vec!["run", "-d", "--name", "bad1", "-p", "70000", BUSYBOX],
+            "ports",
+        ),
         (vec!["run", "-d", "--name", "-bad", BUSYBOX, "true"], "name"),
-        (vec!["run", "-v", "relative/path", BUSYBOX, "true"], "volumes"),
+        (
+            vec!["run", "-v", "relative/path", BUSYBOX, "true"],
+            "volumes",
+        ),
         (vec!["run", "-v", "/a/../etc", BUSYBOX, "true"], "volumes"),
         (vec!["run", "-d", BUSYBOX, "true"], "name"),
         // An image that cannot be pulled (no registry answers there).
-        (vec!["run", "-d", "--name", "bad2", "127.0.0.1:1/nope:latest"], "could not be pulled"),
-        (vec!["run", "127.0.0.1:1/nope:latest"], "could not be pulled"),
+        (
+            vec!["run", "-d", "--name", "bad2", "127.0.0.1:1/nope:latest"],
+            "could not be pulled",
+        ),
+        (
+            vec!["run", "127.0.0.1:1/nope:latest"],
+            "could not be pulled",
+        ),
         // A command that cannot start.
-        (vec!["run", "-d", "--name", "bad3", BUSYBOX, "/no/such/binary"], "no such file"),
+        (
+            vec!["run", "-d", "--name", "bad3", BUSYBOX, "/no/such/binary"],
+            "no such file",
+        ),
     ];
     for (args, expect) in cases {
         let out = s.cli(&args);
@@ -192,7 +232,9 @@ fn rejected_jobs_leave_no_trace() {
 
     assert_eq!(s.json(&["proc", "--json"]), serde_json::json!([]));
     assert_eq!(s.json(&["ps", "-a", "--json"]), serde_json::json!([]));
-    wait_until("no containers", Duration::from_secs(5), || s.containers().is_empty());
+    wait_until("no containers", Duration::from_secs(5), || {
+        s.containers().is_empty()
+    });
 }
 
 #[test]
@@ -206,25 +248,54 @@ fn a_job_file_runs() {
     let out = s.cli(&["run", "-f", f.to_str().unwrap()]);
     assert_eq!(stdout(&out), "hej\n", "{}", stderr(&out));
     let out = s.cli(&["run", "--dry-run", "-d", "--name", &name, BUSYBOX]);
-    assert!(stdout(&out).contains(&format!("would run on host {}", s.name)), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("would run on host {}", s.name)),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
 fn volumes_persist_in_the_data_directory() {
     let s = Server::start();
     let name = unique("vol");
-    let out = s.cli(&["run", "--name", &name, "-v", "/data", BUSYBOX, "sh", "-c", "echo kept > /data/f"]);
+    let out = s.cli(&[
+        "run",
+        "--name",
+        &name,
+        "-v",
+        "/data",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "echo kept > /data/f",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let host_file = s.data_dir().join("volumes").join(&name).join("data/f");
     assert_eq!(std::fs::read_to_string(&host_file).unwrap(), "kept\n");
-    let out = s.cli(&["run", "--name", &name, "-v", "/data", BUSYBOX, "cat", "/data/f"]);
+    let out = s.cli(&[
+        "run", "--name", &name, "-v", "/data", BUSYBOX, "cat", "/data/f",
+    ]);
     assert_eq!(stdout(&out), "kept\n", "{}", stderr(&out));
     // A daemonized job with a volume is fixed, and finds the data too.
-    let out = s.cli(&["run", "-d", "--name", &name, "-v", "/data", BUSYBOX, "sh", "-c", "cat /data/f; sleep 1000"]);
+    let out = s.cli(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-v",
+        "/data",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "cat /data/f; sleep 1000",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let proc = s.json(&["proc", "--json"]);
     assert_eq!(proc[0]["job"]["fixed"], true);
-    wait_until("log output", Duration::from_secs(5), || stdout(&s.cli(&["logs", &name])) == "kept\n");
+    wait_until("log output", Duration::from_secs(5), || {
+        stdout(&s.cli(&["logs", &name])) == "kept\n"
+    });
 }
 
 #[test]
@@ -245,7 +316,14 @@ fn server_restart_keeps_proc_and_ps_true() {
     assert!(out.status.success());
     s.spawn();
     let ps = s.json(&["ps", "-a", "--json"]);
-    let by_name = |n: &str| ps.as_array().unwrap().iter().find(|p| p["job"] == n).cloned().unwrap();
+    let by_name = |n: &str| {
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["job"] == n)
+            .cloned()
+            .unwrap()
+    };
     assert_eq!(by_name(&keep)["status"], "running");
     assert_eq!(by_name(&die)["status"], "exited");
     assert_eq!(by_name(&die)["exit_code"], 137);
@@ -262,7 +340,8 @@ fn server_restart_keeps_proc_and_ps_true() {
 fn requests_without_the_token_get_401() {
     let s = Server::start();
     let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    c.write_all(b"GET /v1/ps HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    c.write_all(b"GET /v1/ps HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut resp = String::new();
     c.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
@@ -275,7 +354,10 @@ fn requests_without_the_token_get_401() {
     assert!(stderr(&out).contains("token"), "{}", stderr(&out));
     // The token file is private.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(s.data_dir().join("token")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(s.data_dir().join("token"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -285,7 +367,12 @@ fn bad_settings_and_a_second_server_are_refused() {
     // A second server on the same data directory.
     let out = std::process::Command::new(bin())
         .args(["server", "--listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--data-dir", s.data_dir().to_str().unwrap(), "--key", &s.key])
+        .args([
+            "--data-dir",
+            s.data_dir().to_str().unwrap(),
+            "--key",
+            &s.key,
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -293,7 +380,12 @@ fn bad_settings_and_a_second_server_are_refused() {
     // Bad settings are reported before anything starts.
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("never");
-    for (flag, value) in [("--ip", "not-an-ip"), ("--key", "noslash"), ("--listen", "nowhere"), ("--etcd", "https://x:1")] {
+    for (flag, value) in [
+        ("--ip", "not-an-ip"),
+        ("--key", "noslash"),
+        ("--listen", "nowhere"),
+        ("--etcd", "https://x:1"),
+    ] {
         let out = std::process::Command::new(bin())
             .args(["server", "--data-dir", data.to_str().unwrap(), flag, value])
             .output()
@@ -310,7 +402,8 @@ fn ctrl_c_stops_an_attached_job() {
     let name = unique("sleepy");
     let child = s.spawn_cli(&["run", "--name", &name, BUSYBOX, "sleep", "300"]);
     wait_until("job running", Duration::from_secs(10), || {
-        s.cli(&["inspect", &name]).status.success() && stdout(&docker(&["inspect", "-f", "{{.State.Running}}", &name])).trim() == "true"
+        s.cli(&["inspect", &name]).status.success()
+            && stdout(&docker(&["inspect", "-f", "{{.State.Running}}", &name])).trim() == "true"
     });
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);
@@ -319,6 +412,8 @@ fn ctrl_c_stops_an_attached_job() {
     let out = child.wait_with_output().unwrap();
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_ne!(out.status.code(), Some(0));
-    wait_until("container removed", Duration::from_secs(10), || s.containers().is_empty());
+    wait_until("container removed", Duration::from_secs(10), || {
+        s.containers().is_empty()
+    });
     assert!(!s.cli(&["inspect", &name]).status.success());
 }

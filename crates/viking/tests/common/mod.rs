@@ -124,7 +124,8 @@ impl Server {
 
     fn cli_command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
-        c.args(["--server", &self.url(), "--token", &self.token()]).args(args);
+        c.args(["--server", &self.url(), "--token", &self.token()])
+            .args(args);
         c
     }
 
@@ -164,14 +165,23 @@ impl Server {
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.cli(args);
-        assert!(out.status.success(), "viking {args:?} failed: {}", stderr(&out));
+        assert!(
+            out.status.success(),
+            "viking {args:?} failed: {}",
+            stderr(&out)
+        );
         serde_json::from_slice(&out.stdout).expect("json output")
     }
 
     /// Containers of this test's cluster on the local Docker engine.
     pub fn containers(&self) -> Vec<String> {
         let out = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("label=viking.cluster={}", self.key)])
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=viking.cluster={}", self.key),
+            ])
             .output()
             .expect("docker ps");
         String::from_utf8_lossy(&out.stdout)
@@ -189,7 +199,11 @@ impl Drop for Server {
         self.stop();
         let ids = self.containers();
         if !ids.is_empty() {
-            let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+            let _ = Command::new("docker")
+                .arg("rm")
+                .arg("-f")
+                .args(&ids)
+                .output();
         }
     }
 }

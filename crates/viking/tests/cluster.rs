@@ -1,0 +1,427 @@
+//! A real cluster: three nodes, each a container with its own Docker engine
+//! and a `viking server`, sharing one etcd (see `viking-testkit`).
+//!
+//! Needs `scripts/test-images.sh --node`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use viking_testkit::{Cluster, ClusterOpts, Node};
+
+const BUSYBOX: &str = "viking-test/busybox";
+
+fn cluster(tags: &[&str]) -> Cluster {
+    Cluster::start(
+        3,
+        ClusterOpts {
+            viking_bin: Some(env!("CARGO_BIN_EXE_viking").into()),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            server_args: vec!["--host-ttl".into(), "2".into()],
+            ..Default::default()
+        },
+    )
+    .expect("start a 3-node cluster")
+}
+
+fn out(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn run_ok(n: &Node, args: &[&str]) -> String {
+    let o = n.cli(args);
+    assert!(
+        o.status.success(),
+        "viking {args:?} on {}: {}",
+        n.name(),
+        err(&o)
+    );
+    out(&o)
+}
+
+/// The host each job's container runs on, from viking-ps.
+fn placements(n: &Node) -> BTreeMap<String, String> {
+    let ps = n.cli_json(["ps", "--json"]).expect("ps");
+    ps.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["job"].as_str().unwrap().to_string(),
+                p["node"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Which node engines have a container named `job`, running.
+fn running_on(c: &Cluster, job: &str) -> Vec<String> {
+    c.nodes()
+        .iter()
+        .filter(|n| {
+            let o = n.docker(["inspect", "-f", "{{.State.Running}}", job]);
+            out(&o).trim() == "true"
+        })
+        .map(|n| n.name().to_string())
+        .collect()
+}
+
+#[test]
+fn jobs_land_by_tags_and_pins_and_spread() {
+    let c = cluster(&["ssd", "gpu", "ssd,gpu"]);
+    let (n1, n2, n3) = (c.node(0), c.node(1), c.node(2));
+
+    // Pinned: asked on n1, runs on n2.
+    run_ok(
+        n1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "pinned",
+            "--viking-host",
+            "n2",
+            BUSYBOX,
+            "sleep",
+            "1000",
+        ],
+    );
+    assert_eq!(placements(n3)["pinned"], "n2");
+    assert_eq!(running_on(&c, "pinned"), vec!["n2"]);
+    // Tags: only n3 has both.
+    run_ok(
+        n2,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "both",
+            "--viking-filter",
+            "ssd,gpu",
+            BUSYBOX,
+            "sleep",
+            "1000",
+        ],
+    );
+    assert_eq!(placements(n1)["both"], "n3");
+    // The same through the job's env.
+    run_ok(
+        n1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "envtag",
+            "-e",
+            "VIKING_TAG=gpu",
+            "-e",
+            "VIKING_HOST=n3",
+            BUSYBOX,
+            "sleep",
+            "1000",
+        ],
+    );
+    assert_eq!(placements(n1)["envtag"], "n3");
+
+    // Dry run explains itself.
+    let o = n1.cli([
+        "run",
+        "--dry-run",
+        "-d",
+        "--name",
+        "x",
+        "--viking-filter",
+        "gpu",
+        BUSYBOX,
+    ]);
+    let text = out(&o);
+    assert!(text.contains("would run on host n2"), "{text}");
+    assert!(
+        text.contains("n1") && text.contains("missing tag \"gpu\""),
+        "{text}"
+    );
+
+    // A job no host can take is refused with every host's reason, and leaves no trace.
+    let o = n2.cli([
+        "run",
+        "-d",
+        "--name",
+        "nowhere",
+        "--viking-filter",
+        "tpu",
+        BUSYBOX,
+        "sleep",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(125));
+    for h in ["n1", "n2", "n3"] {
+        assert!(
+            err(&o).contains(&format!("{h}: missing tag \"tpu\"")),
+            "{}",
+            err(&o)
+        );
+    }
+    assert!(n1.cli(["inspect", "nowhere"]).status.code() == Some(1));
+
+    // Clean slate, then 9 daemonized jobs on 3 idle hosts spread 3/3/3.
+    for j in ["pinned", "both", "envtag"] {
+        run_ok(n1, &["rm", "-f", j]);
+    }
+    for i in 0..9 {
+        let node = c.node(i % 3);
+        run_ok(
+            node,
+            &[
+                "run",
+                "-d",
+                "--name",
+                &format!("spread{i}"),
+                BUSYBOX,
+                "sleep",
+                "1000",
+            ],
+        );
+    }
+    let mut per_host: BTreeMap<String, usize> = BTreeMap::new();
+    for (job, host) in placements(n1) {
+        assert!(job.starts_with("spread"));
+        *per_host.entry(host).or_default() += 1;
+    }
+    assert_eq!(
+        per_host.values().copied().collect::<Vec<_>>(),
+        vec![3, 3, 3],
+        "{per_host:?}"
+    );
+    // And the engines agree with viking-ps.
+    let engines: usize = c
+        .nodes()
+        .iter()
+        .map(|n| {
+            out(&n.docker(["ps", "-q", "--filter", "label=viking.job"]))
+                .lines()
+                .count()
+        })
+        .sum();
+    assert_eq!(engines, 9);
+}
+
+#[test]
+fn a_fixed_job_comes_back_to_its_host_and_its_data() {
+    let c = cluster(&[]);
+    let n1 = c.node(0);
+    run_ok(
+        n1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "db",
+            "-v",
+            "/data",
+            "-e",
+            "VIKING_NODE=first",
+            BUSYBOX,
+            "sh",
+            "-c",
+            "echo kept-on-$VIKING_NODE > /data/first; sleep 1000",
+        ],
+    );
+    let home = placements(n1)["db"].clone();
+    // Make its host the busiest, so only history can bring it back there.
+    for i in 0..2 {
+        run_ok(
+            n1,
+            &[
+                "run",
+                "-d",
+                "--name",
+                &format!("load{i}"),
+                "--viking-host",
+                &home,
+                BUSYBOX,
+                "sleep",
+                "1000",
+            ],
+        );
+    }
+    run_ok(n1, &["rm", "-f", "db"]);
+    // Asked for on another server, it returns to its host and finds its data.
+    let other = c.nodes().iter().find(|n| n.name() != home).unwrap();
+    run_ok(
+        other,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "db",
+            "-v",
+            "/data",
+            BUSYBOX,
+            "sh",
+            "-c",
+            "cat /data/first; sleep 1000",
+        ],
+    );
+    assert_eq!(placements(n1)["db"], home);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = other.cli(["logs", "db"]);
+        if out(&logs).trim() == "kept-on-first" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "logs: {:?} {}",
+            out(&logs),
+            err(&logs)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let hist = n1.cli_json(["inspect", "db"]).unwrap();
+    let placed: Vec<&str> = hist["history"]["placements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(placed, vec![home.as_str(), home.as_str()]);
+    // An interactive run of a fixed job whose host is gone says so and fails.
+    c.node_named(&home).unwrap().kill().unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let o = other.cli(["run", "--name", "db", "-v", "/data", BUSYBOX, "true"]);
+    assert_ne!(o.status.code(), Some(0));
+}
+
+#[test]
+fn racing_servers_make_one_job_and_pipes_cross_hosts() {
+    let c = cluster(&[]);
+    // Two servers accept the same name at the same moment.
+    for round in 0..3 {
+        let name = format!("race{round}");
+        let handles: Vec<_> = (0..3)
+            .map(|i| {
+                let url = c.node(i).url();
+                let token = c.token().to_string();
+                let name = name.clone();
+                std::thread::spawn(move || {
+                    std::process::Command::new(env!("CARGO_BIN_EXE_viking"))
+                        .args([
+                            "--server", &url, "--token", &token, "run", "-d", "--name", &name,
+                            BUSYBOX, "sleep", "1000",
+                        ])
+                        .output()
+                        .unwrap()
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let wins = results.iter().filter(|o| o.status.success()).count();
+        assert_eq!(wins, 1, "{:?}", results.iter().map(err).collect::<Vec<_>>());
+        for o in results.iter().filter(|o| !o.status.success()) {
+            assert!(err(o).contains("already in use"), "{}", err(o));
+        }
+        assert_eq!(running_on(&c, &name).len(), 1);
+    }
+
+    // A pipe whose two jobs run on two other hosts than the one asked.
+    let n1 = c.node(0);
+    let o = n1.cli_stdin(
+        ["run", "--viking-host", "n2", BUSYBOX, "tr", "a-z", "A-Z"],
+        b"hello\n",
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let o2 = n1.cli_stdin(["run", "--viking-host", "n3", BUSYBOX, "rev"], &o.stdout);
+    assert_eq!(out(&o2), "OLLEH\n", "{}", err(&o2));
+    // Exit codes and stderr cross hosts too, and a megabyte-scale stream.
+    let o = n1.cli([
+        "run",
+        "--viking-host",
+        "n3",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "echo oops >&2; exit 7",
+    ]);
+    assert_eq!(o.status.code(), Some(7));
+    assert_eq!(err(&o), "oops\n");
+    let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let o = n1.cli_stdin(["run", "--viking-host", "n2", BUSYBOX, "cat"], &data);
+    assert!(o.stdout == data, "stream through two servers was corrupted");
+    // Logs, stop and rm of a job on another host, asked anywhere.
+    run_ok(
+        n1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "far",
+            "--viking-host",
+            "n3",
+            BUSYBOX,
+            "sh",
+            "-c",
+            "echo far away; sleep 1000",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(run_ok(n1, &["logs", "far"]), "far away\n");
+    run_ok(c.node(1), &["stop", "-t", "1", "far"]);
+    assert!(running_on(&c, "far").is_empty());
+    run_ok(n1, &["rm", "far"]);
+    assert!(
+        out(&c.node(2).docker(["ps", "-aq", "--filter", "name=far"]))
+            .trim()
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_killed_host_shows_as_gone_within_its_ttl() {
+    let c = cluster(&[]);
+    let hosts = c.node(0).cli_json(["hosts", "--json"]).unwrap();
+    assert_eq!(hosts.as_array().unwrap().len(), 3);
+    assert!(hosts.as_array().unwrap().iter().all(|h| h["alive"] == true));
+    c.node(2).kill().unwrap();
+    let killed = Instant::now();
+    loop {
+        let hosts = c.node(0).cli_json(["hosts", "--json"]).unwrap();
+        let n3 = hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == "n3")
+            .cloned()
+            .unwrap();
+        if n3["alive"] == false {
+            break;
+        }
+        // TTL 2 s, plus the store's expiry check.
+        assert!(
+            killed.elapsed() < Duration::from_secs(4),
+            "n3 still alive after {:?}",
+            killed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let table = out(&c.node(1).cli(["hosts"]));
+    assert!(table.contains("gone since"), "{table}");
+    // New jobs avoid it.
+    for i in 0..3 {
+        run_ok(
+            c.node(0),
+            &[
+                "run",
+                "-d",
+                "--name",
+                &format!("after{i}"),
+                BUSYBOX,
+                "sleep",
+                "100",
+            ],
+        );
+    }
+    assert!(placements(c.node(0)).values().all(|h| h != "n3"));
+}
