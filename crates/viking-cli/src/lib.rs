@@ -131,12 +131,23 @@ pub struct ServerArgs {
     /// The cluster token (default: made at first start, kept in the data directory).
     #[arg(long, env = "VIKING_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// How long a silent server stays alive in floki, in seconds.
-    #[arg(long, env = "VIKING_HOST_TTL", default_value_t = 5.0)]
+    /// How long a silent server stays alive in floki (and the leader's
+    /// lease), in seconds.
+    #[arg(long, env = "VIKING_HOST_TTL", default_value_t = 3.0)]
     pub host_ttl: f64,
-    /// Seconds between full resyncs of viking-ps with Docker.
-    #[arg(long, env = "VIKING_RESYNC", default_value_t = 30.0)]
+    /// Seconds between full resyncs of viking-ps with Docker and rounds of
+    /// the reconciler.
+    #[arg(long, env = "VIKING_RESYNC", default_value_t = 10.0)]
     pub resync: f64,
+    /// The first restart delay of a job that keeps failing, in seconds.
+    #[arg(long, env = "VIKING_BACKOFF", default_value_t = 1.0)]
+    pub backoff: f64,
+    /// The longest restart delay, in seconds.
+    #[arg(long, env = "VIKING_BACKOFF_MAX", default_value_t = 60.0)]
+    pub backoff_max: f64,
+    /// Seconds between health checks of this host's jobs.
+    #[arg(long, env = "VIKING_HEALTH_INTERVAL", default_value_t = 2.0)]
+    pub health_interval: f64,
 }
 
 /// The default data directory: `/var/lib/viking` for root, else

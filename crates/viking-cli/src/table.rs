@@ -70,10 +70,18 @@ fn truncate(s: &str, n: usize) -> String {
 /// Docker's status column: "Up 5 minutes", "Exited (1) 2 hours ago".
 pub fn status(p: &PsRecord, now: u64) -> String {
     match p.status.as_str() {
-        "running" => format!(
-            "Up {}",
-            human(now.saturating_sub(p.started_at.unwrap_or(now)))
-        ),
+        "running" => {
+            let up = human(now.saturating_sub(p.started_at.unwrap_or(now)));
+            if p.restarts > 0 {
+                let last = p
+                    .last_exit
+                    .map(|c| format!(", last exit {c}"))
+                    .unwrap_or_default();
+                format!("Up {up} (restarts {}{last})", p.restarts)
+            } else {
+                format!("Up {up}")
+            }
+        }
         "exited" | "dead" => {
             let code = p.exit_code.map(|c| format!(" ({c})")).unwrap_or_default();
             let when = p
@@ -194,7 +202,9 @@ pub fn hosts(v: &[HostView], now: u64) -> String {
         .iter()
         .map(|h| {
             let r = &h.host;
-            let state = if h.alive {
+            let state = if h.alive && h.leader {
+                "alive (leader)".to_string()
+            } else if h.alive {
                 "alive".to_string()
             } else {
                 format!("gone since {}", ago(now, r.updated_at))

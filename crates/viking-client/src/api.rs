@@ -75,6 +75,9 @@ pub struct HostView {
     pub host: HostRecord,
     /// Whether its floki lease is alive.
     pub alive: bool,
+    /// Whether it is the leader that reconciles the cluster.
+    #[serde(default)]
+    pub leader: bool,
 }
 
 /// Everything viking knows about one job.

@@ -351,6 +351,38 @@ impl Job {
     }
 }
 
+/// A health check, as designed: env `VIKING_HEALTH=tcp|http` checks every
+/// TCP port of the job, `VIKING_HEALTH_<port>=tcp|http` one port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// A TCP connect succeeds.
+    Tcp(u16),
+    /// `GET /` answers 200.
+    Http(u16),
+}
+
+impl Job {
+    /// The job's health checks, by container port.
+    pub fn health_checks(&self) -> Vec<HealthCheck> {
+        let kind = |v: &str, port: u16| match v.trim().to_ascii_lowercase().as_str() {
+            "tcp" => Some(HealthCheck::Tcp(port)),
+            "http" => Some(HealthCheck::Http(port)),
+            _ => None,
+        };
+        let mut out = Vec::new();
+        for p in self.ports.iter().filter(|p| p.proto == Proto::Tcp) {
+            let specific = self.env.get(&format!("VIKING_HEALTH_{}", p.container));
+            if let Some(c) = specific
+                .or(self.env.get("VIKING_HEALTH"))
+                .and_then(|v| kind(v, p.container))
+            {
+                out.push(c);
+            }
+        }
+        out
+    }
+}
+
 impl Serialize for Job {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.to_spec().serialize(s)
@@ -638,6 +670,17 @@ mod tests {
         assert_eq!(parse(&long).unwrap_err().field, "name");
         let ok = format!(r#"{{"image":"b","name":"{}"}}"#, "a".repeat(128));
         assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn health_checks_from_env() {
+        let j = parse(r#"{"name":"w","image":"b","ports":["80","8080:81","53/udp"],"env":{"VIKING_HEALTH":"tcp","VIKING_HEALTH_81":"http"}}"#).unwrap();
+        assert_eq!(
+            j.health_checks(),
+            vec![HealthCheck::Tcp(80), HealthCheck::Http(81)]
+        );
+        let j = parse(r#"{"name":"w","image":"b","ports":["80"]}"#).unwrap();
+        assert!(j.health_checks().is_empty());
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   viking-ps, floki's hosts, job history) and how to read older versions;
 //! - [`keys`]: the store's key layout;
 //! - [`names`]: generated job names, like Docker's;
-//! - [`scheduler`]: dowding, the placement pipeline (filters, then ranking).
+//! - [`scheduler`]: dowding, the placement pipeline (filters, then ranking);
+//! - [`reconcile`]: the reconciler's planner (proc against ps, with `now`).
 //!
 //! Architecture invariant: nothing here does I/O, reads a clock or spawns a
 //! task. Time is passed in as an argument; so everything here is
@@ -16,6 +17,7 @@
 pub mod job;
 pub mod keys;
 pub mod names;
+pub mod reconcile;
 pub mod records;
 pub mod scheduler;
 

@@ -127,8 +127,10 @@ pub struct PsRecord {
     pub image_id: String,
     pub command: Vec<String>,
     pub daemonize: bool,
-    /// Docker's state: created, running, exited, dead, or `missing` when
-    /// the container vanished.
+    /// Docker's state (created, running, exited, dead, ...) or viking's own:
+    /// `starting` (placed, container being made), `failed` (could not start),
+    /// `missing` (the container vanished), `waiting` (its host is gone and the
+    /// job is fixed to it).
     pub status: String,
     pub exit_code: Option<i64>,
     /// Why the job is not running, when viking knows.
@@ -138,8 +140,15 @@ pub struct PsRecord {
     pub created_at: u64,
     pub started_at: Option<u64>,
     pub finished_at: Option<u64>,
+    /// How many times the reconciler started the job again.
     #[serde(default)]
     pub restarts: u32,
+    /// Failures in a row without a stable run: drives the restart backoff.
+    #[serde(default)]
+    pub crash_streak: u32,
+    /// The exit code of the previous container, after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<i64>,
 }
 
 impl Record for PsRecord {

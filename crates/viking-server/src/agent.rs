@@ -1,18 +1,25 @@
 //! The host agent: keeps this host's viking-ps true from its Docker engine.
 //!
-//! It follows Docker's event stream for viking's containers and updates a
-//! job's record on every start, stop and exit; a full resync runs at start,
-//! after the event stream breaks, and periodically, so a missed event is
-//! corrected within one period. The resync also cleans up after a crash:
-//! containers of interactive jobs whose client is gone are removed, and a
-//! daemonized job's container that no job in viking-proc or viking-ps
-//! claims any more is removed.
+//! It follows Docker's event stream for viking's containers and brings the
+//! job's record up to date on every start, stop and exit; a full resync runs
+//! at start, after the event stream breaks, when floki re-registers after a
+//! partition, and periodically, so a missed event is corrected within one
+//! period. For each of this host's containers it applies the same rules:
+//!
+//! - the container the job's viking-ps record names: refresh the record;
+//! - a daemonized job that is not in viking-proc any more (stopped or removed,
+//!   perhaps while this host was cut off): stop it, and remove it if no
+//!   record is left;
+//! - a copy of a job whose record now names another host or container (the
+//!   job moved while this host was cut off): remove it, so exactly one copy
+//!   runs;
+//! - an interactive job's container whose client is gone: remove it.
 //!
 //! Architecture invariant: the agent only writes records of its own host
 //! (`node == this server`) and only touches containers labelled by viking
 //! for this cluster and this node.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,16 +42,13 @@ pub async fn run(sh: Arc<Shared>) {
         loop {
             tokio::select! {
                 _ = crate::stopped(&mut shutdown) => break 'outer,
-                _ = ticker.tick() => {
-                    if let Err(e) = resync(&sh).await {
-                        tracing::warn!("periodic resync: {e:#}");
-                    }
-                }
+                _ = ticker.tick() => resync_logged(&sh, "periodic resync").await,
+                _ = sh.resync_now.notified() => resync_logged(&sh, "resync").await,
                 ev = events.next() => match ev {
                     Some(Ok(ev)) => {
                         if matches!(ev.action.as_str(), "start" | "die" | "stop" | "kill" | "destroy" | "oom" | "restart" | "pause" | "unpause") {
-                            if let Err(e) = sync_job(&sh, &ev.job).await {
-                                tracing::warn!(job = %ev.job, "updating viking-ps after {}: {e:?}", ev.action);
+                            if let Err(e) = sync_one(&sh, &ev.id, &ev.job).await {
+                                tracing::warn!(job = %ev.job, "updating viking-ps after {}: {}", ev.action, e.message);
                             }
                         }
                     }
@@ -61,29 +65,128 @@ pub async fn run(sh: Arc<Shared>) {
             _ = crate::stopped(&mut shutdown) => break 'outer,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        if let Err(e) = resync(&sh).await {
-            tracing::warn!("resync after the event stream broke: {e:#}");
+        resync_logged(&sh, "resync after the event stream broke").await;
+    }
+}
+
+async fn resync_logged(sh: &Shared, what: &str) {
+    if let Err(e) = resync(sh).await {
+        tracing::warn!("{what}: {e:#}");
+    }
+}
+
+async fn get_ps(sh: &Shared, job: &str) -> Result<Option<(PsRecord, i64)>, ApiError> {
+    match sh.store.get(&keys::ps(job)).await? {
+        Some(kv) => Ok(Some((decode(&kv.value)?, kv.mod_revision))),
+        None => Ok(None),
+    }
+}
+
+/// Apply the rules to one container after a Docker event.
+async fn sync_one(sh: &Shared, id: &str, job: &str) -> Result<(), ApiError> {
+    let rec = get_ps(sh, job).await?;
+    match sh.runtime.inspect(id).await? {
+        Some(c) if c.node == sh.config.name && c.cluster == sh.config.key => {
+            let in_proc = sh.store.get(&keys::proc(job)).await?.is_some();
+            apply_rules(sh, &c, rec, in_proc).await
+        }
+        Some(_) => Ok(()),
+        // Destroyed: the record says missing, if it named this container.
+        None => {
+            if let Some((r, rev)) = rec {
+                if r.node == sh.config.name && r.container_id == id && r.daemonize {
+                    mark_missing(sh, &r, rev).await?;
+                }
+            }
+            Ok(())
         }
     }
 }
 
-/// Update one job's record from its container, if the record is this
-/// host's.
-async fn sync_job(sh: &Shared, job: &str) -> Result<(), ApiError> {
-    let Some(kv) = sh.store.get(&keys::ps(job)).await? else {
-        return Ok(());
-    };
-    let ps: PsRecord = decode(&kv.value)?;
-    if ps.node != sh.config.name || ps.container_id.is_empty() {
+async fn apply_rules(
+    sh: &Shared,
+    c: &ContainerInfo,
+    rec: Option<(PsRecord, i64)>,
+    in_proc: bool,
+) -> Result<(), ApiError> {
+    if !c.daemonize {
+        // An interactive job's container outlives its session only if this
+        // server died during it: nobody can attach again.
+        if !sh.in_session(&c.job) {
+            tracing::info!(job = %c.job, "removing the container of an interactive job whose client is gone");
+            sh.runtime.remove(&c.id, true).await?;
+        }
         return Ok(());
     }
-    jobs::refresh_ps(sh, job).await?;
+    let mine = |r: &PsRecord| r.node == sh.config.name && r.container_id == c.id;
+    match rec {
+        // Being started right now by this server: the starter records it.
+        Some((r, _)) if r.node == sh.config.name && r.status == "starting" => Ok(()),
+        Some((r, _)) if mine(&r) => {
+            if !in_proc && c.status == "running" {
+                tracing::info!(job = %c.job, "stopping a job that is not in viking-proc any more");
+                sh.runtime.stop(&c.id, 10).await?;
+            }
+            jobs::refresh_ps(sh, &c.job).await?;
+            Ok(())
+        }
+        Some((r, _)) => {
+            tracing::info!(job = %c.job, now_on = %r.node, "removing a stale copy of a job that moved");
+            sh.runtime.remove(&c.id, true).await?;
+            Ok(())
+        }
+        None if in_proc => {
+            // Started, but the server died before it wrote viking-ps.
+            let fresh = jobs::ps_from(sh, c, 0);
+            sh.store
+                .txn(
+                    vec![Compare::Absent(keys::ps(&c.job))],
+                    vec![Op::Put {
+                        key: keys::ps(&c.job),
+                        value: encode(&fresh),
+                        lease: None,
+                    }],
+                    vec![],
+                )
+                .await?;
+            Ok(())
+        }
+        None => {
+            tracing::info!(job = %c.job, "removing a container that no job claims");
+            sh.runtime.remove(&c.id, true).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn mark_missing(sh: &Shared, rec: &PsRecord, rev: i64) -> Result<(), ApiError> {
+    if rec.status == "missing" {
+        return Ok(());
+    }
+    let mut gone = rec.clone();
+    gone.status = "missing".to_string();
+    gone.error = Some("the container vanished from Docker".to_string());
+    if gone.finished_at.is_none() {
+        gone.finished_at = Some(crate::now_ms());
+    }
+    sh.store
+        .cas(&keys::ps(&rec.job), rev, encode(&gone))
+        .await?;
     Ok(())
 }
 
 /// Compare every viking container of this host with viking-ps and
 /// viking-proc, and make the records true.
 pub async fn resync(sh: &Shared) -> anyhow::Result<()> {
+    resync_inner(sh, false).await
+}
+
+/// The first resync after the server starts.
+pub async fn initial_resync(sh: &Shared) -> anyhow::Result<()> {
+    resync_inner(sh, true).await
+}
+
+async fn resync_inner(sh: &Shared, initial: bool) -> anyhow::Result<()> {
     let containers: Vec<ContainerInfo> = sh
         .runtime
         .list(&sh.config.key)
@@ -98,85 +201,59 @@ pub async fn resync(sh: &Shared) -> anyhow::Result<()> {
         records.insert(rec.job.clone(), (rec, kv.mod_revision));
     }
     let (proc_kvs, _) = sh.store.list(keys::PROC).await?;
-    let procs: std::collections::HashSet<String> = proc_kvs
+    let procs: HashSet<String> = proc_kvs
         .iter()
         .filter_map(|kv| keys::name_of(keys::PROC, &kv.key).map(str::to_string))
         .collect();
 
-    let by_id: HashMap<&str, &ContainerInfo> =
-        containers.iter().map(|c| (c.id.as_str(), c)).collect();
+    let ids: HashSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
     for c in &containers {
-        if !c.daemonize {
-            // An interactive job's container outlives its session only if
-            // this server died during the session: nobody can attach again.
-            if !sh.in_session(&c.job) {
-                tracing::info!(job = %c.job, "removing the container of an interactive job whose client is gone");
-                sh.runtime.remove(&c.id, true).await?;
-            }
-            continue;
-        }
-        match records.get(&c.job) {
-            Some((rec, rev)) if rec.node == sh.config.name && rec.container_id == c.id => {
-                let fresh = jobs::ps_from(sh, c, rec.restarts);
-                let fresh = PsRecord {
-                    created_at: rec.created_at,
-                    ..fresh
-                };
-                if &fresh != rec {
-                    sh.store
-                        .cas(&keys::ps(&c.job), *rev, encode(&fresh))
-                        .await?;
-                }
-            }
-            None if procs.contains(&c.job) => {
-                // Started, but the server died before it wrote viking-ps.
-                let fresh = jobs::ps_from(sh, c, 0);
-                sh.store
-                    .txn(
-                        vec![Compare::Absent(keys::ps(&c.job))],
-                        vec![Op::Put {
-                            key: keys::ps(&c.job),
-                            value: encode(&fresh),
-                            lease: None,
-                        }],
-                        vec![],
-                    )
-                    .await?;
-            }
-            None => {
-                // No job claims it: it was removed while this server was down.
-                tracing::info!(job = %c.job, "removing a container that no job claims");
-                sh.runtime.remove(&c.id, true).await?;
-            }
-            Some(_) => {
-                // Another container (or host) holds the job now; a stopped
-                // leftover of this host is removed, a running one is left to
-                // the reconciler so a job never runs zero times.
-                if c.status != "running" {
-                    sh.runtime.remove(&c.id, true).await?;
-                }
-            }
+        let rec = records.get(&c.job).cloned();
+        if let Err(e) = apply_rules(sh, c, rec, procs.contains(&c.job)).await {
+            tracing::warn!(job = %c.job, "resync: {}", e.message);
         }
     }
     // Records of this host whose container is gone.
     for (name, (rec, rev)) in &records {
-        if rec.node != sh.config.name || by_id.contains_key(rec.container_id.as_str()) {
+        if rec.node != sh.config.name || ids.contains(rec.container_id.as_str()) {
             continue;
         }
-        if !rec.daemonize {
+        let outcome = if !rec.daemonize {
             // A fresh claim may belong to a session that is being set up
             // (possibly by another server); only old ones are leftovers.
             let fresh = crate::now_ms().saturating_sub(rec.created_at) < 60_000;
             if !sh.in_session(name) && !fresh {
-                sh.store.delete(&keys::ps(name)).await?;
+                sh.store
+                    .delete(&keys::ps(name))
+                    .await
+                    .map(|_| ())
+                    .map_err(ApiError::from)
+            } else {
+                Ok(())
             }
-            continue;
-        }
-        if rec.status != "missing" && !rec.container_id.is_empty() {
-            let mut gone = rec.clone();
-            gone.status = "missing".to_string();
-            gone.error = Some("the container vanished from Docker".to_string());
-            sh.store.cas(&keys::ps(name), *rev, encode(&gone)).await?;
+        } else if rec.status == "starting" {
+            // At start-up no start of this server is in flight: one that was
+            // cut short by a restart failed, and the reconciler retries it.
+            if initial {
+                let mut failed = rec.clone();
+                failed.status = "failed".to_string();
+                failed.error = Some("the server restarted while starting it".to_string());
+                failed.finished_at = Some(crate::now_ms());
+                sh.store
+                    .cas(&keys::ps(name), *rev, encode(&failed))
+                    .await
+                    .map(|_| ())
+                    .map_err(ApiError::from)
+            } else {
+                Ok(())
+            }
+        } else if !rec.container_id.is_empty() {
+            mark_missing(sh, rec, *rev).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(job = %name, "resync: {}", e.message);
         }
     }
     Ok(())

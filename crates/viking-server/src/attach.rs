@@ -130,6 +130,8 @@ async fn claim(sh: &Shared, job: &Job, node: &str) -> Result<i64, ApiError> {
         started_at: None,
         finished_at: None,
         restarts: 0,
+        crash_streak: 0,
+        last_exit: None,
     };
     let r = sh
         .store

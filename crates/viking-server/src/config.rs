@@ -27,8 +27,13 @@ pub struct ServerConfig {
     pub token: Option<String>,
     /// How long a dead server stays in floki as alive.
     pub host_ttl: Duration,
-    /// How often the full Docker resync runs.
+    /// How often the full Docker resync (and the reconciler's periodic
+    /// round) runs.
     pub resync: Duration,
+    /// The reconciler's restart backoff and timeouts.
+    pub policy: viking_core::reconcile::Policy,
+    /// How often health checks run.
+    pub health_interval: Duration,
 }
 
 impl ServerConfig {

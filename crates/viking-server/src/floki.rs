@@ -15,7 +15,7 @@ use std::sync::Arc;
 use viking_client::api::HostView;
 use viking_core::keys;
 use viking_core::records::{decode, encode, HostRecord, PsRecord};
-use viking_store::{LeaseId, Op, StoreError};
+use viking_store::{Election, LeaseId, Op, StoreError};
 
 use crate::api::{list_records, ApiError};
 use crate::{now_ms, Shared};
@@ -27,26 +27,20 @@ const LOAD_REFRESH: Duration = Duration::from_secs(2);
 pub async fn list(sh: &Shared) -> Result<Vec<HostView>, ApiError> {
     let alive: Vec<HostRecord> = list_records(sh.store.as_ref(), keys::HOSTS).await?;
     let known: Vec<HostRecord> = list_records(sh.store.as_ref(), keys::FLEET).await?;
+    let leader = Election::new(sh.store.clone(), "reconciler")
+        .leader()
+        .await?;
+    let view = |host: HostRecord, alive: bool| HostView {
+        leader: alive && leader.as_deref() == Some(host.name.as_str()),
+        host,
+        alive,
+    };
     let mut all: BTreeMap<String, HostView> = known
         .into_iter()
-        .map(|h| {
-            (
-                h.name.clone(),
-                HostView {
-                    host: h,
-                    alive: false,
-                },
-            )
-        })
+        .map(|h| (h.name.clone(), view(h, false)))
         .collect();
     for h in alive {
-        all.insert(
-            h.name.clone(),
-            HostView {
-                host: h,
-                alive: true,
-            },
-        );
+        all.insert(h.name.clone(), view(h, true));
     }
     Ok(all.into_values().collect())
 }
@@ -109,14 +103,31 @@ pub async fn join(sh: &Shared) -> Result<LeaseId, StoreError> {
     Ok(id)
 }
 
-/// Stay registered until shutdown.
+/// Stay registered until shutdown. A host whose Docker engine stops
+/// answering for a TTL is treated as gone: its lease is revoked, so the
+/// reconciler moves its jobs, and it registers again when Docker is back.
 pub async fn register(sh: Arc<Shared>, first: LeaseId) {
     let ttl = sh.config.host_ttl;
     let beat = (ttl / 3).max(Duration::from_millis(200));
     let mut shutdown = sh.shutdown.clone();
     let mut lease: Option<LeaseId> = Some(first);
     let mut last_publish = tokio::time::Instant::now();
+    let mut docker_down_since: Option<tokio::time::Instant> = None;
     loop {
+        let docker_ok = tokio::time::timeout(beat.max(Duration::from_secs(1)), sh.runtime.info())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if docker_ok {
+            docker_down_since = None;
+        } else {
+            let since = *docker_down_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= ttl {
+                if let Some(id) = lease.take() {
+                    tracing::error!("Docker is not answering: leaving floki until it does");
+                    let _ = sh.store.lease_revoke(id).await;
+                }
+            }
+        }
         let step = async {
             let id = match lease {
                 Some(id) => match sh.store.lease_keep_alive(id).await {
@@ -128,16 +139,19 @@ pub async fn register(sh: Arc<Shared>, first: LeaseId) {
                     }
                     Err(e) => return Err(e),
                 },
-                None => {
+                None if docker_ok => {
                     let id = sh.store.lease_grant(ttl).await?;
                     publish(&sh, id).await?;
                     last_publish = tokio::time::Instant::now();
                     lease = Some(id);
-                    tracing::info!(name = %sh.config.name, "registered in floki");
+                    tracing::info!(name = %sh.config.name, "registered in floki again");
+                    // Back from a partition: drop copies of jobs that moved.
+                    sh.resync_now.notify_one();
                     id
                 }
+                None => return Ok(()),
             };
-            if last_publish.elapsed() >= LOAD_REFRESH {
+            if last_publish.elapsed() >= LOAD_REFRESH && docker_ok {
                 publish(&sh, id).await?;
                 last_publish = tokio::time::Instant::now();
             }

@@ -157,12 +157,26 @@ pub async fn claim_daemon(sh: &Shared, job: &Job) -> ApiResult<Claim> {
         Target::There(h) => (Some(h.name.clone()), None),
         Target::Waiting(h) => (None, Some(format!("waiting for host {h}"))),
     };
+    let mut ops = Vec::with_capacity(2);
+    if let Some(node) = &placed_on {
+        // The start in flight, so the reconciler does not start it too.
+        ops.push(Op::Put {
+            key: keys::ps(&job.name),
+            value: encode(&starting_record(job, node)),
+            lease: None,
+        });
+    }
     let rec = ProcRecord {
         job: job.clone(),
         created_at: now_ms(),
         placed_on,
         waiting,
     };
+    ops.push(Op::Put {
+        key: keys::proc(&job.name),
+        value: encode(&rec),
+        lease: None,
+    });
     let r = sh
         .store
         .txn(
@@ -170,11 +184,7 @@ pub async fn claim_daemon(sh: &Shared, job: &Job) -> ApiResult<Claim> {
                 Compare::Absent(keys::proc(&job.name)),
                 Compare::Absent(keys::ps(&job.name)),
             ],
-            vec![Op::Put {
-                key: keys::proc(&job.name),
-                value: encode(&rec),
-                lease: None,
-            }],
+            ops,
             vec![],
         )
         .await?;
@@ -182,6 +192,46 @@ pub async fn claim_daemon(sh: &Shared, job: &Job) -> ApiResult<Claim> {
         Ok(Claim { target })
     } else {
         Err(taken(&job.name))
+    }
+}
+
+/// The viking-ps record of a job being started on `node`.
+pub fn starting_record(job: &Job, node: &str) -> PsRecord {
+    PsRecord {
+        job: job.name.clone(),
+        node: node.to_string(),
+        container_id: String::new(),
+        image: job.image.clone(),
+        image_id: String::new(),
+        command: job.command.clone(),
+        daemonize: job.daemonize,
+        status: "starting".to_string(),
+        exit_code: None,
+        error: None,
+        ports: vec![],
+        created_at: now_ms(),
+        started_at: None,
+        finished_at: None,
+        restarts: 0,
+        crash_streak: 0,
+        last_exit: None,
+    }
+}
+
+/// Start a job on a target: here, or through the target's server.
+pub async fn start_on(
+    sh: &Shared,
+    job: &Job,
+    target: &Target,
+    progress: &(dyn Fn(String) + Sync),
+) -> ApiResult<PsRecord> {
+    match target {
+        Target::Here => start_container(sh, job, progress).await,
+        Target::There(h) => forward_start(sh, h, job, progress).await,
+        Target::Waiting(h) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("host {h} is not alive"),
+        )),
     }
 }
 
@@ -203,19 +253,16 @@ pub async fn run_claimed(
     claim: Claim,
     progress: &(dyn Fn(String) + Sync),
 ) -> ApiResult<RunResponse> {
-    let started = match &claim.target {
-        Target::Here => start_container(sh, &job, progress).await,
-        Target::There(h) => forward_start(sh, h, &job, progress).await,
-        Target::Waiting(h) => {
-            return Ok(RunResponse {
-                job,
-                ps: None,
-                waiting: Some(format!(
-                    "waiting for host {h}: the job is fixed to it and it is not alive"
-                )),
-            })
-        }
-    };
+    if let Target::Waiting(h) = &claim.target {
+        return Ok(RunResponse {
+            job,
+            ps: None,
+            waiting: Some(format!(
+                "waiting for host {h}: the job is fixed to it and it is not alive"
+            )),
+        });
+    }
+    let started = start_on(sh, &job, &claim.target, progress).await;
     match started {
         Ok(ps) => Ok(RunResponse {
             job,
@@ -223,8 +270,24 @@ pub async fn run_claimed(
             waiting: None,
         }),
         Err(e) => {
-            // Leave no trace: the container is gone already; drop the intent.
-            if let Err(de) = sh.store.delete(&keys::proc(&job.name)).await {
+            // Leave no trace: the container is gone already; drop the intent
+            // and the start claim.
+            let undo = sh
+                .store
+                .txn(
+                    vec![],
+                    vec![
+                        Op::Delete {
+                            key: keys::proc(&job.name),
+                        },
+                        Op::Delete {
+                            key: keys::ps(&job.name),
+                        },
+                    ],
+                    vec![],
+                )
+                .await;
+            if let Err(de) = undo {
                 tracing::error!(job = %job.name, "could not take the failed job out of viking-proc: {de}");
             }
             Err(e)
@@ -383,6 +446,8 @@ pub fn ps_from(sh: &Shared, c: &ContainerInfo, restarts: u32) -> PsRecord {
         started_at: c.started_at,
         finished_at: c.finished_at,
         restarts,
+        crash_streak: 0,
+        last_exit: None,
     }
 }
 
@@ -414,7 +479,14 @@ async fn start_container(
             return Err(e);
         }
     };
-    let ps = ps_from(sh, &info, 0);
+    // Keep the restart counters of the start claim.
+    let (restarts, streak, last_exit) = match get_ps(sh, &job.name).await? {
+        Some((p, _)) if p.node == sh.config.name => (p.restarts, p.crash_streak, p.last_exit),
+        _ => (0, 0, None),
+    };
+    let mut ps = ps_from(sh, &info, restarts);
+    ps.crash_streak = streak;
+    ps.last_exit = last_exit;
     record_started(sh, &ps).await?;
     Ok(ps)
 }
@@ -527,8 +599,18 @@ pub async fn refresh_ps(sh: &Shared, name: &str) -> ApiResult<Option<PsRecord>> 
         match sh.runtime.inspect(&ps.container_id).await? {
             Some(c) if c.id == ps.container_id => {
                 let fresh = ps_from(sh, &c, ps.restarts);
+                // Keep viking's own note (e.g. a failed health check) on a
+                // container that stopped; a running one clears it.
+                let error = match fresh.error.clone() {
+                    Some(e) => Some(e),
+                    None if c.status != "running" => ps.error.take(),
+                    None => None,
+                };
                 ps = PsRecord {
                     created_at: ps.created_at,
+                    crash_streak: ps.crash_streak,
+                    last_exit: ps.last_exit,
+                    error,
                     ..fresh
                 };
             }

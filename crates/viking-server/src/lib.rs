@@ -9,7 +9,10 @@
 //! - [`attach`]: the attached streams of interactive jobs;
 //! - [`agent`]: keeps this host's viking-ps true from its Docker engine
 //!   (events plus a full resync at start and periodically);
-//! - [`floki`]: registers this server in the fleet registry under a lease.
+//! - [`floki`]: registers this server in the fleet registry under a lease;
+//! - [`reconciler`]: the leader's level-triggered loop that converges the
+//!   cluster on viking-proc;
+//! - [`health`]: the health checks of this host's jobs.
 //!
 //! A server is `serve(config, listener, shutdown)`: the binary passes
 //! Ctrl-C/SIGTERM, tests bind port 0. Shutdown reaches every task through
@@ -33,7 +36,9 @@ pub mod api;
 pub mod attach;
 pub mod config;
 pub mod floki;
+pub mod health;
 pub mod jobs;
+pub mod reconciler;
 pub mod token;
 
 pub use config::ServerConfig;
@@ -51,6 +56,8 @@ pub struct Shared {
     /// Names of the interactive jobs attached on this server right now. A
     /// std mutex: held only to insert, remove or copy, never across `.await`.
     pub sessions: Mutex<HashSet<String>>,
+    /// Asks the agent for a full resync now (e.g. after a partition healed).
+    pub resync_now: tokio::sync::Notify,
     /// Fires when the server shuts down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -117,6 +124,7 @@ pub async fn prepare(config: ServerConfig) -> anyhow::Result<Prepared> {
         token,
         started_at: now_ms(),
         sessions: Mutex::new(HashSet::new()),
+        resync_now: tokio::sync::Notify::new(),
         shutdown: shutdown_rx,
     });
     Ok(Prepared {
@@ -136,7 +144,7 @@ pub async fn serve(
         shutdown_tx,
     } = prepared;
     // Bring viking-ps up to date with what Docker runs before answering.
-    if let Err(e) = agent::resync(&shared).await {
+    if let Err(e) = agent::initial_resync(&shared).await {
         tracing::warn!("initial resync with Docker failed: {e:#}");
     }
     let lease = floki::join(&shared)
@@ -145,6 +153,8 @@ pub async fn serve(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(floki::register(shared.clone(), lease));
     tasks.spawn(agent::run(shared.clone()));
+    tasks.spawn(reconciler::run(shared.clone()));
+    tasks.spawn(health::run(shared.clone()));
 
     let app = api::router(shared.clone());
     tracing::info!(

@@ -33,6 +33,13 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
         token: a.token.filter(|t| !t.is_empty()),
         host_ttl: secs(a.host_ttl, "--host-ttl")?,
         resync: secs(a.resync, "--resync")?.max(Duration::from_secs(1)),
+        policy: viking_core::reconcile::Policy {
+            backoff_base_ms: secs(a.backoff, "--backoff")?.as_millis() as u64,
+            backoff_max_ms: secs(a.backoff_max, "--backoff-max")?.as_millis() as u64,
+            ..Default::default()
+        },
+        health_interval: secs(a.health_interval, "--health-interval")?
+            .max(Duration::from_millis(100)),
     })
 }
 

@@ -315,25 +315,127 @@ fn server_restart_keeps_proc_and_ps_true() {
     let out = docker(&["kill", &die]);
     assert!(out.status.success());
     s.spawn();
-    let ps = s.json(&["ps", "-a", "--json"]);
-    let by_name = |n: &str| {
+    // viking-ps is true again, and the reconciler starts the dead job again:
+    // nothing lost, nothing doubled.
+    wait_until("the killed job restarted", Duration::from_secs(15), || {
+        let d = s.json(&["inspect", &die]);
+        d["ps"]["status"] == "running" && d["ps"]["restarts"] == 1 && d["ps"]["last_exit"] == 137
+    });
+    let k = s.json(&["inspect", &keep]);
+    assert_eq!(k["ps"]["status"], "running");
+    assert_eq!(k["ps"]["restarts"], 0);
+    assert_eq!(s.json(&["proc", "--json"]).as_array().unwrap().len(), 2);
+    assert_eq!(s.containers().len(), 2);
+    // Events keep it true after the restart too.
+    docker(&["kill", &keep]);
+    wait_until("the other job restarted", Duration::from_secs(15), || {
+        let k = s.json(&["inspect", &keep]);
+        k["ps"]["status"] == "running" && k["ps"]["restarts"] == 1
+    });
+    assert_eq!(s.containers().len(), 2);
+    let table = stdout(&s.cli(&["ps"]));
+    assert!(table.contains("(restarts 1, last exit 137)"), "{table}");
+}
+
+#[test]
+fn a_crash_loop_backs_off_while_other_jobs_start() {
+    let mut s = Server::start_with(&["--backoff", "1", "--backoff-max", "8"]);
+    let crash = unique("crash");
+    let out = s.cli(&["run", "-d", "--name", &crash, BUSYBOX, "sh", "-c", "exit 3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let started = Instant::now();
+    // Other work is not starved meanwhile.
+    for i in 0..3 {
+        let out = s.cli(&[
+            "run",
+            "-d",
+            "--name",
+            &format!("{crash}-ok{i}"),
+            BUSYBOX,
+            "sleep",
+            "1000",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    std::thread::sleep(Duration::from_secs(8).saturating_sub(started.elapsed()));
+    let c = s.json(&["inspect", &crash]);
+    let restarts = c["ps"]["restarts"].as_u64().unwrap();
+    // Backoff 1, 2, 4 s: about 3 restarts in 8 s; without backoff there would
+    // be dozens.
+    assert!(
+        (2..=5).contains(&restarts),
+        "restarts after 8 s: {restarts}"
+    );
+    assert_eq!(
+        c["ps"]["exit_code"]
+            .as_i64()
+            .or(c["ps"]["last_exit"].as_i64()),
+        Some(3)
+    );
+    let ps = s.json(&["ps", "--json"]);
+    assert_eq!(
         ps.as_array()
             .unwrap()
             .iter()
-            .find(|p| p["job"] == n)
-            .cloned()
-            .unwrap()
-    };
-    assert_eq!(by_name(&keep)["status"], "running");
-    assert_eq!(by_name(&die)["status"], "exited");
-    assert_eq!(by_name(&die)["exit_code"], 137);
-    assert_eq!(s.json(&["proc", "--json"]).as_array().unwrap().len(), 2);
-    // Events keep it true after the restart too.
-    docker(&["kill", &keep]);
-    wait_until("exit recorded", Duration::from_secs(10), || {
-        let ps = s.json(&["inspect", &keep]);
-        ps["ps"]["status"] == "exited"
-    });
+            .filter(|p| p["status"] == "running")
+            .count(),
+        3
+    );
+    s.stop();
+}
+
+#[test]
+fn a_failing_health_check_restarts_a_job() {
+    let s = Server::start_with(&["--health-interval", "0.3"]);
+    let name = unique("sick");
+    // httpd without an index page: TCP works, GET / is a 404.
+    let out = s.cli(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-p",
+        "8080",
+        "-e",
+        "VIKING_HEALTH=http",
+        BUSYBOX,
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until(
+        "restarted after failed health checks",
+        Duration::from_secs(20),
+        || {
+            let j = s.json(&["inspect", &name]);
+            j["ps"]["restarts"].as_u64().unwrap_or(0) >= 1
+        },
+    );
+    // A tcp check on the same job passes: it keeps running.
+    let ok = unique("healthy");
+    let out = s.cli(&[
+        "run",
+        "-d",
+        "--name",
+        &ok,
+        "-p",
+        "8080",
+        "-e",
+        "VIKING_HEALTH=tcp",
+        BUSYBOX,
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::thread::sleep(Duration::from_secs(4));
+    let j = s.json(&["inspect", &ok]);
+    assert_eq!(j["ps"]["restarts"], 0);
+    assert_eq!(j["ps"]["status"], "running");
+    assert!(s.log().contains("health check failed"), "{}", s.log());
 }
 
 #[test]

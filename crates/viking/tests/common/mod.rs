@@ -31,6 +31,7 @@ pub fn unique(prefix: &str) -> String {
 }
 
 pub struct Server {
+    pub extra: Vec<String>,
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub key: String,
@@ -40,8 +41,13 @@ pub struct Server {
 
 impl Server {
     pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Server {
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             dir,
             port: free_port(),
             key: format!("/{}", unique("t")),
@@ -65,6 +71,7 @@ impl Server {
         c.args(["server", "--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--data-dir", &self.dir.path().display().to_string()])
             .args(["--key", &self.key, "--name", &self.name, "--resync", "2"])
+            .args(&self.extra)
             .env_remove("VIKING_TOKEN")
             .env("VIKING_LOG", "info");
         c

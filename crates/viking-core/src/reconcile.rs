@@ -1,0 +1,515 @@
+//! The reconciler's planner: viking-proc (desired) against viking-ps
+//! (actual) and floki (which hosts are alive), at time `now`, gives the
+//! actions that move the cluster towards proc.
+//!
+//! Level-triggered, Kubernetes-style: the plan depends only on the snapshot,
+//! never on what happened before, so running it again after a crash, twice
+//! in a row or on a new leader is always safe. The executor makes each start
+//! a compare-and-swap on the job's viking-ps revision, so a stale plan cannot
+//! start a job twice.
+//!
+//! For each daemonized job in proc:
+//! - running (or just starting) on a live host: nothing to do;
+//! - exited, failed, vanished on a live host: start it again, after an
+//!   exponential backoff that grows while it keeps failing and resets after
+//!   a stable run, so a crash loop never starves other work;
+//! - on a host that is gone: a fixed job waits for its host ("waiting for
+//!   host X"); any other job is placed again by dowding;
+//! - never started: placed by dowding.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::job::Job;
+use crate::records::{History, ProcRecord, PsRecord};
+use crate::scheduler::{self, HostSnapshot};
+
+/// Timing policy of the reconciler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// The first restart delay, in ms.
+    pub backoff_base_ms: u64,
+    /// The longest restart delay, in ms.
+    pub backoff_max_ms: u64,
+    /// A run at least this long resets the backoff.
+    pub stable_after_ms: u64,
+    /// A start that has not finished after this long is retried.
+    pub start_timeout_ms: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 60_000,
+            stable_after_ms: 10_000,
+            start_timeout_ms: 300_000,
+        }
+    }
+}
+
+impl Policy {
+    /// The delay before the restart that follows `streak` failures in a row.
+    pub fn backoff(&self, streak: u32) -> u64 {
+        if streak == 0 {
+            return 0;
+        }
+        let exp = (streak - 1).min(32);
+        self.backoff_base_ms
+            .saturating_mul(1u64 << exp)
+            .min(self.backoff_max_ms)
+    }
+}
+
+/// What the reconciler reads.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub procs: Vec<ProcRecord>,
+    /// viking-ps by job name.
+    pub ps: BTreeMap<String, PsRecord>,
+    /// floki's hosts with their load, for dowding.
+    pub hosts: Vec<HostSnapshot>,
+    /// Placement history of the jobs in proc.
+    pub histories: BTreeMap<String, History>,
+}
+
+/// One thing to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start `job` on `node`. `restarts` and `crash_streak` are the values
+    /// its viking-ps record gets.
+    Start {
+        job: String,
+        node: String,
+        restarts: u32,
+        crash_streak: u32,
+    },
+    /// The job cannot run now: show why (in proc, and in ps when it has a
+    /// record).
+    Wait { job: String, reason: String },
+}
+
+impl Action {
+    pub fn job(&self) -> &str {
+        match self {
+            Action::Start { job, .. } | Action::Wait { job, .. } => job,
+        }
+    }
+}
+
+/// The plan of one round.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// When a backoff ends: plan again then.
+    pub wake_at: Option<u64>,
+}
+
+fn is_live(status: &str) -> bool {
+    matches!(status, "running" | "restarting" | "paused")
+}
+
+/// Plan one round.
+pub fn plan(snap: &Snapshot, policy: &Policy, now: u64) -> Plan {
+    let alive: BTreeSet<&str> = snap
+        .hosts
+        .iter()
+        .filter(|h| h.alive)
+        .map(|h| h.name.as_str())
+        .collect();
+    // Placements made in this plan count as load, so a batch spreads.
+    let mut hosts = snap.hosts.clone();
+    let mut out = Plan::default();
+    let wake = |t: u64, out: &mut Plan| {
+        out.wake_at = Some(out.wake_at.map_or(t, |w| w.min(t)));
+    };
+    for proc in &snap.procs {
+        let job = &proc.job;
+        let ps = snap.ps.get(&job.name);
+        let (restarts, streak) = match ps {
+            None => (0, 0),
+            Some(p) => (p.restarts, p.crash_streak),
+        };
+        let needs_start = match ps {
+            None => Some((restarts, streak)),
+            Some(p) if alive.contains(p.node.as_str()) => {
+                if is_live(&p.status) {
+                    None
+                } else if p.status == "starting" {
+                    let deadline = p.created_at.saturating_add(policy.start_timeout_ms);
+                    if now < deadline {
+                        wake(deadline, &mut out);
+                        None
+                    } else {
+                        Some((p.restarts + 1, p.crash_streak + 1))
+                    }
+                } else {
+                    // Exited, dead, failed, missing, waiting, created.
+                    let ran = match (p.started_at, p.finished_at) {
+                        (Some(s), Some(f)) => f.saturating_sub(s),
+                        _ => 0,
+                    };
+                    let streak = if ran >= policy.stable_after_ms {
+                        0
+                    } else {
+                        p.crash_streak
+                    };
+                    let since = p.finished_at.unwrap_or(p.created_at);
+                    let due = since.saturating_add(policy.backoff(streak));
+                    if now < due {
+                        wake(due, &mut out);
+                        None
+                    } else {
+                        Some((p.restarts + 1, streak + 1))
+                    }
+                }
+            }
+            // Its host is gone: not the job's fault, so no backoff.
+            Some(p) => Some((p.restarts + 1, p.crash_streak)),
+        };
+        let Some((restarts, crash_streak)) = needs_start else {
+            continue;
+        };
+        let decision = scheduler::place(job, &hosts, snap.histories.get(&job.name));
+        match decision.host {
+            Some(node) => {
+                if let Some(h) = hosts.iter_mut().find(|h| h.name == node) {
+                    h.running += 1;
+                    for p in job.ports.iter() {
+                        if let Some(hp) = p.host {
+                            h.used_ports.insert((hp, p.proto));
+                        }
+                    }
+                }
+                out.actions.push(Action::Start {
+                    job: job.name.clone(),
+                    node,
+                    restarts,
+                    crash_streak,
+                });
+            }
+            None => {
+                let reason = match &decision.waiting_for {
+                    Some(h) => format!("waiting for host {h}"),
+                    None => decision.explain(),
+                };
+                let shown = ps.map(|p| (p.status.as_str(), p.error.as_deref()));
+                if proc.waiting.as_deref() != Some(reason.as_str())
+                    || ps.is_some_and(|_| shown != Some(("waiting", Some(reason.as_str()))))
+                {
+                    out.actions.push(Action::Wait {
+                        job: job.name.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether `job` may run on `node` at all (its pin, tags and fixed host);
+/// the invariant the property tests check for every start.
+pub fn allowed(job: &Job, node: &HostSnapshot, history: Option<&History>) -> bool {
+    scheduler::place(job, std::slice::from_ref(node), history)
+        .host
+        .is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn host(name: &str, alive: bool) -> HostSnapshot {
+        HostSnapshot {
+            name: name.into(),
+            alive,
+            tags: BTreeSet::new(),
+            running: 0,
+            memory: 1 << 30,
+            memory_used: 0,
+            used_ports: BTreeSet::new(),
+        }
+    }
+
+    fn proc(doc: &str) -> ProcRecord {
+        ProcRecord {
+            job: Job::parse(doc.as_bytes(), String::new).unwrap(),
+            created_at: 0,
+            placed_on: None,
+            waiting: None,
+        }
+    }
+
+    fn ps(job: &str, node: &str, status: &str) -> PsRecord {
+        PsRecord {
+            job: job.into(),
+            node: node.into(),
+            container_id: format!("c-{job}-{node}"),
+            image: "i".into(),
+            image_id: "sha256:1".into(),
+            command: vec![],
+            daemonize: true,
+            status: status.into(),
+            exit_code: None,
+            error: None,
+            ports: vec![],
+            created_at: 0,
+            started_at: Some(0),
+            finished_at: Some(0),
+            restarts: 0,
+            crash_streak: 0,
+            last_exit: None,
+        }
+    }
+
+    fn hist(node: &str) -> History {
+        let mut h = History::default();
+        h.push(node, 0);
+        h
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let p = Policy::default();
+        assert_eq!(p.backoff(0), 0);
+        assert_eq!(p.backoff(1), 1_000);
+        assert_eq!(p.backoff(2), 2_000);
+        assert_eq!(p.backoff(4), 8_000);
+        assert_eq!(p.backoff(100), 60_000);
+    }
+
+    #[test]
+    fn running_jobs_are_left_alone_and_new_ones_spread() {
+        let mut s = Snapshot {
+            procs: vec![proc(r#"{"name":"a","image":"i","daemonize":true}"#)],
+            hosts: vec![host("n1", true), host("n2", true)],
+            ..Default::default()
+        };
+        s.ps.insert("a".into(), ps("a", "n1", "running"));
+        assert_eq!(plan(&s, &Policy::default(), 5), Plan::default());
+        for n in ["b", "c"] {
+            s.procs.push(proc(&format!(
+                r#"{{"name":"{n}","image":"i","daemonize":true}}"#
+            )));
+        }
+        let p = plan(&s, &Policy::default(), 5);
+        let nodes: Vec<_> = p
+            .actions
+            .iter()
+            .map(|a| match a {
+                Action::Start { node, .. } => node.as_str(),
+                _ => "",
+            })
+            .collect();
+        assert_eq!(nodes, vec!["n1", "n2"]);
+    }
+
+    #[test]
+    fn a_crashing_job_backs_off() {
+        let mut s = Snapshot {
+            procs: vec![proc(r#"{"name":"a","image":"i","daemonize":true}"#)],
+            hosts: vec![host("n1", true)],
+            ..Default::default()
+        };
+        let mut p = ps("a", "n1", "exited");
+        p.crash_streak = 3;
+        p.restarts = 3;
+        p.started_at = Some(10_000);
+        p.finished_at = Some(10_100);
+        s.ps.insert("a".into(), p);
+        let plan1 = plan(&s, &Policy::default(), 11_000);
+        assert!(plan1.actions.is_empty());
+        assert_eq!(plan1.wake_at, Some(10_100 + 4_000));
+        let plan2 = plan(&s, &Policy::default(), 14_100);
+        assert_eq!(
+            plan2.actions,
+            vec![Action::Start {
+                job: "a".into(),
+                node: "n1".into(),
+                restarts: 4,
+                crash_streak: 4
+            }]
+        );
+        // A stable run resets the streak.
+        s.ps.get_mut("a").unwrap().started_at = Some(0);
+        let plan3 = plan(&s, &Policy::default(), 10_100);
+        assert_eq!(
+            plan3.actions,
+            vec![Action::Start {
+                job: "a".into(),
+                node: "n1".into(),
+                restarts: 4,
+                crash_streak: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn a_dead_host_moves_jobs_but_fixed_ones_wait() {
+        let mut s = Snapshot {
+            procs: vec![
+                proc(r#"{"name":"web","image":"i","daemonize":true}"#),
+                proc(r#"{"name":"db","image":"i","daemonize":true,"volumes":["/d"]}"#),
+            ],
+            hosts: vec![host("n1", false), host("n2", true)],
+            ..Default::default()
+        };
+        s.ps.insert("web".into(), ps("web", "n1", "running"));
+        s.ps.insert("db".into(), ps("db", "n1", "running"));
+        s.histories.insert("db".into(), hist("n1"));
+        s.histories.insert("web".into(), hist("n1"));
+        let p = plan(&s, &Policy::default(), 1);
+        assert!(p.actions.contains(&Action::Wait {
+            job: "db".into(),
+            reason: "waiting for host n1".into()
+        }));
+        assert!(p.actions.contains(&Action::Start {
+            job: "web".into(),
+            node: "n2".into(),
+            restarts: 1,
+            crash_streak: 0
+        }));
+        // When n1 returns, db goes back there.
+        s.hosts[0].alive = true;
+        s.ps.get_mut("db").unwrap().status = "missing".into();
+        let p = plan(&s, &Policy::default(), 100_000);
+        assert!(p
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Start { job, node, .. } if job == "db" && node == "n1")));
+    }
+
+    #[test]
+    fn a_start_in_flight_is_not_doubled_until_it_times_out() {
+        let mut s = Snapshot {
+            procs: vec![proc(r#"{"name":"a","image":"i","daemonize":true}"#)],
+            hosts: vec![host("n1", true)],
+            ..Default::default()
+        };
+        let mut p = ps("a", "n1", "starting");
+        p.created_at = 1_000;
+        s.ps.insert("a".into(), p);
+        let pol = Policy::default();
+        assert!(plan(&s, &pol, 2_000).actions.is_empty());
+        assert_eq!(
+            plan(&s, &pol, 1_000 + pol.start_timeout_ms).actions.len(),
+            1
+        );
+    }
+
+    /// Apply a plan the way the executor does, with each start succeeding.
+    fn apply(s: &mut Snapshot, p: &Plan, now: u64) {
+        for a in &p.actions {
+            match a {
+                Action::Start {
+                    job,
+                    node,
+                    restarts,
+                    crash_streak,
+                } => {
+                    let mut r = ps(job, node, "running");
+                    r.restarts = *restarts;
+                    r.crash_streak = *crash_streak;
+                    r.started_at = Some(now);
+                    r.finished_at = None;
+                    s.ps.insert(job.clone(), r);
+                    s.histories.entry(job.clone()).or_default().push(node, now);
+                }
+                Action::Wait { job, reason } => {
+                    if let Some(pr) = s.procs.iter_mut().find(|p| &p.job.name == job) {
+                        pr.waiting = Some(reason.clone());
+                    }
+                    if let Some(r) = s.ps.get_mut(job) {
+                        r.status = "waiting".into();
+                        r.error = Some(reason.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn arb_world() -> impl Strategy<Value = (Snapshot, Vec<bool>)> {
+        let hosts = proptest::collection::vec(any::<bool>(), 1..5);
+        let jobs =
+            proptest::collection::vec((any::<bool>(), 0usize..5, 0u8..6, any::<bool>()), 0..12);
+        (hosts, jobs, proptest::collection::vec(any::<bool>(), 5)).prop_map(
+            |(alive, jobs, later)| {
+                let hosts: Vec<HostSnapshot> = alive
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| host(&format!("n{i}"), *a))
+                    .collect();
+                let mut s = Snapshot {
+                    hosts,
+                    ..Default::default()
+                };
+                for (i, (fixed, on, status, has_ps)) in jobs.into_iter().enumerate() {
+                    let name = format!("j{i}");
+                    let doc = format!(
+                        r#"{{"name":"{name}","image":"i","daemonize":true,"fixed":{fixed}}}"#
+                    );
+                    s.procs.push(proc(&doc));
+                    let node = format!("n{}", on % s.hosts.len());
+                    if fixed || has_ps {
+                        s.histories.insert(name.clone(), hist(&node));
+                    }
+                    if has_ps {
+                        let st = ["running", "exited", "missing", "failed", "dead", "waiting"]
+                            [status as usize];
+                        s.ps.insert(name.clone(), ps(&name, &node, st));
+                    }
+                }
+                (s, later)
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn plans_never_double_never_break_fixed_and_converge((mut s, later) in arb_world()) {
+            let pol = Policy::default();
+            let mut now = 1_000_000u64;
+            for round in 0..40 {
+                // Hosts come back over time.
+                if round == 10 {
+                    for (h, back) in s.hosts.iter_mut().zip(later.iter()) {
+                        h.alive |= *back;
+                    }
+                }
+                let p = plan(&s, &pol, now);
+                let mut seen = BTreeSet::new();
+                for a in &p.actions {
+                    prop_assert!(seen.insert(a.job().to_string()), "two actions for {}", a.job());
+                    if let Action::Start { job, node, .. } = a {
+                        // never a second copy of a job that runs on a live host
+                        if let Some(r) = s.ps.get(job) {
+                            let host_alive = s.hosts.iter().any(|h| h.name == r.node && h.alive);
+                            prop_assert!(!(host_alive && is_live(&r.status)), "{job} started twice");
+                        }
+                        // never off its pin, tags or fixed host; never on a dead host
+                        let pr = s.procs.iter().find(|p| &p.job.name == job).unwrap();
+                        let h = s.hosts.iter().find(|h| &h.name == node).unwrap();
+                        prop_assert!(h.alive);
+                        prop_assert!(allowed(&pr.job, h, s.histories.get(job)));
+                    }
+                }
+                apply(&mut s, &p, now);
+                now += 61_000;
+            }
+            // Converged: every job runs on a live host, unless it is fixed
+            // to a host that never came back.
+            for pr in &s.procs {
+                let r = s.ps.get(&pr.job.name);
+                let ok = r.is_some_and(|r| is_live(&r.status) && s.hosts.iter().any(|h| h.name == r.node && h.alive));
+                let fixed_host_dead = pr.job.fixed && s.histories.get(&pr.job.name).and_then(|h| h.last_node())
+                    .is_some_and(|n| !s.hosts.iter().any(|h| h.name == n && h.alive));
+                let no_host = !s.hosts.iter().any(|h| h.alive);
+                prop_assert!(ok || fixed_host_dead || no_host, "{} did not converge: {:?}", pr.job.name, r);
+            }
+            // And a converged world plans nothing but waits.
+            let p = plan(&s, &pol, now);
+            prop_assert!(p.actions.iter().all(|a| matches!(a, Action::Wait { .. })), "{:?}", p.actions);
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Health checks of this host's jobs, as designed: env
+//! `VIKING_HEALTH=tcp|http` (every TCP port) or `VIKING_HEALTH_<port>=tcp|http`.
+//! tcp is a connect; http is a 200 from `GET /`. A job that fails
+//! [`FAILURES`] checks in a row (after a grace period from its start) is
+//! stopped with the reason in viking-ps; the reconciler then starts it again
+//! with its backoff, like any job that exited.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use viking_core::job::HealthCheck;
+use viking_core::keys;
+use viking_core::records::{encode, ProcRecord, PsRecord};
+use viking_store::StoreExt;
+
+use crate::api::list_records;
+use crate::{now_ms, Shared};
+
+/// Failed checks in a row that restart a job.
+pub const FAILURES: u32 = 3;
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Check this host's jobs every `--health-interval`, until shutdown.
+pub async fn run(sh: Arc<Shared>) {
+    let mut shutdown = sh.shutdown.clone();
+    let mut failures: HashMap<String, u32> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = crate::stopped(&mut shutdown) => return,
+            _ = tokio::time::sleep(sh.config.health_interval) => {}
+        }
+        if let Err(e) = round(&sh, &mut failures).await {
+            tracing::warn!("health checks: {e}");
+        }
+    }
+}
+
+async fn round(sh: &Shared, failures: &mut HashMap<String, u32>) -> Result<(), String> {
+    let procs: Vec<ProcRecord> = list_records(sh.store.as_ref(), keys::PROC)
+        .await
+        .map_err(|e| e.message)?;
+    let ps: Vec<PsRecord> = list_records(sh.store.as_ref(), keys::PS)
+        .await
+        .map_err(|e| e.message)?;
+    let grace = (sh.config.health_interval * 3).as_millis() as u64;
+    let now = now_ms();
+    let mut checked = Vec::new();
+    for proc in &procs {
+        let checks = proc.job.health_checks();
+        if checks.is_empty() {
+            continue;
+        }
+        let Some(rec) = ps.iter().find(|p| p.job == proc.job.name) else {
+            continue;
+        };
+        if rec.node != sh.config.name
+            || !rec.is_running()
+            || now.saturating_sub(rec.started_at.unwrap_or(now)) < grace
+        {
+            continue;
+        }
+        checked.push(rec.job.clone());
+        let mut failed = None;
+        for c in checks {
+            if let Err(e) = check(c, rec).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        match failed {
+            None => {
+                failures.remove(&rec.job);
+            }
+            Some(reason) => {
+                let n = failures.entry(rec.job.clone()).or_default();
+                *n += 1;
+                tracing::info!(job = %rec.job, failures = *n, "health check failed: {reason}");
+                if *n >= FAILURES {
+                    failures.remove(&rec.job);
+                    restart(sh, rec, &reason).await;
+                }
+            }
+        }
+    }
+    failures.retain(|job, _| checked.contains(job));
+    Ok(())
+}
+
+/// Note the reason in viking-ps and stop the container; the reconciler
+/// starts it again.
+async fn restart(sh: &Shared, rec: &PsRecord, reason: &str) {
+    tracing::warn!(job = %rec.job, "restarting after {FAILURES} failed health checks: {reason}");
+    if let Ok(Some(kv)) = sh.store.get(&keys::ps(&rec.job)).await {
+        let mut r = rec.clone();
+        r.error = Some(format!("health check failed: {reason}"));
+        let _ = sh
+            .store
+            .cas(&keys::ps(&rec.job), kv.mod_revision, encode(&r))
+            .await;
+    }
+    if let Err(e) = sh.runtime.stop(&rec.container_id, 2).await {
+        tracing::warn!(job = %rec.job, "stopping the unhealthy job: {e}");
+    }
+}
+
+async fn check(c: HealthCheck, rec: &PsRecord) -> Result<(), String> {
+    let (port, http) = match c {
+        HealthCheck::Tcp(p) => (p, false),
+        HealthCheck::Http(p) => (p, true),
+    };
+    let Some(published) = rec
+        .ports
+        .iter()
+        .find(|p| p.container == port && p.proto == "tcp")
+    else {
+        return Err(format!("port {port} is not published"));
+    };
+    let addr = ("127.0.0.1", published.host_port);
+    let probe = async {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("tcp {port}: {e}"))?;
+        if !http {
+            return Ok(());
+        }
+        s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\nUser-Agent: viking-health\r\n\r\n")
+            .await
+            .map_err(|e| format!("http {port}: {e}"))?;
+        let mut buf = vec![0u8; 64];
+        let mut n = 0;
+        while n < 12 {
+            let r = s
+                .read(&mut buf[n..])
+                .await
+                .map_err(|e| format!("http {port}: {e}"))?;
+            if r == 0 {
+                break;
+            }
+            n += r;
+        }
+        let head = String::from_utf8_lossy(&buf[..n]);
+        let status = head.split_whitespace().nth(1).unwrap_or("");
+        if status == "200" {
+            Ok(())
+        } else {
+            Err(format!(
+                "http {port}: GET / answered {:?}",
+                head.lines().next().unwrap_or("")
+            ))
+        }
+    };
+    tokio::time::timeout(TIMEOUT, probe)
+        .await
+        .map_err(|_| format!("port {port}: no answer within {TIMEOUT:?}"))?
+}
