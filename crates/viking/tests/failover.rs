@@ -1,0 +1,276 @@
+//! The reconciler on a real cluster: hosts die, get cut off, servers
+//! restart, the leader dies; the cluster converges on viking-proc with no
+//! job lost and none running twice.
+//!
+//! Needs `scripts/test-images.sh --node`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use viking_testkit::{Cluster, ClusterOpts, Node};
+
+const BUSYBOX: &str = "viking-test/busybox";
+
+fn cluster() -> Cluster {
+    Cluster::start(
+        3,
+        ClusterOpts {
+            viking_bin: Some(env!("CARGO_BIN_EXE_viking").into()),
+            server_args: ["--host-ttl", "2", "--resync", "2", "--backoff", "0.5"]
+                .map(String::from)
+                .to_vec(),
+            ..Default::default()
+        },
+    )
+    .expect("start a 3-node cluster")
+}
+
+fn run_ok(n: &Node, args: &[&str]) {
+    let o = n.cli(args);
+    assert!(
+        o.status.success(),
+        "viking {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// job -> (node, status) from viking-ps.
+fn ps(n: &Node) -> BTreeMap<String, (String, String)> {
+    let v = n.cli_json(["ps", "-a", "--json"]).expect("ps");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["job"].as_str().unwrap().to_string(),
+                (
+                    p["node"].as_str().unwrap().to_string(),
+                    p["status"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// job -> how many running containers it has across every live engine.
+fn copies(c: &Cluster) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for n in c.nodes().iter().filter(|n| n.is_running()) {
+        let o = n.docker([
+            "ps",
+            "--filter",
+            "label=viking.job",
+            "--format",
+            "{{.Label \"viking.job\"}}",
+        ]);
+        for job in String::from_utf8_lossy(&o.stdout).lines() {
+            *out.entry(job.to_string()).or_default() += 1;
+        }
+    }
+    out
+}
+
+fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+fn start_jobs(n: &Node, names: &[String]) {
+    for j in names {
+        run_ok(n, &["run", "-d", "--name", j, BUSYBOX, "sleep", "100000"]);
+    }
+}
+
+#[test]
+fn a_dead_host_s_jobs_move_and_its_fixed_job_waits_and_returns() {
+    let c = cluster();
+    let n1 = c.node(0);
+    run_ok(
+        n1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "db",
+            "-v",
+            "/data",
+            BUSYBOX,
+            "sh",
+            "-c",
+            "[ -f /data/x ] || hostname > /data/x; cat /data/x; sleep 100000",
+        ],
+    );
+    let jobs: Vec<String> = (0..6).map(|i| format!("web{i}")).collect();
+    start_jobs(n1, &jobs);
+    let home = ps(n1)["db"].0.clone();
+    let victim = c.node_named(&home).unwrap();
+    let moved: Vec<String> = ps(n1)
+        .into_iter()
+        .filter(|(j, (node, _))| node == &home && j != "db")
+        .map(|(j, _)| j)
+        .collect();
+    assert!(!moved.is_empty());
+    let watcher = c.nodes().iter().find(|n| n.name() != home).unwrap();
+
+    victim.kill().unwrap();
+    let took = wait(
+        "jobs of the dead host running elsewhere",
+        Duration::from_secs(20),
+        || {
+            let p = ps(watcher);
+            jobs.iter().all(|j| p[j].0 != home && p[j].1 == "running")
+        },
+    );
+    eprintln!(
+        "failover of {} jobs took {took:?} after the kill",
+        moved.len()
+    );
+    // The fixed job waits for its host, and says so.
+    wait("db waiting", Duration::from_secs(10), || {
+        ps(watcher)["db"].1 == "waiting"
+    });
+    let db = watcher.cli_json(["inspect", "db"]).unwrap();
+    assert_eq!(db["proc"]["waiting"], format!("waiting for host {home}"));
+    assert_eq!(db["ps"]["node"], home.as_str());
+
+    // The host returns: db runs there again, with its data.
+    victim.restart().unwrap();
+    wait("db back on its host", Duration::from_secs(30), || {
+        let p = ps(watcher);
+        p["db"] == (home.clone(), "running".to_string())
+    });
+    // Nothing runs twice, nothing is lost.
+    wait("one copy of each job", Duration::from_secs(15), || {
+        let k = copies(&c);
+        k.len() == 7 && k.values().all(|n| *n == 1)
+    });
+}
+
+#[test]
+fn the_leader_s_host_dies_and_another_server_takes_over() {
+    let c = cluster();
+    let leader_of = |n: &Node| -> Option<String> {
+        let v = n.cli_json(["hosts", "--json"]).ok()?;
+        v.as_array()?
+            .iter()
+            .find(|h| h["leader"] == true)
+            .map(|h| h["name"].as_str().unwrap_or("").to_string())
+    };
+    let leader = {
+        let mut l = None;
+        wait("a leader", Duration::from_secs(10), || {
+            l = leader_of(c.node(0));
+            l.is_some()
+        });
+        l.unwrap()
+    };
+    let survivor = c.nodes().iter().find(|n| n.name() != leader).unwrap();
+    let jobs: Vec<String> = (0..4).map(|i| format!("job{i}")).collect();
+    start_jobs(survivor, &jobs);
+    c.node_named(&leader).unwrap().kill().unwrap();
+    wait("a new leader", Duration::from_secs(15), || {
+        leader_of(survivor).is_some_and(|l| l != leader)
+    });
+    // The new leader acts: a crashed container on a live host comes back.
+    let p = ps(survivor);
+    let (job, (node, _)) = p
+        .iter()
+        .find(|(_, (n, _))| *n != leader)
+        .map(|(j, v)| (j.clone(), v.clone()))
+        .unwrap();
+    c.node_named(&node).unwrap().docker(["kill", &job]);
+    wait("the crashed job restarted", Duration::from_secs(15), || {
+        let j = survivor.cli_json(["inspect", &job]).unwrap();
+        j["ps"]["status"] == "running" && j["ps"]["restarts"].as_u64().unwrap_or(0) >= 1
+    });
+    // And the jobs of the dead leader's host move.
+    wait(
+        "every job running on a live host",
+        Duration::from_secs(20),
+        || {
+            let p = ps(survivor);
+            jobs.iter().all(|j| p[j].0 != leader && p[j].1 == "running")
+        },
+    );
+}
+
+#[test]
+fn a_partitioned_host_heals_without_running_a_job_twice() {
+    let c = cluster();
+    let n1 = c.node(0);
+    let jobs: Vec<String> = (0..6).map(|i| format!("svc{i}")).collect();
+    start_jobs(n1, &jobs);
+    let cut = c.node(1);
+    let on_cut: Vec<String> = ps(n1)
+        .into_iter()
+        .filter(|(_, (n, _))| n == cut.name())
+        .map(|(j, _)| j)
+        .collect();
+    assert_eq!(on_cut.len(), 2);
+    cut.partition().unwrap();
+    wait(
+        "the cut host's jobs running elsewhere",
+        Duration::from_secs(20),
+        || {
+            let p = ps(n1);
+            on_cut
+                .iter()
+                .all(|j| p[j].0 != cut.name() && p[j].1 == "running")
+        },
+    );
+    // During the partition the cut host still runs its old copies.
+    let old = String::from_utf8_lossy(
+        &cut.docker(["ps", "-q", "--filter", "label=viking.job"])
+            .stdout,
+    )
+    .lines()
+    .count();
+    assert_eq!(old, 2);
+    cut.heal().unwrap();
+    wait(
+        "exactly one copy of each job",
+        Duration::from_secs(30),
+        || {
+            let k = copies(&c);
+            k.len() == 6 && k.values().all(|n| *n == 1)
+        },
+    );
+    let p = ps(n1);
+    assert!(jobs.iter().all(|j| p[j].1 == "running"));
+}
+
+#[test]
+fn restarting_every_server_at_once_loses_and_doubles_nothing() {
+    let c = cluster();
+    let jobs: Vec<String> = (0..6).map(|i| format!("keep{i}")).collect();
+    start_jobs(c.node(2), &jobs);
+    let before = ps(c.node(0));
+    std::thread::scope(|s| {
+        for n in c.nodes() {
+            s.spawn(move || n.stop_server().unwrap());
+        }
+    });
+    std::thread::scope(|s| {
+        for n in c.nodes() {
+            s.spawn(move || n.start_server().unwrap());
+        }
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let after = ps(c.node(1));
+    assert_eq!(before, after);
+    let k = copies(&c);
+    assert_eq!(k.len(), 6);
+    assert!(k.values().all(|n| *n == 1), "{k:?}");
+    let procs = c.node(0).cli_json(["proc", "--json"]).unwrap();
+    assert_eq!(procs.as_array().unwrap().len(), 6);
+    for j in &jobs {
+        let v = c.node(0).cli_json(["inspect", j]).unwrap();
+        assert_eq!(v["ps"]["restarts"], 0, "{j} was restarted");
+    }
+}
