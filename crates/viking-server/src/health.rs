@@ -129,7 +129,7 @@ async fn check(c: HealthCheck, rec: &PsRecord) -> Result<(), String> {
         s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\nUser-Agent: viking-health\r\n\r\n")
             .await
             .map_err(|e| format!("http {port}: {e}"))?;
-        let mut buf = vec![0u8; 64];
+        let mut buf = [0u8; 64];
         let mut n = 0;
         while n < 12 {
             let r = s
