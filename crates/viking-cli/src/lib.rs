@@ -5,6 +5,7 @@
 //! - this file: the commands and flags (clap), and dispatch;
 //! - [`run`]: `viking run`, docker run's flags to a job, daemonized or
 //!   attached;
+//! - [`push`]: `viking push`, rolling restarts after new code;
 //! - [`table`]: docker-style tables and human times.
 //!
 //! Output follows Docker's habits: tables for people, `--json` for scripts,
@@ -18,6 +19,7 @@ use viking_client::api::{HostView, InspectResponse};
 use viking_client::{Client, ClientError};
 use viking_core::records::{ProcRecord, PsRecord};
 
+pub mod push;
 pub mod run;
 pub mod table;
 
@@ -95,6 +97,8 @@ pub enum Command {
     },
     /// Show proc, ps and history of a job as JSON.
     Inspect { name: String },
+    /// New code was pushed: restart non-static jobs whose image changed.
+    Push(push::PushArgs),
 }
 
 /// `viking server`'s settings; each has an environment variable.
@@ -303,6 +307,7 @@ pub async fn dispatch(
             run::print_frames(body).await?;
             Ok(0)
         }
+        Command::Push(a) => push::push(&c, a).await,
         Command::Inspect { name } => {
             let path = format!("/v1/jobs/{}", path_segment(&name)?);
             let v: InspectResponse = c.json(Method::GET, &path, None).await?;

@@ -89,6 +89,86 @@ pub struct InspectResponse {
     pub history: History,
 }
 
+/// `POST /v1/push`: new code was pushed; restart the daemonized, non-static
+/// jobs whose image changed, one at a time.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PushRequest {
+    /// Only jobs of these images (default: every image).
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// Restart every non-static job, changed or not.
+    #[serde(default)]
+    pub all: bool,
+    /// How many jobs restart at once (default 1).
+    #[serde(default)]
+    pub parallel: usize,
+    /// Pull each image first (where a registry serves it).
+    #[serde(default)]
+    pub pull: bool,
+    /// How long each new container must stay up (and healthy) before the
+    /// next job is pushed, in ms (default 3000).
+    #[serde(default)]
+    pub settle_ms: Option<u64>,
+}
+
+/// What happened to one job in a push.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PushEvent {
+    pub job: String,
+    pub host: String,
+    /// `unchanged`, `static`, `not running`, `restarting`, `restarted`,
+    /// `failed`, `untouched`.
+    pub event: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_image_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_image_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The outcome of a push.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PushSummary {
+    pub restarted: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub static_jobs: Vec<String>,
+    /// Jobs not pushed because an earlier one failed.
+    pub untouched: Vec<String>,
+    /// The job whose new version failed, and why (it was rolled back).
+    pub failed: Option<PushEvent>,
+}
+
+/// One line of a push's answer (newline-delimited JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushLine {
+    Event(PushEvent),
+    Done(PushSummary),
+    Error(ErrorBody),
+}
+
+/// `POST /v1/internal/replace`: restart one job of this host on the image
+/// its tag names now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplaceRequest {
+    pub job: String,
+    /// How long the new container must stay up (and healthy) to count.
+    pub settle_ms: u64,
+}
+
+/// `POST /v1/internal/resolve`: the image id a reference names on a host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResolveRequest {
+    pub image: String,
+    pub pull: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResolveResponse {
+    pub image_id: Option<String>,
+}
+
 /// `GET /v1/ping`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ping {

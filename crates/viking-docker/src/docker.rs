@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bollard::container::{
     AttachContainerOptions, Config, CreateContainerOptions, InspectContainerOptions,
     KillContainerOptions, ListContainersOptions, LogOutput, LogsOptions, RemoveContainerOptions,
-    StartContainerOptions, StopContainerOptions, WaitContainerOptions,
+    RenameContainerOptions, StartContainerOptions, StopContainerOptions, WaitContainerOptions,
 };
 use bollard::errors::Error as BollardError;
 use bollard::image::CreateImageOptions;
@@ -395,6 +395,13 @@ impl Runtime for DockerRuntime {
             }) if message.contains("already in progress") => Ok(()),
             Err(e) => Err(err(e)),
         }
+    }
+
+    async fn rename(&self, id: &str, new_name: &str) -> Result<()> {
+        self.docker
+            .rename_container(id, RenameContainerOptions { name: new_name })
+            .await
+            .map_err(err)
     }
 
     async fn list(&self, cluster: &str) -> Result<Vec<ContainerInfo>> {

@@ -179,6 +179,7 @@ pub trait Runtime: Send + Sync + 'static {
     async fn stop(&self, id: &str, timeout_secs: i64) -> Result<()>;
     async fn kill(&self, id: &str, signal: &str) -> Result<()>;
     async fn remove(&self, id: &str, force: bool) -> Result<()>;
+    async fn rename(&self, id: &str, new_name: &str) -> Result<()>;
     /// Every container labelled by viking for `cluster`, running or not.
     async fn list(&self, cluster: &str) -> Result<Vec<ContainerInfo>>;
     /// Events of viking's containers, from now on.

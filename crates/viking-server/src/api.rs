@@ -99,7 +99,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/jobs/{name}", get(inspect).delete(remove))
         .route("/v1/jobs/{name}/stop", post(stop))
         .route("/v1/jobs/{name}/logs", get(logs))
+        .route("/v1/push", post(push))
         .route("/v1/internal/start", post(internal_start))
+        .route("/v1/internal/resolve", post(internal_resolve))
+        .route("/v1/internal/replace", post(internal_replace))
         .route("/v1/internal/attach", post(internal_attach))
         .fallback(|| async { ApiError::not_found("no such API path; see /v1/...") })
         .layer(middleware::from_fn_with_state(shared.clone(), auth))
@@ -255,6 +258,57 @@ async fn internal_attach(
         .ok_or_else(|| ApiError::bad_request(format!("needs Upgrade: {ATTACH_PROTOCOL}")))?;
     let job = read_job(req).await?;
     crate::attach::serve_claimed(sh, job, q.claim_rev, on_upgrade).await
+}
+
+/// A code push: a stream of [`viking_client::api::PushLine`]s ending in the
+/// summary.
+async fn push(State(sh): State<Arc<Shared>>, body: axum::body::Bytes) -> ApiResult<Response> {
+    use viking_client::api::PushLine;
+    let req: viking_client::api::PushRequest = parse(&body)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PushLine>();
+    tokio::spawn(async move {
+        let tx2 = tx.clone();
+        let events = move |e| {
+            let _ = tx2.send(PushLine::Event(e));
+        };
+        let last = match crate::push::push(&sh, req, &events).await {
+            Ok(s) => PushLine::Done(s),
+            Err(e) => PushLine::Error(e.body()),
+        };
+        let _ = tx.send(last);
+    });
+    let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|line| {
+        let mut v = serde_json::to_vec(&line).unwrap_or_default();
+        v.push(b'\n');
+        Ok::<_, std::convert::Infallible>(v)
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// A JSON body, or a 400 that says what is wrong with it.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+async fn internal_resolve(
+    State(sh): State<Arc<Shared>>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<viking_client::api::ResolveResponse>> {
+    let req = parse(&body)?;
+    Ok(Json(crate::push::resolve_here(&sh, &req).await?))
+}
+
+async fn internal_replace(
+    State(sh): State<Arc<Shared>>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<PsRecord>> {
+    let req = parse(&body)?;
+    Ok(Json(crate::push::replace_here(&sh, &req).await?))
 }
 
 fn is_attach(h: &HeaderMap) -> bool {

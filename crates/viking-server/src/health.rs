@@ -106,7 +106,8 @@ async fn restart(sh: &Shared, rec: &PsRecord, reason: &str) {
     }
 }
 
-async fn check(c: HealthCheck, rec: &PsRecord) -> Result<(), String> {
+/// Run one check against a job's published port on this host.
+pub async fn check(c: HealthCheck, rec: &PsRecord) -> Result<(), String> {
     let (port, http) = match c {
         HealthCheck::Tcp(p) => (p, false),
         HealthCheck::Http(p) => (p, true),

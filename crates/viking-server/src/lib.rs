@@ -12,7 +12,8 @@
 //! - [`floki`]: registers this server in the fleet registry under a lease;
 //! - [`reconciler`]: the leader's level-triggered loop that converges the
 //!   cluster on viking-proc;
-//! - [`health`]: the health checks of this host's jobs.
+//! - [`health`]: the health checks of this host's jobs;
+//! - [`push`]: code pushes, rolling restarts of non-static jobs.
 //!
 //! A server is `serve(config, listener, shutdown)`: the binary passes
 //! Ctrl-C/SIGTERM, tests bind port 0. Shutdown reaches every task through
@@ -38,6 +39,7 @@ pub mod config;
 pub mod floki;
 pub mod health;
 pub mod jobs;
+pub mod push;
 pub mod reconciler;
 pub mod token;
 

@@ -1,0 +1,122 @@
+//! `viking push`: new code was pushed; restart the daemonized, non-static
+//! jobs whose image changed, rolling, with progress as it goes.
+
+use bytes::BytesMut;
+use clap::Args;
+use http_body_util::BodyExt;
+use hyper::Method;
+use viking_client::api::{PushLine, PushRequest};
+use viking_client::Client;
+
+use crate::Failure;
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// Only jobs of these images (default: every image).
+    pub images: Vec<String>,
+    /// Restart every non-static job, even with an unchanged image.
+    #[arg(long)]
+    pub all: bool,
+    /// How many jobs restart at once.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
+    /// Pull each image on its host first (where a registry serves it).
+    #[arg(long)]
+    pub pull: bool,
+    /// Seconds each new container must stay up (and healthy) before the next.
+    #[arg(long, default_value_t = 3.0)]
+    pub settle: f64,
+    /// One JSON object per line, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn short(id: &Option<String>) -> String {
+    id.as_deref()
+        .map(|i| i.trim_start_matches("sha256:").chars().take(12).collect())
+        .unwrap_or_else(|| "?".to_string())
+}
+
+pub async fn push(c: &Client, a: PushArgs) -> Result<i32, Failure> {
+    let req = PushRequest {
+        images: a.images,
+        all: a.all,
+        parallel: a.parallel,
+        pull: a.pull,
+        settle_ms: Some((a.settle.max(0.0) * 1000.0) as u64),
+    };
+    let body = serde_json::to_vec(&req).map_err(|e| Failure::new(1, e.to_string()))?;
+    let mut stream = c.stream(Method::POST, "/v1/push", Some(body)).await?;
+    let mut buf = BytesMut::new();
+    loop {
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            let line = buf.split_to(nl + 1);
+            if a.json {
+                print!("{}", String::from_utf8_lossy(&line));
+            }
+            let parsed: PushLine = serde_json::from_slice(&line)
+                .map_err(|e| Failure::new(1, format!("unexpected answer from the server: {e}")))?;
+            match parsed {
+                PushLine::Event(e) => {
+                    if !a.json {
+                        let what = match e.event.as_str() {
+                            "restarting" => format!(
+                                "restarting: {} -> {}",
+                                short(&e.old_image_id),
+                                short(&e.new_image_id)
+                            ),
+                            "restarted" => format!("running on {}", short(&e.new_image_id)),
+                            "failed" => {
+                                format!("FAILED: {}", e.message.clone().unwrap_or_default())
+                            }
+                            other => other.to_string(),
+                        };
+                        println!(
+                            "{} ({}): {what}",
+                            e.job,
+                            if e.host.is_empty() { "-" } else { &e.host }
+                        );
+                    }
+                }
+                PushLine::Done(s) => {
+                    if let Some(f) = &s.failed {
+                        return Err(Failure::new(
+                            1,
+                            format!(
+                                "push stopped: job {} failed on {}: {}; {} job(s) not pushed",
+                                f.job,
+                                f.host,
+                                f.message.clone().unwrap_or_default(),
+                                s.untouched.len()
+                            ),
+                        ));
+                    }
+                    if !a.json {
+                        println!(
+                            "pushed: {} restarted, {} unchanged, {} static left alone",
+                            s.restarted.len(),
+                            s.unchanged.len(),
+                            s.static_jobs.len()
+                        );
+                    }
+                    return Ok(0);
+                }
+                PushLine::Error(e) => return Err(Failure::new(1, e.error)),
+            }
+        }
+        match stream.frame().await {
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    buf.extend_from_slice(&d);
+                }
+            }
+            Some(Err(e)) => return Err(Failure::new(1, format!("reading the push: {e}"))),
+            None => {
+                return Err(Failure::new(
+                    1,
+                    "the server closed the connection during the push",
+                ))
+            }
+        }
+    }
+}
