@@ -19,6 +19,7 @@ use viking_client::api::{HostView, InspectResponse};
 use viking_client::{Client, ClientError};
 use viking_core::records::{ProcRecord, PsRecord};
 
+pub mod mesh;
 pub mod push;
 pub mod run;
 pub mod table;
@@ -97,8 +98,16 @@ pub enum Command {
     },
     /// Show proc, ps and history of a job as JSON.
     Inspect { name: String },
+    /// List services: ambassador ports and endpoints.
+    Services {
+        #[arg(long)]
+        json: bool,
+    },
     /// New code was pushed: restart non-static jobs whose image changed.
     Push(push::PushArgs),
+    /// Make a cluster of machines that have Docker and viking (smesh).
+    #[command(subcommand)]
+    Mesh(mesh::MeshCommand),
 }
 
 /// `viking server`'s settings; each has an environment variable.
@@ -152,6 +161,12 @@ pub struct ServerArgs {
     /// Seconds between health checks of this host's jobs.
     #[arg(long, env = "VIKING_HEALTH_INTERVAL", default_value_t = 2.0)]
     pub health_interval: f64,
+    /// The ambassador ports, LOW-HIGH: the same range on every server.
+    #[arg(long, env = "VIKING_EMBASSY_PORTS", default_value = "20000-29999")]
+    pub embassy_ports: String,
+    /// Where embassy listens (default: Docker's bridge gateway).
+    #[arg(long, env = "VIKING_EMBASSY_BIND")]
+    pub embassy_bind: Option<std::net::IpAddr>,
 }
 
 /// The default data directory: `/var/lib/viking` for root, else
@@ -238,6 +253,7 @@ pub async fn dispatch(
     let c = client(server, token)?;
     match command {
         Command::Server(_) => Err(Failure::new(2, "`viking server` is started by the binary")),
+        Command::Mesh(_) => Err(Failure::new(2, "`viking mesh` is run by the binary")),
         Command::Run(args) => run::run(&c, args).await,
         Command::Ps { all, json } => {
             let path = if all { "/v1/ps?all=true" } else { "/v1/ps" };
@@ -308,6 +324,16 @@ pub async fn dispatch(
             Ok(0)
         }
         Command::Push(a) => push::push(&c, a).await,
+        Command::Services { json } => {
+            let v: Vec<viking_client::api::ServicePort> =
+                c.json(Method::GET, "/v1/services", None).await?;
+            if json {
+                print_json(&v)?;
+            } else {
+                print!("{}", table::services(&v));
+            }
+            Ok(0)
+        }
         Command::Inspect { name } => {
             let path = format!("/v1/jobs/{}", path_segment(&name)?);
             let v: InspectResponse = c.json(Method::GET, &path, None).await?;

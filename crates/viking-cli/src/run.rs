@@ -58,6 +58,9 @@ pub struct RunArgs {
     /// Accepted for docker compatibility: interactive jobs are always removed.
     #[arg(long = "rm")]
     pub rm: bool,
+    /// Reach a service through embassy: NAME or NAME:ALIAS (docker-link variables).
+    #[arg(long = "link")]
+    pub link: Vec<String>,
     /// Not restarted by a new code push (implies --fixed).
     #[arg(long = "static")]
     pub static_: bool,
@@ -139,6 +142,7 @@ impl RunArgs {
             host: self.viking_host.clone(),
             filter: self.viking_filter.clone().map(StringOrList::One),
             tty: self.tty.then_some(true),
+            links: self.link.clone(),
         };
         serde_json::to_vec(&spec).map_err(|e| Failure::new(DAEMON_ERROR, e.to_string()))
     }

@@ -197,6 +197,29 @@ pub fn proc(v: &[ProcRecord], now: u64) -> String {
     )
 }
 
+pub fn services(v: &[viking_client::api::ServicePort]) -> String {
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|s| {
+            vec![
+                s.service.clone(),
+                format!("{}/tcp", s.container_port),
+                s.ambassador_port.to_string(),
+                s.host.clone().unwrap_or_else(|| "-".to_string()),
+                if s.endpoints.is_empty() {
+                    "-".to_string()
+                } else {
+                    s.endpoints.join(",")
+                },
+            ]
+        })
+        .collect();
+    render(
+        &["SERVICE", "PORT", "AMBASSADOR PORT", "HOST", "ENDPOINTS"],
+        &rows,
+    )
+}
+
 pub fn hosts(v: &[HostView], now: u64) -> String {
     let rows: Vec<Vec<String>> = v
         .iter()

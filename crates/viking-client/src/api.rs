@@ -80,6 +80,19 @@ pub struct HostView {
     pub leader: bool,
 }
 
+/// One service port: what `viking services` lists.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServicePort {
+    pub service: String,
+    pub container_port: u16,
+    /// The cluster-wide port embassy serves it on, on every node.
+    pub ambassador_port: u16,
+    /// The host that runs it now.
+    pub host: Option<String>,
+    /// Live endpoints: `host address:published port`.
+    pub endpoints: Vec<String>,
+}
+
 /// Everything viking knows about one job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InspectResponse {
@@ -87,6 +100,9 @@ pub struct InspectResponse {
     pub proc: Option<ProcRecord>,
     pub ps: Option<PsRecord>,
     pub history: History,
+    /// The job's service ports, if it is a service.
+    #[serde(default)]
+    pub services: Vec<ServicePort>,
 }
 
 /// `POST /v1/push`: new code was pushed; restart the daemonized, non-static

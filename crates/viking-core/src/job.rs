@@ -92,6 +92,9 @@ pub struct JobSpec {
     pub filter: Option<StringOrList>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty: Option<bool>,
+    /// Services this job reaches through embassy: `NAME` or `NAME:ALIAS`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
 }
 
 /// A transport protocol of a port.
@@ -192,6 +195,74 @@ pub struct Job {
     /// Tags a server must have (`--viking-filter`, env `VIKING_TAG`).
     pub filter: Vec<String>,
     pub tty: bool,
+    pub links: Vec<Link>,
+}
+
+/// A link to a service: its job name, and the alias that names its
+/// environment variables (the name itself by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub service: String,
+    pub alias: String,
+}
+
+impl Link {
+    pub fn parse(s: &str) -> Result<Self, JobError> {
+        let (service, alias) = match s.split_once(':') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (s.trim(), s.trim()),
+        };
+        validate_name(service).map_err(|e| JobError::new("links", e.message))?;
+        validate_name(alias).map_err(|e| JobError::new("links", e.message))?;
+        Ok(Link {
+            service: service.to_string(),
+            alias: alias.to_string(),
+        })
+    }
+
+    /// The prefix of the link's variables: the alias upper-cased, other
+    /// characters turned to `_`.
+    pub fn env_prefix(&self) -> String {
+        self.alias
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    }
+
+    /// Docker-link-style variables for this link, pointing at embassy:
+    /// `ports` are (container port, ambassador port), the first one also
+    /// gives `NAME_PORT`.
+    pub fn env(&self, addr: &str, ports: &[(u16, u16)]) -> Vec<(String, String)> {
+        let p = self.env_prefix();
+        let mut out = Vec::new();
+        if let Some((_, amb)) = ports.first() {
+            out.push((format!("{p}_PORT"), format!("tcp://{addr}:{amb}")));
+        }
+        for (cport, amb) in ports {
+            let k = format!("{p}_PORT_{cport}_TCP");
+            out.push((k.clone(), format!("tcp://{addr}:{amb}")));
+            out.push((format!("{k}_ADDR"), addr.to_string()));
+            out.push((format!("{k}_PORT"), amb.to_string()));
+            out.push((format!("{k}_PROTO"), "tcp".to_string()));
+        }
+        out
+    }
+}
+
+impl fmt::Display for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.alias == self.service {
+            write!(f, "{}", self.service)
+        } else {
+            write!(f, "{}:{}", self.service, self.alias)
+        }
+    }
 }
 
 impl Job {
@@ -286,6 +357,18 @@ impl Job {
             !volumes.is_empty() || static_ || env.get("VIKING_FIXED").is_some_and(|v| truthy(v)),
         );
 
+        let mut links: Vec<Link> = Vec::with_capacity(spec.links.len());
+        for l in &spec.links {
+            let link = Link::parse(l)?;
+            if links.iter().any(|x| x.alias == link.alias) {
+                return Err(JobError::new(
+                    "links",
+                    format!("{:?} is linked twice", link.alias),
+                ));
+            }
+            links.push(link);
+        }
+
         let host = merge_host(spec.host, env.get("VIKING_HOST"))?;
         let filter = merge_filter(spec.filter, env.get("VIKING_TAG"))?;
 
@@ -322,6 +405,7 @@ impl Job {
             host,
             filter,
             tty: spec.tty.unwrap_or(false),
+            links,
         })
     }
 
@@ -342,6 +426,7 @@ impl Job {
             host: self.host.clone(),
             filter: Some(StringOrList::List(self.filter.clone())),
             tty: Some(self.tty),
+            links: self.links.iter().map(|l| l.to_string()).collect(),
         }
     }
 
@@ -681,6 +766,40 @@ mod tests {
         );
         let j = parse(r#"{"name":"w","image":"b","ports":["80"]}"#).unwrap();
         assert!(j.health_checks().is_empty());
+    }
+
+    #[test]
+    fn links_make_docker_style_variables() {
+        let j = parse(r#"{"image":"b","links":["db","web-1:front"]}"#).unwrap();
+        assert_eq!(
+            j.links[1],
+            Link {
+                service: "web-1".into(),
+                alias: "front".into()
+            }
+        );
+        let env = j.links[0].env("172.17.0.1", &[(5432, 20001)]);
+        assert_eq!(
+            env,
+            vec![
+                ("DB_PORT".into(), "tcp://172.17.0.1:20001".into()),
+                ("DB_PORT_5432_TCP".into(), "tcp://172.17.0.1:20001".into()),
+                ("DB_PORT_5432_TCP_ADDR".into(), "172.17.0.1".into()),
+                ("DB_PORT_5432_TCP_PORT".into(), "20001".into()),
+                ("DB_PORT_5432_TCP_PROTO".into(), "tcp".into()),
+            ]
+        );
+        assert_eq!(Link::parse("my.svc-2").unwrap().env_prefix(), "MY_SVC_2");
+        assert_eq!(
+            parse(r#"{"image":"b","links":["-x"]}"#).unwrap_err().field,
+            "links"
+        );
+        assert_eq!(
+            parse(r#"{"image":"b","links":["a","a"]}"#)
+                .unwrap_err()
+                .field,
+            "links"
+        );
     }
 
     #[test]

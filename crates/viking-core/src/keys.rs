@@ -10,6 +10,12 @@ pub const FLEET: &str = "fleet/";
 pub const PROC: &str = "proc/";
 /// viking-ps: actual state, one key per job that has a container.
 pub const PS: &str = "ps/";
+/// embassy's ambassador ports: `ports/<service>/<container port>` holds the
+/// port; `counters/ambassador-port` is the allocation counter. Kept when a
+/// job is removed, so a service keeps its port.
+pub const PORTS: &str = "ports/";
+/// The ambassador port counter.
+pub const PORT_COUNTER: &str = "counters/ambassador-port";
 /// Placement history of each job (bounded).
 pub const HISTORY: &str = "history/";
 
@@ -27,6 +33,10 @@ pub fn proc(job: &str) -> String {
 
 pub fn ps(job: &str) -> String {
     format!("{PS}{job}")
+}
+
+pub fn ambassador_port(service: &str, container_port: u16) -> String {
+    format!("{PORTS}{service}/{container_port}")
 }
 
 pub fn history(job: &str) -> String {

@@ -404,6 +404,21 @@ impl Runtime for DockerRuntime {
             .map_err(err)
     }
 
+    async fn bridge_gateway(&self) -> Result<Option<String>> {
+        let net = self
+            .docker
+            .inspect_network(
+                "bridge",
+                None::<bollard::network::InspectNetworkOptions<String>>,
+            )
+            .await
+            .map_err(err)?;
+        Ok(net
+            .ipam
+            .and_then(|i| i.config)
+            .and_then(|c| c.into_iter().find_map(|c| c.gateway)))
+    }
+
     async fn list(&self, cluster: &str) -> Result<Vec<ContainerInfo>> {
         let filters = HashMap::from([(
             "label".to_string(),

@@ -180,6 +180,9 @@ pub trait Runtime: Send + Sync + 'static {
     async fn kill(&self, id: &str, signal: &str) -> Result<()>;
     async fn remove(&self, id: &str, force: bool) -> Result<()>;
     async fn rename(&self, id: &str, new_name: &str) -> Result<()>;
+    /// The gateway address of Docker's default bridge: what containers on
+    /// this host reach the host at.
+    async fn bridge_gateway(&self) -> Result<Option<String>>;
     /// Every container labelled by viking for `cluster`, running or not.
     async fn list(&self, cluster: &str) -> Result<Vec<ContainerInfo>>;
     /// Events of viking's containers, from now on.

@@ -100,6 +100,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/jobs/{name}/stop", post(stop))
         .route("/v1/jobs/{name}/logs", get(logs))
         .route("/v1/push", post(push))
+        .route("/v1/services", get(services))
         .route("/v1/internal/start", post(internal_start))
         .route("/v1/internal/resolve", post(internal_resolve))
         .route("/v1/internal/replace", post(internal_replace))
@@ -350,6 +351,12 @@ async fn ps(
         v.retain(|p| p.is_running());
     }
     Ok(Json(v))
+}
+
+async fn services(
+    State(sh): State<Arc<Shared>>,
+) -> ApiResult<Json<Vec<viking_client::api::ServicePort>>> {
+    Ok(Json(crate::services::list(&sh).await?))
 }
 
 async fn proc_list(State(sh): State<Arc<Shared>>) -> ApiResult<Json<Vec<ProcRecord>>> {

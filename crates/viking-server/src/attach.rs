@@ -34,6 +34,7 @@ use crate::{now_ms, Shared};
 /// Place an interactive job, claim its name for the chosen host, then run
 /// it here or attach through the host that runs it.
 pub async fn start(sh: Arc<Shared>, job: Job, on_upgrade: OnUpgrade) -> Result<Response, ApiError> {
+    crate::services::prepare_job(&sh, &job).await?;
     let host = match jobs::choose(&sh, &job).await? {
         Target::Here => None,
         Target::There(h) => Some(h),
@@ -284,7 +285,13 @@ where
     let (pulled, ()) = tokio::join!(pull, forward);
     pulled.map_err(daemon_err)?;
 
-    let spec = ContainerSpec::for_job(job, &sh.config.name, &sh.config.key, &sh.config.data_dir);
+    let mut spec =
+        ContainerSpec::for_job(job, &sh.config.name, &sh.config.key, &sh.config.data_dir);
+    spec.env.extend(
+        crate::services::link_env(sh, job)
+            .await
+            .map_err(daemon_err)?,
+    );
     for (host, _) in &spec.binds {
         std::fs::create_dir_all(host).map_err(|e| {
             daemon_err(ApiError::new(

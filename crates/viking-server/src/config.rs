@@ -34,6 +34,10 @@ pub struct ServerConfig {
     pub policy: viking_core::reconcile::Policy,
     /// How often health checks run.
     pub health_interval: Duration,
+    /// The cluster-wide range of ambassador ports (the same on every server).
+    pub embassy_ports: (u16, u16),
+    /// Where embassy listens; `None`: Docker's bridge gateway.
+    pub embassy_bind: Option<std::net::IpAddr>,
 }
 
 impl ServerConfig {
@@ -71,6 +75,12 @@ impl ServerConfig {
             if t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err("--token must be at least 16 characters without spaces".to_string());
             }
+        }
+        let (lo, hi) = self.embassy_ports;
+        if lo == 0 || lo > hi {
+            return Err(format!(
+                "--embassy-ports {lo}-{hi} must be a range LOW-HIGH within 1-65535"
+            ));
         }
         if self.host_ttl < Duration::from_secs(1) {
             return Err("--host-ttl must be at least 1s".to_string());

@@ -151,6 +151,7 @@ pub struct Claim {
 /// Place the job and write it to viking-proc, if neither proc nor ps holds
 /// its name.
 pub async fn claim_daemon(sh: &Shared, job: &Job) -> ApiResult<Claim> {
+    crate::services::prepare_job(sh, job).await?;
     let target = choose(sh, job).await?;
     let (placed_on, waiting) = match &target {
         Target::Here => (Some(sh.config.name.clone()), None),
@@ -457,7 +458,9 @@ async fn start_container(
     progress: &(dyn Fn(String) + Sync),
 ) -> ApiResult<PsRecord> {
     ensure_image(sh, &job.image, progress).await?;
-    let spec = ContainerSpec::for_job(job, &sh.config.name, &sh.config.key, &sh.config.data_dir);
+    let mut spec =
+        ContainerSpec::for_job(job, &sh.config.name, &sh.config.key, &sh.config.data_dir);
+    spec.env.extend(crate::services::link_env(sh, job).await?);
     make_volume_dirs(sh, &spec)?;
     let id = create_container(sh, &spec).await?;
     let started = async {
@@ -556,11 +559,17 @@ pub async fn inspect(sh: &Shared, name: &str) -> ApiResult<InspectResponse> {
     if proc.is_none() && ps.is_none() {
         return Err(no_such_job(name));
     }
+    let services = crate::services::list(sh)
+        .await?
+        .into_iter()
+        .filter(|s| s.service == name)
+        .collect();
     Ok(InspectResponse {
         name: name.to_string(),
         proc,
         ps,
         history,
+        services,
     })
 }
 
@@ -667,6 +676,7 @@ async fn inspect_after(sh: &Shared, name: &str) -> ApiResult<InspectResponse> {
         proc: get_proc(sh, name).await?,
         ps,
         history,
+        services: vec![],
     })
 }
 

@@ -13,7 +13,8 @@
 //! - [`reconciler`]: the leader's level-triggered loop that converges the
 //!   cluster on viking-proc;
 //! - [`health`]: the health checks of this host's jobs;
-//! - [`push`]: code pushes, rolling restarts of non-static jobs.
+//! - [`push`]: code pushes, rolling restarts of non-static jobs;
+//! - [`services`]: ambassador ports, link variables, and embassy on this node.
 //!
 //! A server is `serve(config, listener, shutdown)`: the binary passes
 //! Ctrl-C/SIGTERM, tests bind port 0. Shutdown reaches every task through
@@ -41,6 +42,7 @@ pub mod health;
 pub mod jobs;
 pub mod push;
 pub mod reconciler;
+pub mod services;
 pub mod token;
 
 pub use config::ServerConfig;
@@ -58,6 +60,9 @@ pub struct Shared {
     /// Names of the interactive jobs attached on this server right now. A
     /// std mutex: held only to insert, remove or copy, never across `.await`.
     pub sessions: Mutex<HashSet<String>>,
+    /// Where this node's embassy listens: the address containers use to
+    /// reach linked services.
+    pub embassy_addr: std::net::IpAddr,
     /// Asks the agent for a full resync now (e.g. after a partition healed).
     pub resync_now: tokio::sync::Notify,
     /// Fires when the server shuts down.
@@ -118,6 +123,7 @@ pub async fn prepare(config: ServerConfig) -> anyhow::Result<Prepared> {
                 .with_context(|| format!("connecting to etcd at {}", config.etcd.join(",")))?,
         )
     };
+    let embassy_addr = services::bind_address(config.embassy_bind, &runtime).await;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         config,
@@ -127,6 +133,7 @@ pub async fn prepare(config: ServerConfig) -> anyhow::Result<Prepared> {
         started_at: now_ms(),
         sessions: Mutex::new(HashSet::new()),
         resync_now: tokio::sync::Notify::new(),
+        embassy_addr,
         shutdown: shutdown_rx,
     });
     Ok(Prepared {
@@ -157,6 +164,7 @@ pub async fn serve(
     tasks.spawn(agent::run(shared.clone()));
     tasks.spawn(reconciler::run(shared.clone()));
     tasks.spawn(health::run(shared.clone()));
+    tasks.spawn(services::run(shared.clone()));
 
     let app = api::router(shared.clone());
     tracing::info!(

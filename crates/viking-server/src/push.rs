@@ -313,7 +313,9 @@ pub async fn replace_here(sh: &Shared, req: &ReplaceRequest) -> ApiResult<PsReco
 /// Create and start the new container, and wait until it has proved itself.
 async fn start_new(sh: &Shared, proc: &ProcRecord, req: &ReplaceRequest) -> ApiResult<PsRecord> {
     let job = &proc.job;
-    let spec = ContainerSpec::for_job(job, &sh.config.name, &sh.config.key, &sh.config.data_dir);
+    let mut spec =
+        ContainerSpec::for_job(job, &sh.config.name, &sh.config.key, &sh.config.data_dir);
+    spec.env.extend(crate::services::link_env(sh, job).await?);
     let id = sh.runtime.create(&spec).await?;
     let fail = |e: ApiError| e;
     if let Err(e) = sh.runtime.start(&id).await {

@@ -5,23 +5,30 @@
 //! One `viking-testkit` cluster (3 Docker-in-Docker nodes, each with a
 //! `viking server`, one etcd):
 //!
-//! * viking: from the first request until `viking ps --json` shows all 30 jobs
-//!   `running`. The 30 `viking run -d --name jN viking-test/busybox sleep
-//!   100000` are issued sequentially from the host's CLI, round robin over
-//!   the three nodes' servers; `ps` is polled every 100 ms.
-//! * swarm: the same nodes form a swarm (n1 manager, n2 and n3 workers);
-//!   from the first `docker service create --detach --no-resolve-image --name
-//!   sN viking-test/busybox sleep 100000` (30 services, one replica each,
-//!   issued sequentially by the docker CLI inside n1) until `docker service
-//!   ls` shows 30 services at 1/1, polled every 100 ms. The commands run in
-//!   one shell inside n1 and time themselves, so `docker exec` is not counted.
+//! * viking: from the first request until `viking ps --json` (polled every
+//!   100 ms) shows all 30 jobs `running`. Job `jN` is `viking run -d --name jN
+//!   viking-test/busybox sleep 100000` sent from the host's CLI to node
+//!   `N mod 3` (round robin). Two rounds: one client issuing the 30 requests
+//!   sequentially, then 3 clients (one per node) each issuing its 10
+//!   sequentially. The jobs are removed after each round.
+//! * baseline: 10 plain `docker run -d` inside n1, timed there: the engine's
+//!   own cost of starting one container, which a viking request cannot beat.
+//! * swarm: the same nodes form a swarm (n1 manager, n2 and n3 workers); from
+//!   the first `docker service create --detach --no-resolve-image --name sN
+//!   viking-test/busybox sleep 100000` (30 services, one replica each, issued
+//!   sequentially by the docker CLI inside n1) until `docker service ls` shows
+//!   30 services at 1/1 (polled every 100 ms). The commands run in one shell
+//!   inside n1 and time themselves, so `docker exec` is not counted. The
+//!   image is in every node's engine (the harness loads it).
 //!
-//! The viking jobs are removed before swarm starts; the services are removed
-//! and the swarm left before the cluster is torn down.
+//! The services are removed and the swarm left before the cluster is torn
+//! down (also when the bench fails half-way).
 //!
 //! Build the node image once (`sudo scripts/test-images.sh --node`), then run
-//! `cargo bench -p viking --bench swarm_start` (`SWARM_START_JOBS` changes the
-//! number of jobs; `VIKING_BIN` another viking binary). Target: viking <= 0.5 x swarm.
+//! `cargo bench -p viking --bench swarm_start`. `SWARM_START_JOBS` (30) and
+//! `SWARM_START_CONCURRENCY` (3) change the number of jobs and of clients of
+//! the second round; `VIKING_BIN` runs another viking binary.
+//! Target: viking <= 0.5 x swarm (time until all run).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,6 +49,8 @@ struct Timing {
     running: Duration,
     /// Jobs per node once every job runs.
     spread: BTreeMap<String, usize>,
+    /// Median time one request took to be answered, when known.
+    request: Option<Duration>,
 }
 
 fn stdout(o: &std::process::Output) -> String {
@@ -52,16 +61,44 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// viking: `viking run -d` round robin over the nodes, then poll `viking ps`.
-fn bench_viking(c: &Cluster, jobs: usize) -> Result<Timing> {
+fn median(mut v: Vec<Duration>) -> Option<Duration> {
+    v.sort();
+    v.get(v.len() / 2).copied()
+}
+
+/// viking: `viking run -d` for job `i` on node `i % 3`, by `workers` threads
+/// (worker `w` issues jobs `w`, `w + workers`, ... one after another), then
+/// poll `viking ps` until every job runs.
+fn bench_viking(c: &Cluster, jobs: usize, workers: usize) -> Result<Timing> {
+    let nodes = c.nodes().len();
     let t0 = Instant::now();
-    for i in 0..jobs {
-        let node = c.node(i % c.nodes().len());
-        let name = format!("j{i}");
-        node.cli_ok(["run", "-d", "--name", &name, IMAGE, "sleep", "100000"])
-            .with_context(|| format!("starting {name}"))?;
-    }
+    let latencies: Vec<Result<Vec<Duration>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                s.spawn(move || {
+                    let mut lat = Vec::new();
+                    for i in (w..jobs).step_by(workers) {
+                        let name = format!("j{i}");
+                        let t = Instant::now();
+                        c.node(i % nodes)
+                            .cli_ok(["run", "-d", "--name", &name, IMAGE, "sleep", "100000"])
+                            .with_context(|| format!("starting {name}"))?;
+                        lat.push(t.elapsed());
+                    }
+                    Ok(lat)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("viking client thread panicked"))
+            .collect()
+    });
     let accepted = t0.elapsed();
+    let mut all = Vec::new();
+    for l in latencies {
+        all.extend(l?);
+    }
     loop {
         let ps = c.node(0).cli_json(["ps", "--json"])?;
         let running: Vec<&serde_json::Value> = ps
@@ -81,6 +118,7 @@ fn bench_viking(c: &Cluster, jobs: usize) -> Result<Timing> {
                 accepted,
                 running: elapsed,
                 spread,
+                request: median(all),
             });
         }
         if t0.elapsed() > TIMEOUT {
@@ -91,6 +129,44 @@ fn bench_viking(c: &Cluster, jobs: usize) -> Result<Timing> {
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// Removes the viking jobs `j0..j{jobs}`.
+fn viking_rm(c: &Cluster, jobs: usize) -> Result<()> {
+    let names: Vec<String> = (0..jobs).map(|i| format!("j{i}")).collect();
+    c.node(0)
+        .cli_ok(
+            ["rm", "-f"]
+                .into_iter()
+                .chain(names.iter().map(|s| s.as_str())),
+        )
+        .context("removing the viking jobs")?;
+    Ok(())
+}
+
+/// The engine's own floor: the median of `n` plain `docker run -d` in a node,
+/// timed inside the node (then the containers are removed).
+fn engine_run(node: &Node, n: usize) -> Result<Duration> {
+    let script = format!(
+        r#"set -e
+for i in $(seq 1 {n}); do
+    t0=$(date +%s%N)
+    docker run -d --name bench-floor-$i {IMAGE} sleep 100000 >/dev/null
+    echo $(( ($(date +%s%N) - t0) / 1000 ))
+done
+docker rm -f $(seq -f bench-floor-%g 1 {n}) >/dev/null
+"#
+    );
+    let out = node.sh(&script);
+    if !out.status.success() {
+        bail!("docker run in {}: {}", node.name(), stderr(&out));
+    }
+    let us: Vec<Duration> = stdout(&out)
+        .split_whitespace()
+        .map(|s| s.parse().map(Duration::from_micros))
+        .collect::<Result<_, _>>()
+        .context("engine timings")?;
+    median(us).context("no engine timings")
 }
 
 /// Makes n1 a swarm manager and joins the other nodes as workers.
@@ -133,26 +209,29 @@ impl Drop for SwarmGuard<'_> {
 }
 
 /// swarm: `docker service create` in n1, then poll `docker service ls`, all
-/// in one shell inside n1 that prints its own timings (ms).
+/// in one shell inside n1 that prints its own timings (µs): one line per
+/// create, then the time to the last answer and the time until all run.
 fn bench_swarm(c: &Cluster, jobs: usize) -> Result<Timing> {
     let n1 = c.node(0);
     let polls = TIMEOUT.as_millis() / POLL.as_millis();
     let script = format!(
         r#"set -e
-ms() {{ echo $(( $(date +%s%N) / 1000000 )); }}
-t0=$(ms)
+us() {{ echo $(( $(date +%s%N) / 1000 )); }}
+t0=$(us)
 for i in $(seq 0 {last}); do
+    t=$(us)
     docker service create --detach --no-resolve-image --name s$i {IMAGE} sleep 100000 >/dev/null
+    echo "create $(( $(us) - t ))"
 done
-t1=$(ms)
+t1=$(us)
 i=0
 while [ "$(docker service ls --format '{{{{.Replicas}}}}' | grep -c '^1/1')" -lt {jobs} ]; do
     i=$((i + 1))
     [ $i -lt {polls} ] || {{ echo "timeout" >&2; docker service ls >&2; exit 1; }}
     sleep {poll}
 done
-t2=$(ms)
-echo "$((t1 - t0)) $((t2 - t0))"
+t2=$(us)
+echo "total $((t1 - t0)) $((t2 - t0))"
 "#,
         last = jobs - 1,
         poll = POLL.as_secs_f64(),
@@ -162,25 +241,26 @@ echo "$((t1 - t0)) $((t2 - t0))"
         bail!("swarm run failed: {}{}", stderr(&out), stdout(&out));
     }
     let text = stdout(&out);
-    let ms: Vec<u64> = text
-        .split_whitespace()
-        .map(|s| s.parse().context("swarm timings"))
-        .collect::<Result<_>>()?;
-    let [accepted, running] = ms[..] else {
-        bail!("unexpected swarm output {text:?}");
-    };
+    let mut creates = Vec::new();
+    let mut totals = None;
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let us = |s: &str| {
+            s.parse()
+                .map(Duration::from_micros)
+                .context("swarm timings")
+        };
+        match f[..] {
+            ["create", t] => creates.push(us(t)?),
+            ["total", a, r] => totals = Some((us(a)?, us(r)?)),
+            _ => bail!("unexpected swarm output {l:?}"),
+        }
+    }
+    let (accepted, running) = totals.context("no swarm totals")?;
     // Check with the tasks themselves, and see where they landed.
-    let tasks = n1.docker_ok([
-        "node",
-        "ps",
-        "--filter",
-        "desired-state=running",
-        "--format",
-        "{{.Node}} {{.CurrentState}}",
-        "n1",
-        "n2",
-        "n3",
-    ])?;
+    let tasks = n1.sh("docker service ps --filter desired-state=running \
+         --format '{{.Node}} {{.CurrentState}}' $(docker service ls -q)");
+    let tasks = stdout(&tasks);
     let mut spread = BTreeMap::new();
     for l in tasks.lines().filter(|l| l.contains(" Running")) {
         let node = l.split_whitespace().next().unwrap_or("?").to_string();
@@ -191,9 +271,10 @@ echo "$((t1 - t0)) $((t2 - t0))"
         bail!("swarm says 1/1 for {jobs} services but only {total} tasks are Running:\n{tasks}");
     }
     Ok(Timing {
-        accepted: Duration::from_millis(accepted),
-        running: Duration::from_millis(running),
+        accepted,
+        running,
         spread,
+        request: median(creates),
     })
 }
 
@@ -213,11 +294,16 @@ fn spread(t: &Timing) -> String {
         .join(" ")
 }
 
-fn main() -> Result<()> {
-    let jobs: usize = std::env::var("SWARM_START_JOBS")
+fn env_usize(var: &str, default: usize) -> usize {
+    std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(default)
+}
+
+fn main() -> Result<()> {
+    let jobs = env_usize("SWARM_START_JOBS", 30);
+    let workers = env_usize("SWARM_START_CONCURRENCY", 3);
     let viking_bin = match std::env::var_os("VIKING_BIN") {
         Some(p) => PathBuf::from(p),
         None => PathBuf::from(env!("CARGO_BIN_EXE_viking")),
@@ -231,16 +317,14 @@ fn main() -> Result<()> {
         },
     )?;
 
-    eprintln!("swarm_start: viking, {jobs} jobs");
-    let v = bench_viking(&c, jobs)?;
-    let names: Vec<String> = (0..jobs).map(|i| format!("j{i}")).collect();
-    c.node(0)
-        .cli_ok(
-            ["rm", "-f"]
-                .into_iter()
-                .chain(names.iter().map(|s| s.as_str())),
-        )
-        .context("removing the viking jobs")?;
+    eprintln!("swarm_start: viking, {jobs} jobs, sequentially");
+    let v_seq = bench_viking(&c, jobs, 1)?;
+    viking_rm(&c, jobs)?;
+    eprintln!("swarm_start: viking, {jobs} jobs, {workers} clients");
+    let v_par = bench_viking(&c, jobs, workers)?;
+    viking_rm(&c, jobs)?;
+    eprintln!("swarm_start: docker run -d in n1 (the engine's floor)");
+    let floor = engine_run(c.node(0), 10)?;
 
     eprintln!("swarm_start: swarm init");
     let _guard = SwarmGuard(&c);
@@ -249,35 +333,45 @@ fn main() -> Result<()> {
     eprintln!("swarm_start: swarm, {jobs} services");
     let s = bench_swarm(&c, jobs)?;
 
-    let ratio = v.running.as_secs_f64() / s.running.as_secs_f64();
+    let ratio = |v: &Timing| v.running.as_secs_f64() / s.running.as_secs_f64();
+    let ms =
+        |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3));
+    let verdict = |r: f64| if r <= TARGET_RATIO { "met" } else { "MISSED" };
     println!();
-    println!("{jobs} daemonized busybox jobs on 3 nodes, requests issued sequentially");
+    println!("{jobs} daemonized busybox jobs on 3 nodes (one harness cluster, same run)");
     println!();
-    println!("| | all requests answered | all running | spread |");
-    println!("|---|---:|---:|---|");
+    println!("| | all requests answered | all running | median request | spread | /swarm |");
+    println!("|---|---:|---:|---:|---|---:|");
+    let rows = [
+        ("viking, 1 client (sequential), round robin n1..n3", &v_seq),
+        ("viking, 3 clients (one per node), round robin", &v_par),
+        (
+            "swarm, `docker service create --detach` on n1, sequential",
+            &s,
+        ),
+    ];
+    for (what, t) in rows {
+        println!(
+            "| {what} | {:.2} s | {:.2} s | {} | {} | {:.2} |",
+            t.accepted.as_secs_f64(),
+            t.running.as_secs_f64(),
+            ms(t.request),
+            spread(t),
+            ratio(t),
+        );
+    }
+    println!();
     println!(
-        "| viking (`viking run -d`, round robin over n1..n3) | {:.2} s | {:.2} s | {} |",
-        v.accepted.as_secs_f64(),
-        v.running.as_secs_f64(),
-        spread(&v)
+        "viking/swarm, sequential = {:.2}, {workers} clients = {:.2} (target <= {TARGET_RATIO}): {}, {}",
+        ratio(&v_seq),
+        ratio(&v_par),
+        verdict(ratio(&v_seq)),
+        verdict(ratio(&v_par)),
     );
     println!(
-        "| swarm (`docker service create --detach` on n1) | {:.2} s | {:.2} s | {} |",
-        s.accepted.as_secs_f64(),
-        s.running.as_secs_f64(),
-        spread(&s)
-    );
-    println!();
-    println!(
-        "viking/swarm = {ratio:.2} (target <= {TARGET_RATIO}): {}",
-        if ratio <= TARGET_RATIO {
-            "met"
-        } else {
-            "MISSED"
-        }
-    );
-    println!(
-        "(a registry pull of {IMAGE} in a node {} after {:.2} s; swarm attempts one per task)",
+        "engine floor: `docker run -d` inside n1 takes {} (median of 10); a registry pull of {IMAGE} \
+         in a node {} after {:.2} s (swarm attempts one per task)",
+        ms(Some(floor)),
         if pulled { "succeeded" } else { "failed" },
         pull.as_secs_f64()
     );

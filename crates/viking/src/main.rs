@@ -6,8 +6,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use viking_cli::mesh::{MeshCommand, MeshDir, MeshMachineArgs};
 use viking_cli::{Cli, Command, ServerArgs};
 use viking_server::ServerConfig;
+
+/// `LOW-HIGH`, both ports.
+fn parse_range(s: &str) -> anyhow::Result<(u16, u16)> {
+    let bad = || anyhow::anyhow!("--embassy-ports {s:?} must look like 20000-29999");
+    let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+    Ok((
+        lo.trim().parse().map_err(|_| bad())?,
+        hi.trim().parse().map_err(|_| bad())?,
+    ))
+}
 
 fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
     let listen: SocketAddr = a
@@ -38,6 +49,8 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
             backoff_max_ms: secs(a.backoff_max, "--backoff-max")?.as_millis() as u64,
             ..Default::default()
         },
+        embassy_ports: parse_range(&a.embassy_ports)?,
+        embassy_bind: a.embassy_bind,
         health_interval: secs(a.health_interval, "--health-interval")?
             .max(Duration::from_millis(100)),
     })
@@ -66,6 +79,73 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {listen}"))?;
     viking_server::serve(prepared, listener, shutdown_signal()).await
+}
+
+/// `viking mesh`: hands over to viking-mesh.
+async fn mesh(m: MeshCommand) -> Result<(), viking_mesh::MeshError> {
+    let dir = |d: MeshDir| d.data_dir.unwrap_or_else(viking_cli::default_data_dir);
+    match m {
+        MeshCommand::Init(a) => {
+            let MeshMachineArgs {
+                dir: d,
+                name,
+                ip,
+                tags,
+                listen,
+                etcd_binary,
+                etcd_image,
+                foreground,
+                server_args,
+            } = a.machine;
+            viking_mesh::init(viking_mesh::InitOptions {
+                data_dir: dir(d),
+                name,
+                ip,
+                tags,
+                token: a.token,
+                listen,
+                key: a.key,
+                etcd_binary,
+                etcd_image,
+                foreground,
+                server_args,
+            })
+            .await
+        }
+        MeshCommand::Join(a) => {
+            let MeshMachineArgs {
+                dir: d,
+                name,
+                ip,
+                tags,
+                listen,
+                etcd_binary,
+                etcd_image,
+                foreground,
+                server_args,
+            } = a.machine;
+            viking_mesh::join(viking_mesh::JoinOptions {
+                data_dir: dir(d),
+                addr: a.addr,
+                token: a.token,
+                name,
+                ip,
+                tags,
+                listen,
+                etcd_binary,
+                etcd_image,
+                max_members: Some(a.max_members),
+                foreground,
+                server_args,
+            })
+            .await
+        }
+        MeshCommand::Status { dir: d, json } => viking_mesh::status(&dir(d), json).await,
+        MeshCommand::Leave { dir: d, force } => viking_mesh::leave(&dir(d), force).await,
+        MeshCommand::Start { dir: d, foreground } => viking_mesh::start(&dir(d), foreground).await,
+        MeshCommand::Stop { dir: d } => viking_mesh::stop(&dir(d)).await,
+        MeshCommand::Up { dir: d } => viking_mesh::up(&dir(d), shutdown_signal()).await,
+    }
 }
 
 fn main() {
@@ -98,6 +178,13 @@ fn main() {
                     }
                 }
             }
+            Command::Mesh(m) => match mesh(m).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("viking mesh: {e}");
+                    1
+                }
+            },
             command => match viking_cli::dispatch(&cli.server, cli.token, command).await {
                 Ok(code) => code,
                 Err(f) => {

@@ -1,0 +1,343 @@
+//! The running ambassador: owns the set of listeners (one per ambassador
+//! port), brings it in line with a [`RoutingTable`] on [`Embassy::apply`],
+//! swaps each route's endpoints atomically, exposes per-route stats and shuts
+//! everything down gracefully.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::listener;
+use crate::shutdown::TaskGuard;
+use crate::stats::{Counters, RouteStats};
+use crate::table::{Route, RoutingTable};
+
+/// How bytes are moved between the client and the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyMode {
+    /// Zero-copy through a kernel pipe with `splice(2)` (the default: the
+    /// fastest on Linux, see the crate's benchmark).
+    Splice,
+    /// Read into a user-space buffer and write it out.
+    Buffered,
+}
+
+/// Tunables of an [`Embassy`].
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// The address every ambassador port listens on (e.g. the Docker bridge
+    /// gateway, 172.17.0.1).
+    pub bind: IpAddr,
+    /// How long one connect to an endpoint may take before the next one is
+    /// tried.
+    pub connect_timeout: Duration,
+    /// How bytes are copied.
+    pub copy: CopyMode,
+    /// Buffer (or pipe) size per direction of a connection, in bytes.
+    pub buffer_size: usize,
+    /// Listen backlog of each ambassador port (capped by the kernel's
+    /// `net.core.somaxconn`).
+    pub backlog: u32,
+}
+
+impl Config {
+    /// The defaults: 1 s connect timeout, splice with 256 KiB pipes, backlog 4096.
+    pub fn new(bind: IpAddr) -> Self {
+        Config {
+            bind,
+            connect_timeout: Duration::from_secs(1),
+            copy: CopyMode::Splice,
+            buffer_size: 256 * 1024,
+            backlog: 4096,
+        }
+    }
+}
+
+/// What [`Embassy::apply`] did, port by port (each list ascending).
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    /// Ports now listening that were not before.
+    pub opened: Vec<u16>,
+    /// Ports no longer served: listener closed, their connections closed.
+    pub closed: Vec<u16>,
+    /// Ports whose endpoints changed, or that now serve another service.
+    pub updated: Vec<u16>,
+    /// Ports of the table that could not be opened; the others are unaffected.
+    /// Each is tried again by the next `apply`.
+    pub failed: Vec<PortFailure>,
+}
+
+impl ApplyReport {
+    /// Whether every port of the table is served.
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// One port of the table that embassy could not serve.
+#[derive(Debug)]
+pub struct PortFailure {
+    pub port: u16,
+    pub error: Error,
+}
+
+/// One route as the listener and its connections see it. Replaced as a whole
+/// (fresh counters) when its port starts serving another service; otherwise
+/// only its endpoints change.
+pub(crate) struct RouteState {
+    pub(crate) service: String,
+    pub(crate) container_port: u16,
+    /// The endpoints, swapped atomically; connections watch it to learn that
+    /// their endpoint was removed.
+    pub(crate) endpoints: watch::Sender<Arc<[SocketAddr]>>,
+    /// Round-robin cursor; reset when the endpoints change.
+    pub(crate) next: AtomicUsize,
+    pub(crate) counters: Counters,
+}
+
+impl RouteState {
+    fn new(route: Route) -> Self {
+        RouteState {
+            service: route.service,
+            container_port: route.container_port,
+            endpoints: watch::Sender::new(route.endpoints.into()),
+            next: AtomicUsize::new(0),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Swaps in `endpoints`; returns whether they differ from the current ones.
+    fn set_endpoints(&self, endpoints: Vec<SocketAddr>) -> bool {
+        self.endpoints.send_if_modified(|current| {
+            if **current == *endpoints {
+                return false;
+            }
+            *current = endpoints.into();
+            // The next connection starts with the first endpoint of the new list.
+            self.next.store(0, Relaxed);
+            true
+        })
+    }
+
+    /// No endpoint any more: every open connection of this route closes.
+    fn retire(&self) {
+        self.endpoints.send_replace(Arc::from([]));
+    }
+}
+
+/// One open ambassador port.
+struct Port {
+    /// The route the listener serves; dropping it stops the listener.
+    route: watch::Sender<Arc<RouteState>>,
+    /// The accept loop; awaited on close so the socket is gone when `apply`
+    /// returns.
+    task: JoinHandle<()>,
+}
+
+struct Inner {
+    ports: BTreeMap<u16, Port>,
+    /// Cloned into every task; `None` once shut down.
+    guard: Option<TaskGuard>,
+}
+
+/// The ambassador of one node. See the crate documentation.
+///
+/// Dropping it stops every listener and connection too, without waiting;
+/// [`Embassy::shutdown`] waits until they are all gone.
+pub struct Embassy {
+    config: Config,
+    inner: Mutex<Inner>,
+    /// Serializes `apply` and `shutdown` (a port closed by one apply must be
+    /// gone before the next one may bind it again).
+    apply_lock: tokio::sync::Mutex<()>,
+    shutdown: watch::Sender<bool>,
+    done: tokio::sync::Mutex<mpsc::Receiver<()>>,
+}
+
+impl Embassy {
+    /// An embassy listening on `bind`, with the default [`Config`]. It
+    /// serves nothing until the first [`Embassy::apply`].
+    pub fn start(bind: IpAddr) -> Embassy {
+        Embassy::with_config(Config::new(bind))
+    }
+
+    /// An embassy with explicit tunables.
+    pub fn with_config(config: Config) -> Embassy {
+        let (guard, done) = mpsc::channel(1);
+        Embassy {
+            config,
+            inner: Mutex::new(Inner {
+                ports: BTreeMap::new(),
+                guard: Some(guard),
+            }),
+            apply_lock: tokio::sync::Mutex::new(()),
+            shutdown: watch::Sender::new(false),
+            done: tokio::sync::Mutex::new(done),
+        }
+    }
+
+    /// The tunables this embassy runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Brings the listeners in line with `table`: opens new ports, closes
+    /// removed ones (and their connections), swaps changed endpoints
+    /// atomically. Open connections whose endpoint is still in its route are
+    /// untouched; those whose endpoint was removed are closed. A port that
+    /// cannot be opened is reported in [`ApplyReport::failed`]; the others
+    /// are applied regardless.
+    ///
+    /// Must be called within a tokio runtime. Fails only after `shutdown`.
+    pub async fn apply(&self, table: RoutingTable) -> Result<ApplyReport> {
+        let _serial = self.apply_lock.lock().await;
+        let mut report = ApplyReport::default();
+        let mut closing = Vec::new();
+        {
+            let mut inner = self.lock();
+            let Some(guard) = inner.guard.clone() else {
+                return Err(Error::ShutDown);
+            };
+            let removed: Vec<u16> = inner
+                .ports
+                .keys()
+                .copied()
+                .filter(|port| table.get(*port).is_none())
+                .collect();
+            for port in removed {
+                if let Some(old) = inner.ports.remove(&port) {
+                    old.route.borrow().retire();
+                    closing.push(old.task); // dropping `old.route` stops it
+                    report.closed.push(port);
+                }
+            }
+            for (port, route) in table {
+                if let Some(open) = inner.ports.get(&port) {
+                    let current = open.route.borrow().clone();
+                    if current.service == route.service
+                        && current.container_port == route.container_port
+                    {
+                        if current.set_endpoints(route.endpoints) {
+                            report.updated.push(port);
+                        }
+                    } else {
+                        // Another service on this port: fresh state and
+                        // counters; the old service's connections close.
+                        open.route.send_replace(Arc::new(RouteState::new(route)));
+                        current.retire();
+                        report.updated.push(port);
+                    }
+                    continue;
+                }
+                match self.listen(port) {
+                    Ok(socket) => {
+                        let (route_tx, route_rx) = watch::channel(Arc::new(RouteState::new(route)));
+                        let task = tokio::spawn(listener::run(
+                            socket,
+                            port,
+                            route_rx,
+                            self.config,
+                            self.shutdown.subscribe(),
+                            guard.clone(),
+                        ));
+                        inner.ports.insert(
+                            port,
+                            Port {
+                                route: route_tx,
+                                task,
+                            },
+                        );
+                        report.opened.push(port);
+                    }
+                    Err(error) => {
+                        tracing::warn!(port, %error, "ambassador port not served");
+                        report.failed.push(PortFailure { port, error });
+                    }
+                }
+            }
+        }
+        for task in closing {
+            // A listener that panicked is gone as well; nothing else to do.
+            let _ = task.await;
+        }
+        Ok(report)
+    }
+
+    /// Per-route counters, by ascending ambassador port.
+    pub fn stats(&self) -> Vec<RouteStats> {
+        self.lock()
+            .ports
+            .iter()
+            .map(|(port, open)| {
+                let route = open.route.borrow().clone();
+                let endpoints = route.endpoints.borrow().to_vec();
+                route
+                    .counters
+                    .snapshot(*port, &route.service, route.container_port, endpoints)
+            })
+            .collect()
+    }
+
+    /// The ambassador ports being served, ascending.
+    pub fn ports(&self) -> Vec<u16> {
+        self.lock().ports.keys().copied().collect()
+    }
+
+    /// Closes every listener and connection and waits until every task has
+    /// finished. Idempotent; `apply` fails afterwards.
+    pub async fn shutdown(&self) {
+        let _serial = self.apply_lock.lock().await;
+        let (ports, guard) = {
+            let mut inner = self.lock();
+            (std::mem::take(&mut inner.ports), inner.guard.take())
+        };
+        self.shutdown.send_replace(true);
+        drop(ports);
+        drop(guard);
+        // Nothing is ever sent: `recv` returns `None` once every task has
+        // dropped its guard.
+        let _ = self.done.lock().await.recv().await;
+        tracing::debug!("embassy shut down");
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The map stays consistent even if a holder panicked: every change
+        // is a single insert or remove.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn listen(&self, port: u16) -> Result<TcpListener> {
+        let addr = SocketAddr::new(self.config.bind, port);
+        if port == 0 {
+            return Err(Error::InvalidRoute {
+                port,
+                reason: "ambassador port 0 is not a port",
+            });
+        }
+        let bind_err = |source| Error::Bind { addr, source };
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(bind_err)?;
+        socket.set_reuseaddr(true).map_err(bind_err)?;
+        socket.bind(addr).map_err(bind_err)?;
+        socket.listen(self.config.backlog).map_err(bind_err)
+    }
+}
+
+impl std::fmt::Debug for Embassy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embassy")
+            .field("config", &self.config)
+            .field("ports", &self.ports())
+            .finish()
+    }
+}

@@ -1,0 +1,39 @@
+//! embassy: the ambassador on every node.
+//!
+//! Every viking node runs one embassy. A daemonized job with ports is a
+//! *service*; each (service, container port) pair gets a cluster-wide
+//! *ambassador port*. Embassy listens on every ambassador port on one address
+//! that the node's containers can reach (e.g. the Docker bridge gateway) and
+//! forwards each TCP connection to a live endpoint of the service (host IP +
+//! published host port, possibly on another node).
+//!
+//! Layout:
+//! - [`table`]: the routing table, pure data (`RoutingTable`, `Route`);
+//! - [`embassy`]: the running ambassador: listeners, `apply`, `shutdown`,
+//!   stats (`Embassy`, `Config`, `ApplyReport`);
+//! - `listener`: one accept loop per ambassador port;
+//! - `forward`: one task per connection: endpoint choice with failover and
+//!   the byte pump (`splice(2)` or buffered copy);
+//! - `splice`: the only `unsafe` code, thin wrappers over `pipe2`, `splice`
+//!   and `shutdown`;
+//! - [`stats`]: per-route counters;
+//! - `shutdown`: the graceful-shutdown signal threaded through every task;
+//! - [`error`]: the crate's error type.
+//!
+//! Invariant: embassy knows nothing about the store or Docker. The server
+//! computes the routing table and calls [`Embassy::apply`] whenever it changes.
+#![deny(unsafe_code)]
+
+pub mod embassy;
+pub mod error;
+mod forward;
+mod listener;
+mod shutdown;
+mod splice;
+pub mod stats;
+pub mod table;
+
+pub use embassy::{ApplyReport, Config, CopyMode, Embassy, PortFailure};
+pub use error::{Error, Result};
+pub use stats::RouteStats;
+pub use table::{Route, RoutingTable};

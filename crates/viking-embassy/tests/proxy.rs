@@ -1,0 +1,408 @@
+//! End-to-end tests of embassy on loopback, with real TCP servers started
+//! by each test.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use viking_embassy::{Config, CopyMode, Embassy, Error, Route, RoutingTable};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A port nothing listens on right now (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind((LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn listen_any() -> TcpListener {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(LOCALHOST, 0)).unwrap();
+    socket.listen(4096).unwrap()
+}
+
+/// Echoes each connection until EOF, then half-closes it.
+async fn echo_server() -> SocketAddr {
+    tagged_server(None).await
+}
+
+/// Like `echo_server`, but first sends `tag` (one byte) on each connection.
+async fn tagged_server(tag: Option<u8>) -> SocketAddr {
+    let listener = listen_any();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                if let Some(tag) = tag {
+                    s.write_all(&[tag]).await?;
+                }
+                let (mut r, mut w) = s.split();
+                tokio::io::copy(&mut r, &mut w).await?;
+                w.shutdown().await?;
+                Ok::<_, std::io::Error>(())
+            });
+        }
+    });
+    addr
+}
+
+async fn embassy_with(routes: &[(u16, Route)]) -> Embassy {
+    embassy_with_config(Config::new(LOCALHOST), routes).await
+}
+
+async fn embassy_with_config(config: Config, routes: &[(u16, Route)]) -> Embassy {
+    let embassy = Embassy::with_config(config);
+    let report = embassy
+        .apply(routes.iter().cloned().collect())
+        .await
+        .unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    embassy
+}
+
+async fn connect(port: u16) -> TcpStream {
+    TcpStream::connect((LOCALHOST, port)).await.unwrap()
+}
+
+async fn read_tag(s: &mut TcpStream) -> u8 {
+    let mut tag = [0u8; 1];
+    tokio::time::timeout(WAIT, s.read_exact(&mut tag))
+        .await
+        .unwrap()
+        .unwrap();
+    tag[0]
+}
+
+async fn roundtrip(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).await.unwrap();
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(WAIT, s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, msg);
+}
+
+/// Whether the peer closed the connection (EOF or reset) within `WAIT`.
+async fn is_closed(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(WAIT, s.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) | Err(_) => false,
+    }
+}
+
+async fn half_close_both_ways(copy: CopyMode) {
+    // Client -> endpoint: the server answers only after it saw EOF.
+    let replier = listen_any();
+    let replier_addr = replier.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = replier.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        s.write_all(b"reply to ").await.unwrap();
+        s.write_all(&got).await.unwrap();
+        s.shutdown().await.unwrap();
+        // Endpoint -> client: the server half-closes first and still reads.
+        let (mut s, _) = replier.accept().await.unwrap();
+        s.write_all(b"greeting").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        got
+    });
+    let port = free_port();
+    let mut config = Config::new(LOCALHOST);
+    config.copy = copy;
+    let embassy =
+        embassy_with_config(config, &[(port, Route::new("svc", 80, [replier_addr]))]).await;
+
+    let mut c = connect(port).await;
+    c.write_all(b"hello").await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, c.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"reply to hello");
+
+    let mut c = connect(port).await;
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, c.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"greeting");
+    c.write_all(b"after your EOF").await.unwrap();
+    c.shutdown().await.unwrap();
+    let got = tokio::time::timeout(WAIT, server).await.unwrap().unwrap();
+    assert_eq!(got, b"after your EOF");
+
+    let stats = embassy.stats();
+    assert_eq!(stats[0].connections_total, 2);
+    assert_eq!(stats[0].bytes_in, 5 + 14);
+    assert_eq!(stats[0].bytes_out, 14 + 8);
+    embassy.shutdown().await;
+}
+
+#[tokio::test]
+async fn forwards_and_propagates_half_close_with_splice() {
+    half_close_both_ways(CopyMode::Splice).await;
+}
+
+#[tokio::test]
+async fn forwards_and_propagates_half_close_with_buffer() {
+    half_close_both_ways(CopyMode::Buffered).await;
+}
+
+#[tokio::test]
+async fn round_robin_spreads_over_three_endpoints() {
+    let eps = [
+        tagged_server(Some(0)).await,
+        tagged_server(Some(1)).await,
+        tagged_server(Some(2)).await,
+    ];
+    let port = free_port();
+    let embassy = embassy_with(&[(port, Route::new("web", 80, eps))]).await;
+    let mut counts = [0u32; 3];
+    for _ in 0..30 {
+        let mut c = connect(port).await;
+        counts[usize::from(read_tag(&mut c).await)] += 1;
+    }
+    assert_eq!(counts, [10, 10, 10]);
+    assert_eq!(embassy.stats()[0].connections_total, 30);
+    embassy.shutdown().await;
+}
+
+#[tokio::test]
+async fn dead_endpoint_is_skipped() {
+    let dead = SocketAddr::new(LOCALHOST, free_port());
+    let eps = [
+        dead,
+        tagged_server(Some(1)).await,
+        tagged_server(Some(2)).await,
+    ];
+    let port = free_port();
+    let embassy = embassy_with(&[(port, Route::new("web", 80, eps))]).await;
+    for _ in 0..9 {
+        let mut c = connect(port).await;
+        let tag = read_tag(&mut c).await;
+        assert!(tag == 1 || tag == 2);
+        roundtrip(&mut c, b"still here").await;
+    }
+    let stats = &embassy.stats()[0];
+    assert_eq!(stats.connect_failures, 3, "{stats:?}");
+    assert_eq!(stats.unserved, 0);
+
+    // No endpoint at all reachable: the client connection is closed.
+    embassy
+        .apply(RoutingTable::new().with(port, Route::new("web", 80, [dead])))
+        .await
+        .unwrap();
+    let mut c = connect(port).await;
+    assert!(is_closed(&mut c).await);
+    assert_eq!(embassy.stats()[0].unserved, 1);
+    embassy.shutdown().await;
+}
+
+#[tokio::test]
+async fn moving_a_route_keeps_open_connections_to_listed_endpoints() {
+    let old = tagged_server(Some(1)).await;
+    let new = tagged_server(Some(2)).await;
+    let port = free_port();
+    let embassy = embassy_with(&[(port, Route::new("db", 5432, [old]))]).await;
+
+    let mut c1 = connect(port).await;
+    assert_eq!(read_tag(&mut c1).await, 1);
+    roundtrip(&mut c1, b"before").await;
+
+    let report = embassy
+        .apply(RoutingTable::new().with(port, Route::new("db", 5432, [new, old])))
+        .await
+        .unwrap();
+    assert_eq!(report.updated, vec![port]);
+    assert!(report.opened.is_empty() && report.closed.is_empty());
+
+    let mut c2 = connect(port).await;
+    assert_eq!(
+        read_tag(&mut c2).await,
+        2,
+        "the next connection goes to the new endpoint"
+    );
+    roundtrip(&mut c1, b"old endpoint still listed").await;
+    roundtrip(&mut c2, b"new").await;
+
+    // Chosen behaviour: removing an endpoint closes its connections.
+    embassy
+        .apply(RoutingTable::new().with(port, Route::new("db", 5432, [new])))
+        .await
+        .unwrap();
+    assert!(is_closed(&mut c1).await);
+    roundtrip(&mut c2, b"unaffected").await;
+    let stats = &embassy.stats()[0];
+    assert_eq!(stats.endpoints, vec![new]);
+    assert_eq!(stats.connections_active, 1, "{stats:?}");
+    embassy.shutdown().await;
+}
+
+#[tokio::test]
+async fn removing_a_route_refuses_new_connections() {
+    let ep = echo_server().await;
+    let (port, other) = (free_port(), free_port());
+    let embassy = embassy_with(&[
+        (port, Route::new("gone", 80, [ep])),
+        (other, Route::new("stays", 80, [ep])),
+    ])
+    .await;
+    let mut open = connect(port).await;
+    roundtrip(&mut open, b"hi").await;
+
+    let report = embassy
+        .apply(RoutingTable::new().with(other, Route::new("stays", 80, [ep])))
+        .await
+        .unwrap();
+    assert_eq!(report.closed, vec![port]);
+    let refused = TcpStream::connect((LOCALHOST, port)).await.unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(is_closed(&mut open).await);
+    let mut still = connect(other).await;
+    roundtrip(&mut still, b"other port still served").await;
+    assert_eq!(embassy.ports(), vec![other]);
+    embassy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_port_that_fails_to_bind_does_not_stop_the_others() {
+    let ep = echo_server().await;
+    let taken = std::net::TcpListener::bind((LOCALHOST, 0)).unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let free = free_port();
+    let embassy = Embassy::start(LOCALHOST);
+    let report = embassy
+        .apply(
+            RoutingTable::new()
+                .with(taken_port, Route::new("a", 80, [ep]))
+                .with(free, Route::new("b", 80, [ep])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.opened, vec![free]);
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].port, taken_port);
+    assert!(matches!(report.failed[0].error, Error::Bind { .. }));
+    let mut c = connect(free).await;
+    roundtrip(&mut c, b"served").await;
+
+    // Once the port is free, the next apply opens it.
+    drop(taken);
+    let report = embassy
+        .apply(
+            RoutingTable::new()
+                .with(taken_port, Route::new("a", 80, [ep]))
+                .with(free, Route::new("b", 80, [ep])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.opened, vec![taken_port]);
+    assert!(report.is_complete());
+    embassy.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_everything() {
+    let ep = echo_server().await;
+    let port = free_port();
+    let embassy = embassy_with(&[(port, Route::new("svc", 80, [ep]))]).await;
+    let mut open = connect(port).await;
+    roundtrip(&mut open, b"x").await;
+    tokio::time::timeout(WAIT, embassy.shutdown())
+        .await
+        .unwrap();
+    assert!(is_closed(&mut open).await);
+    let refused = TcpStream::connect((LOCALHOST, port)).await.unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(matches!(
+        embassy.apply(RoutingTable::new()).await,
+        Err(Error::ShutDown)
+    ));
+    embassy.shutdown().await; // idempotent
+}
+
+#[tokio::test]
+async fn drop_closes_listeners() {
+    let ep = echo_server().await;
+    let port = free_port();
+    let embassy = embassy_with(&[(port, Route::new("svc", 80, [ep]))]).await;
+    let mut open = connect(port).await;
+    roundtrip(&mut open, b"x").await;
+    drop(embassy);
+    assert!(is_closed(&mut open).await);
+    let refused = TcpStream::connect((LOCALHOST, port)).await.unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+/// Raises the soft descriptor limit to the hard one; returns the soft limit.
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, exclusively borrowed struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    lim.rlim_cur
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_connections() {
+    const N: usize = 1000;
+    // Per connection: client, accepted, upstream, server sockets + 2 pipes.
+    let limit = raise_fd_limit();
+    assert!(
+        limit >= 8 * N as u64 + 256,
+        "need more descriptors than {limit}"
+    );
+    let ep = echo_server().await;
+    let port = free_port();
+    let embassy = embassy_with(&[(port, Route::new("echo", 7, [ep]))]).await;
+    let clients: Vec<_> = (0..N)
+        .map(|i| {
+            tokio::spawn(async move {
+                let msg: Vec<u8> = (0..4096u32)
+                    .map(|j| (i as u32).wrapping_mul(31).wrapping_add(j) as u8)
+                    .collect();
+                let mut c = TcpStream::connect((LOCALHOST, port)).await?;
+                c.write_all(&msg).await?;
+                c.shutdown().await?;
+                let mut back = Vec::new();
+                c.read_to_end(&mut back).await?;
+                Ok::<_, std::io::Error>(back == msg)
+            })
+        })
+        .collect();
+    let results = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(clients))
+        .await
+        .unwrap();
+    let ok = results
+        .into_iter()
+        .filter(|r| matches!(r, Ok(Ok(true))))
+        .count();
+    assert_eq!(ok, N);
+    let stats = &embassy.stats()[0];
+    assert_eq!(stats.connections_total, N as u64);
+    assert_eq!(stats.bytes_in, 4096 * N as u64);
+    embassy.shutdown().await;
+}

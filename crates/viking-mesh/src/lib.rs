@@ -1,0 +1,86 @@
+//! smesh: bootstraps a cluster of machines with Docker and etcd.
+//!
+//! `viking mesh` turns machines that have only Docker and the `viking`
+//! binary into one cluster: the first machine starts an etcd member and a
+//! viking server (`init`), the next ones join through etcd's membership API
+//! (a learner first, then promoted) until etcd has [`DEFAULT_MAX_MEMBERS`]
+//! members, and further machines join as viking servers only (`join`).
+//!
+//! Layout:
+//! - [`state`]: the data directory (`mesh.json`, the token, the etcd data,
+//!   pid and log files) and the machine's settings;
+//! - [`members`]: etcd's membership API (list, add as learner, promote,
+//!   remove, member status);
+//! - [`supervisor`]: `viking mesh up`, the process that runs this machine's
+//!   etcd member and viking server and restarts them when they exit; and
+//!   starting/stopping it in the background;
+//! - [`commands`]: `init`, `join`, `status`, `leave`, `start`, `stop`.
+//!
+//! Every command that changes something undoes its own work when a later
+//! step fails, so a failed `init` or `join` leaves nothing half made.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod commands;
+pub mod members;
+pub mod state;
+pub mod supervisor;
+
+pub use commands::{init, join, leave, start, status, stop, up, InitOptions, JoinOptions};
+
+/// etcd's client port on every member.
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+/// etcd's peer port on every member.
+pub const ETCD_PEER_PORT: u16 = 2380;
+/// The viking server's API port.
+pub const DEFAULT_API_PORT: u16 = 8791;
+/// How many etcd members a mesh grows to before further machines join as
+/// servers only.
+pub const DEFAULT_MAX_MEMBERS: usize = 3;
+
+/// What can go wrong; each message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("{0} is already part of a mesh ({1} exists): `viking mesh start` resumes it, `viking mesh leave` takes it out")]
+    AlreadyInitialised(String, String),
+    #[error(
+        "{0} is not part of a mesh (no {1}): run `viking mesh init` or `viking mesh join` first"
+    )]
+    NotInitialised(String, String),
+    #[error("the join token was refused by the viking server at {0}: check --token (it is printed by `viking mesh init` and kept in <data-dir>/token on every machine of the mesh)")]
+    WrongToken(String),
+    #[error("cannot reach {what} at {addr}: {reason}")]
+    Unreachable {
+        what: String,
+        addr: String,
+        reason: String,
+    },
+    #[error("a machine named {0:?} is already in the mesh: pick another --name, or run `viking mesh leave` on that machine first")]
+    NameTaken(String),
+    #[error("etcd: {0}")]
+    Etcd(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub type Result<T, E = MeshError> = std::result::Result<T, E>;
+
+/// Adds a description of what was being done to an I/O error.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| MeshError::Io {
+            context: what(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,534 @@
+//! `viking mesh up`: the supervisor that keeps this machine's part of the
+//! mesh running, and starting/stopping it in the background.
+//!
+//! The supervisor reads `mesh.json`, starts the etcd member (members only:
+//! as its child process with `--etcd-binary`, or as a container with a
+//! restart policy with `--etcd-image`), waits until it is healthy, refreshes
+//! the list of etcd endpoints from the member list, then starts
+//! `viking server` as its child. A child that exits is started again after
+//! a delay that doubles from 1 s to 30 s (back to 1 s after a minute of
+//! running). SIGTERM or Ctrl-C stops the server, then etcd, then the
+//! supervisor. Each child's output is appended to `<data-dir>/<name>.log`
+//! and its pid kept in `<data-dir>/<name>.pid`, so a supervisor that was
+//! killed leaves nothing the next one cannot clean up.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::members;
+use crate::state::{url, DataDir, EtcdRunner, MeshState, Role};
+use crate::{IoContext, MeshError, Result, ETCD_CLIENT_PORT, ETCD_PEER_PORT};
+
+/// The name of the etcd container in image mode.
+pub const ETCD_CONTAINER: &str = "viking-etcd";
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long the supervisor waits for its etcd member before starting the
+/// server anyway (the server retries on its own).
+const ETCD_WAIT: Duration = Duration::from_secs(30);
+
+/// A line in the supervisor's log (stderr, which is `mesh.log` when it runs
+/// in the background).
+pub(crate) fn log(msg: impl std::fmt::Display) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    eprintln!("[{secs}] viking mesh: {msg}");
+}
+
+/// This machine's etcd client URL.
+pub fn local_etcd(st: &MeshState) -> String {
+    url(&st.ip, ETCD_CLIENT_PORT)
+}
+
+/// This machine's etcd peer URL.
+pub fn local_peer(st: &MeshState) -> String {
+    url(&st.ip, ETCD_PEER_PORT)
+}
+
+/// etcd's flags for this member.
+pub fn etcd_args(st: &MeshState, dd: &DataDir) -> Vec<String> {
+    let client = local_etcd(st);
+    let mut listen_client = client.clone();
+    let loopback = st
+        .ip
+        .parse::<std::net::IpAddr>()
+        .map(|a| a.is_loopback())
+        .unwrap_or(false);
+    if !loopback {
+        listen_client.push_str(&format!(",{}", url("127.0.0.1", ETCD_CLIENT_PORT)));
+    }
+    let peer = local_peer(st);
+    [
+        ("--name", st.name.clone()),
+        ("--data-dir", dd.etcd_dir().display().to_string()),
+        ("--listen-client-urls", listen_client),
+        ("--advertise-client-urls", client),
+        ("--listen-peer-urls", peer.clone()),
+        ("--initial-advertise-peer-urls", peer),
+        ("--initial-cluster", st.initial_cluster.clone()),
+        ("--initial-cluster-state", st.initial_cluster_state.clone()),
+        ("--initial-cluster-token", "viking-mesh".to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.to_string(), v])
+    .collect()
+}
+
+/// `viking server`'s flags for this machine.
+pub fn server_args(st: &MeshState, dd: &DataDir) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "server",
+        "--name",
+        &st.name,
+        "--ip",
+        &st.ip,
+        "--listen",
+        &st.listen,
+        "--key",
+        &st.key,
+        "--data-dir",
+        &dd.dir.display().to_string(),
+        "--etcd",
+        &st.etcd_endpoints.join(","),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !st.tags.is_empty() {
+        a.push("--tags".into());
+        a.push(st.tags.join(","));
+    }
+    a.extend(st.server_args.iter().cloned());
+    a
+}
+
+/// The path of the running `viking` binary.
+pub fn self_exe() -> Result<PathBuf> {
+    std::env::current_exe().ctx(|| "finding the viking binary".to_string())
+}
+
+/// Whether process `pid` is alive and its command line contains `needle`
+/// (so a recycled pid is not mistaken for ours).
+pub fn alive_with(pid: i32, needle: &str) -> bool {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmd) => {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains(needle)
+        }
+        Err(_) => false,
+    }
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn signal(pid: i32, sig: i32) {
+    if pid > 0 {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+/// The supervisor's pid, when one runs for this data directory.
+pub fn running(dd: &DataDir) -> Option<i32> {
+    read_pid(&dd.pid_file("mesh")).filter(|p| alive_with(*p, "mesh"))
+}
+
+/// Stop a process recorded in `<what>.pid` (if it is still ours): SIGTERM,
+/// then SIGKILL after `grace`.
+async fn stop_recorded(dd: &DataDir, what: &str, needle: &str, grace: Duration) {
+    let file = dd.pid_file(what);
+    if let Some(pid) = read_pid(&file) {
+        if alive_with(pid, needle) {
+            log(format!("stopping {what} (pid {pid})"));
+            signal(pid, libc::SIGTERM);
+            let until = Instant::now() + grace;
+            while alive_with(pid, needle) && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if alive_with(pid, needle) {
+                signal(pid, libc::SIGKILL);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(file);
+}
+
+/// Start `viking mesh up` in the background (its own process group, output
+/// to `mesh.log`); returns its pid.
+pub fn spawn_detached(dd: &DataDir) -> Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let exe = self_exe()?;
+    let log_path = dd.log_file("mesh");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .ctx(|| format!("opening {}", log_path.display()))?;
+    let err = out
+        .try_clone()
+        .ctx(|| format!("opening {}", log_path.display()))?;
+    let child = std::process::Command::new(exe)
+        .args(["mesh", "up", "--data-dir"])
+        .arg(&dd.dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .ctx(|| "starting `viking mesh up`".to_string())?;
+    Ok(child.id())
+}
+
+/// Stop this machine's supervisor and everything it runs (and, in image
+/// mode, the etcd container when `etcd_container` is set).
+pub async fn stop(dd: &DataDir, etcd_container: bool) -> Result<bool> {
+    let was_running = running(dd).is_some();
+    // The supervisor stops its children itself; give it time for both.
+    stop_recorded(dd, "mesh", "mesh", STOP_GRACE * 2 + Duration::from_secs(2)).await;
+    // Children left by a supervisor that was killed.
+    stop_recorded(dd, "server", "server", STOP_GRACE).await;
+    stop_recorded(dd, "etcd", "etcd", STOP_GRACE).await;
+    if etcd_container {
+        if let Ok(MeshState {
+            etcd: Some(EtcdRunner::Image(_)),
+            ..
+        }) = dd.load()
+        {
+            let _ = docker(&["stop", ETCD_CONTAINER]).await;
+        }
+    }
+    Ok(was_running)
+}
+
+/// Run the docker CLI; stdout on success.
+pub async fn docker(args: &[&str]) -> Result<String> {
+    let out = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .ctx(|| format!("running docker {}", args.join(" ")))?;
+    if !out.status.success() {
+        return Err(MeshError::Failed(format!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Image mode: make sure the etcd container exists and runs.
+async fn ensure_etcd_container(st: &MeshState, dd: &DataDir, image: &str) -> Result<()> {
+    if docker(&["inspect", "--format", "{{.Id}}", ETCD_CONTAINER])
+        .await
+        .is_ok()
+    {
+        docker(&["start", ETCD_CONTAINER]).await?;
+        return Ok(());
+    }
+    let etcd_dir = dd.etcd_dir().display().to_string();
+    std::fs::create_dir_all(&etcd_dir).ctx(|| format!("creating {etcd_dir}"))?;
+    let mount = format!("{etcd_dir}:{etcd_dir}");
+    let mut args: Vec<String> = [
+        "run",
+        "-d",
+        "--name",
+        ETCD_CONTAINER,
+        "--restart",
+        "unless-stopped",
+        "--network",
+        "host",
+        "--label",
+        "viking.mesh=etcd",
+        "-v",
+        &mount,
+        image,
+        "etcd",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(etcd_args(st, dd));
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    docker(&refs).await.map(|_| ())
+}
+
+/// One supervised child.
+struct Slot {
+    what: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    started: Instant,
+    restart_at: Option<Instant>,
+    delay: Duration,
+}
+
+enum Event {
+    Exited(String),
+    Restart,
+}
+
+impl Slot {
+    fn new(what: &'static str, program: PathBuf, args: Vec<String>) -> Self {
+        Self {
+            what,
+            program,
+            args,
+            child: None,
+            started: Instant::now(),
+            restart_at: None,
+            delay: BACKOFF_MIN,
+        }
+    }
+
+    fn spawn(&mut self, dd: &DataDir) -> Result<()> {
+        let path = dd.log_file(self.what);
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .ctx(|| format!("opening {}", path.display()))?;
+        let err = out
+            .try_clone()
+            .ctx(|| format!("opening {}", path.display()))?;
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .env("NO_COLOR", "1");
+        for var in [
+            "VIKING_TOKEN",
+            "VIKING_ETCD",
+            "VIKING_IP",
+            "VIKING_LISTEN",
+            "VIKING_KEY",
+            "VIKING_TAGS",
+            "VIKING_DATA",
+            "VIKING_SERVER",
+        ] {
+            cmd.env_remove(var);
+        }
+        let child = cmd
+            .spawn()
+            .ctx(|| format!("starting {} ({})", self.what, self.program.display()))?;
+        let pid = child.id().unwrap_or(0);
+        std::fs::write(dd.pid_file(self.what), format!("{pid}\n"))
+            .ctx(|| format!("writing {}", dd.pid_file(self.what).display()))?;
+        log(format!("started {} (pid {pid})", self.what));
+        self.child = Some(child);
+        self.started = Instant::now();
+        self.restart_at = None;
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Event {
+        if let Some(c) = self.child.as_mut() {
+            let status = match c.wait().await {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("wait failed: {e}"),
+            };
+            return Event::Exited(status);
+        }
+        match self.restart_at {
+            Some(at) => {
+                tokio::time::sleep_until(at).await;
+                Event::Restart
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    fn exited(&mut self, status: &str) {
+        self.child = None;
+        if self.started.elapsed() > Duration::from_secs(60) {
+            self.delay = BACKOFF_MIN;
+        }
+        log(format!(
+            "{} exited ({status}); starting it again in {:?}",
+            self.what, self.delay
+        ));
+        self.restart_at = Some(Instant::now() + self.delay);
+        self.delay = (self.delay * 2).min(BACKOFF_MAX);
+    }
+
+    async fn stop(&mut self, dd: &DataDir) {
+        if let Some(mut c) = self.child.take() {
+            if let Some(pid) = c.id() {
+                signal(pid as i32, libc::SIGTERM);
+            }
+            if tokio::time::timeout(STOP_GRACE, c.wait()).await.is_err() {
+                let _ = c.kill().await;
+            }
+            log(format!("stopped {}", self.what));
+        }
+        let _ = std::fs::remove_file(dd.pid_file(self.what));
+    }
+}
+
+/// Wait until the local etcd member answers with a leader, up to `limit`.
+pub async fn wait_etcd(endpoint: &str, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if members::healthy(endpoint).await {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The endpoints to use: the started members' client URLs, local first.
+async fn refresh_endpoints(st: &mut MeshState, dd: &DataDir) {
+    let mut known = st.etcd_endpoints.clone();
+    if st.role == Role::Member {
+        known.retain(|e| *e != local_etcd(st));
+        known.insert(0, local_etcd(st));
+    }
+    match members::list(&known).await {
+        Ok(list) => {
+            let mut eps = members::client_urls(&list);
+            if st.role == Role::Member && eps.contains(&local_etcd(st)) {
+                eps.retain(|e| *e != local_etcd(st));
+                eps.insert(0, local_etcd(st));
+            }
+            if !eps.is_empty() && eps != st.etcd_endpoints {
+                log(format!("etcd endpoints now {}", eps.join(",")));
+                st.etcd_endpoints = eps;
+                if let Err(e) = dd.save(st) {
+                    log(format!("saving the endpoints: {e}"));
+                }
+            }
+        }
+        Err(e) => log(format!(
+            "cannot list the etcd members ({e}); using {}",
+            st.etcd_endpoints.join(",")
+        )),
+    }
+}
+
+/// `viking mesh up`: run this machine's part of the mesh until `shutdown`.
+pub async fn up(dd: &DataDir, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let mut st = dd.load()?;
+    if let Some(pid) = running(dd) {
+        if pid as u32 != std::process::id() {
+            return Err(MeshError::Failed(format!(
+                "the mesh supervisor already runs here (pid {pid}); `viking mesh stop` stops it"
+            )));
+        }
+    }
+    std::fs::write(dd.pid_file("mesh"), format!("{}\n", std::process::id()))
+        .ctx(|| format!("writing {}", dd.pid_file("mesh").display()))?;
+    // Leftovers of a supervisor that was killed.
+    stop_recorded(dd, "server", "server", STOP_GRACE).await;
+    stop_recorded(dd, "etcd", "etcd", STOP_GRACE).await;
+    log(format!(
+        "starting {} ({:?}) in {}",
+        st.name,
+        st.role,
+        dd.dir.display()
+    ));
+    tokio::pin!(shutdown);
+
+    let mut etcd: Option<Slot> = None;
+    if st.role == Role::Member {
+        match st.etcd.clone() {
+            Some(EtcdRunner::Image(image)) => {
+                if let Err(e) = ensure_etcd_container(&st, dd, &image).await {
+                    log(format!("starting the etcd container: {e}"));
+                }
+            }
+            Some(EtcdRunner::Binary(bin)) => {
+                let mut slot = Slot::new("etcd", bin, etcd_args(&st, dd));
+                slot.spawn(dd)?;
+                etcd = Some(slot);
+            }
+            None => {}
+        }
+        let ep = local_etcd(&st);
+        tokio::select! {
+            ok = wait_etcd(&ep, ETCD_WAIT) => {
+                if !ok {
+                    log(format!("etcd at {ep} has no leader after {ETCD_WAIT:?}; starting the server anyway"));
+                }
+            }
+            _ = &mut shutdown => {
+                if let Some(s) = etcd.as_mut() { s.stop(dd).await; }
+                let _ = std::fs::remove_file(dd.pid_file("mesh"));
+                return Ok(());
+            }
+        }
+    }
+    refresh_endpoints(&mut st, dd).await;
+    let mut server = Slot::new("server", self_exe()?, server_args(&st, dd));
+    server.spawn(dd)?;
+
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let etcd_event = async {
+            match etcd.as_mut() {
+                Some(s) => s.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hangup => log("ignoring SIGHUP"),
+            ev = etcd_event => {
+                if let Some(s) = etcd.as_mut() {
+                    match ev {
+                        Event::Exited(status) => s.exited(&status),
+                        Event::Restart => {
+                            if let Err(e) = s.spawn(dd) {
+                                log(format!("{e}"));
+                                s.exited("could not start");
+                            }
+                        }
+                    }
+                }
+            }
+            ev = server.next() => match ev {
+                Event::Exited(status) => server.exited(&status),
+                Event::Restart => {
+                    // The member list may have changed while it was down.
+                    refresh_endpoints(&mut st, dd).await;
+                    server.args = server_args(&st, dd);
+                    if let Err(e) = server.spawn(dd) {
+                        log(format!("{e}"));
+                        server.exited("could not start");
+                    }
+                }
+            },
+        }
+    }
+    log("stopping");
+    server.stop(dd).await;
+    if let Some(s) = etcd.as_mut() {
+        s.stop(dd).await;
+    }
+    let _ = std::fs::remove_file(dd.pid_file("mesh"));
+    log("stopped");
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! embassy on a real cluster: a client job reaches a service on another
+//! host through its link variables, keeps reaching it when the service's
+//! host dies and the service moves, 1,000 concurrent connections pass
+//! through one node's embassy, and a removed service stops being served.
+//!
+//! Needs `scripts/test-images.sh --node`.
+
+use std::time::{Duration, Instant};
+
+use viking_testkit::{Cluster, ClusterOpts, Node};
+
+const BUSYBOX: &str = "viking-test/busybox";
+
+fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+fn out(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn pongs(n: &Node, job: &str) -> usize {
+    out(&n.cli(["logs", job]))
+        .lines()
+        .filter(|l| l.contains("got pong"))
+        .count()
+}
+
+#[test]
+fn services_are_reached_through_embassy_wherever_they_run() {
+    let c = Cluster::start(
+        3,
+        ClusterOpts {
+            viking_bin: Some(env!("CARGO_BIN_EXE_viking").into()),
+            server_args: ["--host-ttl", "2"].map(String::from).to_vec(),
+            ..Default::default()
+        },
+    )
+    .expect("cluster");
+    let n1 = c.node(0);
+    // The service: two replicas of nothing but itself; httpd answers "pong".
+    n1.cli_ok([
+        "run",
+        "-d",
+        "--name",
+        "srv",
+        "-p",
+        "8080",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "mkdir -p /www && echo pong > /www/index.html && exec httpd -f -p 8080 -h /www",
+    ])
+    .unwrap();
+    let srv = n1.cli_json(["inspect", "srv"]).unwrap();
+    let b = srv["ps"]["node"].as_str().unwrap().to_string();
+    let amb = srv["services"][0]["ambassador_port"].as_u64().unwrap();
+    assert_eq!(srv["services"][0]["container_port"], 8080);
+    // The client on another host, linked to it.
+    let a = c.nodes().iter().find(|n| n.name() != b).unwrap();
+    a.cli_ok(["run", "-d", "--name", "cli", "--viking-host", a.name(), "--link", "srv", BUSYBOX, "sh", "-c",
+        "while true; do wget -q -O- http://$SRV_PORT_8080_TCP_ADDR:$SRV_PORT_8080_TCP_PORT/ 2>&1 | sed 's/^/got /'; sleep 0.3; done"]).unwrap();
+    let env = a.docker_ok(["exec", "cli", "env"]).unwrap();
+    assert!(
+        env.contains(&format!("SRV_PORT=tcp://172.17.0.1:{amb}")),
+        "{env}"
+    );
+    assert!(
+        env.contains(&format!("SRV_PORT_8080_TCP_PORT={amb}")),
+        "{env}"
+    );
+    assert!(env.contains("SRV_PORT_8080_TCP_PROTO=tcp"), "{env}");
+    wait(
+        "the client reaches the service",
+        Duration::from_secs(15),
+        || pongs(a, "cli") >= 2,
+    );
+    let services = a.cli_json(["services", "--json"]).unwrap();
+    assert_eq!(services[0]["service"], "srv");
+    assert_eq!(services[0]["endpoints"].as_array().unwrap().len(), 1);
+
+    // 1,000 concurrent connections through this node's embassy.
+    // Each wget runs in its own subshell; the results are counted when
+    // every one has finished.
+    let script = format!(
+        "for i in $(seq 1000); do (wget -q -O- http://172.17.0.1:{amb}/ > /tmp/r$i 2>&1; echo $? > /tmp/e$i) & done; wait; \
+         echo ok=$(cat /tmp/r* | grep -c pong); for f in /tmp/e*; do [ \"$(cat $f)\" = 0 ] || cat ${{f/e/r}}; done | sort | uniq -c | head"
+    );
+    let o = a.cli([
+        "run",
+        "--viking-host",
+        a.name(),
+        BUSYBOX,
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(
+        out(&o).starts_with("ok=1000"),
+        "{}{}",
+        out(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // The service's host dies; the reconciler moves it; the client's next
+    // connections succeed at the same address and port, without a restart.
+    c.node_named(&b).unwrap().kill().unwrap();
+    wait("srv running elsewhere", Duration::from_secs(20), || {
+        let s = a.cli_json(["inspect", "srv"]).unwrap();
+        s["ps"]["status"] == "running" && s["ps"]["node"] != b.as_str()
+    });
+    let before = pongs(a, "cli");
+    wait(
+        "the client reaches the moved service",
+        Duration::from_secs(15),
+        || pongs(a, "cli") >= before + 2,
+    );
+    let cli = a.cli_json(["inspect", "cli"]).unwrap();
+    assert_eq!(cli["ps"]["restarts"], 0);
+    assert_eq!(
+        a.cli_json(["inspect", "srv"]).unwrap()["services"][0]["ambassador_port"],
+        amb
+    );
+
+    // A removed service stops being served.
+    a.cli_ok(["rm", "-f", "srv"]).unwrap();
+    wait(
+        "the ambassador port refuses",
+        Duration::from_secs(10),
+        || {
+            let o = a.cli([
+                "run",
+                "--viking-host",
+                a.name(),
+                BUSYBOX,
+                "sh",
+                "-c",
+                &format!("nc -z -w 1 172.17.0.1 {amb} && echo open || echo refused"),
+            ]);
+            out(&o).trim() == "refused"
+        },
+    );
+
+    // A link to a job that does not exist, or has no ports, is refused.
+    let o = a.cli(["run", "--link", "nope", BUSYBOX, "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no daemonized job named \"nope\""));
+    a.cli_ok(["run", "-d", "--name", "portless", BUSYBOX, "sleep", "1000"])
+        .unwrap();
+    let o = a.cli([
+        "run", "-d", "--name", "x", "--link", "portless", BUSYBOX, "sleep", "1",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("has no TCP ports"));
+    assert!(a.cli(["inspect", "x"]).status.code() == Some(1));
+}

@@ -1,0 +1,435 @@
+//! smesh on the multi-host harness: bare nodes (their own Docker engine and
+//! the `viking` binary, nothing running) become a cluster with
+//! `viking mesh init` and `viking mesh join`, run inside the nodes exactly
+//! as a user would.
+//!
+//! Needs `scripts/test-images.sh --node` (the node image has Debian's etcd).
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use viking_testkit::{Cluster, ClusterOpts, Node};
+
+const BUSYBOX: &str = "viking-test/busybox";
+/// Faster failover than the defaults, passed to every `viking server`.
+const SERVER_ARGS: &str = "-- --host-ttl 2 --resync 2 --backoff 0.5";
+
+fn bare(n: usize) -> Cluster {
+    Cluster::start(
+        n,
+        ClusterOpts {
+            viking_bin: Some(env!("CARGO_BIN_EXE_viking").into()),
+            ..ClusterOpts::without_servers()
+        },
+    )
+    .expect("start bare nodes")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A shell command in the node; must succeed; its stdout.
+fn sh_ok(n: &Node, script: &str) -> String {
+    let t = Instant::now();
+    let o = n.sh(script);
+    assert!(
+        o.status.success(),
+        "on {}: {script}\n{}\n{}",
+        n.name(),
+        text(&o),
+        mesh_logs(n)
+    );
+    eprintln!("[{}] {script}: {:.1?}", n.name(), t.elapsed());
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A shell command in the node that must fail; its stderr.
+fn sh_fails(n: &Node, script: &str) -> String {
+    let o = n.sh(script);
+    assert!(
+        !o.status.success(),
+        "on {}: {script} should have failed\n{}",
+        n.name(),
+        text(&o)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn mesh_logs(n: &Node) -> String {
+    let o = n.sh(
+        "cd /var/lib/viking 2>/dev/null && for f in mesh.log etcd.log server.log; do \
+         echo \"--- $f\"; tail -n 25 $f 2>/dev/null; done",
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn status(n: &Node) -> Value {
+    let out = sh_ok(n, "viking mesh status --json");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"))
+}
+
+/// (healthy voting member names, learners, leaders) from `mesh status`.
+fn member_names(v: &Value) -> Vec<String> {
+    let mut names: Vec<String> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+fn all_healthy(v: &Value) -> bool {
+    let ms = v["members"].as_array().unwrap();
+    ms.iter()
+        .all(|m| m["healthy"] == true && m["learner"] == false)
+        && ms.iter().filter(|m| m["leader"] == true).count() == 1
+}
+
+fn alive_servers(v: &Value) -> Vec<String> {
+    let mut names: Vec<String> = v["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["alive"] == true)
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            eprintln!("{what}: {:.1?}", start.elapsed());
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// job -> node from `viking ps --json`, asked inside `n`.
+fn placements(n: &Node) -> std::collections::BTreeMap<String, String> {
+    let o = n.sh("viking ps --json");
+    if !o.status.success() {
+        return Default::default();
+    }
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["status"] == "running")
+        .map(|p| {
+            (
+                p["job"].as_str().unwrap_or("").to_string(),
+                p["node"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// `viking mesh init` on n1; the join command it printed.
+fn init(n1: &Node) -> String {
+    let out = sh_ok(
+        n1,
+        &format!("viking mesh init --ip {} {SERVER_ARGS}", n1.ip()),
+    );
+    let join = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("viking mesh join "))
+        .unwrap_or_else(|| panic!("no join command in:\n{out}"))
+        .to_string();
+    assert!(join.contains(&format!("{}:8791", n1.ip())), "{join}");
+    join
+}
+
+#[test]
+fn mesh_forms_survives_a_node_loss_and_shrinks() {
+    let t0 = Instant::now();
+    let c = bare(4);
+    let (n1, n2, n3, n4) = (c.node(0), c.node(1), c.node(2), c.node(3));
+
+    // Three machines: init, then the printed command on the other two.
+    let join = init(n1);
+    let t = Instant::now();
+    let out = sh_ok(n2, &format!("{join} {SERVER_ARGS}"));
+    assert!(out.contains("as an etcd member"), "{out}");
+    let out = sh_ok(n3, &format!("{join} {SERVER_ARGS}"));
+    assert!(out.contains("as an etcd member"), "{out}");
+    eprintln!("n2 and n3 joined: {:.1?}", t.elapsed());
+
+    let v = status(n1);
+    assert_eq!(member_names(&v), ["n1", "n2", "n3"], "{v:#}");
+    assert!(all_healthy(&v), "{v:#}");
+    wait("three servers alive", Duration::from_secs(20), || {
+        alive_servers(&status(n2)) == ["n1", "n2", "n3"]
+    });
+    // etcd itself agrees.
+    let list = sh_ok(n2, "ETCDCTL_API=3 etcdctl member list");
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(!list.contains("true"), "no learners left: {list}");
+
+    // Jobs on all three, asked from any machine with the local CLI.
+    for (i, n) in [n1, n2, n3].iter().enumerate() {
+        let asker = [n2, n3, n1][i];
+        sh_ok(
+            asker,
+            &format!(
+                "viking run -d --name j{} --viking-host {} {BUSYBOX} sleep 1000",
+                i + 1,
+                n.name()
+            ),
+        );
+    }
+    // And unpinned ones, spread over the hosts.
+    for i in 1..=4 {
+        sh_ok(
+            n1,
+            &format!("viking run -d --name w{i} {BUSYBOX} sleep 1000"),
+        );
+    }
+    let p = placements(n1);
+    assert_eq!(p["j1"], "n1");
+    assert_eq!(p["j2"], "n2");
+    assert_eq!(p["j3"], "n3");
+
+    // n3 dies: two of three etcd members remain, the cluster goes on.
+    let moving: Vec<String> = p
+        .iter()
+        .filter(|(j, h)| j.starts_with('w') && *h == "n3")
+        .map(|(j, _)| j.clone())
+        .collect();
+    eprintln!("unpinned jobs on n3: {moving:?}");
+    c.node(2).kill().expect("kill n3");
+    let t = Instant::now();
+    sh_ok(
+        n1,
+        &format!("viking run -d --name after {BUSYBOX} sleep 1000"),
+    );
+    eprintln!("a job taken with n3 dead: {:.1?}", t.elapsed());
+    wait(
+        "the unpinned jobs of n3 running elsewhere",
+        Duration::from_secs(60),
+        || {
+            let p = placements(n2);
+            moving
+                .iter()
+                .all(|j| p.get(j).is_some_and(|h| h == "n1" || h == "n2"))
+                && p.contains_key("after")
+        },
+    );
+    let v = status(n2);
+    let down: Vec<&Value> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["healthy"] == false)
+        .collect();
+    assert_eq!(down.len(), 1, "{v:#}");
+    assert_eq!(down[0]["name"], "n3");
+
+    // n3 comes back (a reboot): `viking mesh start` resumes from its data dir.
+    n3.restart().expect("restart n3");
+    let t = Instant::now();
+    sh_ok(n3, "viking mesh start");
+    eprintln!("n3 back after restart: {:.1?}", t.elapsed());
+    wait(
+        "n3 healthy and alive again",
+        Duration::from_secs(30),
+        || {
+            let v = status(n1);
+            all_healthy(&v) && alive_servers(&v) == ["n1", "n2", "n3"]
+        },
+    );
+    // Its pinned job waited for it and runs there again.
+    wait("j3 back on n3", Duration::from_secs(30), || {
+        placements(n1).get("j3").map(String::as_str) == Some("n3")
+    });
+    // It takes jobs again.
+    sh_ok(
+        n3,
+        &format!("viking run -d --name back --viking-host n3 {BUSYBOX} sleep 1000"),
+    );
+    wait(
+        "the job `back` running on n3",
+        Duration::from_secs(20),
+        || placements(n1).get("back").map(String::as_str) == Some("n3"),
+    );
+
+    // A fourth machine joins as a server only: etcd stays at three.
+    let out = sh_ok(n4, &format!("{join} {SERVER_ARGS}"));
+    assert!(out.contains("as a viking server"), "{out}");
+    assert!(
+        !n4.sh("pgrep -x etcd").status.success(),
+        "no etcd on a server-only machine"
+    );
+    let v = status(n4);
+    assert_eq!(member_names(&v), ["n1", "n2", "n3"], "{v:#}");
+    sh_ok(
+        n1,
+        &format!("viking run -d --name on4 --viking-host n4 {BUSYBOX} sleep 1000"),
+    );
+    wait(
+        "the job `on4` running on n4",
+        Duration::from_secs(20),
+        || placements(n1).get("on4").map(String::as_str) == Some("n4"),
+    );
+
+    // n2 leaves: two members, n2's server gone from floki, nothing left on n2.
+    let t = Instant::now();
+    let out = sh_ok(n2, "viking mesh leave");
+    assert!(out.contains("has left the mesh"), "{out}");
+    eprintln!("n2 left: {:.1?}", t.elapsed());
+    let v = status(n1);
+    assert_eq!(member_names(&v), ["n1", "n3"], "{v:#}");
+    assert!(all_healthy(&v), "{v:#}");
+    assert!(
+        !v["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "n2"),
+        "{v:#}"
+    );
+    assert!(!n2.sh("pgrep -x etcd").status.success());
+    assert!(!n2.sh("test -e /var/lib/viking/mesh.json").status.success());
+    sh_fails(n2, "viking mesh status");
+    // The cluster still works with two members.
+    sh_ok(
+        n3,
+        &format!("viking run -d --name late {BUSYBOX} sleep 1000"),
+    );
+    eprintln!("whole test: {:.1?}", t0.elapsed());
+}
+
+#[test]
+fn mesh_refuses_bad_joins_and_leaves_nothing_behind() {
+    let c = bare(2);
+    let (n1, n2) = (c.node(0), c.node(1));
+    let join = init(n1);
+    let token = sh_ok(n1, "cat /var/lib/viking/token").trim().to_string();
+    assert!(join.contains(&token));
+
+    let nothing_left = |n: &Node| {
+        assert!(
+            !n.sh("test -e /var/lib/viking/mesh.json || test -e /var/lib/viking/etcd || test -e /var/lib/viking/token")
+                .status
+                .success(),
+            "files left on {}",
+            n.name()
+        );
+        assert!(!n.sh("pgrep -x etcd").status.success(), "etcd left running");
+        assert!(
+            !n.sh("pgrep -f '^/usr/local/bin/viking (server|mesh up)'")
+                .status
+                .success(),
+            "a server left running"
+        );
+        let v = status(n1);
+        assert_eq!(member_names(&v), ["n1"], "{v:#}");
+    };
+
+    // A second init on an initialised machine.
+    let err = sh_fails(n1, &format!("viking mesh init --ip {}", n1.ip()));
+    assert!(err.contains("already part of a mesh"), "{err}");
+    assert!(all_healthy(&status(n1)));
+
+    // A wrong token.
+    let wrong = join.replace(&token, "0123456789abcdef0123456789abcdef");
+    let err = sh_fails(n2, &wrong);
+    assert!(err.contains("token was refused"), "{err}");
+    nothing_left(n2);
+
+    // An unreachable address (nothing listens on that port).
+    let t = Instant::now();
+    let err = sh_fails(
+        n2,
+        &format!("viking mesh join {}:9 --token {token}", n1.ip()),
+    );
+    assert!(err.contains("cannot reach"), "{err}");
+    eprintln!("unreachable address refused in {:.1?}", t.elapsed());
+    nothing_left(n2);
+
+    // A name already in the mesh.
+    let err = sh_fails(n2, &format!("{join} --name n1"));
+    assert!(err.contains("already in the mesh"), "{err}");
+    nothing_left(n2);
+
+    // And the right command still works after all that.
+    let out = sh_ok(n2, &join);
+    assert!(out.contains("as an etcd member"), "{out}");
+    let v = status(n1);
+    assert_eq!(member_names(&v), ["n1", "n2"], "{v:#}");
+    assert!(all_healthy(&v), "{v:#}");
+    // A second join on a joined machine.
+    let err = sh_fails(n2, &join);
+    assert!(err.contains("already part of a mesh"), "{err}");
+}
+
+/// An etcd image made in the node from Debian's etcd-server (no registry).
+fn make_etcd_image(n: &Node) {
+    sh_ok(
+        n,
+        "tar -chf - -C / usr/bin/etcd lib/x86_64-linux-gnu/libc.so.6 lib64/ld-linux-x86-64.so.2 \
+         | docker import -c 'ENV PATH=/usr/bin' - viking-test/etcd:latest >/dev/null",
+    );
+}
+
+#[test]
+fn mesh_runs_etcd_as_a_container_with_a_restart_policy() {
+    let c = bare(2);
+    let (n1, n2) = (c.node(0), c.node(1));
+    make_etcd_image(n1);
+    make_etcd_image(n2);
+    let out = sh_ok(
+        n1,
+        &format!(
+            "viking mesh init --ip {} --etcd-image viking-test/etcd {SERVER_ARGS}",
+            n1.ip()
+        ),
+    );
+    let join = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("viking mesh join "))
+        .expect("join command")
+        .to_string();
+    sh_ok(n2, &format!("{join} --etcd-image viking-test/etcd"));
+    for n in [n1, n2] {
+        let policy = sh_ok(
+            n,
+            "docker inspect -f '{{.HostConfig.RestartPolicy.Name}}' viking-etcd",
+        );
+        assert_eq!(policy.trim(), "unless-stopped");
+    }
+    let v = status(n1);
+    assert_eq!(member_names(&v), ["n1", "n2"], "{v:#}");
+    assert!(all_healthy(&v), "{v:#}");
+
+    // etcd dies inside its container: Docker starts it again.
+    sh_ok(n2, "pkill -x etcd");
+    wait("etcd on n2 restarted by Docker", Duration::from_secs(30), || {
+        let v = status(n1);
+        all_healthy(&v) && member_names(&v) == ["n1", "n2"]
+    });
+    sh_ok(
+        n1,
+        &format!("viking run -d --name c1 --viking-host n2 {BUSYBOX} sleep 1000"),
+    );
+
+    // Leaving removes the container.
+    sh_ok(n2, "viking mesh leave");
+    assert!(!n2.sh("docker inspect viking-etcd").status.success());
+    assert_eq!(member_names(&status(n1)), ["n1"]);
+}
