@@ -125,9 +125,9 @@ async fn pump(
     Ok(())
 }
 
-/// One direction, zero-copy: socket -> pipe -> socket. The pipe is always
-/// drained before the next read, so a `WouldBlock` always means the socket is
-/// not ready (which is what `try_io` requires).
+/// One direction, zero-copy: socket -> pipe -> socket. Reading and writing
+/// overlap: while the destination is not ready, the source keeps filling the
+/// pipe up to its capacity, so neither side waits for the other's wake-up.
 async fn splice_one(
     from: &TcpStream,
     to: &TcpStream,
@@ -136,29 +136,51 @@ async fn splice_one(
     counter: &AtomicU64,
 ) -> io::Result<()> {
     let (from_fd, to_fd) = (from.as_raw_fd(), to.as_raw_fd());
+    let mut in_pipe = 0usize;
+    let mut eof = false;
     loop {
-        from.readable().await?;
-        let n = match from.try_io(Interest::READABLE, || {
-            splice::splice(from_fd, pipe.write_fd(), chunk)
-        }) {
-            Ok(0) => return splice::shutdown_write(to_fd),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
-        let mut left = n;
-        while left > 0 {
-            to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || {
-                splice::splice(pipe.read_fd(), to_fd, left)
+        // Move what is ready without waiting, in both directions.
+        let mut progressed = false;
+        if !eof && in_pipe < chunk {
+            match from.try_io(Interest::READABLE, || {
+                splice::splice(from_fd, pipe.write_fd(), chunk - in_pipe)
             }) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(m) => left -= m,
+                Ok(0) => eof = true,
+                Ok(n) => {
+                    in_pipe += n;
+                    progressed = true;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
         }
-        counter.fetch_add(n as u64, Relaxed);
+        if in_pipe > 0 {
+            match to.try_io(Interest::WRITABLE, || {
+                splice::splice(pipe.read_fd(), to_fd, in_pipe)
+            }) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(m) => {
+                    in_pipe -= m;
+                    counter.fetch_add(m as u64, Relaxed);
+                    progressed = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if eof && in_pipe == 0 {
+            return splice::shutdown_write(to_fd);
+        }
+        if progressed {
+            continue;
+        }
+        // Nothing was ready: wait for whichever side can move next.
+        let can_read = !eof && in_pipe < chunk;
+        let can_write = in_pipe > 0;
+        tokio::select! {
+            r = from.readable(), if can_read => r?,
+            w = to.writable(), if can_write => w?,
+        }
     }
 }
 
