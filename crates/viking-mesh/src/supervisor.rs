@@ -115,16 +115,38 @@ pub fn self_exe() -> Result<PathBuf> {
     std::env::current_exe().ctx(|| "finding the viking binary".to_string())
 }
 
-/// Whether process `pid` is alive and its command line contains `needle`
-/// (so a recycled pid is not mistaken for ours).
-pub fn alive_with(pid: i32, needle: &str) -> bool {
+/// Whether process `pid` is alive, is not this process, and its command
+/// line contains every one of `needles` (so a pid recycled after a reboot is
+/// not mistaken for ours).
+pub fn alive_with(pid: i32, needles: &[&str]) -> bool {
+    if pid <= 0 || pid as u32 == std::process::id() {
+        return false;
+    }
     match std::fs::read(format!("/proc/{pid}/cmdline")) {
         Ok(cmd) => {
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            cmd.contains(needle)
+            needles.iter().all(|n| cmd.contains(n))
         }
         Err(_) => false,
     }
+}
+
+/// What identifies each of our processes in its command line.
+fn needles(dd: &DataDir, what: &str) -> Vec<String> {
+    let dir = dd.dir.display().to_string();
+    match what {
+        "etcd" => vec!["etcd".into(), dd.etcd_dir().display().to_string()],
+        "server" => vec!["server".into(), "--data-dir".into(), dir],
+        // `viking mesh up`, or init/join/start --foreground.
+        _ => vec!["mesh ".into()],
+    }
+}
+
+fn is_ours(dd: &DataDir, what: &str, pid: i32) -> bool {
+    let n = needles(dd, what);
+    let refs: Vec<&str> = n.iter().map(|s| s.as_str()).collect();
+    alive_with(pid, &refs)
+        && (what != "mesh" || alive_with(pid, &["mesh up"]) || alive_with(pid, &["--foreground"]))
 }
 
 fn read_pid(path: &Path) -> Option<i32> {
@@ -142,22 +164,22 @@ fn signal(pid: i32, sig: i32) {
 
 /// The supervisor's pid, when one runs for this data directory.
 pub fn running(dd: &DataDir) -> Option<i32> {
-    read_pid(&dd.pid_file("mesh")).filter(|p| alive_with(*p, "mesh"))
+    read_pid(&dd.pid_file("mesh")).filter(|p| is_ours(dd, "mesh", *p))
 }
 
 /// Stop a process recorded in `<what>.pid` (if it is still ours): SIGTERM,
 /// then SIGKILL after `grace`.
-async fn stop_recorded(dd: &DataDir, what: &str, needle: &str, grace: Duration) {
+async fn stop_recorded(dd: &DataDir, what: &str, grace: Duration) {
     let file = dd.pid_file(what);
     if let Some(pid) = read_pid(&file) {
-        if alive_with(pid, needle) {
+        if is_ours(dd, what, pid) {
             log(format!("stopping {what} (pid {pid})"));
             signal(pid, libc::SIGTERM);
             let until = Instant::now() + grace;
-            while alive_with(pid, needle) && Instant::now() < until {
+            while is_ours(dd, what, pid) && Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            if alive_with(pid, needle) {
+            if is_ours(dd, what, pid) {
                 signal(pid, libc::SIGKILL);
             }
         }
@@ -196,10 +218,10 @@ pub fn spawn_detached(dd: &DataDir) -> Result<u32> {
 pub async fn stop(dd: &DataDir, etcd_container: bool) -> Result<bool> {
     let was_running = running(dd).is_some();
     // The supervisor stops its children itself; give it time for both.
-    stop_recorded(dd, "mesh", "mesh", STOP_GRACE * 2 + Duration::from_secs(2)).await;
+    stop_recorded(dd, "mesh", STOP_GRACE * 2 + Duration::from_secs(2)).await;
     // Children left by a supervisor that was killed.
-    stop_recorded(dd, "server", "server", STOP_GRACE).await;
-    stop_recorded(dd, "etcd", "etcd", STOP_GRACE).await;
+    stop_recorded(dd, "server", STOP_GRACE).await;
+    stop_recorded(dd, "etcd", STOP_GRACE).await;
     if etcd_container {
         if let Ok(MeshState {
             etcd: Some(EtcdRunner::Image(_)),
@@ -427,17 +449,15 @@ async fn refresh_endpoints(st: &mut MeshState, dd: &DataDir) {
 pub async fn up(dd: &DataDir, shutdown: impl Future<Output = ()>) -> Result<()> {
     let mut st = dd.load()?;
     if let Some(pid) = running(dd) {
-        if pid as u32 != std::process::id() {
-            return Err(MeshError::Failed(format!(
-                "the mesh supervisor already runs here (pid {pid}); `viking mesh stop` stops it"
-            )));
-        }
+        return Err(MeshError::Failed(format!(
+            "the mesh supervisor already runs here (pid {pid}); `viking mesh stop` stops it"
+        )));
     }
     std::fs::write(dd.pid_file("mesh"), format!("{}\n", std::process::id()))
         .ctx(|| format!("writing {}", dd.pid_file("mesh").display()))?;
     // Leftovers of a supervisor that was killed.
-    stop_recorded(dd, "server", "server", STOP_GRACE).await;
-    stop_recorded(dd, "etcd", "etcd", STOP_GRACE).await;
+    stop_recorded(dd, "server", STOP_GRACE).await;
+    stop_recorded(dd, "etcd", STOP_GRACE).await;
     log(format!(
         "starting {} ({:?}) in {}",
         st.name,

@@ -175,6 +175,12 @@ fn mesh_forms_survives_a_node_loss_and_shrinks() {
     wait("three servers alive", Duration::from_secs(20), || {
         alive_servers(&status(n2)) == ["n1", "n2", "n3"]
     });
+    let table = sh_ok(n3, "viking mesh status");
+    assert!(
+        table.contains("ETCD MEMBER") && table.contains("leader"),
+        "{table}"
+    );
+    eprintln!("{table}");
     // etcd itself agrees.
     let list = sh_ok(n2, "ETCDCTL_API=3 etcdctl member list");
     assert_eq!(list.lines().count(), 3, "{list}");
@@ -419,10 +425,19 @@ fn mesh_runs_etcd_as_a_container_with_a_restart_policy() {
 
     // etcd dies inside its container: Docker starts it again.
     sh_ok(n2, "pkill -x etcd");
-    wait("etcd on n2 restarted by Docker", Duration::from_secs(30), || {
-        let v = status(n1);
-        all_healthy(&v) && member_names(&v) == ["n1", "n2"]
-    });
+    wait(
+        "etcd on n2 restarted by Docker",
+        Duration::from_secs(30),
+        || {
+            let restarts = n2.sh("docker inspect -f '{{.RestartCount}}' viking-etcd");
+            let restarts: u32 = String::from_utf8_lossy(&restarts.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            let v = status(n1);
+            restarts >= 1 && all_healthy(&v) && member_names(&v) == ["n1", "n2"]
+        },
+    );
     sh_ok(
         n1,
         &format!("viking run -d --name c1 --viking-host n2 {BUSYBOX} sleep 1000"),
