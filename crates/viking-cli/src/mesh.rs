@@ -79,11 +79,12 @@ pub struct MeshMachineArgs {
     /// Where the viking server listens (default 0.0.0.0:8791).
     #[arg(long)]
     pub listen: Option<String>,
-    /// Run etcd as a child process from this binary (default: `etcd` on PATH).
+    /// Run etcd as a supervised child process from this binary, instead of a
+    /// container.
     #[arg(long, conflicts_with = "etcd_image")]
     pub etcd_binary: Option<PathBuf>,
     /// Run etcd as a container of this image on the local Docker engine,
-    /// with a restart policy.
+    /// with a restart policy (default: quay.io/coreos/etcd:v3.5.17).
     #[arg(long)]
     pub etcd_image: Option<String>,
     /// Stay in the foreground (the supervisor runs in this process).

@@ -196,19 +196,14 @@ fn etcd_runner(binary: Option<PathBuf>, image: Option<String>) -> Result<EtcdRun
         }
         return Ok(EtcdRunner::Binary(b));
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("etcd"))
-        .find(|p| p.is_file())
-        .map(EtcdRunner::Binary)
-        .ok_or_else(|| {
-            MeshError::Invalid(
-                "no `etcd` on PATH: install etcd (Debian: apt-get install etcd-server), \
-                 or pass --etcd-binary PATH or --etcd-image IMAGE"
-                    .into(),
-            )
-        })
+    // The default: etcd's official image, as a container with a restart
+    // policy on this machine's Docker engine, which survives a reboot.
+    Ok(EtcdRunner::Image(DEFAULT_ETCD_IMAGE.to_string()))
 }
+
+/// The etcd image used when neither `--etcd-image` nor `--etcd-binary` is
+/// given: the etcd project's official release image.
+pub const DEFAULT_ETCD_IMAGE: &str = "quay.io/coreos/etcd:v3.5.17";
 
 /// The last `n` lines of `<data-dir>/<what>.log`.
 fn tail(dd: &DataDir, what: &str, n: usize) -> String {

@@ -14,6 +14,9 @@ use viking_testkit::{Cluster, ClusterOpts, Node};
 const BUSYBOX: &str = "viking-test/busybox";
 /// Faster failover than the defaults, passed to every `viking server`.
 const SERVER_ARGS: &str = "-- --host-ttl 2 --resync 2 --backoff 0.5";
+/// etcd as a supervised process from Debian's package (the default, etcd's
+/// official image, cannot be pulled here).
+const ETCD: &str = "--etcd-binary /usr/bin/etcd";
 
 fn bare(n: usize) -> Cluster {
     Cluster::start(
@@ -142,7 +145,7 @@ fn placements(n: &Node) -> std::collections::BTreeMap<String, String> {
 fn init(n1: &Node) -> String {
     let out = sh_ok(
         n1,
-        &format!("viking mesh init --ip {} {SERVER_ARGS}", n1.ip()),
+        &format!("viking mesh init --ip {} {ETCD} {SERVER_ARGS}", n1.ip()),
     );
     let join = out
         .lines()
@@ -163,9 +166,9 @@ fn mesh_forms_survives_a_node_loss_and_shrinks() {
     // Three machines: init, then the printed command on the other two.
     let join = init(n1);
     let t = Instant::now();
-    let out = sh_ok(n2, &format!("{join} {SERVER_ARGS}"));
+    let out = sh_ok(n2, &format!("{join} {ETCD} {SERVER_ARGS}"));
     assert!(out.contains("as an etcd member"), "{out}");
-    let out = sh_ok(n3, &format!("{join} {SERVER_ARGS}"));
+    let out = sh_ok(n3, &format!("{join} {ETCD} {SERVER_ARGS}"));
     assert!(out.contains("as an etcd member"), "{out}");
     eprintln!("n2 and n3 joined: {:.1?}", t.elapsed());
 
@@ -274,7 +277,7 @@ fn mesh_forms_survives_a_node_loss_and_shrinks() {
     );
 
     // A fourth machine joins as a server only: etcd stays at three.
-    let out = sh_ok(n4, &format!("{join} {SERVER_ARGS}"));
+    let out = sh_ok(n4, &format!("{join} {ETCD} {SERVER_ARGS}"));
     assert!(out.contains("as a viking server"), "{out}");
     assert!(
         !n4.sh("pgrep -x etcd").status.success(),
@@ -347,13 +350,13 @@ fn mesh_refuses_bad_joins_and_leaves_nothing_behind() {
     };
 
     // A second init on an initialised machine.
-    let err = sh_fails(n1, &format!("viking mesh init --ip {}", n1.ip()));
+    let err = sh_fails(n1, &format!("viking mesh init --ip {} {ETCD}", n1.ip()));
     assert!(err.contains("already part of a mesh"), "{err}");
     assert!(all_healthy(&status(n1)));
 
     // A wrong token.
     let wrong = join.replace(&token, "0123456789abcdef0123456789abcdef");
-    let err = sh_fails(n2, &wrong);
+    let err = sh_fails(n2, &format!("{wrong} {ETCD}"));
     assert!(err.contains("token was refused"), "{err}");
     nothing_left(n2);
 
@@ -361,25 +364,25 @@ fn mesh_refuses_bad_joins_and_leaves_nothing_behind() {
     let t = Instant::now();
     let err = sh_fails(
         n2,
-        &format!("viking mesh join {}:9 --token {token}", n1.ip()),
+        &format!("viking mesh join {}:9 --token {token} {ETCD}", n1.ip()),
     );
     assert!(err.contains("cannot reach"), "{err}");
     eprintln!("unreachable address refused in {:.1?}", t.elapsed());
     nothing_left(n2);
 
     // A name already in the mesh.
-    let err = sh_fails(n2, &format!("{join} --name n1"));
+    let err = sh_fails(n2, &format!("{join} --name n1 {ETCD}"));
     assert!(err.contains("already in the mesh"), "{err}");
     nothing_left(n2);
 
     // And the right command still works after all that.
-    let out = sh_ok(n2, &join);
+    let out = sh_ok(n2, &format!("{join} {ETCD}"));
     assert!(out.contains("as an etcd member"), "{out}");
     let v = status(n1);
     assert_eq!(member_names(&v), ["n1", "n2"], "{v:#}");
     assert!(all_healthy(&v), "{v:#}");
     // A second join on a joined machine.
-    let err = sh_fails(n2, &join);
+    let err = sh_fails(n2, &format!("{join} {ETCD}"));
     assert!(err.contains("already part of a mesh"), "{err}");
 }
 
