@@ -213,6 +213,13 @@ where
         };
         let _ = tx.send(last);
     });
+    ndjson(rx)
+}
+
+/// A streamed answer: one JSON value per line, as the channel yields them.
+fn ndjson<T: serde::Serialize + Send + 'static>(
+    rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> ApiResult<Response> {
     let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|line| {
         let mut v = serde_json::to_vec(&line).unwrap_or_default();
         v.push(b'\n');
@@ -278,16 +285,7 @@ async fn push(State(sh): State<Arc<Shared>>, body: axum::body::Bytes) -> ApiResu
         };
         let _ = tx.send(last);
     });
-    let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|line| {
-        let mut v = serde_json::to_vec(&line).unwrap_or_default();
-        v.push(b'\n');
-        Ok::<_, std::convert::Infallible>(v)
-    });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .body(Body::from_stream(stream))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    ndjson(rx)
 }
 
 /// A JSON body, or a 400 that says what is wrong with it.

@@ -29,7 +29,7 @@ use viking_store::{Compare, Op, StoreExt};
 
 use crate::api::ApiError;
 use crate::jobs::{self, Target};
-use crate::{now_ms, Shared};
+use crate::Shared;
 
 /// Place an interactive job, claim its name for the chosen host, then run
 /// it here or attach through the host that runs it.
@@ -116,23 +116,8 @@ fn switching() -> Response {
 /// revision.
 async fn claim(sh: &Shared, job: &Job, node: &str) -> Result<i64, ApiError> {
     let rec = PsRecord {
-        job: job.name.clone(),
-        node: node.to_string(),
-        container_id: String::new(),
-        image: job.image.clone(),
-        image_id: String::new(),
-        command: job.command.clone(),
-        daemonize: false,
         status: "created".to_string(),
-        exit_code: None,
-        error: None,
-        ports: vec![],
-        created_at: now_ms(),
-        started_at: None,
-        finished_at: None,
-        restarts: 0,
-        crash_streak: 0,
-        last_exit: None,
+        ..jobs::starting_record(job, node)
     };
     let r = sh
         .store
