@@ -11,8 +11,8 @@
 //!   `N mod 3` (round robin). Two rounds: one client issuing the 30 requests
 //!   sequentially, then 3 clients (one per node) each issuing its 10
 //!   sequentially. The jobs are removed after each round.
-//! * baseline: 10 plain `docker run -d` inside n1, timed there: the engine's
-//!   own cost of starting one container, which a viking request cannot beat.
+//! * baseline (measured first): 10 plain `docker run -d` inside n1, timed
+//!   there: the engine's own cost of starting one container.
 //! * swarm: the same nodes form a swarm (n1 manager, n2 and n3 workers); from
 //!   the first `docker service create --detach --no-resolve-image --name sN
 //!   viking-test/busybox sleep 100000` (30 services, one replica each, issued
@@ -20,6 +20,12 @@
 //!   30 services at 1/1 (polled every 100 ms). The commands run in one shell
 //!   inside n1 and time themselves, so `docker exec` is not counted. The
 //!   image is in every node's engine (the harness loads it).
+//!
+//! Each round also records the CPU time it cost, per job and by part: the
+//! node containers' cgroups (engines, viking servers, the docker CLI in n1),
+//! the viking servers alone, the cluster's etcd, and the commands run on the
+//! host (the viking CLIs; `docker exec` into n1 for swarm); and how busy the
+//! machine was (the nodes share its CPUs).
 //!
 //! The services are removed and the swarm left before the cluster is torn
 //! down (also when the bench fails half-way).
@@ -51,6 +57,8 @@ struct Timing {
     spread: BTreeMap<String, usize>,
     /// Median time one request took to be answered, when known.
     request: Option<Duration>,
+    /// CPU used from the first request until every job ran.
+    cpu: Cpu,
 }
 
 fn stdout(o: &std::process::Output) -> String {
@@ -59,6 +67,134 @@ fn stdout(o: &std::process::Output) -> String {
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// CPU time used so far, by part (seconds), and the machine's busy/total ticks.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    /// Everything in the three node containers' cgroups: dockerd,
+    /// containerd, shims, runc, the viking servers, the docker CLI in a node.
+    nodes: f64,
+    /// Of which the viking servers.
+    servers: f64,
+    /// The cluster's etcd (on the host).
+    etcd: f64,
+    /// The commands this process ran and waited for on the host: the viking
+    /// CLIs, and `docker exec` / `docker inspect` (swarm's CLI runs in n1).
+    cli: f64,
+    /// The machine: busy and total ticks of all CPUs.
+    busy_ticks: u64,
+    total_ticks: u64,
+}
+
+/// /proc/<pid>/stat counts in USER_HZ, which is 100 on every Linux.
+const USER_HZ: f64 = 100.0;
+
+impl Cpu {
+    fn sample(c: &Cluster) -> Result<Cpu> {
+        let stat = std::fs::read_to_string("/proc/stat").context("/proc/stat")?;
+        let f: Vec<u64> = stat
+            .lines()
+            .next()
+            .context("empty /proc/stat")?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|x| x.parse().context("/proc/stat field"))
+            .collect::<Result<_>>()?;
+        let total_ticks: u64 = f.iter().sum();
+        let mut cpu = Cpu {
+            busy_ticks: total_ticks - f[3] - f[4],
+            total_ticks,
+            ..Cpu::default()
+        };
+        for n in c.nodes() {
+            cpu.nodes += node_cgroup_cpu(n)?;
+            let out = n.sh("cat /proc/$(cat /run/viking.pid)/stat");
+            cpu.servers += proc_stat_cpu(&stdout(&out), 13)?;
+        }
+        let me = std::fs::read_to_string("/proc/self/stat").context("/proc/self/stat")?;
+        cpu.cli = proc_stat_cpu(&me, 15)?;
+        cpu.etcd = etcd_cpu(c.etcd_endpoint())?;
+        Ok(cpu)
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            nodes: self.nodes - before.nodes,
+            servers: self.servers - before.servers,
+            etcd: self.etcd - before.etcd,
+            cli: self.cli - before.cli,
+            busy_ticks: self.busy_ticks - before.busy_ticks,
+            total_ticks: self.total_ticks - before.total_ticks,
+        }
+    }
+
+    /// How busy the machine's CPUs were (0..1).
+    fn busy(&self) -> f64 {
+        self.busy_ticks as f64 / self.total_ticks.max(1) as f64
+    }
+}
+
+/// Two CPU-time fields of a /proc/<pid>/stat line, from 0-based field `i`
+/// counted after the command name (13: utime + stime, 15: cutime + cstime).
+fn proc_stat_cpu(stat: &str, i: usize) -> Result<f64> {
+    let rest = stat
+        .rsplit_once(')')
+        .with_context(|| format!("bad /proc stat line {stat:?}"))?
+        .1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); field k (1-based) is f[k - 3].
+    let get = |k: usize| -> Result<f64> {
+        let v: u64 = f
+            .get(k - 3)
+            .context("short /proc stat line")?
+            .parse()
+            .context("/proc stat field")?;
+        Ok(v as f64 / USER_HZ)
+    };
+    Ok(get(i + 1)? + get(i + 2)?)
+}
+
+/// CPU seconds used by everything in a node container's cgroup (v1 or v2).
+fn node_cgroup_cpu(n: &Node) -> Result<f64> {
+    let id = viking_testkit::host_docker(["inspect", "-f", "{{.Id}}", n.container()])?;
+    let v1 = format!("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage");
+    if let Ok(ns) = std::fs::read_to_string(&v1) {
+        return Ok(ns.trim().parse::<f64>().context("cpuacct.usage")? / 1e9);
+    }
+    for v2 in [
+        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/cpu.stat"),
+        format!("/sys/fs/cgroup/docker/{id}/cpu.stat"),
+    ] {
+        if let Ok(stat) = std::fs::read_to_string(&v2) {
+            let us = stat
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .context("cpu.stat without usage_usec")?;
+            return Ok(us.trim().parse::<f64>().context("usage_usec")? / 1e6);
+        }
+    }
+    bail!("no cgroup CPU accounting found for {}", n.container())
+}
+
+/// CPU seconds used by the etcd listening on `endpoint` (found by its command line).
+fn etcd_cpu(endpoint: &str) -> Result<f64> {
+    for e in std::fs::read_dir("/proc").context("/proc")? {
+        let path = e?.path();
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let listens = args
+            .windows(2)
+            .any(|w| w[0] == b"--listen-client-urls" && w[1] == endpoint.as_bytes());
+        if listens {
+            let stat = std::fs::read_to_string(path.join("stat")).context("etcd stat")?;
+            return proc_stat_cpu(&stat, 13);
+        }
+    }
+    bail!("no etcd process listening on {endpoint}")
 }
 
 fn median(mut v: Vec<Duration>) -> Option<Duration> {
@@ -119,6 +255,7 @@ fn bench_viking(c: &Cluster, jobs: usize, workers: usize) -> Result<Timing> {
                 running: elapsed,
                 spread,
                 request: median(all),
+                cpu: Cpu::default(),
             });
         }
         if t0.elapsed() > TIMEOUT {
@@ -275,6 +412,7 @@ echo "total $((t1 - t0)) $((t2 - t0))"
         running,
         spread,
         request: median(creates),
+        cpu: Cpu::default(),
     })
 }
 
@@ -284,6 +422,14 @@ fn pull_attempt(n: &Node) -> (Duration, bool) {
     let t0 = Instant::now();
     let ok = n.docker(["pull", IMAGE]).status.success();
     (t0.elapsed(), ok)
+}
+
+/// Runs a benchmark phase and records the machine's CPU use during it.
+fn measured(c: &Cluster, f: impl FnOnce() -> Result<Timing>) -> Result<Timing> {
+    let before = Cpu::sample(c)?;
+    let mut t = f()?;
+    t.cpu = Cpu::sample(c)?.since(before);
+    Ok(t)
 }
 
 fn spread(t: &Timing) -> String {
@@ -302,8 +448,8 @@ fn env_usize(var: &str, default: usize) -> usize {
 }
 
 fn main() -> Result<()> {
-    let jobs = env_usize("SWARM_START_JOBS", 30);
-    let workers = env_usize("SWARM_START_CONCURRENCY", 3);
+    let jobs = env_usize("SWARM_START_JOBS", 30).max(1);
+    let workers = env_usize("SWARM_START_CONCURRENCY", 3).max(1);
     let viking_bin = match std::env::var_os("VIKING_BIN") {
         Some(p) => PathBuf::from(p),
         None => PathBuf::from(env!("CARGO_BIN_EXE_viking")),
@@ -317,21 +463,21 @@ fn main() -> Result<()> {
         },
     )?;
 
-    eprintln!("swarm_start: viking, {jobs} jobs, sequentially");
-    let v_seq = bench_viking(&c, jobs, 1)?;
-    viking_rm(&c, jobs)?;
-    eprintln!("swarm_start: viking, {jobs} jobs, {workers} clients");
-    let v_par = bench_viking(&c, jobs, workers)?;
-    viking_rm(&c, jobs)?;
     eprintln!("swarm_start: docker run -d in n1 (the engine's floor)");
     let floor = engine_run(c.node(0), 10)?;
+    eprintln!("swarm_start: viking, {jobs} jobs, sequentially");
+    let v_seq = measured(&c, || bench_viking(&c, jobs, 1))?;
+    viking_rm(&c, jobs)?;
+    eprintln!("swarm_start: viking, {jobs} jobs, {workers} clients");
+    let v_par = measured(&c, || bench_viking(&c, jobs, workers))?;
+    viking_rm(&c, jobs)?;
 
     eprintln!("swarm_start: swarm init");
     let _guard = SwarmGuard(&c);
     swarm_init(&c)?;
     let (pull, pulled) = pull_attempt(c.node(0));
     eprintln!("swarm_start: swarm, {jobs} services");
-    let s = bench_swarm(&c, jobs)?;
+    let s = measured(&c, || bench_swarm(&c, jobs))?;
 
     let ratio = |v: &Timing| v.running.as_secs_f64() / s.running.as_secs_f64();
     let ms =
@@ -342,9 +488,10 @@ fn main() -> Result<()> {
     println!();
     println!("| | all requests answered | all running | median request | spread | /swarm |");
     println!("|---|---:|---:|---:|---|---:|");
+    let clients = format!("viking, {workers} clients (one per node), round robin");
     let rows = [
         ("viking, 1 client (sequential), round robin n1..n3", &v_seq),
-        ("viking, 3 clients (one per node), round robin", &v_par),
+        (clients.as_str(), &v_par),
         (
             "swarm, `docker service create --detach` on n1, sequential",
             &s,
@@ -361,6 +508,24 @@ fn main() -> Result<()> {
         );
     }
     println!();
+    println!("CPU per job (ms) while the jobs started, by part:");
+    println!();
+    println!("| | machine busy | nodes | of which viking servers | etcd (host) | CLIs on the host | total |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (what, t) in rows {
+        let per_job = |x: f64| format!("{:.0}", x * 1e3 / jobs as f64);
+        let u = &t.cpu;
+        println!(
+            "| {what} | {:.0}% | {} | {} | {} | {} | {} |",
+            u.busy() * 100.0,
+            per_job(u.nodes),
+            per_job(u.servers),
+            per_job(u.etcd),
+            per_job(u.cli),
+            per_job(u.nodes + u.etcd + u.cli),
+        );
+    }
+    println!();
     println!(
         "viking/swarm, sequential = {:.2}, {workers} clients = {:.2} (target <= {TARGET_RATIO}): {}, {}",
         ratio(&v_seq),
@@ -369,8 +534,8 @@ fn main() -> Result<()> {
         verdict(ratio(&v_par)),
     );
     println!(
-        "engine floor: `docker run -d` inside n1 takes {} (median of 10); a registry pull of {IMAGE} \
-         in a node {} after {:.2} s (swarm attempts one per task)",
+        "engine floor: `docker run -d` inside n1 takes {} (median of 10, before the rounds); \
+         a registry pull of {IMAGE} in a node {} after {:.2} s (swarm attempts one per task)",
         ms(Some(floor)),
         if pulled { "succeeded" } else { "failed" },
         pull.as_secs_f64()
