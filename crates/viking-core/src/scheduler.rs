@@ -14,6 +14,7 @@
 //! 5. ports: a host port the job publishes is free on the host.
 
 use std::collections::BTreeSet;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +47,8 @@ pub struct Rejection {
 pub struct Decision {
     /// The chosen host; `None` when no host can take the job.
     pub host: Option<String>,
-    /// Every host that was rejected, with its reason, in host-name order.
+    /// Every host that was rejected, with its reason, in host-name order:
+    /// always from [`explain`]; from [`place`] only when no host was chosen.
     pub rejected: Vec<Rejection>,
     /// Set when a fixed job's host is known but not alive: the job waits.
     pub waiting_for: Option<String>,
@@ -70,21 +72,44 @@ impl Decision {
     }
 }
 
-/// Pick a host for `job`. Hosts must have distinct names.
+/// Pick a host for `job`: the hot path. Hosts must have distinct names.
+///
+/// A host is only put through the filters when it would rank better than
+/// the best one so far, and no reasons are written down while a host is
+/// found; when none is, the answer is [`explain`]'s, with every host's
+/// reason.
 pub fn place(job: &Job, hosts: &[HostSnapshot], history: Option<&History>) -> Decision {
-    let fixed_to = if job.fixed {
-        history.and_then(|h| h.last_node())
-    } else {
-        None
-    };
+    let fixed_to = fixed_host(job, history);
+    let mut best: Option<&HostSnapshot> = None;
+    for h in hosts {
+        if best.is_some_and(|b| rank(h) >= rank(b)) {
+            continue;
+        }
+        if reject(job, fixed_to, h).is_none() {
+            best = Some(h);
+        }
+    }
+    match best {
+        Some(h) => Decision {
+            host: Some(h.name.clone()),
+            rejected: Vec::new(),
+            waiting_for: None,
+        },
+        None => explain(job, hosts, history),
+    }
+}
+
+/// Pick a host for `job` and record why every other host was rejected (what
+/// `viking run --dry-run` shows). Chooses the same host as [`place`].
+pub fn explain(job: &Job, hosts: &[HostSnapshot], history: Option<&History>) -> Decision {
+    let fixed_to = fixed_host(job, history);
     let mut rejected = Vec::new();
     let mut best: Option<&HostSnapshot> = None;
     for h in hosts {
-        let reason = reject(job, fixed_to, h);
-        match reason {
+        match reject(job, fixed_to, h) {
             Some(reason) => rejected.push(Rejection {
                 host: h.name.clone(),
-                reason,
+                reason: reason.to_string(),
             }),
             None => {
                 if best.is_none_or(|b| rank(h) < rank(b)) {
@@ -110,25 +135,55 @@ pub fn place(job: &Job, hosts: &[HostSnapshot], history: Option<&History>) -> De
     }
 }
 
+/// The host a fixed job must return to.
+fn fixed_host<'a>(job: &Job, history: Option<&'a History>) -> Option<&'a str> {
+    if job.fixed {
+        history.and_then(|h| h.last_node())
+    } else {
+        None
+    }
+}
+
+/// Why a host was rejected; written out only when someone asks.
+enum Reason<'a> {
+    NotAlive,
+    Pinned(&'a str),
+    MissingTag(&'a str),
+    Fixed(&'a str),
+    PortTaken(u16),
+}
+
+impl fmt::Display for Reason<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::NotAlive => write!(f, "host is not alive"),
+            Reason::Pinned(h) => write!(f, "job is pinned to host {h:?}"),
+            Reason::MissingTag(t) => write!(f, "missing tag {t:?}"),
+            Reason::Fixed(h) => write!(f, "job is fixed to host {h:?}"),
+            Reason::PortTaken(p) => write!(f, "host port {p} is already taken"),
+        }
+    }
+}
+
 /// The filter pipeline, cheapest first: why `h` cannot take `job`, if it
 /// cannot.
-fn reject(job: &Job, fixed_to: Option<&str>, h: &HostSnapshot) -> Option<String> {
+fn reject<'a>(job: &'a Job, fixed_to: Option<&'a str>, h: &HostSnapshot) -> Option<Reason<'a>> {
     if !h.alive {
-        return Some("host is not alive".to_string());
+        return Some(Reason::NotAlive);
     }
     if let Some(pin) = job.host.as_deref().filter(|p| *p != h.name) {
-        return Some(format!("job is pinned to host {pin:?}"));
+        return Some(Reason::Pinned(pin));
     }
     if let Some(missing) = job.filter.iter().find(|t| !h.tags.contains(*t)) {
-        return Some(format!("missing tag {missing:?}"));
+        return Some(Reason::MissingTag(missing));
     }
     if let Some(f) = fixed_to.filter(|f| *f != h.name) {
-        return Some(format!("job is fixed to host {f:?}"));
+        return Some(Reason::Fixed(f));
     }
     job.ports
         .iter()
         .find_map(|p| p.host.filter(|hp| h.used_ports.contains(&(*hp, p.proto))))
-        .map(|p| format!("host port {p} is already taken"))
+        .map(Reason::PortTaken)
 }
 
 /// Lower is better: fewer running jobs, then more free memory, then name.
@@ -186,7 +241,7 @@ mod tests {
         let mut busy_port = host("p", 0, &["ssd"]);
         busy_port.used_ports.insert((8080, Proto::Tcp));
         let hosts = [dead, busy_port, host("t", 0, &[]), host("ok", 5, &["ssd"])];
-        let d = place(
+        let d = explain(
             &job(r#"{"name":"w","image":"x","ports":["8080:80"],"filter":"ssd"}"#),
             &hosts,
             None,
@@ -249,7 +304,8 @@ mod tests {
                 h
             }).collect();
             let j = if want_tag { job(r#"{"image":"x","filter":"t"}"#) } else { job(r#"{"image":"x"}"#) };
-            let d = place(&j, &hosts, None);
+            let d = explain(&j, &hosts, None);
+            prop_assert_eq!(&place(&j, &hosts, None).host, &d.host);
             let eligible: Vec<&HostSnapshot> = hosts.iter().filter(|h| h.alive && (!want_tag || h.tags.contains("t"))).collect();
             match &d.host {
                 Some(name) => {

@@ -63,14 +63,17 @@ pub async fn snapshot(sh: &Shared) -> ApiResult<Vec<HostSnapshot>> {
                 .insert(p.job.name.as_str());
         }
     }
+    // Host ports in use, per host, in one pass over viking-ps.
+    let mut ports: std::collections::HashMap<&str, BTreeSet<(u16, viking_core::Proto)>> =
+        Default::default();
+    for p in ps.iter().filter(|p| p.is_running()) {
+        let set = ports.entry(p.node.as_str()).or_default();
+        set.extend(p.ports.iter().map(|pp| (pp.host_port, pp.proto())));
+    }
     Ok(hosts
         .into_iter()
         .map(|h| {
-            let used_ports = ps
-                .iter()
-                .filter(|p| p.node == h.host.name && p.is_running())
-                .flat_map(|p| p.ports.iter().map(|pp| (pp.host_port, pp.proto())))
-                .collect::<BTreeSet<_>>();
+            let used_ports = ports.remove(h.host.name.as_str()).unwrap_or_default();
             HostSnapshot {
                 name: h.host.name.clone(),
                 alive: h.alive,
@@ -91,16 +94,21 @@ async fn history(sh: &Shared, name: &str) -> ApiResult<(History, i64)> {
     }
 }
 
-/// Ask dowding where `job` goes.
-pub async fn place(sh: &Shared, job: &Job) -> ApiResult<scheduler::Decision> {
+/// Ask dowding where `job` goes; with `explain`, why every other host
+/// would not take it.
+pub async fn place(sh: &Shared, job: &Job, explain: bool) -> ApiResult<scheduler::Decision> {
     let hosts = snapshot(sh).await?;
     let (hist, _) = history(sh, &job.name).await?;
-    Ok(scheduler::place(job, &hosts, Some(&hist)))
+    Ok(if explain {
+        scheduler::explain(job, &hosts, Some(&hist))
+    } else {
+        scheduler::place(job, &hosts, Some(&hist))
+    })
 }
 
 /// Where the job would run, without running it.
 pub async fn dry_run(sh: &Shared, job: Job) -> ApiResult<DryRunResponse> {
-    let d = place(sh, &job).await?;
+    let d = place(sh, &job, true).await?;
     Ok(DryRunResponse {
         job,
         host: d.host,
@@ -121,7 +129,7 @@ pub enum Target {
 /// Ask dowding, and turn its answer into a [`Target`] or the reasons no
 /// host can take the job.
 pub async fn choose(sh: &Shared, job: &Job) -> ApiResult<Target> {
-    let d = place(sh, job).await?;
+    let d = place(sh, job, false).await?;
     match (d.host.clone(), d.waiting_for.clone()) {
         (Some(h), _) if h == sh.config.name => Ok(Target::Here),
         (Some(h), _) => match crate::floki::host(sh, &h).await? {
