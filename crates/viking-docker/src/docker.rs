@@ -187,6 +187,10 @@ impl Runtime for DockerRuntime {
         })
     }
 
+    async fn ping(&self) -> Result<()> {
+        self.docker.ping().await.map(|_| ()).map_err(err)
+    }
+
     async fn image_id(&self, image: &str) -> Result<Option<String>> {
         match self.docker.inspect_image(image).await {
             Ok(i) => Ok(i.id),

@@ -166,6 +166,8 @@ pub struct Attached {
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     async fn info(&self) -> Result<EngineInfo>;
+    /// Whether the engine answers (cheap: for liveness checks).
+    async fn ping(&self) -> Result<()>;
     /// The image's id if the engine has it.
     async fn image_id(&self, image: &str) -> Result<Option<String>>;
     /// Pull an image; each item is a line of progress.

@@ -207,6 +207,9 @@ async fn resync_inner(sh: &Shared, initial: bool) -> anyhow::Result<()> {
         .collect();
 
     let ids: HashSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+    let running = containers.iter().filter(|c| c.status == "running").count() as u64;
+    sh.running
+        .store(running, std::sync::atomic::Ordering::Relaxed);
     for c in &containers {
         let rec = records.get(&c.job).cloned();
         if let Err(e) = apply_rules(sh, c, rec, procs.contains(&c.job)).await {

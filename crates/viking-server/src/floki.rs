@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use viking_client::api::HostView;
 use viking_core::keys;
-use viking_core::records::{decode, encode, HostRecord, PsRecord};
+use viking_core::records::{decode, encode, HostRecord};
 use viking_store::{Election, LeaseId, Op, StoreError};
 
 use crate::api::{list_records, ApiError};
@@ -46,17 +46,8 @@ pub async fn list(sh: &Shared) -> Result<Vec<HostView>, ApiError> {
 }
 
 async fn record(sh: &Shared) -> HostRecord {
-    let (cpus, memory) = match sh.runtime.info().await {
-        Ok(i) => (i.cpus, i.memory),
-        Err(_) => (0, 0),
-    };
-    let running = match list_records::<PsRecord>(sh.store.as_ref(), keys::PS).await {
-        Ok(v) => v
-            .iter()
-            .filter(|p| p.node == sh.config.name && p.is_running())
-            .count() as u64,
-        Err(_) => 0,
-    };
+    let (cpus, memory) = (sh.engine.cpus, sh.engine.memory);
+    let running = sh.running.load(std::sync::atomic::Ordering::Relaxed);
     HostRecord {
         name: sh.config.name.clone(),
         ip: sh.config.ip.clone(),
@@ -114,7 +105,7 @@ pub async fn register(sh: Arc<Shared>, first: LeaseId) {
     let mut last_publish = tokio::time::Instant::now();
     let mut docker_down_since: Option<tokio::time::Instant> = None;
     loop {
-        let docker_ok = tokio::time::timeout(beat.max(Duration::from_secs(1)), sh.runtime.info())
+        let docker_ok = tokio::time::timeout(beat.max(Duration::from_secs(1)), sh.runtime.ping())
             .await
             .is_ok_and(|r| r.is_ok());
         if docker_ok {

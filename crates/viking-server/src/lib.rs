@@ -55,6 +55,11 @@ pub struct Shared {
     pub config: ServerConfig,
     pub store: Arc<dyn Store>,
     pub runtime: Arc<dyn Runtime>,
+    /// The engine's capacity, read once at start (it does not change).
+    pub engine: viking_docker::EngineInfo,
+    /// Running containers of viking jobs on this host, as of the agent's
+    /// last resync (floki's load figure).
+    pub running: std::sync::atomic::AtomicU64,
     pub token: String,
     pub started_at: u64,
     /// Names of the interactive jobs attached on this server right now. A
@@ -124,11 +129,17 @@ pub async fn prepare(config: ServerConfig) -> anyhow::Result<Prepared> {
         )
     };
     let embassy_addr = services::bind_address(config.embassy_bind, &runtime).await;
+    let engine = runtime
+        .info()
+        .await
+        .context("asking Docker for its capacity")?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         config,
         store,
         runtime: Arc::new(runtime),
+        engine,
+        running: std::sync::atomic::AtomicU64::new(0),
         token,
         started_at: now_ms(),
         sessions: Mutex::new(HashSet::new()),

@@ -164,10 +164,9 @@ fn docker_volume_keeps_engine_state_across_restart() {
     assert_eq!(names, "keep\n");
 }
 
-/// Needs a working `viking server` (build it first: `cargo build -p viking`);
-/// run with `cargo test -p viking-testkit -- --ignored`.
+/// Needs the `viking` binary built first (`scripts/test.sh` builds every
+/// target before it tests).
 #[test]
-#[ignore = "needs a working viking server"]
 fn cluster_with_servers_answers_ping() {
     let t0 = Instant::now();
     let c = Cluster::start(3, ClusterOpts::default()).expect("cluster with servers");
