@@ -169,6 +169,7 @@ fn main() {
                             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
                     )
                     .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .init();
                 match server(a).await {
                     Ok(()) => 0,
