@@ -259,7 +259,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let rt = builder.enable_all().build()?;
     let mut embassies = Vec::new();
-    for copy in [CopyMode::Splice, CopyMode::Buffered] {
+    for copy in [CopyMode::Adaptive, CopyMode::Splice, CopyMode::Buffered] {
         let name = format!(
             "embassy ({}, {} KiB)",
             format!("{copy:?}").to_lowercase(),

@@ -2,6 +2,11 @@
 //! port), brings it in line with a [`RoutingTable`] on [`Embassy::apply`],
 //! swaps each route's endpoints atomically, exposes per-route stats and shuts
 //! everything down gracefully.
+//!
+//! Listeners and connections run on embassy's own thread, a single-threaded
+//! tokio runtime: a byte that arrives is forwarded by the thread that was
+//! woken for it, never handed to another worker, which is what keeps the
+//! added latency low. The caller's runtime only drives `apply`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -22,12 +27,22 @@ use crate::table::{Route, RoutingTable};
 /// How bytes are moved between the client and the endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CopyMode {
-    /// Zero-copy through a kernel pipe with `splice(2)` (the default: the
-    /// fastest on Linux, see the crate's benchmark).
+    /// Zero-copy through a kernel pipe with `splice(2)`: the least CPU per
+    /// byte.
     Splice,
-    /// Read into a user-space buffer and write it out.
+    /// Read into a user-space buffer and write it out: the lowest latency
+    /// for small messages.
     Buffered,
+    /// Each direction starts buffered and switches to splice once it has
+    /// carried [`ADAPTIVE_SWITCH`] bytes (the default): small exchanges get
+    /// the buffered path's latency, bulk transfers splice's economy, and an
+    /// idle or chatty connection holds no pipes.
+    Adaptive,
 }
+
+/// Bytes a direction carries before [`CopyMode::Adaptive`] switches it to
+/// splice.
+pub const ADAPTIVE_SWITCH: u64 = 1 << 20;
 
 /// Tunables of an [`Embassy`].
 #[derive(Debug, Clone, Copy)]
@@ -53,7 +68,7 @@ impl Config {
         Config {
             bind,
             connect_timeout: Duration::from_secs(1),
-            copy: CopyMode::Splice,
+            copy: CopyMode::Adaptive,
             buffer_size: 256 * 1024,
             backlog: 4096,
         }
@@ -153,6 +168,10 @@ struct Inner {
 /// [`Embassy::shutdown`] waits until they are all gone.
 pub struct Embassy {
     config: Config,
+    /// The runtime of embassy's own thread, where every task runs.
+    runtime: tokio::runtime::Handle,
+    /// That thread; joined on drop, so every socket is closed by then.
+    thread: Option<std::thread::JoinHandle<()>>,
     inner: Mutex<Inner>,
     /// Serializes `apply` and `shutdown` (a port closed by one apply must be
     /// gone before the next one may bind it again).
@@ -171,14 +190,18 @@ impl Embassy {
     /// An embassy with explicit tunables.
     pub fn with_config(config: Config) -> Embassy {
         let (guard, done) = mpsc::channel(1);
+        let shutdown = watch::Sender::new(false);
+        let (runtime, thread) = spawn_runtime(shutdown.subscribe());
         Embassy {
             config,
+            runtime,
+            thread,
             inner: Mutex::new(Inner {
                 ports: BTreeMap::new(),
                 guard: Some(guard),
             }),
             apply_lock: tokio::sync::Mutex::new(()),
-            shutdown: watch::Sender::new(false),
+            shutdown,
             done: tokio::sync::Mutex::new(done),
         }
     }
@@ -239,13 +262,13 @@ impl Embassy {
                 match self.listen(port) {
                     Ok(socket) => {
                         let (route_tx, route_rx) = watch::channel(Arc::new(RouteState::new(route)));
-                        let task = tokio::spawn(listener::run(
+                        let task = self.runtime.spawn(listener::run(
+                            guard.clone(),
                             socket,
                             port,
                             route_rx,
                             self.config,
                             self.shutdown.subscribe(),
-                            guard.clone(),
                         ));
                         inner.ports.insert(
                             port,
@@ -314,6 +337,8 @@ impl Embassy {
     }
 
     fn listen(&self, port: u16) -> Result<TcpListener> {
+        // Register the socket with embassy's own runtime.
+        let _rt = self.runtime.enter();
         let addr = SocketAddr::new(self.config.bind, port);
         if port == 0 {
             return Err(Error::InvalidRoute {
@@ -330,6 +355,54 @@ impl Embassy {
         socket.set_reuseaddr(true).map_err(bind_err)?;
         socket.bind(addr).map_err(bind_err)?;
         socket.listen(self.config.backlog).map_err(bind_err)
+    }
+}
+
+/// Start embassy's thread: a single-threaded runtime that runs until
+/// shutdown (or until the [`Embassy`] is dropped); its handle and the thread.
+fn spawn_runtime(
+    mut shutdown: watch::Receiver<bool>,
+) -> (tokio::runtime::Handle, Option<std::thread::JoinHandle<()>>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let built = std::thread::Builder::new()
+        .name("embassy".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(error) => {
+                    tracing::error!(%error, "embassy: cannot build its runtime");
+                    return;
+                }
+            };
+            let _ = tx.send(rt.handle().clone());
+            // Ends on shutdown, or when the sender (the Embassy) is dropped.
+            rt.block_on(async move {
+                let _ = shutdown.wait_for(|stopped| *stopped).await;
+            });
+            // Let the tasks finish their current step before the runtime goes.
+            rt.shutdown_timeout(Duration::from_secs(1));
+        });
+    match built {
+        Ok(thread) => match rx.recv() {
+            Ok(handle) => (handle, Some(thread)),
+            Err(_) => (tokio::runtime::Handle::current(), None),
+        },
+        // No thread (out of resources): run on the caller's runtime instead.
+        Err(_) => (tokio::runtime::Handle::current(), None),
+    }
+}
+
+impl Drop for Embassy {
+    fn drop(&mut self) {
+        // Stop embassy's thread and wait for it: its runtime drops every
+        // listener and connection on the way out.
+        self.shutdown.send_replace(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -14,18 +14,19 @@ use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::embassy::{Config, CopyMode, RouteState};
+use crate::embassy::{Config, CopyMode, RouteState, ADAPTIVE_SWITCH};
 use crate::shutdown::{Shutdown, TaskGuard};
 use crate::splice::{self, Pipe};
 
+/// `_guard` comes first so that it is dropped last, after the sockets.
 pub(crate) async fn serve(
+    _guard: TaskGuard,
     client: TcpStream,
     peer: SocketAddr,
     port: u16,
     route: Arc<RouteState>,
     config: Config,
     mut shutdown: Shutdown,
-    _guard: TaskGuard,
 ) {
     let counters = &route.counters;
     let _active = counters.open();
@@ -118,11 +119,48 @@ async fn pump(
             }
         }
     }
+    if config.copy == CopyMode::Adaptive {
+        tokio::try_join!(
+            adaptive_one(client, upstream, size, bytes_in),
+            adaptive_one(upstream, client, size, bytes_out),
+        )?;
+        return Ok(());
+    }
     tokio::try_join!(
-        copy_one(client, upstream, size, bytes_in),
-        copy_one(upstream, client, size, bytes_out),
+        copy_one(client, upstream, size, bytes_in, u64::MAX),
+        copy_one(upstream, client, size, bytes_out, u64::MAX),
     )?;
     Ok(())
+}
+
+/// One direction: buffered until [`ADAPTIVE_SWITCH`] bytes, then splice.
+async fn adaptive_one(
+    from: &TcpStream,
+    to: &TcpStream,
+    size: usize,
+    counter: &AtomicU64,
+) -> io::Result<()> {
+    if copy_one(from, to, size, counter, ADAPTIVE_SWITCH).await? == Copied::Done {
+        return Ok(());
+    }
+    match Pipe::new(size) {
+        Ok(pipe) => splice_one(from, to, &pipe, size, counter).await,
+        Err(error) => {
+            tracing::debug!(%error, "no pipe for splice; copying through a buffer");
+            copy_one(from, to, size, counter, u64::MAX)
+                .await
+                .map(|_| ())
+        }
+    }
+}
+
+/// How a buffered copy ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Copied {
+    /// End of file reached and passed on.
+    Done,
+    /// The byte budget is spent; the stream goes on.
+    Budget,
 }
 
 /// One direction, zero-copy: socket -> pipe -> socket. Reading and writing
@@ -191,15 +229,20 @@ async fn copy_one(
     to: &TcpStream,
     size: usize,
     counter: &AtomicU64,
-) -> io::Result<()> {
+    budget: u64,
+) -> io::Result<Copied> {
     let mut buf = Vec::new();
+    let mut moved = 0u64;
     loop {
+        if moved >= budget {
+            return Ok(Copied::Budget);
+        }
         from.readable().await?;
         if buf.is_empty() {
             buf = vec![0u8; size];
         }
         let n = match from.try_read(&mut buf) {
-            Ok(0) => return splice::shutdown_write(to.as_raw_fd()),
+            Ok(0) => return splice::shutdown_write(to.as_raw_fd()).map(|_| Copied::Done),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
@@ -215,5 +258,6 @@ async fn copy_one(
             }
         }
         counter.fetch_add(n as u64, Relaxed);
+        moved += n as u64;
     }
 }

@@ -33,7 +33,7 @@ mod splice;
 pub mod stats;
 pub mod table;
 
-pub use embassy::{ApplyReport, Config, CopyMode, Embassy, PortFailure};
+pub use embassy::{ApplyReport, Config, CopyMode, Embassy, PortFailure, ADAPTIVE_SWITCH};
 pub use error::{Error, Result};
 pub use stats::RouteStats;
 pub use table::{Route, RoutingTable};

@@ -13,13 +13,15 @@ use crate::embassy::{Config, RouteState};
 use crate::forward;
 use crate::shutdown::{Shutdown, TaskGuard};
 
+/// `guard` comes first so that it is dropped last: when the shutdown sees
+/// every guard gone, the listening socket is closed too.
 pub(crate) async fn run(
+    guard: TaskGuard,
     listener: TcpListener,
     port: u16,
     mut route: watch::Receiver<Arc<RouteState>>,
     config: Config,
     shutdown_rx: watch::Receiver<bool>,
-    guard: TaskGuard,
 ) {
     let mut shutdown = Shutdown::new(shutdown_rx.clone());
     let mut backoff = Duration::from_millis(5);
@@ -41,13 +43,13 @@ pub(crate) async fn run(
                 backoff = Duration::from_millis(5);
                 let route = route.borrow().clone();
                 tokio::spawn(forward::serve(
+                    guard.clone(),
                     client,
                     peer,
                     port,
                     route,
                     config,
                     Shutdown::new(shutdown_rx.clone()),
-                    guard.clone(),
                 ));
             }
             Err(error) => {

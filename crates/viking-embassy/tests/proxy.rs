@@ -162,6 +162,7 @@ async fn forwards_and_propagates_half_close_with_splice() {
 #[tokio::test]
 async fn forwards_and_propagates_half_close_with_buffer() {
     half_close_both_ways(CopyMode::Buffered).await;
+    half_close_both_ways(CopyMode::Adaptive).await;
 }
 
 #[tokio::test]
