@@ -25,7 +25,9 @@ pub mod members;
 pub mod state;
 pub mod supervisor;
 
-pub use commands::{init, join, leave, start, status, stop, up, InitOptions, JoinOptions};
+pub use commands::{
+    init, join, leave, shutdown_signal, start, status, stop, up, InitOptions, JoinOptions,
+};
 
 /// etcd's client port on every member.
 pub const ETCD_CLIENT_PORT: u16 = 2379;

@@ -227,23 +227,11 @@ async fn execute(
         } => {
             // Fence: claim the start in viking-ps at the revision we saw.
             let starting = PsRecord {
-                job: job.clone(),
-                node: node.clone(),
-                container_id: String::new(),
-                image: proc.job.image.clone(),
                 image_id: old.map(|o| o.image_id.clone()).unwrap_or_default(),
-                command: proc.job.command.clone(),
-                daemonize: true,
-                status: "starting".to_string(),
-                exit_code: None,
-                error: None,
-                ports: vec![],
-                created_at: now_ms(),
-                started_at: None,
-                finished_at: None,
                 restarts,
                 crash_streak,
                 last_exit: old.and_then(|o| o.exit_code.or(o.last_exit)),
+                ..jobs::starting_record(&proc.job, &node)
             };
             let mut placed = proc.clone();
             placed.placed_on = Some(node.clone());

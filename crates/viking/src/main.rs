@@ -56,21 +56,6 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
     })
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
-
 async fn server(a: ServerArgs) -> anyhow::Result<()> {
     let config = server_config(a)?;
     let listen = config.listen;
@@ -78,7 +63,7 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
-    viking_server::serve(prepared, listener, shutdown_signal()).await
+    viking_server::serve(prepared, listener, viking_mesh::shutdown_signal()).await
 }
 
 /// `viking mesh`: hands over to viking-mesh.
@@ -144,7 +129,9 @@ async fn mesh(m: MeshCommand) -> Result<(), viking_mesh::MeshError> {
         MeshCommand::Leave { dir: d, force } => viking_mesh::leave(&dir(d), force).await,
         MeshCommand::Start { dir: d, foreground } => viking_mesh::start(&dir(d), foreground).await,
         MeshCommand::Stop { dir: d } => viking_mesh::stop(&dir(d)).await,
-        MeshCommand::Up { dir: d } => viking_mesh::up(&dir(d), shutdown_signal()).await,
+        MeshCommand::Up { dir: d } => {
+            viking_mesh::up(&dir(d), viking_mesh::shutdown_signal()).await
+        }
     }
 }
 
