@@ -6,7 +6,8 @@
 //! - [`run`]: `viking run`, docker run's flags to a job, daemonized or
 //!   attached;
 //! - [`push`]: `viking push`, rolling restarts after new code;
-//! - [`table`]: docker-style tables and human times.
+//! - [`table`]: docker-style tables and human times;
+//! - [`terminal`]: raw mode for `viking run -it`.
 //!
 //! Output follows Docker's habits: tables for people, `--json` for scripts,
 //! errors on stderr with a non-zero exit status.
@@ -23,6 +24,7 @@ pub mod mesh;
 pub mod push;
 pub mod run;
 pub mod table;
+pub mod terminal;
 
 /// viking: a container orchestrator for fleets of Docker hosts.
 #[derive(Parser, Debug)]

@@ -189,6 +189,10 @@ pub async fn run(c: &Client, args: RunArgs) -> Result<i32, Failure> {
     }
     let io = c.attach("/v1/jobs", doc).await.map_err(api_err)?;
     let stdin_attached = args.interactive || !std::io::stdin().is_terminal();
+    // -it on a terminal: keystrokes go straight to the container's TTY.
+    let _raw = (args.tty && args.interactive)
+        .then(crate::terminal::RawMode::enable)
+        .flatten();
     attached(io, stdin_attached).await
 }
 

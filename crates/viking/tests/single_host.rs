@@ -519,3 +519,24 @@ fn ctrl_c_stops_an_attached_job() {
     });
     assert!(!s.cli(&["inspect", &name]).status.success());
 }
+
+#[test]
+fn an_interactive_tty_job_takes_keystrokes() {
+    let s = Server::start();
+    // `script` gives the CLI a real terminal; the shell in the container reads
+    // what is typed there and its exit code comes back.
+    let cmd = format!(
+        "(sleep 1.5; printf 'echo typed-$((6*7))\\nexit 4\\n') | script -qec '{} --server {} --token {} run -it {} sh' /dev/null",
+        bin(),
+        s.url(),
+        s.token(),
+        BUSYBOX
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &cmd])
+        .output()
+        .unwrap();
+    let text = stdout(&out).replace('\r', "");
+    assert!(text.contains("typed-42"), "{text}");
+    assert_eq!(out.status.code(), Some(4), "{text}");
+}
