@@ -119,10 +119,16 @@ async fn lead(sh: &Arc<Shared>) -> Result<(), StoreError> {
 pub async fn reconcile_once(sh: &Arc<Shared>) -> Result<Option<u64>, ApiError> {
     let (procs, ps, ps_revs) = read_state(sh).await?;
     let hosts = jobs::snapshot(sh).await?;
+    // Every history in one read, not one per job.
+    let (hist_kvs, _) = sh.store.list(keys::HISTORY).await?;
+    let wanted: std::collections::HashSet<&str> =
+        procs.iter().map(|p| p.job.name.as_str()).collect();
     let mut histories = BTreeMap::new();
-    for p in &procs {
-        if let Some(kv) = sh.store.get(&keys::history(&p.job.name)).await? {
-            histories.insert(p.job.name.clone(), decode::<History>(&kv.value)?);
+    for kv in hist_kvs {
+        if let Some(name) = keys::name_of(keys::HISTORY, &kv.key) {
+            if wanted.contains(name) {
+                histories.insert(name.to_string(), decode::<History>(&kv.value)?);
+            }
         }
     }
     let snap = Snapshot {
