@@ -192,6 +192,22 @@ pub trait Runtime: Send + Sync + 'static {
     fn logs(&self, id: &str, follow: bool) -> BoxStream<'static, Result<Output>>;
 }
 
+/// The memory a running container uses now, in bytes, read from its cgroup
+/// (cgroup v1 or v2, Docker's cgroupfs or systemd driver); `None` when its
+/// cgroup is not found on this host.
+pub fn container_memory(id: &str) -> Option<u64> {
+    let candidates = [
+        format!("/sys/fs/cgroup/memory/docker/{id}/memory.usage_in_bytes"),
+        format!("/sys/fs/cgroup/docker/{id}/memory.current"),
+        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/memory.current"),
+        format!("/sys/fs/cgroup/memory/system.slice/docker-{id}.scope/memory.usage_in_bytes"),
+    ];
+    candidates
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| s.trim().parse().ok())
+}
+
 /// Drain a pull's progress, keeping the last line (for error messages).
 pub async fn pull_quietly(rt: &dyn Runtime, image: &str) -> Result<()> {
     let mut s = rt.pull(image);

@@ -207,9 +207,18 @@ async fn resync_inner(sh: &Shared, initial: bool) -> anyhow::Result<()> {
         .collect();
 
     let ids: HashSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
-    let running = containers.iter().filter(|c| c.status == "running").count() as u64;
+    let running: Vec<&ContainerInfo> = containers
+        .iter()
+        .filter(|c| c.status == "running")
+        .collect();
+    let memory: u64 = running
+        .iter()
+        .filter_map(|c| viking_docker::container_memory(&c.id))
+        .sum();
     sh.running
-        .store(running, std::sync::atomic::Ordering::Relaxed);
+        .store(running.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    sh.memory_used
+        .store(memory, std::sync::atomic::Ordering::Relaxed);
     for c in &containers {
         let rec = records.get(&c.job).cloned();
         if let Err(e) = apply_rules(sh, c, rec, procs.contains(&c.job)).await {

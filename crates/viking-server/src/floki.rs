@@ -56,7 +56,7 @@ async fn record(sh: &Shared) -> HostRecord {
         cpus,
         memory,
         running,
-        memory_used: 0,
+        memory_used: sh.memory_used.load(std::sync::atomic::Ordering::Relaxed),
         version: crate::VERSION.to_string(),
         started_at: sh.started_at,
         updated_at: now_ms(),

@@ -60,6 +60,8 @@ pub struct Shared {
     /// Running containers of viking jobs on this host, as of the agent's
     /// last resync (floki's load figure).
     pub running: std::sync::atomic::AtomicU64,
+    /// Memory those containers use, in bytes, as of the same resync.
+    pub memory_used: std::sync::atomic::AtomicU64,
     pub token: String,
     pub started_at: u64,
     /// Names of the interactive jobs attached on this server right now. A
@@ -140,6 +142,7 @@ pub async fn prepare(config: ServerConfig) -> anyhow::Result<Prepared> {
         runtime: Arc::new(runtime),
         engine,
         running: std::sync::atomic::AtomicU64::new(0),
+        memory_used: std::sync::atomic::AtomicU64::new(0),
         token,
         started_at: now_ms(),
         sessions: Mutex::new(HashSet::new()),

@@ -206,6 +206,21 @@ fn jobs_land_by_tags_and_pins_and_spread() {
         })
         .sum();
     assert_eq!(engines, 9);
+    // floki's load: three jobs on every host, and the memory they use.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let hosts = n1.cli_json(["hosts", "--json"]).unwrap();
+        let ok = hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["running"] == 3 && h["memory_used"].as_u64().unwrap_or(0) > 0);
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{hosts:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]

@@ -109,6 +109,11 @@ fn daemonized_job_lifecycle() {
 
     let inspect = s.json(&["inspect", &name]);
     assert_eq!(inspect["history"]["placements"][0]["node"], s.name.as_str());
+    // floki shows the load: the running job and the memory it uses.
+    wait_until("load in floki", Duration::from_secs(10), || {
+        let h = s.json(&["hosts", "--json"]);
+        h[0]["running"] == 1 && h[0]["memory_used"].as_u64().unwrap_or(0) > 0
+    });
 
     // rm without -f refuses a running job.
     let out = s.cli(&["rm", &name]);
