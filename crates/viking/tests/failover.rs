@@ -274,3 +274,66 @@ fn restarting_every_server_at_once_loses_and_doubles_nothing() {
         assert_eq!(v["ps"]["restarts"], 0, "{j} was restarted");
     }
 }
+
+#[test]
+fn a_host_whose_docker_stops_answering_is_treated_as_gone() {
+    let c = cluster();
+    let n1 = c.node(0);
+    let jobs: Vec<String> = (0..3).map(|i| format!("d{i}")).collect();
+    start_jobs(n1, &jobs);
+    let sick = c.node(1);
+    let moved: Vec<String> = ps(n1)
+        .into_iter()
+        .filter(|(_, (n, _))| n == sick.name())
+        .map(|(j, _)| j)
+        .collect();
+    assert!(!moved.is_empty());
+    // Freeze the node's Docker engine (the viking server keeps running). It
+    // is PID 1 of the node, so it is signalled from the host's side.
+    let pid = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Pid}}", sick.container()])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let alive = |n: &Node, name: &str| -> bool {
+        let v = n.cli_json(["hosts", "--json"]).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["name"] == name && h["alive"] == true)
+    };
+    wait(
+        "the host with a frozen Docker gone from floki",
+        Duration::from_secs(20),
+        || !alive(n1, sick.name()),
+    );
+    wait(
+        "its jobs running elsewhere",
+        Duration::from_secs(20),
+        || {
+            let p = ps(n1);
+            moved
+                .iter()
+                .all(|j| p[j].0 != sick.name() && p[j].1 == "running")
+        },
+    );
+    // Docker answers again: the host comes back, and the copies it still
+    // runs are removed.
+    signal("-CONT");
+    wait("the host back in floki", Duration::from_secs(20), || {
+        alive(n1, sick.name())
+    });
+    wait("one copy of each job", Duration::from_secs(30), || {
+        let k = copies(&c);
+        k.len() == 3 && k.values().all(|n| *n == 1)
+    });
+}
