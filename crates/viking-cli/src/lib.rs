@@ -12,6 +12,7 @@
 //! Output follows Docker's habits: tables for people, `--json` for scripts,
 //! errors on stderr with a non-zero exit status.
 
+#![deny(unsafe_code)]
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};

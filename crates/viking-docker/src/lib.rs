@@ -11,6 +11,7 @@
 //! it only ever lists, changes or removes containers that carry the
 //! [`LABEL_JOB`] label: viking never touches containers it did not create.
 
+#![forbid(unsafe_code)]
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;

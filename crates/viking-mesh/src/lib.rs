@@ -18,6 +18,7 @@
 //!
 //! Every command that changes something undoes its own work when a later
 //! step fails, so a failed `init` or `join` leaves nothing half made.
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod commands;

@@ -153,6 +153,7 @@ fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+#[allow(unsafe_code)]
 fn signal(pid: i32, sig: i32) {
     if pid > 0 {
         // SAFETY: kill(2) has no memory-safety preconditions.

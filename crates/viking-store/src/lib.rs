@@ -20,6 +20,7 @@
 //!
 //! Architecture invariant: this crate is the only one that knows etcd or redb.
 
+#![deny(unsafe_code)]
 use std::time::Duration;
 
 use async_trait::async_trait;

@@ -276,6 +276,7 @@ fn healthy(client_url: &str) -> bool {
 }
 
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
 fn set_parent_death_signal(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches only the child.

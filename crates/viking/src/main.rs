@@ -1,6 +1,7 @@
 //! The `viking` binary: parses the command line and hands over to the
 //! server (`viking server`) or the client commands.
 
+#![forbid(unsafe_code)]
 use std::net::SocketAddr;
 use std::time::Duration;
 
