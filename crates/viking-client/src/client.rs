@@ -12,6 +12,9 @@ use tokio::net::TcpStream;
 
 use crate::api::{ErrorBody, ProgressLine, RunResponse, ATTACH_PROTOCOL};
 
+/// How long connecting to a server may take.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The bidirectional byte stream of an attached job.
 pub type AttachedIo = TokioIo<hyper::upgrade::Upgraded>;
 
@@ -70,12 +73,21 @@ impl Client {
     async fn connect(
         &self,
     ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError> {
-        let tcp = TcpStream::connect(&self.addr)
-            .await
-            .map_err(|e| ClientError::Connect {
+        // A host cut off the network drops SYNs: give up after a few
+        // seconds rather than the kernel's minutes.
+        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr)).await
+        {
+            Ok(r) => r.map_err(|e| ClientError::Connect {
                 addr: self.addr.clone(),
                 reason: e.to_string(),
-            })?;
+            })?,
+            Err(_) => {
+                return Err(ClientError::Connect {
+                    addr: self.addr.clone(),
+                    reason: format!("no answer within {CONNECT_TIMEOUT:?}"),
+                })
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await

@@ -27,6 +27,9 @@ use crate::{jobs, token, Shared};
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// The chosen host's server could not be reached at all: the work may
+    /// go to another host (set by `jobs::peer_error`).
+    pub unreachable: bool,
 }
 
 impl ApiError {
@@ -34,6 +37,7 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            unreachable: false,
         }
     }
     pub fn bad_request(m: impl Into<String>) -> Self {

@@ -271,7 +271,7 @@ pub async fn run_claimed(
             )),
         });
     }
-    let started = start_on(sh, &job, &claim.target, progress).await;
+    let started = start_placed_or_elsewhere(sh, &job, claim.target, progress).await;
     match started {
         Ok(ps) => Ok(RunResponse {
             job,
@@ -304,6 +304,76 @@ pub async fn run_claimed(
     }
 }
 
+/// Start the job on its target; if the target's server cannot be reached at
+/// all (a host that died within its lease), place the job again without it,
+/// moving the claim, up to three times.
+async fn start_placed_or_elsewhere(
+    sh: &Shared,
+    job: &Job,
+    mut target: Target,
+    progress: &(dyn Fn(String) + Sync),
+) -> ApiResult<PsRecord> {
+    let mut excluded: Vec<String> = Vec::new();
+    loop {
+        let err = match start_on(sh, job, &target, progress).await {
+            Ok(ps) => return Ok(ps),
+            Err(e) => e,
+        };
+        let Target::There(h) = &target else {
+            return Err(err);
+        };
+        if !err.unreachable || excluded.len() >= 3 {
+            return Err(err);
+        }
+        let gone = h.name.clone();
+        tracing::warn!(job = %job.name, host = %gone, "host unreachable; placing the job again without it");
+        excluded.push(gone.clone());
+        let mut hosts = snapshot(sh).await?;
+        for host in hosts.iter_mut().filter(|x| excluded.contains(&x.name)) {
+            host.alive = false;
+        }
+        let (hist, _) = history(sh, &job.name).await?;
+        let d = scheduler::place(job, &hosts, Some(&hist));
+        let Some(next) = d.host else {
+            return Err(err);
+        };
+        target = if next == sh.config.name {
+            Target::Here
+        } else {
+            match crate::floki::host(sh, &next).await? {
+                Some(rec) => Target::There(rec),
+                None => return Err(err),
+            }
+        };
+        // Move the claim: proc's placement and the start in flight.
+        let mut proc = get_proc(sh, &job.name)
+            .await?
+            .ok_or_else(|| ApiError::conflict(format!("job {:?} left viking-proc", job.name)))?;
+        proc.placed_on = Some(next.clone());
+        sh.store
+            .txn(
+                vec![Compare::Exists(keys::proc(&job.name))],
+                vec![
+                    Op::Put {
+                        key: keys::proc(&job.name),
+                        value: encode(&proc),
+                        lease: None,
+                    },
+                    Op::Put {
+                        key: keys::ps(&job.name),
+                        value: encode(&starting_record(job, &next)),
+                        lease: None,
+                    },
+                ],
+                vec![],
+            )
+            .await?;
+        progress(format!(
+            "host {gone} is unreachable; running on {next} instead"
+        ));
+    }
+}
+
 /// A client of another server of the fleet, with the cluster token.
 pub fn peer(sh: &Shared, host: &HostRecord) -> ApiResult<Client> {
     Client::new(&host.api, Some(sh.token.clone()))
@@ -317,6 +387,10 @@ pub fn peer_error(host: &str, e: ClientError) -> ApiError {
             StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
             message,
         ),
+        ClientError::Connect { .. } => ApiError {
+            unreachable: true,
+            ..ApiError::new(StatusCode::BAD_GATEWAY, format!("host {host}: {e}"))
+        },
         other => ApiError::new(StatusCode::BAD_GATEWAY, format!("host {host}: {other}")),
     }
 }

@@ -399,8 +399,49 @@ fn a_killed_host_shows_as_gone_within_its_ttl() {
     let hosts = c.node(0).cli_json(["hosts", "--json"]).unwrap();
     assert_eq!(hosts.as_array().unwrap().len(), 3);
     assert!(hosts.as_array().unwrap().iter().all(|h| h["alive"] == true));
+    // Make n3 the least busy, so it is dowding's choice while its lease lives.
+    run_ok(
+        c.node(0),
+        &[
+            "run",
+            "-d",
+            "--name",
+            "busy1",
+            "--viking-host",
+            "n1",
+            BUSYBOX,
+            "sleep",
+            "100",
+        ],
+    );
+    run_ok(
+        c.node(0),
+        &[
+            "run",
+            "-d",
+            "--name",
+            "busy2",
+            "--viking-host",
+            "n2",
+            BUSYBOX,
+            "sleep",
+            "100",
+        ],
+    );
     c.node(2).kill().unwrap();
     let killed = Instant::now();
+    // A run right after the kill (alongside the polling below): n3 cannot be
+    // reached, so the job is placed again without it instead of failing.
+    let (url, token) = (c.node(0).url(), c.token().to_string());
+    let early = std::thread::spawn(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_viking"))
+            .args([
+                "--server", &url, "--token", &token, "run", "-d", "--name", "early", BUSYBOX,
+                "sleep", "100",
+            ])
+            .output()
+            .unwrap()
+    });
     loop {
         let hosts = c.node(0).cli_json(["hosts", "--json"]).unwrap();
         let n3 = hosts
@@ -423,6 +464,10 @@ fn a_killed_host_shows_as_gone_within_its_ttl() {
     }
     let table = out(&c.node(1).cli(["hosts"]));
     assert!(table.contains("gone since"), "{table}");
+    let o = early.join().unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(err(&o).contains("host n3 is unreachable"), "{}", err(&o));
+    assert_ne!(placements(c.node(0))["early"], "n3");
     // New jobs avoid it.
     for i in 0..3 {
         run_ok(
