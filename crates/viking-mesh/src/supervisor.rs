@@ -449,7 +449,9 @@ async fn refresh_endpoints(st: &mut MeshState, dd: &DataDir) {
 /// `viking mesh up`: run this machine's part of the mesh until `shutdown`.
 pub async fn up(dd: &DataDir, shutdown: impl Future<Output = ()>) -> Result<()> {
     let mut st = dd.load()?;
-    if let Some(pid) = running(dd) {
+    // The starter may have recorded this very process already.
+    let me = i32::try_from(std::process::id()).unwrap_or(0);
+    if let Some(pid) = running(dd).filter(|p| *p != me) {
         return Err(MeshError::Failed(format!(
             "the mesh supervisor already runs here (pid {pid}); `viking mesh stop` stops it"
         )));
