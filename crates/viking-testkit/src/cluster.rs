@@ -862,8 +862,23 @@ fn untar_first(tar: &[u8]) -> &[u8] {
     &tar[512..(512 + size).min(tar.len())]
 }
 
-/// Subnets in use on the host: Docker networks and routes.
+/// Subnets in use on the host: Docker networks and routes. Another test may
+/// remove a network between the listing and the inspection: then look again.
 fn used_subnets() -> Result<Vec<(u32, u32)>> {
+    let mut tries = 0;
+    loop {
+        match used_subnets_once() {
+            Ok(v) => return Ok(v),
+            Err(e) if tries < 10 && format!("{e:#}").contains("not found") => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn used_subnets_once() -> Result<Vec<(u32, u32)>> {
     let mut cidrs = Vec::new();
     let ids = host_docker(["network", "ls", "-q"])?;
     let ids: Vec<&str> = ids.lines().filter(|l| !l.is_empty()).collect();
