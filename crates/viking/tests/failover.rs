@@ -294,16 +294,12 @@ fn a_host_whose_docker_stops_answering_is_treated_as_gone() {
         .args(["inspect", "-f", "{{.State.Pid}}", sick.container()])
         .output()
         .unwrap();
-    let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} {pid}");
+    let pid: i32 = String::from_utf8_lossy(&pid.stdout).trim().parse().unwrap();
+    let signal = |sig: i32| {
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig})");
     };
-    signal("-STOP");
+    signal(libc::SIGSTOP);
     let alive = |n: &Node, name: &str| -> bool {
         let v = n.cli_json(["hosts", "--json"]).unwrap();
         v.as_array()
@@ -328,7 +324,7 @@ fn a_host_whose_docker_stops_answering_is_treated_as_gone() {
     );
     // Docker answers again: the host comes back, and the copies it still
     // runs are removed.
-    signal("-CONT");
+    signal(libc::SIGCONT);
     wait("the host back in floki", Duration::from_secs(20), || {
         alive(n1, sick.name())
     });
