@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use viking_client::api::{ErrorBody, Ping, ProgressLine, ATTACH_PROTOCOL};
-use viking_core::records::{decode, HostRecord, ProcRecord, PsRecord};
+use viking_core::records::{decode, ProcRecord, PsRecord};
 use viking_core::{keys, Job};
 use viking_store::Store;
 
@@ -423,9 +423,4 @@ async fn logs(
         .header(header::CONTENT_TYPE, "application/vnd.viking.stream")
         .body(Body::from_stream(stream))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-}
-
-/// A host record from its stored bytes (for floki listings).
-pub fn host_from(bytes: &[u8]) -> ApiResult<HostRecord> {
-    Ok(decode::<HostRecord>(bytes)?)
 }

@@ -24,7 +24,7 @@ use viking_client::api::ATTACH_PROTOCOL;
 use viking_client::frame::{self, Frame, FrameReader};
 use viking_core::records::{encode, PsRecord};
 use viking_core::{keys, Job};
-use viking_docker::{ContainerSpec, Output};
+use viking_docker::Output;
 use viking_store::{Compare, Op, StoreExt};
 
 use crate::api::ApiError;
@@ -270,21 +270,7 @@ where
     let (pulled, ()) = tokio::join!(pull, forward);
     pulled.map_err(daemon_err)?;
 
-    let mut spec =
-        ContainerSpec::for_job(job, &sh.config.name, &sh.config.key, &sh.config.data_dir);
-    spec.env.extend(
-        crate::services::link_env(sh, job)
-            .await
-            .map_err(daemon_err)?,
-    );
-    for (host, _) in &spec.binds {
-        std::fs::create_dir_all(host).map_err(|e| {
-            daemon_err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("creating {}: {e}", host.display()),
-            ))
-        })?;
-    }
+    let spec = jobs::container_spec(sh, job).await.map_err(daemon_err)?;
     let id = jobs::create_container(sh, &spec)
         .await
         .map_err(daemon_err)?;

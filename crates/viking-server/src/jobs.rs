@@ -474,8 +474,12 @@ pub async fn ensure_image(
     })
 }
 
-/// The volumes' host directories, created before the container.
-fn make_volume_dirs(sh: &Shared, spec: &ContainerSpec) -> ApiResult<()> {
+/// The container of `job` on this host: its spec with the link variables
+/// pointing at this host's embassy, and its volume directories made.
+pub async fn container_spec(sh: &Shared, job: &Job) -> ApiResult<ContainerSpec> {
+    let mut spec =
+        ContainerSpec::for_job(job, &sh.config.name, &sh.config.key, &sh.config.data_dir);
+    spec.env.extend(crate::services::link_env(sh, job).await?);
     for (host, _) in &spec.binds {
         std::fs::create_dir_all(host).map_err(|e| {
             ApiError::new(
@@ -484,8 +488,7 @@ fn make_volume_dirs(sh: &Shared, spec: &ContainerSpec) -> ApiResult<()> {
             )
         })?;
     }
-    let _ = sh;
-    Ok(())
+    Ok(spec)
 }
 
 /// Create a container, replacing a leftover container of this same job
@@ -540,10 +543,7 @@ async fn start_container(
     progress: &(dyn Fn(String) + Sync),
 ) -> ApiResult<PsRecord> {
     ensure_image(sh, &job.image, progress).await?;
-    let mut spec =
-        ContainerSpec::for_job(job, &sh.config.name, &sh.config.key, &sh.config.data_dir);
-    spec.env.extend(crate::services::link_env(sh, job).await?);
-    make_volume_dirs(sh, &spec)?;
+    let spec = container_spec(sh, job).await?;
     let id = create_container(sh, &spec).await?;
     let started = async {
         sh.runtime.start(&id).await?;

@@ -27,7 +27,6 @@ use viking_client::api::{
 };
 use viking_core::keys;
 use viking_core::records::{decode, encode, HostRecord, ProcRecord, PsRecord};
-use viking_docker::ContainerSpec;
 use viking_store::StoreExt;
 
 use crate::api::{list_records, ApiError};
@@ -62,48 +61,45 @@ pub async fn resolve_here(sh: &Shared, req: &ResolveRequest) -> ApiResult<Resolv
     })
 }
 
-async fn host_of(sh: &Shared, name: &str) -> ApiResult<Option<HostRecord>> {
-    match sh.store.get(&keys::host(name)).await? {
-        Some(kv) => Ok(Some(decode(&kv.value)?)),
-        None => Ok(None),
-    }
+/// POST `req` to `path` on the server of `node` (alive in floki), and
+/// read its JSON answer.
+async fn call_host<Req, Resp>(sh: &Shared, node: &str, path: &str, req: &Req) -> ApiResult<Resp>
+where
+    Req: serde::Serialize,
+    Resp: serde::de::DeserializeOwned,
+{
+    let host: HostRecord = match sh.store.get(&keys::host(node)).await? {
+        Some(kv) => decode(&kv.value)?,
+        None => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("host {node} is not alive"),
+            ))
+        }
+    };
+    let body = serde_json::to_vec(req)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    jobs::peer(sh, &host)?
+        .json(Method::POST, path, Some(body))
+        .await
+        .map_err(|e| jobs::peer_error(node, e))
 }
 
 async fn resolve_on(sh: &Shared, node: &str, req: &ResolveRequest) -> ApiResult<Option<String>> {
-    if node == sh.config.name {
-        return Ok(resolve_here(sh, req).await?.image_id);
-    }
-    let host = host_of(sh, node).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("host {node} is not alive"),
-        )
-    })?;
-    let body = serde_json::to_vec(req)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let r: ResolveResponse = jobs::peer(sh, &host)?
-        .json(Method::POST, "/v1/internal/resolve", Some(body))
-        .await
-        .map_err(|e| jobs::peer_error(node, e))?;
+    let r: ResolveResponse = if node == sh.config.name {
+        resolve_here(sh, req).await?
+    } else {
+        call_host(sh, node, "/v1/internal/resolve", req).await?
+    };
     Ok(r.image_id)
 }
 
 async fn replace_on(sh: &Shared, node: &str, req: &ReplaceRequest) -> ApiResult<PsRecord> {
     if node == sh.config.name {
-        return replace_here(sh, req).await;
+        replace_here(sh, req).await
+    } else {
+        call_host(sh, node, "/v1/internal/replace", req).await
     }
-    let host = host_of(sh, node).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("host {node} is not alive"),
-        )
-    })?;
-    let body = serde_json::to_vec(req)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    jobs::peer(sh, &host)?
-        .json(Method::POST, "/v1/internal/replace", Some(body))
-        .await
-        .map_err(|e| jobs::peer_error(node, e))
 }
 
 /// Run a push, reporting each event; the summary says what happened.
@@ -313,15 +309,12 @@ pub async fn replace_here(sh: &Shared, req: &ReplaceRequest) -> ApiResult<PsReco
 /// Create and start the new container, and wait until it has proved itself.
 async fn start_new(sh: &Shared, proc: &ProcRecord, req: &ReplaceRequest) -> ApiResult<PsRecord> {
     let job = &proc.job;
-    let mut spec =
-        ContainerSpec::for_job(job, &sh.config.name, &sh.config.key, &sh.config.data_dir);
-    spec.env.extend(crate::services::link_env(sh, job).await?);
+    let spec = jobs::container_spec(sh, job).await?;
     let id = sh.runtime.create(&spec).await?;
-    let fail = |e: ApiError| e;
     if let Err(e) = sh.runtime.start(&id).await {
-        return Err(fail(ApiError::docker(format!(
+        return Err(ApiError::docker(format!(
             "the new version did not start: {e}"
-        ))));
+        )));
     }
     // It must stay up for the settle period, and pass its health checks.
     let settle = Duration::from_millis(req.settle_ms);
@@ -338,15 +331,14 @@ async fn start_new(sh: &Shared, proc: &ProcRecord, req: &ReplaceRequest) -> ApiR
         let info = sh
             .runtime
             .inspect(&id)
-            .await
-            .map_err(|e| fail(e.into()))?
-            .ok_or_else(|| fail(ApiError::docker("the new container vanished")))?;
+            .await?
+            .ok_or_else(|| ApiError::docker("the new container vanished"))?;
         if info.status != "running" {
-            return Err(fail(ApiError::docker(format!(
+            return Err(ApiError::docker(format!(
                 "the new version exited with code {} within {:?}",
                 info.exit_code.unwrap_or(-1),
                 settle
-            ))));
+            )));
         }
         if !healthy {
             let rec = jobs::ps_from(sh, &info, 0);
@@ -367,16 +359,13 @@ async fn start_new(sh: &Shared, proc: &ProcRecord, req: &ReplaceRequest) -> ApiR
             let mut rec = jobs::ps_from(sh, &info, restarts);
             rec.crash_streak = streak;
             rec.last_exit = last;
-            sh.store
-                .put(&keys::ps(&job.name), encode(&rec))
-                .await
-                .map_err(|e| fail(e.into()))?;
+            sh.store.put(&keys::ps(&job.name), encode(&rec)).await?;
             return Ok(rec);
         }
         if now >= deadline {
-            return Err(fail(ApiError::docker(format!(
+            return Err(ApiError::docker(format!(
                 "the new version did not pass its health checks within {HEALTH_TIMEOUT:?}"
-            ))));
+            )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
