@@ -12,6 +12,13 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A port nothing listens on right now (bound, then released).
+/// An address that refuses connections for as long as the socket lives.
+fn dead_endpoint() -> (SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(LOCALHOST, 0)).unwrap();
+    (socket.local_addr().unwrap(), socket)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind((LOCALHOST, 0))
         .unwrap()
@@ -186,7 +193,9 @@ async fn round_robin_spreads_over_three_endpoints() {
 
 #[tokio::test]
 async fn dead_endpoint_is_skipped() {
-    let dead = SocketAddr::new(LOCALHOST, free_port());
+    // A port bound without a listener: connects are refused, and no other
+    // test can take the port meanwhile.
+    let (dead, _held) = dead_endpoint();
     let eps = [
         dead,
         tagged_server(Some(1)).await,
