@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Start viking on this machine (embedded store, local Docker) and run a first
-# job. Installs what is missing: protoc (to build the etcd client) and the
-# busybox test image (there is no registry to pull from).
+# job. Installs what is missing (scripts/prereqs.sh run): protoc and protobuf's
+# include files (the etcd client's build script compiles etcd's .proto files) and
+# a static busybox, from which it makes the first job's image (there is no
+# registry to pull from). On a machine without apt it names what is missing.
 #
 #   scripts/quickstart.sh
 #
@@ -14,11 +16,7 @@ log() { echo "quickstart: $*"; }
 export VIKING_DATA=${VIKING_DATA:-/var/lib/viking}
 listen=${VIKING_LISTEN:-127.0.0.1:8791}
 
-if ! command -v protoc >/dev/null; then
-    log "installing protobuf-compiler (the etcd client compiles etcd's .proto files)"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends protobuf-compiler >/dev/null
-fi
+scripts/prereqs.sh run
 scripts/test-images.sh
 
 log "building viking (release)"

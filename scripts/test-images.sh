@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local images used by viking's multi-host tests (no registry needed).
 #
-#   scripts/test-images.sh          # apt packages + viking-test/busybox:latest
-#   scripts/test-images.sh --node   # ... + viking-test/node:latest (debootstrap, once per machine)
+#   scripts/test-images.sh          # packages (prereqs.sh run) + viking-test/busybox:latest
+#   scripts/test-images.sh --node   # packages (prereqs.sh test) + viking-test/node:latest (once per machine)
 #
 # Idempotent: installs only missing packages and builds only missing images.
 # Must run as root (apt-get, debootstrap, docker). See docs in /work/shared/docs/test-cluster.md.
@@ -43,23 +43,9 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-# --- apt packages --------------------------------------------------------------
-packages=(busybox-static etcd-server etcd-client protobuf-compiler)
-if [ "$want_node" -eq 1 ]; then packages+=(debootstrap); fi
-missing=()
-for p in "${packages[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-        missing+=("$p")
-    fi
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    log "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-else
-    log "apt packages present"
-fi
+# --- packages --------------------------------------------------------------------
+if [ "$want_node" -eq 1 ]; then scripts_level=test; else scripts_level=run; fi
+"$(dirname "$0")/prereqs.sh" "$scripts_level"
 
 command -v docker >/dev/null || {
     echo "test-images: docker CLI not found" >&2
