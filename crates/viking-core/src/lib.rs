@@ -20,5 +20,7 @@ pub mod names;
 pub mod reconcile;
 pub mod records;
 pub mod scheduler;
+pub mod status;
 
 pub use job::{Job, JobError, JobSpec, Link, PortSpec, Proto};
+pub use status::Status;

@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::job::Job;
 use crate::records::{History, ProcRecord, PsRecord};
 use crate::scheduler::{self, HostSnapshot};
+use crate::status::Status;
 
 /// Timing policy of the reconciler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,8 +105,8 @@ pub struct Plan {
     pub wake_at: Option<u64>,
 }
 
-fn is_live(status: &str) -> bool {
-    matches!(status, "running" | "restarting" | "paused")
+fn is_live(status: &Status) -> bool {
+    status.is_live()
 }
 
 /// Plan one round.
@@ -134,7 +135,7 @@ pub fn plan(snap: &Snapshot, policy: &Policy, now: u64) -> Plan {
             Some(p) if alive.contains(p.node.as_str()) => {
                 if is_live(&p.status) {
                     None
-                } else if p.status == "starting" {
+                } else if p.status == Status::Starting {
                     let deadline = p.created_at.saturating_add(policy.start_timeout_ms);
                     if now < deadline {
                         wake(deadline, &mut out);
@@ -250,7 +251,7 @@ mod tests {
             image_id: "sha256:1".into(),
             command: vec![],
             daemonize: true,
-            status: status.into(),
+            status: Status::from(status),
             exit_code: None,
             error: None,
             ports: vec![],
@@ -372,7 +373,7 @@ mod tests {
         }));
         // When n1 returns, db goes back there.
         s.hosts[0].alive = true;
-        s.ps.get_mut("db").unwrap().status = "missing".into();
+        s.ps.get_mut("db").unwrap().status = Status::Missing;
         let p = plan(&s, &Policy::default(), 100_000);
         assert!(p
             .actions
@@ -421,7 +422,7 @@ mod tests {
                         pr.waiting = Some(reason.clone());
                     }
                     if let Some(r) = s.ps.get_mut(job) {
-                        r.status = "waiting".into();
+                        r.status = Status::Waiting;
                         r.error = Some(reason.clone());
                     }
                 }

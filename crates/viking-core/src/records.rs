@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, Proto};
+use crate::status::Status;
 
 /// How many placements a job's history keeps.
 pub const HISTORY_LEN: usize = 20;
@@ -48,14 +49,15 @@ struct EnvelopeIn {
     data: serde_json::Value,
 }
 
-/// Serialise a record in its envelope.
-pub fn encode<T: Record>(r: &T) -> Vec<u8> {
-    // Serialising plain data structs to a Vec cannot fail.
+/// Serialise a record in its envelope. It fails only for a record that
+/// JSON cannot hold (a map with non-string keys, say): an error, never an
+/// empty value written to the store.
+pub fn encode<T: Record>(r: &T) -> Result<Vec<u8>, RecordError> {
     serde_json::to_vec(&EnvelopeOut {
         v: T::VERSION,
         data: r,
     })
-    .unwrap_or_default()
+    .map_err(|e| RecordError(format!("{} record cannot be written: {e}", T::KIND)))
 }
 
 /// Read a record, migrating older versions.
@@ -127,11 +129,8 @@ pub struct PsRecord {
     pub image_id: String,
     pub command: Vec<String>,
     pub daemonize: bool,
-    /// Docker's state (created, running, exited, dead, ...) or viking's own:
-    /// `starting` (placed, container being made), `failed` (could not start),
-    /// `missing` (the container vanished), `waiting` (its host is gone and the
-    /// job is fixed to it).
-    pub status: String,
+    /// Docker's state or viking's own (see [`Status`]).
+    pub status: Status,
     pub exit_code: Option<i64>,
     /// Why the job is not running, when viking knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -158,7 +157,7 @@ impl Record for PsRecord {
 
 impl PsRecord {
     pub fn is_running(&self) -> bool {
-        self.status == "running"
+        self.status == Status::Running
     }
 }
 
@@ -236,7 +235,7 @@ mod tests {
         }
         assert_eq!(h.placements.len(), HISTORY_LEN);
         assert_eq!(h.last_node(), Some("n29"));
-        let bytes = encode(&h);
+        let bytes = encode(&h).unwrap();
         assert!(String::from_utf8_lossy(&bytes).starts_with(r#"{"v":1,"#));
         assert_eq!(decode::<History>(&bytes).unwrap(), h);
         let newer = br#"{"v":2,"data":{"placements":[]}}"#;

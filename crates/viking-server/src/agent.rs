@@ -24,13 +24,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use viking_core::keys;
 use viking_core::records::{decode, encode, PsRecord};
+use viking_core::{keys, Status};
 use viking_docker::ContainerInfo;
 use viking_store::{Compare, Op, StoreExt};
 
-use crate::api::ApiError;
-use crate::{jobs, Shared};
+use crate::error::ServerError;
+use crate::Shared;
 
 /// Follow Docker's events and resync periodically, until shutdown.
 pub async fn run(sh: Arc<Shared>) {
@@ -48,7 +48,7 @@ pub async fn run(sh: Arc<Shared>) {
                     Some(Ok(ev)) => {
                         if matches!(ev.action.as_str(), "start" | "die" | "stop" | "kill" | "destroy" | "oom" | "restart" | "pause" | "unpause") {
                             if let Err(e) = sync_one(&sh, &ev.id, &ev.job).await {
-                                tracing::warn!(job = %ev.job, "updating viking-ps after {}: {}", ev.action, e.message);
+                                tracing::warn!(job = %ev.job, "updating viking-ps after {}: {}", ev.action, e);
                             }
                         }
                     }
@@ -75,7 +75,7 @@ async fn resync_logged(sh: &Shared, what: &str) {
     }
 }
 
-async fn get_ps(sh: &Shared, job: &str) -> Result<Option<(PsRecord, i64)>, ApiError> {
+async fn get_ps(sh: &Shared, job: &str) -> Result<Option<(PsRecord, i64)>, ServerError> {
     match sh.store.get(&keys::ps(job)).await? {
         Some(kv) => Ok(Some((decode(&kv.value)?, kv.mod_revision))),
         None => Ok(None),
@@ -83,7 +83,7 @@ async fn get_ps(sh: &Shared, job: &str) -> Result<Option<(PsRecord, i64)>, ApiEr
 }
 
 /// Apply the rules to one container after a Docker event.
-async fn sync_one(sh: &Shared, id: &str, job: &str) -> Result<(), ApiError> {
+async fn sync_one(sh: &Shared, id: &str, job: &str) -> Result<(), ServerError> {
     let rec = get_ps(sh, job).await?;
     match sh.runtime.inspect(id).await? {
         Some(c) if c.node == sh.config.name && c.cluster == sh.config.key => {
@@ -108,7 +108,7 @@ async fn apply_rules(
     c: &ContainerInfo,
     rec: Option<(PsRecord, i64)>,
     in_proc: bool,
-) -> Result<(), ApiError> {
+) -> Result<(), ServerError> {
     if !c.daemonize {
         // An interactive job's container outlives its session only if this
         // server died during it: nobody can attach again.
@@ -121,13 +121,13 @@ async fn apply_rules(
     let mine = |r: &PsRecord| r.node == sh.config.name && r.container_id == c.id;
     match rec {
         // Being started right now by this server: the starter records it.
-        Some((r, _)) if r.node == sh.config.name && r.status == "starting" => Ok(()),
+        Some((r, _)) if r.node == sh.config.name && r.status == Status::Starting => Ok(()),
         Some((r, _)) if mine(&r) => {
             if !in_proc && c.status == "running" {
                 tracing::info!(job = %c.job, "stopping a job that is not in viking-proc any more");
                 sh.runtime.stop(&c.id, 10).await?;
             }
-            jobs::refresh_ps(sh, &c.job).await?;
+            crate::container::refresh_ps(sh, &c.job).await?;
             Ok(())
         }
         Some((r, _)) => {
@@ -137,13 +137,13 @@ async fn apply_rules(
         }
         None if in_proc => {
             // Started, but the server died before it wrote viking-ps.
-            let fresh = jobs::ps_from(sh, c, 0);
+            let fresh = crate::container::ps_from(sh, c, 0);
             sh.store
                 .txn(
                     vec![Compare::Absent(keys::ps(&c.job))],
                     vec![Op::Put {
                         key: keys::ps(&c.job),
-                        value: encode(&fresh),
+                        value: encode(&fresh)?,
                         lease: None,
                     }],
                     vec![],
@@ -159,18 +159,18 @@ async fn apply_rules(
     }
 }
 
-async fn mark_missing(sh: &Shared, rec: &PsRecord, rev: i64) -> Result<(), ApiError> {
-    if rec.status == "missing" {
+async fn mark_missing(sh: &Shared, rec: &PsRecord, rev: i64) -> Result<(), ServerError> {
+    if rec.status == Status::Missing {
         return Ok(());
     }
     let mut gone = rec.clone();
-    gone.status = "missing".to_string();
+    gone.status = Status::Missing;
     gone.error = Some("the container vanished from Docker".to_string());
     if gone.finished_at.is_none() {
         gone.finished_at = Some(crate::now_ms());
     }
     sh.store
-        .cas(&keys::ps(&rec.job), rev, encode(&gone))
+        .cas(&keys::ps(&rec.job), rev, encode(&gone)?)
         .await?;
     Ok(())
 }
@@ -222,7 +222,7 @@ async fn resync_inner(sh: &Shared, initial: bool) -> anyhow::Result<()> {
     for c in &containers {
         let rec = records.get(&c.job).cloned();
         if let Err(e) = apply_rules(sh, c, rec, procs.contains(&c.job)).await {
-            tracing::warn!(job = %c.job, "resync: {}", e.message);
+            tracing::warn!(job = %c.job, "resync: {}", e);
         }
     }
     // Records of this host whose container is gone.
@@ -239,23 +239,23 @@ async fn resync_inner(sh: &Shared, initial: bool) -> anyhow::Result<()> {
                     .delete(&keys::ps(name))
                     .await
                     .map(|_| ())
-                    .map_err(ApiError::from)
+                    .map_err(ServerError::from)
             } else {
                 Ok(())
             }
-        } else if rec.status == "starting" {
+        } else if rec.status == Status::Starting {
             // At start-up no start of this server is in flight: one that was
             // cut short by a restart failed, and the reconciler retries it.
             if initial {
                 let mut failed = rec.clone();
-                failed.status = "failed".to_string();
+                failed.status = Status::Failed;
                 failed.error = Some("the server restarted while starting it".to_string());
                 failed.finished_at = Some(crate::now_ms());
                 sh.store
-                    .cas(&keys::ps(name), *rev, encode(&failed))
+                    .cas(&keys::ps(name), *rev, encode(&failed)?)
                     .await
                     .map(|_| ())
-                    .map_err(ApiError::from)
+                    .map_err(ServerError::from)
             } else {
                 Ok(())
             }
@@ -265,7 +265,7 @@ async fn resync_inner(sh: &Shared, initial: bool) -> anyhow::Result<()> {
             Ok(())
         };
         if let Err(e) = outcome {
-            tracing::warn!(job = %name, "resync: {}", e.message);
+            tracing::warn!(job = %name, "resync: {}", e);
         }
     }
     Ok(())

@@ -2,8 +2,9 @@
 //! in `viking_client::api`. Every request needs the cluster token; every
 //! error is JSON with a message and the right status.
 //!
-//! Architecture invariant: handlers only translate HTTP to calls into
-//! [`crate::jobs`] and back; the Docker API is never exposed.
+//! Architecture invariant: handlers only translate HTTP to calls into the
+//! server's modules and back; nothing imports this module; the Docker API
+//! is never exposed.
 
 use std::sync::Arc;
 
@@ -15,82 +16,21 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use viking_client::api::{ErrorBody, Ping, ProgressLine, ATTACH_PROTOCOL};
-use viking_core::records::{decode, ProcRecord, PsRecord};
+use viking_client::api::{Ping, ProgressLine, ATTACH_PROTOCOL};
+use viking_core::records::{ProcRecord, PsRecord};
 use viking_core::{keys, Job};
-use viking_store::Store;
 
-use crate::{jobs, token, Shared};
+use crate::error::ServerError;
+use crate::{jobs, placement, state, status, token, Shared};
 
-/// An API error: a status and a message for the user.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-    /// The chosen host's server could not be reached at all: the work may
-    /// go to another host (set by `jobs::peer_error`).
-    pub unreachable: bool,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            unreachable: false,
-        }
-    }
-    pub fn bad_request(m: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, m)
-    }
-    pub fn not_found(m: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, m)
-    }
-    pub fn conflict(m: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, m)
-    }
-    pub fn docker(m: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_GATEWAY, m)
-    }
-    pub fn body(&self) -> ErrorBody {
-        ErrorBody {
-            error: self.message.clone(),
-            status: self.status.as_u16(),
-        }
-    }
-}
-
-impl From<viking_store::StoreError> for ApiError {
-    fn from(e: viking_store::StoreError) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("cluster store: {e}"),
-        )
-    }
-}
-
-impl From<viking_docker::RuntimeError> for ApiError {
-    fn from(e: viking_docker::RuntimeError) -> Self {
-        match e {
-            viking_docker::RuntimeError::NotFound(m) => Self::not_found(m),
-            other => Self::docker(other.to_string()),
-        }
-    }
-}
-
-impl From<viking_core::records::RecordError> for ApiError {
-    fn from(e: viking_core::records::RecordError) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.0)
-    }
-}
-
-impl IntoResponse for ApiError {
+/// An error answer: the status and JSON body [`crate::status`] gives it.
+impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        (status::of(&self), Json(status::body(&self))).into_response()
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+type ApiResult<T> = Result<T, ServerError>;
 
 /// The API's routes, behind the token check.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -109,7 +49,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/internal/resolve", post(internal_resolve))
         .route("/v1/internal/replace", post(internal_replace))
         .route("/v1/internal/attach", post(internal_attach))
-        .fallback(|| async { ApiError::not_found("no such API path; see /v1/...") })
+        .fallback(|| async { ServerError::NotFound("no such API path; see /v1/...".to_string()) })
         .layer(middleware::from_fn_with_state(shared.clone(), auth))
         .with_state(shared)
 }
@@ -122,11 +62,14 @@ async fn auth(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> Respon
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(t) if token::matches(&sh.token, t) => next.run(req).await,
-        _ => ApiError::new(
+        _ => (
             StatusCode::UNAUTHORIZED,
-            "missing or wrong token: pass --token or set VIKING_TOKEN (the server keeps it in <data-dir>/token)",
+            Json(viking_client::api::ErrorBody {
+                error: "missing or wrong token: pass --token or set VIKING_TOKEN (the server keeps it in <data-dir>/token)".to_string(),
+                status: StatusCode::UNAUTHORIZED.as_u16(),
+            }),
         )
-        .into_response(),
+            .into_response(),
     }
 }
 
@@ -159,20 +102,20 @@ async fn run(
     let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
         .await
         .map_err(|_| {
-            ApiError::bad_request(format!(
+            ServerError::Invalid(format!(
                 "invalid job: (document): larger than the limit of {} bytes (1 MiB)",
                 viking_core::job::MAX_DOCUMENT_BYTES
             ))
         })?;
-    let job =
-        Job::parse(&body, jobs::generate_name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let job = Job::parse(&body, placement::generate_name)
+        .map_err(|e| ServerError::Invalid(e.to_string()))?;
 
     if q.dry_run {
-        return Ok(Json(jobs::dry_run(&sh, job).await?).into_response());
+        return Ok(Json(placement::dry_run(&sh, job).await?).into_response());
     }
     if !job.daemonize {
         let Some(on_upgrade) = on_upgrade.filter(|_| wants_attach) else {
-            return Err(ApiError::bad_request(format!(
+            return Err(ServerError::Invalid(format!(
                 "job {:?} is not daemonized, so it needs an attached client (Upgrade: {ATTACH_PROTOCOL}); run it with `viking run`, or give it ports or -d to daemonize it",
                 job.name
             )));
@@ -213,7 +156,7 @@ where
         };
         let last = match work(&sh, &progress).await {
             Ok(r) => ProgressLine::Done(Box::new(r)),
-            Err(e) => ProgressLine::Error(e.body()),
+            Err(e) => ProgressLine::Error(status::body(&e)),
         };
         let _ = tx.send(last);
     });
@@ -225,22 +168,24 @@ fn ndjson<T: serde::Serialize + Send + 'static>(
     rx: tokio::sync::mpsc::UnboundedReceiver<T>,
 ) -> ApiResult<Response> {
     let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|line| {
-        let mut v = serde_json::to_vec(&line).unwrap_or_default();
+        let mut v = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
         v.push(b'\n');
-        Ok::<_, std::convert::Infallible>(v)
+        Ok::<_, std::io::Error>(v)
     });
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(stream))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        .map_err(|e| ServerError::Internal(e.to_string()))
 }
 
 async fn read_job(req: Request) -> ApiResult<Job> {
     let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
         .await
-        .map_err(|_| ApiError::bad_request("invalid job: (document): larger than 1 MiB"))?;
-    Job::parse(&body, String::new).map_err(|e| ApiError::bad_request(e.to_string()))
+        .map_err(|_| {
+            ServerError::Invalid("invalid job: (document): larger than 1 MiB".to_string())
+        })?;
+    Job::parse(&body, String::new).map_err(|e| ServerError::Invalid(e.to_string()))
 }
 
 /// Another server placed a job here and wrote it to viking-proc: start it.
@@ -267,7 +212,7 @@ async fn internal_attach(
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>()
         .filter(|_| is_attach(req.headers()))
-        .ok_or_else(|| ApiError::bad_request(format!("needs Upgrade: {ATTACH_PROTOCOL}")))?;
+        .ok_or_else(|| ServerError::Invalid(format!("needs Upgrade: {ATTACH_PROTOCOL}")))?;
     let job = read_job(req).await?;
     crate::attach::serve_claimed(sh, job, q.claim_rev, on_upgrade).await
 }
@@ -285,7 +230,7 @@ async fn push(State(sh): State<Arc<Shared>>, body: axum::body::Bytes) -> ApiResu
         };
         let last = match crate::push::push(&sh, req, &events).await {
             Ok(s) => PushLine::Done(s),
-            Err(e) => PushLine::Error(e.body()),
+            Err(e) => PushLine::Error(status::body(&e)),
         };
         let _ = tx.send(last);
     });
@@ -295,7 +240,7 @@ async fn push(State(sh): State<Arc<Shared>>, body: axum::body::Bytes) -> ApiResu
 /// A JSON body, or a 400 that says what is wrong with it.
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+        .map_err(|e| ServerError::Invalid(format!("invalid request body: {e}")))
 }
 
 async fn internal_resolve(
@@ -326,18 +271,6 @@ fn is_attach(h: &HeaderMap) -> bool {
     upgrade && connection
 }
 
-/// Read every record under a prefix, skipping none silently: a record that
-/// cannot be read is an error.
-pub async fn list_records<T: viking_core::records::Record>(
-    store: &dyn Store,
-    prefix: &str,
-) -> ApiResult<Vec<T>> {
-    let (kvs, _) = store.list(prefix).await?;
-    kvs.iter()
-        .map(|kv| decode::<T>(&kv.value).map_err(ApiError::from))
-        .collect()
-}
-
 #[derive(Deserialize, Default)]
 struct PsQuery {
     #[serde(default)]
@@ -348,7 +281,7 @@ async fn ps(
     State(sh): State<Arc<Shared>>,
     Query(q): Query<PsQuery>,
 ) -> ApiResult<Json<Vec<PsRecord>>> {
-    let mut v: Vec<PsRecord> = list_records(sh.store.as_ref(), keys::PS).await?;
+    let mut v: Vec<PsRecord> = state::list(sh.store.as_ref(), keys::PS).await?;
     if !q.all {
         v.retain(|p| p.is_running());
     }
@@ -362,7 +295,7 @@ async fn services(
 }
 
 async fn proc_list(State(sh): State<Arc<Shared>>) -> ApiResult<Json<Vec<ProcRecord>>> {
-    Ok(Json(list_records(sh.store.as_ref(), keys::PROC).await?))
+    Ok(Json(state::list(sh.store.as_ref(), keys::PROC).await?))
 }
 
 async fn hosts(
@@ -422,5 +355,5 @@ async fn logs(
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/vnd.viking.stream")
         .body(Body::from_stream(stream))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        .map_err(|e| ServerError::Internal(e.to_string()))
 }

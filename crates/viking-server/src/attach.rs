@@ -9,7 +9,9 @@
 //! client goes away the container is stopped.
 //!
 //! While it runs, the job has a viking-ps record (claimed with the same
-//! transaction as a daemonized job's name) that is deleted at the end.
+//! transaction as a daemonized job's name). At the end the container is
+//! removed and the claim deleted before the exit code is sent, so a client
+//! that runs the same name again at once finds it free.
 
 use std::sync::Arc;
 
@@ -22,50 +24,52 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use viking_client::api::ATTACH_PROTOCOL;
 use viking_client::frame::{self, Frame, FrameReader};
-use viking_core::records::{encode, PsRecord};
+use viking_core::records::PsRecord;
 use viking_core::{keys, Job};
 use viking_docker::Output;
-use viking_store::{Compare, Op, StoreExt};
+use viking_store::{Compare, Op};
 
-use crate::api::ApiError;
-use crate::jobs::{self, Target};
-use crate::Shared;
+use crate::container;
+use crate::error::ServerError;
+use crate::placement::{self, Target};
+use crate::{now_ms, peer, state, status, Shared};
 
 /// Place an interactive job, claim its name for the chosen host, then run
 /// it here or attach through the host that runs it.
-pub async fn start(sh: Arc<Shared>, job: Job, on_upgrade: OnUpgrade) -> Result<Response, ApiError> {
-    crate::services::prepare_job(&sh, &job).await?;
-    let host = match jobs::choose(&sh, &job).await? {
+pub async fn start(
+    sh: Arc<Shared>,
+    job: Job,
+    on_upgrade: OnUpgrade,
+) -> Result<Response, ServerError> {
+    crate::services::check_links(&sh, &job).await?;
+    let host = match placement::choose(&sh, &job).await? {
         Target::Here => None,
         Target::There(h) => Some(h),
-        Target::Waiting(h) => {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("job {:?} is fixed to host {h:?}, which is not alive; run it again when {h} is back", job.name),
-            ))
-        }
+        Target::Waiting(h) => return Err(ServerError::Unavailable(format!(
+            "job {:?} is fixed to host {h:?}, which is not alive; run it again when {h} is back",
+            job.name
+        ))),
     };
     let node = host
         .as_ref()
         .map_or(sh.config.name.clone(), |h| h.name.clone());
-    let claim_rev = claim(&sh, &job, &node).await?;
+    let claim_rev = state::claim_attached(sh.store.as_ref(), &job, &node, now_ms()).await?;
     let Some(host) = host else {
         return serve_claimed(sh, job, claim_rev, on_upgrade).await;
     };
     // Forward: the chosen host runs it; this server relays the bytes.
     let forwarded = async {
-        let doc = serde_json::to_vec(&job)
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        jobs::peer(&sh, &host)?
+        let doc = serde_json::to_vec(&job).map_err(|e| ServerError::Internal(e.to_string()))?;
+        peer::peer(&sh, &host)?
             .attach(&format!("/v1/internal/attach?claim_rev={claim_rev}"), doc)
             .await
-            .map_err(|e| jobs::peer_error(&host.name, e))
+            .map_err(|e| ServerError::from_peer(&host.name, e))
     }
     .await;
     let mut remote = match forwarded {
         Ok(io) => io,
         Err(e) => {
-            let _ = sh
+            let undo = sh
                 .store
                 .txn(
                     vec![Compare::ModRevision(keys::ps(&job.name), claim_rev)],
@@ -75,6 +79,9 @@ pub async fn start(sh: Arc<Shared>, job: Job, on_upgrade: OnUpgrade) -> Result<R
                     vec![],
                 )
                 .await;
+            if let Err(ue) = undo {
+                tracing::warn!(job = %job.name, "releasing the claim of a job that could not be forwarded: {ue}");
+            }
             return Err(e);
         }
     };
@@ -112,38 +119,6 @@ fn switching() -> Response {
         .into_response()
 }
 
-/// Claim an interactive job's name in viking-ps for `node`; the claim's
-/// revision.
-async fn claim(sh: &Shared, job: &Job, node: &str) -> Result<i64, ApiError> {
-    let rec = PsRecord {
-        status: "created".to_string(),
-        ..jobs::starting_record(job, node)
-    };
-    let r = sh
-        .store
-        .txn(
-            vec![
-                Compare::Absent(keys::proc(&job.name)),
-                Compare::Absent(keys::ps(&job.name)),
-            ],
-            vec![Op::Put {
-                key: keys::ps(&job.name),
-                value: encode(&rec),
-                lease: None,
-            }],
-            vec![],
-        )
-        .await?;
-    if r.succeeded {
-        Ok(r.revision)
-    } else {
-        Err(ApiError::conflict(format!(
-            "the name {:?} is already in use by a job; remove it with `viking rm {}` or choose another --name",
-            job.name, job.name
-        )))
-    }
-}
-
 /// Run an interactive job whose name is claimed for this host: answer
 /// `101` and run the session.
 pub async fn serve_claimed(
@@ -151,7 +126,7 @@ pub async fn serve_claimed(
     job: Job,
     claim_rev: i64,
     on_upgrade: OnUpgrade,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ServerError> {
     let ours = match sh.store.get(&keys::ps(&job.name)).await? {
         Some(kv) if kv.mod_revision == claim_rev => {
             viking_core::records::decode::<PsRecord>(&kv.value)
@@ -167,7 +142,7 @@ pub async fn serve_claimed(
             .map(|mut s| s.insert(job.name.clone()))
             .unwrap_or(false);
     if !fresh {
-        return Err(ApiError::conflict(format!(
+        return Err(ServerError::Conflict(format!(
             "job {:?} is not claimed for this host (or already attached)",
             job.name
         )));
@@ -176,22 +151,24 @@ pub async fn serve_claimed(
         let name = job.name.clone();
         match on_upgrade.await {
             Ok(upgraded) => session(&sh, job, claim_rev, TokioIo::new(upgraded)).await,
-            Err(e) => tracing::warn!(job = %name, "client went away before the stream opened: {e}"),
-        }
-        // The claim goes whatever happened, unless someone replaced it.
-        if let Ok(Some(kv)) = sh.store.get(&keys::ps(&name)).await {
-            let ours = viking_core::records::decode::<PsRecord>(&kv.value)
-                .map(|p| p.node == sh.config.name && !p.daemonize)
-                .unwrap_or(false);
-            if ours {
-                let _ = sh.store.delete(&keys::ps(&name)).await;
+            Err(e) => {
+                tracing::warn!(job = %name, "client went away before the stream opened: {e}");
+                end_session(&sh, &name).await;
             }
-        }
-        if let Ok(mut s) = sh.sessions.lock() {
-            s.remove(&name);
         }
     });
     Ok(switching())
+}
+
+/// The end of a session: the claim goes (unless someone replaced it) and
+/// the name leaves this server's sessions.
+async fn end_session(sh: &Shared, name: &str) {
+    if let Err(e) = state::release_attached(sh.store.as_ref(), name, &sh.config.name).await {
+        tracing::warn!(job = %name, "releasing the claim of a finished attached job: {e}");
+    }
+    if let Ok(mut s) = sh.sessions.lock() {
+        s.remove(name);
+    }
 }
 
 /// The exit code `docker run` uses when a container cannot start.
@@ -219,17 +196,18 @@ where
 {
     let (rd, mut wr) = tokio::io::split(io);
     let outcome = run(sh, &job, claim_rev, rd, &mut wr).await;
+    // The container is gone; the name is free before the client hears the
+    // exit code.
+    end_session(sh, &job.name).await;
     let last = match outcome {
         Ok(code) => Frame::exit(code),
         Err((code, e)) => {
-            let _ = send(
-                &mut wr,
-                Frame::new(
-                    frame::ERROR,
-                    serde_json::to_vec(&e.body()).unwrap_or_default(),
-                ),
-            )
-            .await;
+            match serde_json::to_vec(&status::body(&e)) {
+                Ok(body) => {
+                    let _ = send(&mut wr, Frame::new(frame::ERROR, body)).await;
+                }
+                Err(je) => tracing::error!(job = %job.name, "encoding an error frame: {je}"),
+            }
             Frame::exit(code)
         }
     };
@@ -238,7 +216,8 @@ where
     let _ = wr.shutdown().await;
 }
 
-type Failure = (i64, ApiError);
+/// A session that failed: the exit code to report and why.
+type ExitWithError = (i64, ServerError);
 
 async fn run<R, W>(
     sh: &Arc<Shared>,
@@ -246,16 +225,16 @@ async fn run<R, W>(
     claim_rev: i64,
     rd: R,
     wr: &mut W,
-) -> Result<i64, Failure>
+) -> Result<i64, ExitWithError>
 where
     R: tokio::io::AsyncRead + Send + Unpin + 'static,
     W: AsyncWrite + Unpin,
 {
-    let daemon_err = |e: ApiError| (125, e);
+    let daemon_err = |e: ServerError| (125, e);
     // Pull progress goes to the client as it comes.
     let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let pull = async {
-        let r = jobs::ensure_image(sh, &job.image, &|l| {
+        let r = container::ensure_image(sh, &job.image, &|l| {
             let _ = ptx.send(l);
         })
         .await;
@@ -270,8 +249,10 @@ where
     let (pulled, ()) = tokio::join!(pull, forward);
     pulled.map_err(daemon_err)?;
 
-    let spec = jobs::container_spec(sh, job).await.map_err(daemon_err)?;
-    let id = jobs::create_container(sh, &spec)
+    let spec = container::container_spec(sh, job)
+        .await
+        .map_err(daemon_err)?;
+    let id = container::create_container(sh, &spec)
         .await
         .map_err(daemon_err)?;
     let result = attached(sh, job, claim_rev, &id, rd, wr).await;
@@ -288,12 +269,12 @@ async fn attached<R, W>(
     id: &str,
     rd: R,
     wr: &mut W,
-) -> Result<i64, Failure>
+) -> Result<i64, ExitWithError>
 where
     R: tokio::io::AsyncRead + Send + Unpin + 'static,
     W: AsyncWrite + Unpin,
 {
-    let daemon_err = |e: ApiError| (125, e);
+    let daemon_err = |e: ServerError| (125, e);
     let att = sh
         .runtime
         .attach(id)
@@ -301,7 +282,7 @@ where
         .map_err(|e| daemon_err(e.into()))?;
     if let Err(e) = sh.runtime.start(id).await {
         let msg = e.to_string();
-        return Err((start_failure_code(&msg), ApiError::docker(msg)));
+        return Err((start_failure_code(&msg), ServerError::Runtime(e)));
     }
     // Record the running container in viking-ps, off the hot path; the
     // compare keeps it from resurrecting a record that is already gone.
@@ -311,19 +292,14 @@ where
         let name = job.name.clone();
         tokio::spawn(async move {
             if let Ok(Some(c)) = sh.runtime.inspect(&id).await {
-                let ps = jobs::ps_from(&sh, &c, 0);
-                let _ = sh
-                    .store
-                    .txn(
-                        vec![Compare::ModRevision(keys::ps(&name), claim_rev)],
-                        vec![Op::Put {
-                            key: keys::ps(&name),
-                            value: encode(&ps),
-                            lease: None,
-                        }],
-                        vec![],
-                    )
-                    .await;
+                let ps = container::ps_from(&sh, &c, 0);
+                match state::put_ps_if(sh.store.as_ref(), &ps, claim_rev).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        tracing::debug!(job = %name, "the claim changed before the running container was recorded")
+                    }
+                    Err(e) => tracing::warn!(job = %name, "recording the running container: {e}"),
+                }
             }
         });
     }

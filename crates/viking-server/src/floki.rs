@@ -17,16 +17,17 @@ use viking_core::keys;
 use viking_core::records::{decode, encode, HostRecord};
 use viking_store::{Election, LeaseId, Op, StoreError};
 
-use crate::api::{list_records, ApiError};
+use crate::error::ServerError;
+use crate::state;
 use crate::{now_ms, Shared};
 
 /// How often the load in the record is refreshed.
 const LOAD_REFRESH: Duration = Duration::from_secs(2);
 
 /// Every server floki knows, alive or gone, sorted by name.
-pub async fn list(sh: &Shared) -> Result<Vec<HostView>, ApiError> {
-    let alive: Vec<HostRecord> = list_records(sh.store.as_ref(), keys::HOSTS).await?;
-    let known: Vec<HostRecord> = list_records(sh.store.as_ref(), keys::FLEET).await?;
+pub async fn list(sh: &Shared) -> Result<Vec<HostView>, ServerError> {
+    let alive: Vec<HostRecord> = state::list(sh.store.as_ref(), keys::HOSTS).await?;
+    let known: Vec<HostRecord> = state::list(sh.store.as_ref(), keys::FLEET).await?;
     let leader = Election::new(sh.store.clone(), "reconciler")
         .leader()
         .await?;
@@ -64,7 +65,7 @@ async fn record(sh: &Shared) -> HostRecord {
 }
 
 async fn publish(sh: &Shared, lease: LeaseId) -> Result<(), StoreError> {
-    let rec = encode(&record(sh).await);
+    let rec = encode(&record(sh).await).map_err(|e| StoreError::Invalid(e.0))?;
     sh.store
         .txn(
             vec![],
@@ -159,7 +160,7 @@ pub async fn register(sh: Arc<Shared>, first: LeaseId) {
 }
 
 /// A host's record from the store, alive or not.
-pub async fn host(sh: &Shared, name: &str) -> Result<Option<HostRecord>, ApiError> {
+pub async fn host(sh: &Shared, name: &str) -> Result<Option<HostRecord>, ServerError> {
     for key in [keys::host(name), keys::fleet(name)] {
         if let Some(kv) = sh.store.get(&key).await? {
             return Ok(Some(decode(&kv.value)?));

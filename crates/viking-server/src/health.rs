@@ -13,10 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use viking_core::job::HealthCheck;
 use viking_core::keys;
-use viking_core::records::{encode, ProcRecord, PsRecord};
-use viking_store::StoreExt;
+use viking_core::records::{ProcRecord, PsRecord};
 
-use crate::api::list_records;
+use crate::state;
 use crate::{now_ms, Shared};
 
 /// Failed checks in a row that restart a job.
@@ -39,12 +38,12 @@ pub async fn run(sh: Arc<Shared>) {
 }
 
 async fn round(sh: &Shared, failures: &mut HashMap<String, u32>) -> Result<(), String> {
-    let procs: Vec<ProcRecord> = list_records(sh.store.as_ref(), keys::PROC)
+    let procs: Vec<ProcRecord> = state::list(sh.store.as_ref(), keys::PROC)
         .await
-        .map_err(|e| e.message)?;
-    let ps: Vec<PsRecord> = list_records(sh.store.as_ref(), keys::PS)
+        .map_err(|e| e.to_string())?;
+    let ps: Vec<PsRecord> = state::list(sh.store.as_ref(), keys::PS)
         .await
-        .map_err(|e| e.message)?;
+        .map_err(|e| e.to_string())?;
     let grace = (sh.config.health_interval * 3).as_millis() as u64;
     let now = now_ms();
     let mut checked = Vec::new();
@@ -80,7 +79,7 @@ async fn round(sh: &Shared, failures: &mut HashMap<String, u32>) -> Result<(), S
                 tracing::info!(job = %rec.job, failures = *n, "health check failed: {reason}");
                 if *n >= FAILURES {
                     failures.remove(&rec.job);
-                    restart(sh, rec, &reason).await;
+                    stop_unhealthy(sh, rec, &reason).await;
                 }
             }
         }
@@ -91,15 +90,17 @@ async fn round(sh: &Shared, failures: &mut HashMap<String, u32>) -> Result<(), S
 
 /// Note the reason in viking-ps and stop the container; the reconciler
 /// starts it again.
-async fn restart(sh: &Shared, rec: &PsRecord, reason: &str) {
+async fn stop_unhealthy(sh: &Shared, rec: &PsRecord, reason: &str) {
     tracing::warn!(job = %rec.job, "restarting after {FAILURES} failed health checks: {reason}");
-    if let Ok(Some(kv)) = sh.store.get(&keys::ps(&rec.job)).await {
-        let mut r = rec.clone();
-        r.error = Some(format!("health check failed: {reason}"));
-        let _ = sh
-            .store
-            .cas(&keys::ps(&rec.job), kv.mod_revision, encode(&r))
-            .await;
+    let mut r = rec.clone();
+    r.error = Some(format!("health check failed: {reason}"));
+    match state::ps(sh.store.as_ref(), &rec.job).await {
+        Ok(Some((_, rev))) => match state::put_ps_if(sh.store.as_ref(), &r, rev).await {
+            Ok(_) => {}
+            Err(e) => tracing::warn!(job = %rec.job, "noting the failed health check: {e}"),
+        },
+        Ok(None) => {}
+        Err(e) => tracing::warn!(job = %rec.job, "reading the unhealthy job's record: {e}"),
     }
     if let Err(e) = sh.runtime.stop(&rec.container_id, 2).await {
         tracing::warn!(job = %rec.job, "stopping the unhealthy job: {e}");

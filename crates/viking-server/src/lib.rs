@@ -3,7 +3,14 @@
 //! Layout:
 //! - [`config`]: the settings, checked before anything starts;
 //! - [`token`]: the cluster token (bearer auth of every request);
+//! - [`error`]: the server's one error type; [`status`]: its HTTP status
+//!   and body, the only such mapping;
 //! - [`api`]: the versioned HTTP API (axum), the only HTTP-facing part;
+//!   nothing imports it;
+//! - [`state`]: typed access to the records (proc, ps, history, ports) and
+//!   the name claims;
+//! - [`placement`]: dowding's snapshot and decision; [`peer`]: calls to
+//!   other servers; [`container`]: this host's containers;
 //! - [`jobs`]: running, stopping and removing jobs: viking-proc first, then
 //!   Docker, then viking-ps;
 //! - [`attach`]: the attached streams of interactive jobs;
@@ -16,9 +23,14 @@
 //! - [`push`]: code pushes, rolling restarts of non-static jobs;
 //! - [`services`]: ambassador ports, link variables, and embassy on this node.
 //!
-//! A server is `serve(config, listener, shutdown)`: the binary passes
-//! Ctrl-C/SIGTERM, tests bind port 0. Shutdown reaches every task through
-//! one `watch` channel; containers keep running when the server stops.
+//! A server is built from (config, store, runtime): [`prepare`] opens the
+//! real ones (Docker, etcd or the embedded store), [`prepare_with`] takes
+//! any, so the server's rules can be tested in-process over an in-memory
+//! runtime. [`serve`] runs it on a listener until shutdown: the binary
+//! passes Ctrl-C/SIGTERM, tests bind port 0. Shutdown reaches every task
+//! through one `watch` channel; containers keep running when the server
+//! stops. The background tasks are supervised: if one of them ends or
+//! panics before shutdown, the server stops with an error naming it.
 #![forbid(unsafe_code)]
 
 use std::collections::HashSet;
@@ -37,12 +49,18 @@ pub mod agent;
 pub mod api;
 pub mod attach;
 pub mod config;
+pub mod container;
+pub mod error;
 pub mod floki;
 pub mod health;
 pub mod jobs;
+pub mod peer;
+pub mod placement;
 pub mod push;
 pub mod reconciler;
 pub mod services;
+pub mod state;
+pub mod status;
 pub mod token;
 
 pub use config::ServerConfig;
@@ -112,10 +130,6 @@ pub async fn prepare(config: ServerConfig) -> anyhow::Result<Prepared> {
     config.validate().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
-    let token = match &config.token {
-        Some(t) => t.clone(),
-        None => token::load_or_create(&config.data_dir)?,
-    };
     let runtime = DockerRuntime::connect(&config.docker)
         .await
         .context("connecting to Docker")?;
@@ -130,7 +144,24 @@ pub async fn prepare(config: ServerConfig) -> anyhow::Result<Prepared> {
                 .with_context(|| format!("connecting to etcd at {}", config.etcd.join(",")))?,
         )
     };
-    let embassy_addr = services::bind_address(config.embassy_bind, &runtime).await;
+    prepare_with(config, store, Arc::new(runtime)).await
+}
+
+/// A server over the given store and container runtime (the seam: tests
+/// pass the embedded store and an in-memory runtime).
+pub async fn prepare_with(
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+    runtime: Arc<dyn Runtime>,
+) -> anyhow::Result<Prepared> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let token = match &config.token {
+        Some(t) => t.clone(),
+        None => token::load_or_create(&config.data_dir)?,
+    };
+    let embassy_addr = services::bind_address(config.embassy_bind, runtime.as_ref()).await;
     let engine = runtime
         .info()
         .await
@@ -139,7 +170,7 @@ pub async fn prepare(config: ServerConfig) -> anyhow::Result<Prepared> {
     let shared = Arc::new(Shared {
         config,
         store,
-        runtime: Arc::new(runtime),
+        runtime,
         engine,
         running: std::sync::atomic::AtomicU64::new(0),
         memory_used: std::sync::atomic::AtomicU64::new(0),
@@ -154,6 +185,13 @@ pub async fn prepare(config: ServerConfig) -> anyhow::Result<Prepared> {
         shared,
         shutdown_tx,
     })
+}
+
+impl Prepared {
+    /// The server's state, for in-process tests that call its modules.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
 }
 
 /// Run a prepared server on `listener` until `shutdown` resolves.
@@ -174,11 +212,11 @@ pub async fn serve(
         .await
         .context("registering this server in floki")?;
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(floki::register(shared.clone(), lease));
-    tasks.spawn(agent::run(shared.clone()));
-    tasks.spawn(reconciler::run(shared.clone()));
-    tasks.spawn(health::run(shared.clone()));
-    tasks.spawn(services::run(shared.clone()));
+    tasks.spawn(named("floki", floki::register(shared.clone(), lease)));
+    tasks.spawn(named("agent", agent::run(shared.clone())));
+    tasks.spawn(named("reconciler", reconciler::run(shared.clone())));
+    tasks.spawn(named("health", health::run(shared.clone())));
+    tasks.spawn(named("embassy", services::run(shared.clone())));
 
     let app = api::router(shared.clone());
     tracing::info!(
@@ -187,19 +225,55 @@ pub async fn serve(
         store = shared.store.backend(),
         "viking server ready"
     );
+    // The API ends at shutdown, or when a background task dies first: a
+    // server whose floki, agent or reconciler is gone must not go on
+    // answering as if it worked.
+    let task_died = std::sync::Arc::new(tokio::sync::Mutex::new(None::<String>));
+    let died = task_died.clone();
+    let mut shutdown = Box::pin(shutdown);
+    let api_shutdown = async move {
+        let why = tokio::select! {
+            _ = &mut shutdown => None,
+            ended = tasks.join_next() => Some(match ended {
+                Some(Ok(name)) => format!("the {name} task ended before shutdown"),
+                Some(Err(e)) if e.is_panic() => format!("a background task panicked: {e}"),
+                Some(Err(e)) => format!("a background task failed: {e}"),
+                None => "no background task is left".to_string(),
+            }),
+        };
+        if let Some(why) = &why {
+            tracing::error!("{why}; stopping the server");
+        }
+        *died.lock().await = why;
+        let _ = shutdown_tx.send(true);
+        tasks
+    };
+    let (tasks_tx, tasks_rx) = tokio::sync::oneshot::channel();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = shutdown_tx.send(true);
+            let tasks = api_shutdown.await;
+            let _ = tasks_tx.send(tasks);
         })
         .await
         .context("serving the API");
     tracing::info!("viking server stopping; containers keep running");
+    let mut tasks = tasks_rx.await.unwrap_or_default();
     // Give the tasks a moment to finish their current step.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
         while tasks.join_next().await.is_some() {}
     })
     .await;
     tasks.abort_all();
-    result
+    result?;
+    let why = task_died.lock().await.take();
+    match why {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    }
+}
+
+/// A background task that says its name when it ends.
+async fn named(name: &'static str, task: impl Future<Output = ()>) -> &'static str {
+    task.await;
+    name
 }

@@ -19,20 +19,18 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use futures::StreamExt;
 use hyper::Method;
 use viking_client::api::{
     PushEvent, PushRequest, PushSummary, ReplaceRequest, ResolveRequest, ResolveResponse,
 };
-use viking_core::keys;
-use viking_core::records::{decode, encode, HostRecord, ProcRecord, PsRecord};
-use viking_store::StoreExt;
+use viking_core::records::{decode, HostRecord, ProcRecord, PsRecord};
+use viking_core::{keys, Status};
+use viking_store::Revision;
 
-use crate::api::{list_records, ApiError};
-use crate::{jobs, now_ms, Shared};
-
-type ApiResult<T> = Result<T, ApiError>;
+use crate::error::{Result, ServerError};
+use crate::state;
+use crate::{now_ms, Shared};
 
 /// How long a new container must stay up before the next job is pushed.
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(3);
@@ -50,7 +48,7 @@ fn normalize(image: &str) -> String {
 }
 
 /// The image id `image` names on this host, pulling first if asked.
-pub async fn resolve_here(sh: &Shared, req: &ResolveRequest) -> ApiResult<ResolveResponse> {
+pub async fn resolve_here(sh: &Shared, req: &ResolveRequest) -> Result<ResolveResponse> {
     if req.pull {
         if let Err(e) = viking_docker::pull_quietly(sh.runtime.as_ref(), &req.image).await {
             tracing::info!(image = %req.image, "push: pull failed, using the local image: {e}");
@@ -63,7 +61,7 @@ pub async fn resolve_here(sh: &Shared, req: &ResolveRequest) -> ApiResult<Resolv
 
 /// POST `req` to `path` on the server of `node` (alive in floki), and
 /// read its JSON answer.
-async fn call_host<Req, Resp>(sh: &Shared, node: &str, path: &str, req: &Req) -> ApiResult<Resp>
+async fn call_host<Req, Resp>(sh: &Shared, node: &str, path: &str, req: &Req) -> Result<Resp>
 where
     Req: serde::Serialize,
     Resp: serde::de::DeserializeOwned,
@@ -71,21 +69,19 @@ where
     let host: HostRecord = match sh.store.get(&keys::host(node)).await? {
         Some(kv) => decode(&kv.value)?,
         None => {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("host {node} is not alive"),
-            ))
+            return Err(ServerError::Unavailable(format!(
+                "host {node} is not alive"
+            )))
         }
     };
-    let body = serde_json::to_vec(req)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    jobs::peer(sh, &host)?
+    let body = serde_json::to_vec(req).map_err(|e| ServerError::Internal(e.to_string()))?;
+    crate::peer::peer(sh, &host)?
         .json(Method::POST, path, Some(body))
         .await
-        .map_err(|e| jobs::peer_error(node, e))
+        .map_err(|e| ServerError::from_peer(node, e))
 }
 
-async fn resolve_on(sh: &Shared, node: &str, req: &ResolveRequest) -> ApiResult<Option<String>> {
+async fn resolve_on(sh: &Shared, node: &str, req: &ResolveRequest) -> Result<Option<String>> {
     let r: ResolveResponse = if node == sh.config.name {
         resolve_here(sh, req).await?
     } else {
@@ -94,7 +90,7 @@ async fn resolve_on(sh: &Shared, node: &str, req: &ResolveRequest) -> ApiResult<
     Ok(r.image_id)
 }
 
-async fn replace_on(sh: &Shared, node: &str, req: &ReplaceRequest) -> ApiResult<PsRecord> {
+async fn replace_on(sh: &Shared, node: &str, req: &ReplaceRequest) -> Result<PsRecord> {
     if node == sh.config.name {
         replace_here(sh, req).await
     } else {
@@ -107,9 +103,9 @@ pub async fn push(
     sh: &Shared,
     req: PushRequest,
     events: &(dyn Fn(PushEvent) + Sync),
-) -> ApiResult<PushSummary> {
-    let procs: Vec<ProcRecord> = list_records(sh.store.as_ref(), keys::PROC).await?;
-    let ps: Vec<PsRecord> = list_records(sh.store.as_ref(), keys::PS).await?;
+) -> Result<PushSummary> {
+    let procs: Vec<ProcRecord> = state::list(sh.store.as_ref(), keys::PROC).await?;
+    let ps: Vec<PsRecord> = state::list(sh.store.as_ref(), keys::PS).await?;
     let wanted: Vec<String> = req.images.iter().map(|i| normalize(i)).collect();
     let mut summary = PushSummary::default();
     let mut todo = Vec::new();
@@ -194,7 +190,7 @@ pub async fn push(
                     }
                     Err(e) => {
                         ev.event = "failed".to_string();
-                        ev.message = Some(e.message);
+                        ev.message = Some(e.to_string());
                         events(ev.clone());
                         Err(ev)
                     }
@@ -232,58 +228,54 @@ pub async fn push(
     Ok(summary)
 }
 
-async fn get_ps(sh: &Shared, name: &str) -> ApiResult<(PsRecord, i64)> {
+async fn get_ps(sh: &Shared, name: &str) -> Result<(PsRecord, i64)> {
     match sh.store.get(&keys::ps(name)).await? {
         Some(kv) => Ok((decode(&kv.value)?, kv.mod_revision)),
-        None => Err(ApiError::not_found(format!(
+        None => Err(ServerError::NotFound(format!(
             "job {name:?} has no container"
         ))),
     }
 }
 
 /// Replace one job's container on this host; roll back on failure.
-pub async fn replace_here(sh: &Shared, req: &ReplaceRequest) -> ApiResult<PsRecord> {
+pub async fn replace_here(sh: &Shared, req: &ReplaceRequest) -> Result<PsRecord> {
     let name = &req.job;
     let proc = match sh.store.get(&keys::proc(name)).await? {
         Some(kv) => decode::<ProcRecord>(&kv.value)?,
         None => {
-            return Err(ApiError::not_found(format!(
+            return Err(ServerError::NotFound(format!(
                 "job {name:?} is not in viking-proc"
             )))
         }
     };
     if proc.job.static_ {
-        return Err(ApiError::conflict(format!(
+        return Err(ServerError::Conflict(format!(
             "job {name:?} is static: a push never restarts it"
         )));
     }
     let (old, rev) = get_ps(sh, name).await?;
     if old.node != sh.config.name || !old.is_running() {
-        return Err(ApiError::conflict(format!(
+        return Err(ServerError::Conflict(format!(
             "job {name:?} is not running on this host"
         )));
     }
     // Fence: the record says starting while the containers change hands.
     let mut starting = old.clone();
-    starting.status = "starting".to_string();
+    starting.status = Status::Starting;
     starting.created_at = now_ms();
-    if !sh
-        .store
-        .cas(&keys::ps(name), rev, encode(&starting))
-        .await?
-    {
-        return Err(ApiError::conflict(format!(
+    let Some(fence) = state::put_ps_if(sh.store.as_ref(), &starting, rev).await? else {
+        return Err(ServerError::Conflict(format!(
             "job {name:?} changed during the push; try again"
         )));
-    }
+    };
     let aside = format!(
         "{name}.prev-{}",
         &old.container_id[..12.min(old.container_id.len())]
     );
-    let outcome: ApiResult<PsRecord> = async {
+    let outcome: Result<PsRecord> = async {
         sh.runtime.stop(&old.container_id, 10).await?;
         sh.runtime.rename(&old.container_id, &aside).await?;
-        start_new(sh, &proc, req).await
+        start_new(sh, &proc, req, &old, fence).await
     }
     .await;
     match outcome {
@@ -294,25 +286,30 @@ pub async fn replace_here(sh: &Shared, req: &ReplaceRequest) -> ApiResult<PsReco
             Ok(new)
         }
         Err(e) => {
-            rollback(sh, name, &old, &aside).await;
-            Err(ApiError::new(
-                e.status,
-                format!(
-                    "{}; rolled back to its previous image {}",
-                    e.message, old.image_id
-                ),
-            ))
+            rollback(sh, name, &old, &aside, fence).await;
+            Err(ServerError::RolledBack {
+                source: Box::new(e),
+                previous_image: old.image_id.clone(),
+            })
         }
     }
 }
 
 /// Create and start the new container, and wait until it has proved itself.
-async fn start_new(sh: &Shared, proc: &ProcRecord, req: &ReplaceRequest) -> ApiResult<PsRecord> {
+/// Every write of viking-ps is conditional on `fence`, the revision of the
+/// push's own "starting" record: a concurrent `rm` is never undone.
+async fn start_new(
+    sh: &Shared,
+    proc: &ProcRecord,
+    req: &ReplaceRequest,
+    old: &PsRecord,
+    fence: Revision,
+) -> Result<PsRecord> {
     let job = &proc.job;
-    let spec = jobs::container_spec(sh, job).await?;
+    let spec = crate::container::container_spec(sh, job).await?;
     let id = sh.runtime.create(&spec).await?;
     if let Err(e) = sh.runtime.start(&id).await {
-        return Err(ApiError::docker(format!(
+        return Err(ServerError::Upstream(format!(
             "the new version did not start: {e}"
         )));
     }
@@ -332,16 +329,16 @@ async fn start_new(sh: &Shared, proc: &ProcRecord, req: &ReplaceRequest) -> ApiR
             .runtime
             .inspect(&id)
             .await?
-            .ok_or_else(|| ApiError::docker("the new container vanished"))?;
+            .ok_or_else(|| ServerError::Upstream("the new container vanished".to_string()))?;
         if info.status != "running" {
-            return Err(ApiError::docker(format!(
+            return Err(ServerError::Upstream(format!(
                 "the new version exited with code {} within {:?}",
                 info.exit_code.unwrap_or(-1),
                 settle
             )));
         }
         if !healthy {
-            let rec = jobs::ps_from(sh, &info, 0);
+            let rec = crate::container::ps_from(sh, &info, 0);
             let mut ok = true;
             for c in &checks {
                 if crate::health::check(*c, &rec).await.is_err() {
@@ -352,18 +349,22 @@ async fn start_new(sh: &Shared, proc: &ProcRecord, req: &ReplaceRequest) -> ApiR
         }
         let now = tokio::time::Instant::now();
         if healthy && now >= settled_at {
-            let (restarts, streak, last) = match get_ps(sh, &job.name).await {
-                Ok((p, _)) => (p.restarts, p.crash_streak, p.last_exit),
-                Err(_) => (0, 0, None),
-            };
-            let mut rec = jobs::ps_from(sh, &info, restarts);
-            rec.crash_streak = streak;
-            rec.last_exit = last;
-            sh.store.put(&keys::ps(&job.name), encode(&rec)).await?;
+            let mut rec = crate::container::ps_from(sh, &info, old.restarts);
+            rec.crash_streak = old.crash_streak;
+            rec.last_exit = old.last_exit;
+            if state::put_ps_if(sh.store.as_ref(), &rec, fence)
+                .await?
+                .is_none()
+            {
+                return Err(ServerError::Conflict(format!(
+                    "job {:?} was stopped or removed during the push",
+                    job.name
+                )));
+            }
             return Ok(rec);
         }
         if now >= deadline {
-            return Err(ApiError::docker(format!(
+            return Err(ServerError::Upstream(format!(
                 "the new version did not pass its health checks within {HEALTH_TIMEOUT:?}"
             )));
         }
@@ -372,12 +373,14 @@ async fn start_new(sh: &Shared, proc: &ProcRecord, req: &ReplaceRequest) -> ApiR
 }
 
 /// Put the previous container back under the job's name and start it.
-async fn rollback(sh: &Shared, name: &str, old: &PsRecord, aside: &str) {
+async fn rollback(sh: &Shared, name: &str, old: &PsRecord, aside: &str, fence: Revision) {
     tracing::warn!(job = %name, "push failed: rolling back to image {}", old.image_id);
     // The failed new container holds the name: remove it.
     if let Ok(Some(c)) = sh.runtime.inspect(name).await {
         if c.id != old.container_id {
-            let _ = sh.runtime.remove(&c.id, true).await;
+            if let Err(e) = sh.runtime.remove(&c.id, true).await {
+                tracing::warn!(job = %name, "rollback: removing the failed new container: {e}");
+            }
         }
     }
     if let Err(e) = sh.runtime.rename(&old.container_id, name).await {
@@ -388,12 +391,16 @@ async fn rollback(sh: &Shared, name: &str, old: &PsRecord, aside: &str) {
     }
     let mut rec = old.clone();
     if let Ok(Some(info)) = sh.runtime.inspect(&old.container_id).await {
-        rec = jobs::ps_from(sh, &info, old.restarts);
+        rec = crate::container::ps_from(sh, &info, old.restarts);
         rec.crash_streak = old.crash_streak;
         rec.last_exit = old.last_exit;
         rec.created_at = old.created_at;
     }
-    if let Err(e) = sh.store.put(&keys::ps(name), encode(&rec)).await {
-        tracing::error!(job = %name, "rollback: writing viking-ps: {e}");
+    match state::put_ps_if(sh.store.as_ref(), &rec, fence).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            tracing::warn!(job = %name, "rollback: the job's record changed meanwhile (stopped or removed); left as it is")
+        }
+        Err(e) => tracing::error!(job = %name, "rollback: writing viking-ps: {e}"),
     }
 }

@@ -19,13 +19,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use viking_core::keys;
 use viking_core::reconcile::{self, Action, Snapshot};
 use viking_core::records::{decode, encode, History, ProcRecord, PsRecord};
+use viking_core::{keys, Status};
 use viking_store::{spawn_keep_alive, Compare, Election, Op, Revision, StoreError};
 
-use crate::api::{list_records, ApiError};
-use crate::jobs::{self, Target};
+use crate::error::ServerError;
+use crate::placement::Target;
+use crate::state;
 use crate::{now_ms, Shared};
 
 /// How many starts run at once.
@@ -93,7 +94,7 @@ async fn lead(sh: &Arc<Shared>) -> Result<(), StoreError> {
     loop {
         match reconcile_once(sh).await {
             Ok(w) => wake_at = w,
-            Err(e) => tracing::warn!("reconcile: {}", e.message),
+            Err(e) => tracing::warn!("reconcile: {}", e),
         }
         let sleep = match wake_at {
             Some(t) => Duration::from_millis(t.saturating_sub(now_ms()).max(10)),
@@ -116,9 +117,9 @@ async fn lead(sh: &Arc<Shared>) -> Result<(), StoreError> {
 }
 
 /// One level-triggered round; when to plan again for a backoff.
-pub async fn reconcile_once(sh: &Arc<Shared>) -> Result<Option<u64>, ApiError> {
+pub async fn reconcile_once(sh: &Arc<Shared>) -> Result<Option<u64>, ServerError> {
     let (procs, ps, ps_revs) = read_state(sh).await?;
-    let hosts = jobs::snapshot(sh).await?;
+    let hosts = crate::placement::snapshot(sh).await?;
     // Every history in one read, not one per job.
     let (hist_kvs, _) = sh.store.list(keys::HISTORY).await?;
     let wanted: std::collections::HashSet<&str> =
@@ -153,7 +154,7 @@ pub async fn reconcile_once(sh: &Arc<Shared>) -> Result<Option<u64>, ApiError> {
             async move {
                 let job = a.job().to_string();
                 if let Err(e) = execute(&sh, &snap, &revs, a).await {
-                    tracing::warn!(%job, "reconcile action failed: {}", e.message);
+                    tracing::warn!(%job, "reconcile action failed: {}", e);
                 }
             }
         })
@@ -167,8 +168,8 @@ type PsRevs = BTreeMap<String, Revision>;
 
 async fn read_state(
     sh: &Shared,
-) -> Result<(Vec<ProcRecord>, BTreeMap<String, PsRecord>, PsRevs), ApiError> {
-    let procs: Vec<ProcRecord> = list_records(sh.store.as_ref(), keys::PROC).await?;
+) -> Result<(Vec<ProcRecord>, BTreeMap<String, PsRecord>, PsRevs), ServerError> {
+    let procs: Vec<ProcRecord> = state::list(sh.store.as_ref(), keys::PROC).await?;
     let (kvs, _) = sh.store.list(keys::PS).await?;
     let mut ps = BTreeMap::new();
     let mut revs = BTreeMap::new();
@@ -192,7 +193,7 @@ async fn execute(
     snap: &Snapshot,
     revs: &PsRevs,
     action: Action,
-) -> Result<(), ApiError> {
+) -> Result<(), ServerError> {
     let Some(proc) = snap.procs.iter().find(|p| p.job.name == action.job()) else {
         return Ok(());
     };
@@ -203,16 +204,16 @@ async fn execute(
             p.waiting = Some(reason.clone());
             let mut ops = vec![Op::Put {
                 key: keys::proc(&job),
-                value: encode(&p),
+                value: encode(&p)?,
                 lease: None,
             }];
             if let Some(o) = old {
                 let mut w = o.clone();
-                w.status = "waiting".to_string();
+                w.status = Status::Waiting;
                 w.error = Some(reason);
                 ops.push(Op::Put {
                     key: keys::ps(&job),
-                    value: encode(&w),
+                    value: encode(&w)?,
                     lease: None,
                 });
             }
@@ -237,7 +238,7 @@ async fn execute(
                 restarts,
                 crash_streak,
                 last_exit: old.and_then(|o| o.exit_code.or(o.last_exit)),
-                ..jobs::starting_record(&proc.job, &node)
+                ..crate::state::starting_record(&proc.job, &node, now_ms())
             };
             let mut placed = proc.clone();
             placed.placed_on = Some(node.clone());
@@ -249,12 +250,12 @@ async fn execute(
                     vec![
                         Op::Put {
                             key: keys::ps(&job),
-                            value: encode(&starting),
+                            value: encode(&starting)?,
                             lease: None,
                         },
                         Op::Put {
                             key: keys::proc(&job),
-                            value: encode(&placed),
+                            value: encode(&placed)?,
                             lease: None,
                         },
                     ],
@@ -273,20 +274,20 @@ async fn execute(
                     None => Target::Waiting(node.clone()),
                 }
             };
-            let started = jobs::start_on(sh, &proc.job, &target, &|_| {}).await;
+            let started = crate::jobs::start_on(sh, &proc.job, &target, &|_| {}).await;
             if let Err(e) = started {
                 // Record the failure (if the record is still our claim), so
                 // the backoff applies and `viking ps` shows why.
                 let mut failed = starting.clone();
-                failed.status = "failed".to_string();
-                failed.error = Some(e.message.clone());
+                failed.status = Status::Failed;
+                failed.error = Some(e.to_string());
                 failed.finished_at = Some(now_ms());
                 sh.store
                     .txn(
                         vec![Compare::ModRevision(keys::ps(&job), r.revision)],
                         vec![Op::Put {
                             key: keys::ps(&job),
-                            value: encode(&failed),
+                            value: encode(&failed)?,
                             lease: None,
                         }],
                         vec![],

@@ -18,21 +18,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use viking_client::api::ServicePort;
 use viking_core::job::Proto;
-use viking_core::records::{decode, HostRecord, ProcRecord, PsRecord};
+use viking_core::records::{HostRecord, ProcRecord, PsRecord};
 use viking_core::{keys, Job};
 use viking_embassy::{Embassy, Route, RoutingTable};
-use viking_store::StoreExt;
 
-use crate::api::{list_records, ApiError};
+use crate::error::{Result, ServerError};
+use crate::state;
 use crate::Shared;
 
-type ApiResult<T> = Result<T, ApiError>;
-
 /// The TCP container ports of a job, the ones embassy serves.
-fn tcp_ports(job: &Job) -> Vec<u16> {
+pub fn tcp_ports(job: &Job) -> Vec<u16> {
     job.ports
         .iter()
         .filter(|p| p.proto == Proto::Tcp)
@@ -40,53 +37,9 @@ fn tcp_ports(job: &Job) -> Vec<u16> {
         .collect()
 }
 
-/// The ambassador port of (service, container port), allocated on first use.
-pub async fn allocate(sh: &Shared, service: &str, container_port: u16) -> ApiResult<u16> {
-    let key = keys::ambassador_port(service, container_port);
-    let parse = |v: &[u8]| -> ApiResult<u16> {
-        std::str::from_utf8(v)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("bad ambassador port at {key}"),
-                )
-            })
-    };
-    if let Some(kv) = sh.store.get(&key).await? {
-        return parse(&kv.value);
-    }
-    let (lo, hi) = sh.config.embassy_ports;
-    let n = sh.store.incr(keys::PORT_COUNTER).await?;
-    let port = u64::from(lo) + n - 1;
-    if port > u64::from(hi) {
-        return Err(ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            format!("the ambassador port range {lo}-{hi} is used up; widen --embassy-ports"),
-        ));
-    }
-    if sh.store.create(&key, port.to_string(), None).await? {
-        return Ok(port as u16);
-    }
-    // Another server allocated it at the same moment: theirs stands.
-    match sh.store.get(&key).await? {
-        Some(kv) => parse(&kv.value),
-        None => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("allocating {key} raced; try again"),
-        )),
-    }
-}
-
-/// Before a job is accepted: its own ambassador ports exist, and every
-/// service it links to exists and has ports.
-pub async fn prepare_job(sh: &Shared, job: &Job) -> ApiResult<()> {
-    if job.daemonize {
-        for p in tcp_ports(job) {
-            allocate(sh, &job.name, p).await?;
-        }
-    }
+/// Before an interactive job is accepted, or with a daemonized job's
+/// claim: every service it links to exists and has ports.
+pub async fn check_links(sh: &Shared, job: &Job) -> Result<()> {
     for l in &job.links {
         link_ports(sh, &l.service).await?;
     }
@@ -94,28 +47,37 @@ pub async fn prepare_job(sh: &Shared, job: &Job) -> ApiResult<()> {
 }
 
 /// (container port, ambassador port) of a service, or why it cannot be linked.
-async fn link_ports(sh: &Shared, service: &str) -> ApiResult<Vec<(u16, u16)>> {
-    let Some(kv) = sh.store.get(&keys::proc(service)).await? else {
-        return Err(ApiError::bad_request(format!(
+async fn link_ports(sh: &Shared, service: &str) -> Result<Vec<(u16, u16)>> {
+    let Some(proc) = state::proc(sh.store.as_ref(), service).await? else {
+        return Err(ServerError::Invalid(format!(
             "invalid job: links: no daemonized job named {service:?} to link to (see `viking proc`)"
         )));
     };
-    let proc: ProcRecord = decode(&kv.value)?;
     let ports = tcp_ports(&proc.job);
     if ports.is_empty() {
-        return Err(ApiError::bad_request(format!(
+        return Err(ServerError::Invalid(format!(
             "invalid job: links: job {service:?} has no TCP ports, so it is not a service"
         )));
     }
+    // A service claimed before its ports were allocated with the claim
+    // gets them now.
+    state::allocate_ports(sh.store.as_ref(), service, &ports, sh.config.embassy_ports).await?;
     let mut out = Vec::with_capacity(ports.len());
     for p in ports {
-        out.push((p, allocate(sh, service, p).await?));
+        match state::ambassador_port(sh.store.as_ref(), service, p).await? {
+            Some(amb) => out.push((p, amb)),
+            None => {
+                return Err(ServerError::Unavailable(format!(
+                    "service {service:?} lost its ambassador port for {p} meanwhile; try again"
+                )))
+            }
+        }
     }
     Ok(out)
 }
 
 /// The link variables of a job starting on this host.
-pub async fn link_env(sh: &Shared, job: &Job) -> ApiResult<Vec<String>> {
+pub async fn link_env(sh: &Shared, job: &Job) -> Result<Vec<String>> {
     let mut env = Vec::new();
     for l in &job.links {
         let ports = link_ports(sh, &l.service).await?;
@@ -127,10 +89,10 @@ pub async fn link_env(sh: &Shared, job: &Job) -> ApiResult<Vec<String>> {
 }
 
 /// Every service port with its ambassador port and live endpoints.
-pub async fn list(sh: &Shared) -> ApiResult<Vec<ServicePort>> {
-    let procs: Vec<ProcRecord> = list_records(sh.store.as_ref(), keys::PROC).await?;
-    let ps: Vec<PsRecord> = list_records(sh.store.as_ref(), keys::PS).await?;
-    let hosts: Vec<HostRecord> = list_records(sh.store.as_ref(), keys::HOSTS).await?;
+pub async fn list(sh: &Shared) -> Result<Vec<ServicePort>> {
+    let procs: Vec<ProcRecord> = state::list(sh.store.as_ref(), keys::PROC).await?;
+    let ps: Vec<PsRecord> = state::list(sh.store.as_ref(), keys::PS).await?;
+    let hosts: Vec<HostRecord> = state::list(sh.store.as_ref(), keys::HOSTS).await?;
     let (port_kvs, _) = sh.store.list(keys::PORTS).await?;
     let allocated: BTreeMap<&str, u16> = port_kvs
         .iter()
@@ -234,7 +196,7 @@ pub async fn run(sh: Arc<Shared>) {
                     }
                     Err(e) => tracing::warn!("embassy: {e}"),
                 },
-                Err(e) => tracing::warn!("embassy: reading services: {}", e.message),
+                Err(e) => tracing::warn!("embassy: reading services: {e}"),
             }
             tokio::select! {
                 _ = crate::stopped(&mut shutdown) => break 'outer,

@@ -1,0 +1,183 @@
+//! This host's containers: the image (pulled with progress when missing),
+//! the container's spec (link variables, volume directories), creating it
+//! (replacing a leftover of the same job), starting it and recording it in
+//! viking-ps, and bringing a record up to date with its container.
+
+use futures::StreamExt;
+use viking_core::records::PsRecord;
+use viking_core::{Job, Status};
+use viking_docker::{ContainerInfo, ContainerSpec, RuntimeError};
+
+use crate::error::{Result, ServerError};
+use crate::{now_ms, state, Shared};
+
+/// Make sure the engine has `image`, pulling it with progress if not.
+pub async fn ensure_image(
+    sh: &Shared,
+    image: &str,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<String> {
+    if let Some(id) = sh.runtime.image_id(image).await? {
+        return Ok(id);
+    }
+    progress(format!("Unable to find image '{image}' locally; pulling"));
+    let mut pull = sh.runtime.pull(image);
+    while let Some(line) = pull.next().await {
+        match line {
+            Ok(l) => progress(l),
+            Err(e) => {
+                return Err(ServerError::Upstream(format!(
+                    "image {image:?} is not on this host and could not be pulled: {}",
+                    match e {
+                        RuntimeError::Image { reason, .. } => reason,
+                        other => other.to_string(),
+                    }
+                )))
+            }
+        }
+    }
+    sh.runtime.image_id(image).await?.ok_or_else(|| {
+        ServerError::Upstream(format!(
+            "image {image:?} was pulled but the engine does not list it"
+        ))
+    })
+}
+
+/// The container of `job` on this host: its spec with the link variables
+/// pointing at this host's embassy, and its volume directories made.
+pub async fn container_spec(sh: &Shared, job: &Job) -> Result<ContainerSpec> {
+    let mut spec =
+        ContainerSpec::for_job(job, &sh.config.name, &sh.config.key, &sh.config.data_dir);
+    spec.env.extend(crate::services::link_env(sh, job).await?);
+    for (host, _) in &spec.binds {
+        std::fs::create_dir_all(host).map_err(|e| {
+            ServerError::Internal(format!("creating volume directory {}: {e}", host.display()))
+        })?;
+    }
+    Ok(spec)
+}
+
+/// Create a container, replacing a leftover container of this same job
+/// that viking made earlier (e.g. before a crash) but no record claims.
+pub async fn create_container(sh: &Shared, spec: &ContainerSpec) -> Result<String> {
+    match sh.runtime.create(spec).await {
+        Ok(id) => Ok(id),
+        Err(RuntimeError::Docker(m)) if m.contains("Conflict") || m.contains("already in use") => {
+            let existing = sh.runtime.inspect(&spec.name).await?;
+            match existing {
+                Some(c) if c.job == spec.name && c.cluster == sh.config.key && c.node == sh.config.name => {
+                    tracing::info!(job = %spec.name, "removing a leftover container of this job");
+                    sh.runtime.remove(&c.id, true).await?;
+                    Ok(sh.runtime.create(spec).await?)
+                }
+                _ => Err(ServerError::Conflict(format!(
+                    "a container named {:?} that viking did not create exists on this host; remove or rename it",
+                    spec.name
+                ))),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A viking-ps record from Docker's view of a container.
+pub fn ps_from(sh: &Shared, c: &ContainerInfo, restarts: u32) -> PsRecord {
+    PsRecord {
+        job: c.job.clone(),
+        node: sh.config.name.clone(),
+        container_id: c.id.clone(),
+        image: c.image.clone(),
+        image_id: c.image_id.clone(),
+        command: c.command.clone(),
+        daemonize: c.daemonize,
+        status: Status::from(c.status.as_str()),
+        exit_code: c.exit_code,
+        error: c.error.clone(),
+        ports: c.ports.clone(),
+        created_at: now_ms(),
+        started_at: c.started_at,
+        finished_at: c.finished_at,
+        restarts,
+        crash_streak: 0,
+        last_exit: None,
+    }
+}
+
+pub async fn start_container(
+    sh: &Shared,
+    job: &Job,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<PsRecord> {
+    ensure_image(sh, &job.image, progress).await?;
+    let spec = container_spec(sh, job).await?;
+    let id = create_container(sh, &spec).await?;
+    let started = async {
+        sh.runtime.start(&id).await?;
+        sh.runtime.inspect(&id).await?.ok_or_else(|| {
+            ServerError::Upstream(format!(
+                "container of job {:?} vanished after it started",
+                job.name
+            ))
+        })
+    }
+    .await;
+    let info = match started {
+        Ok(i) => i,
+        Err(e) => {
+            if let Err(re) = sh.runtime.remove(&id, true).await {
+                tracing::error!(job = %job.name, "removing the container that failed to start: {re}");
+            }
+            return Err(e);
+        }
+    };
+    // Keep the restart counters of the start claim.
+    let (restarts, streak, last_exit) = match state::ps(sh.store.as_ref(), &job.name).await? {
+        Some((p, _)) if p.node == sh.config.name => (p.restarts, p.crash_streak, p.last_exit),
+        _ => (0, 0, None),
+    };
+    let mut ps = ps_from(sh, &info, restarts);
+    ps.crash_streak = streak;
+    ps.last_exit = last_exit;
+    state::record_started(sh.store.as_ref(), &ps, now_ms()).await?;
+    Ok(ps)
+}
+
+/// Bring a job's viking-ps record up to date with its container.
+pub async fn refresh_ps(sh: &Shared, name: &str) -> Result<Option<PsRecord>> {
+    for _ in 0..16 {
+        let Some((mut ps, rev)) = state::ps(sh.store.as_ref(), name).await? else {
+            return Ok(None);
+        };
+        match sh.runtime.inspect(&ps.container_id).await? {
+            Some(c) if c.id == ps.container_id => {
+                let fresh = ps_from(sh, &c, ps.restarts);
+                // Keep viking's own note (e.g. a failed health check) on a
+                // container that stopped; a running one clears it.
+                let error = match fresh.error.clone() {
+                    Some(e) => Some(e),
+                    None if c.status != "running" => ps.error.take(),
+                    None => None,
+                };
+                ps = PsRecord {
+                    created_at: ps.created_at,
+                    crash_streak: ps.crash_streak,
+                    last_exit: ps.last_exit,
+                    error,
+                    ..fresh
+                };
+            }
+            _ => {
+                ps.status = Status::Missing;
+            }
+        }
+        if state::put_ps_if(sh.store.as_ref(), &ps, rev)
+            .await?
+            .is_some()
+        {
+            return Ok(Some(ps));
+        }
+    }
+    Err(ServerError::Unavailable(format!(
+        "could not update job {name:?}: its record kept changing"
+    )))
+}

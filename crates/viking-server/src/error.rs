@@ -1,0 +1,93 @@
+//! The server's one error type: what went wrong, classified by cause.
+//!
+//! Every part of the server (jobs, attach, agent, reconciler, floki, push,
+//! services) returns [`ServerError`]; none of them knows HTTP. How an error
+//! crosses the wire (its status and body) is decided in one place,
+//! [`crate::status`], used by the API and by the attached stream's error
+//! frame.
+
+use viking_client::ClientError;
+use viking_core::records::RecordError;
+use viking_docker::RuntimeError;
+use viking_store::StoreError;
+
+/// Why a request or a step of a background loop failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The request is wrong (a bad job, a bad body): nothing was changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such job (or other named thing).
+    #[error("{0}")]
+    NotFound(String),
+    /// The name is taken, or the job is not in the state the request needs.
+    #[error("{0}")]
+    Conflict(String),
+    /// No host can take the job now, or a retry budget ran out.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A finite resource of the cluster is used up (the ambassador ports).
+    #[error("{0}")]
+    Exhausted(String),
+    /// The chosen host's server could not be reached at all: the work may
+    /// go to another host.
+    #[error("host {host}: {source}")]
+    PeerUnreachable {
+        host: String,
+        #[source]
+        source: ClientError,
+    },
+    /// Another server answered with an error, kept as it said it.
+    #[error("{message}")]
+    Peer {
+        host: String,
+        status: u16,
+        message: String,
+    },
+    /// A step on a host failed (a container that would not start, a new
+    /// version that exited, a peer that said something unexpected).
+    #[error("{0}")]
+    Upstream(String),
+    /// A push step failed and the job was put back on its previous image.
+    #[error("{source}; rolled back to its previous image {previous_image}")]
+    RolledBack {
+        source: Box<ServerError>,
+        previous_image: String,
+    },
+    #[error("cluster store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("{}", .0.0)]
+    Record(#[from] RecordError),
+    /// A bug or an impossible state: the message says which.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ServerError {
+    /// An error from a peer: unreachable, its own answer, or a broken
+    /// exchange.
+    pub fn from_peer(host: &str, e: ClientError) -> Self {
+        match e {
+            ClientError::Api { status, message } => ServerError::Peer {
+                host: host.to_string(),
+                status,
+                message,
+            },
+            e @ ClientError::Connect { .. } => ServerError::PeerUnreachable {
+                host: host.to_string(),
+                source: e,
+            },
+            other => ServerError::Upstream(format!("host {host}: {other}")),
+        }
+    }
+
+    /// Whether the work may be retried on another host.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ServerError::PeerUnreachable { .. })
+    }
+}
+
+pub type Result<T, E = ServerError> = std::result::Result<T, E>;

@@ -1,0 +1,58 @@
+//! Calls to the other servers of the fleet: a client with the cluster
+//! token, where a job's container lives (here, on a live peer, or on a host
+//! that is gone), and forwarding a start to the host dowding chose.
+
+use viking_client::Client;
+use viking_core::records::{decode, HostRecord, PsRecord};
+use viking_core::{keys, Job};
+
+use crate::error::{Result, ServerError};
+use crate::Shared;
+
+/// A client of another server of the fleet, with the cluster token.
+pub fn peer(sh: &Shared, host: &HostRecord) -> Result<Client> {
+    Client::new(&host.api, Some(sh.token.clone()))
+        .map_err(|e| ServerError::Upstream(format!("host {}: {e}", host.name)))
+}
+
+/// Ask the chosen host's server to start a job this server claimed.
+pub async fn forward_start(
+    sh: &Shared,
+    host: &HostRecord,
+    job: &Job,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<PsRecord> {
+    let doc = serde_json::to_vec(job).map_err(|e| ServerError::Internal(e.to_string()))?;
+    let r = peer(sh, host)?
+        .run_with_progress("/v1/internal/start", doc, progress)
+        .await
+        .map_err(|e| ServerError::from_peer(&host.name, e))?;
+    r.ps.ok_or_else(|| {
+        ServerError::Upstream(format!(
+            "host {} did not start job {:?}",
+            host.name, job.name
+        ))
+    })
+}
+
+/// Where a job's container lives, seen from this server.
+pub enum Owner {
+    Here,
+    /// Another server, alive in floki.
+    Peer(Client, String),
+    /// Another server that is not alive: its container cannot be reached.
+    Gone(String),
+}
+
+pub async fn owner(sh: &Shared, ps: &PsRecord) -> Result<Owner> {
+    if ps.node == sh.config.name {
+        return Ok(Owner::Here);
+    }
+    match sh.store.get(&keys::host(&ps.node)).await? {
+        Some(kv) => {
+            let h: HostRecord = decode(&kv.value)?;
+            Ok(Owner::Peer(peer(sh, &h)?, h.name))
+        }
+        None => Ok(Owner::Gone(ps.node.clone())),
+    }
+}

@@ -1,0 +1,401 @@
+//! Typed access to the cluster's records: viking-proc, viking-ps, the
+//! placement history and the ambassador ports, over the [`Store`] seam.
+//!
+//! Every read that decodes a record and every write that must hold against
+//! a concurrent writer lives here, once: the name claims of daemonized and
+//! attached jobs, the "started" record with its history entry, the
+//! allocation and release of ambassador ports.
+//!
+//! Invariants: a name is claimed by one transaction that requires neither
+//! `proc/<job>` nor `ps/<job>` to exist, and a daemonized job's ambassador
+//! ports are allocated in that same transaction, so a refused claim leaves
+//! nothing behind. Every write here is conditional on what was read.
+
+use std::collections::BTreeSet;
+
+use viking_core::records::{decode, encode, History, ProcRecord, PsRecord, Record};
+use viking_core::{keys, Job, Status};
+use viking_store::{Compare, Op, Revision, Store};
+
+use crate::error::{Result, ServerError};
+
+/// How often a conditional write is tried again when another writer got
+/// there first.
+const RETRIES: usize = 16;
+
+/// Every record under a prefix; a record that cannot be read is an error,
+/// never skipped.
+pub async fn list<T: Record>(store: &dyn Store, prefix: &str) -> Result<Vec<T>> {
+    let (kvs, _) = store.list(prefix).await?;
+    kvs.iter()
+        .map(|kv| decode::<T>(&kv.value).map_err(ServerError::from))
+        .collect()
+}
+
+/// A job's viking-ps record and its revision.
+pub async fn ps(store: &dyn Store, name: &str) -> Result<Option<(PsRecord, Revision)>> {
+    match store.get(&keys::ps(name)).await? {
+        Some(kv) => Ok(Some((decode(&kv.value)?, kv.mod_revision))),
+        None => Ok(None),
+    }
+}
+
+/// A job's viking-proc record.
+pub async fn proc(store: &dyn Store, name: &str) -> Result<Option<ProcRecord>> {
+    match store.get(&keys::proc(name)).await? {
+        Some(kv) => Ok(Some(decode(&kv.value)?)),
+        None => Ok(None),
+    }
+}
+
+/// A job's placement history and its revision (0: none yet).
+pub async fn history(store: &dyn Store, name: &str) -> Result<(History, Revision)> {
+    match store.get(&keys::history(name)).await? {
+        Some(kv) => Ok((decode(&kv.value)?, kv.mod_revision)),
+        None => Ok((History::default(), 0)),
+    }
+}
+
+/// The error of a name that is in use.
+pub fn taken(name: &str) -> ServerError {
+    ServerError::Conflict(format!(
+        "the name {name:?} is already in use by a job; remove it with `viking rm {name}` or choose another --name"
+    ))
+}
+
+/// The error of a job that does not exist.
+pub fn no_such_job(name: &str) -> ServerError {
+    ServerError::NotFound(format!("no such job: {name:?} (see `viking ps -a`)"))
+}
+
+/// The viking-ps record of a job being started on `node`.
+pub fn starting_record(job: &Job, node: &str, now: u64) -> PsRecord {
+    PsRecord {
+        job: job.name.clone(),
+        node: node.to_string(),
+        container_id: String::new(),
+        image: job.image.clone(),
+        image_id: String::new(),
+        command: job.command.clone(),
+        daemonize: job.daemonize,
+        status: Status::Starting,
+        exit_code: None,
+        error: None,
+        ports: vec![],
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        restarts: 0,
+        crash_streak: 0,
+        last_exit: None,
+    }
+}
+
+/// The cluster-wide range ambassador ports come from (`--embassy-ports`).
+pub type PortRange = (u16, u16);
+
+/// The compares and writes that allocate the missing ambassador ports of
+/// `service`, to run in one transaction with whatever else must hold.
+/// Allocation is serialised by the port counter's revision: every
+/// allocation rewrites it, so two allocations read at the same revision
+/// cannot both commit. Ports freed by [`release_ports`] are used again.
+struct PortPlan {
+    compares: Vec<Compare>,
+    ops: Vec<Op>,
+}
+
+async fn plan_ports(
+    store: &dyn Store,
+    service: &str,
+    container_ports: &[u16],
+    (lo, hi): PortRange,
+) -> Result<PortPlan> {
+    let mut plan = PortPlan {
+        compares: vec![],
+        ops: vec![],
+    };
+    if container_ports.is_empty() {
+        return Ok(plan);
+    }
+    // The counter first: a listing read after it is at least as new.
+    let counter = store.get(keys::PORT_COUNTER).await?;
+    let (kvs, _) = store.list(keys::PORTS).await?;
+    let mut used = BTreeSet::new();
+    let mut have = BTreeSet::new();
+    for kv in &kvs {
+        used.insert(port_value(&kv.key, &kv.value)?);
+        have.insert(kv.key.clone());
+    }
+    let mut candidates = (lo..=hi).filter(|p| !used.contains(p));
+    for &cport in container_ports {
+        let key = keys::ambassador_port(service, cport);
+        if have.contains(&key) {
+            continue;
+        }
+        let port = candidates.next().ok_or_else(|| {
+            ServerError::Exhausted(format!(
+                "the ambassador port range {lo}-{hi} is used up; widen --embassy-ports or remove services"
+            ))
+        })?;
+        plan.compares.push(Compare::Absent(key.clone()));
+        plan.ops.push(Op::Put {
+            key,
+            value: port.to_string().into_bytes(),
+            lease: None,
+        });
+    }
+    if plan.ops.is_empty() {
+        return Ok(plan);
+    }
+    let (count, cmp) = match &counter {
+        Some(kv) => (
+            std::str::from_utf8(&kv.value)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ServerError::Internal(format!("{} is not a number", keys::PORT_COUNTER))
+                })?,
+            Compare::ModRevision(keys::PORT_COUNTER.to_string(), kv.mod_revision),
+        ),
+        None => (0, Compare::Absent(keys::PORT_COUNTER.to_string())),
+    };
+    plan.compares.push(cmp);
+    plan.ops.push(Op::Put {
+        key: keys::PORT_COUNTER.to_string(),
+        value: (count + plan.ops.len() as u64).to_string().into_bytes(),
+        lease: None,
+    });
+    Ok(plan)
+}
+
+/// An ambassador port as stored (a bare decimal).
+fn port_value(key: &str, value: &[u8]) -> Result<u16> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| ServerError::Internal(format!("bad ambassador port at {key}")))
+}
+
+/// The ambassador port of (service, container port), if allocated.
+pub async fn ambassador_port(store: &dyn Store, service: &str, cport: u16) -> Result<Option<u16>> {
+    let key = keys::ambassador_port(service, cport);
+    match store.get(&key).await? {
+        Some(kv) => Ok(Some(port_value(&key, &kv.value)?)),
+        None => Ok(None),
+    }
+}
+
+/// Allocate the missing ambassador ports of a service on their own (a
+/// service from before ports were allocated with the claim).
+pub async fn allocate_ports(
+    store: &dyn Store,
+    service: &str,
+    container_ports: &[u16],
+    range: PortRange,
+) -> Result<()> {
+    for _ in 0..RETRIES {
+        let plan = plan_ports(store, service, container_ports, range).await?;
+        if plan.ops.is_empty() {
+            return Ok(());
+        }
+        if store.txn(plan.compares, plan.ops, vec![]).await?.succeeded {
+            return Ok(());
+        }
+    }
+    Err(ServerError::Unavailable(format!(
+        "allocating ambassador ports for {service:?} kept racing; try again"
+    )))
+}
+
+/// Free a removed service's ambassador ports.
+pub async fn release_ports(store: &dyn Store, service: &str) -> Result<()> {
+    let (kvs, _) = store.list(&format!("{}{service}/", keys::PORTS)).await?;
+    if kvs.is_empty() {
+        return Ok(());
+    }
+    let ops = kvs
+        .into_iter()
+        .map(|kv| Op::Delete { key: kv.key })
+        .collect();
+    store.txn(vec![], ops, vec![]).await?;
+    Ok(())
+}
+
+/// What a daemonized job's claim writes besides its name.
+pub struct DaemonClaim<'a> {
+    pub job: &'a Job,
+    /// The host it was placed on, or `None` when it waits for its host.
+    pub placed_on: Option<String>,
+    pub waiting: Option<String>,
+    /// The job's TCP container ports that get ambassador ports.
+    pub service_ports: Vec<u16>,
+    pub ports: PortRange,
+    pub now: u64,
+}
+
+/// Write a daemonized job to viking-proc (and, when placed, its start in
+/// flight to viking-ps) and allocate its ambassador ports, in one
+/// transaction that holds only if neither proc nor ps has its name.
+pub async fn claim_daemon(store: &dyn Store, c: DaemonClaim<'_>) -> Result<()> {
+    let name = &c.job.name;
+    let rec = ProcRecord {
+        job: c.job.clone(),
+        created_at: c.now,
+        placed_on: c.placed_on.clone(),
+        waiting: c.waiting.clone(),
+    };
+    for _ in 0..RETRIES {
+        let plan = plan_ports(store, name, &c.service_ports, c.ports).await?;
+        let mut compares = vec![
+            Compare::Absent(keys::proc(name)),
+            Compare::Absent(keys::ps(name)),
+        ];
+        compares.extend(plan.compares);
+        let mut ops = plan.ops;
+        if let Some(node) = &c.placed_on {
+            // The start in flight, so the reconciler does not start it too.
+            ops.push(Op::Put {
+                key: keys::ps(name),
+                value: encode(&starting_record(c.job, node, c.now))?,
+                lease: None,
+            });
+        }
+        ops.push(Op::Put {
+            key: keys::proc(name),
+            value: encode(&rec)?,
+            lease: None,
+        });
+        if store.txn(compares, ops, vec![]).await?.succeeded {
+            return Ok(());
+        }
+        if name_in_use(store, name).await? {
+            return Err(taken(name));
+        }
+        // Another allocation of ambassador ports came first: again.
+    }
+    Err(ServerError::Unavailable(format!(
+        "claiming {name:?} kept racing with other allocations of ambassador ports; try again"
+    )))
+}
+
+async fn name_in_use(store: &dyn Store, name: &str) -> Result<bool> {
+    Ok(
+        store.get(&keys::proc(name)).await?.is_some()
+            || store.get(&keys::ps(name)).await?.is_some(),
+    )
+}
+
+/// Claim an interactive job's name in viking-ps for `node`; the claim's
+/// revision.
+pub async fn claim_attached(
+    store: &dyn Store,
+    job: &Job,
+    node: &str,
+    now: u64,
+) -> Result<Revision> {
+    let rec = PsRecord {
+        status: Status::Created,
+        ..starting_record(job, node, now)
+    };
+    let r = store
+        .txn(
+            vec![
+                Compare::Absent(keys::proc(&job.name)),
+                Compare::Absent(keys::ps(&job.name)),
+            ],
+            vec![Op::Put {
+                key: keys::ps(&job.name),
+                value: encode(&rec)?,
+                lease: None,
+            }],
+            vec![],
+        )
+        .await?;
+    if r.succeeded {
+        Ok(r.revision)
+    } else {
+        Err(taken(&job.name))
+    }
+}
+
+/// Release an interactive job's claim, unless it was replaced since
+/// `claim_rev` or by a later write of this session (`node`'s, not
+/// daemonized).
+pub async fn release_attached(store: &dyn Store, name: &str, node: &str) -> Result<()> {
+    let Some((p, rev)) = ps(store, name).await? else {
+        return Ok(());
+    };
+    if p.node == node && !p.daemonize {
+        store
+            .txn(
+                vec![Compare::ModRevision(keys::ps(name), rev)],
+                vec![Op::Delete {
+                    key: keys::ps(name),
+                }],
+                vec![],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Write viking-ps and append the placement to the job's history, in one
+/// transaction (tried again if the history changed meanwhile).
+pub async fn record_started(store: &dyn Store, ps: &PsRecord, now: u64) -> Result<()> {
+    for _ in 0..RETRIES {
+        let (mut hist, rev) = history(store, &ps.job).await?;
+        hist.push(&ps.node, now);
+        let hist_cmp = if rev == 0 {
+            Compare::Absent(keys::history(&ps.job))
+        } else {
+            Compare::ModRevision(keys::history(&ps.job), rev)
+        };
+        let r = store
+            .txn(
+                vec![hist_cmp],
+                vec![
+                    Op::Put {
+                        key: keys::ps(&ps.job),
+                        value: encode(ps)?,
+                        lease: None,
+                    },
+                    Op::Put {
+                        key: keys::history(&ps.job),
+                        value: encode(&hist)?,
+                        lease: None,
+                    },
+                ],
+                vec![],
+            )
+            .await?;
+        if r.succeeded {
+            return Ok(());
+        }
+    }
+    Err(ServerError::Unavailable(format!(
+        "could not record job {:?}: its history kept changing",
+        ps.job
+    )))
+}
+
+/// Write a viking-ps record only if it is still at `rev` (so a record that
+/// a concurrent `rm` deleted is never brought back); its new revision, or
+/// `None` when it had changed.
+pub async fn put_ps_if(
+    store: &dyn Store,
+    ps: &PsRecord,
+    rev: Revision,
+) -> Result<Option<Revision>> {
+    let r = store
+        .txn(
+            vec![Compare::ModRevision(keys::ps(&ps.job), rev)],
+            vec![Op::Put {
+                key: keys::ps(&ps.job),
+                value: encode(ps)?,
+                lease: None,
+            }],
+            vec![],
+        )
+        .await?;
+    Ok(r.succeeded.then_some(r.revision))
+}

@@ -1,0 +1,45 @@
+//! How a [`ServerError`] crosses the wire: its HTTP status and the JSON
+//! body every error answer carries. The only mapping from causes to status
+//! codes; the API's responses and the attached stream's error frame both use
+//! it.
+
+use axum::http::StatusCode;
+use viking_client::api::ErrorBody;
+use viking_docker::RuntimeError;
+
+use crate::error::ServerError;
+
+/// The HTTP status of an error.
+pub fn of(e: &ServerError) -> StatusCode {
+    match e {
+        ServerError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ServerError::NotFound(_) => StatusCode::NOT_FOUND,
+        ServerError::Conflict(_) => StatusCode::CONFLICT,
+        ServerError::Unavailable(_) | ServerError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ServerError::Exhausted(_) => StatusCode::INSUFFICIENT_STORAGE,
+        ServerError::PeerUnreachable { .. } | ServerError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        ServerError::Peer { status, .. } => {
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
+        }
+        ServerError::RolledBack { source, .. } => of(source),
+        ServerError::Runtime(RuntimeError::NotFound(_)) => StatusCode::NOT_FOUND,
+        ServerError::Runtime(_) => StatusCode::BAD_GATEWAY,
+        ServerError::Record(_) | ServerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The message a user reads.
+fn message(e: &ServerError) -> String {
+    match e {
+        ServerError::Runtime(RuntimeError::NotFound(m)) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The JSON body of an error answer.
+pub fn body(e: &ServerError) -> ErrorBody {
+    ErrorBody {
+        error: message(e),
+        status: of(e).as_u16(),
+    }
+}
