@@ -24,6 +24,9 @@ use crate::{
 };
 
 /// A Docker engine on a unix socket.
+///
+/// Its [`Runtime::events`] (every cluster) is superseded by
+/// [`Runtime::events_for`], which reports only one cluster's containers.
 #[derive(Clone)]
 pub struct DockerRuntime {
     docker: Docker,
@@ -61,14 +64,84 @@ impl DockerRuntime {
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
+
+    /// The engine's state of container `id` (`running`, `removing`, ...),
+    /// whoever made it; `None` when it does not exist.
+    async fn container_status(&self, id: &str) -> Result<Option<String>> {
+        match self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => Ok(Some(
+                c.state
+                    .and_then(|s| s.status)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+            )),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// Docker's events of containers that carry every label of `labels`
+    /// (`key` or `key=value`), as viking's container events.
+    fn container_events(
+        &self,
+        labels: Vec<String>,
+        cluster: Option<String>,
+    ) -> BoxStream<'static, Result<ContainerEvent>> {
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            // The engine requires every label filter to match.
+            ("label".to_string(), labels),
+        ]);
+        let opts = EventsOptions::<String> {
+            filters,
+            ..Default::default()
+        };
+        self.docker
+            .events(Some(opts))
+            .filter_map(move |e| {
+                let cluster = cluster.clone();
+                async move {
+                    match e {
+                        Ok(m) => {
+                            let actor = m.actor?;
+                            let attributes = actor.attributes.as_ref()?;
+                            let job = attributes.get(LABEL_JOB)?.clone();
+                            // The engine filtered already; this keeps the
+                            // invariant even if a filter is ignored.
+                            if let Some(c) = &cluster {
+                                if attributes.get(LABEL_CLUSTER) != Some(c) {
+                                    return None;
+                                }
+                            }
+                            Some(Ok(ContainerEvent {
+                                id: actor.id.unwrap_or_default(),
+                                job,
+                                action: m.action.unwrap_or_default(),
+                            }))
+                        }
+                        Err(e) => Some(Err(err(e))),
+                    }
+                }
+            })
+            .boxed()
+    }
 }
 
+/// The runtime error for a bollard error, by the engine's status code.
 fn err(e: BollardError) -> RuntimeError {
     match e {
         BollardError::DockerResponseServerError {
             status_code: 404,
             message,
         } => RuntimeError::NotFound(message),
+        BollardError::DockerResponseServerError {
+            status_code: 409,
+            message,
+        } => RuntimeError::Conflict(message),
         BollardError::DockerResponseServerError { message, .. } => RuntimeError::Docker(message),
         other => RuntimeError::Docker(other.to_string()),
     }
@@ -92,31 +165,11 @@ fn output(o: LogOutput) -> Output {
 }
 
 /// Unix milliseconds from Docker's RFC 3339 timestamps
-/// (`2026-11-25T19:00:52.123456789Z`); `None` for Docker's zero time.
+/// (`2026-11-25T19:00:52.123456789Z`); `None` for Docker's zero time
+/// (`0001-01-01T00:00:00Z`, before the epoch) and for anything unreadable.
 pub(crate) fn parse_time(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || s.starts_with("0001-") {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut ms = 0;
-    if b.get(19) == Some(&b'.') {
-        let frac: String = s[20..].chars().take_while(|c| c.is_ascii_digit()).collect();
-        let frac3: String = frac.chars().chain("000".chars()).take(3).collect();
-        ms = frac3.parse().ok()?;
-    }
-    // days from civil (Howard Hinnant's algorithm)
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = if y2 >= 0 { y2 } else { y2 - 399 } / 400;
-    let yoe = y2 - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    let secs = days * 86400 + h * 3600 + mi * 60 + sec;
-    u64::try_from(secs * 1000 + ms).ok()
+    let t: jiff::Timestamp = s.parse().ok()?;
+    u64::try_from(t.as_millisecond()).ok()
 }
 
 fn info_from_inspect(c: ContainerInspectResponse) -> Option<ContainerInfo> {
@@ -392,11 +445,20 @@ impl Runtime for DockerRuntime {
         match self.docker.remove_container(id, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 404) => Ok(()),
-            // 409 "removal already in progress" is success for us.
-            Err(BollardError::DockerResponseServerError {
-                status_code: 409,
-                message,
-            }) if message.contains("already in progress") => Ok(()),
+            // 409: the engine is already removing it (success for us), the
+            // container is running and `force` is false (a conflict), or,
+            // with `force`, it stopped between the engine's check and its
+            // kill. Its state tells them apart; the last is tried again.
+            Err(e) if is_status(&e, 409) => match self.container_status(id).await? {
+                None => Ok(()),
+                Some(s) if s == "removing" => Ok(()),
+                Some(_) if force => match self.docker.remove_container(id, Some(opts)).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if is_status(&e, 404) => Ok(()),
+                    Err(e) => Err(err(e)),
+                },
+                Some(_) => Err(err(e)),
+            },
             Err(e) => Err(err(e)),
         }
     }
@@ -446,32 +508,15 @@ impl Runtime for DockerRuntime {
         Ok(out)
     }
 
+    fn events_for(&self, cluster: &str) -> BoxStream<'static, Result<ContainerEvent>> {
+        self.container_events(
+            vec![LABEL_JOB.to_string(), format!("{LABEL_CLUSTER}={cluster}")],
+            Some(cluster.to_string()),
+        )
+    }
+
     fn events(&self) -> BoxStream<'static, Result<ContainerEvent>> {
-        let filters = HashMap::from([
-            ("type".to_string(), vec!["container".to_string()]),
-            ("label".to_string(), vec![LABEL_JOB.to_string()]),
-        ]);
-        let opts = EventsOptions::<String> {
-            filters,
-            ..Default::default()
-        };
-        self.docker
-            .events(Some(opts))
-            .filter_map(|e| async move {
-                match e {
-                    Ok(m) => {
-                        let actor = m.actor?;
-                        let job = actor.attributes.as_ref()?.get(LABEL_JOB)?.clone();
-                        Some(Ok(ContainerEvent {
-                            id: actor.id.unwrap_or_default(),
-                            job,
-                            action: m.action.unwrap_or_default(),
-                        }))
-                    }
-                    Err(e) => Some(Err(err(e))),
-                }
-            })
-            .boxed()
+        self.container_events(vec![LABEL_JOB.to_string()], None)
     }
 
     fn logs(&self, id: &str, follow: bool) -> BoxStream<'static, Result<Output>> {
@@ -507,7 +552,191 @@ fn split_tag(image: &str) -> (String, String) {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use viking_core::Job;
+
     use super::*;
+
+    // Tests on the machine's real engine, with the image that
+    // scripts/test-images.sh builds.
+    const SOCKET: &str = "unix:///var/run/docker.sock";
+    const IMAGE: &str = "viking-test/busybox";
+    /// Every test container's cluster starts with this, so a leftover of an
+    /// earlier run is recognised as this test's.
+    const TEST_CLUSTER: &str = "/viking-docker-test";
+
+    async fn engine() -> DockerRuntime {
+        DockerRuntime::connect(SOCKET).await.expect("docker engine")
+    }
+
+    /// A name no other test run uses.
+    fn unique(prefix: &str) -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        format!("{prefix}-{}-{nanos}", std::process::id())
+    }
+
+    fn spec_for(job: &str, cluster: &str, command: &[&str]) -> ContainerSpec {
+        let doc = serde_json::json!({ "name": job, "image": IMAGE, "command": command });
+        let job = Job::parse(doc.to_string().as_bytes(), String::new).unwrap();
+        ContainerSpec::for_job(
+            &job,
+            "test-node",
+            cluster,
+            Path::new("/tmp/viking-docker-test"),
+        )
+    }
+
+    #[tokio::test]
+    async fn creating_a_taken_name_is_a_conflict() {
+        let rt = engine().await;
+        let cluster = format!("{TEST_CLUSTER}/{}", unique("c"));
+        let spec = spec_for(&unique("dup"), &cluster, &["true"]);
+        let id = rt.create(&spec).await.unwrap();
+        let second = rt.create(&spec).await;
+        rt.remove(&id, true).await.unwrap();
+        match second {
+            Err(RuntimeError::Conflict(m)) => assert!(m.contains(&spec.name), "{m}"),
+            other => panic!("the second create gave {other:?}"),
+        }
+        // Removing a removed container succeeds.
+        rt.remove(&id, true).await.unwrap();
+        assert_eq!(rt.inspect(&id).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn removing_a_running_container_needs_force() {
+        let rt = engine().await;
+        let cluster = format!("{TEST_CLUSTER}/{}", unique("c"));
+        let spec = spec_for(&unique("busy"), &cluster, &["sleep", "60"]);
+        let id = rt.create(&spec).await.unwrap();
+        rt.start(&id).await.unwrap();
+        let refused = rt.remove(&id, false).await;
+        rt.remove(&id, true).await.unwrap();
+        assert!(
+            matches!(refused, Err(RuntimeError::Conflict(_))),
+            "{refused:?}"
+        );
+        assert_eq!(rt.inspect(&id).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_one_letter_job_gets_a_container() {
+        let rt = engine().await;
+        let cluster = format!("{TEST_CLUSTER}/{}", unique("c"));
+        // One-letter names are few: take one no other test uses, and clear
+        // a leftover of an earlier run of this test (never anything else's).
+        let spec = spec_for("Z", &cluster, &["true"]);
+        if let Some(c) = rt.inspect(&spec.name).await.unwrap() {
+            assert!(
+                c.cluster.starts_with(TEST_CLUSTER),
+                "{:?} exists and is not this test's",
+                spec.name
+            );
+            rt.remove(&c.id, true).await.unwrap();
+        }
+        let id = rt.create(&spec).await.unwrap();
+        let info = rt.inspect(&spec.name).await.unwrap();
+        rt.remove(&id, true).await.unwrap();
+        let info = info.expect("the container, by its name");
+        assert_eq!((info.id.as_str(), info.job.as_str()), (id.as_str(), "Z"));
+    }
+
+    /// Read `s` on a task (bollard subscribes when first polled), into a
+    /// channel.
+    fn forward(
+        mut s: BoxStream<'static, Result<ContainerEvent>>,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<ContainerEvent> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(e)) = s.next().await {
+                if tx.send(e).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    /// Wait until `rx` gives an event of container `id` with `action`,
+    /// returning the events read on the way (it included).
+    async fn until(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<ContainerEvent>,
+        id: &str,
+        action: &str,
+        within: Duration,
+    ) -> Option<Vec<ContainerEvent>> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut seen = Vec::new();
+        loop {
+            let e = tokio::time::timeout_at(deadline, rx.recv()).await.ok()??;
+            let done = e.id == id && e.action == action;
+            seen.push(e);
+            if done {
+                return Some(seen);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn events_are_only_the_clusters() {
+        let rt = engine().await;
+        let mine = format!("{TEST_CLUSTER}/{}", unique("mine"));
+        let theirs = format!("{TEST_CLUSTER}/{}", unique("theirs"));
+        let mut events = forward(rt.events_for(&mine));
+        let mut all = forward(rt.events());
+        // Wait until both subscriptions are live: a probe of this cluster
+        // shows in both.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut probes = Vec::new();
+        loop {
+            assert!(tokio::time::Instant::now() < deadline, "no events in 30s");
+            let probe = rt
+                .create(&spec_for(&unique("probe"), &mine, &["true"]))
+                .await
+                .unwrap();
+            rt.remove(&probe, true).await.unwrap();
+            probes.push(probe.clone());
+            let step = Duration::from_secs(1);
+            if until(&mut events, &probe, "destroy", step).await.is_some()
+                && until(&mut all, &probe, "destroy", step).await.is_some()
+            {
+                break;
+            }
+        }
+        let other = rt
+            .create(&spec_for(&unique("theirs"), &theirs, &["true"]))
+            .await
+            .unwrap();
+        let job = unique("mine");
+        let id = rt.create(&spec_for(&job, &mine, &["true"])).await.unwrap();
+        rt.remove(&other, true).await.unwrap();
+        rt.remove(&id, true).await.unwrap();
+        // Docker sends events in order: the other cluster's, made before
+        // this destroy, would have come by then.
+        let seen = until(&mut events, &id, "destroy", Duration::from_secs(20))
+            .await
+            .expect("this cluster's destroy within 20s");
+        let ours: Vec<(&str, &str)> = seen
+            .iter()
+            .filter(|e| !probes.contains(&e.id))
+            .map(|e| (e.id.as_str(), e.action.as_str()))
+            .collect();
+        assert_eq!(ours, [(id.as_str(), "create"), (id.as_str(), "destroy")]);
+        assert!(seen.iter().all(|e| e.id != other), "{seen:?}");
+        assert_eq!(
+            seen.iter().find(|e| e.id == id).map(|e| e.job.as_str()),
+            Some(job.as_str())
+        );
+        // Without a cluster, the other cluster's events come too.
+        until(&mut all, &other, "destroy", Duration::from_secs(20))
+            .await
+            .expect("the other cluster's destroy on events()");
+    }
 
     #[test]
     fn times_parse() {

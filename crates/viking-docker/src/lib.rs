@@ -10,6 +10,11 @@
 //! Architecture invariant: this crate is the only one that knows Docker, and
 //! it only ever lists, changes or removes containers that carry the
 //! [`LABEL_JOB`] label: viking never touches containers it did not create.
+//! [`Runtime::list`] and [`Runtime::events_for`] take the cluster and report
+//! only that cluster's containers, so two clusters on one engine stay apart.
+//!
+//! With the `test-util` feature, [`fake::FakeRuntime`] implements
+//! [`Runtime`] in memory, for tests of the code above this seam.
 
 #![forbid(unsafe_code)]
 use std::collections::HashMap;
@@ -25,6 +30,8 @@ use viking_core::records::PublishedPort;
 use viking_core::Job;
 
 mod docker;
+#[cfg(feature = "test-util")]
+pub mod fake;
 
 pub use docker::DockerRuntime;
 
@@ -37,11 +44,19 @@ pub const LABEL_DAEMONIZE: &str = "viking.daemonize";
 /// The cluster's key prefix, so two clusters on one engine stay apart.
 pub const LABEL_CLUSTER: &str = "viking.cluster";
 
-/// Errors from the container runtime.
-#[derive(Debug, thiserror::Error)]
+/// Errors from the container runtime, classified by the engine's status
+/// code (never by its message text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RuntimeError {
+    /// The engine answered 404: no such container (or network).
     #[error("no such container: {0}")]
     NotFound(String),
+    /// The engine answered 409: the name is taken by another container, or
+    /// the container is in a state that forbids the change (e.g. removing a
+    /// running container without force).
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("image {image:?} is not available: {reason}")]
     Image { image: String, reason: String },
     #[error("docker: {0}")]
@@ -55,7 +70,7 @@ pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 /// What a container to create looks like.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
-    /// The Docker container name (the job's name).
+    /// The Docker container name: [`container_name`] of the job's name.
     pub name: String,
     pub image: String,
     pub command: Vec<String>,
@@ -87,7 +102,7 @@ impl ContainerSpec {
             (LABEL_CLUSTER.to_string(), cluster.to_string()),
         ]);
         ContainerSpec {
-            name: job.name.clone(),
+            name: container_name(&job.name),
             image: job.image.clone(),
             command: job.command.clone(),
             entrypoint: job.entrypoint.clone(),
@@ -100,6 +115,42 @@ impl ContainerSpec {
             tty: job.tty,
         }
     }
+}
+
+/// What [`container_name`] appends to a one-character job name. Docker's
+/// names need two characters (`[a-zA-Z0-9][a-zA-Z0-9_.-]+`) while viking's
+/// job names may have one; every character Docker allows is also allowed in
+/// a job name, so the only names no job can have are the ones longer than
+/// [`viking_core::job::MAX_NAME_LEN`]: the suffix makes the name that long.
+/// `docker ps` shows it, so it says why it is there.
+pub const SHORT_NAME_SUFFIX: &str = concat!(
+    ".viking-one-character-job",
+    "--docker-container-names-need-two-characters",
+    "--this-suffix-makes-the-name-longer-than-any-job-name",
+    "--so-it-is-nobody-elses",
+);
+const _: () = assert!(SHORT_NAME_SUFFIX.len() >= viking_core::job::MAX_NAME_LEN);
+
+/// The Docker container name of job `job`, for every name viking accepts:
+/// the job's name itself when Docker accepts it (two characters or more),
+/// else the name with [`SHORT_NAME_SUFFIX`]. Stable, and distinct for
+/// distinct jobs: a suffixed name is longer than any job name.
+pub fn container_name(job: &str) -> String {
+    if job.len() >= 2 {
+        job.to_string()
+    } else {
+        format!("{job}{SHORT_NAME_SUFFIX}")
+    }
+}
+
+/// Whether Docker accepts `name` as a container name
+/// (`/?[a-zA-Z0-9][a-zA-Z0-9_.-]+`, Docker's `validContainerNamePattern`).
+pub fn is_valid_container_name(name: &str) -> bool {
+    let name = name.strip_prefix('/').unwrap_or(name);
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.len() >= 2
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// Where a job's volume lives on its host: always inside the data directory.
@@ -188,7 +239,11 @@ pub trait Runtime: Send + Sync + 'static {
     async fn bridge_gateway(&self) -> Result<Option<String>>;
     /// Every container labelled by viking for `cluster`, running or not.
     async fn list(&self, cluster: &str) -> Result<Vec<ContainerInfo>>;
-    /// Events of viking's containers, from now on.
+    /// Events of viking's containers labelled for `cluster`, from now on.
+    fn events_for(&self, cluster: &str) -> BoxStream<'static, Result<ContainerEvent>>;
+    /// Events of viking's containers of every cluster on this engine, from
+    /// now on. Superseded by [`Runtime::events_for`], which holds the
+    /// crate's invariant; kept until its callers have switched.
     fn events(&self) -> BoxStream<'static, Result<ContainerEvent>>;
     fn logs(&self, id: &str, follow: bool) -> BoxStream<'static, Result<Output>>;
 }
@@ -209,11 +264,27 @@ pub fn container_memory(id: &str) -> Option<u64> {
         .and_then(|s| s.trim().parse().ok())
 }
 
-/// Drain a pull's progress, keeping the last line (for error messages).
+/// Drain a pull's progress. On failure the error carries the last progress
+/// line seen (it tells how far the pull got).
 pub async fn pull_quietly(rt: &dyn Runtime, image: &str) -> Result<()> {
     let mut s = rt.pull(image);
+    let mut last: Option<String> = None;
     while let Some(item) = s.next().await {
-        item?;
+        match item {
+            Ok(line) => {
+                if !line.trim().is_empty() {
+                    last = Some(line);
+                }
+            }
+            Err(RuntimeError::Image { image, reason }) => {
+                let reason = match last {
+                    Some(l) => format!("{reason} (last progress: {l})"),
+                    None => reason,
+                };
+                return Err(RuntimeError::Image { image, reason });
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }
@@ -243,5 +314,126 @@ mod tests {
             vec![(PathBuf::from("/d/volumes/db/data"), "/data".to_string())]
         );
         assert!(!s.interactive);
+        assert_eq!(s.name, "db");
+    }
+
+    /// Docker's `validContainerNamePattern` (daemon/names), verbatim.
+    fn docker_accepts(name: &str) -> bool {
+        regex::Regex::new("^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+            .map(|re| re.is_match(name))
+            .unwrap_or(false)
+    }
+
+    fn one_character_names() -> Vec<String> {
+        ('a'..='z')
+            .chain('A'..='Z')
+            .chain('0'..='9')
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn every_one_character_job_gets_a_valid_container_name_no_job_can_have() {
+        let names = one_character_names();
+        let mut seen = std::collections::HashSet::new();
+        for job in &names {
+            viking_core::job::validate_name(job).unwrap();
+            assert!(!docker_accepts(job), "docker takes {job:?} after all");
+            let c = container_name(job);
+            assert!(docker_accepts(&c), "{c:?}");
+            assert!(is_valid_container_name(&c), "{c:?}");
+            assert!(c.starts_with(job.as_str()), "{c:?}");
+            // No job can be named like it, so it cannot collide.
+            assert!(viking_core::job::validate_name(&c).is_err(), "{c:?}");
+            assert_eq!(container_name(job), c, "stable");
+            assert!(seen.insert(c), "two jobs share a container name");
+        }
+        assert_eq!(seen.len(), 62);
+    }
+
+    #[test]
+    fn a_one_character_job_is_created_under_its_container_name() {
+        let job = Job::parse(br#"{"name":"q","image":"b","volumes":["/v"]}"#, String::new).unwrap();
+        let s = ContainerSpec::for_job(&job, "n1", "/viking", Path::new("/d"));
+        assert_eq!(s.name, container_name("q"));
+        assert_ne!(s.name, "q");
+        // The job keeps its own name everywhere else.
+        assert_eq!(s.labels[LABEL_JOB], "q");
+        assert_eq!(s.binds[0].0, PathBuf::from("/d/volumes/q/v"));
+    }
+
+    #[test]
+    fn valid_container_names_follow_dockers_pattern() {
+        for (name, ok) in [
+            ("a", false),
+            ("ab", true),
+            ("/ab", true),
+            ("/a", false),
+            ("_a", false),
+            ("a_b.c-d", true),
+            ("a b", false),
+            ("", false),
+            ("//ab", false),
+        ] {
+            assert_eq!(is_valid_container_name(name), ok, "{name:?}");
+            assert_eq!(docker_accepts(name), ok, "{name:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_job_name_maps_to_a_docker_name(job in "[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}") {
+            viking_core::job::validate_name(&job).unwrap();
+            let c = container_name(&job);
+            proptest::prop_assert!(docker_accepts(&c), "{:?}", c);
+            proptest::prop_assert!(is_valid_container_name(&c));
+            if docker_accepts(&job) {
+                proptest::prop_assert_eq!(&c, &job);
+            }
+        }
+
+        #[test]
+        fn distinct_jobs_get_distinct_container_names(
+            a in "[a-zA-Z0-9][a-zA-Z0-9_.-]{0,3}",
+            b in "[a-zA-Z0-9][a-zA-Z0-9_.-]{0,3}",
+        ) {
+            proptest::prop_assert_eq!(a == b, container_name(&a) == container_name(&b));
+        }
+
+        #[test]
+        fn our_check_agrees_with_dockers_regex(name in "/?[a-zA-Z0-9_. /-]{0,6}") {
+            proptest::prop_assert_eq!(is_valid_container_name(&name), docker_accepts(&name));
+        }
+    }
+
+    #[cfg(feature = "test-util")]
+    #[tokio::test]
+    async fn a_failed_pull_says_how_far_it_got() {
+        let rt = fake::FakeRuntime::new();
+        rt.publish_image("img");
+        rt.fail_next(
+            fake::Op::Pull,
+            "img",
+            RuntimeError::Image {
+                image: "img".to_string(),
+                reason: "unexpected EOF".to_string(),
+            },
+        );
+        match pull_quietly(&rt, "img").await {
+            Err(RuntimeError::Image { image, reason }) => {
+                assert_eq!(image, "img");
+                assert!(reason.contains("unexpected EOF"), "{reason}");
+                assert!(reason.contains("latest: Pulling from img"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        pull_quietly(&rt, "img").await.unwrap();
+        match pull_quietly(&rt, "nothing").await {
+            Err(RuntimeError::Image { reason, .. }) => {
+                assert!(reason.contains("pull access denied"), "{reason}");
+                assert!(!reason.contains("last progress"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
