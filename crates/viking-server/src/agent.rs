@@ -38,7 +38,7 @@ pub async fn run(sh: Arc<Shared>) {
     let mut ticker = tokio::time::interval(sh.config.resync);
     ticker.tick().await;
     'outer: loop {
-        let mut events = sh.runtime.events();
+        let mut events = sh.runtime.events_for(&sh.config.key);
         loop {
             tokio::select! {
                 _ = crate::stopped(&mut shutdown) => break 'outer,

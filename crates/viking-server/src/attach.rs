@@ -45,10 +45,12 @@ pub async fn start(
     let host = match placement::choose(&sh, &job).await? {
         Target::Here => None,
         Target::There(h) => Some(h),
-        Target::Waiting(h) => return Err(ServerError::Unavailable(format!(
+        Target::Waiting(h) => {
+            return Err(ServerError::Unavailable(format!(
             "job {:?} is fixed to host {h:?}, which is not alive; run it again when {h} is back",
             job.name
-        ))),
+        )))
+        }
     };
     let node = host
         .as_ref()

@@ -62,11 +62,15 @@ pub async fn container_spec(sh: &Shared, job: &Job) -> Result<ContainerSpec> {
 pub async fn create_container(sh: &Shared, spec: &ContainerSpec) -> Result<String> {
     match sh.runtime.create(spec).await {
         Ok(id) => Ok(id),
-        Err(RuntimeError::Docker(m)) if m.contains("Conflict") || m.contains("already in use") => {
+        Err(RuntimeError::Conflict(_)) => {
             let existing = sh.runtime.inspect(&spec.name).await?;
+            let job = spec
+                .labels
+                .get(viking_docker::LABEL_JOB)
+                .map(String::as_str);
             match existing {
-                Some(c) if c.job == spec.name && c.cluster == sh.config.key && c.node == sh.config.name => {
-                    tracing::info!(job = %spec.name, "removing a leftover container of this job");
+                Some(c) if Some(c.job.as_str()) == job && c.cluster == sh.config.key && c.node == sh.config.name => {
+                    tracing::info!(job = %c.job, "removing a leftover container of this job");
                     sh.runtime.remove(&c.id, true).await?;
                     Ok(sh.runtime.create(spec).await?)
                 }

@@ -376,14 +376,22 @@ async fn start_new(
 async fn rollback(sh: &Shared, name: &str, old: &PsRecord, aside: &str, fence: Revision) {
     tracing::warn!(job = %name, "push failed: rolling back to image {}", old.image_id);
     // The failed new container holds the name: remove it.
-    if let Ok(Some(c)) = sh.runtime.inspect(name).await {
+    if let Ok(Some(c)) = sh
+        .runtime
+        .inspect(&viking_docker::container_name(name))
+        .await
+    {
         if c.id != old.container_id {
             if let Err(e) = sh.runtime.remove(&c.id, true).await {
                 tracing::warn!(job = %name, "rollback: removing the failed new container: {e}");
             }
         }
     }
-    if let Err(e) = sh.runtime.rename(&old.container_id, name).await {
+    if let Err(e) = sh
+        .runtime
+        .rename(&old.container_id, &viking_docker::container_name(name))
+        .await
+    {
         tracing::error!(job = %name, "rollback: renaming {aside} back: {e}");
     }
     if let Err(e) = sh.runtime.start(&old.container_id).await {
