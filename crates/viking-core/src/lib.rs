@@ -14,6 +14,7 @@
 //! deterministic and unit-testable.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod job;
 pub mod keys;
 pub mod names;

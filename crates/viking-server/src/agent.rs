@@ -4,7 +4,9 @@
 //! job's record up to date on every start, stop and exit; a full resync runs
 //! at start, after the event stream breaks, when floki re-registers after a
 //! partition, and periodically, so a missed event is corrected within one
-//! period. For each of this host's containers it applies the same rules:
+//! period. Its rules are `viking_core::agent::plan`, a pure function of
+//! (containers, records, sessions, now) → actions; this module only reads
+//! the view and carries the actions out. For each of this host's containers:
 //!
 //! - the container the job's viking-ps record names: refresh the record;
 //! - a daemonized job that is not in viking-proc any more (stopped or removed,
@@ -19,18 +21,19 @@
 //! (`node == this server`) and only touches containers labelled by viking
 //! for this cluster and this node.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use viking_core::agent::{self, plan, Action, Removal, View};
 use viking_core::records::{decode, encode, PsRecord};
 use viking_core::{keys, Status};
 use viking_docker::ContainerInfo;
-use viking_store::{Compare, Op, StoreExt};
+use viking_store::{Compare, Op};
 
 use crate::error::ServerError;
-use crate::Shared;
+use crate::{state, Shared};
 
 /// Follow Docker's events and resync periodically, until shutdown.
 pub async fn run(sh: Arc<Shared>) {
@@ -75,103 +78,143 @@ async fn resync_logged(sh: &Shared, what: &str) {
     }
 }
 
-async fn get_ps(sh: &Shared, job: &str) -> Result<Option<(PsRecord, i64)>, ServerError> {
-    match sh.store.get(&keys::ps(job)).await? {
-        Some(kv) => Ok(Some((decode(&kv.value)?, kv.mod_revision))),
-        None => Ok(None),
-    }
-}
-
 /// Apply the rules to one container after a Docker event.
 async fn sync_one(sh: &Shared, id: &str, job: &str) -> Result<(), ServerError> {
-    let rec = get_ps(sh, job).await?;
-    match sh.runtime.inspect(id).await? {
+    let rec = state::ps(sh.store.as_ref(), job).await?;
+    let action = match sh.runtime.inspect(id).await? {
         Some(c) if c.node == sh.config.name && c.cluster == sh.config.key => {
             let in_proc = sh.store.get(&keys::proc(job)).await?.is_some();
-            apply_rules(sh, &c, rec, in_proc).await
+            let view = View {
+                node: sh.config.name.clone(),
+                containers: vec![seen(&c)],
+                records: rec.into_iter().map(|r| (job.to_string(), r)).collect(),
+                procs: in_proc.then(|| job.to_string()).into_iter().collect(),
+                sessions: sessions(sh),
+                now: crate::now_ms(),
+                full: false,
+                startup: false,
+            };
+            return carry_out(sh, &[c], &plan(&view)).await;
         }
-        Some(_) => Ok(()),
+        Some(_) => None,
         // Destroyed: the record says missing, if it named this container.
-        None => {
-            if let Some((r, rev)) = rec {
-                if r.node == sh.config.name && r.container_id == id && r.daemonize {
-                    mark_missing(sh, &r, rev).await?;
-                }
-            }
-            Ok(())
-        }
+        None => agent::on_destroyed(&sh.config.name, id, rec.as_ref()),
+    };
+    carry_out(sh, &[], action.as_slice()).await
+}
+
+/// What the planner needs of a container.
+fn seen(c: &ContainerInfo) -> agent::Container {
+    agent::Container {
+        id: c.id.clone(),
+        job: c.job.clone(),
+        node: c.node.clone(),
+        daemonize: c.daemonize,
+        running: c.status == "running",
     }
 }
 
-async fn apply_rules(
+fn sessions(sh: &Shared) -> BTreeSet<String> {
+    sh.sessions
+        .lock()
+        .map(|s| s.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Carry out the planner's actions; the first error ends the list (the
+/// next event or resync plans again).
+async fn carry_out(
     sh: &Shared,
-    c: &ContainerInfo,
-    rec: Option<(PsRecord, i64)>,
-    in_proc: bool,
+    containers: &[ContainerInfo],
+    actions: &[Action],
 ) -> Result<(), ServerError> {
-    if !c.daemonize {
-        // An interactive job's container outlives its session only if this
-        // server died during it: nobody can attach again.
-        if !sh.in_session(&c.job) {
-            tracing::info!(job = %c.job, "removing the container of an interactive job whose client is gone");
-            sh.runtime.remove(&c.id, true).await?;
-        }
-        return Ok(());
-    }
-    let mine = |r: &PsRecord| r.node == sh.config.name && r.container_id == c.id;
-    match rec {
-        // Being started right now by this server: the starter records it.
-        Some((r, _)) if r.node == sh.config.name && r.status == Status::Starting => Ok(()),
-        Some((r, _)) if mine(&r) => {
-            if !in_proc && c.status == "running" {
-                tracing::info!(job = %c.job, "stopping a job that is not in viking-proc any more");
-                sh.runtime.stop(&c.id, 10).await?;
+    for a in actions {
+        let outcome = match a {
+            Action::Remove { id, job, why } => {
+                let why = match why {
+                    Removal::Orphaned => "an interactive job whose client is gone",
+                    Removal::Stale => "a stale copy of a job that moved",
+                    Removal::Unclaimed => "a container that no job claims",
+                };
+                tracing::info!(%job, "removing {why}");
+                sh.runtime.remove(id, true).await.map_err(ServerError::from)
             }
-            crate::container::refresh_ps(sh, &c.job).await?;
-            Ok(())
-        }
-        Some((r, _)) => {
-            tracing::info!(job = %c.job, now_on = %r.node, "removing a stale copy of a job that moved");
-            sh.runtime.remove(&c.id, true).await?;
-            Ok(())
-        }
-        None if in_proc => {
-            // Started, but the server died before it wrote viking-ps.
-            let fresh = crate::container::ps_from(sh, c, 0);
-            sh.store
-                .txn(
-                    vec![Compare::Absent(keys::ps(&c.job))],
-                    vec![Op::Put {
-                        key: keys::ps(&c.job),
-                        value: encode(&fresh)?,
-                        lease: None,
-                    }],
-                    vec![],
-                )
-                .await?;
-            Ok(())
-        }
-        None => {
-            tracing::info!(job = %c.job, "removing a container that no job claims");
-            sh.runtime.remove(&c.id, true).await?;
-            Ok(())
-        }
+            Action::Stop { id, job } => {
+                tracing::info!(%job, "stopping a job that is not in viking-proc any more");
+                sh.runtime.stop(id, 10).await.map_err(ServerError::from)
+            }
+            Action::Refresh { job } => crate::container::refresh_ps(sh, job).await.map(|_| ()),
+            Action::Adopt { id, .. } => match containers.iter().find(|c| &c.id == id) {
+                // Started, but the server died before it wrote viking-ps.
+                Some(c) => adopt(sh, c).await,
+                None => Ok(()),
+            },
+            Action::DeleteClaim { job, rev } => delete_if(sh, job, *rev).await,
+            Action::MarkFailed { job, rev } => {
+                update_if(sh, job, *rev, |r| {
+                    r.status = Status::Failed;
+                    r.error = Some("the server restarted while starting it".to_string());
+                    r.finished_at = Some(crate::now_ms());
+                })
+                .await
+            }
+            Action::MarkMissing { job, rev } => {
+                update_if(sh, job, *rev, |r| {
+                    r.status = Status::Missing;
+                    r.error = Some("the container vanished from Docker".to_string());
+                    if r.finished_at.is_none() {
+                        r.finished_at = Some(crate::now_ms());
+                    }
+                })
+                .await
+            }
+        };
+        outcome?;
     }
+    Ok(())
 }
 
-async fn mark_missing(sh: &Shared, rec: &PsRecord, rev: i64) -> Result<(), ServerError> {
-    if rec.status == Status::Missing {
+async fn adopt(sh: &Shared, c: &ContainerInfo) -> Result<(), ServerError> {
+    let fresh = crate::container::ps_from(sh, c, 0);
+    sh.store
+        .txn(
+            vec![Compare::Absent(keys::ps(&c.job))],
+            vec![Op::Put {
+                key: keys::ps(&c.job),
+                value: encode(&fresh)?,
+                lease: None,
+            }],
+            vec![],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn delete_if(sh: &Shared, job: &str, rev: i64) -> Result<(), ServerError> {
+    sh.store
+        .txn(
+            vec![Compare::ModRevision(keys::ps(job), rev)],
+            vec![Op::Delete { key: keys::ps(job) }],
+            vec![],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn update_if(
+    sh: &Shared,
+    job: &str,
+    rev: i64,
+    change: impl FnOnce(&mut PsRecord),
+) -> Result<(), ServerError> {
+    let Some((mut r, now_rev)) = state::ps(sh.store.as_ref(), job).await? else {
+        return Ok(());
+    };
+    if now_rev != rev {
         return Ok(());
     }
-    let mut gone = rec.clone();
-    gone.status = Status::Missing;
-    gone.error = Some("the container vanished from Docker".to_string());
-    if gone.finished_at.is_none() {
-        gone.finished_at = Some(crate::now_ms());
-    }
-    sh.store
-        .cas(&keys::ps(&rec.job), rev, encode(&gone)?)
-        .await?;
+    change(&mut r);
+    state::put_ps_if(sh.store.as_ref(), &r, rev).await?;
     Ok(())
 }
 
@@ -186,7 +229,7 @@ pub async fn initial_resync(sh: &Shared) -> anyhow::Result<()> {
     resync_inner(sh, true).await
 }
 
-async fn resync_inner(sh: &Shared, initial: bool) -> anyhow::Result<()> {
+async fn resync_inner(sh: &Shared, startup: bool) -> anyhow::Result<()> {
     let containers: Vec<ContainerInfo> = sh
         .runtime
         .list(&sh.config.key)
@@ -195,18 +238,17 @@ async fn resync_inner(sh: &Shared, initial: bool) -> anyhow::Result<()> {
         .filter(|c| c.node == sh.config.name)
         .collect();
     let (ps_kvs, _) = sh.store.list(keys::PS).await?;
-    let mut records: HashMap<String, (PsRecord, i64)> = HashMap::new();
+    let mut records = BTreeMap::new();
     for kv in ps_kvs {
         let rec: PsRecord = decode(&kv.value)?;
         records.insert(rec.job.clone(), (rec, kv.mod_revision));
     }
     let (proc_kvs, _) = sh.store.list(keys::PROC).await?;
-    let procs: HashSet<String> = proc_kvs
+    let procs: BTreeSet<String> = proc_kvs
         .iter()
-        .filter_map(|kv| keys::name_of(keys::PROC, &kv.key).map(str::to_string))
+        .filter_map(|kv| kv.key.strip_prefix(keys::PROC).map(str::to_string))
         .collect();
 
-    let ids: HashSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
     let running: Vec<&ContainerInfo> = containers
         .iter()
         .filter(|c| c.status == "running")
@@ -219,53 +261,20 @@ async fn resync_inner(sh: &Shared, initial: bool) -> anyhow::Result<()> {
         .store(running.len() as u64, std::sync::atomic::Ordering::Relaxed);
     sh.memory_used
         .store(memory, std::sync::atomic::Ordering::Relaxed);
-    for c in &containers {
-        let rec = records.get(&c.job).cloned();
-        if let Err(e) = apply_rules(sh, c, rec, procs.contains(&c.job)).await {
-            tracing::warn!(job = %c.job, "resync: {}", e);
-        }
-    }
-    // Records of this host whose container is gone.
-    for (name, (rec, rev)) in &records {
-        if rec.node != sh.config.name || ids.contains(rec.container_id.as_str()) {
-            continue;
-        }
-        let outcome = if !rec.daemonize {
-            // A fresh claim may belong to a session that is being set up
-            // (possibly by another server); only old ones are leftovers.
-            let fresh = crate::now_ms().saturating_sub(rec.created_at) < 60_000;
-            if !sh.in_session(name) && !fresh {
-                sh.store
-                    .delete(&keys::ps(name))
-                    .await
-                    .map(|_| ())
-                    .map_err(ServerError::from)
-            } else {
-                Ok(())
-            }
-        } else if rec.status == Status::Starting {
-            // At start-up no start of this server is in flight: one that was
-            // cut short by a restart failed, and the reconciler retries it.
-            if initial {
-                let mut failed = rec.clone();
-                failed.status = Status::Failed;
-                failed.error = Some("the server restarted while starting it".to_string());
-                failed.finished_at = Some(crate::now_ms());
-                sh.store
-                    .cas(&keys::ps(name), *rev, encode(&failed)?)
-                    .await
-                    .map(|_| ())
-                    .map_err(ServerError::from)
-            } else {
-                Ok(())
-            }
-        } else if !rec.container_id.is_empty() {
-            mark_missing(sh, rec, *rev).await
-        } else {
-            Ok(())
-        };
-        if let Err(e) = outcome {
-            tracing::warn!(job = %name, "resync: {}", e);
+    let view = View {
+        node: sh.config.name.clone(),
+        containers: containers.iter().map(seen).collect(),
+        records,
+        procs,
+        sessions: sessions(sh),
+        now: crate::now_ms(),
+        full: true,
+        startup,
+    };
+    // One action at a time, so one failure does not hold up the rest.
+    for a in plan(&view) {
+        if let Err(e) = carry_out(sh, &containers, std::slice::from_ref(&a)).await {
+            tracing::warn!("resync: {a:?}: {e}");
         }
     }
     Ok(())
