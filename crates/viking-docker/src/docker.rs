@@ -2,6 +2,7 @@
 //! unix socket.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::container::{
@@ -22,6 +23,10 @@ use crate::{
     Attached, ContainerEvent, ContainerInfo, ContainerSpec, EngineInfo, Output, Result, Runtime,
     RuntimeError, LABEL_CLUSTER, LABEL_DAEMONIZE, LABEL_JOB, LABEL_NODE,
 };
+
+/// How long a forced removal waits for another removal of the same
+/// container to finish.
+const REMOVE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// A Docker engine on a unix socket.
 ///
@@ -445,20 +450,30 @@ impl Runtime for DockerRuntime {
         match self.docker.remove_container(id, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 404) => Ok(()),
-            // 409: the engine is already removing it (success for us), the
-            // container is running and `force` is false (a conflict), or,
-            // with `force`, it stopped between the engine's check and its
-            // kill. Its state tells them apart; the last is tried again.
-            Err(e) if is_status(&e, 409) => match self.container_status(id).await? {
+            // 409 without force: the container runs (a conflict), unless
+            // another removal is under way or done (success for us); its
+            // state tells them apart.
+            Err(e) if is_status(&e, 409) && !force => match self.container_status(id).await? {
                 None => Ok(()),
                 Some(s) if s == "removing" => Ok(()),
-                Some(_) if force => match self.docker.remove_container(id, Some(opts)).await {
-                    Ok(()) => Ok(()),
-                    Err(e) if is_status(&e, 404) => Ok(()),
-                    Err(e) => Err(err(e)),
-                },
                 Some(_) => Err(err(e)),
             },
+            // 409 with force: another removal is under way (the engine
+            // says "running" until its kill lands), or the container
+            // stopped between the engine's check and its kill. Either way
+            // it is gone, or removable, shortly: try again until it is.
+            Err(e) if is_status(&e, 409) => {
+                let deadline = tokio::time::Instant::now() + REMOVE_PATIENCE;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    match self.docker.remove_container(id, Some(opts)).await {
+                        Ok(()) => return Ok(()),
+                        Err(e) if is_status(&e, 404) => return Ok(()),
+                        Err(e) if is_status(&e, 409) && tokio::time::Instant::now() < deadline => {}
+                        Err(e) => return Err(err(e)),
+                    }
+                }
+            }
             Err(e) => Err(err(e)),
         }
     }
@@ -553,7 +568,6 @@ fn split_tag(image: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
-    use std::time::Duration;
 
     use viking_core::Job;
 
@@ -622,6 +636,28 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(rt.inspect(&id).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn concurrent_forced_removes_all_succeed() {
+        let rt = engine().await;
+        let cluster = format!("{TEST_CLUSTER}/{}", unique("c"));
+        for _ in 0..3 {
+            let spec = spec_for(&unique("racing"), &cluster, &["sleep", "60"]);
+            let id = rt.create(&spec).await.unwrap();
+            rt.start(&id).await.unwrap();
+            // The losers see 409 (removal in progress) or 404: both are
+            // success, once the container is gone.
+            let removes = (0..4).map(|_| {
+                let rt = rt.clone();
+                let id = id.clone();
+                tokio::spawn(async move { rt.remove(&id, true).await })
+            });
+            for r in futures::future::join_all(removes).await {
+                assert_eq!(r.unwrap(), Ok(()));
+                assert_eq!(rt.inspect(&id).await.unwrap(), None);
+            }
+        }
     }
 
     #[tokio::test]

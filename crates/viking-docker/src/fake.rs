@@ -25,6 +25,26 @@
 //! Time: the optional start delay sleeps on tokio's clock (so tests may
 //! pause it); the timestamps in [`ContainerInfo`] are wall-clock Unix
 //! milliseconds, as Docker's are.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use viking_docker::fake::{Behaviour, Call, FakeRuntime, Op};
+//! use viking_docker::{ContainerSpec, Runtime, RuntimeError};
+//!
+//! # async fn demo(spec: ContainerSpec) -> Result<(), RuntimeError> {
+//! let fake = FakeRuntime::new();
+//! fake.add_image(&spec.image);
+//! fake.set_behaviour(&spec.name, Behaviour::Exit(3));
+//! fake.fail_next(Op::Start, &spec.name, RuntimeError::Docker("boom".into()));
+//! let runtime: Arc<dyn Runtime> = Arc::new(fake.clone()); // for the code under test
+//! let id = runtime.create(&spec).await?;
+//! assert!(runtime.start(&id).await.is_err());
+//! runtime.start(&id).await?;
+//! assert_eq!(runtime.wait(&id).await?, 3);
+//! assert!(fake.calls().contains(&Call::Start(id)));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -13,7 +13,7 @@
 //! [`Runtime::list`] and [`Runtime::events_for`] take the cluster and report
 //! only that cluster's containers, so two clusters on one engine stay apart.
 //!
-//! With the `test-util` feature, [`fake::FakeRuntime`] implements
+//! With the `test-util` feature, `fake::FakeRuntime` implements
 //! [`Runtime`] in memory, for tests of the code above this seam.
 
 #![forbid(unsafe_code)]
