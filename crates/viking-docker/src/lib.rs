@@ -65,6 +65,26 @@ pub enum RuntimeError {
     Unreachable { endpoint: String, reason: String },
 }
 
+impl RuntimeError {
+    /// The exit code `docker run` gives a container that could not start:
+    /// 127 when its command is not found, 126 when it cannot be executed,
+    /// 125 otherwise. Docker says which only in its message (both come back
+    /// with the same status), so the text is read here, at the one crate
+    /// that knows Docker.
+    pub fn start_exit_code(&self) -> i64 {
+        let message = self.to_string();
+        if message.contains("executable file not found")
+            || message.contains("no such file or directory")
+        {
+            127
+        } else if message.contains("permission denied") {
+            126
+        } else {
+            125
+        }
+    }
+}
+
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 
 /// What a container to create looks like.

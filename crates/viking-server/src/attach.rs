@@ -173,19 +173,6 @@ async fn end_session(sh: &Shared, name: &str) {
     }
 }
 
-/// The exit code `docker run` uses when a container cannot start.
-fn start_failure_code(message: &str) -> i64 {
-    if message.contains("executable file not found")
-        || message.contains("no such file or directory")
-    {
-        127
-    } else if message.contains("permission denied") {
-        126
-    } else {
-        125
-    }
-}
-
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, f: Frame) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(5 + f.data.len());
     f.encode(&mut buf);
@@ -283,8 +270,7 @@ where
         .await
         .map_err(|e| daemon_err(e.into()))?;
     if let Err(e) = sh.runtime.start(id).await {
-        let msg = e.to_string();
-        return Err((start_failure_code(&msg), ServerError::Runtime(e)));
+        return Err((e.start_exit_code(), ServerError::Runtime(e)));
     }
     // Record the running container in viking-ps, off the hot path; the
     // compare keeps it from resurrecting a record that is already gone.

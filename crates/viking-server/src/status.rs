@@ -23,6 +23,7 @@ pub fn of(e: &ServerError) -> StatusCode {
         }
         ServerError::RolledBack { source, .. } => of(source),
         ServerError::Runtime(RuntimeError::NotFound(_)) => StatusCode::NOT_FOUND,
+        ServerError::Runtime(RuntimeError::Conflict(_)) => StatusCode::CONFLICT,
         ServerError::Runtime(_) => StatusCode::BAD_GATEWAY,
         ServerError::Record(_) | ServerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
