@@ -21,4 +21,4 @@ pub mod reconcile;
 pub mod records;
 pub mod scheduler;
 
-pub use job::{Job, JobError, JobSpec, Link, PortSpec, Proto};
+pub use job::{FieldError, Job, JobError, JobSpec, Link, PortSpec, Proto};
