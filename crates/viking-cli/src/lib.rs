@@ -16,10 +16,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use hyper::Method;
-use viking_client::api::{HostView, InspectResponse};
 use viking_client::{Client, ClientError};
-use viking_core::records::{ProcRecord, PsRecord};
 
 pub mod mesh;
 pub mod push;
@@ -259,8 +256,7 @@ pub async fn dispatch(
         Command::Mesh(_) => Err(Failure::new(2, "`viking mesh` is run by the binary")),
         Command::Run(args) => run::run(&c, args).await,
         Command::Ps { all, json } => {
-            let path = if all { "/v1/ps?all=true" } else { "/v1/ps" };
-            let v: Vec<PsRecord> = c.json(Method::GET, path, None).await?;
+            let v = c.ps(all).await?;
             if json {
                 print_json(&v)?;
             } else {
@@ -269,7 +265,7 @@ pub async fn dispatch(
             Ok(0)
         }
         Command::Proc { json } => {
-            let v: Vec<ProcRecord> = c.json(Method::GET, "/v1/proc", None).await?;
+            let v = c.proc().await?;
             if json {
                 print_json(&v)?;
             } else {
@@ -278,7 +274,7 @@ pub async fn dispatch(
             Ok(0)
         }
         Command::Hosts { tag, name, json } => {
-            let mut v: Vec<HostView> = c.json(Method::GET, "/v1/hosts", None).await?;
+            let mut v = c.hosts().await?;
             if let Some(t) = &tag {
                 v.retain(|h| h.host.tags.contains(t));
             }
@@ -295,8 +291,7 @@ pub async fn dispatch(
         Command::Stop { time, names } => {
             let mut code = 0;
             for n in names {
-                let path = format!("/v1/jobs/{}/stop?t={time}", path_segment(&n)?);
-                match c.json::<InspectResponse>(Method::POST, &path, None).await {
+                match c.stop(path_segment(&n)?, time).await {
                     Ok(_) => println!("{n}"),
                     Err(e) => {
                         eprintln!("Error: {e}");
@@ -309,8 +304,7 @@ pub async fn dispatch(
         Command::Rm { force, names } => {
             let mut code = 0;
             for n in names {
-                let path = format!("/v1/jobs/{}?force={force}", path_segment(&n)?);
-                match c.call(Method::DELETE, &path, None).await {
+                match c.rm(path_segment(&n)?, force).await {
                     Ok(()) => println!("{n}"),
                     Err(e) => {
                         eprintln!("Error: {e}");
@@ -321,15 +315,13 @@ pub async fn dispatch(
             Ok(code)
         }
         Command::Logs { follow, name } => {
-            let path = format!("/v1/jobs/{}/logs?follow={follow}", path_segment(&name)?);
-            let body = c.stream(Method::GET, &path, None).await?;
+            let body = c.logs(path_segment(&name)?, follow).await?;
             run::print_frames(body).await?;
             Ok(0)
         }
         Command::Push(a) => push::push(&c, a).await,
         Command::Services { json } => {
-            let v: Vec<viking_client::api::ServicePort> =
-                c.json(Method::GET, "/v1/services", None).await?;
+            let v = c.services().await?;
             if json {
                 print_json(&v)?;
             } else {
@@ -338,8 +330,7 @@ pub async fn dispatch(
             Ok(0)
         }
         Command::Inspect { name } => {
-            let path = format!("/v1/jobs/{}", path_segment(&name)?);
-            let v: InspectResponse = c.json(Method::GET, &path, None).await?;
+            let v = c.inspect(path_segment(&name)?).await?;
             print_json(&v)?;
             Ok(0)
         }

@@ -1,10 +1,7 @@
 //! `viking push`: new code was pushed; restart the daemonized, non-static
 //! jobs whose image changed, rolling, with progress as it goes.
 
-use bytes::BytesMut;
 use clap::Args;
-use http_body_util::BodyExt;
-use hyper::Method;
 use viking_client::api::{PushLine, PushRequest};
 use viking_client::Client;
 
@@ -45,78 +42,65 @@ pub async fn push(c: &Client, a: PushArgs) -> Result<i32, Failure> {
         pull: a.pull,
         settle_ms: Some((a.settle.max(0.0) * 1000.0) as u64),
     };
-    let body = serde_json::to_vec(&req).map_err(|e| Failure::new(1, e.to_string()))?;
-    let mut stream = c.stream(Method::POST, "/v1/push", Some(body)).await?;
-    let mut buf = BytesMut::new();
+    let mut lines = c.push(&req).await?;
     loop {
-        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-            let line = buf.split_to(nl + 1);
-            if a.json {
-                print!("{}", String::from_utf8_lossy(&line));
-            }
-            let parsed: PushLine = serde_json::from_slice(&line)
-                .map_err(|e| Failure::new(1, format!("unexpected answer from the server: {e}")))?;
-            match parsed {
-                PushLine::Event(e) => {
-                    if !a.json {
-                        let what = match e.event.as_str() {
-                            "restarting" => format!(
-                                "restarting: {} -> {}",
-                                short(&e.old_image_id),
-                                short(&e.new_image_id)
-                            ),
-                            "restarted" => format!("running on {}", short(&e.new_image_id)),
-                            "failed" => {
-                                format!("FAILED: {}", e.message.clone().unwrap_or_default())
-                            }
-                            other => other.to_string(),
-                        };
-                        println!(
-                            "{} ({}): {what}",
-                            e.job,
-                            if e.host.is_empty() { "-" } else { &e.host }
-                        );
-                    }
-                }
-                PushLine::Done(s) => {
-                    if let Some(f) = &s.failed {
-                        return Err(Failure::new(
-                            1,
-                            format!(
-                                "push stopped: job {} failed on {}: {}; {} job(s) not pushed",
-                                f.job,
-                                f.host,
-                                f.message.clone().unwrap_or_default(),
-                                s.untouched.len()
-                            ),
-                        ));
-                    }
-                    if !a.json {
-                        println!(
-                            "pushed: {} restarted, {} unchanged, {} static left alone",
-                            s.restarted.len(),
-                            s.unchanged.len(),
-                            s.static_jobs.len()
-                        );
-                    }
-                    return Ok(0);
-                }
-                PushLine::Error(e) => return Err(Failure::new(1, e.error)),
-            }
+        let Some(line) = lines.next_line().await? else {
+            return Err(Failure::new(
+                1,
+                "the server closed the connection during the push",
+            ));
+        };
+        if a.json {
+            println!("{line}");
         }
-        match stream.frame().await {
-            Some(Ok(f)) => {
-                if let Ok(d) = f.into_data() {
-                    buf.extend_from_slice(&d);
+        let parsed: PushLine = serde_json::from_str(&line)
+            .map_err(|e| Failure::new(1, format!("unexpected answer from the server: {e}")))?;
+        match parsed {
+            PushLine::Event(e) => {
+                if !a.json {
+                    let what = match e.event.as_str() {
+                        "restarting" => format!(
+                            "restarting: {} -> {}",
+                            short(&e.old_image_id),
+                            short(&e.new_image_id)
+                        ),
+                        "restarted" => format!("running on {}", short(&e.new_image_id)),
+                        "failed" => {
+                            format!("FAILED: {}", e.message.clone().unwrap_or_default())
+                        }
+                        other => other.to_string(),
+                    };
+                    println!(
+                        "{} ({}): {what}",
+                        e.job,
+                        if e.host.is_empty() { "-" } else { &e.host }
+                    );
                 }
             }
-            Some(Err(e)) => return Err(Failure::new(1, format!("reading the push: {e}"))),
-            None => {
-                return Err(Failure::new(
-                    1,
-                    "the server closed the connection during the push",
-                ))
+            PushLine::Done(s) => {
+                if let Some(f) = &s.failed {
+                    return Err(Failure::new(
+                        1,
+                        format!(
+                            "push stopped: job {} failed on {}: {}; {} job(s) not pushed",
+                            f.job,
+                            f.host,
+                            f.message.clone().unwrap_or_default(),
+                            s.untouched.len()
+                        ),
+                    ));
+                }
+                if !a.json {
+                    println!(
+                        "pushed: {} restarted, {} unchanged, {} static left alone",
+                        s.restarted.len(),
+                        s.unchanged.len(),
+                        s.static_jobs.len()
+                    );
+                }
+                return Ok(0);
             }
+            PushLine::Error(e) => return Err(Failure::new(1, e.error)),
         }
     }
 }

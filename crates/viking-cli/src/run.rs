@@ -7,8 +7,6 @@ use std::path::PathBuf;
 
 use bytes::BytesMut;
 use clap::Args;
-use http_body_util::BodyExt;
-use hyper::Method;
 use tokio::io::AsyncWriteExt;
 use viking_client::api::{DryRunResponse, ErrorBody};
 use viking_client::frame::{self, Frame, FrameReader};
@@ -105,6 +103,12 @@ impl RunArgs {
             })?;
             return Ok(doc);
         }
+        if let Some(flag) = self.args.first().and_then(|a| unknown_flag(a)) {
+            return Err(Failure::new(
+                DAEMON_ERROR,
+                format!("{flag}\nSee 'viking run --help'."),
+            ));
+        }
         let Some((image, command)) = self.args.split_first() else {
             return Err(Failure::new(
                 DAEMON_ERROR,
@@ -148,6 +152,21 @@ impl RunArgs {
     }
 }
 
+/// The first of IMAGE [COMMAND] [ARG...] may not look like a flag: clap
+/// hands on an unknown flag before the image as the image (the positional
+/// takes hyphen values so that the command's own flags pass through), so
+/// it is refused here, in docker's words. Flags after the image belong to
+/// the command.
+fn unknown_flag(first: &str) -> Option<String> {
+    if let Some(long) = first.strip_prefix("--") {
+        let name = long.split_once('=').map_or(long, |(n, _)| n);
+        return (!name.is_empty()).then(|| format!("unknown flag: --{name}"));
+    }
+    let short = first.strip_prefix('-')?;
+    let c = short.chars().next()?;
+    Some(format!("unknown shorthand flag: '{c}' in {first}"))
+}
+
 /// `KEY` alone takes this shell's value, as docker does.
 fn resolve_env(e: &str) -> String {
     if e.contains('=') {
@@ -164,17 +183,14 @@ fn is_daemonized(doc: &[u8]) -> bool {
         // Let the server explain what is wrong with it.
         return true;
     };
-    spec.daemonize.unwrap_or(!spec.ports.is_empty())
+    spec.daemonized()
 }
 
 pub async fn run(c: &Client, args: RunArgs) -> Result<i32, Failure> {
     let doc = args.to_document()?;
     let api_err = |e: viking_client::ClientError| Failure::new(DAEMON_ERROR, e.to_string());
     if args.dry_run {
-        let d: DryRunResponse = c
-            .json(Method::POST, "/v1/jobs?dry_run=true", Some(doc))
-            .await
-            .map_err(api_err)?;
+        let d: DryRunResponse = c.dry_run(doc).await.map_err(api_err)?;
         match &d.host {
             Some(h) => println!("job {} would run on host {h}", d.job.name),
             None => println!("job {} cannot run on any host now", d.job.name),
@@ -187,7 +203,7 @@ pub async fn run(c: &Client, args: RunArgs) -> Result<i32, Failure> {
     if is_daemonized(&doc) {
         return run_daemon(c, doc).await;
     }
-    let io = c.attach("/v1/jobs", doc).await.map_err(api_err)?;
+    let io = c.run_attached(doc).await.map_err(api_err)?;
     let stdin_attached = args.interactive || !std::io::stdin().is_terminal();
     // -it on a terminal: keystrokes go straight to the container's TTY.
     let _raw = (args.tty && args.interactive)
@@ -198,7 +214,7 @@ pub async fn run(c: &Client, args: RunArgs) -> Result<i32, Failure> {
 
 async fn run_daemon(c: &Client, doc: Vec<u8>) -> Result<i32, Failure> {
     let r = c
-        .run_with_progress("/v1/jobs?progress=true", doc, &|p| eprintln!("{p}"))
+        .run(doc, &|p| eprintln!("{p}"))
         .await
         .map_err(|e| Failure::new(DAEMON_ERROR, e.to_string()))?;
     match &r.ps {
@@ -333,34 +349,28 @@ async fn print_attached<R: tokio::io::AsyncRead + Unpin>(rd: R) -> Result<i32, F
 }
 
 /// Print a logs stream: frames over a chunked HTTP body.
-pub async fn print_frames(mut body: hyper::body::Incoming) -> Result<(), Failure> {
-    let mut buf = BytesMut::new();
+pub async fn print_frames(body: hyper::body::Incoming) -> Result<(), Failure> {
+    let mut frames = frame::body_frames(body);
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
-    loop {
-        while let Some(f) = frame::decode(&mut buf).map_err(|e| Failure::new(1, e.to_string()))? {
-            match f.kind {
-                frame::STDERR => {
-                    let _ = stderr.lock().write_all(&f.data);
-                }
-                _ => {
-                    let mut out = stdout.lock();
-                    if out.write_all(&f.data).and_then(|_| out.flush()).is_err() {
-                        return Ok(());
-                    }
+    while let Some(f) = frames
+        .next()
+        .await
+        .map_err(|e| Failure::new(1, format!("reading logs: {e}")))?
+    {
+        match f.kind {
+            frame::STDERR => {
+                let _ = stderr.lock().write_all(&f.data);
+            }
+            _ => {
+                let mut out = stdout.lock();
+                if out.write_all(&f.data).and_then(|_| out.flush()).is_err() {
+                    return Ok(());
                 }
             }
-        }
-        match body.frame().await {
-            Some(Ok(f)) => {
-                if let Ok(d) = f.into_data() {
-                    buf.extend_from_slice(&d);
-                }
-            }
-            Some(Err(e)) => return Err(Failure::new(1, format!("reading logs: {e}"))),
-            None => return Ok(()),
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -409,5 +419,45 @@ mod tests {
         let d = doc(&["img"]);
         assert!(d.get("daemonize").is_none());
         assert!(!is_daemonized(&serde_json::to_vec(&d).unwrap()));
+    }
+
+    fn refused(args: &[&str]) -> Failure {
+        let t = T::try_parse_from(std::iter::once("run").chain(args.iter().copied())).unwrap();
+        t.r.to_document().unwrap_err()
+    }
+
+    #[test]
+    fn an_unknown_flag_before_the_image_is_refused() {
+        let f = refused(&["-d", "--name", "web", "--frobnicate", "3", "img"]);
+        assert_eq!(f.code, DAEMON_ERROR);
+        assert_eq!(f.message.lines().next(), Some("unknown flag: --frobnicate"));
+        let f = refused(&["--frobnicate=3", "img"]);
+        assert_eq!(f.message.lines().next(), Some("unknown flag: --frobnicate"));
+        let f = refused(&["-z", "img"]);
+        assert_eq!(
+            f.message.lines().next(),
+            Some("unknown shorthand flag: 'z' in -z")
+        );
+        // Known flags still work, and flags after the image are the command's.
+        let d = doc(&["-d", "--name", "web", "img", "--frobnicate", "-z"]);
+        assert_eq!(d["image"], "img");
+        assert_eq!(d["command"], serde_json::json!(["--frobnicate", "-z"]));
+    }
+
+    #[test]
+    fn the_transport_follows_the_daemonize_default() {
+        let daemonized = |args: &[&str]| {
+            let t = T::try_parse_from(std::iter::once("run").chain(args.iter().copied())).unwrap();
+            is_daemonized(&t.r.to_document().unwrap())
+        };
+        assert!(!daemonized(&["img"]));
+        assert!(daemonized(&["-d", "--name", "w", "img"]));
+        assert!(daemonized(&["-p", "80", "--name", "w", "img"]));
+        assert!(is_daemonized(
+            br#"{"image":"b","ports":["80"],"daemonize":true}"#
+        ));
+        assert!(!is_daemonized(
+            br#"{"image":"b","ports":["80"],"daemonize":false}"#
+        ));
     }
 }

@@ -10,7 +10,15 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
-use crate::api::{ErrorBody, ProgressLine, RunResponse, ATTACH_PROTOCOL};
+use serde::Serialize;
+use viking_core::records::{ProcRecord, PsRecord};
+
+use crate::api::{
+    DryRunResponse, ErrorBody, HostView, InspectResponse, Ping, ProgressLine, PushRequest,
+    ReplaceRequest, ResolveRequest, ResolveResponse, RunResponse, ServicePort, ATTACH_PROTOCOL,
+};
+use crate::body::NdjsonLines;
+use crate::routes;
 
 /// How long connecting to a server may take.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -25,6 +33,8 @@ pub enum ClientError {
     BadUrl(String),
     #[error("cannot reach the viking server at {addr}: {reason} (is `viking server` running? set --server or VIKING_SERVER)")]
     Connect { addr: String, reason: String },
+    #[error("{name:?}: {reason}")]
+    BadName { name: String, reason: String },
     #[error("{message}")]
     Api { status: u16, message: String },
     #[error("talking to the viking server: {0}")]
@@ -194,43 +204,23 @@ impl Client {
         doc: Vec<u8>,
         on_progress: &(dyn Fn(String) + Sync),
     ) -> Result<RunResponse, ClientError> {
-        let mut body = self.stream(Method::POST, path, Some(doc)).await?;
-        let mut buf = bytes::BytesMut::new();
-        loop {
-            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-                let line = buf.split_to(nl + 1);
-                let parsed: ProgressLine = serde_json::from_slice(&line).map_err(|e| {
-                    ClientError::Http(format!("unexpected answer from the server: {e}"))
-                })?;
-                match parsed {
-                    ProgressLine::Progress(p) => on_progress(p),
-                    ProgressLine::Done(r) => return Ok(*r),
-                    ProgressLine::Error(ErrorBody { error, status }) => {
-                        return Err(ClientError::Api {
-                            status,
-                            message: error,
-                        })
-                    }
-                }
-            }
-            match body.frame().await {
-                Some(Ok(f)) => {
-                    if let Ok(data) = f.into_data() {
-                        buf.extend_from_slice(&data);
-                    }
-                }
-                Some(Err(e)) => {
-                    return Err(ClientError::Http(format!(
-                        "reading the server's answer: {e}"
-                    )))
-                }
-                None => {
-                    return Err(ClientError::Http(
-                        "the server closed the connection before the job started".to_string(),
-                    ))
+        let body = self.stream(Method::POST, path, Some(doc)).await?;
+        let mut lines = NdjsonLines::new(body);
+        while let Some((line, _)) = lines.next::<ProgressLine>().await? {
+            match line {
+                ProgressLine::Progress(p) => on_progress(p),
+                ProgressLine::Done(r) => return Ok(*r),
+                ProgressLine::Error(ErrorBody { error, status }) => {
+                    return Err(ClientError::Api {
+                        status,
+                        message: error,
+                    })
                 }
             }
         }
+        Err(ClientError::Http(
+            "the server closed the connection before the job started".to_string(),
+        ))
     }
 
     /// Open an attached stream (`101 Switching Protocols`).
@@ -260,6 +250,133 @@ impl Client {
             .map_err(|e| ClientError::Http(format!("upgrading the connection: {e}")))?;
         Ok(TokioIo::new(upgraded))
     }
+}
+
+/// The typed calls, one per route (paths in [`routes`]).
+impl Client {
+    /// `GET /v1/ping`.
+    pub async fn ping(&self) -> Result<Ping, ClientError> {
+        self.json(Method::GET, routes::PING, None).await
+    }
+
+    /// viking-ps: running jobs, or every job with `all`.
+    pub async fn ps(&self, all: bool) -> Result<Vec<PsRecord>, ClientError> {
+        self.json(Method::GET, &routes::ps(all), None).await
+    }
+
+    /// viking-proc: the daemonized jobs.
+    pub async fn proc(&self) -> Result<Vec<ProcRecord>, ClientError> {
+        self.json(Method::GET, routes::PROC, None).await
+    }
+
+    /// The servers of the fleet.
+    pub async fn hosts(&self) -> Result<Vec<HostView>, ClientError> {
+        self.json(Method::GET, routes::HOSTS, None).await
+    }
+
+    /// The services: ambassador ports and endpoints.
+    pub async fn services(&self) -> Result<Vec<ServicePort>, ClientError> {
+        self.json(Method::GET, routes::SERVICES, None).await
+    }
+
+    /// Proc, ps and history of a job.
+    pub async fn inspect(&self, name: &str) -> Result<InspectResponse, ClientError> {
+        self.json(Method::GET, &routes::job(job_name(name)?), None)
+            .await
+    }
+
+    /// Stop a job (killed after `timeout` seconds) and take it out of
+    /// viking-proc; what is known of it afterwards.
+    pub async fn stop(&self, name: &str, timeout: i64) -> Result<InspectResponse, ClientError> {
+        self.json(Method::POST, &routes::stop(job_name(name)?, timeout), None)
+            .await
+    }
+
+    /// Remove a job and its record (`force`: a running one too).
+    pub async fn rm(&self, name: &str, force: bool) -> Result<(), ClientError> {
+        self.call(Method::DELETE, &routes::rm(job_name(name)?, force), None)
+            .await
+    }
+
+    /// A job's output: a body of [`crate::frame`]s (read them with
+    /// [`crate::frame::body_frames`]).
+    pub async fn logs(&self, name: &str, follow: bool) -> Result<Incoming, ClientError> {
+        self.stream(Method::GET, &routes::logs(job_name(name)?, follow), None)
+            .await
+    }
+
+    /// Where a job document would run, and why other hosts would not take it.
+    pub async fn dry_run(&self, doc: Vec<u8>) -> Result<DryRunResponse, ClientError> {
+        self.json(Method::POST, &routes::dry_run(), Some(doc)).await
+    }
+
+    /// Run a daemonized job; `on_progress` sees each progress line.
+    pub async fn run(
+        &self,
+        doc: Vec<u8>,
+        on_progress: &(dyn Fn(String) + Sync),
+    ) -> Result<RunResponse, ClientError> {
+        self.run_with_progress(&routes::run_with_progress(), doc, on_progress)
+            .await
+    }
+
+    /// Run an interactive job, attached.
+    pub async fn run_attached(&self, doc: Vec<u8>) -> Result<AttachedIo, ClientError> {
+        self.attach(routes::JOBS, doc).await
+    }
+
+    /// A code push: its answer, line by line ([`PushLine`]s).
+    pub async fn push(&self, req: &PushRequest) -> Result<NdjsonLines, ClientError> {
+        let body = to_json(req)?;
+        let answer = self.stream(Method::POST, routes::PUSH, Some(body)).await?;
+        Ok(NdjsonLines::new(answer))
+    }
+
+    /// Between servers: start a job this server placed on that one (the
+    /// job document, as stored in viking-proc).
+    pub async fn start_placed(
+        &self,
+        doc: Vec<u8>,
+        on_progress: &(dyn Fn(String) + Sync),
+    ) -> Result<RunResponse, ClientError> {
+        self.run_with_progress(routes::INTERNAL_START, doc, on_progress)
+            .await
+    }
+
+    /// Between servers: run an interactive job claimed at `claim_rev` on
+    /// that server, attached through this one.
+    pub async fn attach_claimed(
+        &self,
+        claim_rev: i64,
+        doc: Vec<u8>,
+    ) -> Result<AttachedIo, ClientError> {
+        self.attach(&routes::internal_attach(claim_rev), doc).await
+    }
+
+    /// Between servers: the image id a reference names on that host.
+    pub async fn resolve(&self, req: &ResolveRequest) -> Result<ResolveResponse, ClientError> {
+        self.json(Method::POST, routes::INTERNAL_RESOLVE, Some(to_json(req)?))
+            .await
+    }
+
+    /// Between servers: restart one job of that host on its tag's new image.
+    pub async fn replace(&self, req: &ReplaceRequest) -> Result<PsRecord, ClientError> {
+        self.json(Method::POST, routes::INTERNAL_REPLACE, Some(to_json(req)?))
+            .await
+    }
+}
+
+/// A job name that is safe in a path (every name viking accepts is).
+fn job_name(name: &str) -> Result<&str, ClientError> {
+    viking_core::job::validate_name(name).map_err(|e| ClientError::BadName {
+        name: name.to_string(),
+        reason: e.message,
+    })?;
+    Ok(name)
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, ClientError> {
+    serde_json::to_vec(v).map_err(|e| ClientError::Http(format!("encoding the request: {e}")))
 }
 
 async fn read_body(resp: Response<Incoming>) -> Result<Bytes, ClientError> {

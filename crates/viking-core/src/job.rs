@@ -27,15 +27,76 @@ pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 /// The longest job name accepted.
 pub const MAX_NAME_LEN: usize = 128;
 
-/// A rule a job broke: names the field and the rule.
+/// Why a job document was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid job: {field}: {message}")]
-pub struct JobError {
+pub enum JobError {
+    /// The document is not JSON at all; where the parser gave up.
+    #[error("the job is not valid JSON: {message} at line {line} column {column}")]
+    NotJson {
+        message: String,
+        line: usize,
+        column: usize,
+    },
+    /// The document is larger than [`MAX_DOCUMENT_BYTES`].
+    #[error("invalid job: (document): is {size} bytes, more than the limit of {MAX_DOCUMENT_BYTES} bytes (1 MiB)")]
+    TooLarge { size: usize },
+    /// A field breaks a rule (or is unknown, or of the wrong type).
+    #[error("invalid job: {0}")]
+    Field(#[from] FieldError),
+}
+
+impl JobError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        JobError::Field(FieldError::new(field, message))
+    }
+
+    /// The field at fault; `(document)` when it is the document as a whole.
+    pub fn field(&self) -> &str {
+        match self {
+            JobError::NotJson { .. } | JobError::TooLarge { .. } => DOCUMENT,
+            JobError::Field(f) => &f.field,
+        }
+    }
+
+    /// A document serde refused: not JSON, or JSON of the wrong shape.
+    fn from_serde(e: serde_json::Error) -> Self {
+        let msg = e.to_string();
+        match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                let (line, column) = (e.line(), e.column());
+                // serde's text ends with the position, which has fields here.
+                let at = format!(" at line {line} column {column}");
+                JobError::NotJson {
+                    message: msg.strip_suffix(&at).unwrap_or(&msg).to_string(),
+                    line,
+                    column,
+                }
+            }
+            serde_json::error::Category::Data | serde_json::error::Category::Io => {
+                // serde names unknown fields as "unknown field `x`, expected ..."
+                let field = msg
+                    .strip_prefix("unknown field `")
+                    .and_then(|rest| rest.split('`').next())
+                    .unwrap_or(DOCUMENT)
+                    .to_string();
+                JobError::new(field, msg)
+            }
+        }
+    }
+}
+
+/// The name of "the whole document" where a field is named.
+const DOCUMENT: &str = "(document)";
+
+/// A rule a field broke: names the field and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
     pub field: String,
     pub message: String,
 }
 
-impl JobError {
+impl FieldError {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
@@ -95,6 +156,14 @@ pub struct JobSpec {
     /// Services this job reaches through embassy: `NAME` or `NAME:ALIAS`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<String>,
+}
+
+impl JobSpec {
+    /// Whether the job is daemonized: as the document says, else when it
+    /// publishes ports (the design's default).
+    pub fn daemonized(&self) -> bool {
+        self.daemonize.unwrap_or(!self.ports.is_empty())
+    }
 }
 
 /// A transport protocol of a port.
@@ -271,30 +340,15 @@ impl Job {
     /// `gen_name` is called for a non-daemonized job without a name.
     pub fn parse(doc: &[u8], gen_name: impl FnOnce() -> String) -> Result<Self, JobError> {
         if doc.len() > MAX_DOCUMENT_BYTES {
-            return Err(JobError::new(
-                "(document)",
-                format!(
-                    "is {} bytes, more than the limit of {} bytes (1 MiB)",
-                    doc.len(),
-                    MAX_DOCUMENT_BYTES
-                ),
-            ));
+            return Err(JobError::TooLarge { size: doc.len() });
         }
-        let spec: JobSpec = serde_json::from_slice(doc).map_err(|e| {
-            let msg = e.to_string();
-            // serde names unknown fields as "unknown field `x`, expected ..."
-            let field = msg
-                .strip_prefix("unknown field `")
-                .and_then(|rest| rest.split('`').next())
-                .unwrap_or("(document)")
-                .to_string();
-            JobError::new(field, msg)
-        })?;
+        let spec: JobSpec = serde_json::from_slice(doc).map_err(JobError::from_serde)?;
         Self::from_spec(spec, gen_name)
     }
 
     /// Validate a [`JobSpec`] and apply the defaults.
     pub fn from_spec(spec: JobSpec, gen_name: impl FnOnce() -> String) -> Result<Self, JobError> {
+        let daemonize = spec.daemonized();
         // env first: VIKING_FIXED / VIKING_HOST / VIKING_TAG feed the flags.
         let env = parse_env(spec.env)?;
 
@@ -352,7 +406,6 @@ impl Job {
         }
 
         let static_ = spec.static_.unwrap_or(false);
-        let daemonize = spec.daemonize.unwrap_or(!ports.is_empty());
         let fixed = spec.fixed.unwrap_or(
             !volumes.is_empty() || static_ || env.get("VIKING_FIXED").is_some_and(|v| truthy(v)),
         );
@@ -484,7 +537,7 @@ impl<'de> Deserialize<'de> for Job {
 
 /// Check a job name: letters, digits, `_`, `.`, `-`, starting with a letter
 /// or digit, at most 128 characters.
-pub fn validate_name(n: &str) -> Result<(), JobError> {
+pub fn validate_name(n: &str) -> Result<(), FieldError> {
     let rule = "must be 1-128 characters of letters, digits, '_', '.', '-', starting with a letter or digit";
     let ok = !n.is_empty()
         && n.len() <= MAX_NAME_LEN
@@ -495,7 +548,7 @@ pub fn validate_name(n: &str) -> Result<(), JobError> {
         Ok(())
     } else {
         let shown: String = n.chars().take(40).collect();
-        Err(JobError::new("name", format!("{shown:?} {rule}")))
+        Err(FieldError::new("name", format!("{shown:?} {rule}")))
     }
 }
 
@@ -648,7 +701,7 @@ mod tests {
     #[test]
     fn ports_make_daemonized_and_need_a_name() {
         let e = parse(r#"{"image":"b","ports":["80"]}"#).unwrap_err();
-        assert_eq!(e.field, "name");
+        assert_eq!(e.field(), "name");
         let j = parse(r#"{"name":"web","image":"b","ports":["8080:80","53/udp"]}"#).unwrap();
         assert!(j.daemonize);
         assert!(!j.fixed);
@@ -711,7 +764,7 @@ mod tests {
         assert_eq!(
             parse(r#"{"image":"b","command":"sh -c 'x"}"#)
                 .unwrap_err()
-                .field,
+                .field(),
             "command"
         );
     }
@@ -725,7 +778,41 @@ mod tests {
         assert_eq!(j.host.as_deref(), Some("n2"));
         assert_eq!(j.filter, vec!["eu", "gpu", "ssd"]);
         let e = parse(r#"{"image":"b","host":"n1","env":{"VIKING_HOST":"n2"}}"#).unwrap_err();
-        assert_eq!(e.field, "host");
+        assert_eq!(e.field(), "host");
+    }
+
+    #[test]
+    fn broken_json_says_so_and_where() {
+        let e = parse("{\"image\":\"b\",\n").unwrap_err();
+        assert_eq!(
+            e,
+            JobError::NotJson {
+                message: "EOF while parsing a value".to_string(),
+                line: 2,
+                column: 0
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "the job is not valid JSON: EOF while parsing a value at line 2 column 0"
+        );
+        let e = parse("{\"image\": busybox}").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                JobError::NotJson {
+                    line: 1,
+                    column: 11,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(e.field(), "(document)");
+        // Valid JSON of the wrong shape names the field, as before.
+        let e = parse(r#"{"image":"b","name":3}"#).unwrap_err();
+        assert!(matches!(e, JobError::Field(_)), "{e:?}");
+        assert!(e.to_string().starts_with("invalid job: "), "{e}");
     }
 
     #[test]
@@ -748,11 +835,11 @@ mod tests {
         ];
         for (doc, field) in cases {
             let e = parse(doc).unwrap_err();
-            assert_eq!(e.field, field, "{doc}: {e}");
+            assert_eq!(e.field(), field, "{doc}: {e}");
             assert!(e.to_string().contains(field), "{e}");
         }
         let long = format!(r#"{{"image":"b","name":"{}"}}"#, "a".repeat(129));
-        assert_eq!(parse(&long).unwrap_err().field, "name");
+        assert_eq!(parse(&long).unwrap_err().field(), "name");
         let ok = format!(r#"{{"image":"b","name":"{}"}}"#, "a".repeat(128));
         assert!(parse(&ok).is_ok());
     }
@@ -791,13 +878,15 @@ mod tests {
         );
         assert_eq!(Link::parse("my.svc-2").unwrap().env_prefix(), "MY_SVC_2");
         assert_eq!(
-            parse(r#"{"image":"b","links":["-x"]}"#).unwrap_err().field,
+            parse(r#"{"image":"b","links":["-x"]}"#)
+                .unwrap_err()
+                .field(),
             "links"
         );
         assert_eq!(
             parse(r#"{"image":"b","links":["a","a"]}"#)
                 .unwrap_err()
-                .field,
+                .field(),
             "links"
         );
     }
@@ -808,7 +897,7 @@ mod tests {
             r#"{{"image":"b","command":["{}"]}}"#,
             "x".repeat(MAX_DOCUMENT_BYTES)
         );
-        assert_eq!(parse(&big).unwrap_err().field, "(document)");
+        assert_eq!(parse(&big).unwrap_err().field(), "(document)");
     }
 
     #[test]
@@ -879,7 +968,7 @@ mod tests {
                 }
                 Err(e) => {
                     // only the name rule or duplicate ports/volumes can fail here
-                    prop_assert!(["name", "ports", "volumes", "image", "env"].contains(&e.field.as_str()), "{}", e);
+                    prop_assert!(["name", "ports", "volumes", "image", "env"].contains(&e.field()), "{}", e);
                 }
             }
         }

@@ -23,5 +23,5 @@ pub mod records;
 pub mod scheduler;
 pub mod status;
 
-pub use job::{Job, JobError, JobSpec, Link, PortSpec, Proto};
+pub use job::{FieldError, Job, JobError, JobSpec, Link, PortSpec, Proto};
 pub use status::Status;

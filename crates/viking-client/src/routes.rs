@@ -1,0 +1,100 @@
+//! Every path of the HTTP API, written once: the route patterns (in axum's
+//! `{name}` syntax, for the server's router) and the functions that build a
+//! request's path with its query (for [`crate::Client`]). The query
+//! parameter names are here too.
+
+/// `GET`: liveness of a server ([`crate::api::Ping`]).
+pub const PING: &str = "/v1/ping";
+/// `POST`: run a job; with `dry_run=true` or `progress=true`, or upgraded
+/// to an attached stream.
+pub const JOBS: &str = "/v1/jobs";
+/// `GET`: viking-ps; `all=true` for every job.
+pub const PS: &str = "/v1/ps";
+/// `GET`: viking-proc.
+pub const PROC: &str = "/v1/proc";
+/// `GET`: floki.
+pub const HOSTS: &str = "/v1/hosts";
+/// `GET`: inspect a job; `DELETE`: remove it (`force=true`).
+pub const JOB: &str = "/v1/jobs/{name}";
+/// `POST`: stop a job (`t` = seconds before killing it).
+pub const JOB_STOP: &str = "/v1/jobs/{name}/stop";
+/// `GET`: a job's output as frames (`follow=true`).
+pub const JOB_LOGS: &str = "/v1/jobs/{name}/logs";
+/// `POST`: a code push (newline-delimited JSON answer).
+pub const PUSH: &str = "/v1/push";
+/// `GET`: the services.
+pub const SERVICES: &str = "/v1/services";
+/// `POST` between servers: start a job placed on this host.
+pub const INTERNAL_START: &str = "/v1/internal/start";
+/// `POST` between servers: the image id a reference names here.
+pub const INTERNAL_RESOLVE: &str = "/v1/internal/resolve";
+/// `POST` between servers: restart one job on its tag's new image.
+pub const INTERNAL_REPLACE: &str = "/v1/internal/replace";
+/// `POST` between servers, upgraded: run a claimed interactive job here
+/// (`claim_rev`).
+pub const INTERNAL_ATTACH: &str = "/v1/internal/attach";
+
+/// The placeholder of a job name in the patterns.
+const NAME: &str = "{name}";
+
+/// `POST /v1/jobs?dry_run=true`.
+pub fn dry_run() -> String {
+    format!("{JOBS}?dry_run=true")
+}
+
+/// `POST /v1/jobs?progress=true`.
+pub fn run_with_progress() -> String {
+    format!("{JOBS}?progress=true")
+}
+
+/// `GET /v1/ps`, `?all=true` for every job.
+pub fn ps(all: bool) -> String {
+    if all {
+        format!("{PS}?all=true")
+    } else {
+        PS.to_string()
+    }
+}
+
+/// `GET` (inspect) or `DELETE` (remove, see [`rm`]) one job.
+pub fn job(name: &str) -> String {
+    JOB.replace(NAME, name)
+}
+
+/// `POST`: stop a job, killing it after `timeout` seconds.
+pub fn stop(name: &str, timeout: i64) -> String {
+    format!("{}?t={timeout}", JOB_STOP.replace(NAME, name))
+}
+
+/// `DELETE`: remove a job (`force`: a running one too).
+pub fn rm(name: &str, force: bool) -> String {
+    format!("{}?force={force}", job(name))
+}
+
+/// `GET`: a job's output.
+pub fn logs(name: &str, follow: bool) -> String {
+    format!("{}?follow={follow}", JOB_LOGS.replace(NAME, name))
+}
+
+/// `POST`, upgraded: run a job another server claimed at `claim_rev`.
+pub fn internal_attach(claim_rev: i64) -> String {
+    format!("{INTERNAL_ATTACH}?claim_rev={claim_rev}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_what_the_server_serves() {
+        assert_eq!(ps(false), "/v1/ps");
+        assert_eq!(ps(true), "/v1/ps?all=true");
+        assert_eq!(job("web"), "/v1/jobs/web");
+        assert_eq!(stop("web", 3), "/v1/jobs/web/stop?t=3");
+        assert_eq!(rm("web", true), "/v1/jobs/web?force=true");
+        assert_eq!(logs("web", false), "/v1/jobs/web/logs?follow=false");
+        assert_eq!(dry_run(), "/v1/jobs?dry_run=true");
+        assert_eq!(run_with_progress(), "/v1/jobs?progress=true");
+        assert_eq!(internal_attach(42), "/v1/internal/attach?claim_rev=42");
+    }
+}
