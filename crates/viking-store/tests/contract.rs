@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use viking_testkit::{eventually_async, POLL};
 
 use viking_store::{
     Compare, EmbeddedStore, EtcdStore, EventKind, Op, Store, StoreError, StoreExt, WatchEvent,
@@ -208,9 +209,12 @@ mod cases {
         s.put_with_lease("l/exp/b", "v", lease).await.unwrap();
         s.put("l/exp/plain", "stays").await.unwrap();
         let mut w = s.watch("l/exp/", rev).await.unwrap();
-        wait_until(Duration::from_secs(6), || async {
-            s.list("l/exp/").await.unwrap().0.len() == 1
-        })
+        eventually_async(
+            "the leased keys to expire",
+            Duration::from_secs(6),
+            POLL,
+            || async { s.list("l/exp/").await.unwrap().0.len() == 1 },
+        )
         .await;
         assert!(s.get("l/exp/plain").await.unwrap().is_some());
         assert!(matches!(
@@ -466,21 +470,6 @@ async fn assert_no_more(w: &mut WatchStream) {
     }
 }
 
-async fn wait_until<F, Fut>(limit: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !f().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn embedded() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(&dir.path().join("state.redb"), "/viking").unwrap();
@@ -625,10 +614,15 @@ async fn etcd_survives_minority_failure() {
     // election fail with an ambiguous error (etcd's own clients do the
     // same); wait until a write outside the watched prefix goes through,
     // then everything must work without errors.
-    wait_until(Duration::from_secs(15), || {
-        let s = s.clone();
-        async move { s.put("probe/after-kill", "x").await.is_ok() }
-    })
+    eventually_async(
+        "a write after the kill",
+        Duration::from_secs(15),
+        POLL,
+        || {
+            let s = s.clone();
+            async move { s.put("probe/after-kill", "x").await }
+        },
+    )
     .await;
 
     let mut revs = vec![start];

@@ -2,7 +2,7 @@
 //! free ports, a temporary data dir, killed on drop.
 
 use crate::http::http_get;
-use crate::util::wait_until;
+use crate::wait::wait_until;
 use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::net::{IpAddr, TcpListener};
@@ -93,12 +93,16 @@ impl Etcd {
             "etcd health",
             Duration::from_secs(30),
             Duration::from_millis(100),
-            || {
+            || -> Result<()> {
                 if let Some(status) = etcd.child.try_wait()? {
                     bail!("etcd exited with {status}");
                 }
                 let r = http_get(&addr, "/health", None, Duration::from_secs(2))?;
-                Ok(r.is_success() && r.body.contains("true"))
+                if r.is_success() && r.body.contains("true") {
+                    Ok(())
+                } else {
+                    bail!("GET /health: {r:?}")
+                }
             },
         );
         if let Err(e) = waited {
@@ -148,12 +152,22 @@ pub(crate) fn free_port(ip: IpAddr) -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// Has the child killed when the thread that spawned it ends.
 fn set_parent_death_signal(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    // The crate denies unsafe code; this is its one exception. `pre_exec` is
+    // unsafe because the closure runs in the forked child before exec, where
+    // only async-signal-safe calls are allowed.
+    // SAFETY: the closure calls prctl (a plain syscall, async-signal-safe) and
+    // reads errno; it allocates nothing and takes no lock.
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                // The spawn fails with this error instead of leaving an etcd
+                // that would outlive a crashed test.
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }

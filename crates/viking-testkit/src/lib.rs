@@ -1,6 +1,8 @@
 //! Test harness for viking's integration tests.
 //!
 //! * [`Etcd`]: a throwaway etcd on free ports (loopback or a given address).
+//! * [`local::LocalServer`]: one `viking server` process on the machine's own
+//!   Docker engine.
 //! * [`Cluster`]: N "hosts" on one machine — node containers from
 //!   `viking-test/node:latest`, each with its own dockerd, the host's `viking`
 //!   binary bind-mounted, `viking-test/busybox` loaded and (optionally) a
@@ -11,6 +13,9 @@
 //! Everything the harness creates in Docker is labelled `viking-test=1` and is
 //! removed on drop (also when the test panics, after printing the viking logs);
 //! [`cleanup_stale`] removes leftovers of crashed runs.
+//!
+//! Tests wait for conditions with [`eventually`] (or [`wait_until`], which
+//! returns an error instead of panicking), never with a fixed sleep.
 //!
 //! ```no_run
 //! use viking_testkit::{Cluster, ClusterOpts};
@@ -26,14 +31,24 @@
 //! c.node(1).partition().unwrap();
 //! ```
 
+#![deny(unsafe_code)]
+
+mod cleanup;
 mod cluster;
 mod etcd;
 mod http;
+pub mod local;
+mod network;
+mod node;
+mod opts;
 mod util;
+mod wait;
 
-pub use cluster::{
-    cleanup_stale, viking_bin, Cluster, ClusterOpts, Node, BUSYBOX_IMAGE, NODE_IMAGE, VIKING_LOG,
-};
+pub use cleanup::cleanup_stale;
+pub use cluster::Cluster;
 pub use etcd::Etcd;
 pub use http::{http_get, HttpResponse};
-pub use util::{host_docker, LABEL};
+pub use node::{Node, LOG_FILTER_VAR, SERVER_LOG_PATH};
+pub use opts::{viking_bin, ClusterOpts, BUSYBOX_IMAGE, NODE_IMAGE};
+pub use util::{host_docker, run_with_stdin, unique, LABEL};
+pub use wait::{eventually, eventually_async, wait_until, Outcome, POLL};

@@ -1,13 +1,14 @@
-//! Small helpers shared by the harness: running commands, quoting, polling,
-//! unique names and the "owner" tag that lets `cleanup_stale` tell leftovers of
+//! Small helpers shared by the harness: running commands (with piped stdin
+//! too), quoting, unique names and the "owner" tag that lets `cleanup_stale` tell leftovers of
 //! dead test processes from resources of tests that are still running.
 
 use anyhow::{bail, Context, Result};
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
+use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Label put on everything the harness creates in Docker.
 pub const LABEL: &str = "viking-test=1";
@@ -92,33 +93,31 @@ pub(crate) fn owner_alive(owner: &str) -> bool {
     start_time(pid) == Some(start)
 }
 
-/// Polls `f` every `interval` until it returns `Ok(true)`; fails after `timeout`
-/// with the last error (if any) in the message.
-pub(crate) fn wait_until<F>(
-    what: &str,
-    timeout: Duration,
-    interval: Duration,
-    mut f: F,
-) -> Result<()>
-where
-    F: FnMut() -> Result<bool>,
-{
-    let start = Instant::now();
-    let mut last_err = None;
-    loop {
-        match f() {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if start.elapsed() >= timeout {
-            match last_err {
-                Some(e) => bail!("timed out after {timeout:?} waiting for {what}: {e:#}"),
-                None => bail!("timed out after {timeout:?} waiting for {what}"),
-            }
-        }
-        std::thread::sleep(interval);
-    }
+/// Runs `cmd` with `stdin` fed to it and its stdout and stderr captured. The
+/// input is written from a thread, so a child that does not read its stdin
+/// (or fills its stdout first) cannot deadlock the caller.
+pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Result<Output> {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("cannot run {cmd:?}"))?;
+    let mut pipe = child.stdin.take().context("stdin pipe")?;
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        // A child that exits without reading all of it closes the pipe: not an error.
+        let _ = pipe.write_all(&data);
+    });
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {cmd:?}"))?;
+    let _ = writer.join();
+    Ok(out)
+}
+
+/// A name that no other test (in this or a concurrent process) uses:
+/// `prefix` followed by hex digits.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{:012x}", random_u64() & 0xffff_ffff_ffff)
 }
 
 #[cfg(test)]
@@ -131,6 +130,22 @@ mod tests {
         assert_eq!(sh_quote("a b"), "'a b'");
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
         assert_eq!(sh_quote(""), "''");
+    }
+
+    #[test]
+    fn stdin_reaches_the_child_and_its_output_comes_back() {
+        let out = run_with_stdin(Command::new("tr").args(["a-z", "A-Z"]), b"hello").unwrap();
+        assert_eq!(out.stdout, b"HELLO");
+        // A child that never reads its stdin does not block us.
+        let big = vec![b'x'; 1 << 20];
+        let out = run_with_stdin(&mut Command::new("true"), &big).unwrap();
+        assert!(out.status.success());
+    }
+
+    #[test]
+    fn unique_names_differ() {
+        assert_ne!(unique("t"), unique("t"));
+        assert!(unique("job").starts_with("job"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 use std::time::{Duration, Instant};
-use viking_testkit::{http_get, Cluster, ClusterOpts, Etcd, Node, BUSYBOX_IMAGE};
+use viking_testkit::{eventually, http_get, Cluster, ClusterOpts, Etcd, Node, BUSYBOX_IMAGE, POLL};
 
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -42,14 +42,6 @@ fn reaches(from: &Node, to: &Node) -> bool {
     let script = format!("timeout 3 wget -q -O- {url}; exit $?");
     let out = from.docker(["run", "--rm", BUSYBOX_IMAGE, "sh", "-c", &script]);
     out.status.success() && stdout(&out).contains("hello-from-n2")
-}
-
-fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 #[test]
@@ -98,7 +90,9 @@ fn cluster_nodes_network_partition_kill_restart() {
         "mkdir -p /www && echo hello-from-n2 >/www/index.html && exec httpd -f -p 80 -h /www",
     ])
     .expect("web on n2");
-    eventually("n1 reaches n2", Duration::from_secs(10), || reaches(n1, n2));
+    eventually("n1 reaches n2", Duration::from_secs(10), POLL, || {
+        reaches(n1, n2)
+    });
 
     eprintln!("[{:.1?}] partition", t0.elapsed());
     // Partition and heal.
@@ -110,9 +104,12 @@ fn cluster_nodes_network_partition_kill_restart() {
         .success());
     eprintln!("[{:.1?}] heal", t0.elapsed());
     n2.heal().expect("heal");
-    eventually("n1 reaches n2 after heal", Duration::from_secs(10), || {
-        reaches(n1, n2)
-    });
+    eventually(
+        "n1 reaches n2 after heal",
+        Duration::from_secs(10),
+        POLL,
+        || reaches(n1, n2),
+    );
 
     eprintln!("[{:.1?}] kill + restart", t0.elapsed());
     // Node loss and restart.

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use viking_testkit::{Cluster, ClusterOpts, Node};
+use viking_testkit::{eventually, Cluster, ClusterOpts, Node, POLL};
 
 const BUSYBOX: &str = "viking-test/busybox";
 
@@ -207,20 +207,24 @@ fn jobs_land_by_tags_and_pins_and_spread() {
         .sum();
     assert_eq!(engines, 9);
     // floki's load: three jobs on every host, and the memory they use.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let hosts = n1.cli_json(["hosts", "--json"]).unwrap();
-        let ok = hosts
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|h| h["running"] == 3 && h["memory_used"].as_u64().unwrap_or(0) > 0);
-        if ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{hosts:#}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    eventually(
+        "the load of every host in floki",
+        Duration::from_secs(20),
+        POLL,
+        || {
+            let hosts = n1.cli_json(["hosts", "--json"]).unwrap();
+            let ok = hosts
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|h| h["running"] == 3 && h["memory_used"].as_u64().unwrap_or(0) > 0);
+            if ok {
+                Ok(())
+            } else {
+                Err(hosts.to_string())
+            }
+        },
+    );
 }
 
 #[test]
@@ -281,20 +285,19 @@ fn a_fixed_job_comes_back_to_its_host_and_its_data() {
         ],
     );
     assert_eq!(placements(n1)["db"], home);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let logs = other.cli(["logs", "db"]);
-        if out(&logs).trim() == "kept-on-first" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "logs: {:?} {}",
-            out(&logs),
-            err(&logs)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(
+        "db's output on its host",
+        Duration::from_secs(10),
+        POLL,
+        || {
+            let logs = other.cli(["logs", "db"]);
+            if out(&logs).trim() == "kept-on-first" {
+                Ok(())
+            } else {
+                Err(format!("logs: {:?} {}", out(&logs), err(&logs)))
+            }
+        },
+    );
     let hist = n1.cli_json(["inspect", "db"]).unwrap();
     let placed: Vec<&str> = hist["history"]["placements"]
         .as_array()
@@ -305,9 +308,31 @@ fn a_fixed_job_comes_back_to_its_host_and_its_data() {
     assert_eq!(placed, vec![home.as_str(), home.as_str()]);
     // An interactive run of a fixed job whose host is gone says so and fails.
     c.node_named(&home).unwrap().kill().unwrap();
-    std::thread::sleep(Duration::from_secs(4));
+    eventually(
+        "the killed host gone from floki",
+        Duration::from_secs(15),
+        POLL,
+        || {
+            let hosts = other.cli_json(["hosts", "--json"]).unwrap();
+            let alive = hosts
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["name"] == home.as_str() && h["alive"] == true);
+            if alive {
+                Err(hosts.to_string())
+            } else {
+                Ok(())
+            }
+        },
+    );
     let o = other.cli(["run", "--name", "db", "-v", "/data", BUSYBOX, "true"]);
     assert_ne!(o.status.code(), Some(0));
+    assert!(
+        err(&o).contains(&format!("is fixed to host {home:?}, which is not alive")),
+        "{}",
+        err(&o)
+    );
 }
 
 #[test]
@@ -381,8 +406,19 @@ fn racing_servers_make_one_job_and_pipes_cross_hosts() {
             "echo far away; sleep 1000",
         ],
     );
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(run_ok(n1, &["logs", "far"]), "far away\n");
+    eventually(
+        "the far job's output",
+        Duration::from_secs(10),
+        POLL,
+        || {
+            let o = n1.cli(["logs", "far"]);
+            if o.status.success() && out(&o) == "far away\n" {
+                Ok(())
+            } else {
+                Err(format!("{:?} {:?}", out(&o), err(&o)))
+            }
+        },
+    );
     run_ok(c.node(1), &["stop", "-t", "1", "far"]);
     assert!(running_on(&c, "far").is_empty());
     run_ok(n1, &["rm", "far"]);

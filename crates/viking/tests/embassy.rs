@@ -5,22 +5,11 @@
 //!
 //! Needs `scripts/test-images.sh --node`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use viking_testkit::{Cluster, ClusterOpts, Node};
+use viking_testkit::{eventually, Cluster, ClusterOpts, Node, POLL};
 
 const BUSYBOX: &str = "viking-test/busybox";
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
 
 fn out(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -77,9 +66,10 @@ fn services_are_reached_through_embassy_wherever_they_run() {
         "{env}"
     );
     assert!(env.contains("SRV_PORT_8080_TCP_PROTO=tcp"), "{env}");
-    wait(
+    eventually(
         "the client reaches the service",
         Duration::from_secs(15),
+        POLL,
         || pongs(a, "cli") >= 2,
     );
     let services = a.cli_json(["services", "--json"]).unwrap();
@@ -112,14 +102,20 @@ fn services_are_reached_through_embassy_wherever_they_run() {
     // The service's host dies; the reconciler moves it; the client's next
     // connections succeed at the same address and port, without a restart.
     c.node_named(&b).unwrap().kill().unwrap();
-    wait("srv running elsewhere", Duration::from_secs(20), || {
-        let s = a.cli_json(["inspect", "srv"]).unwrap();
-        s["ps"]["status"] == "running" && s["ps"]["node"] != b.as_str()
-    });
+    eventually(
+        "srv running elsewhere",
+        Duration::from_secs(20),
+        POLL,
+        || {
+            let s = a.cli_json(["inspect", "srv"]).unwrap();
+            s["ps"]["status"] == "running" && s["ps"]["node"] != b.as_str()
+        },
+    );
     let before = pongs(a, "cli");
-    wait(
+    eventually(
         "the client reaches the moved service",
         Duration::from_secs(15),
+        POLL,
         || pongs(a, "cli") >= before + 2,
     );
     let cli = a.cli_json(["inspect", "cli"]).unwrap();
@@ -131,9 +127,10 @@ fn services_are_reached_through_embassy_wherever_they_run() {
 
     // A removed service stops being served.
     a.cli_ok(["rm", "-f", "srv"]).unwrap();
-    wait(
+    eventually(
         "the ambassador port refuses",
         Duration::from_secs(10),
+        POLL,
         || {
             let o = a.cli([
                 "run",

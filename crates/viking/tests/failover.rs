@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use viking_testkit::{Cluster, ClusterOpts, Node};
+use viking_testkit::{eventually, Cluster, ClusterOpts, Node, POLL};
 
 const BUSYBOX: &str = "viking-test/busybox";
 
@@ -70,17 +70,6 @@ fn copies(c: &Cluster) -> BTreeMap<String, usize> {
     out
 }
 
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return start.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
-
 fn start_jobs(n: &Node, names: &[String]) {
     for j in names {
         run_ok(n, &["run", "-d", "--name", j, BUSYBOX, "sleep", "100000"]);
@@ -119,20 +108,23 @@ fn a_dead_host_s_jobs_move_and_its_fixed_job_waits_and_returns() {
     let watcher = c.nodes().iter().find(|n| n.name() != home).unwrap();
 
     victim.kill().unwrap();
-    let took = wait(
+    let killed = Instant::now();
+    eventually(
         "jobs of the dead host running elsewhere",
         Duration::from_secs(20),
+        POLL,
         || {
             let p = ps(watcher);
             jobs.iter().all(|j| p[j].0 != home && p[j].1 == "running")
         },
     );
+    let took = killed.elapsed();
     eprintln!(
         "failover of {} jobs took {took:?} after the kill",
         moved.len()
     );
     // The fixed job waits for its host, and says so.
-    wait("db waiting", Duration::from_secs(10), || {
+    eventually("db waiting", Duration::from_secs(10), POLL, || {
         ps(watcher)["db"].1 == "waiting"
     });
     let db = watcher.cli_json(["inspect", "db"]).unwrap();
@@ -141,15 +133,20 @@ fn a_dead_host_s_jobs_move_and_its_fixed_job_waits_and_returns() {
 
     // The host returns: db runs there again, with its data.
     victim.restart().unwrap();
-    wait("db back on its host", Duration::from_secs(30), || {
+    eventually("db back on its host", Duration::from_secs(30), POLL, || {
         let p = ps(watcher);
         p["db"] == (home.clone(), "running".to_string())
     });
     // Nothing runs twice, nothing is lost.
-    wait("one copy of each job", Duration::from_secs(15), || {
-        let k = copies(&c);
-        k.len() == 7 && k.values().all(|n| *n == 1)
-    });
+    eventually(
+        "one copy of each job",
+        Duration::from_secs(15),
+        POLL,
+        || {
+            let k = copies(&c);
+            k.len() == 7 && k.values().all(|n| *n == 1)
+        },
+    );
 }
 
 #[test]
@@ -164,7 +161,7 @@ fn the_leader_s_host_dies_and_another_server_takes_over() {
     };
     let leader = {
         let mut l = None;
-        wait("a leader", Duration::from_secs(10), || {
+        eventually("a leader", Duration::from_secs(10), POLL, || {
             l = leader_of(c.node(0));
             l.is_some()
         });
@@ -174,7 +171,7 @@ fn the_leader_s_host_dies_and_another_server_takes_over() {
     let jobs: Vec<String> = (0..4).map(|i| format!("job{i}")).collect();
     start_jobs(survivor, &jobs);
     c.node_named(&leader).unwrap().kill().unwrap();
-    wait("a new leader", Duration::from_secs(15), || {
+    eventually("a new leader", Duration::from_secs(15), POLL, || {
         leader_of(survivor).is_some_and(|l| l != leader)
     });
     // The new leader acts: a crashed container on a live host comes back.
@@ -185,14 +182,20 @@ fn the_leader_s_host_dies_and_another_server_takes_over() {
         .map(|(j, v)| (j.clone(), v.clone()))
         .unwrap();
     c.node_named(&node).unwrap().docker(["kill", &job]);
-    wait("the crashed job restarted", Duration::from_secs(15), || {
-        let j = survivor.cli_json(["inspect", &job]).unwrap();
-        j["ps"]["status"] == "running" && j["ps"]["restarts"].as_u64().unwrap_or(0) >= 1
-    });
+    eventually(
+        "the crashed job restarted",
+        Duration::from_secs(15),
+        POLL,
+        || {
+            let j = survivor.cli_json(["inspect", &job]).unwrap();
+            j["ps"]["status"] == "running" && j["ps"]["restarts"].as_u64().unwrap_or(0) >= 1
+        },
+    );
     // And the jobs of the dead leader's host move.
-    wait(
+    eventually(
         "every job running on a live host",
         Duration::from_secs(20),
+        POLL,
         || {
             let p = ps(survivor);
             jobs.iter().all(|j| p[j].0 != leader && p[j].1 == "running")
@@ -214,9 +217,10 @@ fn a_partitioned_host_heals_without_running_a_job_twice() {
         .collect();
     assert_eq!(on_cut.len(), 2);
     cut.partition().unwrap();
-    wait(
+    eventually(
         "the cut host's jobs running elsewhere",
         Duration::from_secs(20),
+        POLL,
         || {
             let p = ps(n1);
             on_cut
@@ -233,9 +237,10 @@ fn a_partitioned_host_heals_without_running_a_job_twice() {
     .count();
     assert_eq!(old, 2);
     cut.heal().unwrap();
-    wait(
+    eventually(
         "exactly one copy of each job",
         Duration::from_secs(30),
+        POLL,
         || {
             let k = copies(&c);
             k.len() == 6 && k.values().all(|n| *n == 1)
@@ -250,7 +255,15 @@ fn restarting_every_server_at_once_loses_and_doubles_nothing() {
     let c = cluster();
     let jobs: Vec<String> = (0..6).map(|i| format!("keep{i}")).collect();
     start_jobs(c.node(2), &jobs);
-    let before = ps(c.node(0));
+    // A job crashed on purpose after the restart, to see the cluster act.
+    let canary = "canary".to_string();
+    start_jobs(c.node(2), std::slice::from_ref(&canary));
+    let watched = |n: &Node| {
+        let mut p = ps(n);
+        p.remove(&canary);
+        p
+    };
+    let before = watched(c.node(0));
     std::thread::scope(|s| {
         for n in c.nodes() {
             s.spawn(move || n.stop_server().unwrap());
@@ -261,14 +274,34 @@ fn restarting_every_server_at_once_loses_and_doubles_nothing() {
             s.spawn(move || n.start_server().unwrap());
         }
     });
-    std::thread::sleep(Duration::from_secs(5));
-    let after = ps(c.node(1));
-    assert_eq!(before, after);
-    let k = copies(&c);
-    assert_eq!(k.len(), 6);
-    assert!(k.values().all(|n| *n == 1), "{k:?}");
+    // First a sign that the restarted servers reconcile: a crashed job comes back.
+    let host = ps(c.node(0))[&canary].0.clone();
+    c.node_named(&host).unwrap().docker(["kill", &canary]);
+    eventually(
+        "the crashed canary restarted",
+        Duration::from_secs(20),
+        POLL,
+        || {
+            let j = c.node(1).cli_json(["inspect", &canary]).unwrap();
+            if j["ps"]["status"] == "running" && j["ps"]["restarts"].as_u64().unwrap_or(0) >= 1 {
+                Ok(())
+            } else {
+                Err(j["ps"].to_string())
+            }
+        },
+    );
+    // Then nothing changes for the other jobs over a few resync periods.
+    let watch_until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < watch_until {
+        assert_eq!(watched(c.node(1)), before);
+        let mut k = copies(&c);
+        k.remove(&canary);
+        assert_eq!(k.len(), 6, "{k:?}");
+        assert!(k.values().all(|n| *n == 1), "{k:?}");
+        std::thread::sleep(POLL);
+    }
     let procs = c.node(0).cli_json(["proc", "--json"]).unwrap();
-    assert_eq!(procs.as_array().unwrap().len(), 6);
+    assert_eq!(procs.as_array().unwrap().len(), 7);
     for j in &jobs {
         let v = c.node(0).cli_json(["inspect", j]).unwrap();
         assert_eq!(v["ps"]["restarts"], 0, "{j} was restarted");
@@ -307,14 +340,16 @@ fn a_host_whose_docker_stops_answering_is_treated_as_gone() {
             .iter()
             .any(|h| h["name"] == name && h["alive"] == true)
     };
-    wait(
+    eventually(
         "the host with a frozen Docker gone from floki",
         Duration::from_secs(20),
+        POLL,
         || !alive(n1, sick.name()),
     );
-    wait(
+    eventually(
         "its jobs running elsewhere",
         Duration::from_secs(20),
+        POLL,
         || {
             let p = ps(n1);
             moved
@@ -325,11 +360,19 @@ fn a_host_whose_docker_stops_answering_is_treated_as_gone() {
     // Docker answers again: the host comes back, and the copies it still
     // runs are removed.
     signal(libc::SIGCONT);
-    wait("the host back in floki", Duration::from_secs(20), || {
-        alive(n1, sick.name())
-    });
-    wait("one copy of each job", Duration::from_secs(30), || {
-        let k = copies(&c);
-        k.len() == 3 && k.values().all(|n| *n == 1)
-    });
+    eventually(
+        "the host back in floki",
+        Duration::from_secs(20),
+        POLL,
+        || alive(n1, sick.name()),
+    );
+    eventually(
+        "one copy of each job",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            let k = copies(&c);
+            k.len() == 3 && k.values().all(|n| *n == 1)
+        },
+    );
 }

@@ -5,15 +5,17 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use common::*;
 
 #[test]
 fn jobs_pipe_into_each_other() {
-    let s = Server::start();
+    let s = start();
     let out = s.cli_stdin(&["run", BUSYBOX, "tr", "a-z", "A-Z"], b"hello\n");
     assert!(out.status.success(), "{}", stderr(&out));
     let out2 = s.cli_stdin(&["run", BUSYBOX, "rev"], &out.stdout);
@@ -33,9 +35,10 @@ fn jobs_pipe_into_each_other() {
         .unwrap();
     assert_eq!(stdout(&out), "OLLEH\n", "{}", stderr(&out));
     // Interactive containers are removed when they exit, and so are their records.
-    wait_until(
+    eventually(
         "interactive containers removed",
         Duration::from_secs(10),
+        POLL,
         || s.containers().is_empty(),
     );
     assert_eq!(s.json(&["ps", "-a", "--json"]), serde_json::json!([]));
@@ -43,7 +46,7 @@ fn jobs_pipe_into_each_other() {
 
 #[test]
 fn exit_codes_and_stderr_come_back() {
-    let s = Server::start();
+    let s = start();
     let out = s.cli(&["run", BUSYBOX, "sh", "-c", "echo out; echo err >&2; exit 3"]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(stdout(&out), "out\n");
@@ -54,7 +57,7 @@ fn exit_codes_and_stderr_come_back() {
     let out = s.cli(&["run", BUSYBOX, "no-such-command"]);
     assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
     assert!(stderr(&out).contains("no-such-command"), "{}", stderr(&out));
-    wait_until("no containers", Duration::from_secs(10), || {
+    eventually("no containers", Duration::from_secs(10), POLL, || {
         s.containers().is_empty()
     });
     assert_eq!(s.json(&["ps", "-a", "--json"]), serde_json::json!([]));
@@ -62,7 +65,7 @@ fn exit_codes_and_stderr_come_back() {
 
 #[test]
 fn hundred_megabytes_arrive_byte_for_byte() {
-    let s = Server::start();
+    let s = start();
     let mut data = vec![0u8; 100 * 1024 * 1024];
     let mut x: u64 = 0x9e3779b97f4a7c15;
     for chunk in data.chunks_mut(8) {
@@ -79,7 +82,7 @@ fn hundred_megabytes_arrive_byte_for_byte() {
 
 #[test]
 fn daemonized_job_lifecycle() {
-    let s = Server::start();
+    let s = start();
     let name = unique("web");
     let out = s.cli(&[
         "run", "-d", "--name", &name, "-p", "8080", BUSYBOX, "httpd", "-f", "-p", "8080",
@@ -110,7 +113,7 @@ fn daemonized_job_lifecycle() {
     let inspect = s.json(&["inspect", &name]);
     assert_eq!(inspect["history"]["placements"][0]["node"], s.name.as_str());
     // floki shows the load: the running job and the memory it uses.
-    wait_until("load in floki", Duration::from_secs(10), || {
+    eventually("load in floki", Duration::from_secs(10), POLL, || {
         let h = s.json(&["hosts", "--json"]);
         h[0]["running"] == 1 && h[0]["memory_used"].as_u64().unwrap_or(0) > 0
     });
@@ -141,7 +144,7 @@ fn daemonized_job_lifecycle() {
 
 #[test]
 fn logs_and_follow() {
-    let s = Server::start();
+    let s = start();
     let name = unique("talker");
     let out = s.cli(&[
         "run",
@@ -155,31 +158,68 @@ fn logs_and_follow() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let mut follow = s.spawn_cli(&["logs", "-f", &name]);
-    std::thread::sleep(Duration::from_millis(2500));
-    let out = s.cli(&["logs", &name]);
-    assert_eq!(stdout(&out), "one\nthree\n");
+    // The follower's output, as it arrives.
+    let followed = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let mut pipe = follow.stdout.take().unwrap();
+        let followed = Arc::clone(&followed);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                followed
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let out = eventually(
+        "\"three\" in the logs",
+        Duration::from_secs(15),
+        POLL,
+        || {
+            let out = s.cli(&["logs", &name]);
+            if stdout(&out) == "one\nthree\n" {
+                Ok(out)
+            } else {
+                Err(format!(
+                    "stdout {:?} stderr {:?}",
+                    stdout(&out),
+                    stderr(&out)
+                ))
+            }
+        },
+    );
     assert_eq!(stderr(&out), "two\n");
+    eventually(
+        "\"three\" from logs -f",
+        Duration::from_secs(10),
+        POLL,
+        || {
+            let seen = followed.lock().unwrap().clone();
+            if seen == "one\nthree\n" {
+                Ok(())
+            } else {
+                Err(seen)
+            }
+        },
+    );
     let out = s.cli(&["rm", "-f", &name]);
     assert!(out.status.success());
     // The follower ends when the container goes.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while follow.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "logs -f did not end");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut followed = String::new();
-    follow
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut followed)
-        .unwrap();
-    assert_eq!(followed, "one\nthree\n");
+    eventually("logs -f to end", Duration::from_secs(10), POLL, || {
+        follow.try_wait().unwrap()
+    });
+    reader.join().unwrap();
+    assert_eq!(*followed.lock().unwrap(), "one\nthree\n");
 }
 
 #[test]
 fn a_taken_name_is_refused_and_changes_nothing() {
-    let s = Server::start();
+    let s = start();
     let name = unique("only");
     let out = s.cli(&["run", "-d", "--name", &name, BUSYBOX, "sleep", "1000"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -196,7 +236,7 @@ fn a_taken_name_is_refused_and_changes_nothing() {
 
 #[test]
 fn rejected_jobs_leave_no_trace() {
-    let s = Server::start();
+    let s = start();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["run", "-d", "--name", "bad1", "-p", "70000", BUSYBOX],
@@ -237,14 +277,47 @@ fn rejected_jobs_leave_no_trace() {
 
     assert_eq!(s.json(&["proc", "--json"]), serde_json::json!([]));
     assert_eq!(s.json(&["ps", "-a", "--json"]), serde_json::json!([]));
-    wait_until("no containers", Duration::from_secs(5), || {
+    eventually("no containers", Duration::from_secs(5), POLL, || {
         s.containers().is_empty()
     });
+
+    // A refused service (its name is taken) allocates no ambassador port:
+    // no `ports/<name>/<port>` key, no bump of the port counter. The next
+    // service gets the port right after the first one's.
+    let first = unique("svc");
+    let second = unique("svc");
+    let run_service = |name: &str, port: &str| {
+        s.cli(&[
+            "run", "-d", "--name", name, "-p", port, BUSYBOX, "httpd", "-f", "-p", port,
+        ])
+    };
+    let out = run_service(&first, "8080");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run_service(&first, "9090");
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already in use"), "{}", stderr(&out));
+    let out = run_service(&second, "8080");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let services = s.json(&["services", "--json"]);
+    let port_of = |name: &str| {
+        services
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["service"] == name)
+            .and_then(|p| p["ambassador_port"].as_u64())
+            .unwrap_or_else(|| panic!("no ambassador port for {name}: {services:#}"))
+    };
+    assert_eq!(
+        port_of(&second),
+        port_of(&first) + 1,
+        "the refused run of {first} allocated an ambassador port: {services:#}"
+    );
 }
 
 #[test]
 fn a_job_file_runs() {
-    let s = Server::start();
+    let s = start();
     let name = unique("filejob");
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("job.json");
@@ -262,7 +335,7 @@ fn a_job_file_runs() {
 
 #[test]
 fn volumes_persist_in_the_data_directory() {
-    let s = Server::start();
+    let s = start();
     let name = unique("vol");
     let out = s.cli(&[
         "run",
@@ -298,14 +371,14 @@ fn volumes_persist_in_the_data_directory() {
     assert!(out.status.success(), "{}", stderr(&out));
     let proc = s.json(&["proc", "--json"]);
     assert_eq!(proc[0]["job"]["fixed"], true);
-    wait_until("log output", Duration::from_secs(5), || {
+    eventually("log output", Duration::from_secs(5), POLL, || {
         stdout(&s.cli(&["logs", &name])) == "kept\n"
     });
 }
 
 #[test]
 fn server_restart_keeps_proc_and_ps_true() {
-    let mut s = Server::start();
+    let mut s = start();
     let keep = unique("keep");
     let die = unique("die");
     for n in [&keep, &die] {
@@ -322,10 +395,17 @@ fn server_restart_keeps_proc_and_ps_true() {
     s.spawn();
     // viking-ps is true again, and the reconciler starts the dead job again:
     // nothing lost, nothing doubled.
-    wait_until("the killed job restarted", Duration::from_secs(15), || {
-        let d = s.json(&["inspect", &die]);
-        d["ps"]["status"] == "running" && d["ps"]["restarts"] == 1 && d["ps"]["last_exit"] == 137
-    });
+    eventually(
+        "the killed job restarted",
+        Duration::from_secs(15),
+        POLL,
+        || {
+            let d = s.json(&["inspect", &die]);
+            d["ps"]["status"] == "running"
+                && d["ps"]["restarts"] == 1
+                && d["ps"]["last_exit"] == 137
+        },
+    );
     let k = s.json(&["inspect", &keep]);
     assert_eq!(k["ps"]["status"], "running");
     assert_eq!(k["ps"]["restarts"], 0);
@@ -333,10 +413,15 @@ fn server_restart_keeps_proc_and_ps_true() {
     assert_eq!(s.containers().len(), 2);
     // Events keep it true after the restart too.
     docker(&["kill", &keep]);
-    wait_until("the other job restarted", Duration::from_secs(15), || {
-        let k = s.json(&["inspect", &keep]);
-        k["ps"]["status"] == "running" && k["ps"]["restarts"] == 1
-    });
+    eventually(
+        "the other job restarted",
+        Duration::from_secs(15),
+        POLL,
+        || {
+            let k = s.json(&["inspect", &keep]);
+            k["ps"]["status"] == "running" && k["ps"]["restarts"] == 1
+        },
+    );
     assert_eq!(s.containers().len(), 2);
     let table = stdout(&s.cli(&["ps"]));
     assert!(table.contains("(restarts 1, last exit 137)"), "{table}");
@@ -344,12 +429,41 @@ fn server_restart_keeps_proc_and_ps_true() {
 
 #[test]
 fn a_crash_loop_backs_off_while_other_jobs_start() {
-    let mut s = Server::start_with(&["--backoff", "1", "--backoff-max", "8"]);
+    let mut s = start_with(&["--backoff", "1", "--backoff-max", "8"]);
     let crash = unique("crash");
     let out = s.cli(&["run", "-d", "--name", &crash, BUSYBOX, "sh", "-c", "exit 3"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let started = Instant::now();
-    // Other work is not starved meanwhile.
+    // When the restart count was first seen at each value (polled every
+    // 100 ms, so within about 0.2 s of the restart).
+    let t0 = Instant::now();
+    let mut seen: BTreeMap<u64, Duration> = BTreeMap::new();
+    let last = eventually("three restarts", Duration::from_secs(60), POLL, || {
+        let c = s.json(&["inspect", &crash]);
+        let n = c["ps"]["restarts"].as_u64().unwrap_or(0);
+        seen.entry(n).or_insert(t0.elapsed());
+        if n >= 3 {
+            Ok(c)
+        } else {
+            Err(format!("restarts seen at {seen:?}"))
+        }
+    });
+    // Backoff 1 s, then 2 s, ... (the reconciler acts on its next round after
+    // the backoff, so gaps come out longer; only lower bounds are checked).
+    // Without backoff each restart would follow the exit within a round.
+    let at = |n: u64| {
+        *seen
+            .get(&n)
+            .unwrap_or_else(|| panic!("restart {n} not observed: {seen:?}"))
+    };
+    assert!(at(2) - at(1) >= Duration::from_millis(800), "{seen:?}");
+    assert!(at(3) - at(2) >= Duration::from_millis(1_700), "{seen:?}");
+    assert_eq!(
+        last["ps"]["exit_code"]
+            .as_i64()
+            .or(last["ps"]["last_exit"].as_i64()),
+        Some(3)
+    );
+    // Other work is not starved while the loop goes on.
     for i in 0..3 {
         let out = s.cli(&[
             "run",
@@ -362,21 +476,6 @@ fn a_crash_loop_backs_off_while_other_jobs_start() {
         ]);
         assert!(out.status.success(), "{}", stderr(&out));
     }
-    std::thread::sleep(Duration::from_secs(8).saturating_sub(started.elapsed()));
-    let c = s.json(&["inspect", &crash]);
-    let restarts = c["ps"]["restarts"].as_u64().unwrap();
-    // Backoff 1, 2, 4 s: about 3 restarts in 8 s; without backoff there would
-    // be dozens.
-    assert!(
-        (2..=5).contains(&restarts),
-        "restarts after 8 s: {restarts}"
-    );
-    assert_eq!(
-        c["ps"]["exit_code"]
-            .as_i64()
-            .or(c["ps"]["last_exit"].as_i64()),
-        Some(3)
-    );
     let ps = s.json(&["ps", "--json"]);
     assert_eq!(
         ps.as_array()
@@ -384,41 +483,17 @@ fn a_crash_loop_backs_off_while_other_jobs_start() {
             .iter()
             .filter(|p| p["status"] == "running")
             .count(),
-        3
+        3,
+        "{ps:#}"
     );
     s.stop();
 }
 
 #[test]
 fn a_failing_health_check_restarts_a_job() {
-    let s = Server::start_with(&["--health-interval", "0.3"]);
-    let name = unique("sick");
-    // httpd without an index page: TCP works, GET / is a 404.
-    let out = s.cli(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "-p",
-        "8080",
-        "-e",
-        "VIKING_HEALTH=http",
-        BUSYBOX,
-        "httpd",
-        "-f",
-        "-p",
-        "8080",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    wait_until(
-        "restarted after failed health checks",
-        Duration::from_secs(20),
-        || {
-            let j = s.json(&["inspect", &name]);
-            j["ps"]["restarts"].as_u64().unwrap_or(0) >= 1
-        },
-    );
-    // A tcp check on the same job passes: it keeps running.
+    let s = start_with(&["--health-interval", "0.3"]);
+    // A tcp check on a listening job passes: it keeps running. Started
+    // first, so that it is checked for the whole time the next job needs.
     let ok = unique("healthy");
     let out = s.cli(&[
         "run",
@@ -436,16 +511,102 @@ fn a_failing_health_check_restarts_a_job() {
         "8080",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    std::thread::sleep(Duration::from_secs(4));
+    // httpd without an index page: TCP works, GET / is a 404.
+    let name = unique("sick");
+    let out = s.cli(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-p",
+        "8080",
+        "-e",
+        "VIKING_HEALTH=http",
+        BUSYBOX,
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Twice, so that health rounds have run for a while (at least six
+    // checks of the sick job, each round checking the healthy one too).
+    eventually(
+        "restarted twice after failed health checks",
+        Duration::from_secs(40),
+        POLL,
+        || {
+            let j = s.json(&["inspect", &name]);
+            if j["ps"]["restarts"].as_u64().unwrap_or(0) >= 2 {
+                Ok(())
+            } else {
+                Err(j["ps"].to_string())
+            }
+        },
+    );
+    let log = s.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&name) && l.contains("health check failed: http 8080")),
+        "{log}"
+    );
     let j = s.json(&["inspect", &ok]);
-    assert_eq!(j["ps"]["restarts"], 0);
-    assert_eq!(j["ps"]["status"], "running");
-    assert!(s.log().contains("health check failed"), "{}", s.log());
+    assert_eq!(j["ps"]["restarts"], 0, "{j:#}");
+    assert_eq!(j["ps"]["status"], "running", "{j:#}");
+    assert!(
+        !log.lines().any(|l| l.contains(&ok)),
+        "the healthy job was touched: {log}"
+    );
+}
+
+/// That tcp checks run at all: a job that stops listening (but keeps
+/// running) is restarted. Today the check connects to the published port on
+/// 127.0.0.1, where docker-proxy accepts whether or not the container
+/// listens, so a tcp check never fails (viking-server/src/health.rs).
+#[test]
+#[ignore = "tcp checks go through docker-proxy, which always accepts (health.rs)"]
+fn a_job_whose_tcp_port_closes_is_restarted() {
+    let s = start_with(&["--health-interval", "0.3"]);
+    let closing = unique("closing");
+    let out = s.cli(&[
+        "run",
+        "-d",
+        "--name",
+        &closing,
+        "-p",
+        "8080",
+        "-e",
+        "VIKING_HEALTH=tcp",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "timeout 3 httpd -f -p 8080; exec sleep 1000",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually(
+        "the job whose port closed restarted by its tcp check",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            let j = s.json(&["inspect", &closing]);
+            if j["ps"]["restarts"].as_u64().unwrap_or(0) >= 1 {
+                Ok(())
+            } else {
+                Err(j["ps"].to_string())
+            }
+        },
+    );
+    let log = s.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&closing) && l.contains("health check failed: tcp 8080")),
+        "{log}"
+    );
 }
 
 #[test]
 fn requests_without_the_token_get_401() {
-    let s = Server::start();
+    let s = start();
     let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
     c.write_all(b"GET /v1/ps HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
@@ -470,7 +631,7 @@ fn requests_without_the_token_get_401() {
 
 #[test]
 fn bad_settings_and_a_second_server_are_refused() {
-    let s = Server::start();
+    let s = start();
     // A second server on the same data directory.
     let out = std::process::Command::new(bin())
         .args(["server", "--listen", &format!("127.0.0.1:{}", free_port())])
@@ -505,21 +666,23 @@ fn bad_settings_and_a_second_server_are_refused() {
 
 #[test]
 fn ctrl_c_stops_an_attached_job() {
-    let s = Server::start();
+    let s = start();
     let name = unique("sleepy");
     let child = s.spawn_cli(&["run", "--name", &name, BUSYBOX, "sleep", "300"]);
-    wait_until("job running", Duration::from_secs(10), || {
+    eventually("job running", Duration::from_secs(10), POLL, || {
         s.cli(&["inspect", &name]).status.success()
             && stdout(&docker(&["inspect", "-f", "{{.State.Running}}", &name])).trim() == "true"
     });
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(rc, 0, "kill(SIGINT)");
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert_ne!(out.status.code(), Some(0));
-    wait_until("container removed", Duration::from_secs(10), || {
+    // The CLI does not die of the SIGINT: it asks the server to stop the job
+    // (TERM, which `sleep` as PID 1 ignores, then KILL after 2 s) and exits
+    // with the job's status.
+    assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
+    eventually("container removed", Duration::from_secs(10), POLL, || {
         s.containers().is_empty()
     });
     assert!(!s.cli(&["inspect", &name]).status.success());
@@ -527,21 +690,55 @@ fn ctrl_c_stops_an_attached_job() {
 
 #[test]
 fn an_interactive_tty_job_takes_keystrokes() {
-    let s = Server::start();
+    let s = start();
     // `script` gives the CLI a real terminal; the shell in the container reads
     // what is typed there and its exit code comes back.
     let cmd = format!(
-        "(sleep 1.5; printf 'echo typed-$((6*7))\\nexit 4\\n') | script -qec '{} --server {} --token {} run -it {} sh' /dev/null",
+        "{} --server {} --token {} run -it {} sh",
         bin(),
         s.url(),
         s.token(),
         BUSYBOX
     );
-    let out = std::process::Command::new("sh")
-        .args(["-c", &cmd])
-        .output()
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    let text = stdout(&out).replace('\r', "");
+    let screen = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let mut pipe = child.stdout.take().unwrap();
+        let screen = Arc::clone(&screen);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buf[..n]).replace('\r', "");
+                screen.lock().unwrap().push_str(&text);
+            }
+        })
+    };
+    // Type only once the shell in the container shows its prompt.
+    eventually("the shell's prompt", Duration::from_secs(20), POLL, || {
+        let seen = screen.lock().unwrap().clone();
+        if seen.contains("# ") {
+            Ok(())
+        } else {
+            Err(seen)
+        }
+    });
+    let mut keys = child.stdin.take().unwrap();
+    keys.write_all(b"echo typed-$((6*7))\nexit 4\n").unwrap();
+    let status = eventually("the CLI to exit", Duration::from_secs(20), POLL, || {
+        child.try_wait().unwrap()
+    });
+    drop(keys);
+    reader.join().unwrap();
+    let text = screen.lock().unwrap().clone();
     assert!(text.contains("typed-42"), "{text}");
-    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert_eq!(status.code(), Some(4), "{text}");
 }
