@@ -29,6 +29,7 @@ use viking_core::records::{decode, HostRecord};
 use viking_store::{EtcdStore, Store, StoreExt};
 
 use crate::members::{self, Member};
+use crate::record::{self, MeshRecord, DEFAULT_KEY};
 use crate::state::{new_token, url, DataDir, EtcdRunner, MeshState, Role, STATE_VERSION};
 use crate::supervisor::{self, local_etcd, local_peer, log};
 use crate::{
@@ -420,6 +421,14 @@ pub async fn init(o: InitOptions) -> Result<()> {
                 local_etcd(&st)
             )));
         }
+        // What a joining machine must learn from the mesh.
+        record::write(
+            &st.etcd_endpoints,
+            &MeshRecord {
+                key: st.key.clone(),
+            },
+        )
+        .await?;
         wait_server(&st, &token, SERVER_READY).await
     };
     if let Err(e) = ready.await {
@@ -506,6 +515,44 @@ async fn hosts_with_token(host: &str, port: u16, token: &str) -> Result<Vec<Host
     }
 }
 
+/// The cluster's store prefix (`--key`), which this machine's server must
+/// use too. The server's ping says it when it knows to; otherwise the mesh
+/// record that `init` wrote in etcd does; a mesh made before that record
+/// existed uses the default, `/viking`.
+async fn cluster_key(host: &str, port: u16, token: &str, etcd: &[String]) -> Result<String> {
+    /// The part of the ping answer read here.
+    #[derive(serde::Deserialize)]
+    struct Ping {
+        #[serde(default)]
+        key: Option<String>,
+    }
+    let api = url(host, port);
+    let client = Client::new(&api, Some(token.to_string()))?;
+    let ping = tokio::time::timeout(
+        API_TIMEOUT,
+        client.json::<Ping>(Method::GET, "/v1/ping", None),
+    )
+    .await
+    .map_err(|_| MeshError::Unreachable {
+        what: "the viking server".into(),
+        addr: api.clone(),
+        reason: format!("no answer within {API_TIMEOUT:?}"),
+    })??;
+    let key = match ping.key {
+        Some(k) => k,
+        None => match record::read(etcd).await? {
+            Some(r) => r.key,
+            None => DEFAULT_KEY.to_string(),
+        },
+    };
+    if !key.starts_with('/') || key.len() < 2 || key.ends_with('/') {
+        return Err(MeshError::Failed(format!(
+            "the mesh at {api} gives {key:?} as its store prefix, which is not an absolute prefix like /viking"
+        )));
+    }
+    Ok(key)
+}
+
 /// `viking mesh join`: add this machine to the mesh of the server at
 /// `addr`.
 pub async fn join(o: JoinOptions) -> Result<()> {
@@ -550,6 +597,7 @@ pub async fn join(o: JoinOptions) -> Result<()> {
         return Err(MeshError::NameTaken(name));
     }
     let endpoints = members::client_urls(&list);
+    let key = cluster_key(&host, port, &o.token, &endpoints).await?;
     // A member added by an earlier attempt from this machine that never
     // started: take it out again.
     for m in list.iter().filter(|m| m.name.is_empty()) {
@@ -595,7 +643,7 @@ pub async fn join(o: JoinOptions) -> Result<()> {
         role,
         tags,
         listen,
-        key: "/viking".into(),
+        key,
         etcd_endpoints: endpoints.clone(),
         initial_cluster: String::new(),
         initial_cluster_state: String::new(),

@@ -11,6 +11,8 @@
 //!   pid and log files) and the machine's settings;
 //! - [`members`]: etcd's membership API (list, add as learner, promote,
 //!   remove, member status);
+//! - [`record`]: the mesh's record in etcd (what a joining machine learns:
+//!   the store prefix);
 //! - [`supervisor`]: `viking mesh up`, the process that runs this machine's
 //!   etcd member and viking server and restarts them when they exit; and
 //!   starting/stopping it in the background;
@@ -23,6 +25,7 @@
 
 pub mod commands;
 pub mod members;
+pub mod record;
 pub mod state;
 pub mod supervisor;
 
