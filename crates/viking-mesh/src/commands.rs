@@ -26,9 +26,9 @@ use viking_client::api::HostView;
 use viking_client::{Client, ClientError};
 use viking_core::keys;
 use viking_core::records::{decode, HostRecord};
+use viking_store::etcd::membership::{client_urls, initial_cluster, Member, Membership};
 use viking_store::{EtcdStore, Store, StoreExt};
 
-use crate::members::{self, Member};
 use crate::record::{self, MeshRecord, DEFAULT_KEY};
 use crate::state::{new_token, url, DataDir, EtcdRunner, MeshState, Role, STATE_VERSION};
 use crate::supervisor::{self, local_etcd, local_peer, log};
@@ -591,18 +591,19 @@ pub async fn join(o: JoinOptions) -> Result<()> {
             candidates.push(c);
         }
     }
-    let mut list = members::list(&candidates).await?;
+    let mut list = Membership::new(candidates).list().await?;
     let my_peer = url(&ip, ETCD_PEER_PORT);
     if list.iter().any(|m| m.name == name) {
         return Err(MeshError::NameTaken(name));
     }
-    let endpoints = members::client_urls(&list);
+    let endpoints = client_urls(&list);
+    let cluster = Membership::new(endpoints.clone());
     let key = cluster_key(&host, port, &o.token, &endpoints).await?;
     // A member added by an earlier attempt from this machine that never
     // started: take it out again.
     for m in list.iter().filter(|m| m.name.is_empty()) {
         if m.peer_urls.contains(&my_peer) {
-            members::remove(&endpoints, m.id).await?;
+            cluster.remove(m.id).await?;
         } else {
             return Err(MeshError::Failed(format!(
                 "etcd member {:x} ({}) was added but has not started: another machine is joining; \
@@ -654,18 +655,18 @@ pub async fn join(o: JoinOptions) -> Result<()> {
     //    it has caught up and is promoted).
     let mut added: Option<u64> = None;
     if role == Role::Member {
-        let (id, now) = members::add_learner(&endpoints, &my_peer).await?;
+        let (id, now) = cluster.add_learner(&my_peer).await?;
         added = Some(id);
-        st.initial_cluster = members::initial_cluster(&now, id, &name);
+        st.initial_cluster = initial_cluster(&now, id, &name);
         st.initial_cluster_state = "existing".into();
         st.etcd_endpoints.insert(0, local_etcd(&st));
     }
     let undo_member = |id: Option<u64>| {
-        let endpoints = endpoints.clone();
+        let cluster = cluster.clone();
         async move {
             if let Some(id) = id {
                 for _ in 0..5 {
-                    match members::remove(&endpoints, id).await {
+                    match cluster.remove(id).await {
                         Ok(()) => break,
                         Err(e) => log(format!("removing the etcd member {id:x} again: {e}")),
                     }
@@ -691,16 +692,12 @@ pub async fn join(o: JoinOptions) -> Result<()> {
     let ready = async {
         if let Some(id) = added {
             let ep = local_etcd(&st);
-            let until = Instant::now() + ETCD_READY;
-            while !members::healthy(&ep).await {
-                if Instant::now() >= until {
-                    return Err(MeshError::Failed(format!(
-                        "etcd at {ep} did not join within {ETCD_READY:?}"
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
+            if !supervisor::wait_etcd(&ep, ETCD_READY).await {
+                return Err(MeshError::Failed(format!(
+                    "etcd at {ep} did not join within {ETCD_READY:?}"
+                )));
             }
-            promote_when_ready(&endpoints, id).await?;
+            promote_when_ready(&cluster, id).await?;
         }
         wait_server(&st, &o.token, SERVER_READY).await
     };
@@ -725,10 +722,10 @@ pub async fn join(o: JoinOptions) -> Result<()> {
 }
 
 /// Promote a learner, retrying while it is still catching up.
-async fn promote_when_ready(endpoints: &[String], id: u64) -> Result<()> {
+async fn promote_when_ready(cluster: &Membership, id: u64) -> Result<()> {
     let until = Instant::now() + PROMOTE_FOR;
     loop {
-        match members::promote(endpoints, id).await {
+        match cluster.promote(id).await {
             Ok(()) => return Ok(()),
             Err(e) if Instant::now() < until => {
                 tracing::debug!("promote {id:x}: {e}");
@@ -746,8 +743,12 @@ async fn promote_when_ready(endpoints: &[String], id: u64) -> Result<()> {
 /// One etcd member in `viking mesh status`.
 #[derive(Debug, Serialize)]
 pub struct MemberView {
-    #[serde(flatten)]
-    pub member: Member,
+    pub id: u64,
+    /// Empty while an added member has not started yet.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub learner: bool,
     pub healthy: bool,
     pub leader: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -829,26 +830,33 @@ pub async fn status(data_dir: &Path, json: bool) -> Result<()> {
     let dd = DataDir::new(data_dir)?;
     let st = dd.load()?;
     let eps = endpoints_of(&st);
-    let list = members::list(&eps).await?;
+    let list = Membership::new(eps.clone()).list().await?;
     let mut views = Vec::new();
     for m in list {
         let s = match m.client_urls.first() {
-            Some(u) => members::status(u).await,
+            Some(u) => Membership::new(vec![u.clone()])
+                .status()
+                .await
+                .map_err(MeshError::from),
             None => Err(MeshError::Failed("not started".into())),
         };
-        views.push(match s {
-            Ok(s) => MemberView {
-                healthy: s.leader != 0 && s.errors.is_empty(),
-                leader: s.leader == m.id,
-                error: (!s.errors.is_empty()).then(|| s.errors.join("; ")),
-                member: m,
-            },
-            Err(e) => MemberView {
-                healthy: false,
-                leader: false,
-                error: Some(e.to_string()),
-                member: m,
-            },
+        let (healthy, leader, error) = match s {
+            Ok(s) => (
+                s.is_healthy(),
+                s.leader == m.id,
+                (!s.errors.is_empty()).then(|| s.errors.join("; ")),
+            ),
+            Err(e) => (false, false, Some(e.to_string())),
+        };
+        views.push(MemberView {
+            id: m.id,
+            name: m.name,
+            peer_urls: m.peer_urls,
+            client_urls: m.client_urls,
+            learner: m.learner,
+            healthy,
+            leader,
+            error,
         });
     }
     let servers = servers(&eps, &st.key).await?;
@@ -882,14 +890,14 @@ pub async fn status(data_dir: &Path, json: bool) -> Result<()> {
     ]];
     for m in &v.members {
         rows.push(vec![
-            if m.member.name.is_empty() {
+            if m.name.is_empty() {
                 "(starting)".into()
             } else {
-                m.member.name.clone()
+                m.name.clone()
             },
-            format!("{:x}", m.member.id),
-            m.member.peer_urls.join(","),
-            m.member.client_urls.join(","),
+            format!("{:x}", m.id),
+            m.peer_urls.join(","),
+            m.client_urls.join(","),
             match (&m.error, m.healthy) {
                 (_, true) => "healthy".into(),
                 (Some(e), false) => format!("unhealthy: {e}"),
@@ -897,7 +905,7 @@ pub async fn status(data_dir: &Path, json: bool) -> Result<()> {
             },
             if m.leader {
                 "leader".into()
-            } else if m.member.learner {
+            } else if m.learner {
                 "learner".into()
             } else {
                 "follower".into()
@@ -947,7 +955,7 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<()> {
     let mut last_member = false;
     let mut remaining: Vec<String> = eps.clone();
     if st.role == Role::Member {
-        match members::list(&eps).await {
+        match Membership::new(eps.clone()).list().await {
             Ok(list) => {
                 let me = list
                     .iter()
@@ -957,7 +965,7 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<()> {
                     .filter(|m| Some(m.id) != me.map(|m| m.id))
                     .cloned()
                     .collect();
-                remaining = members::client_urls(&others);
+                remaining = client_urls(&others);
                 if others.is_empty() {
                     last_member = true;
                     let alive: Vec<String> = servers(&eps, &st.key)
@@ -977,17 +985,20 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<()> {
                     }
                 } else if let Some(me) = me {
                     let ids: Vec<String> = others.iter().map(|m| m.name.clone()).collect();
-                    members::remove(&remaining, me.id).await.map_err(|e| {
-                        MeshError::Failed(format!(
-                            "removing this machine's etcd member through {}: {e}",
-                            ids.join(", ")
-                        ))
-                    })?;
+                    Membership::new(remaining.clone())
+                        .remove(me.id)
+                        .await
+                        .map_err(|e| {
+                            MeshError::Failed(format!(
+                                "removing this machine's etcd member through {}: {e}",
+                                ids.join(", ")
+                            ))
+                        })?;
                     println!("removed etcd member {} ({:x})", st.name, me.id);
                 }
             }
             Err(e) if force => log(format!("cannot list the etcd members ({e}); --force")),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     supervisor::stop(&dd, true).await?;

@@ -3,14 +3,13 @@
 //! `viking mesh` turns machines that have only Docker and the `viking`
 //! binary into one cluster: the first machine starts an etcd member and a
 //! viking server (`init`), the next ones join through etcd's membership API
-//! (a learner first, then promoted) until etcd has [`DEFAULT_MAX_MEMBERS`]
+//! (a learner first, then promoted, through
+//! [`viking_store::etcd::membership`]) until etcd has [`DEFAULT_MAX_MEMBERS`]
 //! members, and further machines join as viking servers only (`join`).
 //!
 //! Layout:
 //! - [`state`]: the data directory (`mesh.json`, the token, the etcd data,
 //!   pid and log files) and the machine's settings;
-//! - [`members`]: etcd's membership API (list, add as learner, promote,
-//!   remove, member status);
 //! - [`record`]: the mesh's record in etcd (what a joining machine learns:
 //!   the store prefix);
 //! - [`supervisor`]: `viking mesh up`, the process that runs this machine's
@@ -24,7 +23,6 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod commands;
-pub mod members;
 pub mod record;
 pub mod state;
 pub mod supervisor;
@@ -64,6 +62,8 @@ pub enum MeshError {
     NameTaken(String),
     #[error("etcd: {0}")]
     Etcd(String),
+    #[error("etcd: {0}")]
+    Store(#[from] viking_store::StoreError),
     #[error("{0}")]
     Invalid(String),
     #[error("{context}: {source}")]

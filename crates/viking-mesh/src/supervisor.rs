@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
+use viking_store::etcd::membership::{client_urls, Membership};
 
-use crate::members;
 use crate::state::{url, DataDir, EtcdRunner, MeshState, Role};
 use crate::{IoContext, MeshError, Result, ETCD_CLIENT_PORT, ETCD_PEER_PORT};
 
@@ -407,7 +407,7 @@ impl Slot {
 pub async fn wait_etcd(endpoint: &str, limit: Duration) -> bool {
     let until = Instant::now() + limit;
     loop {
-        if members::healthy(endpoint).await {
+        if Membership::new(vec![endpoint.to_string()]).healthy().await {
             return true;
         }
         if Instant::now() >= until {
@@ -424,9 +424,9 @@ async fn refresh_endpoints(st: &mut MeshState, dd: &DataDir) {
         known.retain(|e| *e != local_etcd(st));
         known.insert(0, local_etcd(st));
     }
-    match members::list(&known).await {
+    match Membership::new(known).list().await {
         Ok(list) => {
-            let mut eps = members::client_urls(&list);
+            let mut eps = client_urls(&list);
             if st.role == Role::Member && eps.contains(&local_etcd(st)) {
                 eps.retain(|e| *e != local_etcd(st));
                 eps.insert(0, local_etcd(st));
