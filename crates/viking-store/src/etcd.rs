@@ -514,7 +514,10 @@ impl Store for EtcdStore {
     }
 }
 
-/// Deliver one response's events; returns false when the receiver is gone.
+/// Deliver one response's events; returns false when the stream must end:
+/// the receiver is gone, or an event could not be decoded (then the error is
+/// delivered first: skipping the event would leave a gap, and the receiver
+/// recovers by reading again and watching anew).
 async fn deliver(
     store: &EtcdStore,
     resp: &WatchResponse,
@@ -538,7 +541,13 @@ async fn deliver(
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "skipping an undecodable etcd watch event");
+                let _ = tx
+                    .send(Err(StoreError::Io(format!(
+                        "etcd watch: an event after revision {delivered} cannot be read ({e}); \
+                         the watch ends, read again and watch anew"
+                    ))))
+                    .await;
+                return false;
             }
         }
     }
@@ -546,7 +555,8 @@ async fn deliver(
 }
 
 /// Follow an etcd watch, reconnecting at `last + 1` after errors, until the
-/// receiver is dropped or an unrecoverable error (compaction) is delivered.
+/// receiver is dropped or an unrecoverable error (compaction, an undecodable
+/// event) is delivered.
 async fn run_watch(
     store: EtcdStore,
     prefix: String,
@@ -624,5 +634,34 @@ async fn run_watch(
                 }
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+    use crate::testing::shared_etcd;
+
+    /// A key etcd accepts but the store cannot read (not UTF-8) ends the
+    /// watch with an error instead of leaving a gap.
+    #[tokio::test]
+    async fn an_undecodable_event_ends_the_watch_with_an_error() {
+        let eps = shared_etcd().expect("etcd").endpoints();
+        let prefix = "/unit-undecodable";
+        let store = EtcdStore::connect(&eps, prefix).await.expect("connect");
+        let mut watch = store.watch("", 0).await.expect("watch");
+        let mut raw = Client::connect(&eps, None).await.expect("raw client");
+        let mut bad = format!("{prefix}/").into_bytes();
+        bad.push(0xff);
+        raw.put(bad, "x", None).await.expect("put a non-UTF-8 key");
+        let within = Duration::from_secs(10);
+        let first = tokio::time::timeout(within, watch.next())
+            .await
+            .expect("an answer within 10 s");
+        assert!(matches!(first, Some(Err(StoreError::Io(_)))), "{first:?}");
+        let after = tokio::time::timeout(within, watch.next())
+            .await
+            .expect("the stream ends within 10 s");
+        assert!(after.is_none(), "{after:?}");
     }
 }
