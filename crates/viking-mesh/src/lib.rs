@@ -15,21 +15,34 @@
 //! - [`supervisor`]: `viking mesh up`, the process that runs this machine's
 //!   etcd member and viking server and restarts them when they exit; and
 //!   starting/stopping it in the background;
-//! - [`commands`]: `init`, `join`, `status`, `leave`, `start`, `stop`.
+//! - [`options`]: the options of `init` and `join` and their checks;
+//! - [`net`]: this machine's name and address, `ip:port`, `HOST[:PORT]`;
+//! - [`launch`]: starting the supervisor (and undoing it), waiting until
+//!   etcd and the server are ready; `start`, `stop`, `up`;
+//! - [`init`], [`join`], [`leave`], [`status`]: the commands of those names.
 //!
 //! Every command that changes something undoes its own work when a later
 //! step fails, so a failed `init` or `join` leaves nothing half made.
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod commands;
+pub mod init;
+pub mod join;
+pub mod launch;
+pub mod leave;
+pub mod net;
+pub mod options;
 pub mod record;
 pub mod state;
+pub mod status;
 pub mod supervisor;
 
-pub use commands::{
-    init, join, leave, shutdown_signal, start, status, stop, up, InitOptions, JoinOptions,
-};
+pub use init::init;
+pub use join::join;
+pub use launch::{shutdown_signal, start, stop, up};
+pub use leave::leave;
+pub use options::{InitOptions, JoinOptions, DEFAULT_ETCD_IMAGE};
+pub use status::status;
 
 /// etcd's client port on every member.
 pub const ETCD_CLIENT_PORT: u16 = 2379;
@@ -76,6 +89,12 @@ pub enum MeshError {
 }
 
 pub type Result<T, E = MeshError> = std::result::Result<T, E>;
+
+impl From<viking_client::ClientError> for MeshError {
+    fn from(e: viking_client::ClientError) -> Self {
+        MeshError::Failed(e.to_string())
+    }
+}
 
 /// Adds a description of what was being done to an I/O error.
 pub(crate) trait IoContext<T> {
