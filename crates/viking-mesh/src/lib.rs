@@ -3,32 +3,46 @@
 //! `viking mesh` turns machines that have only Docker and the `viking`
 //! binary into one cluster: the first machine starts an etcd member and a
 //! viking server (`init`), the next ones join through etcd's membership API
-//! (a learner first, then promoted) until etcd has [`DEFAULT_MAX_MEMBERS`]
+//! (a learner first, then promoted, through
+//! [`viking_store::etcd::membership`]) until etcd has [`DEFAULT_MAX_MEMBERS`]
 //! members, and further machines join as viking servers only (`join`).
 //!
 //! Layout:
 //! - [`state`]: the data directory (`mesh.json`, the token, the etcd data,
 //!   pid and log files) and the machine's settings;
-//! - [`members`]: etcd's membership API (list, add as learner, promote,
-//!   remove, member status);
+//! - [`record`]: the mesh's record in etcd (what a joining machine learns:
+//!   the store prefix);
 //! - [`supervisor`]: `viking mesh up`, the process that runs this machine's
 //!   etcd member and viking server and restarts them when they exit; and
 //!   starting/stopping it in the background;
-//! - [`commands`]: `init`, `join`, `status`, `leave`, `start`, `stop`.
+//! - [`options`]: the options of `init` and `join` and their checks;
+//! - [`net`]: this machine's name and address, `ip:port`, `HOST[:PORT]`;
+//! - [`launch`]: starting the supervisor (and undoing it), waiting until
+//!   etcd and the server are ready; `start`, `stop`, `up`;
+//! - [`init`], [`join`], [`leave`], [`status`]: the commands of those names.
 //!
 //! Every command that changes something undoes its own work when a later
 //! step fails, so a failed `init` or `join` leaves nothing half made.
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod commands;
-pub mod members;
+pub mod init;
+pub mod join;
+pub mod launch;
+pub mod leave;
+pub mod net;
+pub mod options;
+pub mod record;
 pub mod state;
+pub mod status;
 pub mod supervisor;
 
-pub use commands::{
-    init, join, leave, shutdown_signal, start, status, stop, up, InitOptions, JoinOptions,
-};
+pub use init::init;
+pub use join::join;
+pub use launch::{shutdown_signal, start, stop, up};
+pub use leave::leave;
+pub use options::{InitOptions, JoinOptions, DEFAULT_ETCD_IMAGE};
+pub use status::status;
 
 /// etcd's client port on every member.
 pub const ETCD_CLIENT_PORT: u16 = 2379;
@@ -61,6 +75,8 @@ pub enum MeshError {
     NameTaken(String),
     #[error("etcd: {0}")]
     Etcd(String),
+    #[error("etcd: {0}")]
+    Store(#[from] viking_store::StoreError),
     #[error("{0}")]
     Invalid(String),
     #[error("{context}: {source}")]
@@ -73,6 +89,12 @@ pub enum MeshError {
 }
 
 pub type Result<T, E = MeshError> = std::result::Result<T, E>;
+
+impl From<viking_client::ClientError> for MeshError {
+    fn from(e: viking_client::ClientError) -> Self {
+        MeshError::Failed(e.to_string())
+    }
+}
 
 /// Adds a description of what was being done to an I/O error.
 pub(crate) trait IoContext<T> {

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
+use viking_store::etcd::membership::{client_urls, Membership};
 
-use crate::members;
 use crate::state::{url, DataDir, EtcdRunner, MeshState, Role};
 use crate::{IoContext, MeshError, Result, ETCD_CLIENT_PORT, ETCD_PEER_PORT};
 
@@ -119,7 +119,7 @@ pub fn self_exe() -> Result<PathBuf> {
 /// line contains every one of `needles` (so a pid recycled after a reboot is
 /// not mistaken for ours).
 pub fn alive_with(pid: i32, needles: &[&str]) -> bool {
-    if pid <= 0 || pid as u32 == std::process::id() {
+    if pid <= 0 || pid as u32 == std::process::id() || !is_process(pid) {
         return false;
     }
     match std::fs::read(format!("/proc/{pid}/cmdline")) {
@@ -129,6 +129,22 @@ pub fn alive_with(pid: i32, needles: &[&str]) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// Whether `pid` names a process rather than one of a process's threads:
+/// `/proc/<tid>/cmdline` answers for a thread id too, with its process's
+/// command line. After a reboot (a fresh pid namespace) the pid recorded by
+/// the previous supervisor can be the id of one of the new supervisor's own
+/// threads, which must not count as "a supervisor already runs".
+fn is_process(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse::<i32>().ok())
+        })
+        == Some(pid)
 }
 
 /// What identifies each of our processes in its command line.
@@ -407,7 +423,7 @@ impl Slot {
 pub async fn wait_etcd(endpoint: &str, limit: Duration) -> bool {
     let until = Instant::now() + limit;
     loop {
-        if members::healthy(endpoint).await {
+        if Membership::new(vec![endpoint.to_string()]).healthy().await {
             return true;
         }
         if Instant::now() >= until {
@@ -424,9 +440,9 @@ async fn refresh_endpoints(st: &mut MeshState, dd: &DataDir) {
         known.retain(|e| *e != local_etcd(st));
         known.insert(0, local_etcd(st));
     }
-    match members::list(&known).await {
+    match Membership::new(known).list().await {
         Ok(list) => {
-            let mut eps = members::client_urls(&list);
+            let mut eps = client_urls(&list);
             if st.role == Role::Member && eps.contains(&local_etcd(st)) {
                 eps.retain(|e| *e != local_etcd(st));
                 eps.insert(0, local_etcd(st));
@@ -554,4 +570,33 @@ pub async fn up(dd: &DataDir, shutdown: impl Future<Output = ()>) -> Result<()> 
     let _ = std::fs::remove_file(dd.pid_file("mesh"));
     log("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_id_is_not_a_process() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        assert!(is_process(me));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // `/proc/thread-self` is `<pid>/task/<tid>`.
+            let link = std::fs::read_link("/proc/thread-self").unwrap();
+            let tid: i32 = link.file_name().unwrap().to_str().unwrap().parse().unwrap();
+            tid_tx.send(tid).unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = tid_rx.recv().unwrap();
+        assert_ne!(tid, me);
+        // The thread's id answers in /proc with this process's command line...
+        assert!(std::path::Path::new(&format!("/proc/{tid}/cmdline")).exists());
+        // ... but it is not a process, so not a supervisor either.
+        assert!(!is_process(tid));
+        assert!(!alive_with(tid, &[]));
+        done_tx.send(()).unwrap();
+        thread.join().unwrap();
+    }
 }

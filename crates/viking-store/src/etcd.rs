@@ -15,6 +15,9 @@
 //! - a watch reconnects after an error and resumes at the revision after the
 //!   last one it delivered, so no change is lost or repeated; a compacted
 //!   start revision is reported as [`StoreError::Compacted`].
+//!
+//! It also owns the classification of etcd's errors (`Failure`), which
+//! [`membership`] (etcd's member list, add, promote, remove) shares.
 
 use std::future::Future;
 use std::time::Duration;
@@ -25,6 +28,8 @@ use etcd_client::{
     Txn, TxnOp, WatchOptions, WatchResponse,
 };
 use tokio::sync::mpsc;
+
+pub mod membership;
 
 use crate::ops::validate_txn;
 use crate::{
@@ -56,37 +61,86 @@ pub struct EtcdStore {
     endpoints: Vec<String>,
 }
 
-fn status_code(e: &etcd_client::Error) -> Option<i32> {
+/// What a failed etcd request says, read from the error's type and its
+/// gRPC status code. The store's retries, its error mapping and the
+/// [`membership`] calls all decide from this one classification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// etcd did not answer: no connection, a connection lost, or the
+    /// client's own deadline (a status the client made itself).
+    NoAnswer,
+    /// etcd answered that it cannot serve the request now (UNAVAILABLE: no
+    /// leader, a cluster not healthy enough for a membership change, a
+    /// learner asked, ...).
+    Unavailable,
+    /// etcd cut the call short (CANCELLED, UNKNOWN, DEADLINE_EXCEEDED,
+    /// ABORTED): it may or may not have been applied.
+    Interrupted,
+    /// The request is malformed (bad arguments or URI, OUT_OF_RANGE).
+    Invalid,
+    /// Any other refusal (NOT_FOUND, FAILED_PRECONDITION, ...).
+    Refused,
+}
+
+impl Failure {
+    /// Whether asking again (the same or another member) may succeed.
+    pub(crate) fn is_transient(self) -> bool {
+        matches!(
+            self,
+            Failure::NoAnswer | Failure::Unavailable | Failure::Interrupted
+        )
+    }
+}
+
+/// Classify an etcd error; see [`Failure`].
+pub(crate) fn failure(e: &etcd_client::Error) -> Failure {
+    use etcd_client::Error as E;
     match e {
-        etcd_client::Error::GRpcStatus(s) => Some(s.code() as i32),
-        _ => None,
+        E::TransportError(_) | E::IoError(_) => Failure::NoAnswer,
+        E::InvalidArgs(_) | E::InvalidUri(_) => Failure::Invalid,
+        E::GRpcStatus(s) => {
+            // A status the client made itself (from a connect error, a lost
+            // connection or its own timeout) carries that cause as its
+            // source; a status etcd sent has none.
+            let from_etcd = std::error::Error::source(s).is_none();
+            match s.code() as i32 {
+                CODE_UNAVAILABLE if from_etcd => Failure::Unavailable,
+                CODE_UNAVAILABLE
+                | CODE_CANCELLED
+                | CODE_DEADLINE_EXCEEDED
+                | CODE_UNKNOWN
+                | CODE_ABORTED
+                    if !from_etcd =>
+                {
+                    Failure::NoAnswer
+                }
+                CODE_CANCELLED | CODE_UNKNOWN | CODE_DEADLINE_EXCEEDED | CODE_ABORTED => {
+                    Failure::Interrupted
+                }
+                CODE_OUT_OF_RANGE => Failure::Invalid,
+                _ => Failure::Refused,
+            }
+        }
+        _ => Failure::Refused,
     }
 }
 
 /// Whether retrying an idempotent request may help.
 fn is_transient(e: &etcd_client::Error) -> bool {
-    use etcd_client::Error as E;
     match e {
-        E::TransportError(_) | E::IoError(_) => true,
-        E::GRpcStatus(_) => matches!(
-            status_code(e),
-            Some(
-                CODE_CANCELLED
-                    | CODE_UNKNOWN
-                    | CODE_DEADLINE_EXCEEDED
-                    | CODE_ABORTED
-                    | CODE_UNAVAILABLE
-            )
-        ),
-        // The keep-alive stream ended before answering.
-        E::WatchError(m) => m.contains("failed to create lease keeper"),
-        _ => false,
+        // The keep-alive stream ended before answering: etcd-client reports
+        // it as a bare message, without a status.
+        etcd_client::Error::WatchError(m) => m.contains("failed to create lease keeper"),
+        _ => failure(e).is_transient(),
     }
 }
 
 /// Whether the error proves the request never reached (or was rejected
 /// before being applied by) etcd, so even a non-idempotent request may be
-/// retried.
+/// retried. The code alone cannot say: UNAVAILABLE is also what etcd
+/// answers to a proposal that timed out (and may still be applied) and what
+/// the client reports for a connection lost mid-request, so the message
+/// tells the safe cases apart.
 fn never_applied(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
     match e {
@@ -118,14 +172,9 @@ fn is_lease_not_found(e: &etcd_client::Error) -> bool {
 }
 
 /// Map an etcd error to a [`StoreError`], with context.
-fn map_err(what: &str, e: etcd_client::Error) -> StoreError {
-    match &e {
-        etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_) => {
-            StoreError::Invalid(format!("etcd {what}: {e}"))
-        }
-        _ if status_code(&e) == Some(CODE_OUT_OF_RANGE) => {
-            StoreError::Invalid(format!("etcd {what}: {e}"))
-        }
+pub(crate) fn map_err(what: &str, e: etcd_client::Error) -> StoreError {
+    match failure(&e) {
+        Failure::Invalid => StoreError::Invalid(format!("etcd {what}: {e}")),
         _ => StoreError::Unavailable(format!("etcd {what}: {e}")),
     }
 }
@@ -465,7 +514,10 @@ impl Store for EtcdStore {
     }
 }
 
-/// Deliver one response's events; returns false when the receiver is gone.
+/// Deliver one response's events; returns false when the stream must end:
+/// the receiver is gone, or an event could not be decoded (then the error is
+/// delivered first: skipping the event would leave a gap, and the receiver
+/// recovers by reading again and watching anew).
 async fn deliver(
     store: &EtcdStore,
     resp: &WatchResponse,
@@ -489,7 +541,13 @@ async fn deliver(
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "skipping an undecodable etcd watch event");
+                let _ = tx
+                    .send(Err(StoreError::Io(format!(
+                        "etcd watch: an event after revision {delivered} cannot be read ({e}); \
+                         the watch ends, read again and watch anew"
+                    ))))
+                    .await;
+                return false;
             }
         }
     }
@@ -497,7 +555,8 @@ async fn deliver(
 }
 
 /// Follow an etcd watch, reconnecting at `last + 1` after errors, until the
-/// receiver is dropped or an unrecoverable error (compaction) is delivered.
+/// receiver is dropped or an unrecoverable error (compaction, an undecodable
+/// event) is delivered.
 async fn run_watch(
     store: EtcdStore,
     prefix: String,
@@ -575,5 +634,34 @@ async fn run_watch(
                 }
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+    use crate::testing::shared_etcd;
+
+    /// A key etcd accepts but the store cannot read (not UTF-8) ends the
+    /// watch with an error instead of leaving a gap.
+    #[tokio::test]
+    async fn an_undecodable_event_ends_the_watch_with_an_error() {
+        let eps = shared_etcd().expect("etcd").endpoints();
+        let prefix = "/unit-undecodable";
+        let store = EtcdStore::connect(&eps, prefix).await.expect("connect");
+        let mut watch = store.watch("", 0).await.expect("watch");
+        let mut raw = Client::connect(&eps, None).await.expect("raw client");
+        let mut bad = format!("{prefix}/").into_bytes();
+        bad.push(0xff);
+        raw.put(bad, "x", None).await.expect("put a non-UTF-8 key");
+        let within = Duration::from_secs(10);
+        let first = tokio::time::timeout(within, watch.next())
+            .await
+            .expect("an answer within 10 s");
+        assert!(matches!(first, Some(Err(StoreError::Io(_)))), "{first:?}");
+        let after = tokio::time::timeout(within, watch.next())
+            .await
+            .expect("the stream ends within 10 s");
+        assert!(after.is_none(), "{after:?}");
     }
 }

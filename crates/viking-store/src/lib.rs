@@ -18,6 +18,10 @@
 //! Keys given to a store are relative (`proc/web`); each backend prepends the
 //! cluster prefix (`/viking` by default) and strips it again on the way out.
 //!
+//! [`etcd::membership`] is etcd's membership API (list, add as a learner,
+//! promote, remove, member status), which `viking mesh` uses to grow and
+//! shrink the etcd cluster; its errors are classified like the store's.
+//!
 //! Architecture invariant: this crate is the only one that knows etcd or redb.
 
 #![deny(unsafe_code)]

@@ -143,9 +143,17 @@ fn placements(n: &Node) -> std::collections::BTreeMap<String, String> {
 
 /// `viking mesh init` on n1; the join command it printed.
 fn init(n1: &Node) -> String {
+    init_with(n1, "")
+}
+
+/// `viking mesh init` with `extra` flags on n1; the join command it printed.
+fn init_with(n1: &Node, extra: &str) -> String {
     let out = sh_ok(
         n1,
-        &format!("viking mesh init --ip {} {ETCD} {SERVER_ARGS}", n1.ip()),
+        &format!(
+            "viking mesh init --ip {} {extra} {ETCD} {SERVER_ARGS}",
+            n1.ip()
+        ),
     );
     let join = out
         .lines()
@@ -320,6 +328,70 @@ fn mesh_forms_survives_a_node_loss_and_shrinks() {
         &format!("viking run -d --name late {BUSYBOX} sleep 1000"),
     );
     eprintln!("whole test: {:.1?}", t0.elapsed());
+}
+
+/// Alive host names from `viking hosts --json`, asked inside `n`.
+fn alive_hosts(n: &Node) -> Vec<String> {
+    let o = n.sh("viking hosts --json");
+    if !o.status.success() {
+        return Vec::new();
+    }
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    let mut names: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["alive"] == true)
+        .filter_map(|h| h["name"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A mesh made with a store prefix other than the default: the machine
+/// that joins learns it, so its server shares the cluster's hosts and jobs.
+#[test]
+fn a_joining_machine_uses_the_mesh_store_prefix() {
+    const KEY: &str = "/elsewhere";
+    let c = bare(2);
+    let (n1, n2) = (c.node(0), c.node(1));
+    let join = init_with(n1, &format!("--key {KEY}"));
+    sh_ok(
+        n1,
+        &format!("viking run -d --name before {BUSYBOX} sleep 1000"),
+    );
+    let out = sh_ok(n2, &format!("{join} {ETCD} {SERVER_ARGS}"));
+    assert!(out.contains("as an etcd member"), "{out}");
+
+    // n2's server sees n1 and the job started before it joined ...
+    wait(
+        "n2's server sees both hosts",
+        Duration::from_secs(20),
+        || alive_hosts(n2) == ["n1", "n2"],
+    );
+    assert_eq!(placements(n2).get("before").map(String::as_str), Some("n1"));
+    // ... and n1's server sees n2: a job pinned to n2 runs there.
+    sh_ok(
+        n1,
+        &format!("viking run -d --name on2 --viking-host n2 {BUSYBOX} sleep 1000"),
+    );
+    wait(
+        "the job `on2` running on n2",
+        Duration::from_secs(20),
+        || placements(n1).get("on2").map(String::as_str) == Some("n2"),
+    );
+    assert_eq!(alive_servers(&status(n2)), ["n1", "n2"]);
+    // Everything is under the mesh's prefix, nothing under the default.
+    let keys = sh_ok(
+        n2,
+        &format!("ETCDCTL_API=3 etcdctl get --prefix --keys-only {KEY}/hosts/"),
+    );
+    assert!(keys.contains(&format!("{KEY}/hosts/n2")), "{keys}");
+    let stray = sh_ok(
+        n2,
+        "ETCDCTL_API=3 etcdctl get --prefix --keys-only /viking/",
+    );
+    assert!(stray.trim().is_empty(), "keys under /viking/: {stray}");
 }
 
 #[test]

@@ -1,0 +1,223 @@
+//! `viking mesh status`: etcd's members with their health and the leader,
+//! and the viking servers (alive or gone), as tables or JSON; also the etcd
+//! endpoints and server list `leave` uses.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+use viking_core::keys;
+use viking_core::records::{decode, HostRecord};
+use viking_store::etcd::membership::Membership;
+use viking_store::{EtcdStore, Store};
+
+use crate::state::{DataDir, MeshState, Role};
+use crate::supervisor::{self, local_etcd};
+use crate::{MeshError, Result};
+
+/// One etcd member in `viking mesh status`.
+#[derive(Debug, Serialize)]
+pub struct MemberView {
+    pub id: u64,
+    /// Empty while an added member has not started yet.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub learner: bool,
+    pub healthy: bool,
+    pub leader: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One viking server in `viking mesh status`.
+#[derive(Debug, Serialize)]
+pub struct ServerView {
+    pub name: String,
+    pub ip: String,
+    pub api: String,
+    pub tags: Vec<String>,
+    pub alive: bool,
+}
+
+/// `viking mesh status --json`.
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    pub name: String,
+    pub role: Role,
+    pub supervisor: bool,
+    pub members: Vec<MemberView>,
+    pub servers: Vec<ServerView>,
+}
+
+pub(crate) fn endpoints_of(st: &MeshState) -> Vec<String> {
+    let mut eps = st.etcd_endpoints.clone();
+    if st.role == Role::Member && !eps.contains(&local_etcd(st)) {
+        eps.insert(0, local_etcd(st));
+    }
+    eps
+}
+
+pub(crate) async fn servers(endpoints: &[String], key: &str) -> Result<Vec<ServerView>> {
+    let store = tokio::time::timeout(Duration::from_secs(15), EtcdStore::connect(endpoints, key))
+        .await
+        .map_err(|_| MeshError::Etcd("no answer within 15s".into()))?
+        .map_err(|e| MeshError::Etcd(e.to_string()))?;
+    let read = |prefix: &'static str| {
+        let store = store.clone();
+        async move {
+            let (kvs, _) = store
+                .list(prefix)
+                .await
+                .map_err(|e| MeshError::Etcd(e.to_string()))?;
+            Ok::<Vec<HostRecord>, MeshError>(
+                kvs.iter()
+                    .filter_map(|kv| decode::<HostRecord>(&kv.value).ok())
+                    .collect(),
+            )
+        }
+    };
+    let alive = read(keys::HOSTS).await?;
+    let mut all: std::collections::BTreeMap<String, ServerView> = read(keys::FLEET)
+        .await?
+        .into_iter()
+        .map(|h| (h.name.clone(), view(h, false)))
+        .collect();
+    for h in alive {
+        all.insert(h.name.clone(), view(h, true));
+    }
+    Ok(all.into_values().collect())
+}
+
+fn view(h: HostRecord, alive: bool) -> ServerView {
+    ServerView {
+        name: h.name,
+        ip: h.ip,
+        api: h.api,
+        tags: h.tags,
+        alive,
+    }
+}
+
+/// `viking mesh status`: etcd's members with health and leader, and the
+/// viking servers.
+pub async fn status(data_dir: &Path, json: bool) -> Result<()> {
+    let dd = DataDir::new(data_dir)?;
+    let st = dd.load()?;
+    let eps = endpoints_of(&st);
+    let list = Membership::new(eps.clone()).list().await?;
+    let mut views = Vec::new();
+    for m in list {
+        let s = match m.client_urls.first() {
+            Some(u) => Membership::new(vec![u.clone()])
+                .status()
+                .await
+                .map_err(MeshError::from),
+            None => Err(MeshError::Failed("not started".into())),
+        };
+        let (healthy, leader, error) = match s {
+            Ok(s) => (
+                s.is_healthy(),
+                s.leader == m.id,
+                (!s.errors.is_empty()).then(|| s.errors.join("; ")),
+            ),
+            Err(e) => (false, false, Some(e.to_string())),
+        };
+        views.push(MemberView {
+            id: m.id,
+            name: m.name,
+            peer_urls: m.peer_urls,
+            client_urls: m.client_urls,
+            learner: m.learner,
+            healthy,
+            leader,
+            error,
+        });
+    }
+    let servers = servers(&eps, &st.key).await?;
+    let v = StatusView {
+        name: st.name.clone(),
+        role: st.role,
+        supervisor: supervisor::running(&dd).is_some(),
+        members: views,
+        servers,
+    };
+    if json {
+        let s = serde_json::to_string_pretty(&v)
+            .map_err(|e| MeshError::Failed(format!("encoding the status: {e}")))?;
+        println!("{s}");
+        return Ok(());
+    }
+    println!(
+        "this machine: {} ({:?}), supervisor {}",
+        v.name,
+        v.role,
+        if v.supervisor { "running" } else { "stopped" }
+    );
+    println!();
+    let mut rows = vec![vec![
+        "ETCD MEMBER".to_string(),
+        "ID".into(),
+        "PEER URL".into(),
+        "CLIENT URL".into(),
+        "HEALTH".into(),
+        "ROLE".into(),
+    ]];
+    for m in &v.members {
+        rows.push(vec![
+            if m.name.is_empty() {
+                "(starting)".into()
+            } else {
+                m.name.clone()
+            },
+            format!("{:x}", m.id),
+            m.peer_urls.join(","),
+            m.client_urls.join(","),
+            match (&m.error, m.healthy) {
+                (_, true) => "healthy".into(),
+                (Some(e), false) => format!("unhealthy: {e}"),
+                (None, false) => "unhealthy".into(),
+            },
+            if m.leader {
+                "leader".into()
+            } else if m.learner {
+                "learner".into()
+            } else {
+                "follower".into()
+            },
+        ]);
+    }
+    print_table(&rows);
+    println!();
+    let mut rows = vec![vec![
+        "SERVER".to_string(),
+        "ADDRESS".into(),
+        "STATUS".into(),
+        "TAGS".into(),
+    ]];
+    for s in &v.servers {
+        rows.push(vec![
+            s.name.clone(),
+            s.api.clone(),
+            if s.alive { "alive" } else { "gone" }.into(),
+            s.tags.join(","),
+        ]);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.first().map(|r| r.len()).unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", line.join("   ").trim_end());
+    }
+}
