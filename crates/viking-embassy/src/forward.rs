@@ -14,7 +14,8 @@ use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::embassy::{Config, CopyMode, RouteState, ADAPTIVE_SWITCH};
+use crate::config::{Config, CopyMode, ADAPTIVE_SWITCH};
+use crate::route::RouteState;
 use crate::shutdown::{Shutdown, TaskGuard};
 use crate::splice::{self, Pipe};
 
@@ -39,7 +40,7 @@ pub(crate) async fn serve(
     };
     let Some((upstream, endpoint)) = connected else {
         counters.unserved.fetch_add(1, Relaxed);
-        tracing::warn!(port, service = %route.service, %peer, tried = endpoints.len(),
+        tracing::warn!(port, service = %route.name(), %peer, tried = endpoints.len(),
             "no endpoint reachable; closing the client connection");
         return;
     };
@@ -89,7 +90,7 @@ async fn connect_any(
             Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
         };
         route.counters.connect_failures.fetch_add(1, Relaxed);
-        tracing::debug!(service = %route.service, %endpoint, %error, "endpoint unreachable; trying the next");
+        tracing::debug!(service = %route.name(), %endpoint, %error, "endpoint unreachable; trying the next");
     }
     None
 }
