@@ -175,6 +175,12 @@ async fn splice_one(
     counter: &AtomicU64,
 ) -> io::Result<()> {
     let (from_fd, to_fd) = (from.as_raw_fd(), to.as_raw_fd());
+    // Never ask for more than the pipe holds: a splice into a full pipe
+    // fails with `WouldBlock`, which clears the source's read readiness
+    // (the data stays unread, no new wake-up comes: the connection stalls),
+    // and once the source has half-closed, its readiness is sticky and the
+    // loop would spin without ever yielding.
+    let chunk = chunk.min(pipe.capacity());
     let mut in_pipe = 0usize;
     let mut eof = false;
     loop {

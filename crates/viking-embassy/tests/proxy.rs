@@ -491,14 +491,23 @@ async fn bulk_server(
 /// ways at once (echo) through embassy in `copy` mode, each compared byte
 /// for byte, and the route's byte counters exact.
 async fn bulk_byte_exact(copy: CopyMode) {
+    let mut config = Config::new(LOCALHOST);
+    config.copy = copy;
+    bulk_byte_exact_with(config).await;
+}
+
+async fn bulk_byte_exact_with(config: Config) {
+    let copy = config.copy;
     assert!(BULK as u64 > 2 * viking_embassy::ADAPTIVE_SWITCH);
     let up = pattern(1, BULK);
     let down = std::sync::Arc::new(pattern(2, BULK));
     let (ep, mut sunk) = bulk_server(down.clone()).await;
     let port = free_port();
-    let mut config = Config::new(LOCALHOST);
-    config.copy = copy;
-    let embassy = embassy_with_config(config, &[(port, Route::new("bulk", 9, [ep]))]).await;
+    // Not dropped if the test fails: a wedged embassy thread would make the
+    // drop (which joins it) hang instead of letting the failure show.
+    let embassy = std::mem::ManuallyDrop::new(
+        embassy_with_config(config, &[(port, Route::new("bulk", 9, [ep]))]).await,
+    );
     let bulk_wait = Duration::from_secs(60);
 
     // Client -> endpoint.
@@ -560,6 +569,7 @@ async fn bulk_byte_exact(copy: CopyMode) {
     assert_eq!(stats.bytes_in, (3 + 2 * BULK) as u64, "{stats:?}");
     assert_eq!(stats.bytes_out, (2 * BULK) as u64, "{stats:?}");
     embassy.shutdown().await;
+    drop(std::mem::ManuallyDrop::into_inner(embassy));
 }
 
 #[tokio::test]
@@ -575,4 +585,15 @@ async fn bulk_transfer_is_byte_exact_with_splice() {
 #[tokio::test]
 async fn bulk_transfer_is_byte_exact_with_adaptive_switch() {
     bulk_byte_exact(CopyMode::Adaptive).await;
+}
+
+#[tokio::test]
+async fn bulk_splice_is_byte_exact_when_the_pipe_is_smaller_than_the_buffer() {
+    // The kernel cannot make a pipe this large (2 GiB at most; an
+    // unprivileged user is refused past pipe-max-size, 1 MiB by default), so
+    // the pipes keep their default size, far below the buffer size.
+    let mut config = Config::new(LOCALHOST);
+    config.copy = CopyMode::Splice;
+    config.buffer_size = 1 << 32;
+    bulk_byte_exact_with(config).await;
 }
