@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -18,62 +17,13 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::listener;
+use crate::route::RouteState;
 use crate::shutdown::TaskGuard;
-use crate::stats::{Counters, RouteStats};
-use crate::table::{Route, RoutingTable};
-
-/// How bytes are moved between the client and the endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CopyMode {
-    /// Zero-copy through a kernel pipe with `splice(2)`: the least CPU per
-    /// byte.
-    Splice,
-    /// Read into a user-space buffer and write it out: the lowest latency
-    /// for small messages.
-    Buffered,
-    /// Each direction starts buffered and switches to splice once it has
-    /// carried [`ADAPTIVE_SWITCH`] bytes (the default): small exchanges get
-    /// the buffered path's latency, bulk transfers splice's economy, and an
-    /// idle or chatty connection holds no pipes.
-    Adaptive,
-}
-
-/// Bytes a direction carries before [`CopyMode::Adaptive`] switches it to
-/// splice.
-pub const ADAPTIVE_SWITCH: u64 = 1 << 20;
-
-/// Tunables of an [`Embassy`].
-#[derive(Debug, Clone, Copy)]
-pub struct Config {
-    /// The address every ambassador port listens on (e.g. the Docker bridge
-    /// gateway, 172.17.0.1).
-    pub bind: IpAddr,
-    /// How long one connect to an endpoint may take before the next one is
-    /// tried.
-    pub connect_timeout: Duration,
-    /// How bytes are copied.
-    pub copy: CopyMode,
-    /// Buffer (or pipe) size per direction of a connection, in bytes.
-    pub buffer_size: usize,
-    /// Listen backlog of each ambassador port (capped by the kernel's
-    /// `net.core.somaxconn`).
-    pub backlog: u32,
-}
-
-impl Config {
-    /// The defaults: 1 s connect timeout, splice with 256 KiB pipes, backlog 4096.
-    pub fn new(bind: IpAddr) -> Self {
-        Config {
-            bind,
-            connect_timeout: Duration::from_secs(1),
-            copy: CopyMode::Adaptive,
-            buffer_size: 256 * 1024,
-            backlog: 4096,
-        }
-    }
-}
+use crate::stats::RouteStats;
+use crate::table::RoutingTable;
 
 /// What [`Embassy::apply`] did, port by port (each list ascending).
 #[derive(Debug, Default)]
@@ -101,50 +51,6 @@ impl ApplyReport {
 pub struct PortFailure {
     pub port: u16,
     pub error: Error,
-}
-
-/// One route as the listener and its connections see it. Replaced as a whole
-/// (fresh counters) when its port starts serving another service; otherwise
-/// only its endpoints change.
-pub(crate) struct RouteState {
-    pub(crate) service: String,
-    pub(crate) container_port: u16,
-    /// The endpoints, swapped atomically; connections watch it to learn that
-    /// their endpoint was removed.
-    pub(crate) endpoints: watch::Sender<Arc<[SocketAddr]>>,
-    /// Round-robin cursor; reset when the endpoints change.
-    pub(crate) next: AtomicUsize,
-    pub(crate) counters: Counters,
-}
-
-impl RouteState {
-    fn new(route: Route) -> Self {
-        RouteState {
-            service: route.service,
-            container_port: route.container_port,
-            endpoints: watch::Sender::new(route.endpoints.into()),
-            next: AtomicUsize::new(0),
-            counters: Counters::default(),
-        }
-    }
-
-    /// Swaps in `endpoints`; returns whether they differ from the current ones.
-    fn set_endpoints(&self, endpoints: Vec<SocketAddr>) -> bool {
-        self.endpoints.send_if_modified(|current| {
-            if **current == *endpoints {
-                return false;
-            }
-            *current = endpoints.into();
-            // The next connection starts with the first endpoint of the new list.
-            self.next.store(0, Relaxed);
-            true
-        })
-    }
-
-    /// No endpoint any more: every open connection of this route closes.
-    fn retire(&self) {
-        self.endpoints.send_replace(Arc::from([]));
-    }
 }
 
 /// One open ambassador port.
@@ -244,9 +150,7 @@ impl Embassy {
             for (port, route) in table {
                 if let Some(open) = inner.ports.get(&port) {
                     let current = open.route.borrow().clone();
-                    if current.service == route.service
-                        && current.container_port == route.container_port
-                    {
+                    if current.service.same_service(&route) {
                         if current.set_endpoints(route.endpoints) {
                             report.updated.push(port);
                         }
@@ -301,9 +205,12 @@ impl Embassy {
             .map(|(port, open)| {
                 let route = open.route.borrow().clone();
                 let endpoints = route.endpoints.borrow().to_vec();
-                route
-                    .counters
-                    .snapshot(*port, &route.service, route.container_port, endpoints)
+                route.counters.snapshot(
+                    *port,
+                    route.name(),
+                    route.service.container_port,
+                    endpoints,
+                )
             })
             .collect()
     }

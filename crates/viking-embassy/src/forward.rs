@@ -14,7 +14,8 @@ use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::embassy::{Config, CopyMode, RouteState, ADAPTIVE_SWITCH};
+use crate::config::{Config, CopyMode, ADAPTIVE_SWITCH};
+use crate::route::RouteState;
 use crate::shutdown::{Shutdown, TaskGuard};
 use crate::splice::{self, Pipe};
 
@@ -39,7 +40,7 @@ pub(crate) async fn serve(
     };
     let Some((upstream, endpoint)) = connected else {
         counters.unserved.fetch_add(1, Relaxed);
-        tracing::warn!(port, service = %route.service, %peer, tried = endpoints.len(),
+        tracing::warn!(port, service = %route.name(), %peer, tried = endpoints.len(),
             "no endpoint reachable; closing the client connection");
         return;
     };
@@ -89,7 +90,7 @@ async fn connect_any(
             Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
         };
         route.counters.connect_failures.fetch_add(1, Relaxed);
-        tracing::debug!(service = %route.service, %endpoint, %error, "endpoint unreachable; trying the next");
+        tracing::debug!(service = %route.name(), %endpoint, %error, "endpoint unreachable; trying the next");
     }
     None
 }
@@ -174,6 +175,12 @@ async fn splice_one(
     counter: &AtomicU64,
 ) -> io::Result<()> {
     let (from_fd, to_fd) = (from.as_raw_fd(), to.as_raw_fd());
+    // Never ask for more than the pipe holds: a splice into a full pipe
+    // fails with `WouldBlock`, which clears the source's read readiness
+    // (the data stays unread, no new wake-up comes: the connection stalls),
+    // and once the source has half-closed, its readiness is sticky and the
+    // loop would spin without ever yielding.
+    let chunk = chunk.min(pipe.capacity());
     let mut in_pipe = 0usize;
     let mut eof = false;
     loop {

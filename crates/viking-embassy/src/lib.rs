@@ -9,8 +9,11 @@
 //!
 //! Layout:
 //! - [`table`]: the routing table, pure data (`RoutingTable`, `Route`);
+//! - [`config`]: the tunables (`Config`, `CopyMode`), plain data;
 //! - [`embassy`]: the running ambassador: listeners, `apply`, `shutdown`,
-//!   stats (`Embassy`, `Config`, `ApplyReport`);
+//!   stats (`Embassy`, `ApplyReport`);
+//! - `route`: the runtime state of one served route (endpoints watched by
+//!   its connections, round-robin cursor, counters);
 //! - `listener`: one accept loop per ambassador port;
 //! - `forward`: one task per connection: endpoint choice with failover and
 //!   the byte pump (`splice(2)` or buffered copy);
@@ -20,20 +23,32 @@
 //! - `shutdown`: the graceful-shutdown signal threaded through every task;
 //! - [`error`]: the crate's error type.
 //!
+//! Module graph (`use crate::…`; no cycles, checked by
+//! `tests/module_graph.rs`):
+//! - `embassy` -> `listener`, `route`, `config`, `table`, `stats`,
+//!   `shutdown`, `error`;
+//! - `listener` -> `forward`, `route`, `config`, `shutdown`;
+//! - `forward` -> `route`, `config`, `splice`, `shutdown`;
+//! - `route` -> `table`, `stats`;
+//! - `config`, `table`, `stats`, `error`, `shutdown`, `splice`: none.
+//!
 //! Invariant: embassy knows nothing about the store or Docker. The server
 //! computes the routing table and calls [`Embassy::apply`] whenever it changes.
 #![deny(unsafe_code)]
 
+pub mod config;
 pub mod embassy;
 pub mod error;
 mod forward;
 mod listener;
+mod route;
 mod shutdown;
 mod splice;
 pub mod stats;
 pub mod table;
 
-pub use embassy::{ApplyReport, Config, CopyMode, Embassy, PortFailure, ADAPTIVE_SWITCH};
+pub use config::{Config, CopyMode, ADAPTIVE_SWITCH};
+pub use embassy::{ApplyReport, Embassy, PortFailure};
 pub use error::{Error, Result};
 pub use stats::RouteStats;
 pub use table::{Route, RoutingTable};

@@ -9,8 +9,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::embassy::{Config, RouteState};
+use crate::config::Config;
 use crate::forward;
+use crate::route::RouteState;
 use crate::shutdown::{Shutdown, TaskGuard};
 
 /// `guard` comes first so that it is dropped last: when the shutdown sees

@@ -12,11 +12,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 pub(crate) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// What the pipe holds before a write to it would block, in bytes.
+    capacity: usize,
 }
 
 impl Pipe {
     /// A new pipe; tries to make its capacity `size` bytes (best effort:
-    /// the kernel may refuse beyond `/proc/sys/fs/pipe-max-size`).
+    /// the kernel may refuse beyond `/proc/sys/fs/pipe-max-size`, or past a
+    /// user's pipe quota). [`Pipe::capacity`] says what it got.
     pub(crate) fn new(size: usize) -> io::Result<Pipe> {
         let mut fds: [libc::c_int; 2] = [-1; 2];
         // SAFETY: `fds` is a valid, writable array of two c_ints, as pipe2 requires.
@@ -29,10 +32,23 @@ impl Pipe {
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         if let Ok(size) = libc::c_int::try_from(size) {
             // SAFETY: fcntl on a descriptor we own; F_SETPIPE_SZ takes an int.
-            // A failure only leaves the default capacity, so it is ignored.
+            // A failure only leaves the default capacity, read back below.
             let _ = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
         }
-        Ok(Pipe { read, write })
+        // SAFETY: fcntl on a descriptor we own; F_GETPIPE_SZ takes no argument.
+        let got = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        // Every pipe holds at least one page; assume no more if unknown.
+        let capacity = usize::try_from(got).ok().filter(|c| *c > 0).unwrap_or(4096);
+        Ok(Pipe {
+            read,
+            write,
+            capacity,
+        })
+    }
+
+    /// The pipe's real capacity, in bytes (may be less than asked for).
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
     }
 
     pub(crate) fn read_fd(&self) -> RawFd {

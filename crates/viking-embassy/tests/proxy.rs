@@ -416,3 +416,184 @@ async fn thousand_concurrent_connections() {
     assert_eq!(stats.bytes_in, 4096 * N as u64);
     embassy.shutdown().await;
 }
+
+/// Bytes moved each way by the bulk tests: well past [`ADAPTIVE_SWITCH`], so
+/// that the adaptive mode runs both its buffered and its splice phase.
+const BULK: usize = 8 << 20;
+
+/// `len` bytes of a xorshift stream: no period a lost, doubled or shifted
+/// chunk could hide behind.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Where the first difference is, for a readable failure (no 8 MiB dump).
+fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    if got == want {
+        return;
+    }
+    let at = got.iter().zip(want).position(|(a, b)| a != b);
+    panic!(
+        "{what}: {} bytes received, {} sent; first difference at {at:?}",
+        got.len(),
+        want.len()
+    );
+}
+
+/// One server for the three bulk exchanges; the first byte of a connection
+/// says which: `S` sink (reads to EOF and hands what it got to the test),
+/// `D` source (sends `download`, then closes), `E` echo (until EOF).
+async fn bulk_server(
+    download: std::sync::Arc<Vec<u8>>,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let listener = listen_any();
+    let addr = listener.local_addr().unwrap();
+    let (sunk_tx, sunk_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let (download, sunk) = (download.clone(), sunk_tx.clone());
+            tokio::spawn(async move {
+                let mut kind = [0u8; 1];
+                s.read_exact(&mut kind).await?;
+                match kind[0] {
+                    b'S' => {
+                        let mut got = Vec::with_capacity(BULK);
+                        s.read_to_end(&mut got).await?;
+                        let _ = sunk.send(got);
+                    }
+                    b'D' => s.write_all(&download).await?,
+                    _ => {
+                        let (mut r, mut w) = s.split();
+                        tokio::io::copy(&mut r, &mut w).await?;
+                    }
+                }
+                s.shutdown().await?;
+                Ok::<_, std::io::Error>(())
+            });
+        }
+    });
+    (addr, sunk_rx)
+}
+
+/// 8 MiB up (client -> sink), 8 MiB down (source -> client) and 8 MiB both
+/// ways at once (echo) through embassy in `copy` mode, each compared byte
+/// for byte, and the route's byte counters exact.
+async fn bulk_byte_exact(copy: CopyMode) {
+    let mut config = Config::new(LOCALHOST);
+    config.copy = copy;
+    bulk_byte_exact_with(config).await;
+}
+
+async fn bulk_byte_exact_with(config: Config) {
+    let copy = config.copy;
+    assert!(BULK as u64 > 2 * viking_embassy::ADAPTIVE_SWITCH);
+    let up = pattern(1, BULK);
+    let down = std::sync::Arc::new(pattern(2, BULK));
+    let (ep, mut sunk) = bulk_server(down.clone()).await;
+    let port = free_port();
+    // Not dropped if the test fails: a wedged embassy thread would make the
+    // drop (which joins it) hang instead of letting the failure show.
+    let embassy = std::mem::ManuallyDrop::new(
+        embassy_with_config(config, &[(port, Route::new("bulk", 9, [ep]))]).await,
+    );
+    let bulk_wait = Duration::from_secs(60);
+
+    // Client -> endpoint.
+    let mut c = connect(port).await;
+    let sent = async {
+        c.write_all(b"S").await?;
+        c.write_all(&up).await?;
+        c.shutdown().await?;
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await?;
+        Ok::<_, std::io::Error>(rest)
+    };
+    let rest = tokio::time::timeout(bulk_wait, sent)
+        .await
+        .expect("upload timed out")
+        .unwrap();
+    assert!(rest.is_empty());
+    let got = tokio::time::timeout(WAIT, sunk.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_same(&got, &up, &format!("{copy:?} client -> endpoint"));
+
+    // Endpoint -> client.
+    let mut c = connect(port).await;
+    let received = async {
+        c.write_all(b"D").await?;
+        let mut got = Vec::with_capacity(BULK);
+        c.read_to_end(&mut got).await?;
+        Ok::<_, std::io::Error>(got)
+    };
+    let got = tokio::time::timeout(bulk_wait, received)
+        .await
+        .expect("download timed out")
+        .unwrap();
+    assert_same(&got, &down, &format!("{copy:?} endpoint -> client"));
+
+    // Both directions at once: the client writes while it reads the echo.
+    let c = connect(port).await;
+    let (mut r, mut w) = c.into_split();
+    let writer = async {
+        w.write_all(b"E").await?;
+        w.write_all(&up).await?;
+        w.shutdown().await
+    };
+    let reader = async {
+        let mut got = Vec::with_capacity(BULK);
+        r.read_to_end(&mut got).await?;
+        Ok::<_, std::io::Error>(got)
+    };
+    let (wrote, got) = tokio::time::timeout(bulk_wait, async { tokio::join!(writer, reader) })
+        .await
+        .expect("echo timed out");
+    wrote.unwrap();
+    assert_same(&got.unwrap(), &up, &format!("{copy:?} echo"));
+
+    // Every byte counted once: the kind bytes, then the payloads.
+    let stats = &embassy.stats()[0];
+    assert_eq!(stats.bytes_in, (3 + 2 * BULK) as u64, "{stats:?}");
+    assert_eq!(stats.bytes_out, (2 * BULK) as u64, "{stats:?}");
+    embassy.shutdown().await;
+    drop(std::mem::ManuallyDrop::into_inner(embassy));
+}
+
+#[tokio::test]
+async fn bulk_transfer_is_byte_exact_with_buffer() {
+    bulk_byte_exact(CopyMode::Buffered).await;
+}
+
+#[tokio::test]
+async fn bulk_transfer_is_byte_exact_with_splice() {
+    bulk_byte_exact(CopyMode::Splice).await;
+}
+
+#[tokio::test]
+async fn bulk_transfer_is_byte_exact_with_adaptive_switch() {
+    bulk_byte_exact(CopyMode::Adaptive).await;
+}
+
+#[tokio::test]
+async fn bulk_splice_is_byte_exact_when_the_pipe_is_smaller_than_the_buffer() {
+    // The kernel cannot make a pipe this large (2 GiB at most; an
+    // unprivileged user is refused past pipe-max-size, 1 MiB by default), so
+    // the pipes keep their default size, far below the buffer size.
+    let mut config = Config::new(LOCALHOST);
+    config.copy = CopyMode::Splice;
+    config.buffer_size = 1 << 32;
+    bulk_byte_exact_with(config).await;
+}
