@@ -191,4 +191,8 @@ pub struct Ping {
     pub name: String,
     pub version: String,
     pub store: String,
+    /// The cluster's store prefix (`--key`): a machine joining the mesh
+    /// uses it. Absent from servers before it was added.
+    #[serde(default)]
+    pub key: String,
 }

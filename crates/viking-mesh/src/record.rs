@@ -44,7 +44,8 @@ async fn root(endpoints: &[String]) -> Result<EtcdStore> {
 /// Write the mesh's record (`init`).
 pub async fn write(endpoints: &[String], record: &MeshRecord) -> Result<()> {
     let store = root(endpoints).await?;
-    tokio::time::timeout(TIMEOUT, store.put(RECORD_KEY, encode(record)))
+    let value = encode(record).map_err(|e| MeshError::Failed(e.to_string()))?;
+    tokio::time::timeout(TIMEOUT, store.put(RECORD_KEY, value))
         .await
         .map_err(|_| {
             MeshError::Etcd(format!(
@@ -78,7 +79,7 @@ mod tests {
     #[test]
     fn the_record_round_trips_in_its_envelope() {
         let r = MeshRecord { key: "/x".into() };
-        let bytes = encode(&r);
+        let bytes = encode(&r).unwrap();
         assert!(String::from_utf8_lossy(&bytes).contains("\"v\":1"));
         assert_eq!(decode::<MeshRecord>(&bytes).unwrap(), r);
     }

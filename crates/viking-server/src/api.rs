@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use viking_client::api::{Ping, ProgressLine, ATTACH_PROTOCOL};
+use viking_client::routes;
 use viking_core::records::{ProcRecord, PsRecord};
 use viking_core::{keys, Job};
 
@@ -35,20 +36,20 @@ type ApiResult<T> = Result<T, ServerError>;
 /// The API's routes, behind the token check.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/v1/ping", get(ping))
-        .route("/v1/jobs", post(run))
-        .route("/v1/ps", get(ps))
-        .route("/v1/proc", get(proc_list))
-        .route("/v1/hosts", get(hosts))
-        .route("/v1/jobs/{name}", get(inspect).delete(remove))
-        .route("/v1/jobs/{name}/stop", post(stop))
-        .route("/v1/jobs/{name}/logs", get(logs))
-        .route("/v1/push", post(push))
-        .route("/v1/services", get(services))
-        .route("/v1/internal/start", post(internal_start))
-        .route("/v1/internal/resolve", post(internal_resolve))
-        .route("/v1/internal/replace", post(internal_replace))
-        .route("/v1/internal/attach", post(internal_attach))
+        .route(routes::PING, get(ping))
+        .route(routes::JOBS, post(run))
+        .route(routes::PS, get(ps))
+        .route(routes::PROC, get(proc_list))
+        .route(routes::HOSTS, get(hosts))
+        .route(routes::JOB, get(inspect).delete(remove))
+        .route(routes::JOB_STOP, post(stop))
+        .route(routes::JOB_LOGS, get(logs))
+        .route(routes::PUSH, post(push))
+        .route(routes::SERVICES, get(services))
+        .route(routes::INTERNAL_START, post(internal_start))
+        .route(routes::INTERNAL_RESOLVE, post(internal_resolve))
+        .route(routes::INTERNAL_REPLACE, post(internal_replace))
+        .route(routes::INTERNAL_ATTACH, post(internal_attach))
         .fallback(|| async { ServerError::NotFound("no such API path; see /v1/...".to_string()) })
         .layer(middleware::from_fn_with_state(shared.clone(), auth))
         .with_state(shared)
@@ -78,6 +79,7 @@ async fn ping(State(sh): State<Arc<Shared>>) -> Json<Ping> {
         name: sh.config.name.clone(),
         version: crate::VERSION.to_string(),
         store: sh.store.backend().to_string(),
+        key: sh.config.key.clone(),
     })
 }
 

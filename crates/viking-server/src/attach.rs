@@ -63,7 +63,7 @@ pub async fn start(
     let forwarded = async {
         let doc = serde_json::to_vec(&job).map_err(|e| ServerError::Internal(e.to_string()))?;
         peer::peer(&sh, &host)?
-            .attach(&format!("/v1/internal/attach?claim_rev={claim_rev}"), doc)
+            .attach_claimed(claim_rev, doc)
             .await
             .map_err(|e| ServerError::from_peer(&host.name, e))
     }

@@ -276,8 +276,7 @@ pub async fn stop(sh: &Shared, name: &str, timeout: i64) -> Result<InspectRespon
                 }
             }
             Owner::Peer(c, host) => {
-                let path = format!("/v1/jobs/{name}/stop?t={timeout}");
-                c.json::<InspectResponse>(hyper::Method::POST, &path, None)
+                c.stop(name, timeout)
                     .await
                     .map_err(|e| ServerError::from_peer(&host, e))?;
             }
@@ -321,9 +320,8 @@ pub async fn remove(sh: &Shared, name: &str, force: bool) -> Result<()> {
         match owner(sh, p).await? {
             Owner::Here => {}
             Owner::Peer(c, host) => {
-                let path = format!("/v1/jobs/{name}?force={force}");
                 return c
-                    .call(hyper::Method::DELETE, &path, None)
+                    .rm(name, force)
                     .await
                     .map_err(|e| ServerError::from_peer(&host, e));
             }
@@ -361,9 +359,8 @@ pub async fn logs(
     match owner(sh, &ps).await? {
         Owner::Here => {}
         Owner::Peer(c, host) => {
-            let path = format!("/v1/jobs/{name}/logs?follow={follow}");
             let body = c
-                .stream(hyper::Method::GET, &path, None)
+                .logs(name, follow)
                 .await
                 .map_err(|e| ServerError::from_peer(&host, e))?;
             let stream = http_body_util::BodyStream::new(body)

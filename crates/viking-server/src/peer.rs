@@ -24,7 +24,7 @@ pub async fn forward_start(
 ) -> Result<PsRecord> {
     let doc = serde_json::to_vec(job).map_err(|e| ServerError::Internal(e.to_string()))?;
     let r = peer(sh, host)?
-        .run_with_progress("/v1/internal/start", doc, progress)
+        .start_placed(doc, progress)
         .await
         .map_err(|e| ServerError::from_peer(&host.name, e))?;
     r.ps.ok_or_else(|| {

@@ -20,7 +20,6 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use hyper::Method;
 use viking_client::api::{
     PushEvent, PushRequest, PushSummary, ReplaceRequest, ResolveRequest, ResolveResponse,
 };
@@ -59,13 +58,8 @@ pub async fn resolve_here(sh: &Shared, req: &ResolveRequest) -> Result<ResolveRe
     })
 }
 
-/// POST `req` to `path` on the server of `node` (alive in floki), and
-/// read its JSON answer.
-async fn call_host<Req, Resp>(sh: &Shared, node: &str, path: &str, req: &Req) -> Result<Resp>
-where
-    Req: serde::Serialize,
-    Resp: serde::de::DeserializeOwned,
-{
+/// A client of the server of `node` (alive in floki).
+async fn host_client(sh: &Shared, node: &str) -> Result<viking_client::Client> {
     let host: HostRecord = match sh.store.get(&keys::host(node)).await? {
         Some(kv) => decode(&kv.value)?,
         None => {
@@ -74,18 +68,18 @@ where
             )))
         }
     };
-    let body = serde_json::to_vec(req).map_err(|e| ServerError::Internal(e.to_string()))?;
-    crate::peer::peer(sh, &host)?
-        .json(Method::POST, path, Some(body))
-        .await
-        .map_err(|e| ServerError::from_peer(node, e))
+    crate::peer::peer(sh, &host)
 }
 
 async fn resolve_on(sh: &Shared, node: &str, req: &ResolveRequest) -> Result<Option<String>> {
     let r: ResolveResponse = if node == sh.config.name {
         resolve_here(sh, req).await?
     } else {
-        call_host(sh, node, "/v1/internal/resolve", req).await?
+        host_client(sh, node)
+            .await?
+            .resolve(req)
+            .await
+            .map_err(|e| ServerError::from_peer(node, e))?
     };
     Ok(r.image_id)
 }
@@ -94,7 +88,11 @@ async fn replace_on(sh: &Shared, node: &str, req: &ReplaceRequest) -> Result<PsR
     if node == sh.config.name {
         replace_here(sh, req).await
     } else {
-        call_host(sh, node, "/v1/internal/replace", req).await
+        host_client(sh, node)
+            .await?
+            .replace(req)
+            .await
+            .map_err(|e| ServerError::from_peer(node, e))
     }
 }
 
