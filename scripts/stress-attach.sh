@@ -15,10 +15,12 @@
 #   STRESS_PARALLEL=2 scripts/stress-attach.sh 200   # 2 rounds at a time
 #   STRESS_BUSY=0 scripts/stress-attach.sh  # no busy loops (default: nproc)
 #   STRESS_BUILD=0 scripts/stress-attach.sh # use the release binary as it is
+#   VIKING_BIN=/path/to/viking scripts/stress-attach.sh   # that binary, no build
 #
 # viking is a release `viking server` started here with a temp data dir, its
 # own cluster key and token, on a free loopback port (killed on exit, as are
-# the busy loops). The binary is ${CARGO_TARGET_DIR:-target}/release/viking.
+# the busy loops). The binary is ${CARGO_TARGET_DIR:-target}/release/viking
+# unless VIKING_BIN names one.
 #
 # Needs root (Docker), python3 and the image viking-test/busybox
 # (scripts/test-images.sh).
@@ -38,12 +40,15 @@ die() {
 
 command -v python3 >/dev/null || die "python3 is required"
 docker image inspect "$IMAGE" >/dev/null 2>&1 || die "image $IMAGE missing: run scripts/test-images.sh"
-if [ "${STRESS_BUILD:-1}" = 1 ]; then
-    log "building viking (release)"
-    cargo build --release --quiet -p viking
+if [ -n "${VIKING_BIN:-}" ]; then
+    viking=$VIKING_BIN
+else
+    if [ "${STRESS_BUILD:-1}" = 1 ]; then
+        log "building viking (release)"
+        cargo build --release --quiet -p viking
+    fi
+    viking=${CARGO_TARGET_DIR:-$PWD/target}/release/viking
 fi
-target=${CARGO_TARGET_DIR:-$PWD/target}
-viking=$target/release/viking
 [ -x "$viking" ] || die "$viking not found: cargo build --release -p viking"
 
 tmp=$(mktemp -d /tmp/viking-stress-attach.XXXXXX)
