@@ -14,6 +14,7 @@
 #   scripts/stress-attach.sh [N]            # N rounds (default 100), 3N jobs
 #   STRESS_PARALLEL=2 scripts/stress-attach.sh 200   # 2 rounds at a time
 #   STRESS_BUSY=0 scripts/stress-attach.sh  # no busy loops (default: nproc)
+#   STRESS_KINDS="echo seq" scripts/stress-attach.sh      # only these kinds
 #   STRESS_BUILD=0 scripts/stress-attach.sh # use the release binary as it is
 #   VIKING_BIN=/path/to/viking scripts/stress-attach.sh   # that binary, no build
 #
@@ -30,6 +31,7 @@ cd "$(dirname "$0")/.."
 N=${1:-100}
 PARALLEL=${STRESS_PARALLEL:-1}
 BUSY=${STRESS_BUSY:-$(nproc)}
+KINDS=${STRESS_KINDS:-echo seq pipe}
 IMAGE=viking-test/busybox
 
 log() { echo "stress-attach: $*" >&2; }
@@ -125,7 +127,7 @@ check() {
 worker() {
     local w=$1 r kind out code
     for ((r = w; r <= N; r += PARALLEL)); do
-        for kind in echo seq pipe; do
+        for kind in $KINDS; do
             out=$tmp/out.$w
             code=0
             one "$kind" "$out" || code=$?
@@ -139,7 +141,7 @@ for _ in $(seq 1 "$BUSY"); do
     yes >/dev/null &
     busy_pids+=($!)
 done
-log "$N rounds (echo, seq, pipe), $PARALLEL at a time, $BUSY busy loops"
+log "$N rounds ($KINDS), $PARALLEL at a time, $BUSY busy loops"
 t0=$(date +%s)
 worker_pids=()
 for w in $(seq 1 "$PARALLEL"); do
@@ -160,7 +162,7 @@ grep '^fail' "$tmp/results" | head -n 20 >&2 || true
 total=$(wc -l <"$tmp/results")
 fails=$(grep -c '^fail' "$tmp/results" || true)
 per_kind=""
-for kind in echo seq pipe; do
+for kind in $KINDS; do
     f=$(grep -c "^fail $kind " "$tmp/results" || true)
     n=$(grep -c " $kind\( \|$\)" "$tmp/results" || true)
     per_kind="$per_kind $kind $f/$n,"
