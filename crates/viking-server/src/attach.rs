@@ -294,8 +294,6 @@ where
     W: AsyncWrite + Unpin,
 {
     let daemon_err = |e: ApiError| (125, e);
-    // Attach, then start: the attached stream (no log replay) then carries
-    // every byte of the job's output from its first, exactly once.
     let att = sh
         .runtime
         .attach(id)
