@@ -357,13 +357,22 @@ impl Runtime for DockerRuntime {
         Ok(r.id)
     }
 
+    /// Attach to a created container's stdio: call it before `start`.
+    ///
+    /// The stream alone, never the log replay (`logs`): Docker adds this
+    /// attach's pipes to the container's output before it answers the
+    /// request, so once this returns the stream carries every byte the
+    /// container writes from its start, exactly once and in order. With
+    /// `logs` as well, Docker answers first and reads the log file after,
+    /// so output written in between came twice: from the log and from the
+    /// stream (issue 13).
     async fn attach(&self, id: &str) -> Result<Attached> {
         let opts = AttachContainerOptions::<String> {
             stdin: Some(true),
             stdout: Some(true),
             stderr: Some(true),
             stream: Some(true),
-            logs: Some(true),
+            logs: Some(false),
             detach_keys: None,
         };
         let r = self

@@ -742,3 +742,54 @@ fn an_interactive_tty_job_takes_keystrokes() {
     assert!(text.contains("typed-42"), "{text}");
     assert_eq!(status.code(), Some(4), "{text}");
 }
+
+/// Issue 13: an attached job's output sometimes arrived twice, when Docker
+/// replayed the container's log after the job had already started writing
+/// to the attached stream. Many short jobs, a few at a time so that the
+/// engine is busy, must each print exactly what they wrote, once, in order.
+#[test]
+fn attached_output_arrives_exactly_once() {
+    let s = Server::start();
+    const THREADS: usize = 4;
+    const JOBS_PER_THREAD: usize = 30;
+    let lines: String = (1..=300).map(|i| format!("{i}\n")).collect();
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for t in 0..THREADS {
+            let (s, lines, failures) = (&s, &lines, &failures);
+            scope.spawn(move || {
+                for j in 0..JOBS_PER_THREAD {
+                    // Alternately one short line and a few hundred lines.
+                    let (out, want) = if j % 2 == 0 {
+                        (s.cli(&["run", BUSYBOX, "sh", "-c", "echo hej"]), "hej\n")
+                    } else {
+                        (s.cli(&["run", BUSYBOX, "seq", "1", "300"]), lines.as_str())
+                    };
+                    if !out.status.success() || out.stdout != want.as_bytes() {
+                        let got = stdout(&out);
+                        failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(format!(
+                                "thread {t} job {j}: {:?}, {} bytes, {} lines (want {}): {:?}; stderr {:?}",
+                                out.status.code(),
+                                got.len(),
+                                got.lines().count(),
+                                want.len(),
+                                got.chars().take(40).collect::<String>(),
+                                stderr(&out)
+                            ));
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        failures.is_empty(),
+        "{} of {} attached jobs printed something else than their output, once:\n{}",
+        failures.len(),
+        THREADS * JOBS_PER_THREAD,
+        failures.join("\n")
+    );
+}
