@@ -361,6 +361,7 @@ async fn drop_closes_listeners() {
 }
 
 /// Raises the soft descriptor limit to the hard one; returns the soft limit.
+#[allow(unsafe_code)]
 fn raise_fd_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

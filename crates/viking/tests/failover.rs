@@ -329,6 +329,9 @@ fn a_host_whose_docker_stops_answering_is_treated_as_gone() {
         .unwrap();
     let pid: i32 = String::from_utf8_lossy(&pid.stdout).trim().parse().unwrap();
     let signal = |sig: i32| {
+        // SAFETY: kill(2) with the pid of the node's Docker engine, which
+        // this test started.
+        #[allow(unsafe_code)]
         let rc = unsafe { libc::kill(pid, sig) };
         assert_eq!(rc, 0, "kill({pid}, {sig})");
     };

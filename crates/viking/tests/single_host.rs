@@ -673,6 +673,8 @@ fn ctrl_c_stops_an_attached_job() {
         s.cli(&["inspect", &name]).status.success()
             && stdout(&docker(&["inspect", "-f", "{{.State.Running}}", &name])).trim() == "true"
     });
+    // SAFETY: kill(2) with a pid this test spawned and still owns.
+    #[allow(unsafe_code)]
     let rc = unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert_eq!(rc, 0, "kill(SIGINT)");
     let started = Instant::now();
@@ -749,7 +751,7 @@ fn an_interactive_tty_job_takes_keystrokes() {
 /// engine is busy, must each print exactly what they wrote, once, in order.
 #[test]
 fn attached_output_arrives_exactly_once() {
-    let s = Server::start();
+    let s = start();
     const THREADS: usize = 4;
     const JOBS_PER_THREAD: usize = 30;
     let lines: String = (1..=300).map(|i| format!("{i}\n")).collect();
