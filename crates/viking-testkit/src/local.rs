@@ -6,7 +6,8 @@
 //!
 //! ```no_run
 //! use viking_testkit::local::LocalServer;
-//! let s = LocalServer::start(env!("CARGO_BIN_EXE_viking"));
+//! // In a test of the `viking` crate: `env!("CARGO_BIN_EXE_viking")`.
+//! let s = LocalServer::start("target/debug/viking");
 //! let out = s.cli(&["ps"]);
 //! assert!(out.status.success());
 //! ```
