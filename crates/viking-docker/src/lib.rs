@@ -245,6 +245,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// Pull an image; each item is a line of progress.
     fn pull(&self, image: &str) -> BoxStream<'static, Result<String>>;
     async fn create(&self, spec: &ContainerSpec) -> Result<String>;
+    /// Attach to a created container's stdin, stdout and stderr. Call it
+    /// before `start`: the stream then carries every byte the container
+    /// writes, once, in order; output written before the attach is never
+    /// replayed (a replay is how output once arrived twice).
     async fn attach(&self, id: &str) -> Result<Attached>;
     async fn start(&self, id: &str) -> Result<()>;
     /// Wait until the container is not running; its exit code.
