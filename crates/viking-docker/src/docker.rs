@@ -183,7 +183,19 @@ fn info_from_inspect(c: ContainerInspectResponse) -> Option<ContainerInfo> {
     let job = labels.get(LABEL_JOB)?.clone();
     let state = c.state.unwrap_or_default();
     let mut ports = Vec::new();
-    if let Some(map) = c.network_settings.and_then(|n| n.ports) {
+    let network = c.network_settings.unwrap_or_default();
+    let ip = network
+        .ip_address
+        .clone()
+        .filter(|a| !a.is_empty())
+        .or_else(|| {
+            network
+                .networks
+                .iter()
+                .flatten()
+                .find_map(|(_, n)| n.ip_address.clone().filter(|a| !a.is_empty()))
+        });
+    if let Some(map) = network.ports {
         for (key, bindings) in map {
             let (num, proto) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
             let Ok(container) = num.parse::<u16>() else {
@@ -232,6 +244,7 @@ fn info_from_inspect(c: ContainerInspectResponse) -> Option<ContainerInfo> {
         finished_at: state.finished_at.as_deref().and_then(parse_time),
         status,
         ports,
+        ip,
     })
 }
 

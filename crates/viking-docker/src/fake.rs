@@ -227,6 +227,8 @@ impl Container {
             started_at: self.started_at,
             finished_at: self.finished_at,
             ports: self.ports.clone(),
+            // No network: health checks probe the published port.
+            ip: None,
         }
     }
 

@@ -208,6 +208,10 @@ pub struct ContainerInfo {
     pub started_at: Option<u64>,
     pub finished_at: Option<u64>,
     pub ports: Vec<PublishedPort>,
+    /// The container's own address on its network, while it runs: what a
+    /// health check probes (a published port answers through Docker's
+    /// proxy whether or not the container listens).
+    pub ip: Option<String>,
 }
 
 /// A chunk of a container's output.

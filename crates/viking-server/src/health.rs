@@ -62,9 +62,14 @@ async fn round(sh: &Shared, failures: &mut HashMap<String, u32>) -> Result<(), S
             continue;
         }
         checked.push(rec.job.clone());
+        // The container's own address, so a closed port is seen as closed.
+        let ip = match sh.runtime.inspect(&rec.container_id).await {
+            Ok(Some(info)) => info.ip,
+            _ => None,
+        };
         let mut failed = None;
         for c in checks {
-            if let Err(e) = check(c, rec).await {
+            if let Err(e) = check(c, rec, ip.as_deref()).await {
                 failed = Some(e);
                 break;
             }
@@ -108,7 +113,9 @@ async fn stop_unhealthy(sh: &Shared, rec: &PsRecord, reason: &str) {
 }
 
 /// Run one check against a job's published port on this host.
-pub async fn check(c: HealthCheck, rec: &PsRecord) -> Result<(), String> {
+/// Probe one check of a running job: at `ip` (the container's own address)
+/// on the container port when given, else on the published host port.
+pub async fn check(c: HealthCheck, rec: &PsRecord, ip: Option<&str>) -> Result<(), String> {
     let (port, http) = match c {
         HealthCheck::Tcp(p) => (p, false),
         HealthCheck::Http(p) => (p, true),
@@ -120,9 +127,12 @@ pub async fn check(c: HealthCheck, rec: &PsRecord) -> Result<(), String> {
     else {
         return Err(format!("port {port} is not published"));
     };
-    let addr = ("127.0.0.1", published.host_port);
+    let addr = match ip {
+        Some(ip) => (ip.to_string(), port),
+        None => ("127.0.0.1".to_string(), published.host_port),
+    };
     let probe = async {
-        let mut s = TcpStream::connect(addr)
+        let mut s = TcpStream::connect((addr.0.as_str(), addr.1))
             .await
             .map_err(|e| format!("tcp {port}: {e}"))?;
         if !http {

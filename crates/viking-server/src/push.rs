@@ -339,7 +339,10 @@ async fn start_new(
             let rec = crate::container::ps_from(sh, &info, 0);
             let mut ok = true;
             for c in &checks {
-                if crate::health::check(*c, &rec).await.is_err() {
+                if crate::health::check(*c, &rec, info.ip.as_deref())
+                    .await
+                    .is_err()
+                {
                     ok = false;
                 }
             }

@@ -560,11 +560,10 @@ fn a_failing_health_check_restarts_a_job() {
 }
 
 /// That tcp checks run at all: a job that stops listening (but keeps
-/// running) is restarted. Today the check connects to the published port on
-/// 127.0.0.1, where docker-proxy accepts whether or not the container
-/// listens, so a tcp check never fails (viking-server/src/health.rs).
+/// running) is restarted. The check probes the container's own address: the
+/// published port on 127.0.0.1 answers through docker-proxy whether or not
+/// the container listens.
 #[test]
-#[ignore = "tcp checks go through docker-proxy, which always accepts (health.rs)"]
 fn a_job_whose_tcp_port_closes_is_restarted() {
     let s = start_with(&["--health-interval", "0.3"]);
     let closing = unique("closing");
