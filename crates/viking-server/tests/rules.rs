@@ -288,3 +288,94 @@ async fn a_ps_write_does_not_bring_back_a_removed_record() {
     assert!(again.is_none());
     assert!(store.get(&keys::ps("p")).await.expect("get").is_none());
 }
+
+/// The summary at the end of a push's answer.
+async fn push(
+    s: &TestServer,
+    req: viking_client::api::PushRequest,
+) -> viking_client::api::PushSummary {
+    use viking_client::api::PushLine;
+    let mut lines = s.client.push(&req).await.expect("push");
+    while let Some((line, _)) = lines.next::<PushLine>().await.expect("a push line") {
+        match line {
+            PushLine::Event(_) => {}
+            PushLine::Done(summary) => return summary,
+            PushLine::Error(e) => panic!("push failed: {}", e.error),
+        }
+    }
+    panic!("the push answer ended without a summary")
+}
+
+fn push_request() -> viking_client::api::PushRequest {
+    viking_client::api::PushRequest {
+        images: vec!["busybox".to_string()],
+        all: false,
+        parallel: 1,
+        pull: false,
+        settle_ms: Some(0),
+    }
+}
+
+#[tokio::test]
+async fn a_push_replaces_a_job_whose_image_changed() {
+    let s = TestServer::start().await;
+    let old = s
+        .run(r#"{"name":"app","image":"busybox","daemonize":true}"#)
+        .await
+        .expect("run")
+        .ps
+        .expect("ps");
+    let new_image = s.engine.add_image("busybox");
+    let summary = push(&s, push_request()).await;
+    assert_eq!(summary.restarted, vec!["app".to_string()]);
+    let (now, _) = viking_server::state::ps(s.shared.store.as_ref(), "app")
+        .await
+        .expect("read")
+        .expect("ps");
+    assert_ne!(now.container_id, old.container_id);
+    assert_eq!(now.image_id, new_image);
+    assert!(now.is_running(), "{now:?}");
+    assert_eq!(s.containers_of("app"), 1, "the old container is removed");
+}
+
+#[tokio::test]
+async fn a_push_whose_new_version_fails_rolls_back() {
+    let s = TestServer::start().await;
+    let old = s
+        .run(r#"{"name":"app","image":"busybox","daemonize":true}"#)
+        .await
+        .expect("run")
+        .ps
+        .expect("ps");
+    s.engine.add_image("busybox");
+    // The new container will not start; the old one must come back.
+    s.engine.fail_next(
+        Op::Start,
+        "app",
+        RuntimeError::Docker("the new version is broken".to_string()),
+    );
+    let summary = push(&s, push_request()).await;
+    let failed = summary.failed.expect("the push reports the failure");
+    assert_eq!(failed.job, "app");
+    let (now, _) = viking_server::state::ps(s.shared.store.as_ref(), "app")
+        .await
+        .expect("read")
+        .expect("ps");
+    assert_eq!(
+        now.container_id, old.container_id,
+        "rolled back to the old container"
+    );
+    assert_eq!(now.image_id, old.image_id);
+    assert!(now.is_running(), "{now:?}");
+    let c = s
+        .engine
+        .container(&old.container_id)
+        .expect("the old container");
+    assert_eq!(c.status, "running");
+    assert_eq!(c.name, "app", "renamed back from aside");
+    assert_eq!(
+        s.containers_of("app"),
+        1,
+        "the failed new container is removed"
+    );
+}
