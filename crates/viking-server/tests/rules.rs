@@ -25,18 +25,26 @@ struct TestServer {
     engine: FakeRuntime,
     shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
 
 impl TestServer {
     async fn start() -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> =
+            EmbeddedStore::open(&dir.path().join("viking.redb"), "/viking").expect("store");
+        Self::start_on("n1", store, dir).await
+    }
+
+    /// A server named `name` over a store other servers may share.
+    async fn start_on(name: &str, store: Arc<dyn Store>, dir: tempfile::TempDir) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let config = ServerConfig {
-            name: "n1".to_string(),
+            name: name.to_string(),
             ip: "127.0.0.1".to_string(),
             listen: addr,
             etcd: vec![],
@@ -52,8 +60,6 @@ impl TestServer {
             embassy_ports: (41000, 41009),
             embassy_bind: Some("127.0.0.1".parse().expect("ip")),
         };
-        let store: Arc<dyn Store> =
-            EmbeddedStore::open(&dir.path().join("viking.redb"), "/viking").expect("store");
         let engine = FakeRuntime::new();
         engine.add_image("busybox");
         let prepared = viking_server::prepare_with(config, store, Arc::new(engine.clone()))
@@ -61,7 +67,7 @@ impl TestServer {
             .expect("prepare");
         let shared = prepared.shared();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _ = viking_server::serve(prepared, listener, async move {
                 let _ = rx.await;
             })
@@ -74,6 +80,7 @@ impl TestServer {
             engine,
             shared,
             stop: Some(tx),
+            task,
             _dir: dir,
         }
     }
@@ -378,4 +385,50 @@ async fn a_push_whose_new_version_fails_rolls_back() {
         1,
         "the failed new container is removed"
     );
+}
+
+/// Two servers over one store, each with its own engine.
+async fn two_hosts() -> (TestServer, TestServer) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> =
+        EmbeddedStore::open(&dir.path().join("viking.redb"), "/viking").expect("store");
+    let n1 = TestServer::start_on("n1", store.clone(), dir).await;
+    let n2 = TestServer::start_on("n2", store, tempfile::tempdir().expect("tempdir")).await;
+    (n1, n2)
+}
+
+#[tokio::test]
+async fn a_job_pinned_to_another_host_is_forwarded_there() {
+    let (n1, n2) = two_hosts().await;
+    let r = n1
+        .run(r#"{"name":"far","image":"busybox","daemonize":true,"host":"n2"}"#)
+        .await
+        .expect("run through n1");
+    assert_eq!(r.ps.expect("ps").node, "n2");
+    assert_eq!(n2.containers_of("far"), 1, "n2's engine runs it");
+    assert_eq!(n1.containers_of("far"), 0, "n1's engine does not");
+}
+
+#[tokio::test]
+async fn a_run_whose_host_cannot_be_reached_is_placed_again() {
+    let (n1, n2) = two_hosts().await;
+    // n1 is busier, so dowding prefers n2.
+    n1.run(r#"{"name":"busy","image":"busybox","daemonize":true,"host":"n1"}"#)
+        .await
+        .expect("run on n1");
+    // n2's server dies: its API is gone, its floki record lives until its
+    // lease expires.
+    n2.task.abort();
+    let r = n1
+        .run(r#"{"name":"moved","image":"busybox","daemonize":true}"#)
+        .await
+        .expect("placed again");
+    let ps = r.ps.expect("ps");
+    assert_eq!(ps.node, "n1", "placed again without the unreachable host");
+    assert_eq!(n1.containers_of("moved"), 1);
+    let proc = viking_server::state::proc(n1.shared.store.as_ref(), "moved")
+        .await
+        .expect("read")
+        .expect("proc");
+    assert_eq!(proc.placed_on.as_deref(), Some("n1"), "the claim moved");
 }
