@@ -394,6 +394,20 @@ async fn two_hosts() -> (TestServer, TestServer) {
         EmbeddedStore::open(&dir.path().join("viking.redb"), "/viking").expect("store");
     let n1 = TestServer::start_on("n1", store.clone(), dir).await;
     let n2 = TestServer::start_on("n2", store, tempfile::tempdir().expect("tempdir")).await;
+    // Both alive as n1's API sees them.
+    viking_testkit::eventually_async(
+        "n1 sees both hosts alive",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            n1.client
+                .hosts()
+                .await
+                .map(|hs| hs.iter().filter(|h| h.alive).count() == 2)
+                .unwrap_or(false)
+        },
+    )
+    .await;
     (n1, n2)
 }
 
