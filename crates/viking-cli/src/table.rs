@@ -3,7 +3,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use viking_client::api::HostView;
-use viking_core::records::{ProcRecord, PsRecord};
+use viking_client::wire::{JobIntent, JobState};
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -68,7 +68,7 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 /// Docker's status column: "Up 5 minutes", "Exited (1) 2 hours ago".
-pub fn status(p: &PsRecord, now: u64) -> String {
+pub fn status(p: &JobState, now: u64) -> String {
     match p.status.as_str() {
         "running" => {
             let up = human(now.saturating_sub(p.started_at.unwrap_or(now)));
@@ -100,7 +100,7 @@ pub fn status(p: &PsRecord, now: u64) -> String {
     }
 }
 
-pub fn ps(v: &[PsRecord], now: u64) -> String {
+pub fn ps(v: &[JobState], now: u64) -> String {
     let rows: Vec<Vec<String>> = v
         .iter()
         .map(|p| {
@@ -149,7 +149,7 @@ pub fn ps(v: &[PsRecord], now: u64) -> String {
     )
 }
 
-pub fn proc(v: &[ProcRecord], now: u64) -> String {
+pub fn proc(v: &[JobIntent], now: u64) -> String {
     let rows: Vec<Vec<String>> = v
         .iter()
         .map(|p| {

@@ -20,8 +20,8 @@
 //! headers `Connection: Upgrade` and `Upgrade: viking-attach`: the server
 //! answers `101` and the connection then carries [`crate::frame`]s.
 
+use crate::wire::{Host, JobIntent, JobState, Placements};
 use serde::{Deserialize, Serialize};
-use viking_core::records::{History, HostRecord, ProcRecord, PsRecord};
 use viking_core::Job;
 
 /// The `Upgrade` protocol name of an attached stream.
@@ -42,7 +42,7 @@ pub struct RunResponse {
     pub job: Job,
     /// The running container's record; `None` when the job waits for a
     /// host (a fixed job whose host is gone).
-    pub ps: Option<PsRecord>,
+    pub ps: Option<JobState>,
     /// Why the job waits, when it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
@@ -72,7 +72,7 @@ pub enum ProgressLine {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostView {
     #[serde(flatten)]
-    pub host: HostRecord,
+    pub host: Host,
     /// Whether its floki lease is alive.
     pub alive: bool,
     /// Whether it is the leader that reconciles the cluster.
@@ -97,9 +97,9 @@ pub struct ServicePort {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InspectResponse {
     pub name: String,
-    pub proc: Option<ProcRecord>,
-    pub ps: Option<PsRecord>,
-    pub history: History,
+    pub proc: Option<JobIntent>,
+    pub ps: Option<JobState>,
+    pub history: Placements,
     /// The job's service ports, if it is a service.
     #[serde(default)]
     pub services: Vec<ServicePort>,

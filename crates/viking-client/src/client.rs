@@ -10,8 +10,8 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
+use crate::wire::{JobIntent, JobState};
 use serde::Serialize;
-use viking_core::records::{ProcRecord, PsRecord};
 
 use crate::api::{
     DryRunResponse, ErrorBody, HostView, InspectResponse, Ping, ProgressLine, PushRequest,
@@ -260,12 +260,12 @@ impl Client {
     }
 
     /// viking-ps: running jobs, or every job with `all`.
-    pub async fn ps(&self, all: bool) -> Result<Vec<PsRecord>, ClientError> {
+    pub async fn ps(&self, all: bool) -> Result<Vec<JobState>, ClientError> {
         self.json(Method::GET, &routes::ps(all), None).await
     }
 
     /// viking-proc: the daemonized jobs.
-    pub async fn proc(&self) -> Result<Vec<ProcRecord>, ClientError> {
+    pub async fn proc(&self) -> Result<Vec<JobIntent>, ClientError> {
         self.json(Method::GET, routes::PROC, None).await
     }
 
@@ -360,7 +360,7 @@ impl Client {
     }
 
     /// Between servers: restart one job of that host on its tag's new image.
-    pub async fn replace(&self, req: &ReplaceRequest) -> Result<PsRecord, ClientError> {
+    pub async fn replace(&self, req: &ReplaceRequest) -> Result<JobState, ClientError> {
         self.json(Method::POST, routes::INTERNAL_REPLACE, Some(to_json(req)?))
             .await
     }

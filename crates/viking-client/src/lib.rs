@@ -18,5 +18,6 @@ pub mod body;
 pub mod client;
 pub mod frame;
 pub mod routes;
+pub mod wire;
 
 pub use client::{Client, ClientError};

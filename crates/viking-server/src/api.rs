@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use viking_client::api::{Ping, ProgressLine, ATTACH_PROTOCOL};
 use viking_client::routes;
+use viking_client::wire::{JobIntent, JobState};
 use viking_core::records::{ProcRecord, PsRecord};
 use viking_core::{keys, Job};
 
@@ -256,9 +257,11 @@ async fn internal_resolve(
 async fn internal_replace(
     State(sh): State<Arc<Shared>>,
     body: axum::body::Bytes,
-) -> ApiResult<Json<PsRecord>> {
+) -> ApiResult<Json<JobState>> {
     let req = parse(&body)?;
-    Ok(Json(crate::push::replace_here(&sh, &req).await?))
+    Ok(Json(JobState::from(
+        &crate::push::replace_here(&sh, &req).await?,
+    )))
 }
 
 fn is_attach(h: &HeaderMap) -> bool {
@@ -282,12 +285,12 @@ struct PsQuery {
 async fn ps(
     State(sh): State<Arc<Shared>>,
     Query(q): Query<PsQuery>,
-) -> ApiResult<Json<Vec<PsRecord>>> {
+) -> ApiResult<Json<Vec<JobState>>> {
     let mut v: Vec<PsRecord> = state::list(sh.store.as_ref(), keys::PS).await?;
     if !q.all {
         v.retain(|p| p.is_running());
     }
-    Ok(Json(v))
+    Ok(Json(v.iter().map(JobState::from).collect()))
 }
 
 async fn services(
@@ -296,8 +299,9 @@ async fn services(
     Ok(Json(crate::services::list(&sh).await?))
 }
 
-async fn proc_list(State(sh): State<Arc<Shared>>) -> ApiResult<Json<Vec<ProcRecord>>> {
-    Ok(Json(state::list(sh.store.as_ref(), keys::PROC).await?))
+async fn proc_list(State(sh): State<Arc<Shared>>) -> ApiResult<Json<Vec<JobIntent>>> {
+    let procs: Vec<ProcRecord> = state::list(sh.store.as_ref(), keys::PROC).await?;
+    Ok(Json(procs.iter().map(JobIntent::from).collect()))
 }
 
 async fn hosts(

@@ -33,7 +33,7 @@ pub async fn list(sh: &Shared) -> Result<Vec<HostView>, ServerError> {
         .await?;
     let view = |host: HostRecord, alive: bool| HostView {
         leader: alive && leader.as_deref() == Some(host.name.as_str()),
-        host,
+        host: viking_client::wire::Host::from(&host),
         alive,
     };
     let mut all: BTreeMap<String, HostView> = known

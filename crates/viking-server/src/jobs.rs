@@ -22,6 +22,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use viking_client::api::{InspectResponse, RunResponse};
 use viking_client::frame::{Frame, STDERR, STDOUT};
+use viking_client::wire::{JobIntent, JobState, Placements};
 use viking_core::records::{encode, PsRecord};
 use viking_core::{keys, scheduler, Job};
 use viking_docker::Output;
@@ -110,7 +111,7 @@ pub async fn run_claimed(
     match started {
         Ok(ps) => Ok(RunResponse {
             job,
-            ps: Some(ps),
+            ps: Some(JobState::from(&ps)),
             waiting: None,
         }),
         Err(e) => {
@@ -233,7 +234,7 @@ pub async fn start_placed(
     let ps = start_container(sh, &p.job, progress).await?;
     Ok(RunResponse {
         job: p.job,
-        ps: Some(ps),
+        ps: Some(JobState::from(&ps)),
         waiting: None,
     })
 }
@@ -253,9 +254,9 @@ pub async fn inspect(sh: &Shared, name: &str) -> Result<InspectResponse> {
         .collect();
     Ok(InspectResponse {
         name: name.to_string(),
-        proc,
-        ps,
-        history,
+        proc: proc.as_ref().map(JobIntent::from),
+        ps: ps.as_ref().map(JobState::from),
+        history: Placements::from(&history),
         services,
     })
 }
@@ -293,11 +294,12 @@ pub async fn stop(sh: &Shared, name: &str, timeout: i64) -> Result<InspectRespon
 async fn inspect_after(sh: &Shared, name: &str) -> Result<InspectResponse> {
     let ps = state::ps(sh.store.as_ref(), name).await?.map(|(p, _)| p);
     let (history, _) = state::history(sh.store.as_ref(), name).await?;
+    let proc = state::proc(sh.store.as_ref(), name).await?;
     Ok(InspectResponse {
         name: name.to_string(),
-        proc: state::proc(sh.store.as_ref(), name).await?,
-        ps,
-        history,
+        proc: proc.as_ref().map(JobIntent::from),
+        ps: ps.as_ref().map(JobState::from),
+        history: Placements::from(&history),
         services: vec![],
     })
 }

@@ -27,7 +27,7 @@ pub async fn forward_start(
         .start_placed(doc, progress)
         .await
         .map_err(|e| ServerError::from_peer(&host.name, e))?;
-    r.ps.ok_or_else(|| {
+    r.ps.as_ref().map(PsRecord::from).ok_or_else(|| {
         ServerError::Upstream(format!(
             "host {} did not start job {:?}",
             host.name, job.name

@@ -92,6 +92,7 @@ async fn replace_on(sh: &Shared, node: &str, req: &ReplaceRequest) -> Result<PsR
             .await?
             .replace(req)
             .await
+            .map(|s| PsRecord::from(&s))
             .map_err(|e| ServerError::from_peer(node, e))
     }
 }
