@@ -186,6 +186,20 @@ impl Record for HostRecord {
     const VERSION: u32 = 1;
 }
 
+/// The fleet as one list, ordered by name: every server ever seen (its
+/// `fleet/` record) with whether it is alive now; an alive server's `hosts/`
+/// record, the fresher one, wins.
+pub fn fleet(alive: Vec<HostRecord>, known: Vec<HostRecord>) -> Vec<(HostRecord, bool)> {
+    let mut all: std::collections::BTreeMap<String, (HostRecord, bool)> = known
+        .into_iter()
+        .map(|h| (h.name.clone(), (h, false)))
+        .collect();
+    for h in alive {
+        all.insert(h.name.clone(), (h, true));
+    }
+    all.into_values().collect()
+}
+
 /// One placement of a job on a server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
@@ -226,6 +240,35 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn host(name: &str, updated_at: u64) -> HostRecord {
+        HostRecord {
+            name: name.into(),
+            ip: String::new(),
+            api: String::new(),
+            tags: vec![],
+            cpus: 1,
+            memory: 1,
+            running: 0,
+            memory_used: 0,
+            version: String::new(),
+            started_at: 0,
+            updated_at,
+        }
+    }
+
+    #[test]
+    fn the_fleet_is_every_server_seen_with_the_alive_record_winning() {
+        let got = fleet(
+            vec![host("b", 9), host("c", 9)],
+            vec![host("a", 1), host("b", 1)],
+        );
+        let names: Vec<(&str, u64, bool)> = got
+            .iter()
+            .map(|(h, alive)| (h.name.as_str(), h.updated_at, *alive))
+            .collect();
+        assert_eq!(names, vec![("a", 1, false), ("b", 9, true), ("c", 9, true)]);
+    }
 
     #[test]
     fn envelope_round_trip_and_newer_refused() {

@@ -78,15 +78,11 @@ pub(crate) async fn servers(endpoints: &[String], key: &str) -> Result<Vec<Serve
         }
     };
     let alive = read(keys::HOSTS).await?;
-    let mut all: std::collections::BTreeMap<String, ServerView> = read(keys::FLEET)
-        .await?
+    let known = read(keys::FLEET).await?;
+    Ok(viking_core::records::fleet(alive, known)
         .into_iter()
-        .map(|h| (h.name.clone(), view(h, false)))
-        .collect();
-    for h in alive {
-        all.insert(h.name.clone(), view(h, true));
-    }
-    Ok(all.into_values().collect())
+        .map(|(h, alive)| view(h, alive))
+        .collect())
 }
 
 fn view(h: HostRecord, alive: bool) -> ServerView {

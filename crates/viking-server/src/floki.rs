@@ -7,7 +7,6 @@
 //! say since when it is gone. If the lease is lost (a partition longer than
 //! the TTL), the server registers again with a new lease.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -31,19 +30,14 @@ pub async fn list(sh: &Shared) -> Result<Vec<HostView>, ServerError> {
     let leader = Election::new(sh.store.clone(), "reconciler")
         .leader()
         .await?;
-    let view = |host: HostRecord, alive: bool| HostView {
-        leader: alive && leader.as_deref() == Some(host.name.as_str()),
-        host: viking_client::wire::Host::from(&host),
-        alive,
-    };
-    let mut all: BTreeMap<String, HostView> = known
+    Ok(viking_core::records::fleet(alive, known)
         .into_iter()
-        .map(|h| (h.name.clone(), view(h, false)))
-        .collect();
-    for h in alive {
-        all.insert(h.name.clone(), view(h, true));
-    }
-    Ok(all.into_values().collect())
+        .map(|(host, alive)| HostView {
+            leader: alive && leader.as_deref() == Some(host.name.as_str()),
+            host: viking_client::wire::Host::from(&host),
+            alive,
+        })
+        .collect())
 }
 
 async fn record(sh: &Shared) -> HostRecord {

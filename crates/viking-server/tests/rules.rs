@@ -323,8 +323,8 @@ fn push_request() -> viking_client::api::PushRequest {
     }
 }
 
-#[tokio::test]
-async fn a_push_replaces_a_job_whose_image_changed() {
+/// A server running the daemonized job `app`, and its viking-ps record.
+async fn running_app() -> (TestServer, viking_client::wire::JobState) {
     let s = TestServer::start().await;
     let old = s
         .run(r#"{"name":"app","image":"busybox","daemonize":true}"#)
@@ -332,13 +332,25 @@ async fn a_push_replaces_a_job_whose_image_changed() {
         .expect("run")
         .ps
         .expect("ps");
-    let new_image = s.engine.add_image("busybox");
-    let summary = push(&s, push_request()).await;
-    assert_eq!(summary.restarted, vec!["app".to_string()]);
+    (s, old)
+}
+
+/// The job's viking-ps record now.
+async fn app_now(s: &TestServer) -> PsRecord {
     let (now, _) = viking_server::state::ps(s.shared.store.as_ref(), "app")
         .await
         .expect("read")
         .expect("ps");
+    now
+}
+
+#[tokio::test]
+async fn a_push_replaces_a_job_whose_image_changed() {
+    let (s, old) = running_app().await;
+    let new_image = s.engine.add_image("busybox");
+    let summary = push(&s, push_request()).await;
+    assert_eq!(summary.restarted, vec!["app".to_string()]);
+    let now = app_now(&s).await;
     assert_ne!(now.container_id, old.container_id);
     assert_eq!(now.image_id, new_image);
     assert!(now.is_running(), "{now:?}");
@@ -347,13 +359,7 @@ async fn a_push_replaces_a_job_whose_image_changed() {
 
 #[tokio::test]
 async fn a_push_whose_new_version_fails_rolls_back() {
-    let s = TestServer::start().await;
-    let old = s
-        .run(r#"{"name":"app","image":"busybox","daemonize":true}"#)
-        .await
-        .expect("run")
-        .ps
-        .expect("ps");
+    let (s, old) = running_app().await;
     s.engine.add_image("busybox");
     // The new container will not start; the old one must come back.
     s.engine.fail_next(
@@ -364,10 +370,7 @@ async fn a_push_whose_new_version_fails_rolls_back() {
     let summary = push(&s, push_request()).await;
     let failed = summary.failed.expect("the push reports the failure");
     assert_eq!(failed.job, "app");
-    let (now, _) = viking_server::state::ps(s.shared.store.as_ref(), "app")
-        .await
-        .expect("read")
-        .expect("ps");
+    let now = app_now(&s).await;
     assert_eq!(
         now.container_id, old.container_id,
         "rolled back to the old container"
