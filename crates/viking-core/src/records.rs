@@ -179,6 +179,12 @@ pub struct HostRecord {
     pub version: String,
     pub started_at: u64,
     pub updated_at: u64,
+    /// The server's identity, made once and kept in its data directory: a
+    /// server that restarts takes its name back at once, another server with
+    /// the same name is refused while this one is alive. Empty in records
+    /// written before it existed.
+    #[serde(default)]
+    pub server_id: String,
 }
 
 impl Record for HostRecord {
@@ -243,6 +249,7 @@ mod tests {
 
     fn host(name: &str, updated_at: u64) -> HostRecord {
         HostRecord {
+            server_id: String::new(),
             name: name.into(),
             ip: String::new(),
             api: String::new(),

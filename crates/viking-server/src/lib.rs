@@ -53,6 +53,7 @@ pub mod container;
 pub mod error;
 pub mod floki;
 pub mod health;
+pub mod identity;
 pub mod jobs;
 pub mod peer;
 pub mod placement;
@@ -81,6 +82,8 @@ pub struct Shared {
     /// Memory those containers use, in bytes, as of the same resync.
     pub memory_used: std::sync::atomic::AtomicU64,
     pub token: String,
+    /// This server's identity (`identity::server_id`), in its floki record.
+    pub server_id: String,
     pub started_at: u64,
     /// Names of the interactive jobs attached on this server right now. A
     /// std mutex: held only to insert, remove or copy, never across `.await`.
@@ -128,8 +131,7 @@ pub struct Prepared {
 /// nothing.
 pub async fn prepare(config: ServerConfig) -> anyhow::Result<Prepared> {
     config.validate().map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    identity::data_dir(&config.data_dir)?;
     let runtime = DockerRuntime::connect(&config.docker)
         .await
         .context("connecting to Docker")?;
@@ -155,8 +157,8 @@ pub async fn prepare_with(
     runtime: Arc<dyn Runtime>,
 ) -> anyhow::Result<Prepared> {
     config.validate().map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    identity::data_dir(&config.data_dir)?;
+    let server_id = identity::server_id(&config.data_dir)?;
     let token = match &config.token {
         Some(t) => t.clone(),
         None => token::load_or_create(&config.data_dir)?,
@@ -175,6 +177,7 @@ pub async fn prepare_with(
         running: std::sync::atomic::AtomicU64::new(0),
         memory_used: std::sync::atomic::AtomicU64::new(0),
         token,
+        server_id,
         started_at: now_ms(),
         sessions: Mutex::new(HashSet::new()),
         resync_now: tokio::sync::Notify::new(),

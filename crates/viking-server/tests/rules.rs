@@ -39,6 +39,19 @@ impl TestServer {
 
     /// A server named `name` over a store other servers may share.
     async fn start_on(name: &str, store: Arc<dyn Store>, dir: tempfile::TempDir) -> TestServer {
+        Self::try_start(name, store, dir, Duration::from_secs(3))
+            .await
+            .expect("serve")
+    }
+
+    /// A server with floki's TTL `ttl`, once it is registered; the
+    /// server's error if it stops first.
+    async fn try_start(
+        name: &str,
+        store: Arc<dyn Store>,
+        dir: tempfile::TempDir,
+        ttl: Duration,
+    ) -> anyhow::Result<TestServer> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -53,7 +66,7 @@ impl TestServer {
             data_dir: dir.path().to_path_buf(),
             docker: "fake".to_string(),
             token: Some(TOKEN.to_string()),
-            host_ttl: Duration::from_secs(3),
+            host_ttl: ttl,
             resync: Duration::from_secs(30),
             policy: Default::default(),
             health_interval: Duration::from_secs(30),
@@ -67,22 +80,39 @@ impl TestServer {
             .expect("prepare");
         let shared = prepared.shared();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
         let task = tokio::spawn(async move {
-            let _ = viking_server::serve(prepared, listener, async move {
+            let ended = viking_server::serve(prepared, listener, async move {
                 let _ = rx.await;
             })
             .await;
+            let _ = ended_tx.send(ended);
         });
         let client =
             Client::new(&format!("http://{addr}"), Some(TOKEN.to_string())).expect("client");
-        TestServer {
+        // Registered in floki (serve answers only then), or refused.
+        let ready = async {
+            loop {
+                if client.hosts().await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            _ = ready => {}
+            ended = ended_rx => {
+                return Err(ended.unwrap_or_else(|_| Err(anyhow::anyhow!("the server task vanished"))).err().unwrap_or_else(|| anyhow::anyhow!("the server stopped")));
+            }
+        }
+        Ok(TestServer {
             client,
             engine,
             shared,
             stop: Some(tx),
             task,
             _dir: dir,
-        }
+        })
     }
 
     async fn run(&self, doc: &str) -> Result<RunResponse, ClientError> {
@@ -448,4 +478,120 @@ async fn a_run_whose_host_cannot_be_reached_is_placed_again() {
         .expect("read")
         .expect("proc");
     assert_eq!(proc.placed_on.as_deref(), Some("n1"), "the claim moved");
+}
+
+/// A store two test servers share, and a data directory for the first.
+fn shared_store() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> =
+        EmbeddedStore::open(&dir.path().join("viking.redb"), "/viking").expect("store");
+    (store, dir)
+}
+
+async fn floki_record(store: &dyn Store, name: &str) -> viking_core::records::HostRecord {
+    let kv = store
+        .get(&keys::host(name))
+        .await
+        .expect("get")
+        .expect("in floki");
+    viking_core::records::decode(&kv.value).expect("decode")
+}
+
+#[tokio::test]
+async fn a_second_server_with_a_taken_name_is_refused_while_the_first_lives() {
+    let (store, dir) = shared_store();
+    let ttl = Duration::from_secs(1);
+    let first = TestServer::try_start("n1", store.clone(), dir, ttl)
+        .await
+        .expect("first");
+    let before = floki_record(store.as_ref(), "n1").await;
+    // Another machine (another data directory, so another server id).
+    let err =
+        match TestServer::try_start("n1", store.clone(), tempfile::tempdir().expect("tmp"), ttl)
+            .await
+        {
+            Ok(_) => panic!("a second server named n1 was let in"),
+            Err(e) => e,
+        };
+    let err = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<viking_server::error::ServerError>())
+        .unwrap_or_else(|| panic!("not the server's error: {err:#}"));
+    assert!(
+        matches!(err, viking_server::error::ServerError::Conflict(_)),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("another server named \"n1\""),
+        "{err}"
+    );
+    // The first keeps its name and goes on refreshing its record.
+    let after = floki_record(store.as_ref(), "n1").await;
+    assert_eq!(after.server_id, before.server_id);
+    assert_eq!(after.server_id, first.shared.server_id);
+    viking_testkit::eventually_async(
+        "the first server refreshes its floki record",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { floki_record(store.as_ref(), "n1").await.updated_at > before.updated_at },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_server_that_crashed_gets_its_name_back_once_its_lease_is_gone() {
+    let (store, dir) = shared_store();
+    let ttl = Duration::from_secs(1);
+    let first = TestServer::try_start("n1", store.clone(), dir, ttl)
+        .await
+        .expect("first");
+    let old_id = first.shared.server_id.clone();
+    // A crash: the server's tasks end without a word, its lease still runs.
+    first.task.abort();
+    let mut first = first;
+    first.stop = None;
+    let second = TestServer::try_start("n1", store.clone(), tempfile::tempdir().expect("tmp"), ttl)
+        .await
+        .expect("the name is free once the old lease expired");
+    let rec = floki_record(store.as_ref(), "n1").await;
+    assert_eq!(rec.server_id, second.shared.server_id);
+    assert_ne!(rec.server_id, old_id);
+}
+
+#[tokio::test]
+async fn a_server_restarted_on_its_data_directory_takes_its_name_back_at_once() {
+    let (store, dir) = shared_store();
+    // A long TTL: waiting for the old lease would take 30 s and more.
+    let ttl = Duration::from_secs(30);
+    let first = TestServer::try_start("n1", store.clone(), dir, ttl)
+        .await
+        .expect("first");
+    let id = first.shared.server_id.clone();
+    // The same data directory after a restart: its id file.
+    let again = tempfile::tempdir().expect("tmp");
+    std::fs::copy(
+        first.shared.config.data_dir.join("server-id"),
+        again.path().join("server-id"),
+    )
+    .expect("copy id");
+    // Stop the server (its lease stays until the TTL).
+    let TestServer { task, .. } = &first;
+    let task = task.abort_handle();
+    drop(first);
+    viking_testkit::eventually_async(
+        "the first server to stop",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async { task.is_finished() },
+    )
+    .await;
+    let restarted = tokio::time::timeout(
+        Duration::from_secs(10),
+        TestServer::try_start("n1", store.clone(), again, ttl),
+    )
+    .await
+    .expect("registered without waiting for the old lease")
+    .expect("restarted");
+    assert_eq!(restarted.shared.server_id, id);
+    assert_eq!(floki_record(store.as_ref(), "n1").await.server_id, id);
 }
