@@ -36,9 +36,14 @@ pub struct Cli {
         global = false
     )]
     pub server: String,
-    /// The cluster token (default: the local server's token file).
+    /// The cluster token (default: the local server's token file). On the
+    /// command line it is visible in `ps`: prefer --token-file or
+    /// VIKING_TOKEN.
     #[arg(long, env = "VIKING_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A file that holds the cluster token.
+    #[arg(long, env = "VIKING_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -75,8 +80,9 @@ pub enum Command {
     },
     /// Stop a job and take it out of viking-proc.
     Stop {
-        /// Seconds to wait for it to stop before killing it.
-        #[arg(short = 't', long = "time", default_value_t = 10)]
+        /// Seconds to wait for it to stop before killing it (0 to 86400).
+        #[arg(short = 't', long = "time", default_value_t = 10,
+              value_parser = clap::value_parser!(i64).range(0..=viking_client::api::MAX_WAIT_SECONDS as i64))]
         time: i64,
         #[arg(required = true)]
         names: Vec<String>,
@@ -141,9 +147,14 @@ pub struct ServerArgs {
         default_value = "unix:///var/run/docker.sock"
     )]
     pub docker: String,
-    /// The cluster token (default: made at first start, kept in the data directory).
+    /// The cluster token (default: made at first start, kept in the data
+    /// directory). On the command line it is visible in `ps`: prefer
+    /// --token-file or VIKING_TOKEN.
     #[arg(long, env = "VIKING_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A file that holds the cluster token.
+    #[arg(long, env = "VIKING_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// How long a silent server stays alive in floki (and the leader's
     /// lease), in seconds.
     #[arg(long, env = "VIKING_HOST_TTL", default_value_t = 3.0)]
@@ -195,6 +206,32 @@ pub fn hostname() -> String {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
 }
+
+/// The token a `--token-file` holds (its first line, trimmed).
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let t = std::fs::read_to_string(path)
+        .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+    let t = t.lines().next().unwrap_or("").trim().to_string();
+    if t.is_empty() {
+        return Err(format!(
+            "--token-file {}: the file is empty",
+            path.display()
+        ));
+    }
+    Ok(t)
+}
+
+/// Whether the token was given as `--token` in this process's arguments,
+/// where every user of the machine can read it.
+pub fn token_in_arguments() -> bool {
+    std::env::args_os().any(|a| {
+        let a = a.to_string_lossy();
+        a == "--token" || a.starts_with("--token=")
+    })
+}
+
+/// The warning printed when [`token_in_arguments`].
+pub const TOKEN_IN_ARGUMENTS: &str = "warning: --token on the command line is visible to every user of this machine (ps); use --token-file FILE or the VIKING_TOKEN environment variable";
 
 /// A client for the server given on the command line; the token defaults
 /// to the local server's token file.

@@ -105,6 +105,10 @@ pub struct InspectResponse {
     pub services: Vec<ServicePort>,
 }
 
+/// The longest wait a request may ask for, in seconds (a stop's grace
+/// period, a push's settle time): one day. Longer is refused, not clamped.
+pub const MAX_WAIT_SECONDS: u64 = 86_400;
+
 /// `POST /v1/push`: new code was pushed; restart the daemonized, non-static
 /// jobs whose image changed, one at a time.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -225,6 +225,7 @@ async fn internal_attach(
 async fn push(State(sh): State<Arc<Shared>>, body: axum::body::Bytes) -> ApiResult<Response> {
     use viking_client::api::PushLine;
     let req: viking_client::api::PushRequest = parse(&body)?;
+    crate::push::check(&req)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PushLine>();
     tokio::spawn(async move {
         let tx2 = tx.clone();

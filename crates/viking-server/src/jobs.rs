@@ -264,6 +264,12 @@ pub async fn inspect(sh: &Shared, name: &str) -> Result<InspectResponse> {
 /// Stop a job: out of viking-proc first, then stop its container (on
 /// whichever host runs it).
 pub async fn stop(sh: &Shared, name: &str, timeout: i64) -> Result<InspectResponse> {
+    let max = viking_client::api::MAX_WAIT_SECONDS;
+    if !(0..=max as i64).contains(&timeout) {
+        return Err(ServerError::Invalid(format!(
+            "t: the stop timeout must be 0 to {max} seconds, not {timeout}"
+        )));
+    }
     let had_proc = sh.store.delete(&keys::proc(name)).await?;
     let ps = state::ps(sh.store.as_ref(), name).await?;
     match &ps {

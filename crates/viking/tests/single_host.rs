@@ -794,3 +794,73 @@ fn attached_output_arrives_exactly_once() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn secrets_stay_private_and_waits_are_bounded() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = start();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // The data directory and the store (every job's environment) are the
+    // owner's only.
+    assert_eq!(mode(s.data_dir()), 0o700);
+    assert_eq!(mode(&s.data_dir().join("viking.redb")), 0o600);
+
+    // A token on the command line works, with a warning; from a file,
+    // without one.
+    let out = std::process::Command::new(bin())
+        .args(["--server", &s.url(), "--token", &s.token(), "ps"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("visible to every user"),
+        "{}",
+        stderr(&out)
+    );
+    let f = s.data_dir().join("cli-token");
+    std::fs::write(&f, format!("{}\n", s.token())).unwrap();
+    let out = std::process::Command::new(bin())
+        .args([
+            "--server",
+            &s.url(),
+            "--token-file",
+            f.to_str().unwrap(),
+            "ps",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+
+    // A stop that would wait forever, and a settle time beyond a day, are
+    // refused by the CLI and by the API, naming what is wrong.
+    let out = s.cli(&["run", "-d", "--name", "waits", BUSYBOX, "sleep", "3600"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = s.cli(&["stop", "-t", "-1", "waits"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = s.cli(&["push", "--settle", "90000"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("settle"), "{}", stderr(&out));
+    let api = |method: &str, path: &str, body: &str| {
+        let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        write!(
+            c,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            s.token(),
+            body.len()
+        )
+        .unwrap();
+        let mut resp = String::new();
+        c.read_to_string(&mut resp).unwrap();
+        resp
+    };
+    let resp = api("POST", "/v1/jobs/waits/stop?t=-1", "");
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("t: the stop timeout"), "{resp}");
+    let resp = api("POST", "/v1/push", r#"{"settle_ms": 100000000}"#);
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("settle_ms"), "{resp}");
+    // Nothing was stopped.
+    let v = s.json(&["inspect", "waits"]);
+    assert_eq!(v["ps"]["status"], "running", "{v}");
+}
