@@ -34,6 +34,18 @@ pub struct ErrorBody {
     pub error: String,
     /// The HTTP status, repeated for streamed answers.
     pub status: u16,
+    /// A cause the caller acts on that the status alone does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ErrorReason>,
+}
+
+/// Causes of an error that a caller acts on (beyond its status code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorReason {
+    /// A host port the job publishes is taken on the chosen host: another
+    /// host may take the job.
+    HostPortInUse,
 }
 
 /// A daemonized job that now runs.

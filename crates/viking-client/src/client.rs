@@ -14,8 +14,9 @@ use crate::wire::{JobIntent, JobState};
 use serde::Serialize;
 
 use crate::api::{
-    DryRunResponse, ErrorBody, HostView, InspectResponse, Ping, ProgressLine, PushRequest,
-    ReplaceRequest, ResolveRequest, ResolveResponse, RunResponse, ServicePort, ATTACH_PROTOCOL,
+    DryRunResponse, ErrorBody, ErrorReason, HostView, InspectResponse, Ping, ProgressLine,
+    PushRequest, ReplaceRequest, ResolveRequest, ResolveResponse, RunResponse, ServicePort,
+    ATTACH_PROTOCOL,
 };
 use crate::body::NdjsonLines;
 use crate::routes;
@@ -36,7 +37,12 @@ pub enum ClientError {
     #[error("{name:?}: {reason}")]
     BadName { name: String, reason: String },
     #[error("{message}")]
-    Api { status: u16, message: String },
+    Api {
+        status: u16,
+        message: String,
+        /// The server's machine-readable cause, if it gave one.
+        reason: Option<ErrorReason>,
+    },
     #[error("talking to the viking server: {0}")]
     Http(String),
 }
@@ -210,10 +216,15 @@ impl Client {
             match line {
                 ProgressLine::Progress(p) => on_progress(p),
                 ProgressLine::Done(r) => return Ok(*r),
-                ProgressLine::Error(ErrorBody { error, status }) => {
+                ProgressLine::Error(ErrorBody {
+                    error,
+                    status,
+                    reason,
+                }) => {
                     return Err(ClientError::Api {
                         status,
                         message: error,
+                        reason,
                     })
                 }
             }
@@ -388,16 +399,20 @@ async fn read_body(resp: Response<Incoming>) -> Result<Bytes, ClientError> {
 }
 
 fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
-    let message = match serde_json::from_slice::<ErrorBody>(bytes) {
-        Ok(b) => b.error,
-        Err(_) => format!(
-            "server answered {status}: {}",
-            String::from_utf8_lossy(bytes)
+    let (message, reason) = match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(b) => (b.error, b.reason),
+        Err(_) => (
+            format!(
+                "server answered {status}: {}",
+                String::from_utf8_lossy(bytes)
+            ),
+            None,
         ),
     };
     ClientError::Api {
         status: status.as_u16(),
         message,
+        reason,
     }
 }
 

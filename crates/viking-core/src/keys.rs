@@ -18,6 +18,10 @@ pub const PORTS: &str = "ports/";
 pub const PORT_COUNTER: &str = "counters/ambassador-port";
 /// Placement history of each job (bounded).
 pub const HISTORY: &str = "history/";
+/// One key per host, rewritten by every claim placed on that host: its
+/// revision serialises the placements onto one host, so concurrent runs
+/// see each other's load and host ports.
+pub const PLACEMENTS: &str = "counters/placements/";
 
 pub fn host(name: &str) -> String {
     format!("{HOSTS}{name}")
@@ -25,6 +29,10 @@ pub fn host(name: &str) -> String {
 
 pub fn fleet(name: &str) -> String {
     format!("{FLEET}{name}")
+}
+
+pub fn placements(host: &str) -> String {
+    format!("{PLACEMENTS}{host}")
 }
 
 pub fn proc(job: &str) -> String {

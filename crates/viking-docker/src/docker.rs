@@ -522,6 +522,37 @@ impl Runtime for DockerRuntime {
             .and_then(|c| c.into_iter().find_map(|c| c.gateway)))
     }
 
+    async fn host_port_in_use(&self, port: u16, proto: viking_core::Proto) -> Result<bool> {
+        // Containers of any owner publishing it (Docker's own answer; also
+        // right where Docker runs without its userland proxy).
+        let filters = HashMap::from([(
+            "publish".to_string(),
+            vec![format!("{port}/{}", proto.as_str())],
+        )]);
+        let opts = ListContainersOptions {
+            all: false,
+            filters,
+            ..Default::default()
+        };
+        if !self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(err)?
+            .is_empty()
+        {
+            return Ok(true);
+        }
+        // A process holding it: binding it here fails. (The server runs in
+        // the network namespace of the engine it drives.)
+        let addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+        let bound = match proto {
+            viking_core::Proto::Tcp => std::net::TcpListener::bind(addr).map(drop),
+            viking_core::Proto::Udp => std::net::UdpSocket::bind(addr).map(drop),
+        };
+        Ok(matches!(bound, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse))
+    }
+
     async fn list(&self, cluster: &str) -> Result<Vec<ContainerInfo>> {
         let filters = HashMap::from([(
             "label".to_string(),

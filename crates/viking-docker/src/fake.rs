@@ -273,6 +273,8 @@ struct State {
     /// Creation order of containers.
     created: u64,
     next_port: u16,
+    /// Host ports held by processes outside the engine: (port, proto).
+    occupied: std::collections::BTreeSet<(u16, String)>,
     start_delay: Duration,
     unreachable: bool,
     info: EngineInfo,
@@ -450,13 +452,17 @@ impl State {
     }
 
     /// Whether a running container publishes host port `port` (of
-    /// `proto`, or of any protocol).
+    /// `proto`, or of any protocol), or a process outside the engine holds
+    /// it ([`FakeRuntime::occupy_host_port`]).
     fn port_in_use(&self, port: u16, proto: Option<&str>) -> bool {
-        self.containers.values().any(|c| {
-            c.ports
-                .iter()
-                .any(|p| p.host_port == port && proto.is_none_or(|x| x == p.proto))
-        })
+        self.occupied
+            .iter()
+            .any(|(p, x)| *p == port && proto.is_none_or(|w| w == x))
+            || self.containers.values().any(|c| {
+                c.ports
+                    .iter()
+                    .any(|p| p.host_port == port && proto.is_none_or(|x| x == p.proto))
+            })
     }
 
     /// The container stops running with `code`: ports withdrawn, attached
@@ -645,6 +651,7 @@ impl FakeRuntime {
                 counter: 0,
                 created: 0,
                 next_port: FIRST_EPHEMERAL_PORT,
+                occupied: Default::default(),
                 start_delay: Duration::ZERO,
                 unreachable: false,
                 info: EngineInfo {
@@ -661,6 +668,14 @@ impl FakeRuntime {
         // A test that panicked while holding the lock has failed already;
         // the state is still worth reading.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A process outside the engine holds host port `port` (`proto`):
+    /// containers cannot publish it, as on a real host.
+    pub fn occupy_host_port(&self, port: u16, proto: viking_core::Proto) {
+        self.state()
+            .occupied
+            .insert((port, proto.as_str().to_string()));
     }
 
     /// The engine has `image` (built or pulled before), under a new id,
@@ -1126,6 +1141,10 @@ impl Runtime for FakeRuntime {
         let mut st = self.state();
         st.enter(Call::BridgeGateway, Op::BridgeGateway, &[])?;
         Ok(st.gateway.clone())
+    }
+
+    async fn host_port_in_use(&self, port: u16, proto: viking_core::Proto) -> Result<bool> {
+        Ok(self.state().port_in_use(port, Some(proto.as_str())))
     }
 
     async fn list(&self, cluster: &str) -> Result<Vec<ContainerInfo>> {

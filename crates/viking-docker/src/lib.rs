@@ -267,6 +267,12 @@ pub trait Runtime: Send + Sync + 'static {
     async fn bridge_gateway(&self) -> Result<Option<String>>;
     /// Every container labelled by viking for `cluster`, running or not.
     async fn list(&self, cluster: &str) -> Result<Vec<ContainerInfo>>;
+    /// Whether host port `port` (`proto`) is taken on this engine's host:
+    /// published by any running container, viking's or not, or held by a
+    /// process. Checked before a job that publishes it is created, so a
+    /// taken port is a typed error (the job goes to another host) rather
+    /// than a failed start.
+    async fn host_port_in_use(&self, port: u16, proto: viking_core::Proto) -> Result<bool>;
     /// Events of viking's containers labelled for `cluster`, from now on.
     fn events_for(&self, cluster: &str) -> BoxStream<'static, Result<ContainerEvent>>;
     /// Events of viking's containers of every cluster on this engine, from

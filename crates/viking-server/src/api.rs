@@ -69,6 +69,7 @@ async fn auth(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> Respon
             Json(viking_client::api::ErrorBody {
                 error: "missing or wrong token: pass --token or set VIKING_TOKEN (the server keeps it in <data-dir>/token)".to_string(),
                 status: StatusCode::UNAUTHORIZED.as_u16(),
+                reason: None,
             }),
         )
             .into_response(),

@@ -42,7 +42,7 @@ pub async fn start(
     on_upgrade: OnUpgrade,
 ) -> Result<Response, ServerError> {
     crate::services::check_links(&sh, &job).await?;
-    let host = match placement::choose(&sh, &job).await? {
+    let host = match placement::choose(&sh, &job).await?.0 {
         Target::Here => None,
         Target::There(h) => Some(h),
         Target::Waiting(h) => {

@@ -113,6 +113,7 @@ pub async fn start_container(
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<PsRecord> {
     ensure_image(sh, &job.image, progress).await?;
+    check_host_ports(sh, job).await?;
     let spec = container_spec(sh, job).await?;
     let id = create_container(sh, &spec).await?;
     let started = async {
@@ -144,6 +145,22 @@ pub async fn start_container(
     ps.last_exit = last_exit;
     state::record_started(sh.store.as_ref(), &ps, now_ms()).await?;
     Ok(ps)
+}
+
+/// Refuse a job whose host ports are taken on this host (by a container or
+/// process viking does not count), so it is placed elsewhere.
+async fn check_host_ports(sh: &Shared, job: &Job) -> Result<()> {
+    for p in &job.ports {
+        let Some(port) = p.host else { continue };
+        if sh.runtime.host_port_in_use(port, p.proto).await? {
+            return Err(ServerError::HostPortInUse {
+                host: sh.config.name.clone(),
+                port,
+                proto: p.proto.as_str(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Bring a job's viking-ps record up to date with its container.

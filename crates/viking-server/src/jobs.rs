@@ -59,26 +59,42 @@ pub struct Claim {
 /// nor ps has the name. Links must name existing services.
 pub async fn claim_daemon(sh: &Shared, job: &Job) -> Result<Claim> {
     crate::services::check_links(sh, job).await?;
-    let target = placement::choose(sh, job).await?;
-    let (placed_on, waiting) = match &target {
-        Target::Here => (Some(sh.config.name.clone()), None),
-        Target::There(h) => (Some(h.name.clone()), None),
-        Target::Waiting(h) => (None, Some(format!("waiting for host {h}"))),
-    };
-    state::claim_daemon(
-        sh.store.as_ref(),
-        state::DaemonClaim {
-            job,
-            placed_on,
-            waiting,
-            service_ports: crate::services::tcp_ports(job),
-            ports: sh.config.embassy_ports,
-            now: now_ms(),
-        },
-    )
-    .await?;
-    Ok(Claim { target })
+    for _ in 0..PLACEMENT_TRIES {
+        let (target, guard) = placement::choose(sh, job).await?;
+        let (placed_on, waiting) = match &target {
+            Target::Here => (Some(sh.config.name.clone()), None),
+            Target::There(h) => (Some(h.name.clone()), None),
+            Target::Waiting(h) => (None, Some(format!("waiting for host {h}"))),
+        };
+        let claimed = state::claim_daemon(
+            sh.store.as_ref(),
+            state::DaemonClaim {
+                job,
+                placed_on,
+                waiting,
+                guard,
+                service_ports: crate::services::tcp_ports(job),
+                ports: sh.config.embassy_ports,
+                now: now_ms(),
+            },
+        )
+        .await?;
+        match claimed {
+            state::Claimed::Yes => return Ok(Claim { target }),
+            // Another job was placed on the same host since the snapshot:
+            // decide again over one that counts it.
+            state::Claimed::HostChanged => continue,
+        }
+    }
+    Err(ServerError::Unavailable(format!(
+        "placing {:?} kept racing with other placements; try again",
+        job.name
+    )))
 }
+
+/// How often a claim is placed again when other placements on its host
+/// came first.
+const PLACEMENT_TRIES: usize = 16;
 
 /// Run a daemonized job: claim, then start.
 pub async fn run_daemon(
@@ -141,8 +157,9 @@ pub async fn run_claimed(
 }
 
 /// Start the job on its target; if the target's server cannot be reached at
-/// all (a host that died within its lease), place the job again without it,
-/// moving the claim, up to three times.
+/// all (a host that died within its lease), or a host port the job
+/// publishes is taken there, place the job again without it, moving the
+/// claim, up to three times.
 async fn start_placed_or_elsewhere(
     sh: &Shared,
     job: &Job,
@@ -155,14 +172,15 @@ async fn start_placed_or_elsewhere(
             Ok(ps) => return Ok(ps),
             Err(e) => e,
         };
-        let Target::There(h) = &target else {
-            return Err(err);
+        let gone = match &target {
+            Target::Here => sh.config.name.clone(),
+            Target::There(h) => h.name.clone(),
+            Target::Waiting(_) => return Err(err),
         };
-        if !err.is_unreachable() || excluded.len() >= 3 {
+        if !err.places_again() || excluded.len() >= 3 {
             return Err(err);
         }
-        let gone = h.name.clone();
-        tracing::warn!(job = %job.name, host = %gone, "host unreachable; placing the job again without it");
+        tracing::warn!(job = %job.name, host = %gone, "{err}; placing the job again without it");
         excluded.push(gone.clone());
         let mut hosts = placement::snapshot(sh).await?;
         for host in hosts.iter_mut().filter(|x| excluded.contains(&x.name)) {
@@ -207,9 +225,7 @@ async fn start_placed_or_elsewhere(
                 job.name
             )));
         }
-        progress(format!(
-            "host {gone} is unreachable; running on {next} instead"
-        ));
+        progress(format!("{err}; running on {next} instead"));
     }
 }
 

@@ -4,7 +4,7 @@
 //! it.
 
 use axum::http::StatusCode;
-use viking_client::api::ErrorBody;
+use viking_client::api::{ErrorBody, ErrorReason};
 use viking_docker::RuntimeError;
 
 use crate::error::ServerError;
@@ -14,7 +14,7 @@ pub fn of(e: &ServerError) -> StatusCode {
     match e {
         ServerError::Invalid(_) => StatusCode::BAD_REQUEST,
         ServerError::NotFound(_) => StatusCode::NOT_FOUND,
-        ServerError::Conflict(_) => StatusCode::CONFLICT,
+        ServerError::Conflict(_) | ServerError::HostPortInUse { .. } => StatusCode::CONFLICT,
         ServerError::Unavailable(_) | ServerError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         ServerError::Exhausted(_) => StatusCode::INSUFFICIENT_STORAGE,
         ServerError::PeerUnreachable { .. } | ServerError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -37,10 +37,21 @@ fn message(e: &ServerError) -> String {
     }
 }
 
+/// The cause a caller acts on, where the status does not say it.
+fn reason(e: &ServerError) -> Option<ErrorReason> {
+    match e {
+        ServerError::HostPortInUse { .. } => Some(ErrorReason::HostPortInUse),
+        ServerError::Peer { reason, .. } => *reason,
+        ServerError::RolledBack { source, .. } => reason(source),
+        _ => None,
+    }
+}
+
 /// The JSON body of an error answer.
 pub fn body(e: &ServerError) -> ErrorBody {
     ErrorBody {
         error: message(e),
         status: of(e).as_u16(),
+        reason: reason(e),
     }
 }

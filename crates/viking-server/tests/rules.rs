@@ -422,26 +422,43 @@ async fn a_push_whose_new_version_fails_rolls_back() {
 
 /// Two servers over one store, each with its own engine.
 async fn two_hosts() -> (TestServer, TestServer) {
+    let mut hs = hosts(2).await;
+    let n2 = hs.pop().expect("n2");
+    let n1 = hs.pop().expect("n1");
+    (n1, n2)
+}
+
+/// `n` servers, `n1`..., over one store, each with its own engine, once n1
+/// sees them all alive.
+async fn hosts(n: usize) -> Vec<TestServer> {
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn Store> =
         EmbeddedStore::open(&dir.path().join("viking.redb"), "/viking").expect("store");
-    let n1 = TestServer::start_on("n1", store.clone(), dir).await;
-    let n2 = TestServer::start_on("n2", store, tempfile::tempdir().expect("tempdir")).await;
-    // Both alive as n1's API sees them.
+    let mut out = vec![TestServer::start_on("n1", store.clone(), dir).await];
+    for i in 2..=n {
+        let s = TestServer::start_on(
+            &format!("n{i}"),
+            store.clone(),
+            tempfile::tempdir().expect("tempdir"),
+        )
+        .await;
+        out.push(s);
+    }
+    let n1 = &out[0];
     viking_testkit::eventually_async(
-        "n1 sees both hosts alive",
+        "n1 sees every host alive",
         Duration::from_secs(10),
         Duration::from_millis(20),
         || async {
             n1.client
                 .hosts()
                 .await
-                .map(|hs| hs.iter().filter(|h| h.alive).count() == 2)
+                .map(|hs| hs.iter().filter(|h| h.alive).count() == n)
                 .unwrap_or(false)
         },
     )
     .await;
-    (n1, n2)
+    out
 }
 
 #[tokio::test]
@@ -594,4 +611,77 @@ async fn a_server_restarted_on_its_data_directory_takes_its_name_back_at_once() 
     .expect("restarted");
     assert_eq!(restarted.shared.server_id, id);
     assert_eq!(floki_record(store.as_ref(), "n1").await.server_id, id);
+}
+
+#[tokio::test]
+async fn concurrent_runs_with_the_same_host_port_go_one_per_host() {
+    let hs = hosts(3).await;
+    let runs = hs.iter().enumerate().map(|(i, h)| {
+        let doc = format!(r#"{{"name":"p{i}","image":"busybox","ports":["8080:80"]}}"#);
+        async move { h.run(&doc).await }
+    });
+    let done = futures::future::join_all(runs).await;
+    let mut nodes: Vec<String> = done
+        .into_iter()
+        .map(|r| r.expect("every run succeeds").ps.expect("ps").node)
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, ["n1", "n2", "n3"], "one per host");
+    // A fourth has nowhere to go, and says why.
+    let err = hs[0]
+        .run(r#"{"name":"p4","image":"busybox","ports":["8080:80"]}"#)
+        .await
+        .expect_err("no host has 8080 free");
+    assert!(err.to_string().contains("8080"), "{err}");
+}
+
+#[tokio::test]
+async fn a_burst_of_concurrent_runs_spreads_evenly() {
+    let hs = hosts(3).await;
+    let runs = (0..30).map(|i| {
+        let h = &hs[i % 3];
+        let doc = format!(r#"{{"name":"b{i}","image":"busybox","daemonize":true}}"#);
+        async move { h.run(&doc).await }
+    });
+    let done = futures::future::join_all(runs).await;
+    let mut per_host: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in done {
+        *per_host
+            .entry(r.expect("every run succeeds").ps.expect("ps").node)
+            .or_default() += 1;
+    }
+    let counts: Vec<usize> = per_host.values().copied().collect();
+    assert_eq!(counts.len(), 3, "{per_host:?}");
+    let (lo, hi) = (counts.iter().min(), counts.iter().max());
+    assert!(
+        hi.zip(lo).is_some_and(|(h, l)| h - l <= 1),
+        "uneven: {per_host:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_host_port_taken_outside_viking_places_the_job_elsewhere() {
+    let (n1, n2) = two_hosts().await;
+    // n2 is busier, so dowding prefers n1, where a process holds 8080.
+    n2.run(r#"{"name":"busy","image":"busybox","daemonize":true,"host":"n2"}"#)
+        .await
+        .expect("run on n2");
+    n1.engine.occupy_host_port(8080, viking_core::Proto::Tcp);
+    let r = n1
+        .run(r#"{"name":"web","image":"busybox","ports":["8080:80"]}"#)
+        .await
+        .expect("placed again on n2");
+    assert_eq!(r.ps.expect("ps").node, "n2");
+    assert_eq!(n1.containers_of("web"), 0, "nothing created on n1");
+    assert_eq!(n2.containers_of("web"), 1);
+    let proc = n1
+        .shared
+        .store
+        .get(&keys::proc("web"))
+        .await
+        .expect("get")
+        .expect("in proc");
+    let proc: viking_core::records::ProcRecord =
+        viking_core::records::decode(&proc.value).expect("decode");
+    assert_eq!(proc.placed_on.as_deref(), Some("n2"), "the claim moved");
 }

@@ -864,3 +864,53 @@ fn secrets_stay_private_and_waits_are_bounded() {
     let v = s.json(&["inspect", "waits"]);
     assert_eq!(v["ps"]["status"], "running", "{v}");
 }
+
+#[test]
+fn a_host_port_taken_outside_viking_is_refused_cleanly() {
+    let s = start();
+    // A process holds one port, a container viking does not own another.
+    let held = std::net::TcpListener::bind(("0.0.0.0", 0)).unwrap();
+    let held_port = held.local_addr().unwrap().port();
+    let other_port = free_port();
+    let other = format!("viking-test-outsider-{other_port}");
+    let out = std::process::Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--rm",
+            "--label",
+            "viking-test=1",
+            "--name",
+            &other,
+        ])
+        .args(["-p", &format!("{other_port}:80"), BUSYBOX, "sleep", "600"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (name, port) in [("held", held_port), ("outsider", other_port)] {
+        let out = s.cli(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "-p",
+            &format!("{port}:80"),
+            BUSYBOX,
+            "sleep",
+            "60",
+        ]);
+        assert_ne!(out.status.code(), Some(0), "{name}");
+        assert!(
+            stderr(&out).contains(&format!("port {port}/tcp is already in use")),
+            "{name}: {}",
+            stderr(&out)
+        );
+        // Nothing is left: no record, no container.
+        let out = s.cli(&["inspect", name]);
+        assert_ne!(out.status.code(), Some(0), "{name} left a record");
+    }
+    assert!(s.containers().is_empty(), "{:?}", s.containers());
+    let _ = std::process::Command::new("docker")
+        .args(["rm", "-f", &other])
+        .output();
+}
