@@ -67,6 +67,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild the store's records from the fleet's containers, after the
+    /// store was emptied or replaced (servers hold until then).
+    Recover {
+        /// Take over a store that carries another cluster's id.
+        #[arg(long)]
+        adopt: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the servers of the fleet (floki).
     Hosts {
         /// Only hosts with this tag.
@@ -309,6 +318,29 @@ pub async fn dispatch(
                 print!("{}", table::proc(&v, table::now_ms()));
             }
             Ok(0)
+        }
+        Command::Recover { adopt, json } => {
+            let s = c
+                .recover(&viking_client::api::RecoverRequest { adopt })
+                .await?;
+            if json {
+                print_json(&s)?;
+            } else {
+                println!(
+                    "cluster {}: read {} host(s); {} job(s) recovered, {} stopped job(s) listed",
+                    s.cluster,
+                    s.hosts.len(),
+                    s.recovered.len(),
+                    s.stopped.len()
+                );
+                for h in &s.unreachable {
+                    println!("host {h} did not answer: run `viking recover` again when it does");
+                }
+                for k in &s.skipped {
+                    println!("skipped {k}");
+                }
+            }
+            Ok(if s.unreachable.is_empty() { 0 } else { 1 })
         }
         Command::Hosts { tag, name, json } => {
             let mut v = c.hosts().await?;

@@ -121,6 +121,54 @@ pub struct InspectResponse {
 /// period, a push's settle time): one day. Longer is refused, not clamped.
 pub const MAX_WAIT_SECONDS: u64 = 86_400;
 
+/// `GET /v1/health`: whether the server acts on its containers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub name: String,
+    /// The cluster the server belongs to (absent before it joined one).
+    pub cluster: Option<String>,
+    /// Why the server holds (does not act on its containers), if it does.
+    pub held: Option<String>,
+}
+
+/// `POST /v1/recover`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RecoverRequest {
+    /// Take over a store that carries another cluster's id.
+    #[serde(default)]
+    pub adopt: bool,
+}
+
+/// What a recovery did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RecoverSummary {
+    /// The cluster id the store carries now.
+    pub cluster: String,
+    /// The hosts whose containers were read.
+    pub hosts: Vec<String>,
+    /// Hosts alive in floki that could not be asked (their jobs were not
+    /// recovered; run it again when they answer).
+    pub unreachable: Vec<String>,
+    /// Jobs written back to viking-proc and viking-ps (running containers).
+    pub recovered: Vec<String>,
+    /// Jobs whose container had exited: written to viking-ps only, as
+    /// stopped (`viking ps -a`), not restarted.
+    pub stopped: Vec<String>,
+    /// Jobs that already had records, or containers without what they
+    /// carry of their job, each with why.
+    pub skipped: Vec<String>,
+}
+
+/// One of a host's containers, with what it carries of its job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostContainer {
+    pub job: Job,
+    /// Container port → ambassador port of the service.
+    #[serde(default)]
+    pub ambassador: std::collections::BTreeMap<u16, u16>,
+    pub state: JobState,
+}
+
 /// `POST /v1/push`: new code was pushed; restart the daemonized, non-static
 /// jobs whose image changed, one at a time.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -14,9 +14,9 @@ use crate::wire::{JobIntent, JobState};
 use serde::Serialize;
 
 use crate::api::{
-    DryRunResponse, ErrorBody, ErrorReason, HostView, InspectResponse, Ping, ProgressLine,
-    PushRequest, ReplaceRequest, ResolveRequest, ResolveResponse, RunResponse, ServicePort,
-    ATTACH_PROTOCOL,
+    DryRunResponse, ErrorBody, ErrorReason, Health, HostContainer, HostView, InspectResponse, Ping,
+    ProgressLine, PushRequest, RecoverRequest, RecoverSummary, ReplaceRequest, ResolveRequest,
+    ResolveResponse, RunResponse, ServicePort, ATTACH_PROTOCOL,
 };
 use crate::body::NdjsonLines;
 use crate::routes;
@@ -334,6 +334,23 @@ impl Client {
     /// Run an interactive job, attached.
     pub async fn run_attached(&self, doc: Vec<u8>) -> Result<AttachedIo, ClientError> {
         self.attach(routes::JOBS, doc).await
+    }
+
+    /// Whether the server acts on its containers, or holds and why.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.json(Method::GET, routes::HEALTH, None).await
+    }
+
+    /// Rebuild the store's records from the fleet's containers.
+    pub async fn recover(&self, req: &RecoverRequest) -> Result<RecoverSummary, ClientError> {
+        self.json(Method::POST, routes::RECOVER, Some(to_json(req)?))
+            .await
+    }
+
+    /// Between servers: that host's containers, with their jobs.
+    pub async fn host_containers(&self) -> Result<Vec<HostContainer>, ClientError> {
+        self.json(Method::GET, routes::INTERNAL_CONTAINERS, None)
+            .await
     }
 
     /// A code push: its answer, line by line ([`PushLine`]s).

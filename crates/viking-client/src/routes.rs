@@ -24,6 +24,14 @@ pub const JOB_LOGS: &str = "/v1/jobs/{name}/logs";
 pub const PUSH: &str = "/v1/push";
 /// `GET`: the services.
 pub const SERVICES: &str = "/v1/services";
+/// `GET`: whether this server acts, or holds and why.
+pub const HEALTH: &str = "/v1/health";
+/// `POST`: rebuild the store's records from the fleet's containers
+/// (`adopt=true`: also a store of another cluster).
+pub const RECOVER: &str = "/v1/recover";
+/// `GET` between servers: this host's containers with what they carry of
+/// their jobs.
+pub const INTERNAL_CONTAINERS: &str = "/v1/internal/containers";
 /// `POST` between servers: start a job placed on this host.
 pub const INTERNAL_START: &str = "/v1/internal/start";
 /// `POST` between servers: the image id a reference names here.

@@ -21,7 +21,7 @@ use viking_core::records::PublishedPort;
 
 use crate::{
     Attached, ContainerEvent, ContainerInfo, ContainerSpec, EngineInfo, Output, Result, Runtime,
-    RuntimeError, LABEL_CLUSTER, LABEL_DAEMONIZE, LABEL_JOB, LABEL_NODE,
+    RuntimeError, LABEL_CLUSTER, LABEL_DAEMONIZE, LABEL_JOB, LABEL_NODE, LABEL_SPEC,
 };
 
 /// How long a forced removal waits for another removal of the same
@@ -229,6 +229,7 @@ fn info_from_inspect(c: ContainerInspectResponse) -> Option<ContainerInfo> {
         id: c.id.unwrap_or_default(),
         node: labels.get(LABEL_NODE).cloned().unwrap_or_default(),
         cluster: labels.get(LABEL_CLUSTER).cloned().unwrap_or_default(),
+        spec: labels.get(LABEL_SPEC).cloned(),
         daemonize: labels.get(LABEL_DAEMONIZE).is_some_and(|v| v == "true"),
         job,
         image: config.image.unwrap_or_default(),

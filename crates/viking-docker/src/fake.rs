@@ -61,6 +61,7 @@ use viking_core::records::PublishedPort;
 use crate::{
     is_valid_container_name, Attached, ContainerEvent, ContainerInfo, ContainerSpec, EngineInfo,
     Output, Result, Runtime, RuntimeError, LABEL_CLUSTER, LABEL_DAEMONIZE, LABEL_JOB, LABEL_NODE,
+    LABEL_SPEC,
 };
 
 /// The endpoint the fake names in [`RuntimeError::Unreachable`].
@@ -229,6 +230,7 @@ impl Container {
             ports: self.ports.clone(),
             // No network: health checks probe the published port.
             ip: None,
+            spec: self.spec.labels.get(LABEL_SPEC).cloned(),
         }
     }
 

@@ -43,6 +43,10 @@ pub const LABEL_NODE: &str = "viking.node";
 pub const LABEL_DAEMONIZE: &str = "viking.daemonize";
 /// The cluster's key prefix, so two clusters on one engine stay apart.
 pub const LABEL_CLUSTER: &str = "viking.cluster";
+/// What the container carries of its job (`viking_core::records::SpecLabel`,
+/// as a versioned record): the fleet can rebuild viking-proc from its
+/// containers (`viking recover`).
+pub const LABEL_SPEC: &str = "viking.spec";
 
 /// Errors from the container runtime, classified by the engine's status
 /// code (never by its message text).
@@ -121,6 +125,17 @@ impl ContainerSpec {
             (LABEL_DAEMONIZE.to_string(), job.daemonize.to_string()),
             (LABEL_CLUSTER.to_string(), cluster.to_string()),
         ]);
+        let mut labels = labels;
+        let carried = viking_core::records::SpecLabel {
+            job: job.clone(),
+            ambassador: Default::default(),
+        };
+        if let Ok(doc) = viking_core::records::encode(&carried) {
+            labels.insert(
+                LABEL_SPEC.to_string(),
+                String::from_utf8_lossy(&doc).into_owned(),
+            );
+        }
         ContainerSpec {
             name: container_name(&job.name),
             image: job.image.clone(),
@@ -212,6 +227,9 @@ pub struct ContainerInfo {
     /// health check probes (a published port answers through Docker's
     /// proxy whether or not the container listens).
     pub ip: Option<String>,
+    /// The job's document from the container's [`LABEL_SPEC`] label (absent
+    /// on containers made before it existed).
+    pub spec: Option<String>,
 }
 
 /// A chunk of a container's output.

@@ -49,6 +49,22 @@ pub async fn container_spec(sh: &Shared, job: &Job) -> Result<ContainerSpec> {
     let mut spec =
         ContainerSpec::for_job(job, &sh.config.name, &sh.config.key, &sh.config.data_dir);
     spec.env.extend(crate::services::link_env(sh, job).await?);
+    // The service's ambassador ports travel with the container, so a lost
+    // store gets them back (`viking recover`).
+    let mut ambassador = std::collections::BTreeMap::new();
+    for cport in crate::services::tcp_ports(job) {
+        if let Some(aport) = state::ambassador_port(sh.store.as_ref(), &job.name, cport).await? {
+            ambassador.insert(cport, aport);
+        }
+    }
+    let carried = viking_core::records::SpecLabel {
+        job: job.clone(),
+        ambassador,
+    };
+    spec.labels.insert(
+        viking_docker::LABEL_SPEC.to_string(),
+        String::from_utf8_lossy(&viking_core::records::encode(&carried)?).into_owned(),
+    );
     for (host, _) in &spec.binds {
         std::fs::create_dir_all(host).map_err(|e| {
             ServerError::Internal(format!("creating volume directory {}: {e}", host.display()))

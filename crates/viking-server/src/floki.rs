@@ -44,7 +44,8 @@ pub async fn list(sh: &Shared) -> Result<Vec<HostView>, ServerError> {
         .collect())
 }
 
-async fn record(sh: &Shared) -> HostRecord {
+/// This server's record as floki publishes it now.
+pub async fn record(sh: &Shared) -> HostRecord {
     let (cpus, memory) = (sh.engine.cpus, sh.engine.memory);
     let running = sh.running.load(std::sync::atomic::Ordering::Relaxed);
     HostRecord {
@@ -60,6 +61,7 @@ async fn record(sh: &Shared) -> HostRecord {
         started_at: sh.started_at,
         updated_at: now_ms(),
         server_id: sh.server_id.clone(),
+        held: sh.standing().held(),
     }
 }
 
@@ -102,7 +104,7 @@ enum Holder {
     /// record was last written at this revision.
     Us(Revision),
     /// Another server with the same name.
-    Other(HostRecord),
+    Other(Box<HostRecord>),
 }
 
 async fn holder(sh: &Shared) -> Result<Holder, ServerError> {
@@ -113,7 +115,7 @@ async fn holder(sh: &Shared) -> Result<Holder, ServerError> {
     Ok(if rec.server_id == sh.server_id {
         Holder::Us(kv.mod_revision)
     } else {
-        Holder::Other(rec)
+        Holder::Other(Box::new(rec))
     })
 }
 
@@ -124,7 +126,7 @@ async fn try_register(sh: &Shared) -> Result<Result<(LeaseId, Revision), HostRec
         let guard = match holder(sh).await? {
             Holder::Nobody => Compare::Absent(keys::host(&sh.config.name)),
             Holder::Us(rev) => Compare::ModRevision(keys::host(&sh.config.name), rev),
-            Holder::Other(rec) => return Ok(Err(rec)),
+            Holder::Other(rec) => return Ok(Err(*rec)),
         };
         let lease = sh.store.lease_grant(sh.config.host_ttl).await?;
         match publish(sh, lease, guard).await {

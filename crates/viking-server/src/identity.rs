@@ -38,6 +38,49 @@ pub fn data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cluster id file's name inside the data directory.
+pub const CLUSTER_ID_FILE: &str = "cluster-id";
+
+/// The id of the cluster this server belongs to, if it ever joined one.
+pub fn cluster_id(dir: &Path) -> anyhow::Result<Option<String>> {
+    let path = dir.join(CLUSTER_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Remember the cluster this server belongs to.
+pub fn save_cluster_id(dir: &Path, id: &str) -> anyhow::Result<()> {
+    write_private(dir, CLUSTER_ID_FILE, id)
+}
+
+/// A new random id: 32 hex digits.
+pub fn new_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Write `name` in `dir` (mode 0600), replacing it atomically.
+fn write_private(dir: &Path, name: &str, value: &str) -> anyhow::Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(value.as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(())
+}
+
 /// Read this server's id, or make one (mode 0600) at first start.
 pub fn server_id(dir: &Path) -> anyhow::Result<String> {
     let path = dir.join(SERVER_ID_FILE);
@@ -47,20 +90,8 @@ pub fn server_id(dir: &Path) -> anyhow::Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    let bytes: [u8; 16] = rand::random();
-    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = dir.join(".server-id.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(id.as_bytes())
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
+    let id = new_id();
+    write_private(dir, SERVER_ID_FILE, &id)?;
     Ok(id)
 }
 

@@ -350,11 +350,26 @@ pub async fn remove(sh: &Shared, name: &str, force: bool) -> Result<()> {
                     .map_err(|e| ServerError::from_peer(&host, e));
             }
             Owner::Gone(host) => {
-                // The records go now; when the host returns, its agent
-                // removes the container that no job claims any more.
+                // The records go now, with a mark naming the container:
+                // when the host returns, its agent removes exactly that one
+                // (a container is never removed for a missing record).
                 tracing::warn!(job = %name, %host, "removing a job whose host is gone");
-                sh.store.delete(&keys::proc(name)).await?;
-                sh.store.delete(&keys::ps(name)).await?;
+                let mut ops = vec![
+                    Op::Delete {
+                        key: keys::proc(name),
+                    },
+                    Op::Delete {
+                        key: keys::ps(name),
+                    },
+                ];
+                if !p.container_id.is_empty() {
+                    ops.push(Op::Put {
+                        key: keys::removed(name, &p.container_id),
+                        value: host.clone().into_bytes(),
+                        lease: None,
+                    });
+                }
+                sh.store.txn(vec![], ops, vec![]).await?;
                 state::release_ports(sh.store.as_ref(), name).await?;
                 return Ok(());
             }

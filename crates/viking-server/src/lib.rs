@@ -59,7 +59,9 @@ pub mod peer;
 pub mod placement;
 pub mod push;
 pub mod reconciler;
+pub mod recover;
 pub mod services;
+pub mod standing;
 pub mod state;
 pub mod status;
 pub mod token;
@@ -84,6 +86,10 @@ pub struct Shared {
     pub token: String,
     /// This server's identity (`identity::server_id`), in its floki record.
     pub server_id: String,
+    /// The cluster this server belongs to (`None` until it joins one) and
+    /// how it stands with the store (`standing`). Std mutexes: held only to
+    /// read or swap.
+    cluster: Mutex<(Option<String>, standing::Standing)>,
     pub started_at: u64,
     /// Names of the interactive jobs attached on this server right now. A
     /// std mutex: held only to insert, remove or copy, never across `.await`.
@@ -98,6 +104,35 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The id of the cluster this server belongs to.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.cluster.lock().map(|c| c.0.clone()).unwrap_or(None)
+    }
+
+    /// Belong to cluster `id` from now on (a recovery made the store this
+    /// server's).
+    pub fn set_cluster_id(&self, id: &str) {
+        if let Ok(mut c) = self.cluster.lock() {
+            c.0 = Some(id.to_string());
+        }
+    }
+
+    /// How this server stood at the last check.
+    pub fn standing(&self) -> standing::Standing {
+        self.cluster
+            .lock()
+            .map(|c| c.1.clone())
+            .unwrap_or(standing::Standing::StoreEmpty)
+    }
+
+    /// Remember how this server stands; the previous standing.
+    pub fn set_standing(&self, now: standing::Standing) -> standing::Standing {
+        match self.cluster.lock() {
+            Ok(mut c) => std::mem::replace(&mut c.1, now),
+            Err(_) => now,
+        }
+    }
+
     /// Whether `name` is attached here now.
     pub fn in_session(&self, name: &str) -> bool {
         self.sessions
@@ -159,6 +194,9 @@ pub async fn prepare_with(
     config.validate().map_err(anyhow::Error::msg)?;
     identity::data_dir(&config.data_dir)?;
     let server_id = identity::server_id(&config.data_dir)?;
+    let cluster = standing::establish(store.as_ref(), &config.data_dir)
+        .await
+        .context("checking the store's cluster id")?;
     let token = match &config.token {
         Some(t) => t.clone(),
         None => token::load_or_create(&config.data_dir)?,
@@ -178,6 +216,7 @@ pub async fn prepare_with(
         memory_used: std::sync::atomic::AtomicU64::new(0),
         token,
         server_id,
+        cluster: Mutex::new(cluster),
         started_at: now_ms(),
         sessions: Mutex::new(HashSet::new()),
         resync_now: tokio::sync::Notify::new(),

@@ -15,7 +15,7 @@ use viking_docker::fake::{Behaviour, FakeRuntime, Op};
 use viking_docker::RuntimeError;
 use viking_server::{ServerConfig, Shared};
 use viking_store::embedded::EmbeddedStore;
-use viking_store::Store;
+use viking_store::{Store, StoreExt};
 
 const TOKEN: &str = "in-process-test-token";
 
@@ -684,4 +684,156 @@ async fn a_host_port_taken_outside_viking_places_the_job_elsewhere() {
     let proc: viking_core::records::ProcRecord =
         viking_core::records::decode(&proc.value).expect("decode");
     assert_eq!(proc.placed_on.as_deref(), Some("n2"), "the claim moved");
+}
+
+/// Delete every key of the store, as `etcdctl del --prefix` does.
+async fn wipe(store: &dyn Store) {
+    let (kvs, _) = store.list("").await.expect("list");
+    for kv in kvs {
+        store.delete(&kv.key).await.expect("delete");
+    }
+}
+
+fn removals_or_stops(engine: &FakeRuntime) -> Vec<viking_docker::fake::Call> {
+    engine
+        .calls()
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                c,
+                viking_docker::fake::Call::Remove { .. }
+                    | viking_docker::fake::Call::Stop { .. }
+                    | viking_docker::fake::Call::Kill { .. }
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_emptied_store_stops_nothing_and_recover_brings_the_fleet_back() {
+    let s = TestServer::start().await;
+    for doc in [
+        r#"{"name":"web","image":"busybox","ports":["80"]}"#,
+        r#"{"name":"worker","image":"busybox","daemonize":true}"#,
+        r#"{"name":"db","image":"busybox","daemonize":true,"volumes":["/data"]}"#,
+    ] {
+        s.run(doc).await.expect("run");
+    }
+    let port_before = s
+        .shared
+        .store
+        .get(&keys::ambassador_port("web", 80))
+        .await
+        .expect("get")
+        .expect("web has an ambassador port")
+        .value;
+    let running = s.engine.containers().len();
+    assert_eq!(running, 3);
+
+    wipe(s.shared.store.as_ref()).await;
+    // The server notices and holds: it says so, and refuses changes.
+    let h = s.client.health().await.expect("health");
+    assert!(h.held.is_some(), "{h:?}");
+    let err = s
+        .run(r#"{"name":"new","image":"busybox","daemonize":true}"#)
+        .await
+        .expect_err("a held server refuses a run");
+    assert_eq!(err.status(), Some(503), "{err}");
+    // A full resync and a reconciler round touch nothing.
+    s.shared.resync_now.notify_one();
+    viking_testkit::eventually_async(
+        "floki to show the server holding",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            s.client
+                .hosts()
+                .await
+                .map(|hs| {
+                    hs.iter()
+                        .any(|h| h.host.name == "n1" && h.host.held.is_some())
+                })
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    viking_server::agent::resync(&s.shared)
+        .await
+        .expect("resync");
+    viking_server::reconciler::reconcile_once(&s.shared)
+        .await
+        .expect("round");
+    assert_eq!(
+        removals_or_stops(&s.engine),
+        vec![],
+        "nothing removed or stopped"
+    );
+    assert!(s.engine.containers().iter().all(|c| c.status == "running"));
+
+    // The records come back from the containers, and the server acts again.
+    let summary = s
+        .client
+        .recover(&viking_client::api::RecoverRequest::default())
+        .await
+        .expect("recover");
+    let mut got = summary.recovered.clone();
+    got.sort();
+    assert_eq!(got, ["db", "web", "worker"], "{summary:?}");
+    assert_eq!(s.client.health().await.expect("health").held, None);
+    let ps = s.client.ps(false).await.expect("ps");
+    assert_eq!(ps.len(), 3, "{ps:?}");
+    let port_after = s
+        .shared
+        .store
+        .get(&keys::ambassador_port("web", 80))
+        .await
+        .expect("get")
+        .expect("web's ambassador port is back")
+        .value;
+    assert_eq!(port_after, port_before, "the same ambassador port");
+    let (hist, _) = (
+        s.shared.store.get(&keys::history("db")).await.expect("get"),
+        (),
+    );
+    assert!(hist.is_some(), "db's history (its host) is back");
+    // And it acts: a stop works as before.
+    s.client.stop("worker", 1).await.expect("stop");
+    assert_eq!(removals_or_stops(&s.engine).len(), 1);
+    // A second recovery changes nothing.
+    let again = s
+        .client
+        .recover(&viking_client::api::RecoverRequest::default())
+        .await
+        .expect("recover again");
+    assert!(again.recovered.is_empty(), "{again:?}");
+}
+
+#[tokio::test]
+async fn a_store_of_another_cluster_is_only_taken_over_with_adopt() {
+    let s = TestServer::start().await;
+    s.run(r#"{"name":"keep","image":"busybox","daemonize":true}"#)
+        .await
+        .expect("run");
+    wipe(s.shared.store.as_ref()).await;
+    s.shared
+        .store
+        .put(keys::CLUSTER_ID, "someone-else")
+        .await
+        .expect("put");
+    let h = s.client.health().await.expect("health");
+    assert!(h.held.is_some_and(|w| w.contains("another cluster")));
+    let err = s
+        .client
+        .recover(&viking_client::api::RecoverRequest::default())
+        .await
+        .expect_err("no adopt");
+    assert_eq!(err.status(), Some(409), "{err}");
+    let summary = s
+        .client
+        .recover(&viking_client::api::RecoverRequest { adopt: true })
+        .await
+        .expect("adopt");
+    assert_eq!(summary.recovered, ["keep"]);
+    assert_eq!(s.client.health().await.expect("health").held, None);
+    assert_eq!(removals_or_stops(&s.engine), vec![]);
 }
