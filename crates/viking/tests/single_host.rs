@@ -914,3 +914,77 @@ fn a_host_port_taken_outside_viking_is_refused_cleanly() {
         .args(["rm", "-f", &other])
         .output();
 }
+
+#[test]
+fn a_server_on_an_empty_store_holds_and_recover_brings_its_jobs_back() {
+    let mut s = start();
+    let mut ids = BTreeMap::new();
+    for (name, extra) in [
+        ("svc", vec!["-p", "80"]),
+        ("data", vec!["-v", "/data"]),
+        ("plain", vec![]),
+    ] {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend(extra);
+        args.extend([BUSYBOX, "sleep", "3600"]);
+        let out = s.cli(&args);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let v = s.json(&["inspect", name]);
+        ids.insert(
+            name.to_string(),
+            v["ps"]["container_id"].as_str().unwrap().to_string(),
+        );
+    }
+    let running = |id: &str| {
+        let o = std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Running}}", id])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim() == "true"
+    };
+
+    // The store file is lost; the server comes back on an empty one.
+    s.stop();
+    std::fs::remove_file(s.data_dir().join("viking.redb")).unwrap();
+    s.spawn();
+    let hosts = s.json(&["hosts", "--json"]);
+    assert!(
+        hosts[0]["held"]
+            .as_str()
+            .is_some_and(|w| w.contains("no cluster id")),
+        "{hosts}"
+    );
+    let out = s.cli(&["run", "-d", "--name", "late", BUSYBOX, "sleep", "5"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("holds"), "{}", stderr(&out));
+    // The first resync ran at start, on the empty store: every container is
+    // still there.
+    for (name, id) in &ids {
+        assert!(running(id), "{name}'s container stopped");
+    }
+
+    let out = s.cli(&["recover"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("3 job(s) recovered"),
+        "{}",
+        stdout(&out)
+    );
+    for (name, id) in &ids {
+        let v = s.json(&["inspect", name]);
+        assert_eq!(v["ps"]["container_id"].as_str(), Some(id.as_str()), "{v}");
+        assert_eq!(
+            v["proc"]["job"]["name"].as_str(),
+            Some(name.as_str()),
+            "{v}"
+        );
+        assert!(running(id));
+    }
+    eventually("floki to stop showing the server holding", Duration::from_secs(10), POLL, || {
+        s.json(&["hosts", "--json"])[0]["held"].is_null()
+    });
+    // It acts again: a stop stops.
+    let out = s.cli(&["stop", "-t", "1", "plain"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!running(&ids["plain"]));
+}
