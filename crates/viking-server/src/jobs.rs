@@ -225,7 +225,12 @@ async fn start_placed_or_elsewhere(
                 job.name
             )));
         }
-        progress(format!("{err}; running on {next} instead"));
+        let why = if err.is_unreachable() {
+            format!("host {gone} is unreachable")
+        } else {
+            err.to_string()
+        };
+        progress(format!("{why}; running on {next} instead"));
     }
 }
 

@@ -980,9 +980,12 @@ fn a_server_on_an_empty_store_holds_and_recover_brings_its_jobs_back() {
         );
         assert!(running(id));
     }
-    eventually("floki to stop showing the server holding", Duration::from_secs(10), POLL, || {
-        s.json(&["hosts", "--json"])[0]["held"].is_null()
-    });
+    eventually(
+        "floki to stop showing the server holding",
+        Duration::from_secs(10),
+        POLL,
+        || s.json(&["hosts", "--json"])[0]["held"].is_null(),
+    );
     // It acts again: a stop stops.
     let out = s.cli(&["stop", "-t", "1", "plain"]);
     assert!(out.status.success(), "{}", stderr(&out));
