@@ -336,6 +336,9 @@ async fn stop(
 struct RmQuery {
     #[serde(default)]
     force: bool,
+    /// Delete the job's data directory and history too.
+    #[serde(default)]
+    volumes: bool,
 }
 
 async fn remove(
@@ -343,7 +346,7 @@ async fn remove(
     Path(name): Path<String>,
     Query(q): Query<RmQuery>,
 ) -> ApiResult<StatusCode> {
-    jobs::remove(&sh, &name, q.force).await?;
+    jobs::remove(&sh, &name, q.force, q.volumes).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -72,6 +72,7 @@ impl TestServer {
             health_interval: Duration::from_secs(30),
             embassy_ports: (41000, 41009),
             embassy_bind: Some("127.0.0.1".parse().expect("ip")),
+            containers: Default::default(),
         };
         let engine = FakeRuntime::new();
         engine.add_image("busybox");
