@@ -16,6 +16,11 @@
 //! - `static`: false.
 //!
 //! A value given explicitly always wins over a default.
+//!
+//! Limits: at most [`MAX_PORTS`] ports and [`MAX_VOLUMES`] volumes, no
+//! volume inside another (its host directory would be in the outer one's
+//! data, where the job could swap it for a symlink), `pids_limit` from 1 to
+//! [`MAX_PIDS_LIMIT`] (each server has its own maximum).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -364,6 +369,15 @@ impl Job {
 
     /// Validate a [`JobSpec`] and apply the defaults.
     pub fn from_spec(spec: JobSpec, gen_name: impl FnOnce() -> String) -> Result<Self, JobError> {
+        Self::checked(spec, gen_name, Rules::NewJob)
+    }
+
+    fn checked(
+        spec: JobSpec,
+        gen_name: impl FnOnce() -> String,
+        rules: Rules,
+    ) -> Result<Self, JobError> {
+        let new_job = rules == Rules::NewJob;
         let daemonize = spec.daemonized();
         // env first: VIKING_FIXED / VIKING_HOST / VIKING_TAG feed the flags.
         let env = parse_env(spec.env)?;
@@ -396,7 +410,7 @@ impl Job {
             }
         }
 
-        if spec.ports.len() > MAX_PORTS {
+        if new_job && spec.ports.len() > MAX_PORTS {
             return Err(JobError::new(
                 "ports",
                 format!(
@@ -418,7 +432,7 @@ impl Job {
             ports.push(port);
         }
 
-        if spec.volumes.len() > MAX_VOLUMES {
+        if new_job && spec.volumes.len() > MAX_VOLUMES {
             return Err(JobError::new(
                 "volumes",
                 format!(
@@ -439,10 +453,11 @@ impl Job {
             // One volume inside another would put the inner one's host
             // directory inside the outer one's data, where the job can
             // replace it (with a symlink to anywhere on the host).
-            if let Some(outer) = volumes
+            let nested = volumes
                 .iter()
-                .find(|o| is_beneath(&path, o) || is_beneath(o, &path))
-            {
+                .filter(|_| new_job)
+                .find(|o| is_beneath(&path, o) || is_beneath(o, &path));
+            if let Some(outer) = nested {
                 let (outer, inner) = if is_beneath(&path, outer) {
                     (outer.as_str(), path.as_str())
                 } else {
@@ -599,8 +614,24 @@ impl<'de> Deserialize<'de> for Job {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let spec = JobSpec::deserialize(d)?;
         let name_missing = || String::new();
-        Job::from_spec(spec, name_missing).map_err(serde::de::Error::custom)
+        Job::checked(spec, name_missing, Rules::Stored).map_err(serde::de::Error::custom)
     }
+}
+
+/// Which rules a job document must follow. A job read back (a stored
+/// record, a server's answer) was accepted under the rules of its time, so
+/// the limits added since (at most [`MAX_PORTS`] ports and [`MAX_VOLUMES`]
+/// volumes, no nested volumes) are only applied to new jobs: a record
+/// written before them still reads, instead of stopping every reader of
+/// the store. The host that starts such a job still refuses a volume that
+/// goes through a symlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rules {
+    /// [`Job::parse`] / [`Job::from_spec`]: every rule.
+    NewJob,
+    /// `Deserialize`: every rule but the limits added since jobs were first
+    /// stored.
+    Stored,
 }
 
 /// Check a job name: letters, digits, `_`, `.`, `-`, starting with a letter
@@ -1027,6 +1058,18 @@ mod tests {
         // 10,000 ports (the review's exhaustion) are refused the same way.
         let e = parse(&doc("ports", 10_000, &|i| (i + 1).to_string())).unwrap_err();
         assert_eq!(e.field(), "ports", "{e}");
+    }
+
+    #[test]
+    fn a_stored_job_from_before_the_limits_still_reads() {
+        let ports: Vec<String> = (1..=65).map(|p| p.to_string()).collect();
+        let doc = serde_json::json!({
+            "name": "old", "image": "b", "volumes": ["/data", "/data/x"], "ports": ports,
+        });
+        assert!(Job::parse(doc.to_string().as_bytes(), String::new).is_err());
+        let j: Job = serde_json::from_value(doc).unwrap();
+        assert_eq!(j.volumes, vec!["/data", "/data/x"]);
+        assert_eq!(j.ports.len(), 65);
     }
 
     #[test]
