@@ -889,7 +889,11 @@ impl Runtime for FakeRuntime {
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String> {
         let mut st = self.state();
-        st.enter(Call::Create(Box::new(spec.clone())), Op::Create, &[&spec.name])?;
+        st.enter(
+            Call::Create(Box::new(spec.clone())),
+            Op::Create,
+            &[&spec.name],
+        )?;
         let mut name = spec
             .name
             .strip_prefix('/')
