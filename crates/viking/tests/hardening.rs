@@ -402,7 +402,22 @@ fn anonymous_volumes_go_with_their_containers() {
         || !volume_exists(&volume),
     );
     gone.push(volume);
-    // rm: the last one's volume goes with it.
+    // rm: the last one's volume goes with it (once viking-ps names it: an
+    // rm while the restart is still being recorded is another story).
+    eventually(
+        "viking-ps to name the restarted container",
+        Duration::from_secs(20),
+        POLL,
+        || {
+            let ps = s.json(&["inspect", &name])["ps"].clone();
+            let id = ps["container_id"].as_str().unwrap_or_default();
+            if !second.is_empty() && id.starts_with(second.as_str()) && ps["status"] == "running" {
+                Ok(())
+            } else {
+                Err(format!("{ps}"))
+            }
+        },
+    );
     let volume = anonymous_volume(&second);
     let out = s.cli(&["rm", "-f", &name]);
     assert!(out.status.success(), "{}", stderr(&out));
