@@ -2,9 +2,11 @@
 //! real single server: volumes stay inside the job's own directory (C2),
 //! containers get a pids limit and log rotation (M4), and nothing leaks:
 //! anonymous volumes go with their containers, `rm --volumes` deletes a
-//! job's data and history (M5).
+//! job's data and history (M5). The last test does the same on a
+//! two-node cluster, where the job's own host does the work.
 //!
-//! Needs the `viking-test/busybox` image (`scripts/test-images.sh`).
+//! Needs the `viking-test/busybox` image (`scripts/test-images.sh`; the
+//! cluster test `--node` too).
 
 // `common` re-exports what single_host.rs uses too (free_port).
 #[allow(unused_imports)]
@@ -501,4 +503,84 @@ fn rm_volumes_deletes_the_data_and_the_history() {
     let out = s.cli(&["rm", "--volumes", &name]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no such job"), "{}", stderr(&out));
+}
+
+/// On a cluster, the job's own host applies its limits and holds its
+/// volumes: `docker inspect` on that node shows the pids limit and the log
+/// rotation, its volume directories are 0700, and `rm --volumes` asked of
+/// another server deletes them there (with the job's records, and also
+/// after a plain `rm`, found by the job's history).
+#[test]
+fn on_a_cluster_the_jobs_host_applies_the_limits_and_deletes_its_volumes() {
+    use viking_testkit::{Cluster, ClusterOpts};
+    let c = Cluster::start(
+        2,
+        ClusterOpts {
+            viking_bin: Some(bin().into()),
+            server_args: [
+                "--host-ttl",
+                "2",
+                "--pids-limit",
+                "77",
+                "--log-max-size",
+                "2m",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Default::default()
+        },
+    )
+    .expect("start a 2-node cluster");
+    let (n1, n2) = (c.node(0), c.node(1));
+    let ok = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let run = || {
+        ok(n1.cli([
+            "run",
+            "-d",
+            "--name",
+            "db",
+            "--viking-host",
+            n2.name(),
+            "-v",
+            "/data",
+            BUSYBOX,
+            "sh",
+            "-c",
+            "echo x > /data/f; sleep 1000",
+        ]))
+    };
+    let dir = "/var/lib/viking/volumes/db";
+    let has_data = || n2.sh(&format!("test -e {dir}/data/f")).status.success();
+    run();
+    eventually(
+        "db's data on its host",
+        Duration::from_secs(20),
+        POLL,
+        has_data,
+    );
+    let limits = ok(n2.docker([
+        "inspect", "-f",
+        "{{.HostConfig.PidsLimit}} {{.HostConfig.LogConfig.Type}} {{index .HostConfig.LogConfig.Config \"max-size\"}} {{index .HostConfig.LogConfig.Config \"max-file\"}}",
+        "db",
+    ]));
+    assert_eq!(limits.trim(), "77 json-file 2m 3");
+    let modes = ok(n2.sh(&format!(
+        "stat -c %a /var/lib/viking/volumes {dir} {dir}/data"
+    )));
+    assert_eq!(modes, "700\n700\n700\n");
+
+    // rm --volumes on the other server: done by the job's host.
+    ok(n1.cli(["rm", "-f", "--volumes", "db"]));
+    assert!(!n2.sh(&format!("test -e {dir}")).status.success());
+
+    // After a plain rm the data stays; rm --volumes finds it by the history.
+    run();
+    eventually("db's data again", Duration::from_secs(20), POLL, has_data);
+    ok(n1.cli(["rm", "-f", "db"]));
+    assert!(has_data());
+    ok(n1.cli(["rm", "--volumes", "db"]));
+    assert!(!n2.sh(&format!("test -e {dir}")).status.success());
 }
