@@ -25,7 +25,7 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::error::{Result, ServerError};
@@ -136,10 +136,8 @@ fn components(volume: &str) -> Result<Vec<&str>, VolumeProblem> {
 }
 
 /// The volume root, opened (and made when `create`); `None` when missing.
+/// The data directory itself is the server's (made 0700 at start).
 fn open_root(data_dir: &Path, create: bool) -> Result<Option<(OwnedFd, PathBuf)>, Fault> {
-    if create {
-        std::fs::create_dir_all(data_dir).map_err(|e| fault(data_dir, e))?;
-    }
     let data = match rustix::fs::open(
         data_dir,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -239,12 +237,6 @@ fn remove_job_at(data_dir: &Path, job: &str) -> Result<bool, Fault> {
             Ok(true)
         }
     }
-}
-
-/// Whether `<data-dir>/volumes/<job>` exists on this host (as anything).
-pub fn exists(data_dir: &Path, job: &str) -> bool {
-    let path = data_dir.join("volumes").join(job);
-    rustix::fs::statat(CWD, &path, AtFlags::SYMLINK_NOFOLLOW).is_ok()
 }
 
 #[cfg(test)]
