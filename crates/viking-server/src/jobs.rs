@@ -335,6 +335,15 @@ async fn inspect_after(sh: &Shared, name: &str) -> Result<InspectResponse> {
 /// `volumes` both go too ([`remove_data`]), also for a job whose records
 /// are gone already.
 pub async fn remove(sh: &Shared, name: &str, force: bool, volumes: bool) -> Result<()> {
+    if volumes {
+        // Refused before anything changes when the data cannot be reached.
+        let (hist, _) = state::history(sh.store.as_ref(), name).await?;
+        if let Some(node) = hist.last_node() {
+            if let Owner::Gone(host) = crate::peer::owner_of(sh, node).await? {
+                return Err(data_host_gone(name, &host));
+            }
+        }
+    }
     let ps = state::ps(sh.store.as_ref(), name).await?;
     let proc = state::proc(sh.store.as_ref(), name).await?;
     if ps.is_none() && proc.is_none() {
@@ -357,11 +366,7 @@ pub async fn remove(sh: &Shared, name: &str, force: bool, volumes: bool) -> Resu
                     .await
                     .map_err(|e| ServerError::from_peer(&host, e));
             }
-            Owner::Gone(host) if volumes => {
-                return Err(ServerError::Unavailable(format!(
-                    "job {name:?} runs on host {host}, which is gone: its volumes are there and cannot be deleted now; `viking rm {name}` without --volumes removes the job and keeps them"
-                )));
-            }
+            Owner::Gone(host) if volumes => return Err(data_host_gone(name, &host)),
             Owner::Gone(host) => {
                 // The records go now; when the host returns, its agent
                 // removes the container that no job claims any more.
@@ -415,10 +420,15 @@ async fn remove_data(sh: &Shared, name: &str) -> Result<bool> {
                 .map_err(|e| ServerError::from_peer(&host, e))?;
             Ok(true)
         }
-        Owner::Gone(host) => Err(ServerError::Unavailable(format!(
-            "job {name:?} last ran on host {host}, which is gone: its volumes are there and cannot be deleted now"
-        ))),
+        Owner::Gone(host) => Err(data_host_gone(name, &host)),
     }
+}
+
+/// `rm --volumes` of a job whose data is on a host that is gone.
+fn data_host_gone(name: &str, host: &str) -> ServerError {
+    ServerError::Unavailable(format!(
+        "job {name:?} ran on host {host}, which is gone: its volumes are there and cannot be deleted now; `viking rm {name}` without --volumes removes the job and keeps them"
+    ))
 }
 
 /// The job's output as a stream of frames.
