@@ -337,6 +337,21 @@ async fn removing_the_volumes_of_a_job_whose_host_is_gone_changes_nothing() {
     assert_eq!(n1.keys(&keys::ps("db")).await.len(), 1, "ps kept");
     assert_eq!(n1.keys(&keys::history("db")).await.len(), 1, "history kept");
     assert!(data.is_dir());
+    // Without its viking-ps record (a fixed job waiting for its host), the
+    // history names the host: refused the same way, proc kept.
+    n1.shared
+        .store
+        .delete(&keys::ps("db"))
+        .await
+        .expect("delete");
+    let e = n1
+        .client
+        .rm_with("db", true, true)
+        .await
+        .expect_err("its host is gone");
+    assert_eq!(status(e), 503);
+    assert_eq!(n1.keys(&keys::proc("db")).await.len(), 1, "proc kept");
+    assert_eq!(n1.keys(&keys::history("db")).await.len(), 1, "history kept");
 }
 
 #[tokio::test]
