@@ -96,11 +96,15 @@ pub enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Remove a job and its record.
+    /// Remove a job and its record (its volumes and history are kept).
     Rm {
         /// Remove a running job too.
         #[arg(short, long)]
         force: bool,
+        /// Also delete the job's volumes (its data directory on the host it
+        /// last ran on) and its placement history.
+        #[arg(short, long)]
+        volumes: bool,
         #[arg(required = true)]
         names: Vec<String>,
     },
@@ -187,6 +191,23 @@ pub struct ServerArgs {
     /// Where embassy listens (default: Docker's bridge gateway).
     #[arg(long, env = "VIKING_EMBASSY_BIND")]
     pub embassy_bind: Option<std::net::IpAddr>,
+    /// Every container's json-file log is rotated at this size (10m, 1g).
+    #[arg(long, env = "VIKING_LOG_MAX_SIZE", default_value = "10m")]
+    pub log_max_size: String,
+    /// How many rotated log files of a container are kept.
+    #[arg(
+        long = "log-max-file",
+        env = "VIKING_LOG_MAX_FILE",
+        default_value_t = 3
+    )]
+    pub log_max_file: u32,
+    /// The most processes a container may have, unless its job asks for
+    /// another limit.
+    #[arg(long, env = "VIKING_PIDS_LIMIT", default_value_t = 1024)]
+    pub pids_limit: u64,
+    /// The largest pids limit a job may ask for.
+    #[arg(long, env = "VIKING_PIDS_MAX", default_value_t = 4096)]
+    pub pids_max: u64,
 }
 
 /// The default data directory: `/var/lib/viking` for root, else
@@ -370,10 +391,14 @@ pub async fn dispatch(
             }
             Ok(code)
         }
-        Command::Rm { force, names } => {
+        Command::Rm {
+            force,
+            volumes,
+            names,
+        } => {
             let mut code = 0;
             for n in names {
-                match c.rm(path_segment(&n)?, force).await {
+                match c.rm_with(path_segment(&n)?, force, volumes).await {
                     Ok(()) => println!("{n}"),
                     Err(e) => {
                         eprintln!("Error: {e}");

@@ -10,7 +10,8 @@
 //! | GET    | /v1/hosts                  | floki                              |
 //! | GET    | /v1/jobs/{name}            | inspect: proc, ps and history      |
 //! | POST   | /v1/jobs/{name}/stop       | stop a job, take it out of proc    |
-//! | DELETE | /v1/jobs/{name}?force=true | remove a job and its record        |
+//! | DELETE | /v1/jobs/{name}?force=true | remove a job and its record; with   |
+//! |        |   `&volumes=true`          | its data directory and history too |
 //! | GET    | /v1/jobs/{name}/logs       | logs (framed stream), `follow=true`|
 //!
 //! `POST /v1/jobs` runs a daemonized job and answers with [`RunResponse`];

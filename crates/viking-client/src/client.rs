@@ -305,8 +305,14 @@ impl Client {
 
     /// Remove a job and its record (`force`: a running one too).
     pub async fn rm(&self, name: &str, force: bool) -> Result<(), ClientError> {
-        self.call(Method::DELETE, &routes::rm(job_name(name)?, force), None)
-            .await
+        self.rm_with(name, force, false).await
+    }
+
+    /// Remove a job; with `volumes`, its data directory (on the host it
+    /// last ran on) and its history too.
+    pub async fn rm_with(&self, name: &str, force: bool, volumes: bool) -> Result<(), ClientError> {
+        let path = routes::rm_with(job_name(name)?, force, volumes);
+        self.call(Method::DELETE, &path, None).await
     }
 
     /// A job's output: a body of [`crate::frame`]s (read them with

@@ -79,6 +79,16 @@ pub fn rm(name: &str, force: bool) -> String {
     format!("{}?force={force}", job(name))
 }
 
+/// `DELETE`: remove a job, and with `volumes` its data directory and
+/// history too.
+pub fn rm_with(name: &str, force: bool, volumes: bool) -> String {
+    if volumes {
+        format!("{}&volumes=true", rm(name, force))
+    } else {
+        rm(name, force)
+    }
+}
+
 /// `GET`: a job's output.
 pub fn logs(name: &str, follow: bool) -> String {
     format!("{}?follow={follow}", JOB_LOGS.replace(NAME, name))
@@ -100,6 +110,11 @@ mod tests {
         assert_eq!(job("web"), "/v1/jobs/web");
         assert_eq!(stop("web", 3), "/v1/jobs/web/stop?t=3");
         assert_eq!(rm("web", true), "/v1/jobs/web?force=true");
+        assert_eq!(rm_with("web", true, false), "/v1/jobs/web?force=true");
+        assert_eq!(
+            rm_with("web", false, true),
+            "/v1/jobs/web?force=false&volumes=true"
+        );
         assert_eq!(logs("web", false), "/v1/jobs/web/logs?follow=false");
         assert_eq!(dry_run(), "/v1/jobs?dry_run=true");
         assert_eq!(run_with_progress(), "/v1/jobs?progress=true");

@@ -12,7 +12,7 @@ use bollard::container::{
 };
 use bollard::errors::Error as BollardError;
 use bollard::image::CreateImageOptions;
-use bollard::models::{ContainerInspectResponse, HostConfig, PortBinding};
+use bollard::models::{ContainerInspectResponse, HostConfig, HostConfigLogConfig, PortBinding};
 use bollard::system::EventsOptions;
 use bollard::Docker;
 use futures::stream::BoxStream;
@@ -346,6 +346,16 @@ impl Runtime for DockerRuntime {
                 port_bindings: Some(bindings),
                 binds: Some(binds),
                 init: Some(false),
+                pids_limit: spec
+                    .pids_limit
+                    .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+                log_config: spec.log.as_ref().map(|l| HostConfigLogConfig {
+                    typ: Some("json-file".to_string()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_string(), l.max_size.clone()),
+                        ("max-file".to_string(), l.max_files.to_string()),
+                    ])),
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -465,9 +475,11 @@ impl Runtime for DockerRuntime {
     }
 
     async fn remove(&self, id: &str, force: bool) -> Result<()> {
+        // `v`: the container's anonymous volumes go with it; left, each
+        // run, restart or push of an image with `VOLUME` leaked one.
         let opts = RemoveContainerOptions {
             force,
-            v: false,
+            v: true,
             link: false,
         };
         match self.docker.remove_container(id, Some(opts)).await {

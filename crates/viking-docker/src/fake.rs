@@ -116,7 +116,7 @@ pub enum Call {
     Ping,
     ImageId(String),
     Pull(String),
-    Create(ContainerSpec),
+    Create(Box<ContainerSpec>),
     Attach(String),
     Start(String),
     Wait(String),
@@ -891,7 +891,11 @@ impl Runtime for FakeRuntime {
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String> {
         let mut st = self.state();
-        st.enter(Call::Create(spec.clone()), Op::Create, &[&spec.name])?;
+        st.enter(
+            Call::Create(Box::new(spec.clone())),
+            Op::Create,
+            &[&spec.name],
+        )?;
         let mut name = spec
             .name
             .strip_prefix('/')
@@ -1555,9 +1559,9 @@ mod tests {
         assert_eq!(
             rt.calls(),
             [
-                Call::Create(spec("other", "/c")),
-                Call::Create(s.clone()),
-                Call::Create(s),
+                Call::Create(Box::new(spec("other", "/c"))),
+                Call::Create(Box::new(s.clone())),
+                Call::Create(Box::new(s)),
                 Call::Start(id.clone()),
                 Call::Start(id.clone()),
                 Call::Ping,

@@ -108,6 +108,22 @@ pub struct ContainerSpec {
     /// Keep stdin open and attach to it (an interactive job).
     pub interactive: bool,
     pub tty: bool,
+    /// The most processes the container may have (Docker's `PidsLimit`);
+    /// `None`: the engine's default (unlimited).
+    pub pids_limit: Option<u64>,
+    /// Rotation of the container's json-file log; `None`: the engine's
+    /// default driver and settings.
+    pub log: Option<LogRotation>,
+}
+
+/// Docker's json-file log rotation: a file is rotated at `max_size` and
+/// at most `max_files` are kept, so a chatty job cannot fill the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRotation {
+    /// Docker's `max-size`: a number with an optional unit, `10m`.
+    pub max_size: String,
+    /// Docker's `max-file`.
+    pub max_files: u32,
 }
 
 impl ContainerSpec {
@@ -148,6 +164,8 @@ impl ContainerSpec {
             labels,
             interactive: !job.daemonize,
             tty: job.tty,
+            pids_limit: job.pids_limit,
+            log: None,
         }
     }
 }
@@ -278,6 +296,9 @@ pub trait Runtime: Send + Sync + 'static {
     async fn inspect(&self, id: &str) -> Result<Option<ContainerInfo>>;
     async fn stop(&self, id: &str, timeout_secs: i64) -> Result<()>;
     async fn kill(&self, id: &str, signal: &str) -> Result<()>;
+    /// Remove a container with its anonymous volumes (an image's `VOLUME`
+    /// that no bind covers), as `docker run --rm` does: nothing else can
+    /// ever use them again.
     async fn remove(&self, id: &str, force: bool) -> Result<()>;
     async fn rename(&self, id: &str, new_name: &str) -> Result<()>;
     /// The gateway address of Docker's default bridge: what containers on

@@ -372,6 +372,9 @@ async fn stop(
 struct RmQuery {
     #[serde(default)]
     force: bool,
+    /// Delete the job's data directory and history too.
+    #[serde(default)]
+    volumes: bool,
 }
 
 async fn remove(
@@ -380,7 +383,7 @@ async fn remove(
     Query(q): Query<RmQuery>,
 ) -> ApiResult<StatusCode> {
     crate::standing::require_member(&sh).await?;
-    jobs::remove(&sh, &name, q.force).await?;
+    jobs::remove(&sh, &name, q.force, q.volumes).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -43,9 +43,28 @@ pub async fn ensure_image(
     })
 }
 
+/// Refuse a job that asks for more than this server allows (its pids
+/// limit above `--pids-max`): before anything is written, by the server
+/// that receives it, and again by the host that creates its container.
+pub fn check_limits(sh: &Shared, job: &Job) -> Result<()> {
+    let max = sh.config.containers.pids_max;
+    match job.pids_limit {
+        Some(n) if n > max => Err(ServerError::Invalid(format!(
+            "invalid job: pids_limit: {n} is more than the maximum of {max} on server {} (--pids-max)",
+            sh.config.name
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The container of `job` on this host: its spec with the link variables
-/// pointing at this host's embassy, and its volume directories made.
+/// pointing at this host's embassy, the server's log rotation and pids
+/// limit, and its volume directories made and checked (no symlink below
+/// the volume root: [`crate::volume`]). Every container viking creates
+/// (a run, a restart, a push, an interactive job) gets its spec here, just
+/// before it is created.
 pub async fn container_spec(sh: &Shared, job: &Job) -> Result<ContainerSpec> {
+    check_limits(sh, job)?;
     let mut spec =
         ContainerSpec::for_job(job, &sh.config.name, &sh.config.key, &sh.config.data_dir);
     spec.env.extend(crate::services::link_env(sh, job).await?);
@@ -65,10 +84,11 @@ pub async fn container_spec(sh: &Shared, job: &Job) -> Result<ContainerSpec> {
         viking_docker::LABEL_SPEC.to_string(),
         String::from_utf8_lossy(&viking_core::records::encode(&carried)?).into_owned(),
     );
-    for (host, _) in &spec.binds {
-        std::fs::create_dir_all(host).map_err(|e| {
-            ServerError::Internal(format!("creating volume directory {}: {e}", host.display()))
-        })?;
+    let limits = &sh.config.containers;
+    spec.pids_limit = Some(job.pids_limit.unwrap_or(limits.pids_limit));
+    spec.log = Some(limits.log_rotation());
+    for (host, volume) in spec.binds.iter_mut() {
+        *host = crate::volume::prepare(&sh.config.data_dir, &job.name, volume)?;
     }
     Ok(spec)
 }

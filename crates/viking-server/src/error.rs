@@ -65,6 +65,16 @@ pub enum ServerError {
         source: Box<ServerError>,
         previous_image: String,
     },
+    /// A volume's host directory cannot be used (or removed) safely: a
+    /// symlink or a file on its way below the volume root, or the
+    /// filesystem refused.
+    #[error("volume {volume:?} of job {job:?}: {}: {problem}", path.display())]
+    Volume {
+        job: String,
+        volume: String,
+        path: std::path::PathBuf,
+        problem: crate::volume::VolumeProblem,
+    },
     #[error("cluster store: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]

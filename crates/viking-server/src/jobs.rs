@@ -56,8 +56,10 @@ pub struct Claim {
 
 /// Place the job and claim its name: viking-proc, the start in flight and
 /// its ambassador ports, in one transaction that holds only if neither proc
-/// nor ps has the name. Links must name existing services.
+/// nor ps has the name. Links must name existing services, and the job
+/// must ask no more than this server allows.
 pub async fn claim_daemon(sh: &Shared, job: &Job) -> Result<Claim> {
+    crate::container::check_limits(sh, job)?;
     crate::services::check_links(sh, job).await?;
     for _ in 0..PLACEMENT_TRIES {
         let (target, guard) = placement::choose(sh, job).await?;
@@ -331,13 +333,28 @@ async fn inspect_after(sh: &Shared, name: &str) -> Result<InspectResponse> {
     })
 }
 
-/// Remove a job: out of viking-proc, its container and its viking-ps
-/// record. A running job needs `force`. The history is kept, so a fixed job
-/// run again under the same name returns to its host and its data.
-pub async fn remove(sh: &Shared, name: &str, force: bool) -> Result<()> {
+/// Remove a job: out of viking-proc, its container (with its anonymous
+/// volumes) and its viking-ps record. A running job needs `force`. Without
+/// `volumes` the history and the data directory are kept, so a fixed job
+/// run again under the same name returns to its host and its data; with
+/// `volumes` both go too ([`remove_data`]), also for a job whose records
+/// are gone already.
+pub async fn remove(sh: &Shared, name: &str, force: bool, volumes: bool) -> Result<()> {
+    if volumes {
+        // Refused before anything changes when the data cannot be reached.
+        let (hist, _) = state::history(sh.store.as_ref(), name).await?;
+        if let Some(node) = hist.last_node() {
+            if let Owner::Gone(host) = crate::peer::owner_of(sh, node).await? {
+                return Err(data_host_gone(name, &host));
+            }
+        }
+    }
     let ps = state::ps(sh.store.as_ref(), name).await?;
     let proc = state::proc(sh.store.as_ref(), name).await?;
     if ps.is_none() && proc.is_none() {
+        if volumes && remove_data(sh, name).await? {
+            return Ok(());
+        }
         return Err(state::no_such_job(name));
     }
     if let Some((p, _)) = &ps {
@@ -350,10 +367,11 @@ pub async fn remove(sh: &Shared, name: &str, force: bool) -> Result<()> {
             Owner::Here => {}
             Owner::Peer(c, host) => {
                 return c
-                    .rm(name, force)
+                    .rm_with(name, force, volumes)
                     .await
                     .map_err(|e| ServerError::from_peer(&host, e));
             }
+            Owner::Gone(host) if volumes => return Err(data_host_gone(name, &host)),
             Owner::Gone(host) => {
                 // The records go now, with a mark naming the container:
                 // when the host returns, its agent removes exactly that one
@@ -388,7 +406,49 @@ pub async fn remove(sh: &Shared, name: &str, force: bool) -> Result<()> {
     }
     sh.store.delete(&keys::ps(name)).await?;
     state::release_ports(sh.store.as_ref(), name).await?;
+    if volumes {
+        remove_data(sh, name).await?;
+    }
     Ok(())
+}
+
+/// Delete a job's data directory and its history, for `rm --volumes` of a
+/// job that has no proc or ps record (any more). The data is on the host
+/// the job last ran on (its history says which): deleted here, or by that
+/// host's server; without a history, this host's directory of the name is
+/// deleted if there is one (an interactive job's). Whether there was
+/// anything to delete.
+///
+/// Only the last host's directory goes: a job that moved (not fixed) may
+/// have left data on earlier hosts of its history.
+async fn remove_data(sh: &Shared, name: &str) -> Result<bool> {
+    let (hist, _) = state::history(sh.store.as_ref(), name).await?;
+    let Some(node) = hist.last_node() else {
+        return crate::volume::remove_job(&sh.config.data_dir, name);
+    };
+    match crate::peer::owner_of(sh, node).await? {
+        Owner::Here => {
+            crate::volume::remove_job(&sh.config.data_dir, name)?;
+            state::forget_history(sh.store.as_ref(), name).await?;
+            Ok(true)
+        }
+        // Its records are gone, so that server comes here too, and finds
+        // itself as the last host.
+        Owner::Peer(c, host) => {
+            c.rm_with(name, true, true)
+                .await
+                .map_err(|e| ServerError::from_peer(&host, e))?;
+            Ok(true)
+        }
+        Owner::Gone(host) => Err(data_host_gone(name, &host)),
+    }
+}
+
+/// `rm --volumes` of a job whose data is on a host that is gone.
+fn data_host_gone(name: &str, host: &str) -> ServerError {
+    ServerError::Unavailable(format!(
+        "job {name:?} ran on host {host}, which is gone: its volumes are there and cannot be deleted now; `viking rm {name}` without --volumes removes the job and keeps them"
+    ))
 }
 
 /// The job's output as a stream of frames.

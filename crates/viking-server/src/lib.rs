@@ -10,7 +10,8 @@
 //! - [`state`]: typed access to the records (proc, ps, history, ports) and
 //!   the name claims;
 //! - [`placement`]: dowding's snapshot and decision; [`peer`]: calls to
-//!   other servers; [`container`]: this host's containers;
+//!   other servers; [`container`]: this host's containers; [`volume`]: their
+//!   volume directories, made and checked without following a symlink;
 //! - [`jobs`]: running, stopping and removing jobs: viking-proc first, then
 //!   Docker, then viking-ps;
 //! - [`attach`]: the attached streams of interactive jobs;
@@ -65,6 +66,7 @@ pub mod standing;
 pub mod state;
 pub mod status;
 pub mod token;
+pub mod volume;
 
 pub use config::ServerConfig;
 

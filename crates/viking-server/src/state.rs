@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 
 use viking_core::records::{decode, encode, History, ProcRecord, PsRecord, Record};
 use viking_core::{keys, Job, Status};
-use viking_store::{Compare, Op, Revision, Store};
+use viking_store::{Compare, Op, Revision, Store, StoreExt};
 
 use crate::error::{Result, ServerError};
 
@@ -54,6 +54,13 @@ pub async fn history(store: &dyn Store, name: &str) -> Result<(History, Revision
         Some(kv) => Ok((decode(&kv.value)?, kv.mod_revision)),
         None => Ok((History::default(), 0)),
     }
+}
+
+/// Delete a job's placement history (`rm --volumes`): a job of that name
+/// run again is placed afresh.
+pub async fn forget_history(store: &dyn Store, name: &str) -> Result<()> {
+    store.delete(&keys::history(name)).await?;
+    Ok(())
 }
 
 /// The error of a name that is in use.

@@ -8,6 +8,7 @@ use viking_client::api::{ErrorBody, ErrorReason};
 use viking_docker::RuntimeError;
 
 use crate::error::ServerError;
+use crate::volume::VolumeProblem;
 
 /// The HTTP status of an error.
 pub fn of(e: &ServerError) -> StatusCode {
@@ -25,6 +26,10 @@ pub fn of(e: &ServerError) -> StatusCode {
         ServerError::Runtime(RuntimeError::NotFound(_)) => StatusCode::NOT_FOUND,
         ServerError::Runtime(RuntimeError::Conflict(_)) => StatusCode::CONFLICT,
         ServerError::Runtime(_) => StatusCode::BAD_GATEWAY,
+        ServerError::Volume { problem, .. } => match problem {
+            VolumeProblem::Symlink | VolumeProblem::NotADirectory => StatusCode::CONFLICT,
+            VolumeProblem::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        },
         ServerError::Record(_) | ServerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -72,6 +72,7 @@ impl TestServer {
             health_interval: Duration::from_secs(30),
             embassy_ports: (41000, 41009),
             embassy_bind: Some("127.0.0.1".parse().expect("ip")),
+            containers: Default::default(),
         };
         let engine = FakeRuntime::new();
         engine.add_image("busybox");
@@ -240,6 +241,117 @@ async fn a_docker_failure_leaves_no_trace() {
     assert!(s.keys(keys::PROC).await.is_empty());
     assert!(s.keys(keys::PS).await.is_empty());
     assert_eq!(s.containers_of("bad"), 0, "the failed container is removed");
+}
+
+#[tokio::test]
+async fn a_job_asking_more_pids_than_the_server_allows_leaves_no_trace() {
+    let s = TestServer::start().await;
+    // (An interactive job is refused the same way: the end-to-end test.)
+    let e = s
+        .run(r#"{"name":"greedy","image":"busybox","daemonize":true,"pids_limit":5000}"#)
+        .await
+        .expect_err("above --pids-max");
+    let message = e.to_string();
+    assert_eq!(status(e), 400, "{message}");
+    assert!(
+        message.contains("pids_limit") && message.contains("4096"),
+        "{message}"
+    );
+    assert!(s.keys(keys::PROC).await.is_empty());
+    assert!(s.keys(keys::PS).await.is_empty());
+    assert_eq!(s.containers_of("greedy"), 0);
+    // Within the maximum the job's own limit is used, else the server's;
+    // every container gets the server's log rotation.
+    for (doc, pids) in [
+        (
+            r#"{"name":"modest","image":"busybox","daemonize":true,"pids_limit":300}"#,
+            300,
+        ),
+        (
+            r#"{"name":"plain","image":"busybox","daemonize":true}"#,
+            1024,
+        ),
+    ] {
+        let r = s.run(doc).await.expect("runs");
+        let spec = s
+            .engine
+            .containers()
+            .into_iter()
+            .find(|c| c.spec.labels.get(viking_docker::LABEL_JOB) == Some(&r.job.name))
+            .expect("its container")
+            .spec;
+        assert_eq!(spec.pids_limit, Some(pids), "{doc}");
+        let log = spec.log.expect("log rotation");
+        assert_eq!((log.max_size.as_str(), log.max_files), ("10m", 3));
+    }
+}
+
+#[tokio::test]
+async fn a_volume_through_a_planted_symlink_leaves_no_trace() {
+    let s = TestServer::start().await;
+    let outside = tempfile::tempdir().expect("tempdir");
+    let data = s.shared.config.data_dir.join("volumes/esc/data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::os::unix::fs::symlink(outside.path(), data.join("hostetc")).expect("symlink");
+    let e = s
+        .run(r#"{"name":"esc","image":"busybox","daemonize":true,"volumes":["/data/hostetc"]}"#)
+        .await
+        .expect_err("the link is refused");
+    let message = e.to_string();
+    assert_eq!(status(e), 409, "{message}");
+    assert!(
+        message.contains("\"/data/hostetc\"") && message.contains("symbolic link"),
+        "{message}"
+    );
+    assert!(s.keys(keys::PROC).await.is_empty());
+    assert!(s.keys(keys::PS).await.is_empty());
+    assert_eq!(s.containers_of("esc"), 0);
+    assert_eq!(std::fs::read_dir(outside.path()).expect("ls").count(), 0);
+}
+
+#[tokio::test]
+async fn removing_the_volumes_of_a_job_whose_host_is_gone_changes_nothing() {
+    use viking_store::StoreExt;
+    let (n1, n2) = two_hosts().await;
+    n1.run(r#"{"name":"db","image":"busybox","daemonize":true,"host":"n2","volumes":["/data"]}"#)
+        .await
+        .expect("runs on n2");
+    let data = n2.shared.config.data_dir.join("volumes/db/data");
+    assert!(data.is_dir());
+    // n2 dies, and its lease runs out.
+    n2.task.abort();
+    n1.shared
+        .store
+        .delete(&keys::host("n2"))
+        .await
+        .expect("delete");
+    let e = n1
+        .client
+        .rm_with("db", true, true)
+        .await
+        .expect_err("its host is gone");
+    let message = e.to_string();
+    assert_eq!(status(e), 503, "{message}");
+    assert!(message.contains("n2"), "{message}");
+    assert_eq!(n1.keys(&keys::proc("db")).await.len(), 1, "proc kept");
+    assert_eq!(n1.keys(&keys::ps("db")).await.len(), 1, "ps kept");
+    assert_eq!(n1.keys(&keys::history("db")).await.len(), 1, "history kept");
+    assert!(data.is_dir());
+    // Without its viking-ps record (a fixed job waiting for its host), the
+    // history names the host: refused the same way, proc kept.
+    n1.shared
+        .store
+        .delete(&keys::ps("db"))
+        .await
+        .expect("delete");
+    let e = n1
+        .client
+        .rm_with("db", true, true)
+        .await
+        .expect_err("its host is gone");
+    assert_eq!(status(e), 503);
+    assert_eq!(n1.keys(&keys::proc("db")).await.len(), 1, "proc kept");
+    assert_eq!(n1.keys(&keys::history("db")).await.len(), 1, "history kept");
 }
 
 #[tokio::test]

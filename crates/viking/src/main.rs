@@ -55,6 +55,12 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
         },
         embassy_ports: parse_range(&a.embassy_ports)?,
         embassy_bind: a.embassy_bind,
+        containers: viking_server::config::ContainerLimits {
+            log_max_size: a.log_max_size,
+            log_max_files: a.log_max_file,
+            pids_limit: a.pids_limit,
+            pids_max: a.pids_max,
+        },
         health_interval: secs(a.health_interval, "--health-interval")?
             .max(Duration::from_millis(100)),
     })

@@ -408,7 +408,7 @@ fn an_emptied_store_stops_nothing_and_recover_brings_the_fleet_back() {
         .env("ETCDCTL_API", "3")
         .args([
             "--endpoints",
-            &c.etcd_endpoint().to_string(),
+            c.etcd_endpoint(),
             "del",
             "--prefix",
             "/viking",
