@@ -34,7 +34,7 @@ const REMOVE_PATIENCE: Duration = Duration::from_secs(30);
 /// [`Runtime::events_for`], which reports only one cluster's containers.
 #[derive(Clone)]
 pub struct DockerRuntime {
-    docker: Docker,
+    pub(crate) docker: Docker,
     endpoint: String,
 }
 
@@ -137,7 +137,7 @@ impl DockerRuntime {
 }
 
 /// The runtime error for a bollard error, by the engine's status code.
-fn err(e: BollardError) -> RuntimeError {
+pub(crate) fn err(e: BollardError) -> RuntimeError {
     match e {
         BollardError::DockerResponseServerError {
             status_code: 404,
@@ -152,7 +152,7 @@ fn err(e: BollardError) -> RuntimeError {
     }
 }
 
-fn is_status(e: &BollardError, code: u16) -> bool {
+pub(crate) fn is_status(e: &BollardError, code: u16) -> bool {
     matches!(e, BollardError::DockerResponseServerError { status_code, .. } if *status_code == code)
 }
 

@@ -108,7 +108,9 @@ impl Launched {
             ..
         }) = dd.load()
         {
-            let _ = supervisor::docker(&["rm", "-f", supervisor::ETCD_CONTAINER]).await;
+            if let Err(e) = supervisor::remove_etcd_container().await {
+                supervisor::log(format!("removing the etcd container: {e}"));
+            }
         }
     }
 

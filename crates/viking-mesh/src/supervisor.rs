@@ -3,7 +3,7 @@
 //!
 //! The supervisor reads `mesh.json`, starts the etcd member (members only:
 //! as its child process with `--etcd-binary`, or as a container with a
-//! restart policy with `--etcd-image`), waits until it is healthy, refreshes
+//! restart policy with `--etcd-image`, through viking-docker), waits until it is healthy, refreshes
 //! the list of etcd endpoints from the member list, then starts
 //! `viking server` as its child. A child that exits is started again after
 //! a delay that doubles from 1 s to 30 s (back to 1 s after a minute of
@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
+use viking_docker::{DockerRuntime, PlainSpec, Restart, Runtime};
 use viking_store::etcd::membership::{client_urls, Membership};
 
 use crate::state::{url, DataDir, EtcdRunner, MeshState, Role};
@@ -245,64 +246,70 @@ pub async fn stop(dd: &DataDir, etcd_container: bool) -> Result<bool> {
             ..
         }) = dd.load()
         {
-            let _ = docker(&["stop", ETCD_CONTAINER]).await;
+            if let Err(e) = stop_etcd_container().await {
+                log(format!("stopping the etcd container: {e}"));
+            }
         }
     }
     Ok(was_running)
 }
 
-/// Run the docker CLI; stdout on success.
-pub async fn docker(args: &[&str]) -> Result<String> {
-    let out = Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .ctx(|| format!("running docker {}", args.join(" ")))?;
-    if !out.status.success() {
-        return Err(MeshError::Failed(format!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+/// This machine's Docker engine: `DOCKER_HOST`, as the `docker` CLI reads
+/// it, else the local socket.
+async fn engine() -> Result<DockerRuntime> {
+    let endpoint = std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|e| !e.is_empty())
+        .unwrap_or_else(|| viking_docker::plain::DEFAULT_ENDPOINT.to_string());
+    Ok(DockerRuntime::connect(&endpoint).await?)
 }
 
-/// Image mode: make sure the etcd container exists and runs.
+/// Image mode: stop the etcd container (its restart policy then leaves it
+/// stopped until it is started again); a missing one is no error.
+pub(crate) async fn stop_etcd_container() -> Result<()> {
+    engine()
+        .await?
+        .stop_plain(ETCD_CONTAINER, STOP_GRACE.as_secs() as i64)
+        .await?;
+    Ok(())
+}
+
+/// Image mode: remove the etcd container, running or not; a missing one is
+/// no error.
+pub(crate) async fn remove_etcd_container() -> Result<()> {
+    engine().await?.remove_plain(ETCD_CONTAINER).await?;
+    Ok(())
+}
+
+/// Image mode: make sure the etcd container exists and runs (`docker run
+/// -d --restart unless-stopped --network host`, pulling the image if the
+/// engine does not have it).
 async fn ensure_etcd_container(st: &MeshState, dd: &DataDir, image: &str) -> Result<()> {
-    if docker(&["inspect", "--format", "{{.Id}}", ETCD_CONTAINER])
-        .await
-        .is_ok()
-    {
-        docker(&["start", ETCD_CONTAINER]).await?;
+    let docker = engine().await?;
+    if docker.inspect_plain(ETCD_CONTAINER).await?.is_some() {
+        docker.start_plain(ETCD_CONTAINER).await?;
         return Ok(());
     }
-    let etcd_dir = dd.etcd_dir().display().to_string();
-    std::fs::create_dir_all(&etcd_dir).ctx(|| format!("creating {etcd_dir}"))?;
-    let mount = format!("{etcd_dir}:{etcd_dir}");
-    let mut args: Vec<String> = [
-        "run",
-        "-d",
-        "--name",
-        ETCD_CONTAINER,
-        "--restart",
-        "unless-stopped",
-        "--network",
-        "host",
-        "--label",
-        "viking.mesh=etcd",
-        "-v",
-        &mount,
-        image,
-        "etcd",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(etcd_args(st, dd));
-    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    docker(&refs).await.map(|_| ())
+    let etcd_dir = dd.etcd_dir();
+    std::fs::create_dir_all(&etcd_dir).ctx(|| format!("creating {}", etcd_dir.display()))?;
+    if docker.image_id(image).await?.is_none() {
+        log(format!("pulling {image}"));
+        viking_docker::pull_quietly(&docker, image).await?;
+    }
+    let mut command = vec!["etcd".to_string()];
+    command.extend(etcd_args(st, dd));
+    let spec = PlainSpec {
+        name: ETCD_CONTAINER.to_string(),
+        role: "etcd".to_string(),
+        image: image.to_string(),
+        command,
+        host_network: true,
+        restart: Restart::UnlessStopped,
+        binds: vec![(etcd_dir.clone(), etcd_dir.display().to_string())],
+    };
+    docker.create_plain(&spec).await?;
+    docker.start_plain(ETCD_CONTAINER).await?;
+    Ok(())
 }
 
 /// One supervised child.
