@@ -20,8 +20,8 @@ use futures::StreamExt;
 use viking_core::records::PublishedPort;
 
 use crate::{
-    Attached, ContainerEvent, ContainerInfo, ContainerSpec, EngineInfo, Output, Result, Runtime,
-    RuntimeError, LABEL_CLUSTER, LABEL_DAEMONIZE, LABEL_JOB, LABEL_NODE,
+    Attached, ContainerEvent, ContainerInfo, ContainerSpec, EngineInfo, Labelled, Output, Result,
+    Runtime, RuntimeError, LABEL_CLUSTER, LABEL_DAEMONIZE, LABEL_JOB, LABEL_NODE,
 };
 
 /// How long a forced removal waits for another removal of the same
@@ -568,6 +568,21 @@ impl Runtime for DockerRuntime {
             .logs(id, Some(opts))
             .map(|o| o.map(output).map_err(err))
             .boxed()
+    }
+
+    async fn labels(&self, id: &str) -> Result<Option<Labelled>> {
+        match self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => Ok(Some(Labelled {
+                id: c.id.unwrap_or_default(),
+                labels: c.config.and_then(|c| c.labels).unwrap_or_default(),
+            })),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(err(e)),
+        }
     }
 }
 

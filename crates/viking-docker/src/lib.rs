@@ -33,9 +33,11 @@ use viking_core::Job;
 mod docker;
 #[cfg(feature = "test-util")]
 pub mod fake;
+pub mod owned;
 pub mod plain;
 
 pub use docker::DockerRuntime;
+pub use owned::{Labelled, OwnedRuntime};
 pub use plain::{PlainInfo, PlainSpec, Restart, LABEL_MESH};
 
 /// The label that marks a container as viking's; its value is the job name.
@@ -277,6 +279,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// crate's invariant; kept until its callers have switched.
     fn events(&self) -> BoxStream<'static, Result<ContainerEvent>>;
     fn logs(&self, id: &str, follow: bool) -> BoxStream<'static, Result<Output>>;
+    /// The full id and labels of any container on the engine, whoever made
+    /// it; `None` when there is none. For ownership checks only
+    /// ([`OwnedRuntime`]): every other call sees viking's containers.
+    async fn labels(&self, id: &str) -> Result<Option<Labelled>>;
 }
 
 /// The memory a running container uses now, in bytes, read from its cgroup
