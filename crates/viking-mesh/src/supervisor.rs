@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ConstantBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use viking_docker::{DockerRuntime, PlainSpec, Restart, Runtime};
@@ -312,6 +313,16 @@ async fn ensure_etcd_container(st: &MeshState, dd: &DataDir, image: &str) -> Res
     Ok(())
 }
 
+/// The pauses before a supervised child is started again: 1 s doubling up
+/// to 30 s, for as long as it keeps exiting.
+fn restart_backoff() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(BACKOFF_MIN)
+        .with_max_delay(BACKOFF_MAX)
+        .without_max_times()
+        .build()
+}
+
 /// One supervised child.
 struct Slot {
     what: &'static str,
@@ -320,7 +331,7 @@ struct Slot {
     child: Option<Child>,
     started: Instant,
     restart_at: Option<Instant>,
-    delay: Duration,
+    pauses: ExponentialBackoff,
 }
 
 enum Event {
@@ -337,7 +348,7 @@ impl Slot {
             child: None,
             started: Instant::now(),
             restart_at: None,
-            delay: BACKOFF_MIN,
+            pauses: restart_backoff(),
         }
     }
 
@@ -402,14 +413,14 @@ impl Slot {
     fn exited(&mut self, status: &str) {
         self.child = None;
         if self.started.elapsed() > Duration::from_secs(60) {
-            self.delay = BACKOFF_MIN;
+            self.pauses = restart_backoff();
         }
+        let delay = self.pauses.next().unwrap_or(BACKOFF_MAX);
         log(format!(
-            "{} exited ({status}); starting it again in {:?}",
-            self.what, self.delay
+            "{} exited ({status}); starting it again in {delay:?}",
+            self.what
         ));
-        self.restart_at = Some(Instant::now() + self.delay);
-        self.delay = (self.delay * 2).min(BACKOFF_MAX);
+        self.restart_at = Some(Instant::now() + delay);
     }
 
     async fn stop(&mut self, dd: &DataDir) {
@@ -426,18 +437,29 @@ impl Slot {
     }
 }
 
+/// How `init`, `join` and `start` poll etcd and the server until they are
+/// ready: every 300 ms (the callers bound it in time).
+pub(crate) fn poll() -> ConstantBuilder {
+    ConstantBuilder::default()
+        .with_delay(Duration::from_millis(300))
+        .without_max_times()
+}
+
 /// Wait until the local etcd member answers with a leader, up to `limit`.
 pub async fn wait_etcd(endpoint: &str, limit: Duration) -> bool {
     let until = Instant::now() + limit;
-    loop {
+    let healthy = || async {
         if Membership::new(vec![endpoint.to_string()]).healthy().await {
-            return true;
+            Ok(())
+        } else {
+            Err(())
         }
-        if Instant::now() >= until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    };
+    healthy
+        .retry(poll())
+        .when(|_| Instant::now() < until)
+        .await
+        .is_ok()
 }
 
 /// The endpoints to use: the started members' client URLs, local first.
@@ -582,6 +604,26 @@ pub async fn up(dd: &DataDir, shutdown: impl Future<Output = ()>) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pause before each restart of a child that keeps exiting.
+    fn pause(slot: &mut Slot) -> Duration {
+        slot.exited("exit status: 1");
+        slot.restart_at.expect("a restart is due") - Instant::now()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crashing_child_is_restarted_after_a_doubling_pause() {
+        let mut slot = Slot::new("server", PathBuf::from("/bin/false"), vec![]);
+        let secs: Vec<u64> = (0..8).map(|_| pause(&mut slot).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30, 30]);
+        // After a minute of running, back to the shortest pause.
+        slot.started = Instant::now();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(pause(&mut slot), BACKOFF_MIN);
+        // Started again (spawn sets `started`), and it exits at once.
+        slot.started = Instant::now();
+        assert_eq!(pause(&mut slot), BACKOFF_MIN * 2);
+    }
 
     #[test]
     fn a_thread_id_is_not_a_process() {
