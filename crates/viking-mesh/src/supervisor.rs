@@ -3,7 +3,8 @@
 //!
 //! The supervisor reads `mesh.json`, starts the etcd member (members only:
 //! as its child process with `--etcd-binary`, or as a container with a
-//! restart policy with `--etcd-image`, through viking-docker), waits until it is healthy, refreshes
+//! restart policy with `--etcd-image`, through viking-docker's `plain`
+//! containers), waits until it is healthy, refreshes
 //! the list of etcd endpoints from the member list, then starts
 //! `viking server` as its child. A child that exits is started again after
 //! a delay that doubles from 1 s to 30 s (back to 1 s after a minute of
