@@ -301,8 +301,24 @@ impl Failure {
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
     let s = serde_json::to_string_pretty(v).map_err(|e| Failure::new(1, e.to_string()))?;
-    println!("{s}");
+    println!("{}", json_for_terminal(s));
     Ok(())
+}
+
+/// JSON safe to print on a terminal (`viking inspect`, `--json`): serde_json
+/// escapes C0 control characters but writes DEL and C1 (U+0080 to U+009F,
+/// CSI among them) as they are. They occur only inside strings, where
+/// `\u00XX` means the same character, so the document is unchanged.
+fn json_for_terminal(s: String) -> String {
+    if !s.chars().any(|c| matches!(c, '\u{7f}'..='\u{9f}')) {
+        return s;
+    }
+    s.chars()
+        .map(|c| match c {
+            '\u{7f}'..='\u{9f}' => format!("\\u{:04x}", u32::from(c)),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 fn path_segment(name: &str) -> Result<&str, Failure> {
@@ -428,5 +444,20 @@ pub async fn dispatch(
             print_json(&v)?;
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_output_carries_no_raw_control_character() {
+        let v = serde_json::json!({ "command": ["sh", "-c", "\x1b[2J\u{9b}2J\u{7f}"] });
+        let out = json_for_terminal(serde_json::to_string_pretty(&v).expect("json"));
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        // The same document.
+        let back: serde_json::Value = serde_json::from_str(&out).expect("still JSON");
+        assert_eq!(back, v);
     }
 }

@@ -20,8 +20,8 @@ use futures::StreamExt;
 use viking_core::records::PublishedPort;
 
 use crate::{
-    Attached, ContainerEvent, ContainerInfo, ContainerSpec, EngineInfo, Output, Result, Runtime,
-    RuntimeError, LABEL_CLUSTER, LABEL_DAEMONIZE, LABEL_JOB, LABEL_NODE, LABEL_SPEC,
+    Attached, ContainerEvent, ContainerInfo, ContainerSpec, EngineInfo, Labelled, Output, Result,
+    Runtime, RuntimeError, LABEL_CLUSTER, LABEL_DAEMONIZE, LABEL_JOB, LABEL_NODE, LABEL_SPEC,
 };
 
 /// How long a forced removal waits for another removal of the same
@@ -34,7 +34,7 @@ const REMOVE_PATIENCE: Duration = Duration::from_secs(30);
 /// [`Runtime::events_for`], which reports only one cluster's containers.
 #[derive(Clone)]
 pub struct DockerRuntime {
-    docker: Docker,
+    pub(crate) docker: Docker,
     endpoint: String,
 }
 
@@ -137,7 +137,7 @@ impl DockerRuntime {
 }
 
 /// The runtime error for a bollard error, by the engine's status code.
-fn err(e: BollardError) -> RuntimeError {
+pub(crate) fn err(e: BollardError) -> RuntimeError {
     match e {
         BollardError::DockerResponseServerError {
             status_code: 404,
@@ -152,7 +152,7 @@ fn err(e: BollardError) -> RuntimeError {
     }
 }
 
-fn is_status(e: &BollardError, code: u16) -> bool {
+pub(crate) fn is_status(e: &BollardError, code: u16) -> bool {
     matches!(e, BollardError::DockerResponseServerError { status_code, .. } if *status_code == code)
 }
 
@@ -612,6 +612,21 @@ impl Runtime for DockerRuntime {
             .logs(id, Some(opts))
             .map(|o| o.map(output).map_err(err))
             .boxed()
+    }
+
+    async fn labels(&self, id: &str) -> Result<Option<Labelled>> {
+        match self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => Ok(Some(Labelled {
+                id: c.id.unwrap_or_default(),
+                labels: c.config.and_then(|c| c.labels).unwrap_or_default(),
+            })),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(err(e)),
+        }
     }
 }
 

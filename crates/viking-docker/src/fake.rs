@@ -60,8 +60,8 @@ use viking_core::records::PublishedPort;
 
 use crate::{
     is_valid_container_name, Attached, ContainerEvent, ContainerInfo, ContainerSpec, EngineInfo,
-    Output, Result, Runtime, RuntimeError, LABEL_CLUSTER, LABEL_DAEMONIZE, LABEL_JOB, LABEL_NODE,
-    LABEL_SPEC,
+    Labelled, Output, Result, Runtime, RuntimeError, LABEL_CLUSTER, LABEL_DAEMONIZE, LABEL_JOB,
+    LABEL_NODE, LABEL_SPEC,
 };
 
 /// The endpoint the fake names in [`RuntimeError::Unreachable`].
@@ -1207,6 +1207,22 @@ impl Runtime for FakeRuntime {
             Some((past, rx)) => output_stream(past, rx),
             None => stream::iter([Err(not_found(r))]).boxed(),
         }
+    }
+
+    /// Not recorded in [`FakeRuntime::calls`]: a look-up that the
+    /// ownership check makes before each change.
+    async fn labels(&self, r: &str) -> Result<Option<Labelled>> {
+        let st = self.state();
+        if st.unreachable {
+            return Err(unreachable());
+        }
+        Ok(st
+            .resolve(r)
+            .and_then(|id| st.containers.get(&id))
+            .map(|c| Labelled {
+                id: c.id.clone(),
+                labels: c.spec.labels.clone(),
+            }))
     }
 }
 

@@ -9,7 +9,8 @@
 //!
 //! Architecture invariant: this crate is the only one that knows Docker, and
 //! it only ever lists, changes or removes containers that carry the
-//! [`LABEL_JOB`] label: viking never touches containers it did not create.
+//! [`LABEL_JOB`] label, or [`LABEL_MESH`] for the mesh's own containers
+//! ([`plain`]): viking never touches containers it did not create.
 //! [`Runtime::list`] and [`Runtime::events_for`] take the cluster and report
 //! only that cluster's containers, so two clusters on one engine stay apart.
 //!
@@ -32,8 +33,12 @@ use viking_core::Job;
 mod docker;
 #[cfg(feature = "test-util")]
 pub mod fake;
+pub mod owned;
+pub mod plain;
 
 pub use docker::DockerRuntime;
+pub use owned::{Labelled, OwnedRuntime};
+pub use plain::{PlainInfo, PlainSpec, Restart, LABEL_MESH};
 
 /// The label that marks a container as viking's; its value is the job name.
 pub const LABEL_JOB: &str = "viking.job";
@@ -319,6 +324,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// crate's invariant; kept until its callers have switched.
     fn events(&self) -> BoxStream<'static, Result<ContainerEvent>>;
     fn logs(&self, id: &str, follow: bool) -> BoxStream<'static, Result<Output>>;
+    /// The full id and labels of any container on the engine, whoever made
+    /// it; `None` when there is none. For ownership checks only
+    /// ([`OwnedRuntime`]): every other call sees viking's containers.
+    async fn labels(&self, id: &str) -> Result<Option<Labelled>>;
 }
 
 /// The memory a running container uses now, in bytes, read from its cgroup

@@ -41,7 +41,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use viking_docker::{DockerRuntime, Runtime};
+use viking_docker::{DockerRuntime, OwnedRuntime, Runtime};
 use viking_store::embedded::EmbeddedStore;
 use viking_store::etcd::EtcdStore;
 use viking_store::Store;
@@ -208,6 +208,9 @@ pub async fn prepare_with(
         .info()
         .await
         .context("asking Docker for its capacity")?;
+    // Stop, kill, remove, rename and start re-check that a container is
+    // this cluster's before acting.
+    let runtime: Arc<dyn Runtime> = Arc::new(OwnedRuntime::new(runtime, config.key.clone()));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         config,

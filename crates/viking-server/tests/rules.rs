@@ -392,6 +392,63 @@ async fn stop_takes_the_job_out_of_proc_then_stops_its_container() {
     assert!(c.iter().all(|c| c.status != "running"));
 }
 
+/// A record that names a container which is not this cluster's (another
+/// cluster's on the same engine, or one viking did not make): stop, rm and
+/// the server's runtime refuse it as not found and leave it running.
+#[tokio::test]
+async fn containers_of_other_clusters_are_never_stopped_or_removed() {
+    use viking_docker::Runtime;
+    let s = TestServer::start().await;
+    s.run(r#"{"name":"w","image":"busybox","daemonize":true}"#)
+        .await
+        .expect("run");
+    let job = viking_core::Job::parse(br#"{"name":"other","image":"busybox"}"#, String::new)
+        .expect("job");
+    let spec =
+        viking_docker::ContainerSpec::for_job(&job, "n9", "/elsewhere", std::path::Path::new("/d"));
+    let foreign = s.engine.create(&spec).await.expect("create");
+    s.engine.start(&foreign).await.expect("start");
+    let mut unlabelled = spec.clone();
+    unlabelled.name = "not-vikings".to_string();
+    unlabelled.labels.clear();
+    let plain = s.engine.create(&unlabelled).await.expect("create");
+    s.engine.start(&plain).await.expect("start");
+    // w's record now names the other cluster's container.
+    let store = s.shared.store.as_ref();
+    let (mut rec, rev) = viking_server::state::ps(store, "w")
+        .await
+        .expect("read")
+        .expect("ps");
+    rec.container_id = foreign.clone();
+    viking_server::state::put_ps_if(store, &rec, rev)
+        .await
+        .expect("write")
+        .expect("written");
+    let e = s
+        .client
+        .call(Method::POST, "/v1/jobs/w/stop?t=1", None)
+        .await
+        .expect_err("stop");
+    assert_eq!(status(e), 404);
+    let e = s
+        .client
+        .call(Method::DELETE, "/v1/jobs/w?force=true", None)
+        .await
+        .expect_err("rm");
+    assert_eq!(status(e), 404);
+    for id in [&foreign, &plain] {
+        for r in [
+            s.shared.runtime.stop(id, 1).await,
+            s.shared.runtime.kill(id, "KILL").await,
+            s.shared.runtime.remove(id, true).await,
+        ] {
+            assert!(matches!(r, Err(RuntimeError::NotFound(_))), "{r:?}");
+        }
+        let c = s.engine.container(id).expect("still there");
+        assert_eq!(c.status, "running", "{c:?}");
+    }
+}
+
 #[tokio::test]
 async fn an_attached_job_frees_its_name_before_its_exit_code() {
     let s = TestServer::start().await;
