@@ -263,7 +263,9 @@ pub fn hosts(v: &[HostView], now: u64) -> String {
         .iter()
         .map(|h| {
             let r = &h.host;
-            let state = if h.alive && h.leader {
+            let state = if h.alive && r.held.is_some() {
+                "held: run viking recover".to_string()
+            } else if h.alive && h.leader {
                 "alive (leader)".to_string()
             } else if h.alive {
                 "alive".to_string()

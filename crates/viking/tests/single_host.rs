@@ -954,6 +954,8 @@ fn a_server_on_an_empty_store_holds_and_recover_brings_its_jobs_back() {
             .is_some_and(|w| w.contains("no cluster id")),
         "{hosts}"
     );
+    let table = stdout(&s.cli(&["hosts"]));
+    assert!(table.contains("held: run viking recover"), "{table}");
     let out = s.cli(&["run", "-d", "--name", "late", BUSYBOX, "sleep", "5"]);
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("holds"), "{}", stderr(&out));
