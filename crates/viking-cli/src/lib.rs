@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use viking_client::{Client, ClientError};
 
+pub mod ca;
 pub mod mesh;
 pub mod push;
 pub mod run;
@@ -127,6 +128,10 @@ pub enum Command {
     /// Make a cluster of machines that have Docker and viking (smesh).
     #[command(subcommand)]
     Mesh(mesh::MeshCommand),
+    /// A cluster CA and server certificates, for clusters built without
+    /// `viking mesh`.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
 }
 
 /// `viking server`'s settings; each has an environment variable.
@@ -337,6 +342,7 @@ pub async fn dispatch(
     match command {
         Command::Server(_) => Err(Failure::new(2, "`viking server` is started by the binary")),
         Command::Mesh(_) => Err(Failure::new(2, "`viking mesh` is run by the binary")),
+        Command::Ca(c) => ca::run(c),
         Command::Run(args) => run::run(&c, args).await,
         Command::Ps { all, json } => {
             let v = c.ps(all).await?;
