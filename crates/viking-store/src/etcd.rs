@@ -207,20 +207,60 @@ where
         .await
 }
 
+/// What an etcd client shows and trusts over TLS (PEM).
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// The CA that signed etcd's certificates (the cluster's CA).
+    pub ca_pem: String,
+    /// This client's certificate and key, signed by the same CA.
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EtcdTls { .. }")
+    }
+}
+
 impl EtcdStore {
     /// Connect to the etcd cluster at `endpoints` (e.g.
     /// `http://10.0.0.1:2379`); keys live under `prefix`. Fails if no
     /// endpoint answers within a few seconds.
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
+        Self::connect_tls(endpoints, prefix, None).await
+    }
+
+    /// Connect over TLS (`https://` endpoints), trusting only the CA in
+    /// `tls` and showing its client certificate: an etcd that requires
+    /// client certificates (`--client-cert-auth`) answers only such clients.
+    pub async fn connect_tls(
+        endpoints: &[String],
+        prefix: &str,
+        tls: Option<&EtcdTls>,
+    ) -> Result<Self> {
         if endpoints.is_empty() {
             return Err(StoreError::Invalid("no etcd endpoints given".into()));
         }
-        let options = ConnectOptions::new()
+        let plain = endpoints.iter().any(|e| e.starts_with("http://"));
+        if tls.is_some() && plain {
+            return Err(StoreError::Invalid(
+                "etcd endpoints must be https:// when a client certificate is given".into(),
+            ));
+        }
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
+        if let Some(t) = tls {
+            options = options.with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(&t.ca_pem))
+                    .identity(etcd_client::Identity::from_pem(&t.cert_pem, &t.key_pem)),
+            );
+        }
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(|e| map_err(&format!("connect to {endpoints:?}"), e))?;

@@ -38,7 +38,7 @@ pub mod testing;
 
 pub use election::{Election, Leadership};
 pub use embedded::EmbeddedStore;
-pub use etcd::EtcdStore;
+pub use etcd::{EtcdStore, EtcdTls};
 pub use ops::{spawn_keep_alive, KeepAlive, StoreExt};
 
 /// A store-wide, monotonically increasing revision (etcd's meaning).
