@@ -52,6 +52,12 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
         },
         embassy_ports: parse_range(&a.embassy_ports)?,
         embassy_bind: a.embassy_bind,
+        api_limits: viking_server::config::ApiLimits {
+            max_connections: a.max_connections,
+            ..Default::default()
+        },
+        embassy_max_connections: a.embassy_max_connections,
+        embassy_idle_timeout: secs(a.embassy_idle_timeout, "--embassy-idle-timeout")?,
         health_interval: secs(a.health_interval, "--health-interval")?
             .max(Duration::from_millis(100)),
     })
