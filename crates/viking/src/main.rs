@@ -67,10 +67,22 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
     let config = server_config(a)?;
     let listen = config.listen;
     let prepared = viking_server::prepare(config).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
+    let listener = bind(listen).with_context(|| format!("listening on {listen}"))?;
     viking_server::serve(prepared, listener, viking_mesh::shutdown_signal()).await
+}
+
+/// The API's listening socket, with a backlog of 4096 (capped by the
+/// kernel's `net.core.somaxconn`) rather than tokio's (and std's) 128, so
+/// that a burst of connections waits in the kernel instead of having its
+/// SYNs dropped (a dropped SYN costs its client a 1 s retransmit).
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// `viking mesh`: hands over to viking-mesh.
