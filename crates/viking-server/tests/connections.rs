@@ -353,3 +353,48 @@ async fn shutdown_ends_the_server_with_a_stream_open() {
     assert!(end.is_ok(), "the logs stream outlived the server");
     assert!(TcpStream::connect(s.addr).await.is_err(), "still listening");
 }
+
+#[tokio::test]
+async fn bad_connection_limits_are_refused_naming_the_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> =
+        EmbeddedStore::open(&dir.path().join("viking.redb"), "/viking").expect("store");
+    let base = ServerConfig {
+        name: "n1".to_string(),
+        ip: "127.0.0.1".to_string(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        etcd: vec![],
+        key: "/viking".to_string(),
+        tags: vec![],
+        data_dir: dir.path().to_path_buf(),
+        docker: "fake".to_string(),
+        token: Some(TOKEN.to_string()),
+        host_ttl: Duration::from_secs(3),
+        resync: Duration::from_secs(30),
+        policy: Default::default(),
+        health_interval: Duration::from_secs(30),
+        embassy_ports: (41110, 41119),
+        embassy_bind: Some("127.0.0.1".parse().expect("ip")),
+        api_limits: ApiLimits::default(),
+        embassy_max_connections: viking_embassy::DEFAULT_MAX_CONNECTIONS,
+        embassy_idle_timeout: viking_embassy::DEFAULT_IDLE_TIMEOUT,
+    };
+    let mut api = base.clone();
+    api.api_limits.max_connections = 0;
+    let mut embassy = base.clone();
+    embassy.embassy_max_connections = 0;
+    let mut idle = base.clone();
+    idle.embassy_idle_timeout = Duration::ZERO;
+    for (config, flag) in [
+        (api, "--max-connections"),
+        (embassy, "--embassy-max-connections"),
+        (idle, "--embassy-idle-timeout"),
+    ] {
+        let refused =
+            viking_server::prepare_with(config, store.clone(), Arc::new(FakeRuntime::new())).await;
+        let Err(e) = refused else {
+            panic!("{flag}: a bad value was accepted");
+        };
+        assert!(e.to_string().contains(flag), "{flag}: {e}");
+    }
+}
