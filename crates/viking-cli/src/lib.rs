@@ -36,9 +36,14 @@ pub struct Cli {
         global = false
     )]
     pub server: String,
-    /// The cluster token (default: the local server's token file).
+    /// The cluster token (default: the local server's token file). On the
+    /// command line it is visible in `ps`: prefer --token-file or
+    /// VIKING_TOKEN.
     #[arg(long, env = "VIKING_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A file that holds the cluster token.
+    #[arg(long, env = "VIKING_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -62,6 +67,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild the store's records from the fleet's containers, after the
+    /// store was emptied or replaced (servers hold until then).
+    Recover {
+        /// Take over a store that carries another cluster's id.
+        #[arg(long)]
+        adopt: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the servers of the fleet (floki).
     Hosts {
         /// Only hosts with this tag.
@@ -75,17 +89,22 @@ pub enum Command {
     },
     /// Stop a job and take it out of viking-proc.
     Stop {
-        /// Seconds to wait for it to stop before killing it.
-        #[arg(short = 't', long = "time", default_value_t = 10)]
+        /// Seconds to wait for it to stop before killing it (0 to 86400).
+        #[arg(short = 't', long = "time", default_value_t = 10,
+              value_parser = clap::value_parser!(i64).range(0..=viking_client::api::MAX_WAIT_SECONDS as i64))]
         time: i64,
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Remove a job and its record.
+    /// Remove a job and its record (its volumes and history are kept).
     Rm {
         /// Remove a running job too.
         #[arg(short, long)]
         force: bool,
+        /// Also delete the job's volumes (its data directory on the host it
+        /// last ran on) and its placement history.
+        #[arg(short, long)]
+        volumes: bool,
         #[arg(required = true)]
         names: Vec<String>,
     },
@@ -141,9 +160,14 @@ pub struct ServerArgs {
         default_value = "unix:///var/run/docker.sock"
     )]
     pub docker: String,
-    /// The cluster token (default: made at first start, kept in the data directory).
+    /// The cluster token (default: made at first start, kept in the data
+    /// directory). On the command line it is visible in `ps`: prefer
+    /// --token-file or VIKING_TOKEN.
     #[arg(long, env = "VIKING_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A file that holds the cluster token.
+    #[arg(long, env = "VIKING_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// How long a silent server stays alive in floki (and the leader's
     /// lease), in seconds.
     #[arg(long, env = "VIKING_HOST_TTL", default_value_t = 3.0)]
@@ -180,6 +204,23 @@ pub struct ServerArgs {
     /// closed to make room); a connection beyond the cap is closed at once.
     #[arg(long, env = "VIKING_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+    /// Every container's json-file log is rotated at this size (10m, 1g).
+    #[arg(long, env = "VIKING_LOG_MAX_SIZE", default_value = "10m")]
+    pub log_max_size: String,
+    /// How many rotated log files of a container are kept.
+    #[arg(
+        long = "log-max-file",
+        env = "VIKING_LOG_MAX_FILE",
+        default_value_t = 3
+    )]
+    pub log_max_file: u32,
+    /// The most processes a container may have, unless its job asks for
+    /// another limit.
+    #[arg(long, env = "VIKING_PIDS_LIMIT", default_value_t = 1024)]
+    pub pids_limit: u64,
+    /// The largest pids limit a job may ask for.
+    #[arg(long, env = "VIKING_PIDS_MAX", default_value_t = 4096)]
+    pub pids_max: u64,
 }
 
 /// The default data directory: `/var/lib/viking` for root, else
@@ -208,6 +249,32 @@ pub fn hostname() -> String {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
 }
+
+/// The token a `--token-file` holds (its first line, trimmed).
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let t = std::fs::read_to_string(path)
+        .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+    let t = t.lines().next().unwrap_or("").trim().to_string();
+    if t.is_empty() {
+        return Err(format!(
+            "--token-file {}: the file is empty",
+            path.display()
+        ));
+    }
+    Ok(t)
+}
+
+/// Whether the token was given as `--token` in this process's arguments,
+/// where every user of the machine can read it.
+pub fn token_in_arguments() -> bool {
+    std::env::args_os().any(|a| {
+        let a = a.to_string_lossy();
+        a == "--token" || a.starts_with("--token=")
+    })
+}
+
+/// The warning printed when [`token_in_arguments`].
+pub const TOKEN_IN_ARGUMENTS: &str = "warning: --token on the command line is visible to every user of this machine (ps); use --token-file FILE or the VIKING_TOKEN environment variable";
 
 /// A client for the server given on the command line; the token defaults
 /// to the local server's token file.
@@ -247,8 +314,24 @@ impl Failure {
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
     let s = serde_json::to_string_pretty(v).map_err(|e| Failure::new(1, e.to_string()))?;
-    println!("{s}");
+    println!("{}", json_for_terminal(s));
     Ok(())
+}
+
+/// JSON safe to print on a terminal (`viking inspect`, `--json`): serde_json
+/// escapes C0 control characters but writes DEL and C1 (U+0080 to U+009F,
+/// CSI among them) as they are. They occur only inside strings, where
+/// `\u00XX` means the same character, so the document is unchanged.
+fn json_for_terminal(s: String) -> String {
+    if !s.chars().any(|c| matches!(c, '\u{7f}'..='\u{9f}')) {
+        return s;
+    }
+    s.chars()
+        .map(|c| match c {
+            '\u{7f}'..='\u{9f}' => format!("\\u{:04x}", u32::from(c)),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 fn path_segment(name: &str) -> Result<&str, Failure> {
@@ -286,6 +369,29 @@ pub async fn dispatch(
             }
             Ok(0)
         }
+        Command::Recover { adopt, json } => {
+            let s = c
+                .recover(&viking_client::api::RecoverRequest { adopt })
+                .await?;
+            if json {
+                print_json(&s)?;
+            } else {
+                println!(
+                    "cluster {}: read {} host(s); {} job(s) recovered, {} stopped job(s) listed",
+                    s.cluster,
+                    s.hosts.len(),
+                    s.recovered.len(),
+                    s.stopped.len()
+                );
+                for h in &s.unreachable {
+                    println!("host {h} did not answer: run `viking recover` again when it does");
+                }
+                for k in &s.skipped {
+                    println!("skipped {k}");
+                }
+            }
+            Ok(if s.unreachable.is_empty() { 0 } else { 1 })
+        }
         Command::Hosts { tag, name, json } => {
             let mut v = c.hosts().await?;
             if let Some(t) = &tag {
@@ -314,10 +420,14 @@ pub async fn dispatch(
             }
             Ok(code)
         }
-        Command::Rm { force, names } => {
+        Command::Rm {
+            force,
+            volumes,
+            names,
+        } => {
             let mut code = 0;
             for n in names {
-                match c.rm(path_segment(&n)?, force).await {
+                match c.rm_with(path_segment(&n)?, force, volumes).await {
                     Ok(()) => println!("{n}"),
                     Err(e) => {
                         eprintln!("Error: {e}");
@@ -347,5 +457,20 @@ pub async fn dispatch(
             print_json(&v)?;
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_output_carries_no_raw_control_character() {
+        let v = serde_json::json!({ "command": ["sh", "-c", "\x1b[2J\u{9b}2J\u{7f}"] });
+        let out = json_for_terminal(serde_json::to_string_pretty(&v).expect("json"));
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        // The same document.
+        let back: serde_json::Value = serde_json::from_str(&out).expect("still JSON");
+        assert_eq!(back, v);
     }
 }

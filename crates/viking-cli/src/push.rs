@@ -20,12 +20,23 @@ pub struct PushArgs {
     /// Pull each image on its host first (where a registry serves it).
     #[arg(long)]
     pub pull: bool,
-    /// Seconds each new container must stay up (and healthy) before the next.
-    #[arg(long, default_value_t = 3.0)]
+    /// Seconds each new container must stay up (and healthy) before the next
+    /// (0 to 86400).
+    #[arg(long, default_value_t = 3.0, value_parser = parse_settle)]
     pub settle: f64,
     /// One JSON object per line, for scripts.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A settle time in seconds: a number from 0 to a day.
+fn parse_settle(s: &str) -> Result<f64, String> {
+    let max = viking_client::api::MAX_WAIT_SECONDS;
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=max as f64).contains(&v) => Ok(v),
+        Ok(_) => Err(format!("must be 0 to {max} seconds")),
+        Err(_) => Err(format!("{s:?} is not a number of seconds")),
+    }
 }
 
 fn short(id: &Option<String>) -> String {
@@ -40,7 +51,7 @@ pub async fn push(c: &Client, a: PushArgs) -> Result<i32, Failure> {
         all: a.all,
         parallel: a.parallel,
         pull: a.pull,
-        settle_ms: Some((a.settle.max(0.0) * 1000.0) as u64),
+        settle_ms: Some((a.settle * 1000.0) as u64),
     };
     let mut lines = c.push(&req).await?;
     loop {

@@ -71,6 +71,10 @@ pub struct RunArgs {
     /// Run only on servers with these tags (comma-separated).
     #[arg(long = "viking-filter")]
     pub viking_filter: Option<String>,
+    /// The most processes the container may have (default: the server's
+    /// --pids-limit; at most its --pids-max).
+    #[arg(long = "pids-limit", value_name = "N", allow_negative_numbers = true)]
+    pub pids_limit: Option<i64>,
     /// Show where the job would run, and why other hosts would not take it.
     #[arg(long = "dry-run")]
     pub dry_run: bool,
@@ -147,6 +151,7 @@ impl RunArgs {
             filter: self.viking_filter.clone().map(StringOrList::One),
             tty: self.tty.then_some(true),
             links: self.link.clone(),
+            pids_limit: self.pids_limit,
         };
         serde_json::to_vec(&spec).map_err(|e| Failure::new(DAEMON_ERROR, e.to_string()))
     }

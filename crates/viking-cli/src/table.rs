@@ -1,5 +1,12 @@
 //! Docker-style tables and human times ("Up 5 minutes", "2 hours ago").
+//!
+//! [`render`] is viking's one table layout: the CLI's `ps`, `proc`,
+//! `hosts` and `services` and `viking mesh status` all print through it.
+//! Every cell goes through [`sanitize`] first: a job's command, name or
+//! image is text anyone who can run a job chose, and it must not reach the
+//! terminal of whoever lists it as escape sequences.
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use viking_client::api::HostView;
@@ -31,29 +38,60 @@ fn ago(now: u64, t: u64) -> String {
     format!("{} ago", human(now.saturating_sub(t)))
 }
 
-/// Render rows as left-aligned columns separated by three spaces.
-pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
+/// Whether `c` is a control character: C0 (ESC among them), DEL or C1.
+fn is_control(c: char) -> bool {
+    matches!(c, '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}')
+}
+
+/// `s` with every control character (C0, DEL and C1: ESC, CSI, newlines
+/// and tabs among them) written as a visible escape, `\x1b` for ESC; other
+/// text is kept as it is.
+pub fn sanitize(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if is_control(c) {
+            out.push_str(&format!("\\x{:02x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Render rows as left-aligned columns separated by three spaces, like
+/// docker's tables: no borders, no trailing blanks. Every cell is
+/// [`sanitize`]d.
+pub fn render<H: AsRef<str>>(header: &[H], rows: &[Vec<String>]) -> String {
+    let header: Vec<Cow<'_, str>> = header.iter().map(|h| sanitize(h.as_ref())).collect();
+    let rows: Vec<Vec<Cow<'_, str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| sanitize(c)).collect())
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count());
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            } else {
+                widths.push(c.chars().count());
+            }
         }
     }
     let mut out = String::new();
-    let mut line = |cells: Vec<String>| {
-        let n = cells.len();
-        for (i, c) in cells.into_iter().enumerate() {
-            out.push_str(&c);
-            if i + 1 < n {
+    for cells in std::iter::once(&header).chain(rows.iter()) {
+        let mut line = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            line.push_str(c);
+            if i + 1 < cells.len() {
                 let pad = widths[i] - c.chars().count() + 3;
-                out.push_str(&" ".repeat(pad));
+                line.push_str(&" ".repeat(pad));
             }
         }
+        out.push_str(line.trim_end());
         out.push('\n');
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for r in rows {
-        line(r.clone());
     }
     out
 }
@@ -225,7 +263,9 @@ pub fn hosts(v: &[HostView], now: u64) -> String {
         .iter()
         .map(|h| {
             let r = &h.host;
-            let state = if h.alive && h.leader {
+            let state = if h.alive && r.held.is_some() {
+                "held: run viking recover".to_string()
+            } else if h.alive && h.leader {
                 "alive (leader)".to_string()
             } else if h.alive {
                 "alive".to_string()
@@ -273,5 +313,55 @@ mod tests {
     fn columns_align() {
         let t = render(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
         assert_eq!(t, "A     BB\nxxx   y\n");
+        // An empty last cell leaves no trailing blanks.
+        let t = render(&["A", "BB"], &[vec!["xxx".into(), String::new()]]);
+        assert_eq!(t, "A     BB\nxxx\n");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(sanitize("plain text, ünïcode"), "plain text, ünïcode");
+        assert_eq!(sanitize("a\x1b[2Jb"), "a\\x1b[2Jb");
+        assert_eq!(
+            sanitize("\u{9b}31m\u{7f}\n\t\0"),
+            "\\x9b31m\\x7f\\x0a\\x09\\x00"
+        );
+        // The escapes count in the width, so columns still line up.
+        let t = render(&["A", "B"], &[vec!["\x1b".into(), "y".into()]]);
+        assert_eq!(t, "A      B\n\\x1b   y\n");
+    }
+
+    fn job_state(command: &[&str], name: &str, image: &str) -> JobState {
+        serde_json::from_value(serde_json::json!({
+            "job": name,
+            "node": "n1",
+            "container_id": "0123456789abcdef",
+            "image": image,
+            "image_id": "sha256:0",
+            "command": command,
+            "daemonize": true,
+            "status": "running",
+            "ports": [],
+            "created_at": 0,
+            "started_at": 0,
+        }))
+        .expect("a JobState")
+    }
+
+    #[test]
+    fn ps_prints_no_escape_sequence_of_a_job() {
+        let evil = "\x1b[2J\x1b]0;pwned\x07";
+        let v = vec![job_state(&["sh", "-c", evil], "web", "img\x1b[31m")];
+        let out = ps(&v, 1_000);
+        assert!(
+            !out.chars().any(|c| is_control(c) && c != '\n'),
+            "a control character reached the table: {out:?}"
+        );
+        assert!(out.contains("\\x1b[2J"), "{out}");
+        assert!(out.contains("img\\x1b[31m"), "{out}");
+        // Still one header and one row, columns as before.
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(lines[0].starts_with("NAME   HOST   CONTAINER ID"), "{out}");
     }
 }

@@ -10,7 +10,8 @@
 //! | GET    | /v1/hosts                  | floki                              |
 //! | GET    | /v1/jobs/{name}            | inspect: proc, ps and history      |
 //! | POST   | /v1/jobs/{name}/stop       | stop a job, take it out of proc    |
-//! | DELETE | /v1/jobs/{name}?force=true | remove a job and its record        |
+//! | DELETE | /v1/jobs/{name}?force=true | remove a job and its record; with   |
+//! |        |   `&volumes=true`          | its data directory and history too |
 //! | GET    | /v1/jobs/{name}/logs       | logs (framed stream), `follow=true`|
 //!
 //! `POST /v1/jobs` runs a daemonized job and answers with [`RunResponse`];
@@ -34,6 +35,18 @@ pub struct ErrorBody {
     pub error: String,
     /// The HTTP status, repeated for streamed answers.
     pub status: u16,
+    /// A cause the caller acts on that the status alone does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ErrorReason>,
+}
+
+/// Causes of an error that a caller acts on (beyond its status code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorReason {
+    /// A host port the job publishes is taken on the chosen host: another
+    /// host may take the job.
+    HostPortInUse,
 }
 
 /// A daemonized job that now runs.
@@ -103,6 +116,58 @@ pub struct InspectResponse {
     /// The job's service ports, if it is a service.
     #[serde(default)]
     pub services: Vec<ServicePort>,
+}
+
+/// The longest wait a request may ask for, in seconds (a stop's grace
+/// period, a push's settle time): one day. Longer is refused, not clamped.
+pub const MAX_WAIT_SECONDS: u64 = 86_400;
+
+/// `GET /v1/health`: whether the server acts on its containers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub name: String,
+    /// The cluster the server belongs to (absent before it joined one).
+    pub cluster: Option<String>,
+    /// Why the server holds (does not act on its containers), if it does.
+    pub held: Option<String>,
+}
+
+/// `POST /v1/recover`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RecoverRequest {
+    /// Take over a store that carries another cluster's id.
+    #[serde(default)]
+    pub adopt: bool,
+}
+
+/// What a recovery did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RecoverSummary {
+    /// The cluster id the store carries now.
+    pub cluster: String,
+    /// The hosts whose containers were read.
+    pub hosts: Vec<String>,
+    /// Hosts alive in floki that could not be asked (their jobs were not
+    /// recovered; run it again when they answer).
+    pub unreachable: Vec<String>,
+    /// Jobs written back to viking-proc and viking-ps (running containers).
+    pub recovered: Vec<String>,
+    /// Jobs whose container had exited: written to viking-ps only, as
+    /// stopped (`viking ps -a`), not restarted.
+    pub stopped: Vec<String>,
+    /// Jobs that already had records, or containers without what they
+    /// carry of their job, each with why.
+    pub skipped: Vec<String>,
+}
+
+/// One of a host's containers, with what it carries of its job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostContainer {
+    pub job: Job,
+    /// Container port → ambassador port of the service.
+    #[serde(default)]
+    pub ambassador: std::collections::BTreeMap<u16, u16>,
+    pub state: JobState,
 }
 
 /// `POST /v1/push`: new code was pushed; restart the daemonized, non-static

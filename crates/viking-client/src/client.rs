@@ -14,8 +14,9 @@ use crate::wire::{JobIntent, JobState};
 use serde::Serialize;
 
 use crate::api::{
-    DryRunResponse, ErrorBody, HostView, InspectResponse, Ping, ProgressLine, PushRequest,
-    ReplaceRequest, ResolveRequest, ResolveResponse, RunResponse, ServicePort, ATTACH_PROTOCOL,
+    DryRunResponse, ErrorBody, ErrorReason, Health, HostContainer, HostView, InspectResponse, Ping,
+    ProgressLine, PushRequest, RecoverRequest, RecoverSummary, ReplaceRequest, ResolveRequest,
+    ResolveResponse, RunResponse, ServicePort, ATTACH_PROTOCOL,
 };
 use crate::body::NdjsonLines;
 use crate::routes;
@@ -36,7 +37,12 @@ pub enum ClientError {
     #[error("{name:?}: {reason}")]
     BadName { name: String, reason: String },
     #[error("{message}")]
-    Api { status: u16, message: String },
+    Api {
+        status: u16,
+        message: String,
+        /// The server's machine-readable cause, if it gave one.
+        reason: Option<ErrorReason>,
+    },
     #[error("talking to the viking server: {0}")]
     Http(String),
 }
@@ -210,10 +216,15 @@ impl Client {
             match line {
                 ProgressLine::Progress(p) => on_progress(p),
                 ProgressLine::Done(r) => return Ok(*r),
-                ProgressLine::Error(ErrorBody { error, status }) => {
+                ProgressLine::Error(ErrorBody {
+                    error,
+                    status,
+                    reason,
+                }) => {
                     return Err(ClientError::Api {
                         status,
                         message: error,
+                        reason,
                     })
                 }
             }
@@ -294,8 +305,14 @@ impl Client {
 
     /// Remove a job and its record (`force`: a running one too).
     pub async fn rm(&self, name: &str, force: bool) -> Result<(), ClientError> {
-        self.call(Method::DELETE, &routes::rm(job_name(name)?, force), None)
-            .await
+        self.rm_with(name, force, false).await
+    }
+
+    /// Remove a job; with `volumes`, its data directory (on the host it
+    /// last ran on) and its history too.
+    pub async fn rm_with(&self, name: &str, force: bool, volumes: bool) -> Result<(), ClientError> {
+        let path = routes::rm_with(job_name(name)?, force, volumes);
+        self.call(Method::DELETE, &path, None).await
     }
 
     /// A job's output: a body of [`crate::frame`]s (read them with
@@ -323,6 +340,23 @@ impl Client {
     /// Run an interactive job, attached.
     pub async fn run_attached(&self, doc: Vec<u8>) -> Result<AttachedIo, ClientError> {
         self.attach(routes::JOBS, doc).await
+    }
+
+    /// Whether the server acts on its containers, or holds and why.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.json(Method::GET, routes::HEALTH, None).await
+    }
+
+    /// Rebuild the store's records from the fleet's containers.
+    pub async fn recover(&self, req: &RecoverRequest) -> Result<RecoverSummary, ClientError> {
+        self.json(Method::POST, routes::RECOVER, Some(to_json(req)?))
+            .await
+    }
+
+    /// Between servers: that host's containers, with their jobs.
+    pub async fn host_containers(&self) -> Result<Vec<HostContainer>, ClientError> {
+        self.json(Method::GET, routes::INTERNAL_CONTAINERS, None)
+            .await
     }
 
     /// A code push: its answer, line by line ([`PushLine`]s).
@@ -388,16 +422,20 @@ async fn read_body(resp: Response<Incoming>) -> Result<Bytes, ClientError> {
 }
 
 fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
-    let message = match serde_json::from_slice::<ErrorBody>(bytes) {
-        Ok(b) => b.error,
-        Err(_) => format!(
-            "server answered {status}: {}",
-            String::from_utf8_lossy(bytes)
+    let (message, reason) = match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(b) => (b.error, b.reason),
+        Err(_) => (
+            format!(
+                "server answered {status}: {}",
+                String::from_utf8_lossy(bytes)
+            ),
+            None,
         ),
     };
     ClientError::Api {
         status: status.as_u16(),
         message,
+        reason,
     }
 }
 

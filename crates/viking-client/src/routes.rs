@@ -24,6 +24,14 @@ pub const JOB_LOGS: &str = "/v1/jobs/{name}/logs";
 pub const PUSH: &str = "/v1/push";
 /// `GET`: the services.
 pub const SERVICES: &str = "/v1/services";
+/// `GET`: whether this server acts, or holds and why.
+pub const HEALTH: &str = "/v1/health";
+/// `POST`: rebuild the store's records from the fleet's containers
+/// (`adopt=true`: also a store of another cluster).
+pub const RECOVER: &str = "/v1/recover";
+/// `GET` between servers: this host's containers with what they carry of
+/// their jobs.
+pub const INTERNAL_CONTAINERS: &str = "/v1/internal/containers";
 /// `POST` between servers: start a job placed on this host.
 pub const INTERNAL_START: &str = "/v1/internal/start";
 /// `POST` between servers: the image id a reference names here.
@@ -71,6 +79,16 @@ pub fn rm(name: &str, force: bool) -> String {
     format!("{}?force={force}", job(name))
 }
 
+/// `DELETE`: remove a job, and with `volumes` its data directory and
+/// history too.
+pub fn rm_with(name: &str, force: bool, volumes: bool) -> String {
+    if volumes {
+        format!("{}&volumes=true", rm(name, force))
+    } else {
+        rm(name, force)
+    }
+}
+
 /// `GET`: a job's output.
 pub fn logs(name: &str, follow: bool) -> String {
     format!("{}?follow={follow}", JOB_LOGS.replace(NAME, name))
@@ -92,6 +110,11 @@ mod tests {
         assert_eq!(job("web"), "/v1/jobs/web");
         assert_eq!(stop("web", 3), "/v1/jobs/web/stop?t=3");
         assert_eq!(rm("web", true), "/v1/jobs/web?force=true");
+        assert_eq!(rm_with("web", true, false), "/v1/jobs/web?force=true");
+        assert_eq!(
+            rm_with("web", false, true),
+            "/v1/jobs/web?force=false&volumes=true"
+        );
         assert_eq!(logs("web", false), "/v1/jobs/web/logs?follow=false");
         assert_eq!(dry_run(), "/v1/jobs?dry_run=true");
         assert_eq!(run_with_progress(), "/v1/jobs?progress=true");

@@ -79,6 +79,9 @@ pub struct Host {
     pub version: String,
     pub started_at: u64,
     pub updated_at: u64,
+    /// Why the server holds (does not act on its containers), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 /// One placement of a job.
@@ -190,6 +193,7 @@ impl From<&HostRecord> for Host {
             version: h.version.clone(),
             started_at: h.started_at,
             updated_at: h.updated_at,
+            held: h.held.clone(),
         }
     }
 }

@@ -17,7 +17,12 @@
 //!   moved while this host was cut off): remove it, so exactly one copy runs;
 //! - a job in viking-proc without a record (the server died between start
 //!   and record): adopt it, writing its record;
-//! - a container no job claims: remove it.
+//! - a container no job claims (no record, not in viking-proc): leave it.
+//!   A missing record is never a reason to remove a container: the store
+//!   may have been emptied or replaced, and `viking recover` rebuilds the
+//!   records from exactly these containers. Containers go only on a positive
+//!   record: a copy whose record names another host or container, a job
+//!   out of viking-proc whose record names it (stopped), or a removal mark.
 //!
 //! For each record of this host whose container is gone (full resync only):
 //! an old claim of an interactive job without a session is deleted; a start
@@ -77,8 +82,6 @@ pub enum Removal {
     Orphaned,
     /// A copy of a job that now runs elsewhere.
     Stale,
-    /// No job claims it.
-    Unclaimed,
 }
 
 /// One thing the agent does.
@@ -157,11 +160,8 @@ fn container_rules(v: &View, c: &Container, out: &mut Vec<Action>) {
             id: c.id.clone(),
             job,
         }),
-        None => out.push(Action::Remove {
-            id: c.id.clone(),
-            job,
-            why: Removal::Unclaimed,
-        }),
+        // No record and no intent: kept as it is (see the module's doc).
+        None => {}
     }
 }
 
@@ -294,6 +294,12 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_container_no_job_claims_is_kept() {
+        let v = view(vec![c("x1", "x", "me", true, true)], vec![], &[]);
+        assert_eq!(plan(&v), vec![]);
     }
 
     #[test]
@@ -442,6 +448,31 @@ mod tests {
                     let c = v.containers.iter().find(|c| &c.id == id);
                     prop_assert!(!(named && c.is_some_and(|c| c.daemonize)), "{a:?} removes the named container");
                 }
+            }
+        }
+
+        #[test]
+        fn a_daemonized_container_is_removed_or_stopped_only_on_a_record(v in arb_view()) {
+            for a in plan(&v) {
+                let (id, job) = match &a {
+                    Action::Remove { id, job, .. } | Action::Stop { id, job } => (id, job),
+                    _ => continue,
+                };
+                let daemonized = v.containers.iter().any(|c| &c.id == id && c.daemonize);
+                prop_assert!(
+                    !daemonized || v.records.contains_key(job),
+                    "{a:?} acts on a container without a record of its job"
+                );
+            }
+        }
+
+        #[test]
+        fn an_empty_store_touches_nothing(v in arb_view()) {
+            let empty = View { records: Default::default(), procs: Default::default(), ..v.clone() };
+            for a in plan(&empty) {
+                // Only interactive containers whose client is gone go.
+                let orphan = matches!(a, Action::Remove { why: Removal::Orphaned, .. });
+                prop_assert!(orphan, "{a:?} with an empty store");
             }
         }
 

@@ -16,6 +16,11 @@
 //! - `static`: false.
 //!
 //! A value given explicitly always wins over a default.
+//!
+//! Limits: at most [`MAX_PORTS`] ports and [`MAX_VOLUMES`] volumes, no
+//! volume inside another (its host directory would be in the outer one's
+//! data, where the job could swap it for a symlink), `pids_limit` from 1 to
+//! [`MAX_PIDS_LIMIT`] (each server has its own maximum).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -26,6 +31,14 @@ use serde::{Deserialize, Serialize};
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 /// The longest job name accepted.
 pub const MAX_NAME_LEN: usize = 128;
+/// The most ports one job may publish: each is a docker-proxy process and,
+/// for TCP, an ambassador port of the cluster's range.
+pub const MAX_PORTS: usize = 64;
+/// The most volumes one job may have.
+pub const MAX_VOLUMES: usize = 64;
+/// The largest `pids_limit` a job may write (Linux's own ceiling on process
+/// ids, 2^22); each server has its own, usually lower, maximum.
+pub const MAX_PIDS_LIMIT: u64 = 1 << 22;
 
 /// Why a job document was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -156,6 +169,11 @@ pub struct JobSpec {
     /// Services this job reaches through embassy: `NAME` or `NAME:ALIAS`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<String>,
+    /// The most processes the job's container may have; the server's
+    /// default (`--pids-limit`) when absent, refused above its maximum
+    /// (`--pids-max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<i64>,
 }
 
 impl JobSpec {
@@ -265,6 +283,9 @@ pub struct Job {
     pub filter: Vec<String>,
     pub tty: bool,
     pub links: Vec<Link>,
+    /// The most processes the container may have; `None`: the server's
+    /// default.
+    pub pids_limit: Option<u64>,
 }
 
 /// A link to a service: its job name, and the alias that names its
@@ -348,6 +369,15 @@ impl Job {
 
     /// Validate a [`JobSpec`] and apply the defaults.
     pub fn from_spec(spec: JobSpec, gen_name: impl FnOnce() -> String) -> Result<Self, JobError> {
+        Self::checked(spec, gen_name, Rules::NewJob)
+    }
+
+    fn checked(
+        spec: JobSpec,
+        gen_name: impl FnOnce() -> String,
+        rules: Rules,
+    ) -> Result<Self, JobError> {
+        let new_job = rules == Rules::NewJob;
         let daemonize = spec.daemonized();
         // env first: VIKING_FIXED / VIKING_HOST / VIKING_TAG feed the flags.
         let env = parse_env(spec.env)?;
@@ -380,6 +410,15 @@ impl Job {
             }
         }
 
+        if new_job && spec.ports.len() > MAX_PORTS {
+            return Err(JobError::new(
+                "ports",
+                format!(
+                    "{} ports listed; a job may publish at most {MAX_PORTS}",
+                    spec.ports.len()
+                ),
+            ));
+        }
         let mut ports = Vec::with_capacity(spec.ports.len());
         let mut seen_ports = BTreeSet::new();
         for p in &spec.ports {
@@ -393,7 +432,16 @@ impl Job {
             ports.push(port);
         }
 
-        let mut volumes = Vec::with_capacity(spec.volumes.len());
+        if new_job && spec.volumes.len() > MAX_VOLUMES {
+            return Err(JobError::new(
+                "volumes",
+                format!(
+                    "{} volumes listed; a job may have at most {MAX_VOLUMES}",
+                    spec.volumes.len()
+                ),
+            ));
+        }
+        let mut volumes: Vec<String> = Vec::with_capacity(spec.volumes.len());
         for v in &spec.volumes {
             let path = normalize_volume(v).map_err(|m| JobError::new("volumes", m))?;
             if volumes.contains(&path) {
@@ -402,8 +450,41 @@ impl Job {
                     format!("{path:?} is listed twice"),
                 ));
             }
+            // One volume inside another would put the inner one's host
+            // directory inside the outer one's data, where the job can
+            // replace it (with a symlink to anywhere on the host).
+            let nested = volumes
+                .iter()
+                .filter(|_| new_job)
+                .find(|o| is_beneath(&path, o) || is_beneath(o, &path));
+            if let Some(outer) = nested {
+                let (outer, inner) = if is_beneath(&path, outer) {
+                    (outer.as_str(), path.as_str())
+                } else {
+                    (path.as_str(), outer.as_str())
+                };
+                return Err(JobError::new(
+                    "volumes",
+                    format!(
+                        "{inner:?} is inside volume {outer:?}; volumes must not be nested (make {inner:?} a directory of {outer:?}, or give them separate paths)"
+                    ),
+                ));
+            }
             volumes.push(path);
         }
+
+        let pids_limit = match spec.pids_limit {
+            None => None,
+            Some(n) => match u64::try_from(n) {
+                Ok(n) if (1..=MAX_PIDS_LIMIT).contains(&n) => Some(n),
+                _ => {
+                    return Err(JobError::new(
+                        "pids_limit",
+                        format!("{n} must be a number of processes from 1 to {MAX_PIDS_LIMIT}"),
+                    ))
+                }
+            },
+        };
 
         let static_ = spec.static_.unwrap_or(false);
         let fixed = spec.fixed.unwrap_or(
@@ -459,6 +540,7 @@ impl Job {
             filter,
             tty: spec.tty.unwrap_or(false),
             links,
+            pids_limit,
         })
     }
 
@@ -480,6 +562,7 @@ impl Job {
             filter: Some(StringOrList::List(self.filter.clone())),
             tty: Some(self.tty),
             links: self.links.iter().map(|l| l.to_string()).collect(),
+            pids_limit: self.pids_limit.and_then(|n| i64::try_from(n).ok()),
         }
     }
 
@@ -531,8 +614,24 @@ impl<'de> Deserialize<'de> for Job {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let spec = JobSpec::deserialize(d)?;
         let name_missing = || String::new();
-        Job::from_spec(spec, name_missing).map_err(serde::de::Error::custom)
+        Job::checked(spec, name_missing, Rules::Stored).map_err(serde::de::Error::custom)
     }
+}
+
+/// Which rules a job document must follow. A job read back (a stored
+/// record, a server's answer) was accepted under the rules of its time, so
+/// the limits added since (at most [`MAX_PORTS`] ports and [`MAX_VOLUMES`]
+/// volumes, no nested volumes) are only applied to new jobs: a record
+/// written before them still reads, instead of stopping every reader of
+/// the store. The host that starts such a job still refuses a volume that
+/// goes through a symlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rules {
+    /// [`Job::parse`] / [`Job::from_spec`]: every rule.
+    NewJob,
+    /// `Deserialize`: every rule but the limits added since jobs were first
+    /// stored.
+    Stored,
 }
 
 /// Check a job name: letters, digits, `_`, `.`, `-`, starting with a letter
@@ -602,6 +701,14 @@ fn split_command(field: &str, c: StringOrList) -> Result<Vec<String>, JobError> 
         return Err(JobError::new(field, "must not contain NUL characters"));
     }
     Ok(v)
+}
+
+/// Whether normalised container path `inner` is `outer` or below it, at a
+/// path-component boundary (`/data/x` is below `/data`, `/database` is not).
+fn is_beneath(inner: &str, outer: &str) -> bool {
+    inner
+        .strip_prefix(outer)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Normalise an absolute container path: no `..`, no `.`, no empty parts.
@@ -904,6 +1011,83 @@ mod tests {
     fn volumes_are_normalised() {
         let j = parse(r#"{"image":"b","volumes":["//data/./x/"]}"#).unwrap();
         assert_eq!(j.volumes, vec!["/data/x"]);
+    }
+
+    #[test]
+    fn nested_volumes_are_refused_naming_the_field() {
+        for vols in [
+            r#"["/data","/data/hostetc"]"#,
+            r#"["/data/hostetc","/data"]"#,
+            r#"["/a/b/c","/a"]"#,
+            r#"["/data","//data/./x/"]"#,
+        ] {
+            let e = parse(&format!(r#"{{"image":"b","volumes":{vols}}}"#)).unwrap_err();
+            assert_eq!(e.field(), "volumes", "{vols}: {e}");
+            assert!(e.to_string().contains("nested"), "{e}");
+        }
+        // A shared prefix that is not a path component is not nesting.
+        let j = parse(r#"{"image":"b","volumes":["/data","/database","/data2/x"]}"#).unwrap();
+        assert_eq!(j.volumes, vec!["/data", "/database", "/data2/x"]);
+    }
+
+    #[test]
+    fn ports_and_volumes_are_capped_at_64() {
+        let doc = |field: &str, n: usize, item: &dyn Fn(usize) -> String| {
+            let items: Vec<String> = (0..n).map(item).collect();
+            serde_json::json!({"name": "x", "image": "b", field: items}).to_string()
+        };
+        let port = |i: usize| (1000 + i).to_string();
+        let vol = |i: usize| format!("/v{i}");
+        assert_eq!(
+            parse(&doc("ports", MAX_PORTS, &port)).unwrap().ports.len(),
+            64
+        );
+        let e = parse(&doc("ports", MAX_PORTS + 1, &port)).unwrap_err();
+        assert_eq!(e.field(), "ports", "{e}");
+        assert!(e.to_string().contains("at most 64"), "{e}");
+        assert_eq!(
+            parse(&doc("volumes", MAX_VOLUMES, &vol))
+                .unwrap()
+                .volumes
+                .len(),
+            64
+        );
+        let e = parse(&doc("volumes", MAX_VOLUMES + 1, &vol)).unwrap_err();
+        assert_eq!(e.field(), "volumes", "{e}");
+        assert!(e.to_string().contains("at most 64"), "{e}");
+        // 10,000 ports (the review's exhaustion) are refused the same way.
+        let e = parse(&doc("ports", 10_000, &|i| (i + 1).to_string())).unwrap_err();
+        assert_eq!(e.field(), "ports", "{e}");
+    }
+
+    #[test]
+    fn a_stored_job_from_before_the_limits_still_reads() {
+        let ports: Vec<String> = (1..=65).map(|p| p.to_string()).collect();
+        let doc = serde_json::json!({
+            "name": "old", "image": "b", "volumes": ["/data", "/data/x"], "ports": ports,
+        });
+        assert!(Job::parse(doc.to_string().as_bytes(), String::new).is_err());
+        let j: Job = serde_json::from_value(doc).unwrap();
+        assert_eq!(j.volumes, vec!["/data", "/data/x"]);
+        assert_eq!(j.ports.len(), 65);
+    }
+
+    #[test]
+    fn pids_limit_is_checked_and_kept() {
+        let j = parse(r#"{"image":"b","pids_limit":200}"#).unwrap();
+        assert_eq!(j.pids_limit, Some(200));
+        assert_eq!(parse(r#"{"image":"b"}"#).unwrap().pids_limit, None);
+        for bad in ["0", "-1", "4194305"] {
+            let e = parse(&format!(r#"{{"image":"b","pids_limit":{bad}}}"#)).unwrap_err();
+            assert_eq!(e.field(), "pids_limit", "{bad}: {e}");
+        }
+        // The stored form keeps it, and leaves it out when unset.
+        let back = Job::parse(&serde_json::to_vec(&j).unwrap(), String::new).unwrap();
+        assert_eq!(back, j);
+        let plain = parse(r#"{"image":"b"}"#).unwrap();
+        assert!(!serde_json::to_string(&plain)
+            .unwrap()
+            .contains("pids_limit"));
     }
 
     fn arb_spec() -> impl Strategy<Value = JobSpec> {

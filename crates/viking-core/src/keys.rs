@@ -18,6 +18,18 @@ pub const PORTS: &str = "ports/";
 pub const PORT_COUNTER: &str = "counters/ambassador-port";
 /// Placement history of each job (bounded).
 pub const HISTORY: &str = "history/";
+/// The cluster's id (plain text), made at its first start: a server acts
+/// on its containers only while the store carries the id it belongs to.
+pub const CLUSTER_ID: &str = "cluster-id";
+/// A removed job's container on a host that was gone at the time:
+/// `removed/<job>/<container id>` holds the host's name; that host's agent
+/// removes exactly that container when it is back, then the key.
+pub const REMOVED: &str = "removed/";
+
+/// One key per host, rewritten by every claim placed on that host: its
+/// revision serialises the placements onto one host, so concurrent runs
+/// see each other's load and host ports.
+pub const PLACEMENTS: &str = "counters/placements/";
 
 pub fn host(name: &str) -> String {
     format!("{HOSTS}{name}")
@@ -25,6 +37,14 @@ pub fn host(name: &str) -> String {
 
 pub fn fleet(name: &str) -> String {
     format!("{FLEET}{name}")
+}
+
+pub fn removed(job: &str, container_id: &str) -> String {
+    format!("{REMOVED}{job}/{container_id}")
+}
+
+pub fn placements(host: &str) -> String {
+    format!("{PLACEMENTS}{host}")
 }
 
 pub fn proc(job: &str) -> String {

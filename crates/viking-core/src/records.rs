@@ -161,6 +161,23 @@ impl PsRecord {
     }
 }
 
+/// What a container carries of its job (in its `viking.spec` label), so
+/// the fleet can rebuild viking-proc, viking-ps and the services' ambassador
+/// ports from its containers when the store is lost (`viking recover`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecLabel {
+    /// The job's whole document as it was when the container was made.
+    pub job: Job,
+    /// The service's ambassador ports: container port → ambassador port.
+    #[serde(default)]
+    pub ambassador: std::collections::BTreeMap<u16, u16>,
+}
+
+impl Record for SpecLabel {
+    const KIND: &'static str = "container spec";
+    const VERSION: u32 = 1;
+}
+
 /// floki: one server of the fleet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRecord {
@@ -179,6 +196,16 @@ pub struct HostRecord {
     pub version: String,
     pub started_at: u64,
     pub updated_at: u64,
+    /// The server's identity, made once and kept in its data directory: a
+    /// server that restarts takes its name back at once, another server with
+    /// the same name is refused while this one is alive. Empty in records
+    /// written before it existed.
+    #[serde(default)]
+    pub server_id: String,
+    /// Why the server holds (does not act on its containers), if it does:
+    /// the store is empty or belongs to another cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 impl Record for HostRecord {
@@ -243,6 +270,8 @@ mod tests {
 
     fn host(name: &str, updated_at: u64) -> HostRecord {
         HostRecord {
+            server_id: String::new(),
+            held: None,
             name: name.into(),
             ip: String::new(),
             api: String::new(),

@@ -12,7 +12,7 @@ use bollard::container::{
 };
 use bollard::errors::Error as BollardError;
 use bollard::image::CreateImageOptions;
-use bollard::models::{ContainerInspectResponse, HostConfig, PortBinding};
+use bollard::models::{ContainerInspectResponse, HostConfig, HostConfigLogConfig, PortBinding};
 use bollard::system::EventsOptions;
 use bollard::Docker;
 use futures::stream::BoxStream;
@@ -20,8 +20,8 @@ use futures::StreamExt;
 use viking_core::records::PublishedPort;
 
 use crate::{
-    Attached, ContainerEvent, ContainerInfo, ContainerSpec, EngineInfo, Output, Result, Runtime,
-    RuntimeError, LABEL_CLUSTER, LABEL_DAEMONIZE, LABEL_JOB, LABEL_NODE,
+    Attached, ContainerEvent, ContainerInfo, ContainerSpec, EngineInfo, Labelled, Output, Result,
+    Runtime, RuntimeError, LABEL_CLUSTER, LABEL_DAEMONIZE, LABEL_JOB, LABEL_NODE, LABEL_SPEC,
 };
 
 /// How long a forced removal waits for another removal of the same
@@ -34,7 +34,7 @@ const REMOVE_PATIENCE: Duration = Duration::from_secs(30);
 /// [`Runtime::events_for`], which reports only one cluster's containers.
 #[derive(Clone)]
 pub struct DockerRuntime {
-    docker: Docker,
+    pub(crate) docker: Docker,
     endpoint: String,
 }
 
@@ -137,7 +137,7 @@ impl DockerRuntime {
 }
 
 /// The runtime error for a bollard error, by the engine's status code.
-fn err(e: BollardError) -> RuntimeError {
+pub(crate) fn err(e: BollardError) -> RuntimeError {
     match e {
         BollardError::DockerResponseServerError {
             status_code: 404,
@@ -152,7 +152,7 @@ fn err(e: BollardError) -> RuntimeError {
     }
 }
 
-fn is_status(e: &BollardError, code: u16) -> bool {
+pub(crate) fn is_status(e: &BollardError, code: u16) -> bool {
     matches!(e, BollardError::DockerResponseServerError { status_code, .. } if *status_code == code)
 }
 
@@ -229,6 +229,7 @@ fn info_from_inspect(c: ContainerInspectResponse) -> Option<ContainerInfo> {
         id: c.id.unwrap_or_default(),
         node: labels.get(LABEL_NODE).cloned().unwrap_or_default(),
         cluster: labels.get(LABEL_CLUSTER).cloned().unwrap_or_default(),
+        spec: labels.get(LABEL_SPEC).cloned(),
         daemonize: labels.get(LABEL_DAEMONIZE).is_some_and(|v| v == "true"),
         job,
         image: config.image.unwrap_or_default(),
@@ -345,6 +346,16 @@ impl Runtime for DockerRuntime {
                 port_bindings: Some(bindings),
                 binds: Some(binds),
                 init: Some(false),
+                pids_limit: spec
+                    .pids_limit
+                    .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+                log_config: spec.log.as_ref().map(|l| HostConfigLogConfig {
+                    typ: Some("json-file".to_string()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_string(), l.max_size.clone()),
+                        ("max-file".to_string(), l.max_files.to_string()),
+                    ])),
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -464,9 +475,11 @@ impl Runtime for DockerRuntime {
     }
 
     async fn remove(&self, id: &str, force: bool) -> Result<()> {
+        // `v`: the container's anonymous volumes go with it; left, each
+        // run, restart or push of an image with `VOLUME` leaked one.
         let opts = RemoveContainerOptions {
             force,
-            v: false,
+            v: true,
             link: false,
         };
         match self.docker.remove_container(id, Some(opts)).await {
@@ -522,6 +535,37 @@ impl Runtime for DockerRuntime {
             .and_then(|c| c.into_iter().find_map(|c| c.gateway)))
     }
 
+    async fn host_port_in_use(&self, port: u16, proto: viking_core::Proto) -> Result<bool> {
+        // Containers of any owner publishing it (Docker's own answer; also
+        // right where Docker runs without its userland proxy).
+        let filters = HashMap::from([(
+            "publish".to_string(),
+            vec![format!("{port}/{}", proto.as_str())],
+        )]);
+        let opts = ListContainersOptions {
+            all: false,
+            filters,
+            ..Default::default()
+        };
+        if !self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(err)?
+            .is_empty()
+        {
+            return Ok(true);
+        }
+        // A process holding it: binding it here fails. (The server runs in
+        // the network namespace of the engine it drives.)
+        let addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+        let bound = match proto {
+            viking_core::Proto::Tcp => std::net::TcpListener::bind(addr).map(drop),
+            viking_core::Proto::Udp => std::net::UdpSocket::bind(addr).map(drop),
+        };
+        Ok(matches!(bound, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse))
+    }
+
     async fn list(&self, cluster: &str) -> Result<Vec<ContainerInfo>> {
         let filters = HashMap::from([(
             "label".to_string(),
@@ -568,6 +612,21 @@ impl Runtime for DockerRuntime {
             .logs(id, Some(opts))
             .map(|o| o.map(output).map_err(err))
             .boxed()
+    }
+
+    async fn labels(&self, id: &str) -> Result<Option<Labelled>> {
+        match self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => Ok(Some(Labelled {
+                id: c.id.unwrap_or_default(),
+                labels: c.config.and_then(|c| c.labels).unwrap_or_default(),
+            })),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(err(e)),
+        }
     }
 }
 

@@ -60,7 +60,8 @@ use viking_core::records::PublishedPort;
 
 use crate::{
     is_valid_container_name, Attached, ContainerEvent, ContainerInfo, ContainerSpec, EngineInfo,
-    Output, Result, Runtime, RuntimeError, LABEL_CLUSTER, LABEL_DAEMONIZE, LABEL_JOB, LABEL_NODE,
+    Labelled, Output, Result, Runtime, RuntimeError, LABEL_CLUSTER, LABEL_DAEMONIZE, LABEL_JOB,
+    LABEL_NODE, LABEL_SPEC,
 };
 
 /// The endpoint the fake names in [`RuntimeError::Unreachable`].
@@ -115,7 +116,7 @@ pub enum Call {
     Ping,
     ImageId(String),
     Pull(String),
-    Create(ContainerSpec),
+    Create(Box<ContainerSpec>),
     Attach(String),
     Start(String),
     Wait(String),
@@ -229,6 +230,7 @@ impl Container {
             ports: self.ports.clone(),
             // No network: health checks probe the published port.
             ip: None,
+            spec: self.spec.labels.get(LABEL_SPEC).cloned(),
         }
     }
 
@@ -273,6 +275,8 @@ struct State {
     /// Creation order of containers.
     created: u64,
     next_port: u16,
+    /// Host ports held by processes outside the engine: (port, proto).
+    occupied: std::collections::BTreeSet<(u16, String)>,
     start_delay: Duration,
     unreachable: bool,
     info: EngineInfo,
@@ -450,13 +454,17 @@ impl State {
     }
 
     /// Whether a running container publishes host port `port` (of
-    /// `proto`, or of any protocol).
+    /// `proto`, or of any protocol), or a process outside the engine holds
+    /// it ([`FakeRuntime::occupy_host_port`]).
     fn port_in_use(&self, port: u16, proto: Option<&str>) -> bool {
-        self.containers.values().any(|c| {
-            c.ports
-                .iter()
-                .any(|p| p.host_port == port && proto.is_none_or(|x| x == p.proto))
-        })
+        self.occupied
+            .iter()
+            .any(|(p, x)| *p == port && proto.is_none_or(|w| w == x))
+            || self.containers.values().any(|c| {
+                c.ports
+                    .iter()
+                    .any(|p| p.host_port == port && proto.is_none_or(|x| x == p.proto))
+            })
     }
 
     /// The container stops running with `code`: ports withdrawn, attached
@@ -645,6 +653,7 @@ impl FakeRuntime {
                 counter: 0,
                 created: 0,
                 next_port: FIRST_EPHEMERAL_PORT,
+                occupied: Default::default(),
                 start_delay: Duration::ZERO,
                 unreachable: false,
                 info: EngineInfo {
@@ -661,6 +670,14 @@ impl FakeRuntime {
         // A test that panicked while holding the lock has failed already;
         // the state is still worth reading.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A process outside the engine holds host port `port` (`proto`):
+    /// containers cannot publish it, as on a real host.
+    pub fn occupy_host_port(&self, port: u16, proto: viking_core::Proto) {
+        self.state()
+            .occupied
+            .insert((port, proto.as_str().to_string()));
     }
 
     /// The engine has `image` (built or pulled before), under a new id,
@@ -874,7 +891,11 @@ impl Runtime for FakeRuntime {
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String> {
         let mut st = self.state();
-        st.enter(Call::Create(spec.clone()), Op::Create, &[&spec.name])?;
+        st.enter(
+            Call::Create(Box::new(spec.clone())),
+            Op::Create,
+            &[&spec.name],
+        )?;
         let mut name = spec
             .name
             .strip_prefix('/')
@@ -1128,6 +1149,10 @@ impl Runtime for FakeRuntime {
         Ok(st.gateway.clone())
     }
 
+    async fn host_port_in_use(&self, port: u16, proto: viking_core::Proto) -> Result<bool> {
+        Ok(self.state().port_in_use(port, Some(proto.as_str())))
+    }
+
     async fn list(&self, cluster: &str) -> Result<Vec<ContainerInfo>> {
         let mut st = self.state();
         st.enter(Call::List(cluster.to_string()), Op::List, &[cluster])?;
@@ -1182,6 +1207,22 @@ impl Runtime for FakeRuntime {
             Some((past, rx)) => output_stream(past, rx),
             None => stream::iter([Err(not_found(r))]).boxed(),
         }
+    }
+
+    /// Not recorded in [`FakeRuntime::calls`]: a look-up that the
+    /// ownership check makes before each change.
+    async fn labels(&self, r: &str) -> Result<Option<Labelled>> {
+        let st = self.state();
+        if st.unreachable {
+            return Err(unreachable());
+        }
+        Ok(st
+            .resolve(r)
+            .and_then(|id| st.containers.get(&id))
+            .map(|c| Labelled {
+                id: c.id.clone(),
+                labels: c.spec.labels.clone(),
+            }))
     }
 }
 
@@ -1534,9 +1575,9 @@ mod tests {
         assert_eq!(
             rt.calls(),
             [
-                Call::Create(spec("other", "/c")),
-                Call::Create(s.clone()),
-                Call::Create(s),
+                Call::Create(Box::new(spec("other", "/c"))),
+                Call::Create(Box::new(s.clone())),
+                Call::Create(Box::new(s)),
                 Call::Start(id.clone()),
                 Call::Start(id.clone()),
                 Call::Ping,

@@ -9,7 +9,8 @@
 //!
 //! Architecture invariant: this crate is the only one that knows Docker, and
 //! it only ever lists, changes or removes containers that carry the
-//! [`LABEL_JOB`] label: viking never touches containers it did not create.
+//! [`LABEL_JOB`] label, or [`LABEL_MESH`] for the mesh's own containers
+//! ([`plain`]): viking never touches containers it did not create.
 //! [`Runtime::list`] and [`Runtime::events_for`] take the cluster and report
 //! only that cluster's containers, so two clusters on one engine stay apart.
 //!
@@ -32,8 +33,12 @@ use viking_core::Job;
 mod docker;
 #[cfg(feature = "test-util")]
 pub mod fake;
+pub mod owned;
+pub mod plain;
 
 pub use docker::DockerRuntime;
+pub use owned::{Labelled, OwnedRuntime};
+pub use plain::{PlainInfo, PlainSpec, Restart, LABEL_MESH};
 
 /// The label that marks a container as viking's; its value is the job name.
 pub const LABEL_JOB: &str = "viking.job";
@@ -43,6 +48,10 @@ pub const LABEL_NODE: &str = "viking.node";
 pub const LABEL_DAEMONIZE: &str = "viking.daemonize";
 /// The cluster's key prefix, so two clusters on one engine stay apart.
 pub const LABEL_CLUSTER: &str = "viking.cluster";
+/// What the container carries of its job (`viking_core::records::SpecLabel`,
+/// as a versioned record): the fleet can rebuild viking-proc from its
+/// containers (`viking recover`).
+pub const LABEL_SPEC: &str = "viking.spec";
 
 /// Errors from the container runtime, classified by the engine's status
 /// code (never by its message text).
@@ -104,6 +113,22 @@ pub struct ContainerSpec {
     /// Keep stdin open and attach to it (an interactive job).
     pub interactive: bool,
     pub tty: bool,
+    /// The most processes the container may have (Docker's `PidsLimit`);
+    /// `None`: the engine's default (unlimited).
+    pub pids_limit: Option<u64>,
+    /// Rotation of the container's json-file log; `None`: the engine's
+    /// default driver and settings.
+    pub log: Option<LogRotation>,
+}
+
+/// Docker's json-file log rotation: a file is rotated at `max_size` and
+/// at most `max_files` are kept, so a chatty job cannot fill the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRotation {
+    /// Docker's `max-size`: a number with an optional unit, `10m`.
+    pub max_size: String,
+    /// Docker's `max-file`.
+    pub max_files: u32,
 }
 
 impl ContainerSpec {
@@ -121,6 +146,17 @@ impl ContainerSpec {
             (LABEL_DAEMONIZE.to_string(), job.daemonize.to_string()),
             (LABEL_CLUSTER.to_string(), cluster.to_string()),
         ]);
+        let mut labels = labels;
+        let carried = viking_core::records::SpecLabel {
+            job: job.clone(),
+            ambassador: Default::default(),
+        };
+        if let Ok(doc) = viking_core::records::encode(&carried) {
+            labels.insert(
+                LABEL_SPEC.to_string(),
+                String::from_utf8_lossy(&doc).into_owned(),
+            );
+        }
         ContainerSpec {
             name: container_name(&job.name),
             image: job.image.clone(),
@@ -133,6 +169,8 @@ impl ContainerSpec {
             labels,
             interactive: !job.daemonize,
             tty: job.tty,
+            pids_limit: job.pids_limit,
+            log: None,
         }
     }
 }
@@ -212,6 +250,9 @@ pub struct ContainerInfo {
     /// health check probes (a published port answers through Docker's
     /// proxy whether or not the container listens).
     pub ip: Option<String>,
+    /// The job's document from the container's [`LABEL_SPEC`] label (absent
+    /// on containers made before it existed).
+    pub spec: Option<String>,
 }
 
 /// A chunk of a container's output.
@@ -260,6 +301,9 @@ pub trait Runtime: Send + Sync + 'static {
     async fn inspect(&self, id: &str) -> Result<Option<ContainerInfo>>;
     async fn stop(&self, id: &str, timeout_secs: i64) -> Result<()>;
     async fn kill(&self, id: &str, signal: &str) -> Result<()>;
+    /// Remove a container with its anonymous volumes (an image's `VOLUME`
+    /// that no bind covers), as `docker run --rm` does: nothing else can
+    /// ever use them again.
     async fn remove(&self, id: &str, force: bool) -> Result<()>;
     async fn rename(&self, id: &str, new_name: &str) -> Result<()>;
     /// The gateway address of Docker's default bridge: what containers on
@@ -267,6 +311,12 @@ pub trait Runtime: Send + Sync + 'static {
     async fn bridge_gateway(&self) -> Result<Option<String>>;
     /// Every container labelled by viking for `cluster`, running or not.
     async fn list(&self, cluster: &str) -> Result<Vec<ContainerInfo>>;
+    /// Whether host port `port` (`proto`) is taken on this engine's host:
+    /// published by any running container, viking's or not, or held by a
+    /// process. Checked before a job that publishes it is created, so a
+    /// taken port is a typed error (the job goes to another host) rather
+    /// than a failed start.
+    async fn host_port_in_use(&self, port: u16, proto: viking_core::Proto) -> Result<bool>;
     /// Events of viking's containers labelled for `cluster`, from now on.
     fn events_for(&self, cluster: &str) -> BoxStream<'static, Result<ContainerEvent>>;
     /// Events of viking's containers of every cluster on this engine, from
@@ -274,6 +324,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// crate's invariant; kept until its callers have switched.
     fn events(&self) -> BoxStream<'static, Result<ContainerEvent>>;
     fn logs(&self, id: &str, follow: bool) -> BoxStream<'static, Result<Output>>;
+    /// The full id and labels of any container on the engine, whoever made
+    /// it; `None` when there is none. For ownership checks only
+    /// ([`OwnedRuntime`]): every other call sees viking's containers.
+    async fn labels(&self, id: &str) -> Result<Option<Labelled>>;
 }
 
 /// The memory a running container uses now, in bytes, read from its cgroup

@@ -16,6 +16,7 @@
 
 use std::time::Duration;
 
+use backon::{ConstantBuilder, Retryable};
 use hyper::Method;
 use tokio::time::Instant;
 use viking_client::api::HostView;
@@ -213,12 +214,16 @@ pub async fn join(o: JoinOptions) -> Result<()> {
         let cluster = cluster.clone();
         async move {
             if let Some(id) = id {
-                for _ in 0..5 {
-                    match cluster.remove(id).await {
-                        Ok(()) => break,
-                        Err(e) => log(format!("removing the etcd member {id:x} again: {e}")),
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                // Five tries, a second apart.
+                let tries = ConstantBuilder::default()
+                    .with_delay(Duration::from_secs(1))
+                    .with_max_times(4);
+                let removed = (|| cluster.remove(id))
+                    .retry(tries)
+                    .notify(|e, _| log(format!("removing the etcd member {id:x} again: {e}")))
+                    .await;
+                if let Err(e) = removed {
+                    log(format!("could not remove the etcd member {id:x}: {e}"));
                 }
             }
         }
@@ -269,21 +274,21 @@ pub async fn join(o: JoinOptions) -> Result<()> {
     launched.wait().await
 }
 
-/// Promote a learner, retrying while it is still catching up.
+/// Promote a learner, retrying every 500 ms while it is still catching up,
+/// for up to [`PROMOTE_FOR`].
 async fn promote_when_ready(cluster: &Membership, id: u64) -> Result<()> {
     let until = Instant::now() + PROMOTE_FOR;
-    loop {
-        match cluster.promote(id).await {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() < until => {
-                tracing::debug!("promote {id:x}: {e}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => {
-                return Err(MeshError::Failed(format!(
-                    "the new etcd member did not catch up within {PROMOTE_FOR:?}: {e}"
-                )))
-            }
-        }
-    }
+    let pauses = ConstantBuilder::default()
+        .with_delay(Duration::from_millis(500))
+        .without_max_times();
+    (|| cluster.promote(id))
+        .retry(pauses)
+        .when(|_| Instant::now() < until)
+        .notify(|e, _| tracing::debug!("promote {id:x}: {e}"))
+        .await
+        .map_err(|e| {
+            MeshError::Failed(format!(
+                "the new etcd member did not catch up within {PROMOTE_FOR:?}: {e}"
+            ))
+        })
 }

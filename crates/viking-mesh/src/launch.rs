@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use backon::Retryable;
 use hyper::Method;
 use tokio::time::Instant;
 use viking_client::Client;
@@ -108,7 +109,9 @@ impl Launched {
             ..
         }) = dd.load()
         {
-            let _ = supervisor::docker(&["rm", "-f", supervisor::ETCD_CONTAINER]).await;
+            if let Err(e) = supervisor::remove_etcd_container().await {
+                supervisor::log(format!("removing the etcd container: {e}"));
+            }
         }
     }
 
@@ -137,22 +140,26 @@ pub(crate) async fn wait_server(st: &MeshState, token: &str, limit: Duration) ->
     let api = url(&st.ip, port);
     let client = Client::new(&api, Some(token.to_string()))?;
     let until = Instant::now() + limit;
-    loop {
-        let r = tokio::time::timeout(
+    let ping = || async {
+        match tokio::time::timeout(
             Duration::from_secs(3),
             client.json::<serde_json::Value>(Method::GET, "/v1/ping", None),
         )
-        .await;
-        if matches!(r, Ok(Ok(_))) {
-            return Ok(());
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 3s".to_string()),
         }
-        if Instant::now() >= until {
-            return Err(MeshError::Failed(format!(
-                "the viking server at {api} did not answer within {limit:?}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    };
+    ping.retry(supervisor::poll())
+        .when(|_| Instant::now() < until)
+        .await
+        .map_err(|e| {
+            MeshError::Failed(format!(
+                "the viking server at {api} did not answer within {limit:?} ({e})"
+            ))
+        })
 }
 
 /// `viking mesh start`: bring this machine's part of the mesh back (after

@@ -70,7 +70,9 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<()> {
     }
     supervisor::stop(&dd, true).await?;
     if matches!(st.etcd, Some(EtcdRunner::Image(_))) && st.role == Role::Member {
-        let _ = supervisor::docker(&["rm", "-f", supervisor::ETCD_CONTAINER]).await;
+        if let Err(e) = supervisor::remove_etcd_container().await {
+            log(format!("removing the etcd container: {e}"));
+        }
     }
     println!("stopped the viking server{}", {
         if st.role == Role::Member {

@@ -77,6 +77,9 @@ pub enum MeshError {
     Etcd(String),
     #[error("etcd: {0}")]
     Store(#[from] viking_store::StoreError),
+    /// From this machine's Docker engine (the etcd container).
+    #[error("{0}")]
+    Docker(#[from] viking_docker::RuntimeError),
     #[error("{0}")]
     Invalid(String),
     #[error("{context}: {source}")]

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
+use viking_cli::table;
 use viking_core::keys;
 use viking_core::records::{decode, HostRecord};
 use viking_store::etcd::membership::Membership;
@@ -151,69 +152,64 @@ pub async fn status(data_dir: &Path, json: bool) -> Result<()> {
         if v.supervisor { "running" } else { "stopped" }
     );
     println!();
-    let mut rows = vec![vec![
-        "ETCD MEMBER".to_string(),
-        "ID".into(),
-        "PEER URL".into(),
-        "CLIENT URL".into(),
-        "HEALTH".into(),
-        "ROLE".into(),
-    ]];
-    for m in &v.members {
-        rows.push(vec![
-            if m.name.is_empty() {
-                "(starting)".into()
-            } else {
-                m.name.clone()
-            },
-            format!("{:x}", m.id),
-            m.peer_urls.join(","),
-            m.client_urls.join(","),
-            match (&m.error, m.healthy) {
-                (_, true) => "healthy".into(),
-                (Some(e), false) => format!("unhealthy: {e}"),
-                (None, false) => "unhealthy".into(),
-            },
-            if m.leader {
-                "leader".into()
-            } else if m.learner {
-                "learner".into()
-            } else {
-                "follower".into()
-            },
-        ]);
-    }
-    print_table(&rows);
-    println!();
-    let mut rows = vec![vec![
-        "SERVER".to_string(),
-        "ADDRESS".into(),
-        "STATUS".into(),
-        "TAGS".into(),
-    ]];
-    for s in &v.servers {
-        rows.push(vec![
-            s.name.clone(),
-            s.api.clone(),
-            if s.alive { "alive" } else { "gone" }.into(),
-            s.tags.join(","),
-        ]);
-    }
-    print_table(&rows);
-    Ok(())
-}
-
-fn print_table(rows: &[Vec<String>]) {
-    let cols = rows.first().map(|r| r.len()).unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+    let rows: Vec<Vec<String>> = v
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                if m.name.is_empty() {
+                    "(starting)".into()
+                } else {
+                    m.name.clone()
+                },
+                format!("{:x}", m.id),
+                m.peer_urls.join(","),
+                m.client_urls.join(","),
+                match (&m.error, m.healthy) {
+                    (_, true) => "healthy".into(),
+                    (Some(e), false) => format!("unhealthy: {e}"),
+                    (None, false) => "unhealthy".into(),
+                },
+                if m.leader {
+                    "leader".into()
+                } else if m.learner {
+                    "learner".into()
+                } else {
+                    "follower".into()
+                },
+            ]
+        })
         .collect();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        println!("{}", line.join("   ").trim_end());
-    }
+    print!(
+        "{}",
+        table::render(
+            &[
+                "ETCD MEMBER",
+                "ID",
+                "PEER URL",
+                "CLIENT URL",
+                "HEALTH",
+                "ROLE"
+            ],
+            &rows
+        )
+    );
+    println!();
+    let rows: Vec<Vec<String>> = v
+        .servers
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.api.clone(),
+                if s.alive { "alive" } else { "gone" }.into(),
+                s.tags.join(","),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(&["SERVER", "ADDRESS", "STATUS", "TAGS"], &rows)
+    );
+    Ok(())
 }

@@ -3,7 +3,8 @@
 //!
 //! The supervisor reads `mesh.json`, starts the etcd member (members only:
 //! as its child process with `--etcd-binary`, or as a container with a
-//! restart policy with `--etcd-image`), waits until it is healthy, refreshes
+//! restart policy with `--etcd-image`, through viking-docker's `plain`
+//! containers), waits until it is healthy, refreshes
 //! the list of etcd endpoints from the member list, then starts
 //! `viking server` as its child. A child that exits is started again after
 //! a delay that doubles from 1 s to 30 s (back to 1 s after a minute of
@@ -17,8 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ConstantBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
+use viking_docker::{DockerRuntime, PlainSpec, Restart, Runtime};
 use viking_store::etcd::membership::{client_urls, Membership};
 
 use crate::state::{url, DataDir, EtcdRunner, MeshState, Role};
@@ -245,64 +248,80 @@ pub async fn stop(dd: &DataDir, etcd_container: bool) -> Result<bool> {
             ..
         }) = dd.load()
         {
-            let _ = docker(&["stop", ETCD_CONTAINER]).await;
+            if let Err(e) = stop_etcd_container().await {
+                log(format!("stopping the etcd container: {e}"));
+            }
         }
     }
     Ok(was_running)
 }
 
-/// Run the docker CLI; stdout on success.
-pub async fn docker(args: &[&str]) -> Result<String> {
-    let out = Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .ctx(|| format!("running docker {}", args.join(" ")))?;
-    if !out.status.success() {
-        return Err(MeshError::Failed(format!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+/// This machine's Docker engine: `DOCKER_HOST`, as the `docker` CLI reads
+/// it, else the local socket.
+async fn engine() -> Result<DockerRuntime> {
+    let endpoint = std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|e| !e.is_empty())
+        .unwrap_or_else(|| viking_docker::plain::DEFAULT_ENDPOINT.to_string());
+    Ok(DockerRuntime::connect(&endpoint).await?)
 }
 
-/// Image mode: make sure the etcd container exists and runs.
+/// Image mode: stop the etcd container (its restart policy then leaves it
+/// stopped until it is started again); a missing one is no error.
+pub(crate) async fn stop_etcd_container() -> Result<()> {
+    engine()
+        .await?
+        .stop_plain(ETCD_CONTAINER, STOP_GRACE.as_secs() as i64)
+        .await?;
+    Ok(())
+}
+
+/// Image mode: remove the etcd container, running or not; a missing one is
+/// no error.
+pub(crate) async fn remove_etcd_container() -> Result<()> {
+    engine().await?.remove_plain(ETCD_CONTAINER).await?;
+    Ok(())
+}
+
+/// Image mode: make sure the etcd container exists and runs (`docker run
+/// -d --restart unless-stopped --network host`, pulling the image if the
+/// engine does not have it).
 async fn ensure_etcd_container(st: &MeshState, dd: &DataDir, image: &str) -> Result<()> {
-    if docker(&["inspect", "--format", "{{.Id}}", ETCD_CONTAINER])
-        .await
-        .is_ok()
-    {
-        docker(&["start", ETCD_CONTAINER]).await?;
+    let docker = engine().await?;
+    if docker.inspect_plain(ETCD_CONTAINER).await?.is_some() {
+        docker.start_plain(ETCD_CONTAINER).await?;
         return Ok(());
     }
-    let etcd_dir = dd.etcd_dir().display().to_string();
-    std::fs::create_dir_all(&etcd_dir).ctx(|| format!("creating {etcd_dir}"))?;
-    let mount = format!("{etcd_dir}:{etcd_dir}");
-    let mut args: Vec<String> = [
-        "run",
-        "-d",
-        "--name",
-        ETCD_CONTAINER,
-        "--restart",
-        "unless-stopped",
-        "--network",
-        "host",
-        "--label",
-        "viking.mesh=etcd",
-        "-v",
-        &mount,
-        image,
-        "etcd",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(etcd_args(st, dd));
-    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    docker(&refs).await.map(|_| ())
+    let etcd_dir = dd.etcd_dir();
+    std::fs::create_dir_all(&etcd_dir).ctx(|| format!("creating {}", etcd_dir.display()))?;
+    if docker.image_id(image).await?.is_none() {
+        log(format!("pulling {image}"));
+        viking_docker::pull_quietly(&docker, image).await?;
+    }
+    let mut command = vec!["etcd".to_string()];
+    command.extend(etcd_args(st, dd));
+    let spec = PlainSpec {
+        name: ETCD_CONTAINER.to_string(),
+        role: "etcd".to_string(),
+        image: image.to_string(),
+        command,
+        host_network: true,
+        restart: Restart::UnlessStopped,
+        binds: vec![(etcd_dir.clone(), etcd_dir.display().to_string())],
+    };
+    docker.create_plain(&spec).await?;
+    docker.start_plain(ETCD_CONTAINER).await?;
+    Ok(())
+}
+
+/// The pauses before a supervised child is started again: 1 s doubling up
+/// to 30 s, for as long as it keeps exiting.
+fn restart_backoff() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(BACKOFF_MIN)
+        .with_max_delay(BACKOFF_MAX)
+        .without_max_times()
+        .build()
 }
 
 /// One supervised child.
@@ -313,7 +332,7 @@ struct Slot {
     child: Option<Child>,
     started: Instant,
     restart_at: Option<Instant>,
-    delay: Duration,
+    pauses: ExponentialBackoff,
 }
 
 enum Event {
@@ -330,7 +349,7 @@ impl Slot {
             child: None,
             started: Instant::now(),
             restart_at: None,
-            delay: BACKOFF_MIN,
+            pauses: restart_backoff(),
         }
     }
 
@@ -395,14 +414,14 @@ impl Slot {
     fn exited(&mut self, status: &str) {
         self.child = None;
         if self.started.elapsed() > Duration::from_secs(60) {
-            self.delay = BACKOFF_MIN;
+            self.pauses = restart_backoff();
         }
+        let delay = self.pauses.next().unwrap_or(BACKOFF_MAX);
         log(format!(
-            "{} exited ({status}); starting it again in {:?}",
-            self.what, self.delay
+            "{} exited ({status}); starting it again in {delay:?}",
+            self.what
         ));
-        self.restart_at = Some(Instant::now() + self.delay);
-        self.delay = (self.delay * 2).min(BACKOFF_MAX);
+        self.restart_at = Some(Instant::now() + delay);
     }
 
     async fn stop(&mut self, dd: &DataDir) {
@@ -419,18 +438,29 @@ impl Slot {
     }
 }
 
+/// How `init`, `join` and `start` poll etcd and the server until they are
+/// ready: every 300 ms (the callers bound it in time).
+pub(crate) fn poll() -> ConstantBuilder {
+    ConstantBuilder::default()
+        .with_delay(Duration::from_millis(300))
+        .without_max_times()
+}
+
 /// Wait until the local etcd member answers with a leader, up to `limit`.
 pub async fn wait_etcd(endpoint: &str, limit: Duration) -> bool {
     let until = Instant::now() + limit;
-    loop {
+    let healthy = || async {
         if Membership::new(vec![endpoint.to_string()]).healthy().await {
-            return true;
+            Ok(())
+        } else {
+            Err(())
         }
-        if Instant::now() >= until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    };
+    healthy
+        .retry(poll())
+        .when(|_| Instant::now() < until)
+        .await
+        .is_ok()
 }
 
 /// The endpoints to use: the started members' client URLs, local first.
@@ -575,6 +605,26 @@ pub async fn up(dd: &DataDir, shutdown: impl Future<Output = ()>) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pause before each restart of a child that keeps exiting.
+    fn pause(slot: &mut Slot) -> Duration {
+        slot.exited("exit status: 1");
+        slot.restart_at.expect("a restart is due") - Instant::now()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crashing_child_is_restarted_after_a_doubling_pause() {
+        let mut slot = Slot::new("server", PathBuf::from("/bin/false"), vec![]);
+        let secs: Vec<u64> = (0..8).map(|_| pause(&mut slot).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30, 30]);
+        // After a minute of running, back to the shortest pause.
+        slot.started = Instant::now();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(pause(&mut slot), BACKOFF_MIN);
+        // Started again (spawn sets `started`), and it exits at once.
+        slot.started = Instant::now();
+        assert_eq!(pause(&mut slot), BACKOFF_MIN * 2);
+    }
 
     #[test]
     fn a_thread_id_is_not_a_process() {

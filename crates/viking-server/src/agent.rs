@@ -121,9 +121,22 @@ fn sessions(sh: &Shared) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Carry out the planner's actions; the first error ends the list (the
-/// next event or resync plans again).
+/// Carry out the planner's actions, unless this server holds (the store is
+/// not its cluster's: then nothing is touched); the first error ends the
+/// list (the next event or resync plans again).
 async fn carry_out(
+    sh: &Shared,
+    containers: &[ContainerInfo],
+    actions: &[Action],
+) -> Result<(), ServerError> {
+    if actions.is_empty() || !crate::standing::may_act(sh).await? {
+        return Ok(());
+    }
+    apply(sh, containers, actions).await
+}
+
+/// Carry out actions already cleared by [`crate::standing::may_act`].
+async fn apply(
     sh: &Shared,
     containers: &[ContainerInfo],
     actions: &[Action],
@@ -134,7 +147,6 @@ async fn carry_out(
                 let why = match why {
                     Removal::Orphaned => "an interactive job whose client is gone",
                     Removal::Stale => "a stale copy of a job that moved",
-                    Removal::Unclaimed => "a container that no job claims",
                 };
                 tracing::info!(%job, "removing {why}");
                 sh.runtime.remove(id, true).await.map_err(ServerError::from)
@@ -271,11 +283,56 @@ async fn resync_inner(sh: &Shared, startup: bool) -> anyhow::Result<()> {
         full: true,
         startup,
     };
+    // Nothing is touched while this server holds.
+    if !crate::standing::may_act(sh).await? {
+        return Ok(());
+    }
     // One action at a time, so one failure does not hold up the rest.
     for a in plan(&view) {
-        if let Err(e) = carry_out(sh, &containers, std::slice::from_ref(&a)).await {
+        if let Err(e) = apply(sh, &containers, std::slice::from_ref(&a)).await {
             tracing::warn!("resync: {a:?}: {e}");
         }
     }
+    remove_marked(sh, &containers).await;
     Ok(())
+}
+
+/// Remove the containers of this host that `viking rm` marked while this
+/// host was gone (`removed/<job>/<id>` naming this host), then the marks.
+/// The one way a container goes without its job's record: a positive mark
+/// naming that exact container.
+async fn remove_marked(sh: &Shared, containers: &[ContainerInfo]) {
+    let marks = match sh.store.list(keys::REMOVED).await {
+        Ok((kvs, _)) => kvs,
+        Err(e) => {
+            tracing::warn!("reading removal marks: {e}");
+            return;
+        }
+    };
+    for kv in marks
+        .into_iter()
+        .filter(|kv| kv.value == sh.config.name.as_bytes())
+    {
+        let Some(rest) = keys::name_of(keys::REMOVED, &kv.key) else {
+            continue;
+        };
+        let Some((job, id)) = rest.rsplit_once('/') else {
+            continue;
+        };
+        if let Some(c) = containers.iter().find(|c| c.id == id && c.job == job) {
+            tracing::info!(%job, "removing the container of a job removed while this host was gone");
+            if let Err(e) = sh.runtime.remove(&c.id, true).await {
+                tracing::warn!(%job, "removing a marked container: {e}");
+                continue;
+            }
+        }
+        let _ = sh
+            .store
+            .txn(
+                vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)],
+                vec![Op::Delete { key: kv.key }],
+                vec![],
+            )
+            .await;
+    }
 }

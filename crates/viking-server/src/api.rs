@@ -47,6 +47,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(routes::JOB_LOGS, get(logs))
         .route(routes::PUSH, post(push))
         .route(routes::SERVICES, get(services))
+        .route(routes::HEALTH, get(health))
+        .route(routes::RECOVER, post(recover))
+        .route(routes::INTERNAL_CONTAINERS, get(internal_containers))
         .route(routes::INTERNAL_START, post(internal_start))
         .route(routes::INTERNAL_RESOLVE, post(internal_resolve))
         .route(routes::INTERNAL_REPLACE, post(internal_replace))
@@ -69,6 +72,7 @@ async fn auth(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> Respon
             Json(viking_client::api::ErrorBody {
                 error: "missing or wrong token: pass --token or set VIKING_TOKEN (the server keeps it in <data-dir>/token)".to_string(),
                 status: StatusCode::UNAUTHORIZED.as_u16(),
+                reason: None,
             }),
         )
             .into_response(),
@@ -100,6 +104,7 @@ async fn run(
     Query(q): Query<RunQuery>,
     mut req: Request,
 ) -> ApiResult<Response> {
+    crate::standing::require_member(&sh).await?;
     let wants_attach = is_attach(req.headers());
     let on_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
     let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
@@ -193,6 +198,7 @@ async fn read_job(req: Request) -> ApiResult<Job> {
 
 /// Another server placed a job here and wrote it to viking-proc: start it.
 async fn internal_start(State(sh): State<Arc<Shared>>, req: Request) -> ApiResult<Response> {
+    crate::standing::require_member(&sh).await?;
     let job = read_job(req).await?;
     progress_response(sh, move |sh, progress| {
         Box::pin(async move { jobs::start_placed(sh, &job, progress).await })
@@ -211,6 +217,7 @@ async fn internal_attach(
     Query(q): Query<AttachQuery>,
     mut req: Request,
 ) -> ApiResult<Response> {
+    crate::standing::require_member(&sh).await?;
     let on_upgrade = req
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>()
@@ -223,8 +230,10 @@ async fn internal_attach(
 /// A code push: a stream of [`viking_client::api::PushLine`]s ending in the
 /// summary.
 async fn push(State(sh): State<Arc<Shared>>, body: axum::body::Bytes) -> ApiResult<Response> {
+    crate::standing::require_member(&sh).await?;
     use viking_client::api::PushLine;
     let req: viking_client::api::PushRequest = parse(&body)?;
+    crate::push::check(&req)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PushLine>();
     tokio::spawn(async move {
         let tx2 = tx.clone();
@@ -258,6 +267,7 @@ async fn internal_replace(
     State(sh): State<Arc<Shared>>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<JobState>> {
+    crate::standing::require_member(&sh).await?;
     let req = parse(&body)?;
     Ok(Json(JobState::from(
         &crate::push::replace_here(&sh, &req).await?,
@@ -304,6 +314,33 @@ async fn proc_list(State(sh): State<Arc<Shared>>) -> ApiResult<Json<Vec<JobInten
     Ok(Json(procs.iter().map(JobIntent::from).collect()))
 }
 
+async fn health(State(sh): State<Arc<Shared>>) -> ApiResult<Json<viking_client::api::Health>> {
+    let standing = crate::standing::check(&sh).await?;
+    Ok(Json(viking_client::api::Health {
+        name: sh.config.name.clone(),
+        cluster: sh.cluster_id(),
+        held: standing.held(),
+    }))
+}
+
+async fn recover(
+    State(sh): State<Arc<Shared>>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<viking_client::api::RecoverSummary>> {
+    let req: viking_client::api::RecoverRequest = if body.is_empty() {
+        Default::default()
+    } else {
+        parse(&body)?
+    };
+    Ok(Json(crate::recover::recover(&sh, &req).await?))
+}
+
+async fn internal_containers(
+    State(sh): State<Arc<Shared>>,
+) -> ApiResult<Json<Vec<viking_client::api::HostContainer>>> {
+    Ok(Json(crate::recover::host_containers(&sh).await?))
+}
+
 async fn hosts(
     State(sh): State<Arc<Shared>>,
 ) -> ApiResult<Json<Vec<viking_client::api::HostView>>> {
@@ -327,6 +364,7 @@ async fn stop(
     Path(name): Path<String>,
     Query(q): Query<StopQuery>,
 ) -> ApiResult<Json<viking_client::api::InspectResponse>> {
+    crate::standing::require_member(&sh).await?;
     Ok(Json(jobs::stop(&sh, &name, q.t.unwrap_or(10)).await?))
 }
 
@@ -334,6 +372,9 @@ async fn stop(
 struct RmQuery {
     #[serde(default)]
     force: bool,
+    /// Delete the job's data directory and history too.
+    #[serde(default)]
+    volumes: bool,
 }
 
 async fn remove(
@@ -341,7 +382,8 @@ async fn remove(
     Path(name): Path<String>,
     Query(q): Query<RmQuery>,
 ) -> ApiResult<StatusCode> {
-    jobs::remove(&sh, &name, q.force).await?;
+    crate::standing::require_member(&sh).await?;
+    jobs::remove(&sh, &name, q.force, q.volumes).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

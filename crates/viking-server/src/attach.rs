@@ -41,8 +41,9 @@ pub async fn start(
     job: Job,
     on_upgrade: OnUpgrade,
 ) -> Result<Response, ServerError> {
+    container::check_limits(&sh, &job)?;
     crate::services::check_links(&sh, &job).await?;
-    let host = match placement::choose(&sh, &job).await? {
+    let host = match placement::choose(&sh, &job).await?.0 {
         Target::Here => None,
         Target::There(h) => Some(h),
         Target::Waiting(h) => {

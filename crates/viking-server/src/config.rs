@@ -45,6 +45,9 @@ pub struct ServerConfig {
     /// An ambassador connection where no byte moved either way for this long
     /// is closed.
     pub embassy_idle_timeout: Duration,
+    /// What every container of this host is given: log rotation and a
+    /// pids limit.
+    pub containers: ContainerLimits,
 }
 
 /// The API's connection cap and timeouts (see `listen`).
@@ -74,6 +77,76 @@ impl Default for ApiLimits {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The limits every container this server creates gets, so that one job's
+/// output or fork bomb cannot take its host (and the host's viking server
+/// and etcd member) down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerLimits {
+    /// Docker json-file `max-size` (`--log-max-size`).
+    pub log_max_size: String,
+    /// Docker json-file `max-file` (`--log-max-file`).
+    pub log_max_files: u32,
+    /// The pids limit of a job that asks for none (`--pids-limit`).
+    pub pids_limit: u64,
+    /// The largest pids limit a job may ask for (`--pids-max`).
+    pub pids_max: u64,
+}
+
+impl Default for ContainerLimits {
+    fn default() -> Self {
+        Self {
+            log_max_size: "10m".to_string(),
+            log_max_files: 3,
+            pids_limit: 1024,
+            pids_max: 4096,
+        }
+    }
+}
+
+impl ContainerLimits {
+    /// Check the settings; the message names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        let size = self.log_max_size.to_ascii_lowercase();
+        let digits = size.trim_end_matches(['k', 'm', 'g']);
+        let unit_ok = size.len() - digits.len() <= 1;
+        if !unit_ok
+            || digits.is_empty()
+            || !digits.chars().all(|c| c.is_ascii_digit())
+            || digits.chars().all(|c| c == '0')
+        {
+            return Err(format!(
+                "--log-max-size {:?} must be a size like 10m (a number with an optional unit k, m or g)",
+                self.log_max_size
+            ));
+        }
+        if self.log_max_files == 0 {
+            return Err("--log-max-file must be at least 1".to_string());
+        }
+        let ceiling = viking_core::job::MAX_PIDS_LIMIT;
+        if !(1..=ceiling).contains(&self.pids_max) {
+            return Err(format!(
+                "--pids-max {} must be from 1 to {ceiling}",
+                self.pids_max
+            ));
+        }
+        if !(1..=self.pids_max).contains(&self.pids_limit) {
+            return Err(format!(
+                "--pids-limit {} must be from 1 to --pids-max ({})",
+                self.pids_limit, self.pids_max
+            ));
+        }
+        Ok(())
+    }
+
+    /// The json-file log rotation every container gets.
+    pub fn log_rotation(&self) -> viking_docker::LogRotation {
+        viking_docker::LogRotation {
+            max_size: self.log_max_size.to_ascii_lowercase(),
+            max_files: self.log_max_files,
         }
     }
 }
@@ -141,6 +214,7 @@ impl ServerConfig {
         if self.host_ttl < Duration::from_secs(1) {
             return Err("--host-ttl must be at least 1s".to_string());
         }
+        self.containers.validate()?;
         Ok(())
     }
 
@@ -152,5 +226,37 @@ impl ServerConfig {
         } else {
             format!("http://{}:{port}", self.ip)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ContainerLimits;
+
+    #[test]
+    fn container_limits_are_checked_naming_the_flag() {
+        assert_eq!(ContainerLimits::default().validate(), Ok(()));
+        let with = |f: &dyn Fn(&mut ContainerLimits)| {
+            let mut l = ContainerLimits::default();
+            f(&mut l);
+            l.validate()
+        };
+        for ok in ["1", "500k", "10M", "1g", "1048576"] {
+            assert_eq!(with(&|l| l.log_max_size = ok.to_string()), Ok(()), "{ok}");
+        }
+        for bad in ["", "m", "0", "0m", "10mb", "-1m", "1.5m", "10 m"] {
+            let e = with(&|l| l.log_max_size = bad.to_string()).unwrap_err();
+            assert!(e.contains("--log-max-size"), "{bad}: {e}");
+        }
+        let e = with(&|l| l.log_max_files = 0).unwrap_err();
+        assert!(e.contains("--log-max-file"), "{e}");
+        let e = with(&|l| l.pids_limit = 5000).unwrap_err();
+        assert!(e.contains("--pids-limit"), "{e}");
+        let e = with(&|l| l.pids_limit = 0).unwrap_err();
+        assert!(e.contains("--pids-limit"), "{e}");
+        let e = with(&|l| l.pids_max = 0).unwrap_err();
+        assert!(e.contains("--pids-max"), "{e}");
+        let e = with(&|l| l.pids_max = (1 << 22) + 1).unwrap_err();
+        assert!(e.contains("--pids-max"), "{e}");
     }
 }

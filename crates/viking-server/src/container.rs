@@ -43,16 +43,52 @@ pub async fn ensure_image(
     })
 }
 
+/// Refuse a job that asks for more than this server allows (its pids
+/// limit above `--pids-max`): before anything is written, by the server
+/// that receives it, and again by the host that creates its container.
+pub fn check_limits(sh: &Shared, job: &Job) -> Result<()> {
+    let max = sh.config.containers.pids_max;
+    match job.pids_limit {
+        Some(n) if n > max => Err(ServerError::Invalid(format!(
+            "invalid job: pids_limit: {n} is more than the maximum of {max} on server {} (--pids-max)",
+            sh.config.name
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The container of `job` on this host: its spec with the link variables
-/// pointing at this host's embassy, and its volume directories made.
+/// pointing at this host's embassy, the server's log rotation and pids
+/// limit, and its volume directories made and checked (no symlink below
+/// the volume root: [`crate::volume`]). Every container viking creates
+/// (a run, a restart, a push, an interactive job) gets its spec here, just
+/// before it is created.
 pub async fn container_spec(sh: &Shared, job: &Job) -> Result<ContainerSpec> {
+    check_limits(sh, job)?;
     let mut spec =
         ContainerSpec::for_job(job, &sh.config.name, &sh.config.key, &sh.config.data_dir);
     spec.env.extend(crate::services::link_env(sh, job).await?);
-    for (host, _) in &spec.binds {
-        std::fs::create_dir_all(host).map_err(|e| {
-            ServerError::Internal(format!("creating volume directory {}: {e}", host.display()))
-        })?;
+    // The service's ambassador ports travel with the container, so a lost
+    // store gets them back (`viking recover`).
+    let mut ambassador = std::collections::BTreeMap::new();
+    for cport in crate::services::tcp_ports(job) {
+        if let Some(aport) = state::ambassador_port(sh.store.as_ref(), &job.name, cport).await? {
+            ambassador.insert(cport, aport);
+        }
+    }
+    let carried = viking_core::records::SpecLabel {
+        job: job.clone(),
+        ambassador,
+    };
+    spec.labels.insert(
+        viking_docker::LABEL_SPEC.to_string(),
+        String::from_utf8_lossy(&viking_core::records::encode(&carried)?).into_owned(),
+    );
+    let limits = &sh.config.containers;
+    spec.pids_limit = Some(job.pids_limit.unwrap_or(limits.pids_limit));
+    spec.log = Some(limits.log_rotation());
+    for (host, volume) in spec.binds.iter_mut() {
+        *host = crate::volume::prepare(&sh.config.data_dir, &job.name, volume)?;
     }
     Ok(spec)
 }
@@ -113,6 +149,7 @@ pub async fn start_container(
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<PsRecord> {
     ensure_image(sh, &job.image, progress).await?;
+    check_host_ports(sh, job).await?;
     let spec = container_spec(sh, job).await?;
     let id = create_container(sh, &spec).await?;
     let started = async {
@@ -144,6 +181,22 @@ pub async fn start_container(
     ps.last_exit = last_exit;
     state::record_started(sh.store.as_ref(), &ps, now_ms()).await?;
     Ok(ps)
+}
+
+/// Refuse a job whose host ports are taken on this host (by a container or
+/// process viking does not count), so it is placed elsewhere.
+async fn check_host_ports(sh: &Shared, job: &Job) -> Result<()> {
+    for p in &job.ports {
+        let Some(port) = p.host else { continue };
+        if sh.runtime.host_port_in_use(port, p.proto).await? {
+            return Err(ServerError::HostPortInUse {
+                host: sh.config.name.clone(),
+                port,
+                proto: p.proto.as_str(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Bring a job's viking-ps record up to date with its container.

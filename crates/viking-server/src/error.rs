@@ -6,6 +6,7 @@
 //! [`crate::status`], used by the API and by the attached stream's error
 //! frame.
 
+use viking_client::api::ErrorReason;
 use viking_client::ClientError;
 use viking_core::records::RecordError;
 use viking_docker::RuntimeError;
@@ -44,6 +45,15 @@ pub enum ServerError {
         host: String,
         status: u16,
         message: String,
+        reason: Option<ErrorReason>,
+    },
+    /// A host port the job publishes is taken on this host (by a process or
+    /// a container viking does not know): another host may take the job.
+    #[error("host {host}: port {port}/{proto} is already in use")]
+    HostPortInUse {
+        host: String,
+        port: u16,
+        proto: &'static str,
     },
     /// A step on a host failed (a container that would not start, a new
     /// version that exited, a peer that said something unexpected).
@@ -54,6 +64,16 @@ pub enum ServerError {
     RolledBack {
         source: Box<ServerError>,
         previous_image: String,
+    },
+    /// A volume's host directory cannot be used (or removed) safely: a
+    /// symlink or a file on its way below the volume root, or the
+    /// filesystem refused.
+    #[error("volume {volume:?} of job {job:?}: {}: {problem}", path.display())]
+    Volume {
+        job: String,
+        volume: String,
+        path: std::path::PathBuf,
+        problem: crate::volume::VolumeProblem,
     },
     #[error("cluster store: {0}")]
     Store(#[from] StoreError),
@@ -71,10 +91,15 @@ impl ServerError {
     /// exchange.
     pub fn from_peer(host: &str, e: ClientError) -> Self {
         match e {
-            ClientError::Api { status, message } => ServerError::Peer {
+            ClientError::Api {
+                status,
+                message,
+                reason,
+            } => ServerError::Peer {
                 host: host.to_string(),
                 status,
                 message,
+                reason,
             },
             e @ ClientError::Connect { .. } => ServerError::PeerUnreachable {
                 host: host.to_string(),
@@ -87,6 +112,20 @@ impl ServerError {
     /// Whether the work may be retried on another host.
     pub fn is_unreachable(&self) -> bool {
         matches!(self, ServerError::PeerUnreachable { .. })
+    }
+
+    /// Whether the job may go to another host: this one cannot be reached,
+    /// or a host port it publishes is taken here.
+    pub fn places_again(&self) -> bool {
+        matches!(
+            self,
+            ServerError::PeerUnreachable { .. }
+                | ServerError::HostPortInUse { .. }
+                | ServerError::Peer {
+                    reason: Some(ErrorReason::HostPortInUse),
+                    ..
+                }
+        )
     }
 }
 

@@ -56,29 +56,47 @@ pub struct Claim {
 
 /// Place the job and claim its name: viking-proc, the start in flight and
 /// its ambassador ports, in one transaction that holds only if neither proc
-/// nor ps has the name. Links must name existing services.
+/// nor ps has the name. Links must name existing services, and the job
+/// must ask no more than this server allows.
 pub async fn claim_daemon(sh: &Shared, job: &Job) -> Result<Claim> {
+    crate::container::check_limits(sh, job)?;
     crate::services::check_links(sh, job).await?;
-    let target = placement::choose(sh, job).await?;
-    let (placed_on, waiting) = match &target {
-        Target::Here => (Some(sh.config.name.clone()), None),
-        Target::There(h) => (Some(h.name.clone()), None),
-        Target::Waiting(h) => (None, Some(format!("waiting for host {h}"))),
-    };
-    state::claim_daemon(
-        sh.store.as_ref(),
-        state::DaemonClaim {
-            job,
-            placed_on,
-            waiting,
-            service_ports: crate::services::tcp_ports(job),
-            ports: sh.config.embassy_ports,
-            now: now_ms(),
-        },
-    )
-    .await?;
-    Ok(Claim { target })
+    for _ in 0..PLACEMENT_TRIES {
+        let (target, guard) = placement::choose(sh, job).await?;
+        let (placed_on, waiting) = match &target {
+            Target::Here => (Some(sh.config.name.clone()), None),
+            Target::There(h) => (Some(h.name.clone()), None),
+            Target::Waiting(h) => (None, Some(format!("waiting for host {h}"))),
+        };
+        let claimed = state::claim_daemon(
+            sh.store.as_ref(),
+            state::DaemonClaim {
+                job,
+                placed_on,
+                waiting,
+                guard,
+                service_ports: crate::services::tcp_ports(job),
+                ports: sh.config.embassy_ports,
+                now: now_ms(),
+            },
+        )
+        .await?;
+        match claimed {
+            state::Claimed::Yes => return Ok(Claim { target }),
+            // Another job was placed on the same host since the snapshot:
+            // decide again over one that counts it.
+            state::Claimed::HostChanged => continue,
+        }
+    }
+    Err(ServerError::Unavailable(format!(
+        "placing {:?} kept racing with other placements; try again",
+        job.name
+    )))
 }
+
+/// How often a claim is placed again when other placements on its host
+/// came first.
+const PLACEMENT_TRIES: usize = 16;
 
 /// Run a daemonized job: claim, then start.
 pub async fn run_daemon(
@@ -141,8 +159,9 @@ pub async fn run_claimed(
 }
 
 /// Start the job on its target; if the target's server cannot be reached at
-/// all (a host that died within its lease), place the job again without it,
-/// moving the claim, up to three times.
+/// all (a host that died within its lease), or a host port the job
+/// publishes is taken there, place the job again without it, moving the
+/// claim, up to three times.
 async fn start_placed_or_elsewhere(
     sh: &Shared,
     job: &Job,
@@ -155,14 +174,15 @@ async fn start_placed_or_elsewhere(
             Ok(ps) => return Ok(ps),
             Err(e) => e,
         };
-        let Target::There(h) = &target else {
-            return Err(err);
+        let gone = match &target {
+            Target::Here => sh.config.name.clone(),
+            Target::There(h) => h.name.clone(),
+            Target::Waiting(_) => return Err(err),
         };
-        if !err.is_unreachable() || excluded.len() >= 3 {
+        if !err.places_again() || excluded.len() >= 3 {
             return Err(err);
         }
-        let gone = h.name.clone();
-        tracing::warn!(job = %job.name, host = %gone, "host unreachable; placing the job again without it");
+        tracing::warn!(job = %job.name, host = %gone, "{err}; placing the job again without it");
         excluded.push(gone.clone());
         let mut hosts = placement::snapshot(sh).await?;
         for host in hosts.iter_mut().filter(|x| excluded.contains(&x.name)) {
@@ -207,9 +227,12 @@ async fn start_placed_or_elsewhere(
                 job.name
             )));
         }
-        progress(format!(
-            "host {gone} is unreachable; running on {next} instead"
-        ));
+        let why = if err.is_unreachable() {
+            format!("host {gone} is unreachable")
+        } else {
+            err.to_string()
+        };
+        progress(format!("{why}; running on {next} instead"));
     }
 }
 
@@ -264,6 +287,12 @@ pub async fn inspect(sh: &Shared, name: &str) -> Result<InspectResponse> {
 /// Stop a job: out of viking-proc first, then stop its container (on
 /// whichever host runs it).
 pub async fn stop(sh: &Shared, name: &str, timeout: i64) -> Result<InspectResponse> {
+    let max = viking_client::api::MAX_WAIT_SECONDS;
+    if !(0..=max as i64).contains(&timeout) {
+        return Err(ServerError::Invalid(format!(
+            "t: the stop timeout must be 0 to {max} seconds, not {timeout}"
+        )));
+    }
     let had_proc = sh.store.delete(&keys::proc(name)).await?;
     let ps = state::ps(sh.store.as_ref(), name).await?;
     match &ps {
@@ -304,13 +333,28 @@ async fn inspect_after(sh: &Shared, name: &str) -> Result<InspectResponse> {
     })
 }
 
-/// Remove a job: out of viking-proc, its container and its viking-ps
-/// record. A running job needs `force`. The history is kept, so a fixed job
-/// run again under the same name returns to its host and its data.
-pub async fn remove(sh: &Shared, name: &str, force: bool) -> Result<()> {
+/// Remove a job: out of viking-proc, its container (with its anonymous
+/// volumes) and its viking-ps record. A running job needs `force`. Without
+/// `volumes` the history and the data directory are kept, so a fixed job
+/// run again under the same name returns to its host and its data; with
+/// `volumes` both go too ([`remove_data`]), also for a job whose records
+/// are gone already.
+pub async fn remove(sh: &Shared, name: &str, force: bool, volumes: bool) -> Result<()> {
+    if volumes {
+        // Refused before anything changes when the data cannot be reached.
+        let (hist, _) = state::history(sh.store.as_ref(), name).await?;
+        if let Some(node) = hist.last_node() {
+            if let Owner::Gone(host) = crate::peer::owner_of(sh, node).await? {
+                return Err(data_host_gone(name, &host));
+            }
+        }
+    }
     let ps = state::ps(sh.store.as_ref(), name).await?;
     let proc = state::proc(sh.store.as_ref(), name).await?;
     if ps.is_none() && proc.is_none() {
+        if volumes && remove_data(sh, name).await? {
+            return Ok(());
+        }
         return Err(state::no_such_job(name));
     }
     if let Some((p, _)) = &ps {
@@ -323,16 +367,32 @@ pub async fn remove(sh: &Shared, name: &str, force: bool) -> Result<()> {
             Owner::Here => {}
             Owner::Peer(c, host) => {
                 return c
-                    .rm(name, force)
+                    .rm_with(name, force, volumes)
                     .await
                     .map_err(|e| ServerError::from_peer(&host, e));
             }
+            Owner::Gone(host) if volumes => return Err(data_host_gone(name, &host)),
             Owner::Gone(host) => {
-                // The records go now; when the host returns, its agent
-                // removes the container that no job claims any more.
+                // The records go now, with a mark naming the container:
+                // when the host returns, its agent removes exactly that one
+                // (a container is never removed for a missing record).
                 tracing::warn!(job = %name, %host, "removing a job whose host is gone");
-                sh.store.delete(&keys::proc(name)).await?;
-                sh.store.delete(&keys::ps(name)).await?;
+                let mut ops = vec![
+                    Op::Delete {
+                        key: keys::proc(name),
+                    },
+                    Op::Delete {
+                        key: keys::ps(name),
+                    },
+                ];
+                if !p.container_id.is_empty() {
+                    ops.push(Op::Put {
+                        key: keys::removed(name, &p.container_id),
+                        value: host.clone().into_bytes(),
+                        lease: None,
+                    });
+                }
+                sh.store.txn(vec![], ops, vec![]).await?;
                 state::release_ports(sh.store.as_ref(), name).await?;
                 return Ok(());
             }
@@ -346,7 +406,49 @@ pub async fn remove(sh: &Shared, name: &str, force: bool) -> Result<()> {
     }
     sh.store.delete(&keys::ps(name)).await?;
     state::release_ports(sh.store.as_ref(), name).await?;
+    if volumes {
+        remove_data(sh, name).await?;
+    }
     Ok(())
+}
+
+/// Delete a job's data directory and its history, for `rm --volumes` of a
+/// job that has no proc or ps record (any more). The data is on the host
+/// the job last ran on (its history says which): deleted here, or by that
+/// host's server; without a history, this host's directory of the name is
+/// deleted if there is one (an interactive job's). Whether there was
+/// anything to delete.
+///
+/// Only the last host's directory goes: a job that moved (not fixed) may
+/// have left data on earlier hosts of its history.
+async fn remove_data(sh: &Shared, name: &str) -> Result<bool> {
+    let (hist, _) = state::history(sh.store.as_ref(), name).await?;
+    let Some(node) = hist.last_node() else {
+        return crate::volume::remove_job(&sh.config.data_dir, name);
+    };
+    match crate::peer::owner_of(sh, node).await? {
+        Owner::Here => {
+            crate::volume::remove_job(&sh.config.data_dir, name)?;
+            state::forget_history(sh.store.as_ref(), name).await?;
+            Ok(true)
+        }
+        // Its records are gone, so that server comes here too, and finds
+        // itself as the last host.
+        Owner::Peer(c, host) => {
+            c.rm_with(name, true, true)
+                .await
+                .map_err(|e| ServerError::from_peer(&host, e))?;
+            Ok(true)
+        }
+        Owner::Gone(host) => Err(data_host_gone(name, &host)),
+    }
+}
+
+/// `rm --volumes` of a job whose data is on a host that is gone.
+fn data_host_gone(name: &str, host: &str) -> ServerError {
+    ServerError::Unavailable(format!(
+        "job {name:?} ran on host {host}, which is gone: its volumes are there and cannot be deleted now; `viking rm {name}` without --volumes removes the job and keeps them"
+    ))
 }
 
 /// The job's output as a stream of frames.

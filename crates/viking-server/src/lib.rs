@@ -11,7 +11,8 @@
 //! - [`state`]: typed access to the records (proc, ps, history, ports) and
 //!   the name claims;
 //! - [`placement`]: dowding's snapshot and decision; [`peer`]: calls to
-//!   other servers; [`container`]: this host's containers;
+//!   other servers; [`container`]: this host's containers; [`volume`]: their
+//!   volume directories, made and checked without following a symlink;
 //! - [`jobs`]: running, stopping and removing jobs: viking-proc first, then
 //!   Docker, then viking-ps;
 //! - [`attach`]: the attached streams of interactive jobs;
@@ -41,7 +42,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use viking_docker::{DockerRuntime, Runtime};
+use viking_docker::{DockerRuntime, OwnedRuntime, Runtime};
 use viking_store::embedded::EmbeddedStore;
 use viking_store::etcd::EtcdStore;
 use viking_store::Store;
@@ -54,16 +55,20 @@ pub mod container;
 pub mod error;
 pub mod floki;
 pub mod health;
+pub mod identity;
 pub mod jobs;
 pub mod listen;
 pub mod peer;
 pub mod placement;
 pub mod push;
 pub mod reconciler;
+pub mod recover;
 pub mod services;
+pub mod standing;
 pub mod state;
 pub mod status;
 pub mod token;
+pub mod volume;
 
 pub use config::ServerConfig;
 
@@ -83,6 +88,12 @@ pub struct Shared {
     /// Memory those containers use, in bytes, as of the same resync.
     pub memory_used: std::sync::atomic::AtomicU64,
     pub token: String,
+    /// This server's identity (`identity::server_id`), in its floki record.
+    pub server_id: String,
+    /// The cluster this server belongs to (`None` until it joins one) and
+    /// how it stands with the store (`standing`). Std mutexes: held only to
+    /// read or swap.
+    cluster: Mutex<(Option<String>, standing::Standing)>,
     pub started_at: u64,
     /// Names of the interactive jobs attached on this server right now. A
     /// std mutex: held only to insert, remove or copy, never across `.await`.
@@ -97,6 +108,35 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The id of the cluster this server belongs to.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.cluster.lock().map(|c| c.0.clone()).unwrap_or(None)
+    }
+
+    /// Belong to cluster `id` from now on (a recovery made the store this
+    /// server's).
+    pub fn set_cluster_id(&self, id: &str) {
+        if let Ok(mut c) = self.cluster.lock() {
+            c.0 = Some(id.to_string());
+        }
+    }
+
+    /// How this server stood at the last check.
+    pub fn standing(&self) -> standing::Standing {
+        self.cluster
+            .lock()
+            .map(|c| c.1.clone())
+            .unwrap_or(standing::Standing::StoreEmpty)
+    }
+
+    /// Remember how this server stands; the previous standing.
+    pub fn set_standing(&self, now: standing::Standing) -> standing::Standing {
+        match self.cluster.lock() {
+            Ok(mut c) => std::mem::replace(&mut c.1, now),
+            Err(_) => now,
+        }
+    }
+
     /// Whether `name` is attached here now.
     pub fn in_session(&self, name: &str) -> bool {
         self.sessions
@@ -130,8 +170,7 @@ pub struct Prepared {
 /// nothing.
 pub async fn prepare(config: ServerConfig) -> anyhow::Result<Prepared> {
     config.validate().map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    identity::data_dir(&config.data_dir)?;
     let runtime = DockerRuntime::connect(&config.docker)
         .await
         .context("connecting to Docker")?;
@@ -157,8 +196,11 @@ pub async fn prepare_with(
     runtime: Arc<dyn Runtime>,
 ) -> anyhow::Result<Prepared> {
     config.validate().map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    identity::data_dir(&config.data_dir)?;
+    let server_id = identity::server_id(&config.data_dir)?;
+    let cluster = standing::establish(store.as_ref(), &config.data_dir)
+        .await
+        .context("checking the store's cluster id")?;
     let token = match &config.token {
         Some(t) => t.clone(),
         None => token::load_or_create(&config.data_dir)?,
@@ -168,6 +210,9 @@ pub async fn prepare_with(
         .info()
         .await
         .context("asking Docker for its capacity")?;
+    // Stop, kill, remove, rename and start re-check that a container is
+    // this cluster's before acting.
+    let runtime: Arc<dyn Runtime> = Arc::new(OwnedRuntime::new(runtime, config.key.clone()));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         config,
@@ -177,6 +222,8 @@ pub async fn prepare_with(
         running: std::sync::atomic::AtomicU64::new(0),
         memory_used: std::sync::atomic::AtomicU64::new(0),
         token,
+        server_id,
+        cluster: Mutex::new(cluster),
         started_at: now_ms(),
         sessions: Mutex::new(HashSet::new()),
         resync_now: tokio::sync::Notify::new(),

@@ -45,14 +45,19 @@ pub enum Owner {
 }
 
 pub async fn owner(sh: &Shared, ps: &PsRecord) -> Result<Owner> {
-    if ps.node == sh.config.name {
+    owner_of(sh, &ps.node).await
+}
+
+/// Server `node` seen from this one: this one, a live peer, or gone.
+pub async fn owner_of(sh: &Shared, node: &str) -> Result<Owner> {
+    if node == sh.config.name {
         return Ok(Owner::Here);
     }
-    match sh.store.get(&keys::host(&ps.node)).await? {
+    match sh.store.get(&keys::host(node)).await? {
         Some(kv) => {
             let h: HostRecord = decode(&kv.value)?;
             Ok(Owner::Peer(peer(sh, &h)?, h.name))
         }
-        None => Ok(Owner::Gone(ps.node.clone())),
+        None => Ok(Owner::Gone(node.to_string())),
     }
 }

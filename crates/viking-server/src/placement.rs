@@ -4,12 +4,14 @@
 //! `viking_core::scheduler`'s pure function; this module only gathers its
 //! input.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use viking_client::api::DryRunResponse;
 use viking_core::records::{HostRecord, ProcRecord, PsRecord};
 use viking_core::scheduler::{self, HostSnapshot};
 use viking_core::{keys, Job, Status};
+
+use viking_store::{Compare, Revision};
 
 use crate::error::{Result, ServerError};
 use crate::{state, Shared};
@@ -17,6 +19,38 @@ use crate::{state, Shared};
 /// A Docker-style name for a job that was not given one.
 pub fn generate_name() -> String {
     viking_core::names::generate(rand::random())
+}
+
+/// A host's placements key as it was when a snapshot was read: the claim
+/// that places a job there holds only if no other claim placed one there
+/// since (its revision, or `None` when nothing ever was).
+#[derive(Debug, Clone)]
+pub struct Guard {
+    pub host: String,
+    pub revision: Option<Revision>,
+}
+
+impl Guard {
+    /// The transaction's condition.
+    pub fn compare(&self) -> Compare {
+        let key = keys::placements(&self.host);
+        match self.revision {
+            Some(r) => Compare::ModRevision(key, r),
+            None => Compare::Absent(key),
+        }
+    }
+}
+
+/// The revisions of every host's placements key, read before the snapshot
+/// (so any claim the snapshot misses changes them).
+async fn guards(sh: &Shared) -> Result<HashMap<String, Revision>> {
+    let (kvs, _) = sh.store.list(keys::PLACEMENTS).await?;
+    Ok(kvs
+        .into_iter()
+        .filter_map(|kv| {
+            keys::name_of(keys::PLACEMENTS, &kv.key).map(|h| (h.to_string(), kv.mod_revision))
+        })
+        .collect())
 }
 
 /// The snapshot dowding needs: floki's hosts and the host ports in use.
@@ -42,12 +76,25 @@ pub async fn snapshot(sh: &Shared) -> Result<Vec<HostSnapshot>> {
                 .insert(p.job.name.as_str());
         }
     }
-    // Host ports in use, per host, in one pass over viking-ps.
+    // Host ports in use, per host: what running containers publish, and
+    // the fixed host ports of every job placed there (its start may be in
+    // flight).
     let mut ports: std::collections::HashMap<&str, BTreeSet<(u16, viking_core::Proto)>> =
         Default::default();
     for p in ps.iter().filter(|p| p.is_running()) {
         let set = ports.entry(p.node.as_str()).or_default();
         set.extend(p.ports.iter().map(|pp| (pp.host_port, pp.proto())));
+    }
+    for p in &procs {
+        if let Some(n) = &p.placed_on {
+            let set = ports.entry(n.as_str()).or_default();
+            set.extend(
+                p.job
+                    .ports
+                    .iter()
+                    .filter_map(|pp| pp.host.map(|h| (h, pp.proto))),
+            );
+        }
     }
     Ok(hosts
         .into_iter()
@@ -69,13 +116,28 @@ pub async fn snapshot(sh: &Shared) -> Result<Vec<HostSnapshot>> {
 /// Ask dowding where `job` goes; with `explain`, why every other host
 /// would not take it.
 pub async fn place(sh: &Shared, job: &Job, explain: bool) -> Result<scheduler::Decision> {
+    Ok(place_guarded(sh, job, explain).await?.0)
+}
+
+/// [`place`], with the guard of the chosen host.
+async fn place_guarded(
+    sh: &Shared,
+    job: &Job,
+    explain: bool,
+) -> Result<(scheduler::Decision, Option<Guard>)> {
+    let mut guards = guards(sh).await?;
     let hosts = snapshot(sh).await?;
     let (hist, _) = state::history(sh.store.as_ref(), &job.name).await?;
-    Ok(if explain {
+    let d = if explain {
         scheduler::explain(job, &hosts, Some(&hist))
     } else {
         scheduler::place(job, &hosts, Some(&hist))
-    })
+    };
+    let guard = d.host.as_ref().map(|h| Guard {
+        host: h.clone(),
+        revision: guards.remove(h),
+    });
+    Ok((d, guard))
 }
 
 /// Where the job would run, without running it.
@@ -98,15 +160,18 @@ pub enum Target {
     Waiting(String),
 }
 
-/// Ask dowding, and turn its answer into a [`Target`] or the reasons no
-/// host can take the job.
-pub async fn choose(sh: &Shared, job: &Job) -> Result<Target> {
-    let d = place(sh, job, false).await?;
+/// Ask dowding, and turn its answer into a [`Target`] (with the guard a
+/// claim on it compares) or the reasons no host can take the job.
+pub async fn choose(sh: &Shared, job: &Job) -> Result<(Target, Option<Guard>)> {
+    let (d, guard) = place_guarded(sh, job, false).await?;
     match (d.host.clone(), d.waiting_for.clone()) {
-        (Some(h), _) => target(sh, &h)
-            .await?
-            .ok_or_else(|| ServerError::Unavailable(format!("host {h:?} left floki"))),
-        (None, Some(w)) => Ok(Target::Waiting(w)),
+        (Some(h), _) => Ok((
+            target(sh, &h)
+                .await?
+                .ok_or_else(|| ServerError::Unavailable(format!("host {h:?} left floki")))?,
+            guard,
+        )),
+        (None, Some(w)) => Ok((Target::Waiting(w), None)),
         (None, None) => Err(ServerError::Unavailable(d.explain())),
     }
 }

@@ -97,6 +97,22 @@ async fn replace_on(sh: &Shared, node: &str, req: &ReplaceRequest) -> Result<PsR
     }
 }
 
+/// Refuse a push request that asks for what cannot be done, before any
+/// job is touched.
+pub fn check(req: &PushRequest) -> Result<()> {
+    check_settle(req.settle_ms.unwrap_or(DEFAULT_SETTLE.as_millis() as u64))
+}
+
+fn check_settle(settle_ms: u64) -> Result<()> {
+    let max = viking_client::api::MAX_WAIT_SECONDS;
+    if settle_ms > max * 1000 {
+        return Err(ServerError::Invalid(format!(
+            "settle_ms: {settle_ms} ms is longer than the longest settle time, {max} s"
+        )));
+    }
+    Ok(())
+}
+
 /// Run a push, reporting each event; the summary says what happened.
 pub async fn push(
     sh: &Shared,
@@ -238,6 +254,7 @@ async fn get_ps(sh: &Shared, name: &str) -> Result<(PsRecord, i64)> {
 
 /// Replace one job's container on this host; roll back on failure.
 pub async fn replace_here(sh: &Shared, req: &ReplaceRequest) -> Result<PsRecord> {
+    check_settle(req.settle_ms)?;
     let name = &req.job;
     let proc = match sh.store.get(&keys::proc(name)).await? {
         Some(kv) => decode::<ProcRecord>(&kv.value)?,

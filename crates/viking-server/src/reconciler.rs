@@ -118,6 +118,10 @@ async fn lead(sh: &Arc<Shared>) -> Result<(), StoreError> {
 
 /// One level-triggered round; when to plan again for a backoff.
 pub async fn reconcile_once(sh: &Arc<Shared>) -> Result<Option<u64>, ServerError> {
+    // A store that is not this cluster's (emptied, replaced) is not acted on.
+    if !crate::standing::may_act(sh).await? {
+        return Ok(None);
+    }
     let (procs, ps, ps_revs) = read_state(sh).await?;
     let hosts = crate::placement::snapshot(sh).await?;
     // Every history in one read, not one per job.

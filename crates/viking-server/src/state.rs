@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 
 use viking_core::records::{decode, encode, History, ProcRecord, PsRecord, Record};
 use viking_core::{keys, Job, Status};
-use viking_store::{Compare, Op, Revision, Store};
+use viking_store::{Compare, Op, Revision, Store, StoreExt};
 
 use crate::error::{Result, ServerError};
 
@@ -54,6 +54,13 @@ pub async fn history(store: &dyn Store, name: &str) -> Result<(History, Revision
         Some(kv) => Ok((decode(&kv.value)?, kv.mod_revision)),
         None => Ok((History::default(), 0)),
     }
+}
+
+/// Delete a job's placement history (`rm --volumes`): a job of that name
+/// run again is placed afresh.
+pub async fn forget_history(store: &dyn Store, name: &str) -> Result<()> {
+    store.delete(&keys::history(name)).await?;
+    Ok(())
 }
 
 /// The error of a name that is in use.
@@ -227,16 +234,29 @@ pub struct DaemonClaim<'a> {
     /// The host it was placed on, or `None` when it waits for its host.
     pub placed_on: Option<String>,
     pub waiting: Option<String>,
+    /// The chosen host's placements key as the placement saw it.
+    pub guard: Option<crate::placement::Guard>,
     /// The job's TCP container ports that get ambassador ports.
     pub service_ports: Vec<u16>,
     pub ports: PortRange,
     pub now: u64,
 }
 
+/// What became of a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// The job is in viking-proc.
+    Yes,
+    /// Another job was placed on the chosen host since the placement was
+    /// decided: nothing was written; decide again.
+    HostChanged,
+}
+
 /// Write a daemonized job to viking-proc (and, when placed, its start in
 /// flight to viking-ps) and allocate its ambassador ports, in one
-/// transaction that holds only if neither proc nor ps has its name.
-pub async fn claim_daemon(store: &dyn Store, c: DaemonClaim<'_>) -> Result<()> {
+/// transaction that holds only if neither proc nor ps has its name and no
+/// other job was placed on the chosen host since the placement saw it.
+pub async fn claim_daemon(store: &dyn Store, c: DaemonClaim<'_>) -> Result<Claimed> {
     let name = &c.job.name;
     let rec = ProcRecord {
         job: c.job.clone(),
@@ -252,6 +272,14 @@ pub async fn claim_daemon(store: &dyn Store, c: DaemonClaim<'_>) -> Result<()> {
         ];
         compares.extend(plan.compares);
         let mut ops = plan.ops;
+        if let Some(g) = &c.guard {
+            compares.push(g.compare());
+            ops.push(Op::Put {
+                key: keys::placements(&g.host),
+                value: c.now.to_string().into_bytes(),
+                lease: None,
+            });
+        }
         if let Some(node) = &c.placed_on {
             // The start in flight, so the reconciler does not start it too.
             ops.push(Op::Put {
@@ -266,10 +294,19 @@ pub async fn claim_daemon(store: &dyn Store, c: DaemonClaim<'_>) -> Result<()> {
             lease: None,
         });
         if store.txn(compares, ops, vec![]).await?.succeeded {
-            return Ok(());
+            return Ok(Claimed::Yes);
         }
         if name_in_use(store, name).await? {
             return Err(taken(name));
+        }
+        if let Some(g) = &c.guard {
+            let now = store
+                .get(&keys::placements(&g.host))
+                .await?
+                .map(|kv| kv.mod_revision);
+            if now != g.revision {
+                return Ok(Claimed::HostChanged);
+            }
         }
         // Another allocation of ambassador ports came first: again.
     }

@@ -4,17 +4,18 @@
 //! it.
 
 use axum::http::StatusCode;
-use viking_client::api::ErrorBody;
+use viking_client::api::{ErrorBody, ErrorReason};
 use viking_docker::RuntimeError;
 
 use crate::error::ServerError;
+use crate::volume::VolumeProblem;
 
 /// The HTTP status of an error.
 pub fn of(e: &ServerError) -> StatusCode {
     match e {
         ServerError::Invalid(_) => StatusCode::BAD_REQUEST,
         ServerError::NotFound(_) => StatusCode::NOT_FOUND,
-        ServerError::Conflict(_) => StatusCode::CONFLICT,
+        ServerError::Conflict(_) | ServerError::HostPortInUse { .. } => StatusCode::CONFLICT,
         ServerError::Unavailable(_) | ServerError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         ServerError::Exhausted(_) => StatusCode::INSUFFICIENT_STORAGE,
         ServerError::PeerUnreachable { .. } | ServerError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -25,6 +26,10 @@ pub fn of(e: &ServerError) -> StatusCode {
         ServerError::Runtime(RuntimeError::NotFound(_)) => StatusCode::NOT_FOUND,
         ServerError::Runtime(RuntimeError::Conflict(_)) => StatusCode::CONFLICT,
         ServerError::Runtime(_) => StatusCode::BAD_GATEWAY,
+        ServerError::Volume { problem, .. } => match problem {
+            VolumeProblem::Symlink | VolumeProblem::NotADirectory => StatusCode::CONFLICT,
+            VolumeProblem::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        },
         ServerError::Record(_) | ServerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -37,10 +42,21 @@ fn message(e: &ServerError) -> String {
     }
 }
 
+/// The cause a caller acts on, where the status does not say it.
+fn reason(e: &ServerError) -> Option<ErrorReason> {
+    match e {
+        ServerError::HostPortInUse { .. } => Some(ErrorReason::HostPortInUse),
+        ServerError::Peer { reason, .. } => *reason,
+        ServerError::RolledBack { source, .. } => reason(source),
+        _ => None,
+    }
+}
+
 /// The JSON body of an error answer.
 pub fn body(e: &ServerError) -> ErrorBody {
     ErrorBody {
         error: message(e),
         status: of(e).as_u16(),
+        reason: reason(e),
     }
 }

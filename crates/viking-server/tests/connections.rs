@@ -61,6 +61,7 @@ impl TestServer {
             api_limits: limits,
             embassy_max_connections: viking_embassy::DEFAULT_MAX_CONNECTIONS,
             embassy_idle_timeout: viking_embassy::DEFAULT_IDLE_TIMEOUT,
+            containers: Default::default(),
         };
         let engine = FakeRuntime::new();
         engine.add_image("busybox");
@@ -378,6 +379,7 @@ async fn bad_connection_limits_are_refused_naming_the_flag() {
         api_limits: ApiLimits::default(),
         embassy_max_connections: viking_embassy::DEFAULT_MAX_CONNECTIONS,
         embassy_idle_timeout: viking_embassy::DEFAULT_IDLE_TIMEOUT,
+        containers: Default::default(),
     };
     let mut api = base.clone();
     api.api_limits.max_connections = 0;

@@ -15,7 +15,7 @@ use viking_docker::fake::{Behaviour, FakeRuntime, Op};
 use viking_docker::RuntimeError;
 use viking_server::{ServerConfig, Shared};
 use viking_store::embedded::EmbeddedStore;
-use viking_store::Store;
+use viking_store::{Store, StoreExt};
 
 const TOKEN: &str = "in-process-test-token";
 
@@ -39,6 +39,19 @@ impl TestServer {
 
     /// A server named `name` over a store other servers may share.
     async fn start_on(name: &str, store: Arc<dyn Store>, dir: tempfile::TempDir) -> TestServer {
+        Self::try_start(name, store, dir, Duration::from_secs(3))
+            .await
+            .expect("serve")
+    }
+
+    /// A server with floki's TTL `ttl`, once it is registered; the
+    /// server's error if it stops first.
+    async fn try_start(
+        name: &str,
+        store: Arc<dyn Store>,
+        dir: tempfile::TempDir,
+        ttl: Duration,
+    ) -> anyhow::Result<TestServer> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -53,7 +66,7 @@ impl TestServer {
             data_dir: dir.path().to_path_buf(),
             docker: "fake".to_string(),
             token: Some(TOKEN.to_string()),
-            host_ttl: Duration::from_secs(3),
+            host_ttl: ttl,
             resync: Duration::from_secs(30),
             policy: Default::default(),
             health_interval: Duration::from_secs(30),
@@ -62,6 +75,7 @@ impl TestServer {
             api_limits: Default::default(),
             embassy_max_connections: viking_embassy::DEFAULT_MAX_CONNECTIONS,
             embassy_idle_timeout: viking_embassy::DEFAULT_IDLE_TIMEOUT,
+            containers: Default::default(),
         };
         let engine = FakeRuntime::new();
         engine.add_image("busybox");
@@ -70,22 +84,39 @@ impl TestServer {
             .expect("prepare");
         let shared = prepared.shared();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
         let task = tokio::spawn(async move {
-            let _ = viking_server::serve(prepared, listener, async move {
+            let ended = viking_server::serve(prepared, listener, async move {
                 let _ = rx.await;
             })
             .await;
+            let _ = ended_tx.send(ended);
         });
         let client =
             Client::new(&format!("http://{addr}"), Some(TOKEN.to_string())).expect("client");
-        TestServer {
+        // Registered in floki (serve answers only then), or refused.
+        let ready = async {
+            loop {
+                if client.hosts().await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            _ = ready => {}
+            ended = ended_rx => {
+                return Err(ended.unwrap_or_else(|_| Err(anyhow::anyhow!("the server task vanished"))).err().unwrap_or_else(|| anyhow::anyhow!("the server stopped")));
+            }
+        }
+        Ok(TestServer {
             client,
             engine,
             shared,
             stop: Some(tx),
             task,
             _dir: dir,
-        }
+        })
     }
 
     async fn run(&self, doc: &str) -> Result<RunResponse, ClientError> {
@@ -216,6 +247,117 @@ async fn a_docker_failure_leaves_no_trace() {
 }
 
 #[tokio::test]
+async fn a_job_asking_more_pids_than_the_server_allows_leaves_no_trace() {
+    let s = TestServer::start().await;
+    // (An interactive job is refused the same way: the end-to-end test.)
+    let e = s
+        .run(r#"{"name":"greedy","image":"busybox","daemonize":true,"pids_limit":5000}"#)
+        .await
+        .expect_err("above --pids-max");
+    let message = e.to_string();
+    assert_eq!(status(e), 400, "{message}");
+    assert!(
+        message.contains("pids_limit") && message.contains("4096"),
+        "{message}"
+    );
+    assert!(s.keys(keys::PROC).await.is_empty());
+    assert!(s.keys(keys::PS).await.is_empty());
+    assert_eq!(s.containers_of("greedy"), 0);
+    // Within the maximum the job's own limit is used, else the server's;
+    // every container gets the server's log rotation.
+    for (doc, pids) in [
+        (
+            r#"{"name":"modest","image":"busybox","daemonize":true,"pids_limit":300}"#,
+            300,
+        ),
+        (
+            r#"{"name":"plain","image":"busybox","daemonize":true}"#,
+            1024,
+        ),
+    ] {
+        let r = s.run(doc).await.expect("runs");
+        let spec = s
+            .engine
+            .containers()
+            .into_iter()
+            .find(|c| c.spec.labels.get(viking_docker::LABEL_JOB) == Some(&r.job.name))
+            .expect("its container")
+            .spec;
+        assert_eq!(spec.pids_limit, Some(pids), "{doc}");
+        let log = spec.log.expect("log rotation");
+        assert_eq!((log.max_size.as_str(), log.max_files), ("10m", 3));
+    }
+}
+
+#[tokio::test]
+async fn a_volume_through_a_planted_symlink_leaves_no_trace() {
+    let s = TestServer::start().await;
+    let outside = tempfile::tempdir().expect("tempdir");
+    let data = s.shared.config.data_dir.join("volumes/esc/data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::os::unix::fs::symlink(outside.path(), data.join("hostetc")).expect("symlink");
+    let e = s
+        .run(r#"{"name":"esc","image":"busybox","daemonize":true,"volumes":["/data/hostetc"]}"#)
+        .await
+        .expect_err("the link is refused");
+    let message = e.to_string();
+    assert_eq!(status(e), 409, "{message}");
+    assert!(
+        message.contains("\"/data/hostetc\"") && message.contains("symbolic link"),
+        "{message}"
+    );
+    assert!(s.keys(keys::PROC).await.is_empty());
+    assert!(s.keys(keys::PS).await.is_empty());
+    assert_eq!(s.containers_of("esc"), 0);
+    assert_eq!(std::fs::read_dir(outside.path()).expect("ls").count(), 0);
+}
+
+#[tokio::test]
+async fn removing_the_volumes_of_a_job_whose_host_is_gone_changes_nothing() {
+    use viking_store::StoreExt;
+    let (n1, n2) = two_hosts().await;
+    n1.run(r#"{"name":"db","image":"busybox","daemonize":true,"host":"n2","volumes":["/data"]}"#)
+        .await
+        .expect("runs on n2");
+    let data = n2.shared.config.data_dir.join("volumes/db/data");
+    assert!(data.is_dir());
+    // n2 dies, and its lease runs out.
+    n2.task.abort();
+    n1.shared
+        .store
+        .delete(&keys::host("n2"))
+        .await
+        .expect("delete");
+    let e = n1
+        .client
+        .rm_with("db", true, true)
+        .await
+        .expect_err("its host is gone");
+    let message = e.to_string();
+    assert_eq!(status(e), 503, "{message}");
+    assert!(message.contains("n2"), "{message}");
+    assert_eq!(n1.keys(&keys::proc("db")).await.len(), 1, "proc kept");
+    assert_eq!(n1.keys(&keys::ps("db")).await.len(), 1, "ps kept");
+    assert_eq!(n1.keys(&keys::history("db")).await.len(), 1, "history kept");
+    assert!(data.is_dir());
+    // Without its viking-ps record (a fixed job waiting for its host), the
+    // history names the host: refused the same way, proc kept.
+    n1.shared
+        .store
+        .delete(&keys::ps("db"))
+        .await
+        .expect("delete");
+    let e = n1
+        .client
+        .rm_with("db", true, true)
+        .await
+        .expect_err("its host is gone");
+    assert_eq!(status(e), 503);
+    assert_eq!(n1.keys(&keys::proc("db")).await.len(), 1, "proc kept");
+    assert_eq!(n1.keys(&keys::history("db")).await.len(), 1, "history kept");
+}
+
+#[tokio::test]
 async fn removing_a_service_frees_its_ambassador_ports_for_the_next() {
     let s = TestServer::start().await;
     // The range holds ten ports: twenty services run and removed in turn
@@ -251,6 +393,63 @@ async fn stop_takes_the_job_out_of_proc_then_stops_its_container() {
     assert!(!ps.is_running(), "{ps:?}");
     let c = s.engine.containers();
     assert!(c.iter().all(|c| c.status != "running"));
+}
+
+/// A record that names a container which is not this cluster's (another
+/// cluster's on the same engine, or one viking did not make): stop, rm and
+/// the server's runtime refuse it as not found and leave it running.
+#[tokio::test]
+async fn containers_of_other_clusters_are_never_stopped_or_removed() {
+    use viking_docker::Runtime;
+    let s = TestServer::start().await;
+    s.run(r#"{"name":"w","image":"busybox","daemonize":true}"#)
+        .await
+        .expect("run");
+    let job = viking_core::Job::parse(br#"{"name":"other","image":"busybox"}"#, String::new)
+        .expect("job");
+    let spec =
+        viking_docker::ContainerSpec::for_job(&job, "n9", "/elsewhere", std::path::Path::new("/d"));
+    let foreign = s.engine.create(&spec).await.expect("create");
+    s.engine.start(&foreign).await.expect("start");
+    let mut unlabelled = spec.clone();
+    unlabelled.name = "not-vikings".to_string();
+    unlabelled.labels.clear();
+    let plain = s.engine.create(&unlabelled).await.expect("create");
+    s.engine.start(&plain).await.expect("start");
+    // w's record now names the other cluster's container.
+    let store = s.shared.store.as_ref();
+    let (mut rec, rev) = viking_server::state::ps(store, "w")
+        .await
+        .expect("read")
+        .expect("ps");
+    rec.container_id = foreign.clone();
+    viking_server::state::put_ps_if(store, &rec, rev)
+        .await
+        .expect("write")
+        .expect("written");
+    let e = s
+        .client
+        .call(Method::POST, "/v1/jobs/w/stop?t=1", None)
+        .await
+        .expect_err("stop");
+    assert_eq!(status(e), 404);
+    let e = s
+        .client
+        .call(Method::DELETE, "/v1/jobs/w?force=true", None)
+        .await
+        .expect_err("rm");
+    assert_eq!(status(e), 404);
+    for id in [&foreign, &plain] {
+        for r in [
+            s.shared.runtime.stop(id, 1).await,
+            s.shared.runtime.kill(id, "KILL").await,
+            s.shared.runtime.remove(id, true).await,
+        ] {
+            assert!(matches!(r, Err(RuntimeError::NotFound(_))), "{r:?}");
+        }
+        let c = s.engine.container(id).expect("still there");
+        assert_eq!(c.status, "running", "{c:?}");
+    }
 }
 
 #[tokio::test]
@@ -395,26 +594,43 @@ async fn a_push_whose_new_version_fails_rolls_back() {
 
 /// Two servers over one store, each with its own engine.
 async fn two_hosts() -> (TestServer, TestServer) {
+    let mut hs = hosts(2).await;
+    let n2 = hs.pop().expect("n2");
+    let n1 = hs.pop().expect("n1");
+    (n1, n2)
+}
+
+/// `n` servers, `n1`..., over one store, each with its own engine, once n1
+/// sees them all alive.
+async fn hosts(n: usize) -> Vec<TestServer> {
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn Store> =
         EmbeddedStore::open(&dir.path().join("viking.redb"), "/viking").expect("store");
-    let n1 = TestServer::start_on("n1", store.clone(), dir).await;
-    let n2 = TestServer::start_on("n2", store, tempfile::tempdir().expect("tempdir")).await;
-    // Both alive as n1's API sees them.
+    let mut out = vec![TestServer::start_on("n1", store.clone(), dir).await];
+    for i in 2..=n {
+        let s = TestServer::start_on(
+            &format!("n{i}"),
+            store.clone(),
+            tempfile::tempdir().expect("tempdir"),
+        )
+        .await;
+        out.push(s);
+    }
+    let n1 = &out[0];
     viking_testkit::eventually_async(
-        "n1 sees both hosts alive",
+        "n1 sees every host alive",
         Duration::from_secs(10),
         Duration::from_millis(20),
         || async {
             n1.client
                 .hosts()
                 .await
-                .map(|hs| hs.iter().filter(|h| h.alive).count() == 2)
+                .map(|hs| hs.iter().filter(|h| h.alive).count() == n)
                 .unwrap_or(false)
         },
     )
     .await;
-    (n1, n2)
+    out
 }
 
 #[tokio::test]
@@ -451,4 +667,345 @@ async fn a_run_whose_host_cannot_be_reached_is_placed_again() {
         .expect("read")
         .expect("proc");
     assert_eq!(proc.placed_on.as_deref(), Some("n1"), "the claim moved");
+}
+
+/// A store two test servers share, and a data directory for the first.
+fn shared_store() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> =
+        EmbeddedStore::open(&dir.path().join("viking.redb"), "/viking").expect("store");
+    (store, dir)
+}
+
+async fn floki_record(store: &dyn Store, name: &str) -> viking_core::records::HostRecord {
+    let kv = store
+        .get(&keys::host(name))
+        .await
+        .expect("get")
+        .expect("in floki");
+    viking_core::records::decode(&kv.value).expect("decode")
+}
+
+#[tokio::test]
+async fn a_second_server_with_a_taken_name_is_refused_while_the_first_lives() {
+    let (store, dir) = shared_store();
+    let ttl = Duration::from_secs(1);
+    let first = TestServer::try_start("n1", store.clone(), dir, ttl)
+        .await
+        .expect("first");
+    let before = floki_record(store.as_ref(), "n1").await;
+    // Another machine (another data directory, so another server id).
+    let err =
+        match TestServer::try_start("n1", store.clone(), tempfile::tempdir().expect("tmp"), ttl)
+            .await
+        {
+            Ok(_) => panic!("a second server named n1 was let in"),
+            Err(e) => e,
+        };
+    let err = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<viking_server::error::ServerError>())
+        .unwrap_or_else(|| panic!("not the server's error: {err:#}"));
+    assert!(
+        matches!(err, viking_server::error::ServerError::Conflict(_)),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("another server named \"n1\""),
+        "{err}"
+    );
+    // The first keeps its name and goes on refreshing its record.
+    let after = floki_record(store.as_ref(), "n1").await;
+    assert_eq!(after.server_id, before.server_id);
+    assert_eq!(after.server_id, first.shared.server_id);
+    viking_testkit::eventually_async(
+        "the first server refreshes its floki record",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { floki_record(store.as_ref(), "n1").await.updated_at > before.updated_at },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_server_that_crashed_gets_its_name_back_once_its_lease_is_gone() {
+    let (store, dir) = shared_store();
+    let ttl = Duration::from_secs(1);
+    let first = TestServer::try_start("n1", store.clone(), dir, ttl)
+        .await
+        .expect("first");
+    let old_id = first.shared.server_id.clone();
+    // A crash: the server's tasks end without a word, its lease still runs.
+    first.task.abort();
+    let mut first = first;
+    first.stop = None;
+    let second = TestServer::try_start("n1", store.clone(), tempfile::tempdir().expect("tmp"), ttl)
+        .await
+        .expect("the name is free once the old lease expired");
+    let rec = floki_record(store.as_ref(), "n1").await;
+    assert_eq!(rec.server_id, second.shared.server_id);
+    assert_ne!(rec.server_id, old_id);
+}
+
+#[tokio::test]
+async fn a_server_restarted_on_its_data_directory_takes_its_name_back_at_once() {
+    let (store, dir) = shared_store();
+    // A long TTL: waiting for the old lease would take 30 s and more.
+    let ttl = Duration::from_secs(30);
+    let first = TestServer::try_start("n1", store.clone(), dir, ttl)
+        .await
+        .expect("first");
+    let id = first.shared.server_id.clone();
+    // The same data directory after a restart: its id file.
+    let again = tempfile::tempdir().expect("tmp");
+    std::fs::copy(
+        first.shared.config.data_dir.join("server-id"),
+        again.path().join("server-id"),
+    )
+    .expect("copy id");
+    // Stop the server (its lease stays until the TTL).
+    let TestServer { task, .. } = &first;
+    let task = task.abort_handle();
+    drop(first);
+    viking_testkit::eventually_async(
+        "the first server to stop",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async { task.is_finished() },
+    )
+    .await;
+    let restarted = tokio::time::timeout(
+        Duration::from_secs(10),
+        TestServer::try_start("n1", store.clone(), again, ttl),
+    )
+    .await
+    .expect("registered without waiting for the old lease")
+    .expect("restarted");
+    assert_eq!(restarted.shared.server_id, id);
+    assert_eq!(floki_record(store.as_ref(), "n1").await.server_id, id);
+}
+
+#[tokio::test]
+async fn concurrent_runs_with_the_same_host_port_go_one_per_host() {
+    let hs = hosts(3).await;
+    let runs = hs.iter().enumerate().map(|(i, h)| {
+        let doc = format!(r#"{{"name":"p{i}","image":"busybox","ports":["8080:80"]}}"#);
+        async move { h.run(&doc).await }
+    });
+    let done = futures::future::join_all(runs).await;
+    let mut nodes: Vec<String> = done
+        .into_iter()
+        .map(|r| r.expect("every run succeeds").ps.expect("ps").node)
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, ["n1", "n2", "n3"], "one per host");
+    // A fourth has nowhere to go, and says why.
+    let err = hs[0]
+        .run(r#"{"name":"p4","image":"busybox","ports":["8080:80"]}"#)
+        .await
+        .expect_err("no host has 8080 free");
+    assert!(err.to_string().contains("8080"), "{err}");
+}
+
+#[tokio::test]
+async fn a_burst_of_concurrent_runs_spreads_evenly() {
+    let hs = hosts(3).await;
+    let runs = (0..30).map(|i| {
+        let h = &hs[i % 3];
+        let doc = format!(r#"{{"name":"b{i}","image":"busybox","daemonize":true}}"#);
+        async move { h.run(&doc).await }
+    });
+    let done = futures::future::join_all(runs).await;
+    let mut per_host: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in done {
+        *per_host
+            .entry(r.expect("every run succeeds").ps.expect("ps").node)
+            .or_default() += 1;
+    }
+    let counts: Vec<usize> = per_host.values().copied().collect();
+    assert_eq!(counts.len(), 3, "{per_host:?}");
+    let (lo, hi) = (counts.iter().min(), counts.iter().max());
+    assert!(
+        hi.zip(lo).is_some_and(|(h, l)| h - l <= 1),
+        "uneven: {per_host:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_host_port_taken_outside_viking_places_the_job_elsewhere() {
+    let (n1, n2) = two_hosts().await;
+    // n2 is busier, so dowding prefers n1, where a process holds 8080.
+    n2.run(r#"{"name":"busy","image":"busybox","daemonize":true,"host":"n2"}"#)
+        .await
+        .expect("run on n2");
+    n1.engine.occupy_host_port(8080, viking_core::Proto::Tcp);
+    let r = n1
+        .run(r#"{"name":"web","image":"busybox","ports":["8080:80"]}"#)
+        .await
+        .expect("placed again on n2");
+    assert_eq!(r.ps.expect("ps").node, "n2");
+    assert_eq!(n1.containers_of("web"), 0, "nothing created on n1");
+    assert_eq!(n2.containers_of("web"), 1);
+    let proc = n1
+        .shared
+        .store
+        .get(&keys::proc("web"))
+        .await
+        .expect("get")
+        .expect("in proc");
+    let proc: viking_core::records::ProcRecord =
+        viking_core::records::decode(&proc.value).expect("decode");
+    assert_eq!(proc.placed_on.as_deref(), Some("n2"), "the claim moved");
+}
+
+/// Delete every key of the store, as `etcdctl del --prefix` does.
+async fn wipe(store: &dyn Store) {
+    let (kvs, _) = store.list("").await.expect("list");
+    for kv in kvs {
+        store.delete(&kv.key).await.expect("delete");
+    }
+}
+
+fn removals_or_stops(engine: &FakeRuntime) -> Vec<viking_docker::fake::Call> {
+    engine
+        .calls()
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                c,
+                viking_docker::fake::Call::Remove { .. }
+                    | viking_docker::fake::Call::Stop { .. }
+                    | viking_docker::fake::Call::Kill { .. }
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_emptied_store_stops_nothing_and_recover_brings_the_fleet_back() {
+    let s = TestServer::start().await;
+    for doc in [
+        r#"{"name":"web","image":"busybox","ports":["80"]}"#,
+        r#"{"name":"worker","image":"busybox","daemonize":true}"#,
+        r#"{"name":"db","image":"busybox","daemonize":true,"volumes":["/data"]}"#,
+    ] {
+        s.run(doc).await.expect("run");
+    }
+    let port_before = s
+        .shared
+        .store
+        .get(&keys::ambassador_port("web", 80))
+        .await
+        .expect("get")
+        .expect("web has an ambassador port")
+        .value;
+    let running = s.engine.containers().len();
+    assert_eq!(running, 3);
+
+    wipe(s.shared.store.as_ref()).await;
+    // The server notices and holds: it says so, and refuses changes.
+    let h = s.client.health().await.expect("health");
+    assert!(h.held.is_some(), "{h:?}");
+    let err = s
+        .run(r#"{"name":"new","image":"busybox","daemonize":true}"#)
+        .await
+        .expect_err("a held server refuses a run");
+    assert_eq!(err.status(), Some(503), "{err}");
+    // A full resync and a reconciler round touch nothing.
+    s.shared.resync_now.notify_one();
+    viking_testkit::eventually_async(
+        "floki to show the server holding",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            s.client
+                .hosts()
+                .await
+                .map(|hs| {
+                    hs.iter()
+                        .any(|h| h.host.name == "n1" && h.host.held.is_some())
+                })
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    viking_server::agent::resync(&s.shared)
+        .await
+        .expect("resync");
+    viking_server::reconciler::reconcile_once(&s.shared)
+        .await
+        .expect("round");
+    assert_eq!(
+        removals_or_stops(&s.engine),
+        vec![],
+        "nothing removed or stopped"
+    );
+    assert!(s.engine.containers().iter().all(|c| c.status == "running"));
+
+    // The records come back from the containers, and the server acts again.
+    let summary = s
+        .client
+        .recover(&viking_client::api::RecoverRequest::default())
+        .await
+        .expect("recover");
+    let mut got = summary.recovered.clone();
+    got.sort();
+    assert_eq!(got, ["db", "web", "worker"], "{summary:?}");
+    assert_eq!(s.client.health().await.expect("health").held, None);
+    let ps = s.client.ps(false).await.expect("ps");
+    assert_eq!(ps.len(), 3, "{ps:?}");
+    let port_after = s
+        .shared
+        .store
+        .get(&keys::ambassador_port("web", 80))
+        .await
+        .expect("get")
+        .expect("web's ambassador port is back")
+        .value;
+    assert_eq!(port_after, port_before, "the same ambassador port");
+    let (hist, _) = (
+        s.shared.store.get(&keys::history("db")).await.expect("get"),
+        (),
+    );
+    assert!(hist.is_some(), "db's history (its host) is back");
+    // And it acts: a stop works as before.
+    s.client.stop("worker", 1).await.expect("stop");
+    assert_eq!(removals_or_stops(&s.engine).len(), 1);
+    // A second recovery changes nothing.
+    let again = s
+        .client
+        .recover(&viking_client::api::RecoverRequest::default())
+        .await
+        .expect("recover again");
+    assert!(again.recovered.is_empty(), "{again:?}");
+}
+
+#[tokio::test]
+async fn a_store_of_another_cluster_is_only_taken_over_with_adopt() {
+    let s = TestServer::start().await;
+    s.run(r#"{"name":"keep","image":"busybox","daemonize":true}"#)
+        .await
+        .expect("run");
+    wipe(s.shared.store.as_ref()).await;
+    s.shared
+        .store
+        .put(keys::CLUSTER_ID, "someone-else")
+        .await
+        .expect("put");
+    let h = s.client.health().await.expect("health");
+    assert!(h.held.is_some_and(|w| w.contains("another cluster")));
+    let err = s
+        .client
+        .recover(&viking_client::api::RecoverRequest::default())
+        .await
+        .expect_err("no adopt");
+    assert_eq!(err.status(), Some(409), "{err}");
+    let summary = s
+        .client
+        .recover(&viking_client::api::RecoverRequest { adopt: true })
+        .await
+        .expect("adopt");
+    assert_eq!(summary.recovered, ["keep"]);
+    assert_eq!(s.client.health().await.expect("health").held, None);
+    assert_eq!(removals_or_stops(&s.engine), vec![]);
 }

@@ -10,6 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
+
 use crate::{Compare, EventKind, KeyValue, LeaseId, Op, Result, Revision, Store, StoreError};
 
 /// The key prefix under which elections live.
@@ -180,15 +182,19 @@ impl Leadership {
     /// lease keep-alive (see [`crate::ops::KeepAlive::lost`]), since a store
     /// that cannot be reached cannot confirm the loss.
     pub async fn lost(&self) {
-        let mut backoff = Duration::from_millis(50);
+        // 50 ms doubling up to 1 s, for as long as it takes.
+        let mut pauses = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(1))
+            .without_max_times()
+            .build();
         let mut from = self.revision + 1;
         loop {
             match self.watch_until_lost(from).await {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::debug!(key = %self.key, error = %e, "leadership watch failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    tokio::time::sleep(pauses.next().unwrap_or(Duration::from_secs(1))).await;
                     // Re-read the key with a fresh revision to watch from.
                     match read_exact(self.store.as_ref(), &self.key).await {
                         Ok((Some(kv), rev)) if kv.mod_revision == self.revision => from = rev + 1,

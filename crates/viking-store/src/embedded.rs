@@ -223,6 +223,33 @@ fn strip<'k>(prefix: &str, full: &'k str) -> &'k str {
 
 const HEADER: usize = 24;
 
+/// The store file holds every job's environment (its secrets): make it, or
+/// make it again, readable by its owner only (0600) before redb opens it
+/// (redb itself creates files 0666 less the umask).
+fn private_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io =
+        |what: &str, e: std::io::Error| StoreError::Io(format!("{what} {}: {e}", path.display()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io("opening", e))?;
+    let mode = f
+        .metadata()
+        .map_err(|e| io("reading", e))?
+        .permissions()
+        .mode();
+    if mode & 0o777 != 0o600 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| io("making private", e))?;
+    }
+    Ok(())
+}
+
 fn encode(create: Revision, modr: Revision, lease: LeaseId, value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + value.len());
     out.extend_from_slice(&create.to_le_bytes());
@@ -276,6 +303,7 @@ impl EmbeddedStore {
                 StoreError::Io(format!("creating directory {}: {e}", parent.display()))
             })?;
         }
+        private_file(path)?;
         let db = Database::create(path).map_err(|e| match e {
             DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(format!(
                 "{} is already open by another store",

@@ -23,6 +23,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions,
     Txn, TxnOp, WatchOptions, WatchResponse,
@@ -179,30 +180,31 @@ pub(crate) fn map_err(what: &str, e: etcd_client::Error) -> StoreError {
     }
 }
 
+/// The pauses between tries of a failed call, and between reconnects of
+/// a watch: 50 ms doubling up to 800 ms, for as long as the caller goes on.
+fn backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(BACKOFF_START)
+        .with_max_delay(BACKOFF_MAX)
+        .without_max_times()
+}
+
 /// Run `f` until it succeeds, fails with an error `retryable` rejects, or
 /// [`RETRY_FOR`] has passed.
 async fn retry<T, F, Fut>(
     what: &str,
     retryable: fn(&etcd_client::Error) -> bool,
-    mut f: F,
+    f: F,
 ) -> std::result::Result<T, etcd_client::Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
 {
     let deadline = tokio::time::Instant::now() + RETRY_FOR;
-    let mut backoff = BACKOFF_START;
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if retryable(&e) && tokio::time::Instant::now() + backoff < deadline => {
-                tracing::debug!(error = %e, "etcd {what} failed, retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    f.retry(backoff().with_total_delay(Some(RETRY_FOR)))
+        .when(|e| retryable(e) && tokio::time::Instant::now() < deadline)
+        .notify(|e, pause| tracing::debug!(error = %e, "etcd {what} failed, retrying in {pause:?}"))
+        .await
 }
 
 impl EtcdStore {
@@ -571,7 +573,7 @@ async fn run_watch(
             return;
         }
     }
-    let mut backoff = BACKOFF_START;
+    let mut pauses = backoff().build();
     loop {
         // Follow the current stream until it fails.
         loop {
@@ -595,7 +597,7 @@ async fn run_watch(
                         if !deliver(&store, &resp, &mut last, &tx).await {
                             return;
                         }
-                        backoff = BACKOFF_START;
+                        pauses = backoff().build();
                     }
                     Ok(None) => {
                         tracing::debug!(%prefix, "etcd watch stream ended; reconnecting");
@@ -612,9 +614,8 @@ async fn run_watch(
         loop {
             tokio::select! {
                 _ = tx.closed() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(pauses.next().unwrap_or(BACKOFF_MAX)) => {}
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
             match store.open_watch(&prefix, last + 1).await {
                 Ok((s, pending)) => {
                     stream = s;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -144,7 +145,14 @@ impl<S: Store + ?Sized> StoreExt for S {
     }
 
     async fn incr(&self, key: &str) -> Result<u64> {
-        let mut attempt: u32 = 0;
+        // After a lost race: a short pause, growing, with jitter, so a
+        // crowd of incrementers does not spin in lockstep.
+        let mut pauses = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_micros(100))
+            .with_max_delay(Duration::from_millis(2))
+            .with_jitter()
+            .without_max_times()
+            .build();
         loop {
             let (current, mod_revision) = match self.get(key).await? {
                 None => (0u64, 0),
@@ -166,12 +174,7 @@ impl<S: Store + ?Sized> StoreExt for S {
             if self.cas(key, mod_revision, next.to_string()).await? {
                 return Ok(next);
             }
-            // Lost the race: back off a little (growing, with jitter) so a
-            // crowd of incrementers does not spin in lockstep.
-            attempt = attempt.saturating_add(1);
-            let cap_us = 200u64 * u64::from(attempt.min(10));
-            let jitter = rand::random::<u64>() % cap_us.max(1);
-            tokio::time::sleep(Duration::from_micros(jitter)).await;
+            tokio::time::sleep(pauses.next().unwrap_or(Duration::from_millis(2))).await;
         }
     }
 }

@@ -1,18 +1,22 @@
-//! Test support (cargo feature `testing`): real etcd servers on loopback.
+//! Test support (cargo feature `testing`): real etcd servers.
 //!
-//! This module owns starting and stopping throwaway etcd clusters for the
-//! contract tests and benchmarks: free loopback ports, a temporary data
-//! directory, a wait until every member answers `/health`, and a kill on
-//! drop (which also runs when a test panics). As a second line of defence
-//! every etcd process is started with `PR_SET_PDEATHSIG`, so it dies with the
-//! thread that started it even if `Drop` never runs (e.g. the process-wide
-//! [`shared_etcd`]).
+//! This module owns starting and stopping throwaway etcd clusters, for the
+//! store's contract tests and benchmarks and (through viking-testkit, which
+//! re-exports [`EtcdCluster`]) for every other test crate: free ports, a
+//! temporary data directory, a wait until every member answers `/health`,
+//! and a kill on drop (which also runs when a test panics). As a second line
+//! of defence every etcd process is started with `PR_SET_PDEATHSIG`, so it
+//! dies with the thread that started it even if `Drop` never runs (e.g. the
+//! process-wide [`shared_etcd`]). Clients reach it on loopback, or on an
+//! address of the caller's choice ([`EtcdCluster::start_on`], e.g. a test
+//! network's gateway so containers can reach it); peers always talk on
+//! loopback.
 //!
-//! The binary is `$VIKING_ETCD_BIN`, else `etcd` on `PATH`, else
-//! `/usr/bin/etcd`. A missing binary is an error, never a skip.
+//! The binary is `$VIKING_ETCD_BIN` (or `$VIKING_TEST_ETCD`), else `etcd` on
+//! `PATH`, else `/usr/bin/etcd`. A missing binary is an error, never a skip.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -22,14 +26,17 @@ use std::time::{Duration, Instant};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One etcd member process.
+#[derive(Debug)]
 struct Member {
     name: String,
+    client: SocketAddr,
     client_url: String,
     child: Option<Child>,
     log: PathBuf,
 }
 
-/// A running etcd cluster on loopback, killed when dropped.
+/// A running etcd cluster, killed when dropped.
+#[derive(Debug)]
 pub struct EtcdCluster {
     members: Vec<Member>,
     dir: Option<tempfile::TempDir>,
@@ -38,8 +45,10 @@ pub struct EtcdCluster {
 
 /// The etcd binary to run.
 pub fn etcd_binary() -> Result<PathBuf, String> {
-    if let Ok(p) = std::env::var("VIKING_ETCD_BIN") {
-        return Ok(PathBuf::from(p));
+    for var in ["VIKING_ETCD_BIN", "VIKING_TEST_ETCD"] {
+        if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
+            return Ok(PathBuf::from(p));
+        }
     }
     if let Some(paths) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&paths) {
@@ -60,10 +69,10 @@ pub fn etcd_binary() -> Result<PathBuf, String> {
     )
 }
 
-/// `n` distinct free loopback ports (held open together, then released).
-fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+/// `n` distinct ports free on `ip` (held open together, then released).
+fn free_ports(ip: IpAddr, n: usize) -> Result<Vec<u16>, String> {
     let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").map_err(|e| format!("binding a port: {e}")))
+        .map(|_| TcpListener::bind((ip, 0)).map_err(|e| format!("binding a port on {ip}: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     listeners
         .iter()
@@ -76,18 +85,30 @@ fn free_ports(n: usize) -> Result<Vec<u16>, String> {
 }
 
 impl EtcdCluster {
-    /// Start an `n`-member cluster in a fresh temporary directory. Call it
-    /// from a thread that outlives the cluster (see the module docs).
+    /// Start an `n`-member cluster on loopback in a fresh temporary
+    /// directory. Call it from a thread that outlives the cluster (see the
+    /// module docs).
     pub fn start(n: usize) -> Result<Self, String> {
+        Self::start_on(n, IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// Start an `n`-member cluster whose clients connect on `client_ip`
+    /// (e.g. a test network's gateway, so containers on it can reach etcd).
+    pub fn start_on(n: usize, client_ip: IpAddr) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("viking-etcd-")
             .tempdir()
             .map_err(|e| format!("creating a temp dir: {e}"))?;
         let root = dir.path().to_path_buf();
-        Self::start_in(n, root, Some(dir))
+        Self::start_in(n, client_ip, root, Some(dir))
     }
 
-    fn start_in(n: usize, root: PathBuf, dir: Option<tempfile::TempDir>) -> Result<Self, String> {
+    fn start_in(
+        n: usize,
+        client_ip: IpAddr,
+        root: PathBuf,
+        dir: Option<tempfile::TempDir>,
+    ) -> Result<Self, String> {
         if n == 0 {
             return Err("an etcd cluster needs at least one member".into());
         }
@@ -95,14 +116,19 @@ impl EtcdCluster {
         // Ports are released before etcd binds them; retry if another
         // process grabbed one in between.
         for attempt in 0..3 {
-            let ports = free_ports(2 * n)?;
+            let clients = free_ports(client_ip, n)?;
+            let peers = free_ports(IpAddr::V4(Ipv4Addr::LOCALHOST), n)?;
+            let clients: Vec<SocketAddr> = clients
+                .into_iter()
+                .map(|p| SocketAddr::new(client_ip, p))
+                .collect();
             let mut cluster = Self {
                 members: Vec::new(),
                 dir: None,
                 root: root.join(format!("attempt-{attempt}")),
             };
             match cluster
-                .launch(n, &ports)
+                .launch(&clients, &peers)
                 .and_then(|()| cluster.wait_healthy())
             {
                 Ok(()) => {
@@ -116,18 +142,18 @@ impl EtcdCluster {
         Err(last_err)
     }
 
-    fn launch(&mut self, n: usize, ports: &[u16]) -> Result<(), String> {
+    fn launch(&mut self, clients: &[SocketAddr], peers: &[u16]) -> Result<(), String> {
         let bin = etcd_binary()?;
         std::fs::create_dir_all(&self.root)
             .map_err(|e| format!("creating {}: {e}", self.root.display()))?;
-        let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
-        let initial_cluster = (0..n)
+        let peer_url = |i: usize| format!("http://127.0.0.1:{}", peers[i]);
+        let initial_cluster = (0..clients.len())
             .map(|i| format!("m{i}={}", peer_url(i)))
             .collect::<Vec<_>>()
             .join(",");
-        for i in 0..n {
+        for (i, client) in clients.iter().enumerate() {
             let name = format!("m{i}");
-            let client_url = format!("http://127.0.0.1:{}", ports[2 * i]);
+            let client_url = format!("http://{client}");
             let log = self.root.join(format!("{name}.log"));
             let log_file = std::fs::File::create(&log)
                 .map_err(|e| format!("creating {}: {e}", log.display()))?;
@@ -152,7 +178,9 @@ impl EtcdCluster {
                 .arg("--initial-cluster-state")
                 .arg("new")
                 .arg("--initial-cluster-token")
-                .arg(format!("viking-test-{}", ports[0]))
+                .arg(format!("viking-test-{}", peers[0]))
+                .arg("--snapshot-count")
+                .arg("10000")
                 // Fast elections and a 1 s minimum lease TTL.
                 .arg("--heartbeat-interval")
                 .arg("50")
@@ -174,6 +202,7 @@ impl EtcdCluster {
                 .map_err(|e| format!("starting {}: {e}", bin.display()))?;
             self.members.push(Member {
                 name,
+                client: *client,
                 client_url,
                 child: Some(child),
                 log,
@@ -196,7 +225,7 @@ impl EtcdCluster {
                         ));
                     }
                 }
-                if !healthy(&m.client_url) {
+                if !healthy(m.client) {
                     all = false;
                 }
             }
@@ -221,6 +250,37 @@ impl EtcdCluster {
     /// Every member's client URL (including killed ones).
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// The first member's client URL, e.g. `http://127.0.0.1:40123`.
+    pub fn endpoint(&self) -> String {
+        self.members
+            .first()
+            .map(|m| m.client_url.clone())
+            .unwrap_or_default()
+    }
+
+    /// The first member's client address without scheme, e.g.
+    /// `127.0.0.1:40123`.
+    pub fn host_port(&self) -> String {
+        self.members
+            .first()
+            .map(|m| m.client.to_string())
+            .unwrap_or_default()
+    }
+
+    /// The first member's client port.
+    pub fn port(&self) -> u16 {
+        self.members.first().map(|m| m.client.port()).unwrap_or(0)
+    }
+
+    /// The members' own logs so far (the last lines of each).
+    pub fn log(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("--- {} ---\n{}", m.name, tail(&m.log)))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Kill member `i` (SIGKILL) and wait for it to exit.
@@ -253,16 +313,10 @@ fn tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-/// Whether the member at `client_url` answers `GET /health` with
+/// Whether the member at `addr` answers `GET /health` with
 /// `"health":"true"`.
-fn healthy(client_url: &str) -> bool {
-    let Some(addr) = client_url.strip_prefix("http://") else {
-        return false;
-    };
-    let Ok(sock) = addr.parse() else {
-        return false;
-    };
-    let Ok(mut stream) = TcpStream::connect_timeout(&sock, Duration::from_millis(200)) else {
+fn healthy(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
@@ -309,7 +363,12 @@ pub fn shared_etcd() -> Result<&'static EtcdCluster, String> {
                     let dir = std::env::temp_dir()
                         .join(format!("viking-etcd-shared-{}", std::process::id()));
                     let _ = std::fs::remove_dir_all(&dir);
-                    let _ = tx.send(EtcdCluster::start_in(1, dir, None));
+                    let _ = tx.send(EtcdCluster::start_in(
+                        1,
+                        IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        dir,
+                        None,
+                    ));
                     loop {
                         std::thread::park();
                     }

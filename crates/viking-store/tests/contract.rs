@@ -574,6 +574,20 @@ async fn embedded_survives_reopen() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    drop(EmbeddedStore::open(&path, "/t").unwrap());
+    assert_eq!(mode(&path), 0o600, "a new store file");
+    // A file left world-readable by an earlier version is made private.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    drop(EmbeddedStore::open(&path, "/t").unwrap());
+    assert_eq!(mode(&path), 0o600, "an existing store file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_second_open_is_locked() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");

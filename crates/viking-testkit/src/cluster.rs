@@ -6,7 +6,6 @@
 //! the test panics (then each node's viking log is printed first).
 
 use crate::cleanup::cleanup_stale;
-use crate::etcd::Etcd;
 use crate::network::create_network;
 use crate::node::{Node, Shared};
 use crate::opts::{viking_bin, ClusterOpts, BUSYBOX_IMAGE};
@@ -17,6 +16,7 @@ use std::process::Command;
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
+use viking_store::testing::EtcdCluster;
 
 /// A running test cluster; torn down on drop.
 #[derive(Debug)]
@@ -24,7 +24,7 @@ pub struct Cluster {
     name: String,
     subnet: String,
     nodes: Vec<Node>,
-    etcd: Option<Etcd>,
+    etcd: Option<EtcdCluster>,
     network_created: bool,
     shared: Arc<Shared>,
     _tmp: TempDir,
@@ -94,7 +94,8 @@ impl Cluster {
             }),
             _tmp: tmp,
         };
-        let etcd = Etcd::start(&gateway.to_string()).context("etcd for the cluster")?;
+        let etcd = EtcdCluster::start_on(1, gateway.into())
+            .map_err(|e| anyhow!("etcd for the cluster: {e}"))?;
         {
             let shared = Arc::get_mut(&mut cluster.shared)
                 .ok_or_else(|| anyhow!("harness bug: shared state already cloned"))?;
@@ -162,7 +163,7 @@ impl Cluster {
     }
 
     /// The cluster's etcd.
-    pub fn etcd(&self) -> &Etcd {
+    pub fn etcd(&self) -> &EtcdCluster {
         self.etcd
             .as_ref()
             .expect("harness bug: etcd is set in Cluster::start")

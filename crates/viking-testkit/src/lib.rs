@@ -1,6 +1,7 @@
 //! Test harness for viking's integration tests.
 //!
-//! * [`Etcd`]: a throwaway etcd on free ports (loopback or a given address).
+//! * [`EtcdCluster`]: a throwaway etcd on free ports (loopback or a given
+//!   address), viking-store's test launcher re-exported.
 //! * [`local::LocalServer`]: one `viking server` process on the machine's own
 //!   Docker engine.
 //! * [`Cluster`]: N "hosts" on one machine — node containers from
@@ -35,7 +36,6 @@
 
 mod cleanup;
 mod cluster;
-mod etcd;
 mod http;
 pub mod local;
 mod network;
@@ -46,9 +46,9 @@ mod wait;
 
 pub use cleanup::cleanup_stale;
 pub use cluster::Cluster;
-pub use etcd::Etcd;
 pub use http::{http_get, HttpResponse};
 pub use node::{Node, LOG_FILTER_VAR, SERVER_LOG_PATH};
 pub use opts::{viking_bin, ClusterOpts, BUSYBOX_IMAGE, NODE_IMAGE};
 pub use util::{host_docker, run_with_stdin, unique, LABEL};
+pub use viking_store::testing::EtcdCluster;
 pub use wait::{eventually, eventually_async, wait_until, Outcome, POLL};

@@ -169,10 +169,12 @@ impl LocalServer {
             .to_string()
     }
 
-    /// `viking --server <url> --token <token> ARGS...`, not yet run.
+    /// `viking --server <url> ARGS...` with the token in `VIKING_TOKEN`
+    /// (not in the arguments, where `ps` shows it), not yet run.
     pub fn cli_command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
-        c.args(["--server", &self.url(), "--token", &self.token()])
+        c.args(["--server", &self.url()])
+            .env("VIKING_TOKEN", self.token())
             .args(args);
         c
     }

@@ -115,8 +115,7 @@ impl Node {
         let mut cmd = Command::new(bin);
         cmd.arg("--server")
             .arg(self.url())
-            .arg("--token")
-            .arg(&self.shared.token)
+            .env("VIKING_TOKEN", &self.shared.token)
             .args(args);
         run_with_stdin(&mut cmd, stdin)
             .unwrap_or_else(|e| panic!("cannot run viking CLI {}: {e:#}", bin.display()))
@@ -256,8 +255,6 @@ impl Node {
             format!("0.0.0.0:{}", o.port),
             "--etcd".into(),
             self.shared.etcd_endpoint.clone(),
-            "--token".into(),
-            self.shared.token.clone(),
             "--data-dir".into(),
             "/var/lib/viking".into(),
         ];
@@ -275,6 +272,8 @@ impl Node {
         let mut cmd = Command::new("docker");
         cmd.args(["exec", "-d"]);
         let mut env = o.server_env.clone();
+        // The token in the environment, not in the server's arguments.
+        env.push(("VIKING_TOKEN".into(), self.shared.token.clone()));
         if !env.iter().any(|(k, _)| k == "NO_COLOR") {
             env.push(("NO_COLOR".into(), "1".into()));
         }

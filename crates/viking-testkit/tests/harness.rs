@@ -4,7 +4,9 @@
 
 use std::process::Command;
 use std::time::{Duration, Instant};
-use viking_testkit::{eventually, http_get, Cluster, ClusterOpts, Etcd, Node, BUSYBOX_IMAGE, POLL};
+use viking_testkit::{
+    eventually, http_get, Cluster, ClusterOpts, EtcdCluster, Node, BUSYBOX_IMAGE, POLL,
+};
 
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -12,7 +14,7 @@ fn stdout(o: &std::process::Output) -> String {
 
 #[test]
 fn local_etcd_starts_serves_and_dies_on_drop() {
-    let etcd = Etcd::start_local().expect("etcd");
+    let etcd = EtcdCluster::start(1).expect("etcd");
     let health =
         http_get(&etcd.host_port(), "/health", None, Duration::from_secs(2)).expect("GET /health");
     assert!(health.is_success(), "{health:?}");

@@ -42,7 +42,10 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
         tags: a.tags.into_iter().filter(|t| !t.is_empty()).collect(),
         data_dir: a.data_dir.unwrap_or_else(viking_cli::default_data_dir),
         docker: a.docker,
-        token: a.token.filter(|t| !t.is_empty()),
+        token: match &a.token_file {
+            Some(f) => Some(viking_cli::read_token_file(f).map_err(anyhow::Error::msg)?),
+            None => a.token.filter(|t| !t.is_empty()),
+        },
         host_ttl: secs(a.host_ttl, "--host-ttl")?,
         resync: secs(a.resync, "--resync")?.max(Duration::from_secs(1)),
         policy: viking_core::reconcile::Policy {
@@ -58,6 +61,12 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
         },
         embassy_max_connections: a.embassy_max_connections,
         embassy_idle_timeout: secs(a.embassy_idle_timeout, "--embassy-idle-timeout")?,
+        containers: viking_server::config::ContainerLimits {
+            log_max_size: a.log_max_size,
+            log_max_files: a.log_max_file,
+            pids_limit: a.pids_limit,
+            pids_max: a.pids_max,
+        },
         health_interval: secs(a.health_interval, "--health-interval")?
             .max(Duration::from_millis(100)),
     })
@@ -83,6 +92,17 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
+}
+
+/// The CLI's token: from `--token-file`, or `--token`/`VIKING_TOKEN`.
+fn client_token(
+    token: Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<String>, String> {
+    match file {
+        Some(f) => viking_cli::read_token_file(f).map(Some),
+        None => Ok(token),
+    }
 }
 
 /// `viking mesh`: hands over to viking-mesh.
@@ -156,6 +176,9 @@ async fn mesh(m: MeshCommand) -> Result<(), viking_mesh::MeshError> {
 
 fn main() {
     let cli = Cli::parse();
+    if viking_cli::token_in_arguments() {
+        eprintln!("viking: {}", viking_cli::TOKEN_IN_ARGUMENTS);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -192,12 +215,18 @@ fn main() {
                     1
                 }
             },
-            command => match viking_cli::dispatch(&cli.server, cli.token, command).await {
-                Ok(code) => code,
-                Err(f) => {
-                    eprintln!("viking: {}", f.message);
-                    f.code
+            command => match client_token(cli.token, cli.token_file.as_deref()) {
+                Err(e) => {
+                    eprintln!("viking: {e}");
+                    2
                 }
+                Ok(token) => match viking_cli::dispatch(&cli.server, token, command).await {
+                    Ok(code) => code,
+                    Err(f) => {
+                        eprintln!("viking: {}", f.message);
+                        f.code
+                    }
+                },
             },
         }
     });

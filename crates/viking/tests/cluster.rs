@@ -366,6 +366,75 @@ fn racing_servers_make_one_job_and_pipes_cross_hosts() {
         assert_eq!(running_on(&c, &name).len(), 1);
     }
 
+    // Concurrent runs count each other's host ports and load: three
+    // `-p 8080:80` through three servers land one per host, and a burst of
+    // 30 from three clients spreads evenly.
+    let concurrently = |jobs: Vec<(usize, Vec<String>)>| -> Vec<std::process::Output> {
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .map(|(i, args)| {
+                let url = c.node(i).url();
+                let token = c.token().to_string();
+                std::thread::spawn(move || {
+                    std::process::Command::new(env!("CARGO_BIN_EXE_viking"))
+                        .args(["--server", &url])
+                        .env("VIKING_TOKEN", token)
+                        .args(args)
+                        .output()
+                        .unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    };
+    let web = |name: String| -> Vec<String> {
+        [
+            "run", "-d", "--name", &name, "-p", "8080:80", BUSYBOX, "httpd", "-f", "-p", "80",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let results = concurrently((0..3).map(|i| (i, web(format!("web{i}")))).collect());
+    for o in &results {
+        assert!(o.status.success(), "{}", err(o));
+    }
+    let at = placements(c.node(0));
+    let mut hosts: Vec<&str> = (0..3).map(|i| at[&format!("web{i}")].as_str()).collect();
+    hosts.sort();
+    assert_eq!(hosts, ["n1", "n2", "n3"], "one -p 8080 per host");
+    let results = concurrently(
+        (0..30)
+            .map(|i| {
+                let args = [
+                    "run",
+                    "-d",
+                    "--name",
+                    &format!("burst{i}"),
+                    BUSYBOX,
+                    "sleep",
+                    "1000",
+                ]
+                .iter()
+                .map(|a| a.to_string())
+                .collect();
+                (i % 3, args)
+            })
+            .collect(),
+    );
+    for o in &results {
+        assert!(o.status.success(), "{}", err(o));
+    }
+    let mut per_host: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, host) in placements(c.node(0)) {
+        *per_host.entry(host).or_default() += 1;
+    }
+    let (lo, hi) = (
+        per_host.values().min().copied().unwrap_or(0),
+        per_host.values().max().copied().unwrap_or(0),
+    );
+    assert!(per_host.len() == 3 && hi - lo <= 1, "uneven: {per_host:?}");
+
     // A pipe whose two jobs run on two other hosts than the one asked.
     let n1 = c.node(0);
     let o = n1.cli_stdin(

@@ -83,10 +83,14 @@ fn services_are_reached_through_embassy_wherever_they_run() {
         "for i in $(seq 1000); do (wget -q -O- http://172.17.0.1:{amb}/ > /tmp/r$i 2>&1; echo $? > /tmp/e$i) & done; wait; \
          echo ok=$(cat /tmp/r* | grep -c pong); for f in /tmp/e*; do [ \"$(cat $f)\" = 0 ] || cat ${{f/e/r}}; done | sort | uniq -c | head"
     );
+    // Two processes per connection: above the default pids limit (1024),
+    // within the server's maximum.
     let o = a.cli([
         "run",
         "--viking-host",
         a.name(),
+        "--pids-limit",
+        "4000",
         BUSYBOX,
         "sh",
         "-c",

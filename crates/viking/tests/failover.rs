@@ -379,3 +379,96 @@ fn a_host_whose_docker_stops_answering_is_treated_as_gone() {
         },
     );
 }
+
+/// The ids of every running container of a viking job on every live engine.
+fn container_ids(c: &Cluster) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for n in c.nodes().iter().filter(|n| n.is_running()) {
+        let o = n.docker(["ps", "-q", "--no-trunc", "--filter", "label=viking.job"]);
+        out.extend(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string),
+        );
+    }
+    out
+}
+
+#[test]
+fn an_emptied_store_stops_nothing_and_recover_brings_the_fleet_back() {
+    let c = cluster();
+    let n1 = c.node(0);
+    let jobs: Vec<String> = (0..10).map(|i| format!("job{i}")).collect();
+    start_jobs(n1, &jobs);
+    let before = container_ids(&c);
+    assert_eq!(before.len(), 10);
+
+    // Every key of the cluster goes, as an operator's mistake would do it.
+    let o = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            c.etcd_endpoint(),
+            "del",
+            "--prefix",
+            "/viking",
+        ])
+        .output()
+        .expect("etcdctl");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Every server notices (its agent, its reconciler or floki), holds and
+    // says so in floki.
+    eventually(
+        "every server to hold",
+        Duration::from_secs(20),
+        POLL,
+        || {
+            let hosts = n1.cli_json(["hosts", "--json"]).unwrap_or_default();
+            let held = hosts
+                .as_array()
+                .map(|hs| hs.iter().filter(|h| h["held"].is_string()).count())
+                .unwrap_or(0);
+            if held == 3 {
+                Ok(())
+            } else {
+                Err(format!("{hosts}"))
+            }
+        },
+    );
+    assert_eq!(
+        container_ids(&c),
+        before,
+        "not one container stopped or replaced"
+    );
+
+    let o = n1.cli(["recover"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("10 job(s) recovered"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let p = ps(n1);
+    assert!(
+        jobs.iter()
+            .all(|j| p.get(j).is_some_and(|(_, s)| s == "running")),
+        "{p:?}"
+    );
+    assert_eq!(container_ids(&c), before, "the same containers");
+
+    // The fleet goes on as before: a host dies, its jobs move.
+    let victim_name = p["job0"].0.clone();
+    let victim = c.node_named(&victim_name).unwrap();
+    let watcher = c.nodes().iter().find(|n| n.name() != victim_name).unwrap();
+    victim.kill().unwrap();
+    eventually(
+        "the dead host's jobs running elsewhere",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            let p = ps(watcher);
+            jobs.iter()
+                .all(|j| p[j].0 != victim_name && p[j].1 == "running")
+        },
+    );
+}

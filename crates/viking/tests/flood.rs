@@ -185,6 +185,9 @@ fn a_flood_of_idle_connections_does_not_stop_the_server() {
         "srv",
         "-p",
         "8080",
+        // One `cat` per connection held (embassy holds up to 1,024).
+        "--pids-limit",
+        "2048",
         BUSYBOX_IMAGE,
         "nc",
         "-ll",
@@ -236,6 +239,9 @@ fn a_flood_of_idle_connections_does_not_stop_the_server() {
         "-d",
         "--name",
         "flood",
+        // One `sleep` per connection, and the shell.
+        "--pids-limit",
+        "4096",
         BUSYBOX_IMAGE,
         "sh",
         "-c",

@@ -497,6 +497,20 @@ fn mesh_runs_etcd_as_a_container_with_a_restart_policy() {
     let v = status(n1);
     assert_eq!(member_names(&v), ["n1", "n2"], "{v:#}");
     assert!(all_healthy(&v), "{v:#}");
+    // The tables, docker-like (viking-cli's layout).
+    let table = sh_ok(n1, "viking mesh status");
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ETCD MEMBER   ID   ") && l.ends_with("   ROLE")),
+        "{table}"
+    );
+    assert!(lines.iter().any(|l| l.starts_with("SERVER   ")), "{table}");
+    assert!(
+        lines.iter().all(|l| l.trim_end() == *l),
+        "trailing blanks: {table:?}"
+    );
 
     // etcd dies inside its container: Docker starts it again.
     sh_ok(n2, "pkill -x etcd");

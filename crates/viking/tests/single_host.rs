@@ -794,3 +794,202 @@ fn attached_output_arrives_exactly_once() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn secrets_stay_private_and_waits_are_bounded() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = start();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // The data directory and the store (every job's environment) are the
+    // owner's only.
+    assert_eq!(mode(s.data_dir()), 0o700);
+    assert_eq!(mode(&s.data_dir().join("viking.redb")), 0o600);
+
+    // A token on the command line works, with a warning; from a file,
+    // without one.
+    let out = std::process::Command::new(bin())
+        .args(["--server", &s.url(), "--token", &s.token(), "ps"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("visible to every user"),
+        "{}",
+        stderr(&out)
+    );
+    let f = s.data_dir().join("cli-token");
+    std::fs::write(&f, format!("{}\n", s.token())).unwrap();
+    let out = std::process::Command::new(bin())
+        .args([
+            "--server",
+            &s.url(),
+            "--token-file",
+            f.to_str().unwrap(),
+            "ps",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+
+    // A stop that would wait forever, and a settle time beyond a day, are
+    // refused by the CLI and by the API, naming what is wrong.
+    let out = s.cli(&["run", "-d", "--name", "waits", BUSYBOX, "sleep", "3600"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = s.cli(&["stop", "-t", "-1", "waits"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = s.cli(&["push", "--settle", "90000"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("settle"), "{}", stderr(&out));
+    let api = |method: &str, path: &str, body: &str| {
+        let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        write!(
+            c,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            s.token(),
+            body.len()
+        )
+        .unwrap();
+        let mut resp = String::new();
+        c.read_to_string(&mut resp).unwrap();
+        resp
+    };
+    let resp = api("POST", "/v1/jobs/waits/stop?t=-1", "");
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("t: the stop timeout"), "{resp}");
+    let resp = api("POST", "/v1/push", r#"{"settle_ms": 100000000}"#);
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("settle_ms"), "{resp}");
+    // Nothing was stopped.
+    let v = s.json(&["inspect", "waits"]);
+    assert_eq!(v["ps"]["status"], "running", "{v}");
+}
+
+#[test]
+fn a_host_port_taken_outside_viking_is_refused_cleanly() {
+    let s = start();
+    // A process holds one port, a container viking does not own another.
+    let held = std::net::TcpListener::bind(("0.0.0.0", 0)).unwrap();
+    let held_port = held.local_addr().unwrap().port();
+    let other_port = free_port();
+    let other = format!("viking-test-outsider-{other_port}");
+    let out = std::process::Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--rm",
+            "--label",
+            "viking-test=1",
+            "--name",
+            &other,
+        ])
+        .args(["-p", &format!("{other_port}:80"), BUSYBOX, "sleep", "600"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (name, port) in [("held", held_port), ("outsider", other_port)] {
+        let out = s.cli(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "-p",
+            &format!("{port}:80"),
+            BUSYBOX,
+            "sleep",
+            "60",
+        ]);
+        assert_ne!(out.status.code(), Some(0), "{name}");
+        assert!(
+            stderr(&out).contains(&format!("port {port}/tcp is already in use")),
+            "{name}: {}",
+            stderr(&out)
+        );
+        // Nothing is left: no record, no container.
+        let out = s.cli(&["inspect", name]);
+        assert_ne!(out.status.code(), Some(0), "{name} left a record");
+    }
+    assert!(s.containers().is_empty(), "{:?}", s.containers());
+    let _ = std::process::Command::new("docker")
+        .args(["rm", "-f", &other])
+        .output();
+}
+
+#[test]
+fn a_server_on_an_empty_store_holds_and_recover_brings_its_jobs_back() {
+    let mut s = start();
+    let mut ids = BTreeMap::new();
+    for (name, extra) in [
+        ("svc", vec!["-p", "80"]),
+        ("data", vec!["-v", "/data"]),
+        ("plain", vec![]),
+    ] {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend(extra);
+        args.extend([BUSYBOX, "sleep", "3600"]);
+        let out = s.cli(&args);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let v = s.json(&["inspect", name]);
+        ids.insert(
+            name.to_string(),
+            v["ps"]["container_id"].as_str().unwrap().to_string(),
+        );
+    }
+    let running = |id: &str| {
+        let o = std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Running}}", id])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim() == "true"
+    };
+
+    // The store file is lost; the server comes back on an empty one.
+    s.stop();
+    std::fs::remove_file(s.data_dir().join("viking.redb")).unwrap();
+    s.spawn();
+    let hosts = s.json(&["hosts", "--json"]);
+    assert!(
+        hosts[0]["held"]
+            .as_str()
+            .is_some_and(|w| w.contains("no cluster id")),
+        "{hosts}"
+    );
+    let table = stdout(&s.cli(&["hosts"]));
+    assert!(table.contains("held: run viking recover"), "{table}");
+    let out = s.cli(&["run", "-d", "--name", "late", BUSYBOX, "sleep", "5"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("holds"), "{}", stderr(&out));
+    // The first resync ran at start, on the empty store: every container is
+    // still there.
+    for (name, id) in &ids {
+        assert!(running(id), "{name}'s container stopped");
+    }
+
+    let out = s.cli(&["recover"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("3 job(s) recovered"),
+        "{}",
+        stdout(&out)
+    );
+    for (name, id) in &ids {
+        let v = s.json(&["inspect", name]);
+        assert_eq!(v["ps"]["container_id"].as_str(), Some(id.as_str()), "{v}");
+        assert_eq!(
+            v["proc"]["job"]["name"].as_str(),
+            Some(name.as_str()),
+            "{v}"
+        );
+        assert!(running(id));
+    }
+    eventually(
+        "floki to stop showing the server holding",
+        Duration::from_secs(10),
+        POLL,
+        || s.json(&["hosts", "--json"])[0]["held"].is_null(),
+    );
+    // It acts again: a stop stops.
+    let out = s.cli(&["stop", "-t", "1", "plain"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!running(&ids["plain"]));
+}

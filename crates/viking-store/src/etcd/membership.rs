@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use backon::{ConstantBuilder, Retryable};
 use etcd_client::{Client, ConnectOptions, MemberAddOptions};
 
 use super::{failure, map_err, Failure};
@@ -194,24 +195,22 @@ impl Membership {
     /// Retry `f` for up to [`UNAVAILABLE_FOR`] while etcd answers that it
     /// cannot serve it now: it refuses membership changes until its leader
     /// has been connected to every voting member for 5 s.
-    async fn while_unavailable<T, F, Fut>(&self, mut f: F) -> Result<T>
+    async fn while_unavailable<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, CallError>>,
     {
         let until = tokio::time::Instant::now() + UNAVAILABLE_FOR;
-        loop {
-            match f().await {
-                Ok(v) => return Ok(v),
-                Err(e)
-                    if e.failure == Failure::Unavailable && tokio::time::Instant::now() < until =>
-                {
-                    tracing::debug!(error = %e.error, "etcd cannot change its membership now; retrying");
-                    tokio::time::sleep(UNAVAILABLE_PAUSE).await;
-                }
-                Err(e) => return Err(e.error),
-            }
-        }
+        let pauses = ConstantBuilder::default()
+            .with_delay(UNAVAILABLE_PAUSE)
+            .without_max_times();
+        f.retry(pauses)
+            .when(|e| e.failure == Failure::Unavailable && tokio::time::Instant::now() < until)
+            .notify(|e, _| {
+                tracing::debug!(error = %e.error, "etcd cannot change its membership now; retrying")
+            })
+            .await
+            .map_err(|e| e.error)
     }
 }
 

@@ -1,0 +1,459 @@
+//! Chaos on the test harness: a five-host cluster with 30 jobs (fixed,
+//! static, services with links, plain), and for N minutes a random fault
+//! every few seconds: a host killed and brought back, a host cut off and
+//! healed, a server frozen (SIGSTOP) and thawed, a host's Docker engine
+//! frozen and thawed, every server restarted at once. After each fault it
+//! waits for the cluster to settle and checks the invariants:
+//!
+//! - every job in viking-proc runs exactly once across the live engines (a
+//!   fixed job on its host whenever that host is up);
+//! - no running container of the cluster without a job;
+//! - no job lost: the 30 jobs stay in viking-proc;
+//! - no container stopped by mistake: a job whose host was not touched by
+//!   the fault keeps its container.
+//!
+//! Its last line is JSON: `{"faults":…, "settle_p50_s":…, "settle_p99_s":…,
+//! "doubled":…, "lost":…, "stopped_by_mistake":…}`; the exit status is 1 when
+//! an invariant did not hold within the settle limit.
+//!
+//!   scripts/chaos.sh [--minutes N] [--seed S]
+//!
+//! Needs the test images (`scripts/test-images.sh --node`) and etcd.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use viking_testkit::{Cluster, ClusterOpts, Node, BUSYBOX_IMAGE};
+
+/// How long the cluster may take to settle after a fault.
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+const HOSTS: usize = 5;
+const TTL: &str = "2";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Fixed,
+    Static,
+    Service,
+    Client,
+    Plain,
+}
+
+struct Job {
+    name: String,
+    kind: Kind,
+}
+
+fn jobs() -> Vec<Job> {
+    let mut out = Vec::new();
+    let mut add = |prefix: &str, kind: Kind, n: usize| {
+        for i in 0..n {
+            out.push(Job {
+                name: format!("{prefix}{i}"),
+                kind,
+            });
+        }
+    };
+    add("fixed", Kind::Fixed, 5);
+    add("static", Kind::Static, 5);
+    add("svc", Kind::Service, 5);
+    add("client", Kind::Client, 5);
+    add("plain", Kind::Plain, 10);
+    out
+}
+
+fn run_args(j: &Job) -> Vec<String> {
+    let mut a: Vec<String> = ["run", "-d", "--name", &j.name]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let svc = j.name.replace("client", "svc");
+    let extra: Vec<String> = match j.kind {
+        Kind::Fixed => vec!["-v".into(), "/data".into()],
+        Kind::Static => vec!["--static".into()],
+        Kind::Service => vec!["-p".into(), "80".into()],
+        Kind::Client => vec!["--link".into(), svc],
+        Kind::Plain => vec![],
+    };
+    a.extend(extra);
+    a.push(BUSYBOX_IMAGE.to_string());
+    match j.kind {
+        Kind::Service => a.extend(["httpd", "-f", "-p", "80"].map(String::from)),
+        _ => a.extend(["sleep", "1000000"].map(String::from)),
+    }
+    a
+}
+
+/// What the cluster looks like now.
+#[derive(Debug, Default)]
+struct Seen {
+    /// job -> (node, container id) of every running copy on a live engine.
+    copies: BTreeMap<String, Vec<(String, String)>>,
+    /// Jobs in viking-proc.
+    procs: BTreeSet<String>,
+}
+
+fn look(c: &Cluster, down: &BTreeSet<String>) -> Option<Seen> {
+    let mut seen = Seen::default();
+    let asker = c.nodes().iter().find(|n| !down.contains(n.name()))?;
+    let procs = asker.cli_json(["proc", "--json"]).ok()?;
+    for p in procs.as_array()? {
+        let name = p["job"]["name"].as_str().or_else(|| p["name"].as_str())?;
+        seen.procs.insert(name.to_string());
+    }
+    for n in c.nodes() {
+        if down.contains(n.name()) || !n.is_running() {
+            continue;
+        }
+        let o = n.docker([
+            "ps",
+            "--no-trunc",
+            "--filter",
+            "label=viking.job",
+            "--format",
+            "{{.ID}} {{.Label \"viking.job\"}}",
+        ]);
+        if !o.status.success() {
+            return None;
+        }
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            let Some((id, job)) = line.split_once(' ') else {
+                continue;
+            };
+            seen.copies
+                .entry(job.to_string())
+                .or_default()
+                .push((n.name().to_string(), id.to_string()));
+        }
+    }
+    Some(seen)
+}
+
+/// Whether the invariants hold; if not, why.
+fn check(
+    seen: &Seen,
+    all: &[Job],
+    homes: &BTreeMap<String, String>,
+    down: &BTreeSet<String>,
+) -> Result<(), String> {
+    let ours: BTreeSet<&str> = all.iter().map(|j| j.name.as_str()).collect();
+    let mut why = Vec::new();
+    for j in all {
+        if !seen.procs.contains(&j.name) {
+            why.push(format!("{} is not in viking-proc", j.name));
+        }
+        let copies = seen.copies.get(&j.name).map_or(0, Vec::len);
+        let home = homes.get(&j.name);
+        let home_down = home.is_some_and(|h| down.contains(h));
+        // A static job is fixed too (the design's default).
+        let fixed = matches!(j.kind, Kind::Fixed | Kind::Static);
+        if fixed && home_down {
+            if copies != 0 {
+                why.push(format!("{} runs off its host", j.name));
+            }
+            continue;
+        }
+        if copies != 1 {
+            why.push(format!("{} has {copies} copies", j.name));
+        }
+        if fixed {
+            let on = seen
+                .copies
+                .get(&j.name)
+                .and_then(|c| c.first())
+                .map(|c| c.0.as_str());
+            if on.is_some() && on != home.map(String::as_str) {
+                why.push(format!("{} runs on {on:?}, not its host {home:?}", j.name));
+            }
+        }
+    }
+    for job in seen.copies.keys() {
+        if !ours.contains(job.as_str()) {
+            why.push(format!("a container of unknown job {job}"));
+        }
+    }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(why.join("; "))
+    }
+}
+
+/// Wait until the invariants hold; the time it took, or the last reason.
+fn settle(
+    c: &Cluster,
+    all: &[Job],
+    homes: &BTreeMap<String, String>,
+    down: &BTreeSet<String>,
+) -> Result<(Duration, Seen), (Duration, String, Option<Seen>)> {
+    let t0 = Instant::now();
+    let mut last = (String::from("nothing seen"), None);
+    while t0.elapsed() < SETTLE_LIMIT {
+        if let Some(seen) = look(c, down) {
+            match check(&seen, all, homes, down) {
+                Ok(()) => return Ok((t0.elapsed(), seen)),
+                Err(why) => last = (why, Some(seen)),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Err((t0.elapsed(), last.0, last.1))
+}
+
+fn server_pid_signal(n: &Node, sig: &str) {
+    let _ = n.sh(&format!("kill -{sig} $(cat /var/lib/viking/server.pid)"));
+}
+
+fn docker_signal(n: &Node, sig: &str) {
+    let pid = Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Pid}}", n.container()])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if !pid.is_empty() {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status();
+    }
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+#[derive(Default)]
+struct Tally {
+    faults: usize,
+    settles: Vec<f64>,
+    doubled: usize,
+    lost: usize,
+    stopped_by_mistake: usize,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    fn record(
+        &mut self,
+        what: &str,
+        r: Result<(Duration, Seen), (Duration, String, Option<Seen>)>,
+        before: &Seen,
+        touched: &BTreeSet<String>,
+    ) -> Option<Seen> {
+        match r {
+            Ok((d, seen)) => {
+                self.settles.push(d.as_secs_f64());
+                // A job on an untouched host keeps its container.
+                for (job, copies) in &before.copies {
+                    let Some((node, id)) = copies.first() else {
+                        continue;
+                    };
+                    if touched.contains(node) {
+                        continue;
+                    }
+                    let now = seen.copies.get(job).and_then(|c| c.first());
+                    if now.map(|c| &c.1) != Some(id) {
+                        self.stopped_by_mistake += 1;
+                        self.failures.push(format!(
+                            "{what}: {job} lost its container on untouched host {node}"
+                        ));
+                    }
+                }
+                eprintln!("chaos: {what}: settled in {:.1}s", d.as_secs_f64());
+                Some(seen)
+            }
+            Err((d, why, seen)) => {
+                self.settles.push(d.as_secs_f64());
+                if let Some(s) = &seen {
+                    self.doubled += s.copies.values().filter(|c| c.len() > 1).count();
+                }
+                self.lost += why.matches("has 0 copies").count()
+                    + why.matches("is not in viking-proc").count();
+                self.failures.push(format!(
+                    "{what}: not settled in {:.0}s: {why}",
+                    d.as_secs_f64()
+                ));
+                eprintln!("chaos: {what}: NOT settled: {why}");
+                seen
+            }
+        }
+    }
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let i = ((s.len() as f64 - 1.0) * p).round() as usize;
+    s[i.min(s.len() - 1)]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let minutes: f64 = arg(&args, "--minutes")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(3.0);
+    let seed: u64 = arg(&args, "--seed")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("chaos: {minutes} minute(s), seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    let c = match Cluster::start(
+        HOSTS,
+        ClusterOpts {
+            server_args: ["--host-ttl", TTL, "--resync", "2", "--backoff", "0.5"]
+                .map(String::from)
+                .to_vec(),
+            ..Default::default()
+        },
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chaos: cannot start the cluster: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let all = jobs();
+    let n1 = c.node(0);
+    for j in &all {
+        let o = n1.cli(run_args(j));
+        if !o.status.success() {
+            eprintln!(
+                "chaos: cannot run {}: {}",
+                j.name,
+                String::from_utf8_lossy(&o.stderr)
+            );
+            std::process::exit(2);
+        }
+    }
+    let mut down: BTreeSet<String> = BTreeSet::new();
+    let mut tally = Tally::default();
+    let first = tally.record(
+        "start",
+        settle(&c, &all, &BTreeMap::new(), &down),
+        &Seen::default(),
+        &BTreeSet::new(),
+    );
+    let Some(mut seen) = first else {
+        eprintln!("chaos: the cluster never settled after its jobs started");
+        std::process::exit(1);
+    };
+    // Where each fixed job lives: its home for good.
+    let homes: BTreeMap<String, String> = all
+        .iter()
+        .filter(|j| matches!(j.kind, Kind::Fixed | Kind::Static))
+        .filter_map(|j| {
+            seen.copies
+                .get(&j.name)
+                .and_then(|c| c.first())
+                .map(|c| (j.name.clone(), c.0.clone()))
+        })
+        .collect();
+
+    let end = Instant::now() + Duration::from_secs_f64(minutes * 60.0);
+    while Instant::now() < end {
+        let victim = c.node(rng.gen_range(0..HOSTS));
+        let v = victim.name().to_string();
+        let touched: BTreeSet<String> = [v.clone()].into();
+        tally.faults += 1;
+        let fault = rng.gen_range(0..5);
+        let before = seen;
+        let next = match fault {
+            0 => {
+                let _ = victim.kill();
+                down.insert(v.clone());
+                let during = tally.record(
+                    &format!("kill {v}"),
+                    settle(&c, &all, &homes, &down),
+                    &before,
+                    &touched,
+                );
+                let _ = victim.restart();
+                down.remove(&v);
+                let base = during.unwrap_or(before);
+                tally.record(
+                    &format!("restart {v}"),
+                    settle(&c, &all, &homes, &down),
+                    &base,
+                    &touched,
+                )
+            }
+            1 => {
+                let _ = victim.partition();
+                std::thread::sleep(Duration::from_secs(rng.gen_range(3..8)));
+                let _ = victim.heal();
+                tally.record(
+                    &format!("partition {v}"),
+                    settle(&c, &all, &homes, &down),
+                    &before,
+                    &touched,
+                )
+            }
+            2 => {
+                server_pid_signal(victim, "STOP");
+                std::thread::sleep(Duration::from_secs(rng.gen_range(1..6)));
+                server_pid_signal(victim, "CONT");
+                tally.record(
+                    &format!("sigstop server {v}"),
+                    settle(&c, &all, &homes, &down),
+                    &before,
+                    &touched,
+                )
+            }
+            3 => {
+                docker_signal(victim, "STOP");
+                std::thread::sleep(Duration::from_secs(rng.gen_range(1..6)));
+                docker_signal(victim, "CONT");
+                tally.record(
+                    &format!("freeze docker {v}"),
+                    settle(&c, &all, &homes, &down),
+                    &before,
+                    &touched,
+                )
+            }
+            _ => {
+                for n in c.nodes() {
+                    let _ = n.stop_server();
+                }
+                for n in c.nodes() {
+                    let _ = n.start_server();
+                }
+                tally.record(
+                    "restart every server",
+                    settle(&c, &all, &homes, &down),
+                    &before,
+                    &BTreeSet::new(),
+                )
+            }
+        };
+        seen = next.or_else(|| look(&c, &down)).unwrap_or_default();
+    }
+    for f in &tally.failures {
+        eprintln!("chaos: FAILED {f}");
+    }
+    let ok = tally.failures.is_empty();
+    println!(
+        "{}",
+        serde_json::json!({
+            "faults": tally.faults,
+            "seed": seed,
+            "minutes": minutes,
+            "settle_p50_s": (percentile(&tally.settles, 0.5) * 10.0).round() / 10.0,
+            "settle_p99_s": (percentile(&tally.settles, 0.99) * 10.0).round() / 10.0,
+            "doubled": tally.doubled,
+            "lost": tally.lost,
+            "stopped_by_mistake": tally.stopped_by_mistake,
+        })
+    );
+    if !ok {
+        c.print_logs();
+        std::process::exit(1);
+    }
+}
