@@ -51,8 +51,9 @@ use crate::token;
 /// How long shutdown waits for open requests to finish.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// At most one log line about refused connections this often.
-const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
+/// At most one log line of each kind (refused, made room, accept failed)
+/// this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Raise the soft limit of open files to the hard limit (a server holds a
 /// descriptor per connection, API and embassy); returns the new soft limit.
@@ -84,7 +85,11 @@ pub async fn serve(
     let (closing_tx, closing) = watch::channel(false);
     // Every connection task holds a sender; `recv` ends once all are gone.
     let (alive, mut all_gone) = mpsc::channel::<()>(1);
-    let mut refused = RefusedLog::default();
+    let (mut refused, mut evicted, mut failed) = (
+        LogEvery::default(),
+        LogEvery::default(),
+        LogEvery::default(),
+    );
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -94,14 +99,28 @@ pub async fn serve(
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
-                accept_failed(&e, &registry, &mut refused).await;
+                accept_failed(&e, &registry, &mut failed).await;
                 continue;
             }
         };
-        let Some(open) = registry.admit() else {
+        let (admitted, made_room) = registry.admit();
+        if let Some(n) = evicted.count(made_room) {
+            tracing::warn!(
+                closed = n,
+                max_pending = limits.max_pending(),
+                "API connections that sent no request with the token were closed to make room"
+            );
+        }
+        let Some(open) = admitted else {
             // Every connection is authenticated and the cap is reached.
             drop(stream);
-            refused.note(limits.max_connections);
+            if let Some(n) = refused.count(1) {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    refused = n,
+                    "the API is at its connection cap with every connection authenticated; closing new connections"
+                );
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -129,14 +148,14 @@ pub async fn serve(
 
 /// Out of descriptors (or another accept error): make room by closing the
 /// oldest pending connection, and back off a little.
-async fn accept_failed(e: &std::io::Error, registry: &Registry, refused: &mut RefusedLog) {
+async fn accept_failed(e: &std::io::Error, registry: &Registry, failed: &mut LogEvery) {
     use std::io::ErrorKind::*;
     if matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted) {
         return;
     }
     let evicted = registry.evict_oldest_pending();
-    if refused.due() {
-        tracing::warn!(error = %e, evicted, "accepting an API connection failed");
+    if let Some(n) = failed.count(1) {
+        tracing::warn!(error = %e, failures = n, closed_a_pending_one = evicted, "accepting an API connection failed");
     }
     tokio::time::sleep(Duration::from_millis(if evicted { 1 } else { 50 })).await;
 }
@@ -270,15 +289,20 @@ impl Registry {
         self.open.load(Relaxed)
     }
 
-    /// Room for a new connection, which starts pending; `None` when the cap
-    /// is reached and no pending connection can make room.
-    fn admit(self: &Arc<Self>) -> Option<Open> {
+    /// Room for a new connection, which starts pending (`None` when the cap
+    /// is reached and no pending connection can make room), and how many
+    /// pending connections were closed to make it.
+    fn admit(self: &Arc<Self>) -> (Option<Open>, u64) {
         let mut pending = self.lock();
-        if self.open() >= self.limits.max_connections && !evict_oldest(&mut pending) {
-            return None;
+        let mut made_room = 0;
+        if self.open() >= self.limits.max_connections {
+            if !evict_oldest(&mut pending) {
+                return (None, 0);
+            }
+            made_room += 1;
         }
-        while pending.by_age.len() >= self.limits.max_pending() {
-            evict_oldest(&mut pending);
+        while pending.by_age.len() >= self.limits.max_pending() && evict_oldest(&mut pending) {
+            made_room += 1;
         }
         let id = pending.next_id;
         pending.next_id += 1;
@@ -292,7 +316,7 @@ impl Registry {
         });
         pending.by_age.insert(id, conn.clone());
         self.open.fetch_add(1, Relaxed);
-        Some(Open(conn))
+        (Some(Open(conn)), made_room)
     }
 
     fn evict_oldest_pending(&self) -> bool {
@@ -389,34 +413,26 @@ impl Drop for InFlight {
     }
 }
 
-/// The rate limit of the "connection refused" log line.
+/// The rate limit of one kind of log line: at most one per [`LOG_EVERY`],
+/// telling how many events happened since the last.
 #[derive(Default)]
-struct RefusedLog {
+struct LogEvery {
     last: Option<Instant>,
     since: u64,
 }
 
-impl RefusedLog {
-    /// Whether a line may be logged now (and, if so, from now on not for a
-    /// while).
-    fn due(&mut self) -> bool {
+impl LogEvery {
+    /// Counts `n` events; the number to log now, if a line is due.
+    fn count(&mut self, n: u64) -> Option<u64> {
+        if n == 0 {
+            return None;
+        }
+        self.since += n;
         let now = Instant::now();
-        if self.last.is_some_and(|t| now < t + REFUSED_LOG_EVERY) {
-            return false;
+        if self.last.is_some_and(|t| now < t + LOG_EVERY) {
+            return None;
         }
         self.last = Some(now);
-        true
-    }
-
-    fn note(&mut self, max: usize) {
-        self.since += 1;
-        if self.due() {
-            tracing::warn!(
-                max_connections = max,
-                refused = self.since,
-                "the API is at its connection cap with every connection authenticated; closing new connections"
-            );
-            self.since = 0;
-        }
+        Some(std::mem::take(&mut self.since))
     }
 }
