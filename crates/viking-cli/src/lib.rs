@@ -196,6 +196,19 @@ pub struct ServerArgs {
     /// Where embassy listens (default: Docker's bridge gateway).
     #[arg(long, env = "VIKING_EMBASSY_BIND")]
     pub embassy_bind: Option<std::net::IpAddr>,
+    /// Connections embassy serves at once on one ambassador port; more are
+    /// closed at once.
+    #[arg(long, env = "VIKING_EMBASSY_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub embassy_max_connections: usize,
+    /// Seconds an ambassador connection may move no byte either way before
+    /// embassy closes it.
+    #[arg(long, env = "VIKING_EMBASSY_IDLE_TIMEOUT", default_value_t = 600.0)]
+    pub embassy_idle_timeout: f64,
+    /// API connections open at once. Connections that have not yet sent a
+    /// request with the token may take a quarter of them (the oldest is
+    /// closed to make room); a connection beyond the cap is closed at once.
+    #[arg(long, env = "VIKING_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
     /// Every container's json-file log is rotated at this size (10m, 1g).
     #[arg(long, env = "VIKING_LOG_MAX_SIZE", default_value = "10m")]
     pub log_max_size: String,

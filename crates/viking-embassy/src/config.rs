@@ -26,6 +26,13 @@ pub enum CopyMode {
 /// splice.
 pub const ADAPTIVE_SWITCH: u64 = 1 << 20;
 
+/// Connections one ambassador port serves at once, by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// How long a connection may move no byte either way before it is closed,
+/// by default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Tunables of an [`Embassy`](crate::Embassy).
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
@@ -42,12 +49,20 @@ pub struct Config {
     /// Listen backlog of each ambassador port (capped by the kernel's
     /// `net.core.somaxconn`).
     pub backlog: u32,
+    /// Connections one ambassador port serves at once. A connection
+    /// accepted beyond it is closed at once (and counted as refused).
+    pub max_connections: usize,
+    /// A connection where neither direction moved a byte for this long is
+    /// closed.
+    pub idle_timeout: Duration,
 }
 
 impl Config {
     /// The defaults: 1 s connect timeout, [`CopyMode::Adaptive`] (buffered,
     /// then splice after [`ADAPTIVE_SWITCH`] bytes) with 256 KiB buffers and
-    /// pipes per direction, backlog 4096.
+    /// pipes per direction (a buffer is lent only while bytes are in transit,
+    /// a pipe made at a direction's first data), backlog 4096,
+    /// [`DEFAULT_MAX_CONNECTIONS`] per port, [`DEFAULT_IDLE_TIMEOUT`].
     pub fn new(bind: IpAddr) -> Self {
         Config {
             bind,
@@ -55,6 +70,8 @@ impl Config {
             copy: CopyMode::Adaptive,
             buffer_size: 256 * 1024,
             backlog: 4096,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }

@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::buffer::BufferPool;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::listener;
@@ -74,6 +75,8 @@ struct Inner {
 /// [`Embassy::shutdown`] waits until they are all gone.
 pub struct Embassy {
     config: Config,
+    /// The buffers every connection borrows from while bytes are in transit.
+    buffers: Arc<BufferPool>,
     /// The runtime of embassy's own thread, where every task runs.
     runtime: tokio::runtime::Handle,
     /// That thread; joined on drop, so every socket is closed by then.
@@ -100,6 +103,7 @@ impl Embassy {
         let (runtime, thread) = spawn_runtime(shutdown.subscribe());
         Embassy {
             config,
+            buffers: Arc::new(BufferPool::new(config.buffer_size.max(4096))),
             runtime,
             thread,
             inner: Mutex::new(Inner {
@@ -172,6 +176,7 @@ impl Embassy {
                             port,
                             route_rx,
                             self.config,
+                            self.buffers.clone(),
                             self.shutdown.subscribe(),
                         ));
                         inner.ports.insert(
@@ -213,6 +218,12 @@ impl Embassy {
                 )
             })
             .collect()
+    }
+
+    /// Buffers held by connections now: one per direction with bytes read
+    /// and not yet written. An idle connection holds none.
+    pub fn buffers_lent(&self) -> usize {
+        self.buffers.lent()
     }
 
     /// The ambassador ports being served, ascending.

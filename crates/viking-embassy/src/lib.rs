@@ -14,28 +14,35 @@
 //!   stats (`Embassy`, `ApplyReport`);
 //! - `route`: the runtime state of one served route (endpoints watched by
 //!   its connections, round-robin cursor, counters);
-//! - `listener`: one accept loop per ambassador port;
-//! - `forward`: one task per connection: endpoint choice with failover and
-//!   the byte pump (`splice(2)` or buffered copy);
+//! - `listener`: one accept loop per ambassador port, with its connection
+//!   cap;
+//! - `forward`: one task per connection: endpoint choice with failover, the
+//!   byte pump (`splice(2)` or buffered copy) and the idle timeout;
+//! - `buffer`: the pool the buffered pump borrows from while bytes are in
+//!   transit (idle connections hold no buffer);
 //! - `splice`: the only `unsafe` code, thin wrappers over `pipe2`, `splice`
 //!   and `shutdown`;
-//! - [`stats`]: per-route counters;
+//! - [`stats`]: per-route counters, and each port's count of open
+//!   connections against its cap;
 //! - `shutdown`: the graceful-shutdown signal threaded through every task;
 //! - [`error`]: the crate's error type.
 //!
 //! Module graph (`use crate::…`; no cycles, checked by
 //! `tests/module_graph.rs`):
-//! - `embassy` -> `listener`, `route`, `config`, `table`, `stats`,
+//! - `embassy` -> `listener`, `route`, `config`, `buffer`, `table`, `stats`,
 //!   `shutdown`, `error`;
-//! - `listener` -> `forward`, `route`, `config`, `shutdown`;
-//! - `forward` -> `route`, `config`, `splice`, `shutdown`;
+//! - `listener` -> `forward`, `route`, `config`, `buffer`, `stats`,
+//!   `shutdown`;
+//! - `forward` -> `route`, `config`, `buffer`, `splice`, `stats`, `shutdown`;
 //! - `route` -> `table`, `stats`;
-//! - `config`, `table`, `stats`, `error`, `shutdown`, `splice`: none.
+//! - `config`, `table`, `stats`, `error`, `shutdown`, `splice`, `buffer`:
+//!   none.
 //!
 //! Invariant: embassy knows nothing about the store or Docker. The server
 //! computes the routing table and calls [`Embassy::apply`] whenever it changes.
 #![deny(unsafe_code)]
 
+mod buffer;
 pub mod config;
 pub mod embassy;
 pub mod error;
@@ -47,7 +54,9 @@ mod splice;
 pub mod stats;
 pub mod table;
 
-pub use config::{Config, CopyMode, ADAPTIVE_SWITCH};
+pub use config::{
+    Config, CopyMode, ADAPTIVE_SWITCH, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+};
 pub use embassy::{ApplyReport, Embassy, PortFailure};
 pub use error::{Error, Result};
 pub use stats::RouteStats;

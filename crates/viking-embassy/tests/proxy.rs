@@ -598,3 +598,102 @@ async fn bulk_splice_is_byte_exact_when_the_pipe_is_smaller_than_the_buffer() {
     config.buffer_size = 1 << 32;
     bulk_byte_exact_with(config).await;
 }
+
+/// Whether a new connection to `port` is served (an echo comes back), or
+/// closed by embassy.
+async fn served(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect((LOCALHOST, port)).await else {
+        return false;
+    };
+    if s.write_all(b"?").await.is_err() {
+        return false;
+    }
+    let mut back = [0u8; 1];
+    matches!(
+        tokio::time::timeout(WAIT, s.read(&mut back)).await,
+        Ok(Ok(1))
+    )
+}
+
+#[tokio::test]
+async fn a_port_at_its_connection_cap_closes_new_connections() {
+    let ep = echo_server().await;
+    let (port, other) = (free_port(), free_port());
+    let mut config = Config::new(LOCALHOST);
+    config.max_connections = 2;
+    let embassy = embassy_with_config(
+        config,
+        &[
+            (port, Route::new("full", 80, [ep])),
+            (other, Route::new("other", 80, [ep])),
+        ],
+    )
+    .await;
+    let mut first = connect(port).await;
+    roundtrip(&mut first, b"one").await;
+    let mut second = connect(port).await;
+    roundtrip(&mut second, b"two").await;
+
+    // The third is accepted by the kernel, then closed by embassy.
+    let mut third = connect(port).await;
+    assert!(is_closed(&mut third).await, "a third connection was served");
+    let stats = embassy.stats();
+    let full = stats.iter().find(|s| s.port == port).unwrap();
+    assert_eq!(full.refused, 1, "{stats:?}");
+    assert_eq!(full.connections_total, 2, "{stats:?}");
+    // The open ones go on; the cap is per port.
+    roundtrip(&mut first, b"still one").await;
+    roundtrip(&mut second, b"still two").await;
+    assert!(served(other).await, "another port is not served");
+
+    // A slot freed is a slot taken again.
+    drop(first);
+    let mut served_again = false;
+    for _ in 0..100 {
+        if served(port).await {
+            served_again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served_again, "no connection served after one closed");
+    embassy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_idle_both_ways_is_closed_after_the_idle_timeout() {
+    const IDLE: Duration = Duration::from_millis(400);
+    let ep = echo_server().await;
+    let port = free_port();
+    let mut config = Config::new(LOCALHOST);
+    config.idle_timeout = IDLE;
+    let embassy = embassy_with_config(config, &[(port, Route::new("idle", 80, [ep]))]).await;
+
+    // Traffic every 100 ms for three idle timeouts: the connection stays.
+    let mut busy = connect(port).await;
+    let until = tokio::time::Instant::now() + 3 * IDLE;
+    while tokio::time::Instant::now() < until {
+        roundtrip(&mut busy, b"tick").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    roundtrip(&mut busy, b"still open").await;
+    assert_eq!(embassy.stats()[0].idle_closed, 0);
+
+    // Silent both ways: closed once the timeout has passed, not before.
+    let quiet_since = tokio::time::Instant::now();
+    assert!(is_closed(&mut busy).await, "an idle connection stayed open");
+    let after = quiet_since.elapsed();
+    assert!(
+        after >= IDLE - Duration::from_millis(50),
+        "closed after {after:?}"
+    );
+    assert_eq!(embassy.stats()[0].idle_closed, 1);
+
+    // A connection that never sent a byte is closed as well.
+    let mut silent = connect(port).await;
+    assert!(
+        is_closed(&mut silent).await,
+        "a silent connection stayed open"
+    );
+    embassy.shutdown().await;
+}

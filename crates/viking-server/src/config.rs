@@ -38,9 +38,47 @@ pub struct ServerConfig {
     pub embassy_ports: (u16, u16),
     /// Where embassy listens; `None`: Docker's bridge gateway.
     pub embassy_bind: Option<std::net::IpAddr>,
+    /// The API's connection cap and timeouts.
+    pub api_limits: ApiLimits,
+    /// Connections one ambassador port serves at once.
+    pub embassy_max_connections: usize,
+    /// An ambassador connection where no byte moved either way for this long
+    /// is closed.
+    pub embassy_idle_timeout: Duration,
     /// What every container of this host is given: log rotation and a
     /// pids limit.
     pub containers: ContainerLimits,
+}
+
+/// The API's connection cap and timeouts (see `listen`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// Open connections at most (`--max-connections`).
+    pub max_connections: usize,
+    /// A connection that has not sent a complete request head within this
+    /// is closed (also the longest silence between two requests).
+    pub header_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl ApiLimits {
+    /// Connections that have not yet sent a request with the token may hold
+    /// at most a quarter of the cap.
+    pub fn max_pending(&self) -> usize {
+        (self.max_connections / 4).max(1)
+    }
+}
+
+impl Default for ApiLimits {
+    /// 1024 connections, 10 s to send a request head, 60 s idle.
+    fn default() -> Self {
+        ApiLimits {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The limits every container this server creates gets, so that one job's
@@ -153,6 +191,24 @@ impl ServerConfig {
         if lo == 0 || lo > hi {
             return Err(format!(
                 "--embassy-ports {lo}-{hi} must be a range LOW-HIGH within 1-65535"
+            ));
+        }
+        if self.api_limits.max_connections < 4 {
+            return Err(format!(
+                "--max-connections {} must be at least 4",
+                self.api_limits.max_connections
+            ));
+        }
+        if self.api_limits.header_timeout.is_zero() || self.api_limits.idle_timeout.is_zero() {
+            return Err("the API's header and idle timeouts must be above zero".to_string());
+        }
+        if self.embassy_max_connections == 0 {
+            return Err("--embassy-max-connections must be at least 1".to_string());
+        }
+        if self.embassy_idle_timeout < Duration::from_millis(10) {
+            return Err(format!(
+                "--embassy-idle-timeout {:?} must be at least 0.01 s",
+                self.embassy_idle_timeout
             ));
         }
         if self.host_ttl < Duration::from_secs(1) {

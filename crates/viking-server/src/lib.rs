@@ -6,7 +6,8 @@
 //! - [`error`]: the server's one error type; [`status`]: its HTTP status
 //!   and body, the only such mapping;
 //! - [`api`]: the versioned HTTP API (axum), the only HTTP-facing part;
-//!   nothing imports it;
+//!   nothing imports it; [`listen`]: the API's connections (cap, timeouts,
+//!   graceful close) and the open-files limit;
 //! - [`state`]: typed access to the records (proc, ps, history, ports) and
 //!   the name claims;
 //! - [`placement`]: dowding's snapshot and decision; [`peer`]: calls to
@@ -56,6 +57,7 @@ pub mod floki;
 pub mod health;
 pub mod identity;
 pub mod jobs;
+pub mod listen;
 pub mod peer;
 pub mod placement;
 pub mod push;
@@ -251,6 +253,10 @@ pub async fn serve(
         shared,
         shutdown_tx,
     } = prepared;
+    match listen::raise_nofile() {
+        Ok(n) => tracing::info!(nofile = n, "open-files limit raised to the hard limit"),
+        Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
+    }
     // Bring viking-ps up to date with what Docker runs before answering.
     if let Err(e) = agent::initial_resync(&shared).await {
         tracing::warn!("initial resync with Docker failed: {e:#}");
@@ -296,13 +302,12 @@ pub async fn serve(
         tasks
     };
     let (tasks_tx, tasks_rx) = tokio::sync::oneshot::channel();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let tasks = api_shutdown.await;
-            let _ = tasks_tx.send(tasks);
-        })
-        .await
-        .context("serving the API");
+    let token: Arc<str> = shared.token.as_str().into();
+    listen::serve(listener, app, token, shared.config.api_limits, async move {
+        let tasks = api_shutdown.await;
+        let _ = tasks_tx.send(tasks);
+    })
+    .await;
     tracing::info!("viking server stopping; containers keep running");
     let mut tasks = tasks_rx.await.unwrap_or_default();
     // Give the tasks a moment to finish their current step.
@@ -311,7 +316,6 @@ pub async fn serve(
     })
     .await;
     tasks.abort_all();
-    result?;
     let why = task_died.lock().await.take();
     match why {
         Some(why) => Err(anyhow::anyhow!(why)),

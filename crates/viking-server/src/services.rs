@@ -156,6 +156,8 @@ pub async fn run(sh: Arc<Shared>) {
     // retransmits of a busy endpoint instead of resetting the client.
     let mut config = viking_embassy::Config::new(sh.embassy_addr);
     config.connect_timeout = Duration::from_secs(5);
+    config.max_connections = sh.config.embassy_max_connections;
+    config.idle_timeout = sh.config.embassy_idle_timeout;
     let embassy = Embassy::with_config(config);
     let mut shutdown = sh.shutdown.clone();
     tracing::info!(addr = %sh.embassy_addr, "embassy serving");
