@@ -45,6 +45,10 @@ pub struct Cli {
     /// A file that holds the cluster token.
     #[arg(long, env = "VIKING_TOKEN_FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
+    /// The cluster's CA (PEM), for an https:// server: the token is sent
+    /// only to a server whose certificate it signed.
+    #[arg(long, env = "VIKING_CA")]
+    pub ca: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -158,6 +162,21 @@ pub struct ServerArgs {
     /// The data directory: the embedded store, the token, job volumes.
     #[arg(long, env = "VIKING_DATA")]
     pub data_dir: Option<PathBuf>,
+    /// This server's certificate (PEM, from the cluster's CA: `viking ca
+    /// issue`): the API is served over TLS, other servers are called over
+    /// mutual TLS, https:// etcd is reached with it.
+    #[arg(long, env = "VIKING_TLS_CERT", requires_all = ["tls_key", "ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "VIKING_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster's CA (PEM): the only issuer this server trusts.
+    #[arg(long, env = "VIKING_CA", requires = "tls_cert")]
+    pub ca: Option<PathBuf>,
+    /// Serve plain HTTP on an address other than loopback (a lab network:
+    /// anyone on it can read the token).
+    #[arg(long, env = "VIKING_INSECURE_HTTP")]
+    pub insecure_http: bool,
     /// The Docker engine's socket.
     #[arg(
         long,
@@ -283,13 +302,51 @@ pub const TOKEN_IN_ARGUMENTS: &str = "warning: --token on the command line is vi
 
 /// A client for the server given on the command line; the token defaults
 /// to the local server's token file.
-pub fn client(cli_server: &str, token: Option<String>) -> Result<Client, ClientError> {
+pub fn client(
+    cli_server: &str,
+    token: Option<String>,
+    ca: Option<&std::path::Path>,
+) -> Result<Client, Failure> {
     let token = token.or_else(|| {
         std::fs::read_to_string(default_data_dir().join("token"))
             .ok()
             .map(|t| t.trim().to_string())
     });
-    Client::new(cli_server, token)
+    let tls = match (cli_server.starts_with("https://"), ca) {
+        (true, Some(path)) => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| Failure::new(2, format!("--ca {}: {e}", path.display())))?;
+            Some(
+                viking_pki::client_config(&pem, None)
+                    .map_err(|e| Failure::new(2, format!("--ca {}: {e}", path.display())))?,
+            )
+        }
+        _ => None,
+    };
+    // A lab of --insecure-http servers says so once in the environment
+    // (VIKING_INSECURE_HTTP=1) instead of being warned on every command.
+    let lab = std::env::var("VIKING_INSECURE_HTTP").is_ok_and(|v| v == "1" || v == "true");
+    if !cli_server.starts_with("https://")
+        && token.is_some()
+        && !is_loopback_url(cli_server)
+        && !lab
+    {
+        eprintln!(
+            "viking: warning: {cli_server} is plain HTTP: the token crosses the network readable by anyone on it"
+        );
+    }
+    Client::with_tls(cli_server, token, tls).map_err(Failure::from)
+}
+
+/// Whether an `http://HOST:PORT` URL names this machine.
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// An error for the user, with the exit status to use.
@@ -349,9 +406,10 @@ fn path_segment(name: &str) -> Result<&str, Failure> {
 pub async fn dispatch(
     server: &str,
     token: Option<String>,
+    ca: Option<&std::path::Path>,
     command: Command,
 ) -> Result<i32, Failure> {
-    let c = client(server, token)?;
+    let c = client(server, token, ca)?;
     match command {
         Command::Server(_) => Err(Failure::new(2, "`viking server` is started by the binary")),
         Command::Mesh(_) => Err(Failure::new(2, "`viking mesh` is run by the binary")),

@@ -2,6 +2,8 @@
 //! request (the CLI makes a few calls; servers forward rarely), and opens
 //! attached streams through an HTTP upgrade.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -57,33 +59,95 @@ impl ClientError {
     }
 }
 
+/// HTTP/1 over an established stream (plain or TLS), with upgrades.
+async fn handshake<S>(
+    io: S,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    tokio::spawn(async move {
+        // Ends when the response (or upgraded stream) is done.
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
 /// A client of one server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     addr: String,
     token: Option<String>,
+    /// For `https://` servers: whom to trust (the cluster's CA only) and the
+    /// certificate to show. The token is sent only after the server proved
+    /// a certificate from that CA for its address.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Client {
-    /// `server` is `http://HOST:PORT` (or `HOST:PORT`).
+    /// `server` is `http://HOST:PORT` (or `HOST:PORT`); an `https://` server
+    /// needs [`Client::with_tls`].
     pub fn new(server: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let rest = server.strip_prefix("http://").unwrap_or(server);
+        Self::with_tls(server, token, None)
+    }
+
+    /// A client of `server` (`https://HOST:PORT` with `tls`, or plain
+    /// `http://HOST:PORT` without).
+    pub fn with_tls(
+        server: &str,
+        token: Option<String>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, ClientError> {
+        let https = server.starts_with("https://");
+        let rest = server
+            .strip_prefix("https://")
+            .or_else(|| server.strip_prefix("http://"))
+            .unwrap_or(server);
         let addr = rest.trim_end_matches('/');
-        if addr.is_empty()
-            || addr.contains('/')
-            || !addr.contains(':')
-            || server.starts_with("https://")
-        {
+        if addr.is_empty() || addr.contains('/') || !addr.contains(':') {
             return Err(ClientError::BadUrl(server.to_string()));
+        }
+        if https && tls.is_none() {
+            return Err(ClientError::BadUrl(format!(
+                "{server}: an https server needs the cluster's CA (--ca FILE or VIKING_CA)"
+            )));
         }
         Ok(Self {
             addr: addr.to_string(),
             token,
+            tls: if https { tls } else { None },
         })
     }
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// Whether requests go over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The host part of the address, as the server's certificate names it.
+    fn server_name(&self) -> Result<rustls::pki_types::ServerName<'static>, ClientError> {
+        let host = match self.addr.rsplit_once(':') {
+            Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+            None => self.addr.as_str(),
+        };
+        rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|_| ClientError::BadUrl(self.addr.clone()))
     }
 
     async fn connect(
@@ -105,14 +169,28 @@ impl Client {
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        tokio::spawn(async move {
-            // Ends when the response (or upgraded stream) is done.
-            let _ = conn.with_upgrades().await;
-        });
-        Ok(sender)
+        let Some(tls) = &self.tls else {
+            return handshake(tcp).await;
+        };
+        let name = self.server_name()?;
+        let connector = tokio_rustls::TlsConnector::from(tls.clone());
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(ClientError::Connect {
+                    addr: self.addr.clone(),
+                    reason: format!("TLS: {e} (is its certificate from the cluster's CA?)"),
+                })
+            }
+            Err(_) => {
+                return Err(ClientError::Connect {
+                    addr: self.addr.clone(),
+                    reason: format!("no TLS handshake within {CONNECT_TIMEOUT:?}"),
+                })
+            }
+        };
+        handshake(stream).await
     }
 
     fn request(

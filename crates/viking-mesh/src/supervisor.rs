@@ -105,6 +105,15 @@ pub fn server_args(st: &MeshState, dd: &DataDir) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    // The mesh does not serve its API over TLS yet (issue 15): its server
+    // listens on the machine's address in plain HTTP, and says so.
+    if !st
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|l| l.ip().is_loopback())
+    {
+        a.push("--insecure-http".into());
+    }
     if !st.tags.is_empty() {
         a.push("--tags".into());
         a.push(st.tags.join(","));

@@ -48,6 +48,32 @@ pub struct ServerConfig {
     /// What every container of this host is given: log rotation and a
     /// pids limit.
     pub containers: ContainerLimits,
+    /// TLS: the API, the calls between servers and etcd.
+    pub tls: TlsSettings,
+}
+
+/// This server's certificate and the cluster's CA (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `--tls-cert`: this server's certificate, from the cluster's CA.
+    pub cert: PathBuf,
+    /// `--tls-key`: its private key.
+    pub key: PathBuf,
+    /// `--ca`: the cluster's CA: the only issuer this server trusts (for
+    /// other servers, clients that show a certificate, and etcd).
+    pub ca: PathBuf,
+}
+
+/// How the server talks to the network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// With files: the API is served over TLS, other servers are called
+    /// over mutual TLS, and `https://` etcd endpoints are reached with this
+    /// server's certificate.
+    pub files: Option<TlsFiles>,
+    /// `--insecure-http`: serve plain HTTP on an address other than
+    /// loopback anyway (a lab network where anyone may read the token).
+    pub insecure_http: bool,
 }
 
 /// The API's connection cap and timeouts (see `listen`).
@@ -166,10 +192,28 @@ impl ServerConfig {
             ));
         }
         for e in &self.etcd {
-            let rest = e.strip_prefix("http://").unwrap_or(e);
-            if e.starts_with("https://") || !rest.contains(':') || rest.contains('/') {
-                return Err(format!("--etcd {e:?} must look like http://HOST:PORT"));
+            let rest = e
+                .strip_prefix("https://")
+                .or_else(|| e.strip_prefix("http://"))
+                .unwrap_or(e);
+            if !rest.contains(':') || rest.contains('/') {
+                return Err(format!(
+                    "--etcd {e:?} must look like https://HOST:PORT (or http://HOST:PORT)"
+                ));
             }
+            if e.starts_with("https://") && self.tls.files.is_none() {
+                return Err(format!(
+                    "--etcd {e:?}: an https etcd needs this server's certificate (--tls-cert, --tls-key, --ca)"
+                ));
+            }
+        }
+        if self.tls.files.is_none() && !self.tls.insecure_http && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "--listen {}: serving the API in plain HTTP on the network would show the token to \
+                 anyone on it; give --tls-cert, --tls-key and --ca (`viking ca issue`), or \
+                 --insecure-http for a lab network",
+                self.listen
+            ));
         }
         for t in &self.tags {
             if t.is_empty() || t.chars().any(|c| c.is_whitespace() || c == ',') {
@@ -221,10 +265,15 @@ impl ServerConfig {
     /// The URL other servers and clients use to reach this one.
     pub fn api_url(&self) -> String {
         let port = self.listen.port();
-        if self.ip.contains(':') {
-            format!("http://[{}]:{port}", self.ip)
+        let scheme = if self.tls.files.is_some() {
+            "https"
         } else {
-            format!("http://{}:{port}", self.ip)
+            "http"
+        };
+        if self.ip.contains(':') {
+            format!("{scheme}://[{}]:{port}", self.ip)
+        } else {
+            format!("{scheme}://{}:{port}", self.ip)
         }
     }
 }

@@ -67,6 +67,7 @@ pub mod services;
 pub mod standing;
 pub mod state;
 pub mod status;
+pub mod tls;
 pub mod token;
 pub mod volume;
 
@@ -88,6 +89,8 @@ pub struct Shared {
     /// Memory those containers use, in bytes, as of the same resync.
     pub memory_used: std::sync::atomic::AtomicU64,
     pub token: String,
+    /// This server's TLS material (`--tls-cert`), if it serves over TLS.
+    pub tls: Option<tls::Tls>,
     /// This server's identity (`identity::server_id`), in its floki record.
     pub server_id: String,
     /// The cluster this server belongs to (`None` until it joins one) and
@@ -174,13 +177,20 @@ pub async fn prepare(config: ServerConfig) -> anyhow::Result<Prepared> {
     let runtime = DockerRuntime::connect(&config.docker)
         .await
         .context("connecting to Docker")?;
+    let tls = config.tls.files.as_ref().map(tls::load).transpose()?;
+    if config.etcd.iter().any(|e| e.starts_with("http://")) {
+        tracing::warn!(
+            "etcd is reached in plain HTTP: anyone on its network can read and change the cluster; \
+             use https:// endpoints with client certificates (--ca, --tls-cert, --tls-key)"
+        );
+    }
     let store: Arc<dyn Store> = if config.etcd.is_empty() {
         let path = config.data_dir.join("viking.redb");
         EmbeddedStore::open(&path, &config.key)
             .with_context(|| format!("opening the embedded store {}", path.display()))?
     } else {
         Arc::new(
-            EtcdStore::connect(&config.etcd, &config.key)
+            EtcdStore::connect_tls(&config.etcd, &config.key, tls.as_ref().map(|t| &t.etcd))
                 .await
                 .with_context(|| format!("connecting to etcd at {}", config.etcd.join(",")))?,
         )
@@ -198,6 +208,13 @@ pub async fn prepare_with(
     config.validate().map_err(anyhow::Error::msg)?;
     identity::data_dir(&config.data_dir)?;
     let server_id = identity::server_id(&config.data_dir)?;
+    let tls = config.tls.files.as_ref().map(tls::load).transpose()?;
+    if tls.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "--insecure-http: the API and the token travel in plain text on the network"
+        );
+    }
     let cluster = standing::establish(store.as_ref(), &config.data_dir)
         .await
         .context("checking the store's cluster id")?;
@@ -222,6 +239,7 @@ pub async fn prepare_with(
         running: std::sync::atomic::AtomicU64::new(0),
         memory_used: std::sync::atomic::AtomicU64::new(0),
         token,
+        tls,
         server_id,
         cluster: Mutex::new(cluster),
         started_at: now_ms(),
@@ -303,10 +321,21 @@ pub async fn serve(
     };
     let (tasks_tx, tasks_rx) = tokio::sync::oneshot::channel();
     let token: Arc<str> = shared.token.as_str().into();
-    listen::serve(listener, app, token, shared.config.api_limits, async move {
-        let tasks = api_shutdown.await;
-        let _ = tasks_tx.send(tasks);
-    })
+    let acceptor = shared
+        .tls
+        .as_ref()
+        .map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone()));
+    listen::serve(
+        listener,
+        app,
+        token,
+        shared.config.api_limits,
+        acceptor,
+        async move {
+            let tasks = api_shutdown.await;
+            let _ = tasks_tx.send(tasks);
+        },
+    )
     .await;
     tracing::info!("viking server stopping; containers keep running");
     let mut tasks = tasks_rx.await.unwrap_or_default();

@@ -40,7 +40,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION};
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tower_service::Service;
@@ -74,6 +74,7 @@ pub async fn serve(
     app: Router,
     token: Arc<str>,
     limits: ApiLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -124,16 +125,44 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(
-            stream,
+        let (app, token, http, closing, alive) = (
             app.clone(),
             token.clone(),
-            open,
             http.clone(),
             closing.clone(),
-            limits.idle_timeout,
             alive.clone(),
-        ));
+        );
+        let idle = limits.idle_timeout;
+        match &tls {
+            None => {
+                tokio::spawn(connection(
+                    stream, app, token, open, http, closing, idle, alive,
+                ));
+            }
+            Some(acceptor) => {
+                // The handshake counts as the request head: it must end
+                // within the header timeout, and the connection stays
+                // pending (evictable) meanwhile.
+                let acceptor = acceptor.clone();
+                let within = limits.header_timeout;
+                tokio::spawn(async move {
+                    let conn = open.0.clone();
+                    let handshake = tokio::time::timeout(within, acceptor.accept(stream));
+                    let stream = tokio::select! {
+                        r = handshake => match r {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        },
+                        _ = conn.evicted.notified() => return,
+                    };
+                    connection(stream, app, token, open, http, closing, idle, alive).await;
+                });
+            }
+        }
     }
     drop(listener);
     let _ = closing_tx.send(true);
@@ -163,8 +192,8 @@ async fn accept_failed(e: &std::io::Error, registry: &Registry, failed: &mut Log
 /// One connection: hyper's HTTP/1 with upgrades, closed when evicted, when
 /// idle too long, or (gracefully) at shutdown.
 #[allow(clippy::too_many_arguments)]
-async fn connection(
-    stream: TcpStream,
+async fn connection<S>(
+    stream: S,
     app: Router,
     token: Arc<str>,
     open: Open,
@@ -172,7 +201,9 @@ async fn connection(
     mut closing: watch::Receiver<bool>,
     idle_timeout: Duration,
     _alive: mpsc::Sender<()>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let conn = open.0.clone();
     let service = {
         let conn = conn.clone();

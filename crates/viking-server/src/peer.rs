@@ -11,8 +11,12 @@ use crate::Shared;
 
 /// A client of another server of the fleet, with the cluster token.
 pub fn peer(sh: &Shared, host: &HostRecord) -> Result<Client> {
-    Client::new(&host.api, Some(sh.token.clone()))
-        .map_err(|e| ServerError::Upstream(format!("host {}: {e}", host.name)))
+    Client::with_tls(
+        &host.api,
+        Some(sh.token.clone()),
+        sh.tls.as_ref().map(|t| t.client.clone()),
+    )
+    .map_err(|e| ServerError::Upstream(format!("host {}: {e}", host.name)))
 }
 
 /// Ask the chosen host's server to start a job this server claimed.

@@ -62,6 +62,7 @@ impl TestServer {
             embassy_max_connections: viking_embassy::DEFAULT_MAX_CONNECTIONS,
             embassy_idle_timeout: viking_embassy::DEFAULT_IDLE_TIMEOUT,
             containers: Default::default(),
+            tls: Default::default(),
         };
         let engine = FakeRuntime::new();
         engine.add_image("busybox");
@@ -380,6 +381,7 @@ async fn bad_connection_limits_are_refused_naming_the_flag() {
         embassy_max_connections: viking_embassy::DEFAULT_MAX_CONNECTIONS,
         embassy_idle_timeout: viking_embassy::DEFAULT_IDLE_TIMEOUT,
         containers: Default::default(),
+        tls: Default::default(),
     };
     let mut api = base.clone();
     api.api_limits.max_connections = 0;

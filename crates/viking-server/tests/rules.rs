@@ -76,6 +76,7 @@ impl TestServer {
             embassy_max_connections: viking_embassy::DEFAULT_MAX_CONNECTIONS,
             embassy_idle_timeout: viking_embassy::DEFAULT_IDLE_TIMEOUT,
             containers: Default::default(),
+            tls: Default::default(),
         };
         let engine = FakeRuntime::new();
         engine.add_image("busybox");

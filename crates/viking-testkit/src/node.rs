@@ -116,6 +116,8 @@ impl Node {
         cmd.arg("--server")
             .arg(self.url())
             .env("VIKING_TOKEN", &self.shared.token)
+            // The harness's servers are --insecure-http: no warning.
+            .env("VIKING_INSECURE_HTTP", "1")
             .args(args);
         run_with_stdin(&mut cmd, stdin)
             .unwrap_or_else(|e| panic!("cannot run viking CLI {}: {e:#}", bin.display()))
@@ -257,6 +259,8 @@ impl Node {
             self.shared.etcd_endpoint.clone(),
             "--data-dir".into(),
             "/var/lib/viking".into(),
+            // The harness's network is the test's own (not TLS yet).
+            "--insecure-http".into(),
         ];
         if let Some(tags) = o.tags.get(self.index).filter(|t| !t.is_empty()) {
             args.push("--tags".into());

@@ -69,6 +69,15 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
         },
         health_interval: secs(a.health_interval, "--health-interval")?
             .max(Duration::from_millis(100)),
+        tls: viking_server::config::TlsSettings {
+            files: match (a.tls_cert, a.tls_key, a.ca) {
+                (Some(cert), Some(key), Some(ca)) => {
+                    Some(viking_server::config::TlsFiles { cert, key, ca })
+                }
+                _ => None,
+            },
+            insecure_http: a.insecure_http,
+        },
     })
 }
 
@@ -220,13 +229,16 @@ fn main() {
                     eprintln!("viking: {e}");
                     2
                 }
-                Ok(token) => match viking_cli::dispatch(&cli.server, token, command).await {
-                    Ok(code) => code,
-                    Err(f) => {
-                        eprintln!("viking: {}", f.message);
-                        f.code
+                Ok(token) => {
+                    match viking_cli::dispatch(&cli.server, token, cli.ca.as_deref(), command).await
+                    {
+                        Ok(code) => code,
+                        Err(f) => {
+                            eprintln!("viking: {}", f.message);
+                            f.code
+                        }
                     }
-                },
+                }
             },
         }
     });

@@ -1,6 +1,6 @@
 //! What the single-host tests share: this crate's `viking` binary, the job
 //! image, and starting a [`LocalServer`] (the harness itself lives in
-//! viking-testkit).
+//! viking-testkit). Each test binary uses part of it.
 
 pub use std::time::Duration;
 pub use viking_testkit::local::{free_port, LocalServer};
