@@ -30,8 +30,13 @@ pub struct ServerConfig {
     /// How often the full Docker resync (and the reconciler's periodic
     /// round) runs.
     pub resync: Duration,
-    /// The reconciler's restart backoff and timeouts.
+    /// The reconciler's restart backoff and timeouts (`--start-timeout`:
+    /// `policy.start_timeout_ms`).
     pub policy: viking_core::reconcile::Policy,
+    /// The deadline of a control call to another server, and how long a
+    /// start forwarded to one may wait for its answer to begin
+    /// (`--peer-timeout`, default 10 s).
+    pub peer_timeout: Duration,
     /// How often health checks run.
     pub health_interval: Duration,
     /// The cluster-wide range of ambassador ports (the same on every server).
@@ -154,6 +159,12 @@ impl ServerConfig {
             return Err(format!(
                 "--embassy-ports {lo}-{hi} must be a range LOW-HIGH within 1-65535"
             ));
+        }
+        if self.peer_timeout < Duration::from_millis(100) {
+            return Err("--peer-timeout must be at least 0.1s".to_string());
+        }
+        if self.policy.start_timeout_ms < 1_000 {
+            return Err("--start-timeout must be at least 1s".to_string());
         }
         if self.host_ttl < Duration::from_secs(1) {
             return Err("--host-ttl must be at least 1s".to_string());

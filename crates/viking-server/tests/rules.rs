@@ -69,6 +69,7 @@ impl TestServer {
             host_ttl: ttl,
             resync: Duration::from_secs(30),
             policy: Default::default(),
+            peer_timeout: Duration::from_secs(10),
             health_interval: Duration::from_secs(30),
             embassy_ports: (41000, 41009),
             embassy_bind: Some("127.0.0.1".parse().expect("ip")),
