@@ -10,10 +10,11 @@
 //!
 //! For each daemonized job in proc:
 //! - running on a live host: nothing to do;
-//! - starting on a live host: nothing to do while the server that claimed
-//!   the start is alive and the start timeout has not passed; once that
-//!   server is gone (it died between its claim and the start, or while
-//!   forwarding it), started again at once, without a backoff;
+//! - starting: nothing to do while the server that claimed the start is
+//!   alive and the start timeout has not passed (that server places it
+//!   again itself if the chosen host is gone); once that server is gone (it
+//!   died between its claim and the start, or while forwarding it), started
+//!   again at once, without a backoff;
 //! - exited, failed, vanished on a live host: start it again, after an
 //!   exponential backoff that grows while it keeps failing and resets after
 //!   a stable run, so a crash loop never starves other work;
@@ -150,14 +151,30 @@ fn needs_start(
     let mut wake = |t: u64| {
         *wake_at = Some(wake_at.map_or(t, |w: u64| w.min(t)));
     };
+    let start_deadline = |p: &PsRecord| p.created_at.saturating_add(policy.start_timeout_ms);
     match ps {
         None => Some((0, 0)),
+        // A start whose claimant lives is that server's to finish, or to
+        // place again when its host is gone, until the start timeout.
+        Some(p)
+            if p.status == Status::Starting
+                && p.claimed_by.as_deref().is_some_and(|c| alive.contains(c)) =>
+        {
+            let deadline = start_deadline(p);
+            if now < deadline {
+                wake(deadline);
+                None
+            } else {
+                Some((p.restarts + 1, p.crash_streak + 1))
+            }
+        }
         Some(p) if alive.contains(p.node.as_str()) => {
             if is_live(&p.status) {
                 None
             } else if p.status == Status::Starting {
-                let claimant_gone = p.claimed_by.as_deref().is_some_and(|c| !alive.contains(c));
-                let deadline = p.created_at.saturating_add(policy.start_timeout_ms);
+                // Its claimant, if it names one, is gone (see above).
+                let claimant_gone = p.claimed_by.is_some();
+                let deadline = start_deadline(p);
                 if claimant_gone {
                     // Nobody carries the start out any more: not the
                     // job's fault, so no backoff.
@@ -472,6 +489,17 @@ mod tests {
         // A record from before claimants were named waits for the timeout.
         s.ps.get_mut("a").unwrap().claimed_by = None;
         assert!(plan(&s, &pol, 2_000).actions.is_empty());
+        // The start's host is gone but its claimant lives: the claimant
+        // places it again (no second start from the reconciler) until the
+        // start timeout.
+        s.hosts[1].alive = true;
+        s.hosts[0].alive = false;
+        s.ps.get_mut("a").unwrap().claimed_by = Some("n2".into());
+        assert!(plan(&s, &pol, 2_000).actions.is_empty());
+        assert_eq!(
+            plan(&s, &pol, 1_000 + pol.start_timeout_ms).actions.len(),
+            1
+        );
     }
 
     /// Apply a plan the way the executor does, with each start succeeding.
@@ -577,10 +605,10 @@ mod tests {
 
     proptest! {
         /// A start in flight is left alone exactly while the server that
-        /// claimed it is alive (and the start timeout has not passed) and
-        /// its host is alive; otherwise it is started again in this very
-        /// round (when any host can take it), never twice, and without a
-        /// backoff unless it timed out.
+        /// claimed it is alive and the start timeout has not passed (it
+        /// places the job again itself if its host is gone); otherwise it
+        /// is started again in this very round (when any host can take
+        /// it), never twice, and without a backoff unless it timed out.
         #[test]
         fn a_start_is_retried_as_soon_as_its_claimant_is_gone((s, now) in arb_starts()) {
             let pol = Policy::default();
@@ -589,8 +617,11 @@ mod tests {
             let any_alive = s.hosts.iter().any(|h| h.alive);
             for (name, r) in &s.ps {
                 let timed_out = now >= r.created_at + pol.start_timeout_ms;
-                let claimant_gone = r.claimed_by.as_deref().is_some_and(|c| !alive(c));
-                let left = alive(&r.node) && !claimant_gone && !timed_out;
+                let claimant_alive = r.claimed_by.as_deref().is_some_and(alive);
+                // Records from before claimants were named: their host's
+                // liveness decides.
+                let owned = claimant_alive || (r.claimed_by.is_none() && alive(&r.node));
+                let left = owned && !timed_out;
                 let starts: Vec<_> = p.actions.iter().filter(|a| a.job() == name).collect();
                 prop_assert!(starts.len() <= 1);
                 if left {
@@ -599,7 +630,7 @@ mod tests {
                     match starts.first() {
                         Some(Action::Start { node, crash_streak, .. }) => {
                             prop_assert!(alive(node));
-                            let penalty = u32::from(alive(&r.node) && !claimant_gone && timed_out);
+                            let penalty = u32::from(owned && timed_out);
                             prop_assert_eq!(*crash_streak, r.crash_streak + penalty);
                         }
                         other => prop_assert!(false, "{name} not started again: {other:?}"),
