@@ -116,8 +116,9 @@ pub async fn run_daemon(
 
 /// Start a claimed daemonized job where it was placed; on failure take it
 /// out of proc again, unless the claim has moved on meanwhile (the
-/// reconciler started the job elsewhere while a slow host kept this start
-/// waiting): a job that runs is never taken out by a start that failed.
+/// reconciler started the job again because this start outlived
+/// `--start-timeout`, or this server left floki while it waited on a slow
+/// host): a job that runs is never taken out by a start that failed.
 pub async fn run_claimed(
     sh: &Shared,
     job: Job,
@@ -163,6 +164,10 @@ pub async fn run_claimed(
                 Ok(r) if r.succeeded => {}
                 Ok(_) => {
                     tracing::warn!(job = %job.name, "the start failed ({e}), but the job has moved on since its claim: left as it is");
+                    return Err(ServerError::Conflict(format!(
+                        "{e}; job {:?} was started again since (see `viking ps -a`)",
+                        job.name
+                    )));
                 }
                 Err(de) => {
                     tracing::error!(job = %job.name, "could not take the failed job out of viking-proc: {de}");

@@ -1306,3 +1306,35 @@ async fn a_failed_run_never_removes_a_job_that_moved_on() {
     assert_eq!(n1.containers_of("x"), 1, "x runs on n1");
     assert_eq!(n2.containers_of("x"), 0, "n2 removed its stale copy");
 }
+
+/// A progress stream says something at least every few seconds (a blank
+/// heartbeat line while the start is quiet), so a client can tell a slow
+/// start from a stopped server.
+#[tokio::test]
+async fn a_quiet_start_sends_heartbeats() {
+    use tokio::io::AsyncReadExt;
+    let s = TestServer::start().await;
+    let quiet = viking_client::api::HEARTBEAT + Duration::from_secs(1);
+    s.engine.set_start_delay(quiet);
+    let body = s
+        .client
+        .stream(
+            Method::POST,
+            &viking_client::routes::run_with_progress(),
+            Some(br#"{"name":"slow","image":"busybox","daemonize":true}"#.to_vec()),
+        )
+        .await
+        .expect("progress");
+    let mut text = String::new();
+    viking_client::body::reader(body)
+        .read_to_string(&mut text)
+        .await
+        .expect("the whole answer");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.iter().any(|l| l.is_empty()), "a heartbeat: {text}");
+    assert!(
+        lines.last().is_some_and(|l| l.starts_with("{\"done\"")),
+        "ends with the result: {text}"
+    );
+    assert_eq!(s.containers_of("slow"), 1);
+}
