@@ -186,7 +186,41 @@ impl ServerConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::ContainerLimits;
+    use super::{ContainerLimits, ServerConfig};
+    use std::time::Duration;
+
+    fn config() -> ServerConfig {
+        ServerConfig {
+            name: "n1".to_string(),
+            ip: "127.0.0.1".to_string(),
+            listen: "127.0.0.1:8791".parse().expect("addr"),
+            etcd: vec![],
+            key: "/viking".to_string(),
+            tags: vec![],
+            data_dir: "/var/lib/viking".into(),
+            docker: "unix:///var/run/docker.sock".to_string(),
+            token: None,
+            host_ttl: Duration::from_secs(3),
+            resync: Duration::from_secs(10),
+            policy: Default::default(),
+            peer_timeout: Duration::from_secs(10),
+            health_interval: Duration::from_secs(2),
+            embassy_ports: (20000, 29999),
+            embassy_bind: None,
+            containers: ContainerLimits::default(),
+        }
+    }
+
+    #[test]
+    fn the_timeouts_are_checked_naming_the_flag() {
+        assert_eq!(config().validate(), Ok(()));
+        let mut c = config();
+        c.peer_timeout = Duration::from_millis(10);
+        assert!(c.validate().unwrap_err().contains("--peer-timeout"));
+        let mut c = config();
+        c.policy.start_timeout_ms = 0;
+        assert!(c.validate().unwrap_err().contains("--start-timeout"));
+    }
 
     #[test]
     fn container_limits_are_checked_naming_the_flag() {
