@@ -20,8 +20,11 @@
 //! removed and run again with another spec. The `starting` record it
 //! writes names this server as the claimant, and its revision travels with
 //! the start to the chosen host, which starts the container only while
-//! that record holds. A leader stops acting (its tasks are aborted) as
-//! soon as it sees its leadership or its lease lost.
+//! that record holds. A leader stops acting as soon as it sees its
+//! leadership or its lease lost: no action begins after that; a start it
+//! already claimed goes on to its end (the claim names this server, so
+//! no other leader starts that job while this server lives, and the
+//! chosen host checks the claim again).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -42,10 +45,14 @@ pub const PARALLEL_STARTS: usize = 8;
 
 /// The leader's actions in flight: their tasks, a slot each, and the jobs
 /// they are for (a job gets no second action while one is in flight).
+/// Dropping it aborts them.
 pub struct InFlight {
     tasks: tokio::task::JoinSet<()>,
     slots: Arc<tokio::sync::Semaphore>,
     jobs: Arc<Mutex<BTreeSet<String>>>,
+    /// Whether this server leads: an action that gets its slot after the
+    /// term ended does nothing.
+    leading: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for InFlight {
@@ -54,11 +61,17 @@ impl Default for InFlight {
             tasks: tokio::task::JoinSet::new(),
             slots: Arc::new(tokio::sync::Semaphore::new(PARALLEL_STARTS)),
             jobs: Arc::default(),
+            leading: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
     }
 }
 
 impl InFlight {
+    fn set_leading(&self, leading: bool) {
+        self.leading
+            .store(leading, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Whether an action for `job` is in flight.
     pub fn has(&self, job: &str) -> bool {
         self.jobs.lock().is_ok_and(|j| j.contains(job))
@@ -88,12 +101,15 @@ impl InFlight {
             jobs: self.jobs.clone(),
         };
         let slots = self.slots.clone();
+        let leading = self.leading.clone();
         self.tasks.spawn(async move {
             let _done = done;
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
             };
-            work.await;
+            if leading.load(std::sync::atomic::Ordering::SeqCst) {
+                work.await;
+            }
         });
     }
 }
@@ -116,10 +132,15 @@ impl Drop for Done {
 /// Campaign, and reconcile while leader, until shutdown.
 pub async fn run(sh: Arc<Shared>) {
     let mut shutdown = sh.shutdown.clone();
+    // Kept across terms: a start already claimed goes on to its end when
+    // a term ends (the claim names this server, so nobody else starts the
+    // job meanwhile); actions not begun yet are dropped. Aborted at
+    // shutdown.
+    let mut in_flight = InFlight::default();
     loop {
         tokio::select! {
             _ = crate::stopped(&mut shutdown) => return,
-            r = campaign_and_lead(&sh) => {
+            r = campaign_and_lead(&sh, &mut in_flight) => {
                 if let Err(e) = r {
                     tracing::warn!("reconciler: {e}");
                 }
@@ -132,7 +153,7 @@ pub async fn run(sh: Arc<Shared>) {
     }
 }
 
-async fn campaign_and_lead(sh: &Arc<Shared>) -> Result<(), StoreError> {
+async fn campaign_and_lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result<(), StoreError> {
     let ttl = sh.config.host_ttl;
     let lease = sh.store.lease_grant(ttl).await?;
     let keep = spawn_keep_alive(sh.store.clone(), lease, ttl);
@@ -142,19 +163,28 @@ async fn campaign_and_lead(sh: &Arc<Shared>) -> Result<(), StoreError> {
         _ = keep.lost() => return Ok(()),
     };
     tracing::info!(name = %sh.config.name, "leader: reconciling the cluster");
-    tokio::select! {
-        _ = leadership.lost() => tracing::warn!("lost leadership"),
-        _ = keep.lost() => tracing::warn!("leader lease lost"),
-        r = lead(sh) => r?,
-    }
-    // Stop acting at once; let the lease go so another server takes over.
+    in_flight.set_leading(true);
+    let ended = tokio::select! {
+        _ = leadership.lost() => {
+            tracing::warn!("lost leadership");
+            Ok(())
+        }
+        _ = keep.lost() => {
+            tracing::warn!("leader lease lost");
+            Ok(())
+        }
+        r = lead(sh, in_flight) => r,
+    };
+    // Stop acting at once (no action not begun yet begins); let the lease
+    // go so another server takes over.
+    in_flight.set_leading(false);
     keep.abort();
     let _ = sh.store.lease_revoke(lease).await;
-    Ok(())
+    ended
 }
 
 /// The leader's loop: reconcile on every change, on time, and on backoffs.
-async fn lead(sh: &Arc<Shared>) -> Result<(), StoreError> {
+async fn lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result<(), StoreError> {
     let rev = sh.store.revision().await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut watchers = tokio::task::JoinSet::new();
@@ -171,11 +201,9 @@ async fn lead(sh: &Arc<Shared>) -> Result<(), StoreError> {
         });
     }
     drop(tx);
-    // Dropped (its tasks aborted) when leadership ends.
-    let mut in_flight = InFlight::default();
     let mut wake_at: Option<u64> = None;
     loop {
-        match reconcile_round(sh, &mut in_flight).await {
+        match reconcile_round(sh, in_flight).await {
             Ok(w) => wake_at = w,
             Err(e) => tracing::warn!("reconcile: {}", e),
         }
