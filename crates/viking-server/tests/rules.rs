@@ -1338,3 +1338,39 @@ async fn a_quiet_start_sends_heartbeats() {
     );
     assert_eq!(s.containers_of("slow"), 1);
 }
+
+/// A start that reaches its host after its claim moved on (the host's
+/// server was stopped while the job went elsewhere) creates nothing there.
+#[tokio::test]
+async fn a_start_whose_claim_moved_on_creates_no_container() {
+    let (n1, n2) = two_hosts().await;
+    let r = n1
+        .run(r#"{"name":"x","image":"busybox","daemonize":true,"host":"n2"}"#)
+        .await
+        .expect("run on n2");
+    assert_eq!(r.ps.expect("ps").node, "n2");
+    // The claim that once asked n2 to start x, long superseded by the
+    // record of its start.
+    let store = n1.shared.store.clone();
+    let (_, now) = ps_of(store.as_ref(), "x").await.expect("ps");
+    let stale = now - 1;
+    n2.engine.clear_calls();
+    let doc = serde_json::to_vec(&r.job).expect("doc");
+    let e = n2
+        .client
+        .start_placed(doc, Some(stale), &|_| {})
+        .await
+        .expect_err("a stale claim is refused");
+    assert_eq!(status(e), 409);
+    assert!(
+        n2.engine.calls().iter().all(|c| !matches!(
+            c,
+            viking_docker::fake::Call::Create(_)
+                | viking_docker::fake::Call::Start(_)
+                | viking_docker::fake::Call::Remove { .. }
+        )),
+        "{:?}",
+        n2.engine.calls()
+    );
+    assert_eq!(n2.containers_of("x"), 1, "the running copy is untouched");
+}
