@@ -206,6 +206,14 @@ pub struct ServerArgs {
     /// The longest restart delay, in seconds.
     #[arg(long, env = "VIKING_BACKOFF_MAX", default_value_t = 60.0)]
     pub backoff_max: f64,
+    /// Seconds after which a start that has not finished (still `starting`
+    /// while the server that claimed it is alive) is tried again.
+    #[arg(long, env = "VIKING_START_TIMEOUT", default_value_t = 300.0)]
+    pub start_timeout: f64,
+    /// Seconds a call to another server may take (a start forwarded to it:
+    /// until its answer begins) before that server counts as unreachable.
+    #[arg(long, env = "VIKING_PEER_TIMEOUT", default_value_t = 10.0)]
+    pub peer_timeout: f64,
     /// Seconds between health checks of this host's jobs.
     #[arg(long, env = "VIKING_HEALTH_INTERVAL", default_value_t = 2.0)]
     pub health_interval: f64,

@@ -118,6 +118,11 @@ pub struct InspectResponse {
     pub services: Vec<ServicePort>,
 }
 
+/// How often a server writes a blank line into a newline-delimited answer
+/// (the progress of a start, a push) while it has nothing else to say, so
+/// its client can tell a slow step from a stopped server.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The longest wait a request may ask for, in seconds (a stop's grace
 /// period, a push's settle time): one day. Longer is refused, not clamped.
 pub const MAX_WAIT_SECONDS: u64 = 86_400;

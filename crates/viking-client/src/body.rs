@@ -2,6 +2,13 @@
 //! ([`reader`]), and newline-delimited JSON read line by line
 //! ([`NdjsonLines`], for `progress=true` runs and pushes). Attached-stream
 //! frames over a body are in [`crate::frame::body_frames`].
+//!
+//! A newline-delimited answer may carry blank lines: the server's
+//! heartbeats (every [`crate::api::HEARTBEAT`]), skipped here. With an idle
+//! time ([`NdjsonLines::with_idle`]), reading fails when no byte at all
+//! arrives for that long: the server is stopped or cut off.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{MapErr, StreamExt, TryStreamExt};
@@ -31,6 +38,8 @@ pub fn reader(body: Incoming) -> BodyReader {
 /// The lines of a newline-delimited JSON answer.
 pub struct NdjsonLines<R = BodyReader> {
     lines: FramedRead<R, LinesCodec>,
+    /// The server's address and how long it may stay silent.
+    idle: Option<(String, Duration)>,
 }
 
 impl NdjsonLines {
@@ -43,13 +52,43 @@ impl<R: AsyncRead + Unpin> NdjsonLines<R> {
     pub fn from_reader(r: R) -> Self {
         Self {
             lines: FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LINE)),
+            idle: None,
         }
     }
 
-    /// The next line as the server wrote it (without its newline); `None`
-    /// when the answer ends.
+    /// Fail a read when the server at `addr` sends nothing (not even a
+    /// heartbeat) for `idle`.
+    pub fn with_idle(mut self, addr: &str, idle: Duration) -> Self {
+        self.idle = Some((addr.to_string(), idle));
+        self
+    }
+
+    /// The next line as the server wrote it (without its newline), skipping
+    /// heartbeats; `None` when the answer ends.
     pub async fn next_line(&mut self) -> Result<Option<String>, ClientError> {
-        match self.lines.next().await {
+        loop {
+            match self.next_raw().await? {
+                Some(line) if line.trim().is_empty() => continue,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    async fn next_raw(&mut self) -> Result<Option<String>, ClientError> {
+        let next = match &self.idle {
+            None => self.lines.next().await,
+            Some((addr, idle)) => match tokio::time::timeout(*idle, self.lines.next()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    return Err(ClientError::Timeout {
+                        addr: addr.clone(),
+                        what: "a byte of its answer",
+                        after: *idle,
+                    })
+                }
+            },
+        };
+        match next {
             None => Ok(None),
             Some(Ok(line)) => Ok(Some(line)),
             Some(Err(LinesCodecError::MaxLineLengthExceeded)) => Err(ClientError::Http(format!(
@@ -86,6 +125,31 @@ mod tests {
         // The last line needs no newline.
         assert_eq!(r.next_line().await.unwrap().as_deref(), Some("{\"a\":3}"));
         assert_eq!(r.next_line().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn heartbeats_are_skipped() {
+        let text = b"\n{\"a\":1}\n\n\n{\"a\":2}\n\n";
+        let mut r = NdjsonLines::from_reader(&text[..]);
+        assert_eq!(r.next_line().await.unwrap().as_deref(), Some("{\"a\":1}"));
+        assert_eq!(r.next_line().await.unwrap().as_deref(), Some("{\"a\":2}"));
+        assert_eq!(r.next_line().await.unwrap(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_server_fails_the_read_after_the_idle_time() {
+        // One line, then nothing ever again (the writer is kept open).
+        let (mut w, r) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut w, b"{\"a\":1}\n")
+            .await
+            .unwrap();
+        let mut r = NdjsonLines::from_reader(r).with_idle("n2:1", Duration::from_secs(30));
+        assert!(r.next_line().await.unwrap().is_some());
+        let started = tokio::time::Instant::now();
+        let e = r.next_line().await.unwrap_err();
+        assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        drop(w);
     }
 
     #[tokio::test]

@@ -1,6 +1,21 @@
 //! [`Client`]: talks to a viking server's HTTP API, one connection per
 //! request (the CLI makes a few calls; servers forward rarely), and opens
 //! attached streams through an HTTP upgrade.
+//!
+//! No call waits forever on a peer that accepts and never answers (a
+//! stopped server, a silent partition): connecting has [`CONNECT_TIMEOUT`];
+//! a control call (request and whole answer) has a deadline
+//! ([`CALL_DEADLINE`] by default, [`Client::with_deadline`]; calls whose
+//! work is long by nature, a stop's grace period, a pull, a push's settle
+//! time, get that much more); a streamed answer must begin within the
+//! deadline, and a newline-delimited one (the progress of a start, a push)
+//! then fails when no byte arrives for [`STREAM_IDLE`]
+//! ([`Client::with_stream_idle`]; servers send a blank heartbeat line
+//! every few seconds). Attached sessions and `logs -f` may be silent for
+//! as long as their job is, so after their answer begins only TCP
+//! keepalive (on every connection) notices a peer that is gone.
+
+use std::time::Duration;
 
 use std::sync::Arc;
 
@@ -24,7 +39,30 @@ use crate::body::NdjsonLines;
 use crate::routes;
 
 /// How long connecting to a server may take.
-pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a control call may take by default, from connecting to the
+/// last byte of its answer.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long a newline-delimited answer (progress, push) may go without a
+/// byte by default; servers send a heartbeat line every
+/// [`crate::api::HEARTBEAT`].
+pub const STREAM_IDLE: Duration = Duration::from_secs(30);
+
+/// How long a pull may take, on top of the deadline, in a call that pulls
+/// (a push's resolve).
+pub const PULL_ALLOWANCE: Duration = Duration::from_secs(600);
+
+/// How long a push's replacement may take besides its settle time (the old
+/// container's stop, the new one's health checks), on top of the deadline.
+pub const REPLACE_ALLOWANCE: Duration = Duration::from_secs(180);
+
+/// TCP keepalive on every connection: the first probe after this much
+/// silence, then [`KEEPALIVE_RETRIES`] more this far apart, so a peer that
+/// is gone is noticed within about half a minute even on a quiet stream.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 4;
 
 /// The bidirectional byte stream of an attached job.
 pub type AttachedIo = TokioIo<hyper::upgrade::Upgraded>;
@@ -44,6 +82,16 @@ pub enum ClientError {
         message: String,
         /// The server's machine-readable cause, if it gave one.
         reason: Option<ErrorReason>,
+    },
+    /// The server accepted the connection but did not answer in time (it
+    /// may be stopped or cut off): like an unreachable server, the work
+    /// may go elsewhere.
+    #[error("the viking server at {addr} did not answer {what} within {after:?}")]
+    Timeout {
+        addr: String,
+        /// What was awaited: "the request", "a byte of its answer".
+        what: &'static str,
+        after: Duration,
     },
     #[error("talking to the viking server: {0}")]
     Http(String),
@@ -85,6 +133,8 @@ pub struct Client {
     /// certificate to show. The token is sent only after the server proved
     /// a certificate from that CA for its address.
     tls: Option<Arc<rustls::ClientConfig>>,
+    deadline: Duration,
+    stream_idle: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -128,7 +178,22 @@ impl Client {
             addr: addr.to_string(),
             token,
             tls: if https { tls } else { None },
+            deadline: CALL_DEADLINE,
+            stream_idle: STREAM_IDLE,
         })
+    }
+
+    /// The deadline of a control call (and of the start of a streamed
+    /// answer).
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// How long a newline-delimited answer may go without a byte.
+    pub fn with_stream_idle(mut self, idle: Duration) -> Self {
+        self.stream_idle = idle;
+        self
     }
 
     pub fn addr(&self) -> &str {
@@ -150,6 +215,30 @@ impl Client {
             .map_err(|_| ClientError::BadUrl(self.addr.clone()))
     }
 
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    fn timeout(&self, what: &'static str, after: Duration) -> ClientError {
+        ClientError::Timeout {
+            addr: self.addr.clone(),
+            what,
+            after,
+        }
+    }
+
+    /// `fut` within `after`, or [`ClientError::Timeout`].
+    async fn within<T>(
+        &self,
+        after: Duration,
+        what: &'static str,
+        fut: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        tokio::time::timeout(after, fut)
+            .await
+            .map_err(|_| self.timeout(what, after))?
+    }
+
     async fn connect(
         &self,
     ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError> {
@@ -169,6 +258,16 @@ impl Client {
             }
         };
         let _ = tcp.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE)
+            .with_interval(KEEPALIVE)
+            .with_retries(KEEPALIVE_RETRIES);
+        if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
+            return Err(ClientError::Connect {
+                addr: self.addr.clone(),
+                reason: format!("enabling TCP keepalive: {e}"),
+            });
+        }
         let Some(tls) = &self.tls else {
             return handshake(tcp).await;
         };
@@ -213,8 +312,23 @@ impl Client {
             .map_err(|e| ClientError::Http(e.to_string()))
     }
 
-    /// Send a request; any status is returned as is.
+    /// Send a request; any status is returned as is, once its head
+    /// arrived within the deadline (the body is the caller's to read).
     pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        self.within(
+            self.deadline,
+            "the request",
+            self.send_now(method, path, body),
+        )
+        .await
+    }
+
+    async fn send_now(
         &self,
         method: Method,
         path: &str,
@@ -228,17 +342,42 @@ impl Client {
             .map_err(|e| ClientError::Http(e.to_string()))
     }
 
-    /// Send a request and read a JSON answer; an error status becomes
-    /// [`ClientError::Api`] with the server's message.
+    /// Send a request and read its whole answer within `after`.
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        after: Duration,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        self.within(after, "the request", async {
+            let resp = self.send_now(method, path, body).await?;
+            let status = resp.status();
+            Ok((status, read_body(resp).await?))
+        })
+        .await
+    }
+
+    /// Send a request and read a JSON answer within the deadline; an error
+    /// status becomes [`ClientError::Api`] with the server's message.
     pub async fn json<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, ClientError> {
-        let resp = self.send(method, path, body).await?;
-        let status = resp.status();
-        let bytes = read_body(resp).await?;
+        self.json_within(method, path, body, self.deadline).await
+    }
+
+    /// [`Client::json`] for a call whose work takes up to `after`.
+    async fn json_within<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        after: Duration,
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = self.exchange(method, path, body, after).await?;
         if !status.is_success() {
             return Err(api_error(status, &bytes));
         }
@@ -246,17 +385,25 @@ impl Client {
             .map_err(|e| ClientError::Http(format!("unexpected answer: {e}")))
     }
 
-    /// Send a request whose answer has no body of interest; an error status
-    /// becomes [`ClientError::Api`].
+    /// Send a request whose answer has no body of interest, within the
+    /// deadline; an error status becomes [`ClientError::Api`].
     pub async fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(), ClientError> {
-        let resp = self.send(method, path, body).await?;
-        let status = resp.status();
-        let bytes = read_body(resp).await?;
+        self.call_within(method, path, body, self.deadline).await
+    }
+
+    async fn call_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        after: Duration,
+    ) -> Result<(), ClientError> {
+        let (status, bytes) = self.exchange(method, path, body, after).await?;
         if !status.is_success() {
             return Err(api_error(status, &bytes));
         }
@@ -274,10 +421,24 @@ impl Client {
         let resp = self.send(method, path, body).await?;
         let status = resp.status();
         if !status.is_success() {
-            let bytes = read_body(resp).await?;
+            let bytes = self
+                .within(self.deadline, "its error", read_body(resp))
+                .await?;
             return Err(api_error(status, &bytes));
         }
         Ok(resp.into_body())
+    }
+
+    /// A newline-delimited answer, failing when no byte arrives for the
+    /// stream's idle time.
+    async fn lines(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<NdjsonLines, ClientError> {
+        let answer = self.stream(method, path, body).await?;
+        Ok(NdjsonLines::new(answer).with_idle(&self.addr, self.stream_idle))
     }
 
     /// POST a job to a `progress=true` path and follow its progress lines
@@ -288,8 +449,7 @@ impl Client {
         doc: Vec<u8>,
         on_progress: &(dyn Fn(String) + Sync),
     ) -> Result<RunResponse, ClientError> {
-        let body = self.stream(Method::POST, path, Some(doc)).await?;
-        let mut lines = NdjsonLines::new(body);
+        let mut lines = self.lines(Method::POST, path, Some(doc)).await?;
         while let Some((line, _)) = lines.next::<ProgressLine>().await? {
             match line {
                 ProgressLine::Progress(p) => on_progress(p),
@@ -324,20 +484,25 @@ impl Client {
             hyper::header::UPGRADE,
             hyper::header::HeaderValue::from_static(ATTACH_PROTOCOL),
         );
-        let mut sender = self.connect().await?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        let status = resp.status();
-        if status != StatusCode::SWITCHING_PROTOCOLS {
-            let bytes = read_body(resp).await?;
-            return Err(api_error(status, &bytes));
-        }
-        let upgraded = hyper::upgrade::on(resp)
-            .await
-            .map_err(|e| ClientError::Http(format!("upgrading the connection: {e}")))?;
-        Ok(TokioIo::new(upgraded))
+        // The session may be silent for as long as its job is: only its
+        // opening has the deadline (and the connection TCP keepalive).
+        self.within(self.deadline, "the request to attach", async {
+            let mut sender = self.connect().await?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| ClientError::Http(e.to_string()))?;
+            let status = resp.status();
+            if status != StatusCode::SWITCHING_PROTOCOLS {
+                let bytes = read_body(resp).await?;
+                return Err(api_error(status, &bytes));
+            }
+            let upgraded = hyper::upgrade::on(resp)
+                .await
+                .map_err(|e| ClientError::Http(format!("upgrading the connection: {e}")))?;
+            Ok(TokioIo::new(upgraded))
+        })
+        .await
     }
 }
 
@@ -377,8 +542,11 @@ impl Client {
     /// Stop a job (killed after `timeout` seconds) and take it out of
     /// viking-proc; what is known of it afterwards.
     pub async fn stop(&self, name: &str, timeout: i64) -> Result<InspectResponse, ClientError> {
-        self.json(Method::POST, &routes::stop(job_name(name)?, timeout), None)
-            .await
+        // The grace period, then a forward to the job's host, which has
+        // its own deadline.
+        let after = Duration::from_secs(timeout.max(0) as u64) + 2 * self.deadline;
+        let path = routes::stop(job_name(name)?, timeout);
+        self.json_within(Method::POST, &path, None, after).await
     }
 
     /// Remove a job and its record (`force`: a running one too).
@@ -390,7 +558,10 @@ impl Client {
     /// last ran on) and its history too.
     pub async fn rm_with(&self, name: &str, force: bool, volumes: bool) -> Result<(), ClientError> {
         let path = routes::rm_with(job_name(name)?, force, volumes);
-        self.call(Method::DELETE, &path, None).await
+        // Forwarded to the job's host, and with `volumes` maybe on to the
+        // host of its data: each hop has its own deadline.
+        self.call_within(Method::DELETE, &path, None, 3 * self.deadline)
+            .await
     }
 
     /// A job's output: a body of [`crate::frame`]s (read them with
@@ -427,7 +598,10 @@ impl Client {
 
     /// Rebuild the store's records from the fleet's containers.
     pub async fn recover(&self, req: &RecoverRequest) -> Result<RecoverSummary, ClientError> {
-        self.json(Method::POST, routes::RECOVER, Some(to_json(req)?))
+        // It asks every live host for its containers, each within the
+        // deadline.
+        let after = 6 * self.deadline;
+        self.json_within(Method::POST, routes::RECOVER, Some(to_json(req)?), after)
             .await
     }
 
@@ -440,18 +614,20 @@ impl Client {
     /// A code push: its answer, line by line ([`PushLine`]s).
     pub async fn push(&self, req: &PushRequest) -> Result<NdjsonLines, ClientError> {
         let body = to_json(req)?;
-        let answer = self.stream(Method::POST, routes::PUSH, Some(body)).await?;
-        Ok(NdjsonLines::new(answer))
+        self.lines(Method::POST, routes::PUSH, Some(body)).await
     }
 
     /// Between servers: start a job this server placed on that one (the
-    /// job document, as stored in viking-proc).
+    /// job document, as stored in viking-proc), claimed by the `starting`
+    /// record at revision `claim_rev` (that server starts it only while the
+    /// claim holds).
     pub async fn start_placed(
         &self,
         doc: Vec<u8>,
+        claim_rev: Option<i64>,
         on_progress: &(dyn Fn(String) + Sync),
     ) -> Result<RunResponse, ClientError> {
-        self.run_with_progress(routes::INTERNAL_START, doc, on_progress)
+        self.run_with_progress(&routes::internal_start(claim_rev), doc, on_progress)
             .await
     }
 
@@ -467,14 +643,32 @@ impl Client {
 
     /// Between servers: the image id a reference names on that host.
     pub async fn resolve(&self, req: &ResolveRequest) -> Result<ResolveResponse, ClientError> {
-        self.json(Method::POST, routes::INTERNAL_RESOLVE, Some(to_json(req)?))
-            .await
+        let after = if req.pull {
+            self.deadline + PULL_ALLOWANCE
+        } else {
+            self.deadline
+        };
+        self.json_within(
+            Method::POST,
+            routes::INTERNAL_RESOLVE,
+            Some(to_json(req)?),
+            after,
+        )
+        .await
     }
 
     /// Between servers: restart one job of that host on its tag's new image.
     pub async fn replace(&self, req: &ReplaceRequest) -> Result<JobState, ClientError> {
-        self.json(Method::POST, routes::INTERNAL_REPLACE, Some(to_json(req)?))
-            .await
+        // Its new container must run for the settle time (and pass its
+        // health checks), after a stop of the old one.
+        let after = self.deadline + Duration::from_millis(req.settle_ms) + REPLACE_ALLOWANCE;
+        self.json_within(
+            Method::POST,
+            routes::INTERNAL_REPLACE,
+            Some(to_json(req)?),
+            after,
+        )
+        .await
     }
 }
 
@@ -533,5 +727,42 @@ mod tests {
         );
         assert!(Client::new("https://x:1", None).is_err());
         assert!(Client::new("http://x", None).is_err());
+    }
+
+    /// A server that accepts and never answers (stopped, or cut off after
+    /// connecting): every kind of call fails within its deadline.
+    #[tokio::test]
+    async fn a_peer_that_never_answers_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                open.push(s);
+            }
+        });
+        let c = Client::new(&format!("http://{addr}"), None)
+            .unwrap()
+            .with_deadline(Duration::from_millis(300));
+        assert!(matches!(
+            bounded(c.ping()).await,
+            Err(ClientError::Timeout { .. })
+        ));
+        assert!(matches!(
+            bounded(c.start_placed(b"{}".to_vec(), None, &|_| {})).await,
+            Err(ClientError::Timeout { .. })
+        ));
+        assert!(matches!(
+            bounded(c.run_attached(b"{}".to_vec())).await,
+            Err(ClientError::Timeout { .. })
+        ));
+        held.abort();
+    }
+
+    /// A call without a deadline would hang: the test's own bound.
+    async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), f)
+            .await
+            .expect("the call ended by itself")
     }
 }

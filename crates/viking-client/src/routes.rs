@@ -32,7 +32,8 @@ pub const RECOVER: &str = "/v1/recover";
 /// `GET` between servers: this host's containers with what they carry of
 /// their jobs.
 pub const INTERNAL_CONTAINERS: &str = "/v1/internal/containers";
-/// `POST` between servers: start a job placed on this host.
+/// `POST` between servers: start a job placed on this host (`claim_rev`:
+/// the revision of the `starting` record that asks).
 pub const INTERNAL_START: &str = "/v1/internal/start";
 /// `POST` between servers: the image id a reference names here.
 pub const INTERNAL_RESOLVE: &str = "/v1/internal/resolve";
@@ -94,7 +95,17 @@ pub fn logs(name: &str, follow: bool) -> String {
     format!("{}?follow={follow}", JOB_LOGS.replace(NAME, name))
 }
 
-/// `POST`, upgraded: run a job another server claimed at `claim_rev`.
+/// `POST` between servers: start a daemonized job placed here, claimed at
+/// `claim_rev` (without it, by a server that predates claim revisions).
+pub fn internal_start(claim_rev: Option<i64>) -> String {
+    match claim_rev {
+        Some(r) => format!("{INTERNAL_START}?claim_rev={r}"),
+        None => INTERNAL_START.to_string(),
+    }
+}
+
+/// `POST` between servers, upgraded: run an interactive job claimed at
+/// `claim_rev`.
 pub fn internal_attach(claim_rev: i64) -> String {
     format!("{INTERNAL_ATTACH}?claim_rev={claim_rev}")
 }
@@ -119,5 +130,7 @@ mod tests {
         assert_eq!(dry_run(), "/v1/jobs?dry_run=true");
         assert_eq!(run_with_progress(), "/v1/jobs?progress=true");
         assert_eq!(internal_attach(42), "/v1/internal/attach?claim_rev=42");
+        assert_eq!(internal_start(Some(7)), "/v1/internal/start?claim_rev=7");
+        assert_eq!(internal_start(None), "/v1/internal/start");
     }
 }

@@ -164,6 +164,7 @@ impl From<&JobState> for PsRecord {
             restarts: s.restarts,
             crash_streak: s.crash_streak,
             last_exit: s.last_exit,
+            claimed_by: None,
         }
     }
 }
@@ -244,6 +245,7 @@ mod tests {
             restarts: 3,
             crash_streak: 0,
             last_exit: Some(1),
+            claimed_by: None,
         };
         let view = JobState::from(&ps);
         assert_eq!(

@@ -214,6 +214,7 @@ mod tests {
             restarts: 0,
             crash_streak: 0,
             last_exit: None,
+            claimed_by: None,
         }
     }
 

@@ -9,7 +9,12 @@
 //! start a job twice.
 //!
 //! For each daemonized job in proc:
-//! - running (or just starting) on a live host: nothing to do;
+//! - running on a live host: nothing to do;
+//! - starting: nothing to do while the server that claimed the start is
+//!   alive and the start timeout has not passed (that server places it
+//!   again itself if the chosen host is gone); once that server is gone (it
+//!   died between its claim and the start, or while forwarding it), started
+//!   again at once, without a backoff;
 //! - exited, failed, vanished on a live host: start it again, after an
 //!   exponential backoff that grows while it keeps failing and resets after
 //!   a stable run, so a crash loop never starves other work;
@@ -33,7 +38,8 @@ pub struct Policy {
     pub backoff_max_ms: u64,
     /// A run at least this long resets the backoff.
     pub stable_after_ms: u64,
-    /// A start that has not finished after this long is retried.
+    /// A start that has not finished after this long is retried
+    /// (`--start-timeout`), even while the server that claimed it lives.
     pub start_timeout_ms: u64,
 }
 
@@ -109,65 +115,113 @@ fn is_live(status: &Status) -> bool {
     status.is_live()
 }
 
-/// Plan one round.
-pub fn plan(snap: &Snapshot, policy: &Policy, now: u64) -> Plan {
-    let alive: BTreeSet<&str> = snap
-        .hosts
+fn alive_hosts(snap: &Snapshot) -> BTreeSet<&str> {
+    snap.hosts
         .iter()
         .filter(|h| h.alive)
         .map(|h| h.name.as_str())
-        .collect();
+        .collect()
+}
+
+/// The jobs this round places (those [`plan`] starts or makes wait): only
+/// their histories are needed, so the executor reads just those.
+pub fn to_place(snap: &Snapshot, policy: &Policy, now: u64) -> Vec<String> {
+    let alive = alive_hosts(snap);
+    let mut wake_at = None;
+    snap.procs
+        .iter()
+        .filter(|p| {
+            let ps = snap.ps.get(&p.job.name);
+            needs_start(ps, &alive, policy, now, &mut wake_at).is_some()
+        })
+        .map(|p| p.job.name.clone())
+        .collect()
+}
+
+/// Whether a job whose viking-ps record is `ps` must be started now, with
+/// the restart count and crash streak its record gets; `wake_at` learns
+/// when a backoff or a start timeout comes due.
+fn needs_start(
+    ps: Option<&PsRecord>,
+    alive: &BTreeSet<&str>,
+    policy: &Policy,
+    now: u64,
+    wake_at: &mut Option<u64>,
+) -> Option<(u32, u32)> {
+    let mut wake = |t: u64| {
+        *wake_at = Some(wake_at.map_or(t, |w: u64| w.min(t)));
+    };
+    let start_deadline = |p: &PsRecord| p.created_at.saturating_add(policy.start_timeout_ms);
+    match ps {
+        None => Some((0, 0)),
+        // A start whose claimant lives is that server's to finish, or to
+        // place again when its host is gone, until the start timeout.
+        Some(p)
+            if p.status == Status::Starting
+                && p.claimed_by.as_deref().is_some_and(|c| alive.contains(c)) =>
+        {
+            let deadline = start_deadline(p);
+            if now < deadline {
+                wake(deadline);
+                None
+            } else {
+                Some((p.restarts + 1, p.crash_streak + 1))
+            }
+        }
+        Some(p) if alive.contains(p.node.as_str()) => {
+            if is_live(&p.status) {
+                None
+            } else if p.status == Status::Starting {
+                // Its claimant, if it names one, is gone (see above).
+                let claimant_gone = p.claimed_by.is_some();
+                let deadline = start_deadline(p);
+                if claimant_gone {
+                    // Nobody carries the start out any more: not the
+                    // job's fault, so no backoff.
+                    Some((p.restarts + 1, p.crash_streak))
+                } else if now < deadline {
+                    wake(deadline);
+                    None
+                } else {
+                    Some((p.restarts + 1, p.crash_streak + 1))
+                }
+            } else {
+                // Exited, dead, failed, missing, waiting, created.
+                let ran = match (p.started_at, p.finished_at) {
+                    (Some(s), Some(f)) => f.saturating_sub(s),
+                    _ => 0,
+                };
+                let streak = if ran >= policy.stable_after_ms {
+                    0
+                } else {
+                    p.crash_streak
+                };
+                let since = p.finished_at.unwrap_or(p.created_at);
+                let due = since.saturating_add(policy.backoff(streak));
+                if now < due {
+                    wake(due);
+                    None
+                } else {
+                    Some((p.restarts + 1, streak + 1))
+                }
+            }
+        }
+        // Its host is gone: not the job's fault, so no backoff.
+        Some(p) => Some((p.restarts + 1, p.crash_streak)),
+    }
+}
+
+/// Plan one round.
+pub fn plan(snap: &Snapshot, policy: &Policy, now: u64) -> Plan {
+    let alive = alive_hosts(snap);
     // Placements made in this plan count as load, so a batch spreads.
     let mut hosts = snap.hosts.clone();
     let mut out = Plan::default();
-    let wake = |t: u64, out: &mut Plan| {
-        out.wake_at = Some(out.wake_at.map_or(t, |w| w.min(t)));
-    };
     for proc in &snap.procs {
         let job = &proc.job;
         let ps = snap.ps.get(&job.name);
-        let (restarts, streak) = match ps {
-            None => (0, 0),
-            Some(p) => (p.restarts, p.crash_streak),
-        };
-        let needs_start = match ps {
-            None => Some((restarts, streak)),
-            Some(p) if alive.contains(p.node.as_str()) => {
-                if is_live(&p.status) {
-                    None
-                } else if p.status == Status::Starting {
-                    let deadline = p.created_at.saturating_add(policy.start_timeout_ms);
-                    if now < deadline {
-                        wake(deadline, &mut out);
-                        None
-                    } else {
-                        Some((p.restarts + 1, p.crash_streak + 1))
-                    }
-                } else {
-                    // Exited, dead, failed, missing, waiting, created.
-                    let ran = match (p.started_at, p.finished_at) {
-                        (Some(s), Some(f)) => f.saturating_sub(s),
-                        _ => 0,
-                    };
-                    let streak = if ran >= policy.stable_after_ms {
-                        0
-                    } else {
-                        p.crash_streak
-                    };
-                    let since = p.finished_at.unwrap_or(p.created_at);
-                    let due = since.saturating_add(policy.backoff(streak));
-                    if now < due {
-                        wake(due, &mut out);
-                        None
-                    } else {
-                        Some((p.restarts + 1, streak + 1))
-                    }
-                }
-            }
-            // Its host is gone: not the job's fault, so no backoff.
-            Some(p) => Some((p.restarts + 1, p.crash_streak)),
-        };
-        let Some((restarts, crash_streak)) = needs_start else {
+        let Some((restarts, crash_streak)) = needs_start(ps, &alive, policy, now, &mut out.wake_at)
+        else {
             continue;
         };
         let decision = scheduler::place(job, &hosts, snap.histories.get(&job.name));
@@ -261,6 +315,7 @@ mod tests {
             restarts: 0,
             crash_streak: 0,
             last_exit: None,
+            claimed_by: None,
         }
     }
 
@@ -399,6 +454,54 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_start_whose_claimant_is_gone_is_retried_at_once() {
+        let mut s = Snapshot {
+            procs: vec![proc(r#"{"name":"a","image":"i","daemonize":true}"#)],
+            hosts: vec![host("n1", true), host("n2", true), host("n3", false)],
+            ..Default::default()
+        };
+        let mut p = ps("a", "n1", "starting");
+        p.created_at = 1_000;
+        p.restarts = 2;
+        p.crash_streak = 1;
+        p.claimed_by = Some("n2".into());
+        s.ps.insert("a".into(), p);
+        let pol = Policy::default();
+        // n2, which claimed the start, is alive: it is left to finish.
+        let waits = plan(&s, &pol, 2_000);
+        assert!(waits.actions.is_empty());
+        assert_eq!(waits.wake_at, Some(1_000 + pol.start_timeout_ms));
+        // n2 is gone (its lease expired): started again now, no backoff.
+        s.hosts[1].alive = false;
+        assert_eq!(
+            plan(&s, &pol, 2_000).actions,
+            vec![Action::Start {
+                job: "a".into(),
+                node: "n1".into(),
+                restarts: 3,
+                crash_streak: 1
+            }]
+        );
+        // A claimant that was never in floki counts as gone too.
+        s.ps.get_mut("a").unwrap().claimed_by = Some("n9".into());
+        assert_eq!(plan(&s, &pol, 2_000).actions.len(), 1);
+        // A record from before claimants were named waits for the timeout.
+        s.ps.get_mut("a").unwrap().claimed_by = None;
+        assert!(plan(&s, &pol, 2_000).actions.is_empty());
+        // The start's host is gone but its claimant lives: the claimant
+        // places it again (no second start from the reconciler) until the
+        // start timeout.
+        s.hosts[1].alive = true;
+        s.hosts[0].alive = false;
+        s.ps.get_mut("a").unwrap().claimed_by = Some("n2".into());
+        assert!(plan(&s, &pol, 2_000).actions.is_empty());
+        assert_eq!(
+            plan(&s, &pol, 1_000 + pol.start_timeout_ms).actions.len(),
+            1
+        );
+    }
+
     /// Apply a plan the way the executor does, with each start succeeding.
     fn apply(s: &mut Snapshot, p: &Plan, now: u64) {
         for a in &p.actions {
@@ -464,6 +567,89 @@ mod tests {
                 (s, later)
             },
         )
+    }
+
+    /// A world of starts in flight: each job `starting` on some host,
+    /// claimed by some host (or by none, as records from before claimants
+    /// were named), created at some time before `now`.
+    fn arb_starts() -> impl Strategy<Value = (Snapshot, u64)> {
+        let hosts = proptest::collection::vec(any::<bool>(), 1..5);
+        let jobs = proptest::collection::vec(
+            (0usize..5, proptest::option::of(0usize..6), 0u64..600_000),
+            0..10,
+        );
+        (hosts, jobs).prop_map(|(alive, jobs)| {
+            let now = 1_000_000u64;
+            let mut s = Snapshot {
+                hosts: alive
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| host(&format!("n{i}"), *a))
+                    .collect(),
+                ..Default::default()
+            };
+            for (i, (on, by, age)) in jobs.into_iter().enumerate() {
+                let name = format!("j{i}");
+                s.procs.push(proc(&format!(
+                    r#"{{"name":"{name}","image":"i","daemonize":true}}"#
+                )));
+                let node = format!("n{}", on % s.hosts.len());
+                let mut r = ps(&name, &node, "starting");
+                r.created_at = now - age;
+                r.claimed_by = by.map(|b| format!("n{b}"));
+                s.ps.insert(name, r);
+            }
+            (s, now)
+        })
+    }
+
+    proptest! {
+        /// A start in flight is left alone exactly while the server that
+        /// claimed it is alive and the start timeout has not passed (it
+        /// places the job again itself if its host is gone); otherwise it
+        /// is started again in this very round (when any host can take
+        /// it), never twice, and without a backoff unless it timed out.
+        #[test]
+        fn a_start_is_retried_as_soon_as_its_claimant_is_gone((s, now) in arb_starts()) {
+            let pol = Policy::default();
+            let alive = |n: &str| s.hosts.iter().any(|h| h.name == n && h.alive);
+            let p = plan(&s, &pol, now);
+            let any_alive = s.hosts.iter().any(|h| h.alive);
+            for (name, r) in &s.ps {
+                let timed_out = now >= r.created_at + pol.start_timeout_ms;
+                let claimant_alive = r.claimed_by.as_deref().is_some_and(alive);
+                // Records from before claimants were named: their host's
+                // liveness decides.
+                let owned = claimant_alive || (r.claimed_by.is_none() && alive(&r.node));
+                let left = owned && !timed_out;
+                let starts: Vec<_> = p.actions.iter().filter(|a| a.job() == name).collect();
+                prop_assert!(starts.len() <= 1);
+                if left {
+                    prop_assert!(starts.is_empty(), "{name} restarted while its start is in flight");
+                } else if any_alive {
+                    match starts.first() {
+                        Some(Action::Start { node, crash_streak, .. }) => {
+                            prop_assert!(alive(node));
+                            let penalty = u32::from(owned && timed_out);
+                            prop_assert_eq!(*crash_streak, r.crash_streak + penalty);
+                        }
+                        other => prop_assert!(false, "{name} not started again: {other:?}"),
+                    }
+                }
+            }
+        }
+
+        /// Reading only the histories of the jobs a round places gives the
+        /// same plan as reading them all.
+        #[test]
+        fn the_histories_of_the_jobs_placed_are_enough((s, _later) in arb_world(), at in 0u64..200_000) {
+            let pol = Policy::default();
+            let now = 1_000_000 + at;
+            let mut only = s.clone();
+            let wanted = to_place(&s, &pol, now);
+            only.histories.retain(|name, _| wanted.contains(name));
+            prop_assert_eq!(plan(&only, &pol, now), plan(&s, &pol, now));
+        }
     }
 
     proptest! {

@@ -148,6 +148,11 @@ pub struct PsRecord {
     /// The exit code of the previous container, after a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<i64>,
+    /// While `starting`: the server that claimed the start and carries it
+    /// out (itself, or by asking `node`'s server). When it is gone, the
+    /// start is retried at once rather than after the start timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
 }
 
 impl Record for PsRecord {

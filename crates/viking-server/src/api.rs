@@ -142,8 +142,6 @@ async fn run(
     })
 }
 
-use tokio_stream::StreamExt as _;
-
 /// Newline-delimited JSON progress of a daemonized job, ending with the
 /// result or the error.
 fn progress_response<F>(sh: Arc<Shared>, work: F) -> ApiResult<Response>
@@ -171,14 +169,27 @@ where
     ndjson(rx)
 }
 
-/// A streamed answer: one JSON value per line, as the channel yields them.
+/// A streamed answer: one JSON value per line, as the channel yields them,
+/// and a blank line after every [`HEARTBEAT`] of silence, so the client
+/// can tell a slow step (a pull, a settle) from a stopped server.
 fn ndjson<T: serde::Serialize + Send + 'static>(
     rx: tokio::sync::mpsc::UnboundedReceiver<T>,
 ) -> ApiResult<Response> {
-    let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|line| {
-        let mut v = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
-        v.push(b'\n');
-        Ok::<_, std::io::Error>(v)
+    use viking_client::api::HEARTBEAT;
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let line = match tokio::time::timeout(HEARTBEAT, rx.recv()).await {
+            Ok(Some(line)) => {
+                let mut v = match serde_json::to_vec(&line) {
+                    Ok(v) => v,
+                    Err(e) => return Some((Err(std::io::Error::other(e)), rx)),
+                };
+                v.push(b'\n');
+                v
+            }
+            Ok(None) => return None,
+            Err(_) => b"\n".to_vec(),
+        };
+        Some((Ok::<_, std::io::Error>(line), rx))
     });
     Response::builder()
         .status(StatusCode::OK)
@@ -196,12 +207,23 @@ async fn read_job(req: Request) -> ApiResult<Job> {
     Job::parse(&body, String::new).map_err(|e| ServerError::Invalid(e.to_string()))
 }
 
-/// Another server placed a job here and wrote it to viking-proc: start it.
-async fn internal_start(State(sh): State<Arc<Shared>>, req: Request) -> ApiResult<Response> {
+#[derive(Deserialize)]
+struct StartQuery {
+    /// The revision of the `starting` record that asks.
+    claim_rev: Option<i64>,
+}
+
+/// Another server placed a job here and wrote it to viking-proc: start it,
+/// while its claim holds.
+async fn internal_start(
+    State(sh): State<Arc<Shared>>,
+    Query(q): Query<StartQuery>,
+    req: Request,
+) -> ApiResult<Response> {
     crate::standing::require_member(&sh).await?;
     let job = read_job(req).await?;
     progress_response(sh, move |sh, progress| {
-        Box::pin(async move { jobs::start_placed(sh, &job, progress).await })
+        Box::pin(async move { jobs::start_placed(sh, &job, q.claim_rev, progress).await })
     })
 }
 

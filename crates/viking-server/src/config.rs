@@ -30,8 +30,13 @@ pub struct ServerConfig {
     /// How often the full Docker resync (and the reconciler's periodic
     /// round) runs.
     pub resync: Duration,
-    /// The reconciler's restart backoff and timeouts.
+    /// The reconciler's restart backoff and timeouts (`--start-timeout`:
+    /// `policy.start_timeout_ms`).
     pub policy: viking_core::reconcile::Policy,
+    /// The deadline of a control call to another server, and how long a
+    /// start forwarded to one may wait for its answer to begin
+    /// (`--peer-timeout`, default 10 s).
+    pub peer_timeout: Duration,
     /// How often health checks run.
     pub health_interval: Duration,
     /// The cluster-wide range of ambassador ports (the same on every server).
@@ -255,6 +260,12 @@ impl ServerConfig {
                 self.embassy_idle_timeout
             ));
         }
+        if self.peer_timeout < Duration::from_millis(100) {
+            return Err("--peer-timeout must be at least 0.1s".to_string());
+        }
+        if self.policy.start_timeout_ms < 1_000 {
+            return Err("--start-timeout must be at least 1s".to_string());
+        }
         if self.host_ttl < Duration::from_secs(1) {
             return Err("--host-ttl must be at least 1s".to_string());
         }
@@ -280,7 +291,70 @@ impl ServerConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::ContainerLimits;
+    use super::{ContainerLimits, ServerConfig};
+    use std::time::Duration;
+
+    fn config() -> ServerConfig {
+        ServerConfig {
+            name: "n1".to_string(),
+            ip: "127.0.0.1".to_string(),
+            listen: "127.0.0.1:8791".parse().expect("addr"),
+            etcd: vec![],
+            key: "/viking".to_string(),
+            tags: vec![],
+            data_dir: "/var/lib/viking".into(),
+            docker: "unix:///var/run/docker.sock".to_string(),
+            token: None,
+            host_ttl: Duration::from_secs(3),
+            resync: Duration::from_secs(10),
+            policy: Default::default(),
+            peer_timeout: Duration::from_secs(10),
+            health_interval: Duration::from_secs(2),
+            embassy_ports: (20000, 29999),
+            embassy_bind: None,
+            containers: ContainerLimits::default(),
+            api_limits: Default::default(),
+            embassy_max_connections: 1024,
+            embassy_idle_timeout: Duration::from_secs(600),
+            tls: Default::default(),
+        }
+    }
+
+    #[test]
+    fn plain_http_on_the_network_needs_insecure_http() {
+        let mut c = config();
+        c.listen = "0.0.0.0:8791".parse().expect("addr");
+        let err = c.validate().unwrap_err();
+        assert!(
+            err.contains("--insecure-http") && err.contains("--tls-cert"),
+            "{err}"
+        );
+        c.tls.insecure_http = true;
+        assert_eq!(c.validate(), Ok(()));
+        c.tls.insecure_http = false;
+        c.tls.files = Some(super::TlsFiles {
+            cert: "/c".into(),
+            key: "/k".into(),
+            ca: "/ca".into(),
+        });
+        assert_eq!(c.validate(), Ok(()));
+        assert!(c.api_url().starts_with("https://"));
+        // An https etcd needs the server's certificate.
+        let mut c = config();
+        c.etcd = vec!["https://10.0.0.1:2379".into()];
+        assert!(c.validate().unwrap_err().contains("--tls-cert"));
+    }
+
+    #[test]
+    fn the_timeouts_are_checked_naming_the_flag() {
+        assert_eq!(config().validate(), Ok(()));
+        let mut c = config();
+        c.peer_timeout = Duration::from_millis(10);
+        assert!(c.validate().unwrap_err().contains("--peer-timeout"));
+        let mut c = config();
+        c.policy.start_timeout_ms = 0;
+        assert!(c.validate().unwrap_err().contains("--start-timeout"));
+    }
 
     #[test]
     fn container_limits_are_checked_naming_the_flag() {

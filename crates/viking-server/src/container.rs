@@ -2,11 +2,20 @@
 //! the container's spec (link variables, volume directories), creating it
 //! (replacing a leftover of the same job), starting it and recording it in
 //! viking-ps, and bringing a record up to date with its container.
+//!
+//! A daemonized job's start is fenced by its claim: the revision of the
+//! `starting` record in viking-ps that asked for it. The claim is checked
+//! before the container is created (after a pull, which may be long), and
+//! the "started" record is written only while it still holds; when it does
+//! not (the job was moved, stopped or removed meanwhile, e.g. while this
+//! server was stopped), the container just made is removed again, so a
+//! stale start never leaves a second copy.
 
 use futures::StreamExt;
 use viking_core::records::PsRecord;
 use viking_core::{Job, Status};
 use viking_docker::{ContainerInfo, ContainerSpec, RuntimeError};
+use viking_store::Revision;
 
 use crate::error::{Result, ServerError};
 use crate::{now_ms, state, Shared};
@@ -140,16 +149,23 @@ pub fn ps_from(sh: &Shared, c: &ContainerInfo, restarts: u32) -> PsRecord {
         restarts,
         crash_streak: 0,
         last_exit: None,
+        claimed_by: None,
     }
 }
 
+/// Start a daemonized job here and record it; with `claim`, only while the
+/// `starting` record written at that revision holds.
 pub async fn start_container(
     sh: &Shared,
     job: &Job,
+    claim: Option<Revision>,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<PsRecord> {
     ensure_image(sh, &job.image, progress).await?;
     check_host_ports(sh, job).await?;
+    if let Some(c) = claim {
+        check_claim(sh, &job.name, c).await?;
+    }
     let spec = container_spec(sh, job).await?;
     let id = create_container(sh, &spec).await?;
     let started = async {
@@ -179,8 +195,33 @@ pub async fn start_container(
     let mut ps = ps_from(sh, &info, restarts);
     ps.crash_streak = streak;
     ps.last_exit = last_exit;
-    state::record_started(sh.store.as_ref(), &ps, now_ms()).await?;
-    Ok(ps)
+    let recorded = state::record_started(sh.store.as_ref(), &ps, claim, now_ms()).await;
+    match recorded {
+        Ok(true) => Ok(ps),
+        Ok(false) => {
+            tracing::warn!(job = %job.name, "the start claim was superseded while the container started; removing it");
+            if let Err(re) = sh.runtime.remove(&id, true).await {
+                tracing::error!(job = %job.name, "removing the container of a superseded start: {re}");
+            }
+            Err(superseded(&job.name))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Refuse to go on with a start whose claim no longer holds.
+pub async fn check_claim(sh: &Shared, name: &str, claim: Revision) -> Result<()> {
+    if state::claim_holds(sh.store.as_ref(), name, claim).await? {
+        Ok(())
+    } else {
+        Err(superseded(name))
+    }
+}
+
+fn superseded(name: &str) -> ServerError {
+    ServerError::Conflict(format!(
+        "job {name:?} was moved, stopped or removed while this host was starting it: not started here"
+    ))
 }
 
 /// Refuse a job whose host ports are taken on this host (by a container or

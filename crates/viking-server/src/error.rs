@@ -101,10 +101,14 @@ impl ServerError {
                 message,
                 reason,
             },
-            e @ ClientError::Connect { .. } => ServerError::PeerUnreachable {
-                host: host.to_string(),
-                source: e,
-            },
+            // A peer that accepts and never answers (stopped, cut off) is
+            // as good as unreachable.
+            e @ (ClientError::Connect { .. } | ClientError::Timeout { .. }) => {
+                ServerError::PeerUnreachable {
+                    host: host.to_string(),
+                    source: e,
+                }
+            }
             other => ServerError::Upstream(format!("host {host}: {other}")),
         }
     }

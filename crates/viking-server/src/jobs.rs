@@ -26,7 +26,7 @@ use viking_client::wire::{JobIntent, JobState, Placements};
 use viking_core::records::{encode, PsRecord};
 use viking_core::{keys, scheduler, Job};
 use viking_docker::Output;
-use viking_store::{Compare, Op, StoreExt};
+use viking_store::{Compare, Op, Revision, StoreExt};
 
 use crate::container::start_container;
 use crate::error::{Result, ServerError};
@@ -34,16 +34,18 @@ use crate::peer::{forward_start, owner, Owner};
 use crate::placement::{self, Target};
 use crate::{now_ms, state, Shared};
 
-/// Start a job on a target: here, or through the target's server.
+/// Start a job on a target, here or through the target's server, while
+/// its `starting` record written at `claim` holds.
 pub async fn start_on(
     sh: &Shared,
     job: &Job,
     target: &Target,
+    claim: Revision,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<PsRecord> {
     match target {
-        Target::Here => start_container(sh, job, progress).await,
-        Target::There(h) => forward_start(sh, h, job, progress).await,
+        Target::Here => start_container(sh, job, Some(claim), progress).await,
+        Target::There(h) => forward_start(sh, h, job, claim, progress).await,
         Target::Waiting(h) => Err(ServerError::Unavailable(format!("host {h} is not alive"))),
     }
 }
@@ -52,6 +54,9 @@ pub async fn start_on(
 /// it goes.
 pub struct Claim {
     pub target: Target,
+    /// The revision of the claim's `starting` record in viking-ps (of
+    /// proc alone, for a job that waits for its host).
+    pub rev: Revision,
 }
 
 /// Place the job and claim its name: viking-proc, the start in flight and
@@ -73,6 +78,7 @@ pub async fn claim_daemon(sh: &Shared, job: &Job) -> Result<Claim> {
             state::DaemonClaim {
                 job,
                 placed_on,
+                claimant: &sh.config.name,
                 waiting,
                 guard,
                 service_ports: crate::services::tcp_ports(job),
@@ -82,7 +88,7 @@ pub async fn claim_daemon(sh: &Shared, job: &Job) -> Result<Claim> {
         )
         .await?;
         match claimed {
-            state::Claimed::Yes => return Ok(Claim { target }),
+            state::Claimed::Yes(rev) => return Ok(Claim { target, rev }),
             // Another job was placed on the same host since the snapshot:
             // decide again over one that counts it.
             state::Claimed::HostChanged => continue,
@@ -109,7 +115,10 @@ pub async fn run_daemon(
 }
 
 /// Start a claimed daemonized job where it was placed; on failure take it
-/// out of proc again.
+/// out of proc again, unless the claim has moved on meanwhile (the
+/// reconciler started the job again because this start outlived
+/// `--start-timeout`, or this server left floki while it waited on a slow
+/// host): a job that runs is never taken out by a start that failed.
 pub async fn run_claimed(
     sh: &Shared,
     job: Job,
@@ -125,7 +134,8 @@ pub async fn run_claimed(
             )),
         });
     }
-    let started = start_placed_or_elsewhere(sh, &job, claim.target, progress).await;
+    let mut claim_rev = claim.rev;
+    let started = start_placed_or_elsewhere(sh, &job, claim.target, &mut claim_rev, progress).await;
     match started {
         Ok(ps) => Ok(RunResponse {
             job,
@@ -134,11 +144,11 @@ pub async fn run_claimed(
         }),
         Err(e) => {
             // Leave no trace: the container is gone already; drop the intent
-            // and the start claim.
+            // and the start claim, if viking-ps is still our claim.
             let undo = sh
                 .store
                 .txn(
-                    vec![],
+                    vec![Compare::ModRevision(keys::ps(&job.name), claim_rev)],
                     vec![
                         Op::Delete {
                             key: keys::proc(&job.name),
@@ -150,8 +160,18 @@ pub async fn run_claimed(
                     vec![],
                 )
                 .await;
-            if let Err(de) = undo {
-                tracing::error!(job = %job.name, "could not take the failed job out of viking-proc: {de}");
+            match undo {
+                Ok(r) if r.succeeded => {}
+                Ok(_) => {
+                    tracing::warn!(job = %job.name, "the start failed ({e}), but the job has moved on since its claim: left as it is");
+                    return Err(ServerError::Conflict(format!(
+                        "{e}; job {:?} was started again since (see `viking ps -a`)",
+                        job.name
+                    )));
+                }
+                Err(de) => {
+                    tracing::error!(job = %job.name, "could not take the failed job out of viking-proc: {de}");
+                }
             }
             Err(e)
         }
@@ -161,16 +181,19 @@ pub async fn run_claimed(
 /// Start the job on its target; if the target's server cannot be reached at
 /// all (a host that died within its lease), or a host port the job
 /// publishes is taken there, place the job again without it, moving the
-/// claim, up to three times.
+/// claim (`claim`: the revision of its `starting` record, updated with
+/// each move), up to three times. A server that accepts and does not
+/// answer within the deadline (stopped, cut off) counts as unreachable.
 async fn start_placed_or_elsewhere(
     sh: &Shared,
     job: &Job,
     mut target: Target,
+    claim: &mut Revision,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<PsRecord> {
     let mut excluded: Vec<String> = Vec::new();
     loop {
-        let err = match start_on(sh, job, &target, progress).await {
+        let err = match start_on(sh, job, &target, *claim, progress).await {
             Ok(ps) => return Ok(ps),
             Err(e) => e,
         };
@@ -197,15 +220,20 @@ async fn start_placed_or_elsewhere(
             Some(t) => t,
             None => return Err(err),
         };
-        // Move the claim: proc's placement and the start in flight.
+        // Move the claim: proc's placement and the start in flight, if
+        // the claim is still ours.
         let mut proc = state::proc(sh.store.as_ref(), &job.name)
             .await?
             .ok_or_else(|| ServerError::Conflict(format!("job {:?} left viking-proc", job.name)))?;
         proc.placed_on = Some(next.clone());
+        let starting = state::starting_record(job, &next, Some(&sh.config.name), now_ms());
         let moved = sh
             .store
             .txn(
-                vec![Compare::Exists(keys::proc(&job.name))],
+                vec![
+                    Compare::Exists(keys::proc(&job.name)),
+                    Compare::ModRevision(keys::ps(&job.name), *claim),
+                ],
                 vec![
                     Op::Put {
                         key: keys::proc(&job.name),
@@ -214,7 +242,7 @@ async fn start_placed_or_elsewhere(
                     },
                     Op::Put {
                         key: keys::ps(&job.name),
-                        value: encode(&state::starting_record(job, &next, now_ms()))?,
+                        value: encode(&starting)?,
                         lease: None,
                     },
                 ],
@@ -223,10 +251,11 @@ async fn start_placed_or_elsewhere(
             .await?;
         if !moved.succeeded {
             return Err(ServerError::Conflict(format!(
-                "job {:?} was stopped or removed while it was being started",
+                "job {:?} was moved, stopped or removed while it was being started",
                 job.name
             )));
         }
+        *claim = moved.revision;
         let why = if err.is_unreachable() {
             format!("host {gone} is unreachable")
         } else {
@@ -236,12 +265,19 @@ async fn start_placed_or_elsewhere(
     }
 }
 
-/// Start a job that another server placed here and wrote to viking-proc.
+/// Start a job that another server placed here and wrote to viking-proc,
+/// while its claim (the revision of the `starting` record naming this
+/// host) holds; without one (a server from before claims travelled) only
+/// proc's placement is checked.
 pub async fn start_placed(
     sh: &Shared,
     job: &Job,
+    claim: Option<Revision>,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<RunResponse> {
+    if let Some(c) = claim {
+        crate::container::check_claim(sh, &job.name, c).await?;
+    }
     let Some(p) = state::proc(sh.store.as_ref(), &job.name).await? else {
         return Err(ServerError::Conflict(format!(
             "job {:?} is not in viking-proc",
@@ -254,7 +290,7 @@ pub async fn start_placed(
             job.name, p.placed_on
         )));
     }
-    let ps = start_container(sh, &p.job, progress).await?;
+    let ps = start_container(sh, &p.job, claim, progress).await?;
     Ok(RunResponse {
         job: p.job,
         ps: Some(JobState::from(&ps)),

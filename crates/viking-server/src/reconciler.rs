@@ -5,22 +5,33 @@
 //! reconciles. It is level-triggered: any change under `proc/`, `ps/` or
 //! `hosts/`, a backoff coming due, or the periodic resync makes it read the
 //! whole state, ask the pure planner (`viking_core::reconcile::plan`) what
-//! to do, and do it. Starts run concurrently (a few at a time), so a slow
-//! or crash-looping job never holds up the others.
+//! to do, and do it. A round never waits for a start: each action is
+//! launched as a task (at most [`PARALLEL_STARTS`] run at once, the rest
+//! wait for a slot), and the next round judges by viking-ps. A job whose
+//! action is still in flight gets no second one. So a slow or stopped
+//! peer, a long pull or a crash loop never holds up any other job; the
+//! calls to peers have deadlines, so a stalled start frees its slot too.
+//! Only the histories of the jobs a round places are read.
 //!
 //! Each start is fenced by a transaction: the job's viking-ps record must
-//! still be at the revision the plan saw, and the job must still be in
-//! proc. A stale plan, or a leader that lost its lease and does not know
-//! yet, therefore cannot start a job twice. A leader stops acting as soon
-//! as it sees its leadership or its lease lost.
+//! still be at the revision the plan saw, and its viking-proc record too.
+//! A stale plan, or a leader that lost its lease and does not know yet,
+//! therefore cannot start a job twice, nor bring back a job that was
+//! removed and run again with another spec. The `starting` record it
+//! writes names this server as the claimant, and its revision travels with
+//! the start to the chosen host, which starts the container only while
+//! that record holds. A leader stops acting as soon as it sees its
+//! leadership or its lease lost: no action begins after that; a start it
+//! already claimed goes on to its end (the claim names this server, so
+//! no other leader starts that job while this server lives, and the
+//! chosen host checks the claim again).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use viking_core::reconcile::{self, Action, Snapshot};
-use viking_core::records::{decode, encode, History, ProcRecord, PsRecord};
+use viking_core::records::{decode, encode, ProcRecord, PsRecord};
 use viking_core::{keys, Status};
 use viking_store::{spawn_keep_alive, Compare, Election, Op, Revision, StoreError};
 
@@ -30,15 +41,106 @@ use crate::state;
 use crate::{now_ms, Shared};
 
 /// How many starts run at once.
-const PARALLEL_STARTS: usize = 8;
+pub const PARALLEL_STARTS: usize = 8;
+
+/// The leader's actions in flight: their tasks, a slot each, and the jobs
+/// they are for (a job gets no second action while one is in flight).
+/// Dropping it aborts them.
+pub struct InFlight {
+    tasks: tokio::task::JoinSet<()>,
+    slots: Arc<tokio::sync::Semaphore>,
+    jobs: Arc<Mutex<BTreeSet<String>>>,
+    /// Whether this server leads: an action that gets its slot after the
+    /// term ended does nothing.
+    leading: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        Self {
+            tasks: tokio::task::JoinSet::new(),
+            slots: Arc::new(tokio::sync::Semaphore::new(PARALLEL_STARTS)),
+            jobs: Arc::default(),
+            leading: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+    }
+}
+
+impl InFlight {
+    fn set_leading(&self, leading: bool) {
+        self.leading
+            .store(leading, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether an action for `job` is in flight.
+    pub fn has(&self, job: &str) -> bool {
+        self.jobs.lock().is_ok_and(|j| j.contains(job))
+    }
+
+    /// Wait until every action in flight has ended (tests).
+    pub async fn drain(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Launch `work` for `job` unless an action for it is in flight.
+    fn launch<F>(&mut self, job: String, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        while self.tasks.try_join_next().is_some() {}
+        {
+            let Ok(mut jobs) = self.jobs.lock() else {
+                return;
+            };
+            if !jobs.insert(job.clone()) {
+                return;
+            }
+        }
+        let done = Done {
+            job,
+            jobs: self.jobs.clone(),
+        };
+        let slots = self.slots.clone();
+        let leading = self.leading.clone();
+        self.tasks.spawn(async move {
+            let _done = done;
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
+            };
+            if leading.load(std::sync::atomic::Ordering::SeqCst) {
+                work.await;
+            }
+        });
+    }
+}
+
+/// Takes a job out of the in-flight set when its task ends (or is
+/// aborted, or panics).
+struct Done {
+    job: String,
+    jobs: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.remove(&self.job);
+        }
+    }
+}
 
 /// Campaign, and reconcile while leader, until shutdown.
 pub async fn run(sh: Arc<Shared>) {
     let mut shutdown = sh.shutdown.clone();
+    // Kept across terms: a start already claimed goes on to its end when
+    // a term ends (the claim names this server, so nobody else starts the
+    // job meanwhile); actions not begun yet are dropped. Aborted at
+    // shutdown.
+    let mut in_flight = InFlight::default();
     loop {
         tokio::select! {
             _ = crate::stopped(&mut shutdown) => return,
-            r = campaign_and_lead(&sh) => {
+            r = campaign_and_lead(&sh, &mut in_flight) => {
                 if let Err(e) = r {
                     tracing::warn!("reconciler: {e}");
                 }
@@ -51,7 +153,7 @@ pub async fn run(sh: Arc<Shared>) {
     }
 }
 
-async fn campaign_and_lead(sh: &Arc<Shared>) -> Result<(), StoreError> {
+async fn campaign_and_lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result<(), StoreError> {
     let ttl = sh.config.host_ttl;
     let lease = sh.store.lease_grant(ttl).await?;
     let keep = spawn_keep_alive(sh.store.clone(), lease, ttl);
@@ -61,19 +163,28 @@ async fn campaign_and_lead(sh: &Arc<Shared>) -> Result<(), StoreError> {
         _ = keep.lost() => return Ok(()),
     };
     tracing::info!(name = %sh.config.name, "leader: reconciling the cluster");
-    tokio::select! {
-        _ = leadership.lost() => tracing::warn!("lost leadership"),
-        _ = keep.lost() => tracing::warn!("leader lease lost"),
-        r = lead(sh) => r?,
-    }
-    // Stop acting at once; let the lease go so another server takes over.
+    in_flight.set_leading(true);
+    let ended = tokio::select! {
+        _ = leadership.lost() => {
+            tracing::warn!("lost leadership");
+            Ok(())
+        }
+        _ = keep.lost() => {
+            tracing::warn!("leader lease lost");
+            Ok(())
+        }
+        r = lead(sh, in_flight) => r,
+    };
+    // Stop acting at once (no action not begun yet begins); let the lease
+    // go so another server takes over.
+    in_flight.set_leading(false);
     keep.abort();
     let _ = sh.store.lease_revoke(lease).await;
-    Ok(())
+    ended
 }
 
 /// The leader's loop: reconcile on every change, on time, and on backoffs.
-async fn lead(sh: &Arc<Shared>) -> Result<(), StoreError> {
+async fn lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result<(), StoreError> {
     let rev = sh.store.revision().await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut watchers = tokio::task::JoinSet::new();
@@ -92,7 +203,7 @@ async fn lead(sh: &Arc<Shared>) -> Result<(), StoreError> {
     drop(tx);
     let mut wake_at: Option<u64> = None;
     loop {
-        match reconcile_once(sh).await {
+        match reconcile_round(sh, in_flight).await {
             Ok(w) => wake_at = w,
             Err(e) => tracing::warn!("reconcile: {}", e),
         }
@@ -116,86 +227,113 @@ async fn lead(sh: &Arc<Shared>) -> Result<(), StoreError> {
     }
 }
 
-/// One level-triggered round; when to plan again for a backoff.
+/// One level-triggered round whose actions have all ended (tests, and a
+/// server's one-off round); when to plan again for a backoff.
 pub async fn reconcile_once(sh: &Arc<Shared>) -> Result<Option<u64>, ServerError> {
+    let mut in_flight = InFlight::default();
+    let wake = reconcile_round(sh, &mut in_flight).await?;
+    in_flight.drain().await;
+    Ok(wake)
+}
+
+/// One level-triggered round: plan, and launch the actions of the jobs
+/// that have none in flight, without waiting for them; when to plan again
+/// for a backoff.
+pub async fn reconcile_round(
+    sh: &Arc<Shared>,
+    in_flight: &mut InFlight,
+) -> Result<Option<u64>, ServerError> {
     // A store that is not this cluster's (emptied, replaced) is not acted on.
     if !crate::standing::may_act(sh).await? {
         return Ok(None);
     }
-    let (procs, ps, ps_revs) = read_state(sh).await?;
+    let (procs, ps, revs) = read_state(sh).await?;
     let hosts = crate::placement::snapshot(sh).await?;
-    // Every history in one read, not one per job.
-    let (hist_kvs, _) = sh.store.list(keys::HISTORY).await?;
-    let wanted: std::collections::HashSet<&str> =
-        procs.iter().map(|p| p.job.name.as_str()).collect();
-    let mut histories = BTreeMap::new();
-    for kv in hist_kvs {
-        if let Some(name) = keys::name_of(keys::HISTORY, &kv.key) {
-            if wanted.contains(name) {
-                histories.insert(name.to_string(), decode::<History>(&kv.value)?);
-            }
-        }
-    }
-    let snap = Snapshot {
+    let mut snap = Snapshot {
         procs,
         ps,
         hosts,
-        histories,
+        histories: BTreeMap::new(),
     };
     let policy = sh.config.policy;
     let now = now_ms();
+    // The histories of the jobs this round places, each read for its job:
+    // a job that runs needs none.
+    for name in reconcile::to_place(&snap, &policy, now) {
+        let (hist, _) = state::history(sh.store.as_ref(), &name).await?;
+        snap.histories.insert(name, hist);
+    }
     let plan = reconcile::plan(&snap, &policy, now);
-    if !plan.actions.is_empty() {
-        tracing::info!(actions = plan.actions.len(), "reconciling");
+    let actions: Vec<Action> = plan
+        .actions
+        .into_iter()
+        .filter(|a| !in_flight.has(a.job()))
+        .collect();
+    if !actions.is_empty() {
+        tracing::info!(actions = actions.len(), "reconciling");
     }
     let snap = Arc::new(snap);
-    let ps_revs = Arc::new(ps_revs);
-    futures::stream::iter(plan.actions)
-        .map(|a| {
-            let sh = sh.clone();
-            let snap = snap.clone();
-            let revs = ps_revs.clone();
-            async move {
-                let job = a.job().to_string();
-                if let Err(e) = execute(&sh, &snap, &revs, a).await {
-                    tracing::warn!(%job, "reconcile action failed: {}", e);
-                }
+    let revs = Arc::new(revs);
+    for a in actions {
+        let sh = sh.clone();
+        let snap = snap.clone();
+        let revs = revs.clone();
+        let job = a.job().to_string();
+        in_flight.launch(job.clone(), async move {
+            if let Err(e) = execute(&sh, &snap, &revs, a).await {
+                tracing::warn!(%job, "reconcile action failed: {}", e);
             }
-        })
-        .buffer_unordered(PARALLEL_STARTS)
-        .collect::<Vec<_>>()
-        .await;
+        });
+    }
     Ok(plan.wake_at)
 }
 
-type PsRevs = BTreeMap<String, Revision>;
+/// The revisions of each job's viking-proc and viking-ps records as read.
+#[derive(Default)]
+struct Revs {
+    proc: BTreeMap<String, Revision>,
+    ps: BTreeMap<String, Revision>,
+}
 
 async fn read_state(
     sh: &Shared,
-) -> Result<(Vec<ProcRecord>, BTreeMap<String, PsRecord>, PsRevs), ServerError> {
-    let procs: Vec<ProcRecord> = state::list(sh.store.as_ref(), keys::PROC).await?;
+) -> Result<(Vec<ProcRecord>, BTreeMap<String, PsRecord>, Revs), ServerError> {
+    let mut revs = Revs::default();
+    let (kvs, _) = sh.store.list(keys::PROC).await?;
+    let mut procs = Vec::with_capacity(kvs.len());
+    for kv in kvs {
+        let p: ProcRecord = decode(&kv.value)?;
+        revs.proc.insert(p.job.name.clone(), kv.mod_revision);
+        procs.push(p);
+    }
     let (kvs, _) = sh.store.list(keys::PS).await?;
     let mut ps = BTreeMap::new();
-    let mut revs = BTreeMap::new();
     for kv in kvs {
         let r: PsRecord = decode(&kv.value)?;
-        revs.insert(r.job.clone(), kv.mod_revision);
+        revs.ps.insert(r.job.clone(), kv.mod_revision);
         ps.insert(r.job.clone(), r);
     }
     Ok((procs, ps, revs))
 }
 
-fn ps_compare(job: &str, revs: &PsRevs) -> Compare {
-    match revs.get(job) {
+/// The compares of an action: viking-proc and viking-ps as the plan saw
+/// them.
+fn fence(job: &str, revs: &Revs) -> Vec<Compare> {
+    let proc = match revs.proc.get(job) {
+        Some(r) => Compare::ModRevision(keys::proc(job), *r),
+        None => Compare::Exists(keys::proc(job)),
+    };
+    let ps = match revs.ps.get(job) {
         Some(r) => Compare::ModRevision(keys::ps(job), *r),
         None => Compare::Absent(keys::ps(job)),
-    }
+    };
+    vec![proc, ps]
 }
 
 async fn execute(
     sh: &Arc<Shared>,
     snap: &Snapshot,
-    revs: &PsRevs,
+    revs: &Revs,
     action: Action,
 ) -> Result<(), ServerError> {
     let Some(proc) = snap.procs.iter().find(|p| p.job.name == action.job()) else {
@@ -221,13 +359,7 @@ async fn execute(
                     lease: None,
                 });
             }
-            sh.store
-                .txn(
-                    vec![Compare::Exists(keys::proc(&job)), ps_compare(&job, revs)],
-                    ops,
-                    vec![],
-                )
-                .await?;
+            sh.store.txn(fence(&job, revs), ops, vec![]).await?;
             Ok(())
         }
         Action::Start {
@@ -242,7 +374,7 @@ async fn execute(
                 restarts,
                 crash_streak,
                 last_exit: old.and_then(|o| o.exit_code.or(o.last_exit)),
-                ..crate::state::starting_record(&proc.job, &node, now_ms())
+                ..crate::state::starting_record(&proc.job, &node, Some(&sh.config.name), now_ms())
             };
             let mut placed = proc.clone();
             placed.placed_on = Some(node.clone());
@@ -250,7 +382,7 @@ async fn execute(
             let r = sh
                 .store
                 .txn(
-                    vec![Compare::Exists(keys::proc(&job)), ps_compare(&job, revs)],
+                    fence(&job, revs),
                     vec![
                         Op::Put {
                             key: keys::ps(&job),
@@ -278,12 +410,13 @@ async fn execute(
                     None => Target::Waiting(node.clone()),
                 }
             };
-            let started = crate::jobs::start_on(sh, &proc.job, &target, &|_| {}).await;
+            let started = crate::jobs::start_on(sh, &proc.job, &target, r.revision, &|_| {}).await;
             if let Err(e) = started {
                 // Record the failure (if the record is still our claim), so
                 // the backoff applies and `viking ps` shows why.
                 let mut failed = starting.clone();
                 failed.status = Status::Failed;
+                failed.claimed_by = None;
                 failed.error = Some(e.to_string());
                 failed.finished_at = Some(now_ms());
                 sh.store

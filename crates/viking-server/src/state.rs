@@ -75,8 +75,9 @@ pub fn no_such_job(name: &str) -> ServerError {
     ServerError::NotFound(format!("no such job: {name:?} (see `viking ps -a`)"))
 }
 
-/// The viking-ps record of a job being started on `node`.
-pub fn starting_record(job: &Job, node: &str, now: u64) -> PsRecord {
+/// The viking-ps record of a job being started on `node`, by `claimed_by`
+/// (the server that carries the start out).
+pub fn starting_record(job: &Job, node: &str, claimed_by: Option<&str>, now: u64) -> PsRecord {
     PsRecord {
         job: job.name.clone(),
         node: node.to_string(),
@@ -95,6 +96,7 @@ pub fn starting_record(job: &Job, node: &str, now: u64) -> PsRecord {
         restarts: 0,
         crash_streak: 0,
         last_exit: None,
+        claimed_by: claimed_by.map(str::to_string),
     }
 }
 
@@ -233,6 +235,8 @@ pub struct DaemonClaim<'a> {
     pub job: &'a Job,
     /// The host it was placed on, or `None` when it waits for its host.
     pub placed_on: Option<String>,
+    /// The server that claims it and carries out its start.
+    pub claimant: &'a str,
     pub waiting: Option<String>,
     /// The chosen host's placements key as the placement saw it.
     pub guard: Option<crate::placement::Guard>,
@@ -245,8 +249,9 @@ pub struct DaemonClaim<'a> {
 /// What became of a claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claimed {
-    /// The job is in viking-proc.
-    Yes,
+    /// The job is in viking-proc, at this revision (that of its `starting`
+    /// record, when it was placed).
+    Yes(Revision),
     /// Another job was placed on the chosen host since the placement was
     /// decided: nothing was written; decide again.
     HostChanged,
@@ -284,7 +289,7 @@ pub async fn claim_daemon(store: &dyn Store, c: DaemonClaim<'_>) -> Result<Claim
             // The start in flight, so the reconciler does not start it too.
             ops.push(Op::Put {
                 key: keys::ps(name),
-                value: encode(&starting_record(c.job, node, c.now))?,
+                value: encode(&starting_record(c.job, node, Some(c.claimant), c.now))?,
                 lease: None,
             });
         }
@@ -293,8 +298,9 @@ pub async fn claim_daemon(store: &dyn Store, c: DaemonClaim<'_>) -> Result<Claim
             value: encode(&rec)?,
             lease: None,
         });
-        if store.txn(compares, ops, vec![]).await?.succeeded {
-            return Ok(Claimed::Yes);
+        let r = store.txn(compares, ops, vec![]).await?;
+        if r.succeeded {
+            return Ok(Claimed::Yes(r.revision));
         }
         if name_in_use(store, name).await? {
             return Err(taken(name));
@@ -332,7 +338,7 @@ pub async fn claim_attached(
 ) -> Result<Revision> {
     let rec = PsRecord {
         status: Status::Created,
-        ..starting_record(job, node, now)
+        ..starting_record(job, node, None, now)
     };
     let r = store
         .txn(
@@ -377,8 +383,16 @@ pub async fn release_attached(store: &dyn Store, name: &str, node: &str) -> Resu
 }
 
 /// Write viking-ps and append the placement to the job's history, in one
-/// transaction (tried again if the history changed meanwhile).
-pub async fn record_started(store: &dyn Store, ps: &PsRecord, now: u64) -> Result<()> {
+/// transaction (tried again if the history changed meanwhile). With
+/// `claim`, only while viking-ps is still the `starting` record written at
+/// that revision: `false` when it is not (the job was moved, stopped or
+/// removed meanwhile) and nothing was written.
+pub async fn record_started(
+    store: &dyn Store,
+    ps: &PsRecord,
+    claim: Option<Revision>,
+    now: u64,
+) -> Result<bool> {
     for _ in 0..RETRIES {
         let (mut hist, rev) = history(store, &ps.job).await?;
         hist.push(&ps.node, now);
@@ -387,9 +401,13 @@ pub async fn record_started(store: &dyn Store, ps: &PsRecord, now: u64) -> Resul
         } else {
             Compare::ModRevision(keys::history(&ps.job), rev)
         };
+        let mut compares = vec![hist_cmp];
+        if let Some(c) = claim {
+            compares.push(Compare::ModRevision(keys::ps(&ps.job), c));
+        }
         let r = store
             .txn(
-                vec![hist_cmp],
+                compares,
                 vec![
                     Op::Put {
                         key: keys::ps(&ps.job),
@@ -406,13 +424,27 @@ pub async fn record_started(store: &dyn Store, ps: &PsRecord, now: u64) -> Resul
             )
             .await?;
         if r.succeeded {
-            return Ok(());
+            return Ok(true);
+        }
+        if let Some(c) = claim {
+            if !claim_holds(store, &ps.job, c).await? {
+                return Ok(false);
+            }
         }
     }
     Err(ServerError::Unavailable(format!(
         "could not record job {:?}: its history kept changing",
         ps.job
     )))
+}
+
+/// Whether a job's viking-ps record is still the one written at `claim`
+/// (the `starting` record of a start in flight).
+pub async fn claim_holds(store: &dyn Store, name: &str, claim: Revision) -> Result<bool> {
+    Ok(matches!(
+        store.get(&keys::ps(name)).await?,
+        Some(kv) if kv.mod_revision == claim
+    ))
 }
 
 /// Write a viking-ps record only if it is still at `rev` (so a record that

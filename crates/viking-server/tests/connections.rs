@@ -63,6 +63,7 @@ impl TestServer {
             embassy_idle_timeout: viking_embassy::DEFAULT_IDLE_TIMEOUT,
             containers: Default::default(),
             tls: Default::default(),
+            peer_timeout: std::time::Duration::from_secs(10),
         };
         let engine = FakeRuntime::new();
         engine.add_image("busybox");
@@ -382,6 +383,7 @@ async fn bad_connection_limits_are_refused_naming_the_flag() {
         embassy_idle_timeout: viking_embassy::DEFAULT_IDLE_TIMEOUT,
         containers: Default::default(),
         tls: Default::default(),
+        peer_timeout: std::time::Duration::from_secs(10),
     };
     let mut api = base.clone();
     api.api_limits.max_connections = 0;

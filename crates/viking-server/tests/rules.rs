@@ -19,6 +19,9 @@ use viking_store::{Store, StoreExt};
 
 const TOKEN: &str = "in-process-test-token";
 
+/// The test servers' deadline for calls to their peers.
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// One server on 127.0.0.1:0 over a fresh embedded store and a fake engine.
 struct TestServer {
     client: Client,
@@ -52,6 +55,17 @@ impl TestServer {
         dir: tempfile::TempDir,
         ttl: Duration,
     ) -> anyhow::Result<TestServer> {
+        Self::try_start_with(name, store, dir, ttl, PEER_TIMEOUT).await
+    }
+
+    /// [`TestServer::try_start`] with the deadline of calls to peers.
+    async fn try_start_with(
+        name: &str,
+        store: Arc<dyn Store>,
+        dir: tempfile::TempDir,
+        ttl: Duration,
+        peer_timeout: Duration,
+    ) -> anyhow::Result<TestServer> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -69,6 +83,7 @@ impl TestServer {
             host_ttl: ttl,
             resync: Duration::from_secs(30),
             policy: Default::default(),
+            peer_timeout,
             health_interval: Duration::from_secs(30),
             embassy_ports: (41000, 41009),
             embassy_bind: Some("127.0.0.1".parse().expect("ip")),
@@ -1009,4 +1024,357 @@ async fn a_store_of_another_cluster_is_only_taken_over_with_adopt() {
     assert_eq!(summary.recovered, ["keep"]);
     assert_eq!(s.client.health().await.expect("health").held, None);
     assert_eq!(removals_or_stops(&s.engine), vec![]);
+}
+
+/// A host that is alive in floki (a record under a lease kept alive) but
+/// whose server accepts connections and never answers: stopped (SIGSTOP),
+/// or cut off after connecting. Counts the connections it accepted; leaves
+/// floki when dropped (its lease expires).
+struct StalledHost {
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    listener: tokio::task::JoinHandle<()>,
+    keep: viking_store::KeepAlive,
+}
+
+impl StalledHost {
+    async fn register(store: Arc<dyn Store>, name: &str) -> StalledHost {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        let listener = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(s);
+            }
+        });
+        let record = viking_core::records::HostRecord {
+            name: name.to_string(),
+            ip: "127.0.0.1".to_string(),
+            api: format!("http://{addr}"),
+            tags: vec![],
+            cpus: 64,
+            memory: 1 << 40,
+            running: 0,
+            memory_used: 0,
+            version: "test".to_string(),
+            started_at: 1,
+            updated_at: 1,
+            server_id: format!("stalled-{name}"),
+            held: None,
+        };
+        let ttl = Duration::from_secs(1);
+        let lease = store.lease_grant(ttl).await.expect("lease");
+        let keep = viking_store::spawn_keep_alive(store.clone(), lease, ttl);
+        let value = viking_core::records::encode(&record).expect("encode");
+        store
+            .put_with_lease(&keys::host(name), value.clone(), lease)
+            .await
+            .expect("hosts/");
+        store.put(&keys::fleet(name), value).await.expect("fleet/");
+        StalledHost {
+            accepted,
+            listener,
+            keep,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for StalledHost {
+    fn drop(&mut self) {
+        self.keep.abort();
+        self.listener.abort();
+    }
+}
+
+/// Put a daemonized job in viking-proc as it is asked for, for the
+/// reconciler to place.
+async fn want(store: &dyn Store, doc: &str) {
+    let job = viking_core::Job::parse(doc.as_bytes(), String::new).expect("job");
+    let rec = viking_core::records::ProcRecord {
+        job: job.clone(),
+        created_at: viking_server::now_ms(),
+        placed_on: None,
+        waiting: None,
+    };
+    store
+        .put(
+            &keys::proc(&job.name),
+            viking_core::records::encode(&rec).expect("encode"),
+        )
+        .await
+        .expect("proc");
+}
+
+async fn ps_of(store: &dyn Store, job: &str) -> Option<(PsRecord, i64)> {
+    viking_server::state::ps(store, job).await.expect("ps")
+}
+
+#[tokio::test]
+async fn a_run_whose_chosen_host_stalls_is_placed_again() {
+    let (store, dir) = shared_store();
+    let n1 = TestServer::start_on("n1", store.clone(), dir).await;
+    // n1 is busier, so dowding prefers n2, whose server never answers.
+    n1.run(r#"{"name":"busy","image":"busybox","daemonize":true,"host":"n1"}"#)
+        .await
+        .expect("run on n1");
+    let n2 = StalledHost::register(store.clone(), "n2").await;
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        n1.run(r#"{"name":"moved","image":"busybox","daemonize":true}"#),
+    )
+    .await
+    .expect("the run does not hang on the stalled host")
+    .expect("placed again");
+    assert_eq!(n2.accepted(), 1, "n2 was asked first");
+    assert_eq!(r.ps.expect("ps").node, "n1", "placed again without n2");
+    assert!(
+        started.elapsed() < PEER_TIMEOUT + Duration::from_secs(5),
+        "within the peer deadline: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(n1.containers_of("moved"), 1);
+    let proc = viking_server::state::proc(store.as_ref(), "moved")
+        .await
+        .expect("read")
+        .expect("proc");
+    assert_eq!(proc.placed_on.as_deref(), Some("n1"), "the claim moved");
+}
+
+#[tokio::test]
+async fn the_reconciler_starts_other_jobs_while_a_start_hangs() {
+    let (store, dir) = shared_store();
+    // A deadline long enough that the hanging start outlives the test.
+    let n1 = TestServer::try_start_with(
+        "n1",
+        store.clone(),
+        dir,
+        Duration::from_secs(3),
+        Duration::from_secs(120),
+    )
+    .await
+    .expect("n1");
+    let n2 = StalledHost::register(store.clone(), "n2").await;
+    want(
+        store.as_ref(),
+        r#"{"name":"slow","image":"busybox","daemonize":true,"host":"n2"}"#,
+    )
+    .await;
+    viking_testkit::eventually_async(
+        "the start of slow to hang on n2",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async { n2.accepted() == 1 },
+    )
+    .await;
+    // Another job to start, and rounds (every change triggers one) while
+    // slow's start hangs.
+    want(
+        store.as_ref(),
+        r#"{"name":"quick","image":"busybox","daemonize":true,"host":"n1"}"#,
+    )
+    .await;
+    viking_testkit::eventually_async(
+        "quick running on n1 while slow's start hangs",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            ps_of(store.as_ref(), "quick")
+                .await
+                .is_some_and(|(p, _)| p.is_running() && p.node == "n1")
+        },
+    )
+    .await;
+    let (slow, _) = ps_of(store.as_ref(), "slow").await.expect("slow's claim");
+    assert_eq!(slow.status, viking_core::Status::Starting);
+    assert_eq!(slow.claimed_by.as_deref(), Some("n1"), "{slow:?}");
+    assert_eq!(n2.accepted(), 1, "a start in flight is not launched twice");
+    assert_eq!(n1.containers_of("quick"), 1);
+}
+
+#[tokio::test]
+async fn a_start_whose_claimant_left_floki_is_retried_at_once() {
+    let (store, dir) = shared_store();
+    let n1 = TestServer::start_on("n1", store.clone(), dir).await;
+    // n3 claimed a start on n1 and died before asking n1: the record says
+    // starting, created just now (the start timeout is five minutes).
+    let doc = r#"{"name":"orphan","image":"busybox","daemonize":true}"#;
+    let job = viking_core::Job::parse(doc.as_bytes(), String::new).expect("job");
+    let starting =
+        viking_server::state::starting_record(&job, "n1", Some("n3"), viking_server::now_ms());
+    store
+        .put(
+            &keys::ps("orphan"),
+            viking_core::records::encode(&starting).expect("encode"),
+        )
+        .await
+        .expect("ps");
+    want(store.as_ref(), doc).await;
+    viking_testkit::eventually_async(
+        "orphan running on n1",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            ps_of(store.as_ref(), "orphan")
+                .await
+                .is_some_and(|(p, _)| p.is_running())
+        },
+    )
+    .await;
+    assert_eq!(n1.containers_of("orphan"), 1);
+}
+
+/// A forwarded start that is slow on its host (here: Docker's start takes
+/// seconds) while the job moves on: the host does not record its copy and
+/// removes it, and the failed run's undo leaves the moved job alone.
+#[tokio::test]
+async fn a_failed_run_never_removes_a_job_that_moved_on() {
+    let (n1, n2) = two_hosts().await;
+    n2.engine.set_start_delay(Duration::from_secs(2));
+    let run = {
+        let c = n1.client.clone();
+        tokio::spawn(async move {
+            c.json::<RunResponse>(
+                Method::POST,
+                "/v1/jobs",
+                Some(br#"{"name":"x","image":"busybox","daemonize":true,"host":"n2"}"#.to_vec()),
+            )
+            .await
+        })
+    };
+    viking_testkit::eventually_async(
+        "x's container created on n2",
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || async { n2.containers_of("x") == 1 },
+    )
+    .await;
+    // Meanwhile the job moved to n1 and runs there (as the reconciler
+    // does when n2 leaves floki): a new claim, and its start.
+    let store = n1.shared.store.clone();
+    let proc = viking_server::state::proc(store.as_ref(), "x")
+        .await
+        .expect("read")
+        .expect("proc");
+    let mut placed = proc.clone();
+    placed.placed_on = Some("n1".to_string());
+    let starting =
+        viking_server::state::starting_record(&proc.job, "n1", Some("n1"), viking_server::now_ms());
+    let moved = store
+        .txn(
+            vec![],
+            vec![
+                viking_store::Op::Put {
+                    key: keys::ps("x"),
+                    value: viking_core::records::encode(&starting).expect("encode"),
+                    lease: None,
+                },
+                viking_store::Op::Put {
+                    key: keys::proc("x"),
+                    value: viking_core::records::encode(&placed).expect("encode"),
+                    lease: None,
+                },
+            ],
+            vec![],
+        )
+        .await
+        .expect("move");
+    viking_server::jobs::start_on(
+        &n1.shared,
+        &proc.job,
+        &viking_server::placement::Target::Here,
+        moved.revision,
+        &|_| {},
+    )
+    .await
+    .expect("started on n1");
+    let answer = run.await.expect("the run's task");
+    assert!(answer.is_err(), "the run through n2 failed: {answer:?}");
+    let (ps, _) = ps_of(store.as_ref(), "x").await.expect("x keeps its ps");
+    assert_eq!((ps.node.as_str(), ps.is_running()), ("n1", true), "{ps:?}");
+    assert!(
+        viking_server::state::proc(store.as_ref(), "x")
+            .await
+            .expect("read")
+            .is_some(),
+        "x is still in viking-proc"
+    );
+    assert_eq!(n1.containers_of("x"), 1, "x runs on n1");
+    assert_eq!(n2.containers_of("x"), 0, "n2 removed its stale copy");
+}
+
+/// A progress stream says something at least every few seconds (a blank
+/// heartbeat line while the start is quiet), so a client can tell a slow
+/// start from a stopped server.
+#[tokio::test]
+async fn a_quiet_start_sends_heartbeats() {
+    use tokio::io::AsyncReadExt;
+    let s = TestServer::start().await;
+    let quiet = viking_client::api::HEARTBEAT + Duration::from_secs(1);
+    s.engine.set_start_delay(quiet);
+    let body = s
+        .client
+        .stream(
+            Method::POST,
+            &viking_client::routes::run_with_progress(),
+            Some(br#"{"name":"slow","image":"busybox","daemonize":true}"#.to_vec()),
+        )
+        .await
+        .expect("progress");
+    let mut text = String::new();
+    viking_client::body::reader(body)
+        .read_to_string(&mut text)
+        .await
+        .expect("the whole answer");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.iter().any(|l| l.is_empty()), "a heartbeat: {text}");
+    assert!(
+        lines.last().is_some_and(|l| l.starts_with("{\"done\"")),
+        "ends with the result: {text}"
+    );
+    assert_eq!(s.containers_of("slow"), 1);
+}
+
+/// A start that reaches its host after its claim moved on (the host's
+/// server was stopped while the job went elsewhere) creates nothing there.
+#[tokio::test]
+async fn a_start_whose_claim_moved_on_creates_no_container() {
+    let (n1, n2) = two_hosts().await;
+    let r = n1
+        .run(r#"{"name":"x","image":"busybox","daemonize":true,"host":"n2"}"#)
+        .await
+        .expect("run on n2");
+    assert_eq!(r.ps.expect("ps").node, "n2");
+    // The claim that once asked n2 to start x, long superseded by the
+    // record of its start.
+    let store = n1.shared.store.clone();
+    let (_, now) = ps_of(store.as_ref(), "x").await.expect("ps");
+    let stale = now - 1;
+    n2.engine.clear_calls();
+    let doc = serde_json::to_vec(&r.job).expect("doc");
+    let e = n2
+        .client
+        .start_placed(doc, Some(stale), &|_| {})
+        .await
+        .expect_err("a stale claim is refused");
+    assert_eq!(status(e), 409);
+    assert!(
+        n2.engine.calls().iter().all(|c| !matches!(
+            c,
+            viking_docker::fake::Call::Create(_)
+                | viking_docker::fake::Call::Start(_)
+                | viking_docker::fake::Call::Remove { .. }
+        )),
+        "{:?}",
+        n2.engine.calls()
+    );
+    assert_eq!(n2.containers_of("x"), 1, "the running copy is untouched");
 }

@@ -311,6 +311,27 @@ impl Node {
         ok_stdout(&format!("stop viking in {}", self.name), self.sh(&script)).map(|_| ())
     }
 
+    /// Freezes the node's viking server (SIGSTOP): the process stays and
+    /// its kernel still accepts connections, but it answers nothing and
+    /// renews no lease, until [`Node::resume_server`].
+    pub fn pause_server(&self) -> Result<()> {
+        self.signal_once("STOP")
+    }
+
+    /// Lets a server frozen by [`Node::pause_server`] run again (SIGCONT).
+    pub fn resume_server(&self) -> Result<()> {
+        self.signal_once("CONT")
+    }
+
+    fn signal_once(&self, sig: &str) -> Result<()> {
+        let script = format!("kill -{sig} $(cat {PID_FILE})");
+        ok_stdout(
+            &format!("SIG{sig} viking in {}", self.name),
+            self.sh(&script),
+        )
+        .map(|_| ())
+    }
+
     /// Whether a viking server process is alive in the node.
     pub fn server_running(&self) -> Result<bool> {
         let out = self.sh(&format!(

@@ -51,8 +51,10 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
         policy: viking_core::reconcile::Policy {
             backoff_base_ms: secs(a.backoff, "--backoff")?.as_millis() as u64,
             backoff_max_ms: secs(a.backoff_max, "--backoff-max")?.as_millis() as u64,
+            start_timeout_ms: secs(a.start_timeout, "--start-timeout")?.as_millis() as u64,
             ..Default::default()
         },
+        peer_timeout: secs(a.peer_timeout, "--peer-timeout")?,
         embassy_ports: parse_range(&a.embassy_ports)?,
         embassy_bind: a.embassy_bind,
         api_limits: viking_server::config::ApiLimits {

@@ -472,3 +472,157 @@ fn an_emptied_store_stops_nothing_and_recover_brings_the_fleet_back() {
         },
     );
 }
+
+/// The leader's name, as `viking hosts` on `n` says.
+fn leader_of(n: &Node) -> Option<String> {
+    let v = n.cli_json(["hosts", "--json"]).ok()?;
+    v.as_array()?
+        .iter()
+        .find(|h| h["leader"] == true)
+        .map(|h| h["name"].as_str().unwrap_or("").to_string())
+}
+
+/// One slow peer stalls nothing: a server frozen (SIGSTOP) while the
+/// leader restarts a job there holds up no other work. Its kernel accepts
+/// the leader's call and nothing answers; meanwhile another host dies, and
+/// its jobs run on the leader's host within the usual failover time (a
+/// TTL of 6 s, so the frozen server is still in floki when the restart is
+/// due), long before the stalled call's deadline (`--peer-timeout 60`).
+#[test]
+fn a_stopped_server_holds_up_no_failover() {
+    let c = Cluster::start(
+        3,
+        ClusterOpts {
+            viking_bin: Some(env!("CARGO_BIN_EXE_viking").into()),
+            server_args: [
+                "--host-ttl",
+                "6",
+                "--resync",
+                "2",
+                "--backoff",
+                "2",
+                "--peer-timeout",
+                "60",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Default::default()
+        },
+    )
+    .expect("start a 3-node cluster");
+    let mut leader = None;
+    eventually("a leader", Duration::from_secs(10), POLL, || {
+        leader = leader_of(c.node(0));
+        leader.is_some()
+    });
+    let leader = c.node_named(&leader.unwrap()).unwrap();
+    let others: Vec<&Node> = c
+        .nodes()
+        .iter()
+        .filter(|n| n.name() != leader.name())
+        .collect();
+    let (stalled, victim) = (others[0], others[1]);
+    // A job that exits every two seconds on the host to be stalled.
+    run_ok(
+        leader,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "loop",
+            "--viking-host",
+            stalled.name(),
+            BUSYBOX,
+            "sh",
+            "-c",
+            "sleep 2; exit 1",
+        ],
+    );
+    let jobs: Vec<String> = (0..6).map(|i| format!("w{i}")).collect();
+    start_jobs(leader, &jobs);
+    let on_victim: Vec<String> = ps(leader)
+        .into_iter()
+        .filter(|(j, (n, _))| n == victim.name() && j != "loop")
+        .map(|(j, _)| j)
+        .collect();
+    assert!(!on_victim.is_empty(), "{:?}", ps(leader));
+    // Once it has been restarted, each exit waits out a backoff of 2 s:
+    // freeze the server right after an exit, before the leader restarts it
+    // (and before its lease runs out).
+    eventually(
+        "loop exited after a restart",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            let j = leader.cli_json(["inspect", "loop"]).unwrap();
+            j["ps"]["status"] == "exited" && j["ps"]["restarts"].as_u64().unwrap_or(0) >= 1
+        },
+    );
+    stalled.pause_server().unwrap();
+    // The leader claims the restart and asks the frozen server, which
+    // never answers.
+    eventually(
+        "the restart of loop in flight",
+        Duration::from_secs(10),
+        POLL,
+        || {
+            let j = leader.cli_json(["inspect", "loop"]).unwrap();
+            if j["ps"]["status"] == "starting" && j["ps"]["node"] == stalled.name() {
+                Ok(())
+            } else {
+                Err(j["ps"].to_string())
+            }
+        },
+    );
+    victim.kill().unwrap();
+    let killed = Instant::now();
+    eventually(
+        "the dead host's jobs running on the leader's host",
+        Duration::from_secs(20),
+        POLL,
+        || {
+            let p = ps(leader);
+            let moved = on_victim
+                .iter()
+                .all(|j| p[j].0 == leader.name() && p[j].1 == "running");
+            if moved {
+                Ok(())
+            } else {
+                Err(format!("{p:?}"))
+            }
+        },
+    );
+    eprintln!(
+        "failover of {} jobs took {:?} after the kill, with a start hanging on {}",
+        on_victim.len(),
+        killed.elapsed(),
+        stalled.name()
+    );
+    // The frozen server resumes: the start it was asked for long ago is no
+    // longer its claim, and the cluster settles with one copy of each job.
+    stalled.resume_server().unwrap();
+    eventually(
+        "loop running again on its host",
+        Duration::from_secs(60),
+        POLL,
+        || {
+            let p = ps(leader);
+            p["loop"].0 == stalled.name() && (p["loop"].1 == "running" || p["loop"].1 == "exited")
+        },
+    );
+    eventually(
+        "one copy of each job",
+        Duration::from_secs(30),
+        POLL,
+        || {
+            let k = copies(&c);
+            let ok =
+                jobs.iter().all(|j| k.get(j) == Some(&1)) && k.get("loop").is_none_or(|n| *n <= 1);
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{k:?}"))
+            }
+        },
+    );
+}
