@@ -77,6 +77,10 @@ pub struct Snapshot {
     pub hosts: Vec<HostSnapshot>,
     /// Placement history of the jobs in proc.
     pub histories: BTreeMap<String, History>,
+    /// Hosts that are not alive but whose jobs are not moved yet: a leader
+    /// that just took over gives the fleet time to come back (every server
+    /// restarted at once, for an upgrade, must not move every job).
+    pub settling: BTreeSet<String>,
 }
 
 /// One thing to do.
@@ -123,6 +127,11 @@ fn alive_hosts(snap: &Snapshot) -> BTreeSet<&str> {
         .collect()
 }
 
+/// Whether a job that ran on `node` may be moved now.
+fn may_move_from(snap: &Snapshot, node: &str) -> bool {
+    !snap.settling.contains(node)
+}
+
 /// The jobs this round places (those [`plan`] starts or makes wait): only
 /// their histories are needed, so the executor reads just those.
 pub fn to_place(snap: &Snapshot, policy: &Policy, now: u64) -> Vec<String> {
@@ -133,6 +142,8 @@ pub fn to_place(snap: &Snapshot, policy: &Policy, now: u64) -> Vec<String> {
         .filter(|p| {
             let ps = snap.ps.get(&p.job.name);
             needs_start(ps, &alive, policy, now, &mut wake_at).is_some()
+                && ps
+                    .is_none_or(|r| alive.contains(r.node.as_str()) || may_move_from(snap, &r.node))
         })
         .map(|p| p.job.name.clone())
         .collect()
@@ -224,6 +235,10 @@ pub fn plan(snap: &Snapshot, policy: &Policy, now: u64) -> Plan {
         else {
             continue;
         };
+        // Its host is gone but may be coming back: not moved yet.
+        if ps.is_some_and(|r| !alive.contains(r.node.as_str()) && !may_move_from(snap, &r.node)) {
+            continue;
+        }
         let decision = scheduler::place(job, &hosts, snap.histories.get(&job.name));
         match decision.host {
             Some(node) => {
@@ -359,6 +374,27 @@ mod tests {
             })
             .collect();
         assert_eq!(nodes, vec!["n1", "n2"]);
+    }
+
+    #[test]
+    fn a_settling_host_keeps_its_jobs_until_the_grace_ends() {
+        let mut s = Snapshot {
+            procs: vec![proc(r#"{"name":"a","image":"i","daemonize":true}"#)],
+            hosts: vec![host("n1", false), host("n2", true)],
+            ..Default::default()
+        };
+        s.ps.insert("a".into(), ps("a", "n1", "running"));
+        // n1 is gone: its job moves to n2...
+        let moved = plan(&s, &Policy::default(), 5);
+        assert!(
+            matches!(moved.actions.as_slice(), [Action::Start { node, .. }] if node == "n2"),
+            "{moved:?}"
+        );
+        assert_eq!(to_place(&s, &Policy::default(), 5), vec!["a".to_string()]);
+        // ...unless a new leader is still giving it time to come back.
+        s.settling.insert("n1".into());
+        assert_eq!(plan(&s, &Policy::default(), 5), Plan::default());
+        assert!(to_place(&s, &Policy::default(), 5).is_empty());
     }
 
     #[test]

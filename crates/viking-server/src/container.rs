@@ -115,6 +115,13 @@ pub async fn create_container(sh: &Shared, spec: &ContainerSpec) -> Result<Strin
                 .map(String::as_str);
             match existing {
                 Some(c) if Some(c.job.as_str()) == job && c.cluster == sh.config.key && c.node == sh.config.name => {
+                    // The same daemonized job, running: a start that came
+                    // while its record lagged (the host was gone and is
+                    // back). It goes on running; it is not replaced.
+                    if !spec.interactive && c.status == "running" && same_job(spec, &c) {
+                        tracing::info!(job = %c.job, "the job's container already runs here: keeping it");
+                        return Ok(c.id);
+                    }
                     tracing::info!(job = %c.job, "removing a leftover container of this job");
                     sh.runtime.remove(&c.id, true).await?;
                     Ok(sh.runtime.create(spec).await?)
@@ -127,6 +134,24 @@ pub async fn create_container(sh: &Shared, spec: &ContainerSpec) -> Result<Strin
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Whether container `c` carries the very job `spec` is for (the same
+/// document in its `viking.spec` label).
+fn same_job(spec: &ContainerSpec, c: &ContainerInfo) -> bool {
+    let job_of = |label: Option<&str>| {
+        label.and_then(|l| {
+            viking_core::records::decode::<viking_core::records::SpecLabel>(l.as_bytes())
+                .ok()
+                .map(|s| s.job)
+        })
+    };
+    let wanted = job_of(
+        spec.labels
+            .get(viking_docker::LABEL_SPEC)
+            .map(String::as_str),
+    );
+    wanted.is_some() && wanted == job_of(c.spec.as_deref())
 }
 
 /// A viking-ps record from Docker's view of a container.

@@ -53,6 +53,9 @@ pub struct InFlight {
     /// Whether this server leads: an action that gets its slot after the
     /// term ended does nothing.
     leading: Arc<std::sync::atomic::AtomicBool>,
+    /// Until when (ms) a new leader leaves the jobs of hosts that are not
+    /// alive where they are: the fleet may be restarting.
+    settle_until: Option<u64>,
 }
 
 impl Default for InFlight {
@@ -62,6 +65,7 @@ impl Default for InFlight {
             slots: Arc::new(tokio::sync::Semaphore::new(PARALLEL_STARTS)),
             jobs: Arc::default(),
             leading: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            settle_until: None,
         }
     }
 }
@@ -164,6 +168,10 @@ async fn campaign_and_lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result
     };
     tracing::info!(name = %sh.config.name, "leader: reconciling the cluster");
     in_flight.set_leading(true);
+    // A new leader gives hosts that are not alive two TTLs to come back
+    // before it moves their jobs: after every server restarted at once the
+    // first one up must not take every job.
+    in_flight.settle_until = Some(now_ms() + 2 * ttl.as_millis() as u64);
     let ended = tokio::select! {
         _ = leadership.lost() => {
             tracing::warn!("lost leadership");
@@ -249,14 +257,23 @@ pub async fn reconcile_round(
     }
     let (procs, ps, revs) = read_state(sh).await?;
     let hosts = crate::placement::snapshot(sh).await?;
+    let now = now_ms();
+    let settling = match in_flight.settle_until {
+        Some(t) if now < t => hosts
+            .iter()
+            .filter(|h| !h.alive)
+            .map(|h| h.name.clone())
+            .collect(),
+        _ => Default::default(),
+    };
     let mut snap = Snapshot {
         procs,
         ps,
         hosts,
         histories: BTreeMap::new(),
+        settling,
     };
     let policy = sh.config.policy;
-    let now = now_ms();
     // The histories of the jobs this round places, each read for its job:
     // a job that runs needs none.
     for name in reconcile::to_place(&snap, &policy, now) {
@@ -285,7 +302,11 @@ pub async fn reconcile_round(
             }
         });
     }
-    Ok(plan.wake_at)
+    let settle_end = in_flight.settle_until.filter(|t| now < *t);
+    Ok(match (plan.wake_at, settle_end) {
+        (Some(w), Some(t)) => Some(w.min(t)),
+        (w, t) => w.or(t),
+    })
 }
 
 /// The revisions of each job's viking-proc and viking-ps records as read.

@@ -1378,3 +1378,41 @@ async fn a_start_whose_claim_moved_on_creates_no_container() {
     );
     assert_eq!(n2.containers_of("x"), 1, "the running copy is untouched");
 }
+
+#[tokio::test]
+async fn a_start_of_a_job_whose_container_still_runs_keeps_that_container() {
+    let s = TestServer::start().await;
+    let r = s
+        .run(r#"{"name":"keep","image":"busybox","daemonize":true}"#)
+        .await
+        .expect("run");
+    let id = r.ps.expect("ps").container_id;
+    // The record lags behind the container: it says the job waits (its
+    // host was gone and is back; the agent has not refreshed it yet).
+    let (mut rec, _) = viking_server::state::ps(s.shared.store.as_ref(), "keep")
+        .await
+        .expect("ps")
+        .expect("record");
+    rec.status = viking_core::Status::Waiting;
+    s.shared
+        .store
+        .put(
+            &keys::ps("keep"),
+            viking_core::records::encode(&rec).expect("encode"),
+        )
+        .await
+        .expect("put");
+    viking_server::reconciler::reconcile_once(&s.shared)
+        .await
+        .expect("round");
+    // Started "again": the running container is kept, not replaced.
+    assert_eq!(removals_or_stops(&s.engine), vec![], "nothing removed");
+    assert_eq!(s.containers_of("keep"), 1);
+    let now = viking_server::state::ps(s.shared.store.as_ref(), "keep")
+        .await
+        .expect("ps")
+        .expect("record")
+        .0;
+    assert_eq!(now.container_id, id);
+    assert_eq!(now.status, viking_core::Status::Running);
+}

@@ -165,7 +165,7 @@ fn check(
                 .get(&j.name)
                 .and_then(|c| c.first())
                 .map(|c| c.0.as_str());
-            if on.is_some() && on != home.map(String::as_str) {
+            if on.is_some() && home.is_some() && on != home.map(String::as_str) {
                 why.push(format!("{} runs on {on:?}, not its host {home:?}", j.name));
             }
         }
@@ -419,12 +419,17 @@ fn main() {
                 )
             }
             _ => {
-                for n in c.nodes() {
-                    let _ = n.stop_server();
-                }
-                for n in c.nodes() {
-                    let _ = n.start_server();
-                }
+                // All at once, as an upgrade of the fleet does it.
+                std::thread::scope(|s| {
+                    for n in c.nodes() {
+                        s.spawn(|| n.stop_server());
+                    }
+                });
+                std::thread::scope(|s| {
+                    for n in c.nodes() {
+                        s.spawn(|| n.start_server());
+                    }
+                });
                 tally.record(
                     "restart every server",
                     settle(&c, &all, &homes, &down),
