@@ -47,15 +47,26 @@ fn the_api_over_tls_answers_only_through_the_clusters_ca() {
 
     // Plain HTTP on the network is refused, naming the way out.
     let data = dir.path().join("plain");
-    let out = viking(&[
-        "server",
-        "--listen",
-        &format!("0.0.0.0:{}", free_port()),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let mut plain = Server(
+        Command::new(bin())
+            .args(["server", "--listen", &format!("0.0.0.0:{}", free_port())])
+            .arg("--data-dir")
+            .arg(&data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let code = eventually(
+        "the plain server to refuse to start",
+        Duration::from_secs(20),
+        POLL,
+        || plain.0.try_wait().ok().flatten(),
+    );
+    assert_eq!(code.code(), Some(1));
+    let mut err = String::new();
+    std::io::Read::read_to_string(plain.0.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(
         err.contains("--insecure-http") && err.contains("--tls-cert"),
         "{err}"
