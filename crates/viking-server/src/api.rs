@@ -296,11 +296,17 @@ async fn ps(
     State(sh): State<Arc<Shared>>,
     Query(q): Query<PsQuery>,
 ) -> ApiResult<Json<Vec<JobState>>> {
-    let mut v: Vec<PsRecord> = state::list(sh.store.as_ref(), keys::PS).await?;
+    let (mut v, bad_ps) = state::list_all::<PsRecord>(sh.store.as_ref(), keys::PS).await?;
+    let (_, bad_proc) = state::list_all::<ProcRecord>(sh.store.as_ref(), keys::PROC).await?;
     if !q.all {
         v.retain(|p| p.is_running());
     }
-    Ok(Json(v.iter().map(JobState::from).collect()))
+    let mut rows: Vec<JobState> = v.iter().map(JobState::from).collect();
+    // A record that cannot be read is shown (always, with or without -a),
+    // never silently left out.
+    rows.extend(crate::state::unreadable_rows(&bad_ps, &bad_proc));
+    rows.sort_by(|a, b| a.job.cmp(&b.job));
+    Ok(Json(rows))
 }
 
 async fn services(

@@ -65,6 +65,8 @@ async fn campaign_and_lead(sh: &Arc<Shared>) -> Result<(), StoreError> {
         _ = leadership.lost() => tracing::warn!("lost leadership"),
         _ = keep.lost() => tracing::warn!("leader lease lost"),
         r = lead(sh) => r?,
+        // The leader also keeps the store's history short (never ends).
+        _ = crate::compaction::run(sh.clone()) => {}
     }
     // Stop acting at once; let the lease go so another server takes over.
     keep.abort();
@@ -173,13 +175,18 @@ type PsRevs = BTreeMap<String, Revision>;
 async fn read_state(
     sh: &Shared,
 ) -> Result<(Vec<ProcRecord>, BTreeMap<String, PsRecord>, PsRevs), ServerError> {
-    let procs: Vec<ProcRecord> = state::list(sh.store.as_ref(), keys::PROC).await?;
-    let (kvs, _) = sh.store.list(keys::PS).await?;
+    // An unreadable record is skipped (and reported): a job whose proc
+    // cannot be read is not planned, nor one whose ps cannot be (it may
+    // run: starting it again could run it twice).
+    let mut procs: Vec<ProcRecord> = state::list(sh.store.as_ref(), keys::PROC).await?;
+    let (good, bad) = state::list_with_revs::<PsRecord>(sh.store.as_ref(), keys::PS).await?;
+    let unreadable: std::collections::HashSet<&str> =
+        bad.iter().filter_map(|u| u.name(keys::PS)).collect();
+    procs.retain(|p| !unreadable.contains(p.job.name.as_str()));
     let mut ps = BTreeMap::new();
     let mut revs = BTreeMap::new();
-    for kv in kvs {
-        let r: PsRecord = decode(&kv.value)?;
-        revs.insert(r.job.clone(), kv.mod_revision);
+    for (r, rev) in good {
+        revs.insert(r.job.clone(), rev);
         ps.insert(r.job.clone(), r);
     }
     Ok((procs, ps, revs))

@@ -63,6 +63,8 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
         },
         health_interval: secs(a.health_interval, "--health-interval")?
             .max(Duration::from_millis(100)),
+        docker_ping_failures: a.docker_ping_failures,
+        compact_window: secs(a.compact_window, "--compact-window")?,
     })
 }
 
