@@ -96,7 +96,7 @@ struct RunQuery {
     progress: bool,
 }
 
-/// The largest request body: a job document of 1 MiB plus some slack.
+/// The largest request body: a job document of 256 KiB plus some slack.
 const BODY_LIMIT: usize = viking_core::job::MAX_DOCUMENT_BYTES + 4096;
 
 async fn run(
@@ -111,7 +111,7 @@ async fn run(
         .await
         .map_err(|_| {
             ServerError::Invalid(format!(
-                "invalid job: (document): larger than the limit of {} bytes (1 MiB)",
+                "invalid job: (document): larger than the limit of {} bytes (256 KiB)",
                 viking_core::job::MAX_DOCUMENT_BYTES
             ))
         })?;
