@@ -103,6 +103,7 @@ async fn mesh(m: MeshCommand) -> Result<(), viking_mesh::MeshError> {
                 etcd_binary,
                 etcd_image,
                 foreground,
+                quota_backend_bytes,
                 server_args,
             } = a.machine;
             viking_mesh::init(viking_mesh::InitOptions {
@@ -117,6 +118,7 @@ async fn mesh(m: MeshCommand) -> Result<(), viking_mesh::MeshError> {
                 etcd_image,
                 foreground,
                 server_args,
+                quota_backend_bytes: Some(quota_backend_bytes),
             })
             .await
         }
@@ -130,6 +132,7 @@ async fn mesh(m: MeshCommand) -> Result<(), viking_mesh::MeshError> {
                 etcd_binary,
                 etcd_image,
                 foreground,
+                quota_backend_bytes,
                 server_args,
             } = a.machine;
             viking_mesh::join(viking_mesh::JoinOptions {
@@ -145,6 +148,7 @@ async fn mesh(m: MeshCommand) -> Result<(), viking_mesh::MeshError> {
                 max_members: Some(a.max_members),
                 foreground,
                 server_args,
+                quota_backend_bytes: Some(quota_backend_bytes),
             })
             .await
         }
@@ -155,6 +159,7 @@ async fn mesh(m: MeshCommand) -> Result<(), viking_mesh::MeshError> {
         MeshCommand::Up { dir: d } => {
             viking_mesh::up(&dir(d), viking_mesh::shutdown_signal()).await
         }
+        MeshCommand::Defrag { dir: d } => viking_mesh::defrag(&dir(d)).await,
     }
 }
 

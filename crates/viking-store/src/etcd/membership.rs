@@ -413,6 +413,39 @@ mod etcd_tests {
         assert_eq!(m.list().await.expect("list"), before);
     }
 
+    /// Compaction frees pages; defragmentation gives them back: the
+    /// member's database shrinks, and its status says how big it is.
+    #[tokio::test]
+    async fn a_defragmented_member_gives_the_compacted_space_back() {
+        use crate::Store;
+        let etcd = EtcdCluster::start(1).expect("etcd");
+        let store = crate::EtcdStore::connect(&etcd.endpoints(), "/defrag")
+            .await
+            .expect("connect");
+        let value = "x".repeat(16 * 1024);
+        let mut last = 0;
+        for i in 0..400 {
+            last = crate::StoreExt::put(&store, &format!("k/{}", i % 4), value.clone())
+                .await
+                .expect("put");
+        }
+        let m = Membership::new(etcd.endpoints());
+        let before = m.status().await.expect("status");
+        assert!(before.db_size > 4 << 20, "{before:?}");
+        assert_eq!(before.revision, last);
+        store.compact(last).await.expect("compact");
+        m.defragment().await.expect("defragment");
+        let after = m.status().await.expect("status");
+        assert!(
+            after.db_size < before.db_size / 2,
+            "{} bytes before, {} after",
+            before.db_size,
+            after.db_size
+        );
+        assert!(after.is_healthy());
+        assert_eq!(m.alarms().await.expect("alarms"), Vec::<String>::new());
+    }
+
     #[tokio::test]
     async fn a_dead_endpoint_is_no_answer() {
         let m = Membership::new(vec![DEAD.to_string()]);
