@@ -1042,20 +1042,27 @@ async fn a_store_of_another_cluster_is_only_taken_over_with_adopt() {
 
 // ------------------------------------------------ a quiet, robust store
 
-/// An idle server writes nothing to the store over several of floki's
-/// heartbeats (its lease's keep-alives are not writes): the store's
-/// revision does not move. A change in its load is written (once).
+/// An idle server with a running job writes nothing to the store over
+/// several of floki's heartbeats and the agent's resyncs (its lease's
+/// keep-alives are not writes): the store's revision does not move. A
+/// change in its load is written (once).
 #[tokio::test]
 async fn an_idle_server_writes_nothing_to_the_store() {
     let (store, dir) = shared_store();
     let ttl = Duration::from_secs(1);
-    let s = TestServer::try_start("n1", store.clone(), dir, ttl)
+    let s = TestServer::try_start_with("n1", store.clone(), dir, ttl, |c| {
+        c.resync = Duration::from_secs(1)
+    })
+    .await
+    .expect("server");
+    s.run(r#"{"name":"web","image":"busybox","daemonize":true}"#)
         .await
-        .expect("server");
+        .expect("run web");
     // Let the start settle: the first resync, the election, the standing.
     let settled = || async {
         let a = store.revision().await.expect("revision");
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Longer than floki's shortest gap between two writes.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         a == store.revision().await.expect("revision")
     };
     viking_testkit::eventually_async(
@@ -1066,8 +1073,8 @@ async fn an_idle_server_writes_nothing_to_the_store() {
     )
     .await;
     let before = store.revision().await.expect("revision");
-    // Twelve heartbeats of floki (a third of the TTL each) and as many
-    // Docker pings.
+    // Twelve heartbeats of floki (a third of the TTL each), four Docker
+    // pings, four resyncs of the agent and rounds of the reconciler.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let after = store.revision().await.expect("revision");
     assert_eq!(

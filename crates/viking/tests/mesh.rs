@@ -503,7 +503,7 @@ fn mesh_runs_etcd_as_a_container_with_a_restart_policy() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("ETCD MEMBER   ID   ") && l.ends_with("   ROLE")),
+            .any(|l| l.starts_with("ETCD MEMBER   ID   ") && l.ends_with("   ROLE   DB SIZE")),
         "{table}"
     );
     assert!(lines.iter().any(|l| l.starts_with("SERVER   ")), "{table}");
