@@ -607,6 +607,30 @@ contract!(
     list_pages,
 );
 
+/// A list whose records add up to more than gRPC's default message limit
+/// (4 MiB) comes back whole: pages, and message limits that fit a page of
+/// the largest records (a job document may be 256 KiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_lists_records_beyond_the_default_message_limit() {
+    let cluster = viking_store::testing::shared_etcd().unwrap_or_else(|e| panic!("{e}"));
+    let store = EtcdStore::connect(&cluster.endpoints(), "/viking-test/big-list")
+        .await
+        .unwrap();
+    let value = "x".repeat(300 * 1024);
+    for i in 0..24 {
+        store
+            .put(&format!("big/{i:02}"), value.clone())
+            .await
+            .unwrap();
+    }
+    let (kvs, _) = store.list("big/").await.unwrap();
+    assert_eq!(kvs.len(), 24);
+    assert!(kvs.iter().all(|kv| kv.value.len() == value.len()));
+    for kv in kvs {
+        store.delete(&kv.key).await.unwrap();
+    }
+}
+
 // Compaction is store-wide: the etcd case gets an etcd of its own, so the
 // shared one's history stays whole for the other tests' watches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
