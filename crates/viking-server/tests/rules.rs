@@ -1187,6 +1187,10 @@ async fn a_poison_record_stops_neither_a_run_nor_the_reconciler() {
         },
     )
     .await;
+    // The agent's full resync goes on too.
+    viking_server::agent::resync(&s.shared)
+        .await
+        .expect("the agent's resync with a poison record in the store");
     // viking ps shows both, with or without -a.
     for all in [false, true] {
         let ps = s.client.ps(all).await.expect("ps");
