@@ -50,12 +50,15 @@ command -v etcdctl >/dev/null || {
 echo "etcd-soak: $minutes minutes, etcd quota 8 MiB, a host rejoining every minute" >&2
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-status=0
+# The figures as they come; everything in $out for a failure.
+set +e
 VIKING_SOAK_MINUTES=$minutes cargo test -p viking --test etcd_quota -- \
-    --ignored --exact soak --nocapture >"$out" 2>&1 || status=$?
-grep '^soak: ' "$out" | sed 's/^soak: //' || true
+    --ignored --exact soak --nocapture 2>&1 | tee "$out" |
+    grep --line-buffered '^soak: ' | sed -u 's/^soak: //'
+status=${PIPESTATUS[0]}
+set -e
 if [ "$status" -ne 0 ]; then
-    echo "etcd-soak: FAILED (exit $status); the test's output:" >&2
-    grep -v '^soak: ' "$out" | tail -60 >&2
+    echo "etcd-soak: FAILED (exit $status):" >&2
+    grep -A8 'panicked' "$out" >&2 || grep -v '^soak: ' "$out" | tail -60 >&2
     exit "$status"
 fi

@@ -414,3 +414,46 @@ pub async fn host(sh: &Shared, name: &str) -> Result<Option<HostRecord>, ServerE
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(running: u64, memory_used: u64, updated_at: u64) -> HostRecord {
+        HostRecord {
+            name: "n1".into(),
+            ip: "10.0.0.1".into(),
+            api: "http://10.0.0.1:8791".into(),
+            tags: vec![],
+            cpus: 4,
+            memory: 8 << 30,
+            running,
+            memory_used: round_memory(memory_used),
+            version: "1".into(),
+            started_at: 1,
+            updated_at,
+            server_id: "id".into(),
+            held: None,
+        }
+    }
+
+    #[test]
+    fn the_time_alone_or_memory_noise_is_no_change() {
+        let base = rec(2, 300 << 20, 1_000);
+        assert!(same_content(&base, &rec(2, 300 << 20, 9_000)));
+        // A few megabytes either way within one 64 MiB step: no change.
+        assert!(same_content(
+            &base,
+            &rec(2, (300 << 20) - (20 << 20), 9_000)
+        ));
+        assert!(same_content(
+            &base,
+            &rec(2, (300 << 20) + (10 << 20), 9_000)
+        ));
+        // A job more, or a step of memory: a change.
+        assert!(!same_content(&base, &rec(3, 300 << 20, 1_000)));
+        assert!(!same_content(&base, &rec(2, 400 << 20, 1_000)));
+        assert_eq!(round_memory((64 << 20) - 1), 0);
+        assert_eq!(round_memory(64 << 20), 64 << 20);
+    }
+}

@@ -72,6 +72,10 @@ fn cluster() -> Cluster {
                 "2",
                 "--backoff",
                 "0.5",
+                // Every job is killed every few seconds: its restart delay
+                // must not outgrow the final check.
+                "--backoff-max",
+                "5",
                 "--compact-window",
                 "10",
             ]
@@ -131,7 +135,7 @@ fn workload(c: &Cluster, run_for: Duration, rejoin_every: Duration) -> Vec<(f64,
         assert!(db < QUOTA, "database {db} bytes, quota {QUOTA}");
     }
     // Every job still runs, and a new one can be placed.
-    eventually("every job running", Duration::from_secs(30), POLL, || {
+    eventually("every job running", Duration::from_secs(60), POLL, || {
         let v = n1.cli_json(["ps", "--json"]).expect("ps");
         jobs.iter().all(|j| {
             v.as_array().is_some_and(|a| {
