@@ -16,15 +16,11 @@ use viking_cli::table;
 use viking_store::etcd::membership::Membership;
 
 use crate::state::DataDir;
-use crate::status::endpoints_of;
+use crate::status::{endpoints_of, size};
 use crate::{MeshError, Result};
 
 /// How long a defragmented member may take to be healthy again.
 const HEALTHY_AGAIN: Duration = Duration::from_secs(30);
-
-fn mib(bytes: i64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
-}
 
 /// `viking mesh defrag`.
 pub async fn defrag(data_dir: &Path) -> Result<()> {
@@ -59,8 +55,8 @@ pub async fn defrag(data_dir: &Path) -> Result<()> {
         };
         rows.push(vec![
             m.name,
-            mib(before.db_size),
-            mib(after.db_size),
+            size(before.db_size),
+            size(after.db_size),
             "defragmented".into(),
         ]);
     }

@@ -57,6 +57,15 @@ pub struct StatusView {
     pub servers: Vec<ServerView>,
 }
 
+/// A database size as the tables print it: KiB below a MiB, else MiB.
+pub(crate) fn size(bytes: i64) -> String {
+    if bytes < 1 << 20 {
+        format!("{} KiB", bytes / 1024)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
+}
+
 pub(crate) fn endpoints_of(st: &MeshState) -> Vec<String> {
     let mut eps = st.etcd_endpoints.clone();
     if st.role == Role::Member && !eps.contains(&local_etcd(st)) {
@@ -186,9 +195,7 @@ pub async fn status(data_dir: &Path, json: bool) -> Result<()> {
                 } else {
                     "follower".into()
                 },
-                m.db_size
-                    .map(|b| format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64))
-                    .unwrap_or_else(|| "-".into()),
+                m.db_size.map(size).unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
