@@ -46,9 +46,10 @@ pub const MIN_PUBLISH_GAP: Duration = Duration::from_secs(2);
 pub const FLEET_REFRESH: Duration = Duration::from_secs(60);
 /// How often Docker is pinged, and how long one ping may take.
 pub const PING_EVERY: Duration = Duration::from_secs(1);
-/// The memory figure is published rounded down to this, so a few
-/// megabytes of noise never cause a write.
-const MEMORY_STEP: u64 = 64 << 20;
+/// The memory figure is published rounded down to its first
+/// `MEMORY_BITS` significant bits (within 1/8 of its value), so noise
+/// never causes a write while small figures stay above zero.
+const MEMORY_BITS: u32 = 4;
 
 /// Every server floki knows, alive or gone, sorted by name.
 pub async fn list(sh: &Shared) -> Result<Vec<HostView>, ServerError> {
@@ -88,9 +89,12 @@ pub async fn record(sh: &Shared) -> HostRecord {
     }
 }
 
-/// Memory in use as published: rounded down to [`MEMORY_STEP`].
+/// Memory in use as published: rounded down to its first
+/// [`MEMORY_BITS`] significant bits.
 fn round_memory(bytes: u64) -> u64 {
-    bytes - bytes % MEMORY_STEP
+    let bits = u64::BITS - bytes.leading_zeros();
+    let shift = bits.saturating_sub(MEMORY_BITS);
+    (bytes >> shift) << shift
 }
 
 /// Whether two records say the same (the time they were written aside).
@@ -441,19 +445,17 @@ mod tests {
     fn the_time_alone_or_memory_noise_is_no_change() {
         let base = rec(2, 300 << 20, 1_000);
         assert!(same_content(&base, &rec(2, 300 << 20, 9_000)));
-        // A few megabytes either way within one 64 MiB step: no change.
-        assert!(same_content(
-            &base,
-            &rec(2, (300 << 20) - (20 << 20), 9_000)
-        ));
-        assert!(same_content(
-            &base,
-            &rec(2, (300 << 20) + (10 << 20), 9_000)
-        ));
-        // A job more, or a step of memory: a change.
+        // Ten megabytes either way (within one 32 MiB step): no change.
+        assert!(same_content(&base, &rec(2, 290 << 20, 9_000)));
+        assert!(same_content(&base, &rec(2, 310 << 20, 9_000)));
+        // A job more, or a tenth more memory: a change.
         assert!(!same_content(&base, &rec(3, 300 << 20, 1_000)));
-        assert!(!same_content(&base, &rec(2, 400 << 20, 1_000)));
-        assert_eq!(round_memory((64 << 20) - 1), 0);
-        assert_eq!(round_memory(64 << 20), 64 << 20);
+        assert!(!same_content(&base, &rec(2, 330 << 20, 1_000)));
+        // Within an eighth below, never above; small figures stay above 0.
+        for b in [1u64, 7, 900 << 10, 300 << 20, u64::MAX] {
+            let r = round_memory(b);
+            assert!(r <= b && r >= b - b / 8 && r > 0, "{b} -> {r}");
+        }
+        assert_eq!(round_memory(0), 0);
     }
 }
