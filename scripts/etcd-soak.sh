@@ -48,8 +48,7 @@ command -v etcdctl >/dev/null || {
 }
 
 echo "etcd-soak: $minutes minutes, etcd quota 8 MiB, a host rejoining every minute" >&2
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+out=$(mktemp /tmp/etcd-soak.XXXXXX)
 # The figures as they come; everything in $out for a failure.
 set +e
 VIKING_SOAK_MINUTES=$minutes cargo test -p viking --test etcd_quota -- \
@@ -60,5 +59,7 @@ set -e
 if [ "$status" -ne 0 ]; then
     echo "etcd-soak: FAILED (exit $status):" >&2
     grep -A8 'panicked' "$out" >&2 || grep -v '^soak: ' "$out" | tail -60 >&2
+    echo "etcd-soak: the whole output (with every server's log) is in $out" >&2
     exit "$status"
 fi
+rm -f "$out"
