@@ -253,6 +253,14 @@ pub struct ServerArgs {
     /// The largest pids limit a job may ask for.
     #[arg(long, env = "VIKING_PIDS_MAX", default_value_t = 4096)]
     pub pids_max: u64,
+    /// How many Docker pings (one a second) must fail in a row before this
+    /// host leaves floki and its jobs move.
+    #[arg(long, env = "VIKING_DOCKER_PING_FAILURES", default_value_t = 3)]
+    pub docker_ping_failures: u32,
+    /// Seconds of the store's history the leader keeps when it compacts
+    /// etcd (a watcher further behind reads everything again).
+    #[arg(long, env = "VIKING_COMPACT_WINDOW", default_value_t = 600.0)]
+    pub compact_window: f64,
 }
 
 /// The default data directory: `/var/lib/viking` for root, else

@@ -51,6 +51,14 @@ pub enum MeshCommand {
         #[command(flatten)]
         dir: MeshDir,
     },
+    /// Defragment etcd's members one at a time, giving the space that
+    /// compaction freed back to the disk; prints each member's database
+    /// size before and after. A member answers nothing while it
+    /// defragments: run it when the cluster is quiet.
+    Defrag {
+        #[command(flatten)]
+        dir: MeshDir,
+    },
 }
 
 /// The data directory of `viking mesh`.
@@ -90,6 +98,10 @@ pub struct MeshMachineArgs {
     /// Stay in the foreground (the supervisor runs in this process).
     #[arg(long)]
     pub foreground: bool,
+    /// etcd's backend quota in bytes (members only): past it etcd refuses
+    /// every write (NOSPACE) until compacted, defragmented and disarmed.
+    #[arg(long, default_value_t = 2 << 30)]
+    pub quota_backend_bytes: u64,
     /// Extra arguments for `viking server`, after `--`.
     #[arg(last = true)]
     pub server_args: Vec<String>,

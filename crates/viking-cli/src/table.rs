@@ -166,7 +166,12 @@ pub fn ps(v: &[JobState], now: u64) -> String {
                 truncate(&p.container_id, 12),
                 p.image.clone(),
                 format!("\"{}\"", truncate(&p.command.join(" "), 20)),
-                ago(now, p.created_at),
+                // A record that cannot be read has no time of its own.
+                if p.status == "unreadable" {
+                    "-".to_string()
+                } else {
+                    ago(now, p.created_at)
+                },
                 status(p, now),
                 ports,
             ]
@@ -363,5 +368,23 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 2, "{out}");
         assert!(lines[0].starts_with("NAME   HOST   CONTAINER ID"), "{out}");
+    }
+
+    #[test]
+    fn an_unreadable_record_is_a_row_with_its_error() {
+        let mut bad = job_state(&[], "zz", "");
+        bad.status = "unreadable".into();
+        bad.error = Some("viking-ps record \"ps/zz\": ps record is not valid: x".into());
+        let out = ps(&[job_state(&["sleep"], "web", "busybox"), bad], 1_000);
+        let row = out
+            .lines()
+            .find(|l| l.starts_with("zz"))
+            .expect("a row for zz");
+        assert!(
+            row.contains(
+                "-              Unreadable: viking-ps record \"ps/zz\": ps record is not valid"
+            ),
+            "{out}"
+        );
     }
 }

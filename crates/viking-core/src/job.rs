@@ -27,8 +27,13 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The largest job document accepted.
-pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+/// The largest job document accepted: 256 KiB. The job is stored (in
+/// viking-proc, and in its container's label) as one value, which etcd
+/// caps at 1.5 MiB per request, and read back in pages of many records.
+/// Stored, a job is at most about twice its document (a command given as
+/// a string of one-letter words becomes a list), so every record and
+/// every page stays well within those limits.
+pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 /// The longest job name accepted.
 pub const MAX_NAME_LEN: usize = 128;
 /// The most ports one job may publish: each is a docker-proxy process and,
@@ -51,7 +56,7 @@ pub enum JobError {
         column: usize,
     },
     /// The document is larger than [`MAX_DOCUMENT_BYTES`].
-    #[error("invalid job: (document): is {size} bytes, more than the limit of {MAX_DOCUMENT_BYTES} bytes (1 MiB)")]
+    #[error("invalid job: (document): is {size} bytes, more than the limit of {MAX_DOCUMENT_BYTES} bytes (256 KiB)")]
     TooLarge { size: usize },
     /// A field breaks a rule (or is unknown, or of the wrong type).
     #[error("invalid job: {0}")]
@@ -1004,7 +1009,22 @@ mod tests {
             r#"{{"image":"b","command":["{}"]}}"#,
             "x".repeat(MAX_DOCUMENT_BYTES)
         );
-        assert_eq!(parse(&big).unwrap_err().field(), "(document)");
+        let e = parse(&big).unwrap_err();
+        assert_eq!(e.field(), "(document)");
+        assert!(
+            e.to_string().contains(&format!(
+                "is {} bytes, more than the limit of 262144 bytes (256 KiB)",
+                big.len()
+            )),
+            "{e}"
+        );
+        // Just under the limit is accepted.
+        let fits = format!(
+            r#"{{"image":"b","command":["{}"]}}"#,
+            "x".repeat(MAX_DOCUMENT_BYTES - 40)
+        );
+        assert!(fits.len() <= MAX_DOCUMENT_BYTES);
+        assert!(parse(&fits).is_ok());
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::path::Path;
 use crate::launch::{launch, wait_server, with_logs, ETCD_READY, SERVER_READY};
 use crate::net::{detect_ip, sock};
 use crate::options::{
-    check_ip, check_listen, check_name, check_ports_free, check_tags, check_token, etcd_runner,
-    InitOptions,
+    check_ip, check_listen, check_name, check_ports_free, check_quota, check_tags, check_token,
+    etcd_runner, InitOptions,
 };
 use crate::record::{self, MeshRecord};
 use crate::state::{new_token, url, DataDir, MeshState, Role, STATE_VERSION};
@@ -31,6 +31,7 @@ pub async fn init(o: InitOptions) -> Result<()> {
     };
     check_ip(&ip)?;
     let tags = check_tags(&o.tags)?;
+    let quota = check_quota(o.quota_backend_bytes)?;
     let listen = check_listen(o.listen)?;
     let runner = etcd_runner(o.etcd_binary, o.etcd_image)?;
     let (token, new_token_file) = match o.token.filter(|t| !t.is_empty()) {
@@ -62,6 +63,7 @@ pub async fn init(o: InitOptions) -> Result<()> {
         initial_cluster_state: "new".into(),
         etcd: Some(runner),
         server_args: o.server_args,
+        quota_backend_bytes: Some(quota),
     };
     let undo_files = |dd: &DataDir| {
         let token = dd.token().ok();

@@ -26,7 +26,8 @@ use viking_store::etcd::membership::{client_urls, initial_cluster, Membership};
 use crate::launch::{launch, wait_server, with_logs, ETCD_READY, SERVER_READY};
 use crate::net::{detect_ip, parse_addr, sock};
 use crate::options::{
-    check_ip, check_listen, check_name, check_ports_free, check_tags, etcd_runner, JoinOptions,
+    check_ip, check_listen, check_name, check_ports_free, check_quota, check_tags, etcd_runner,
+    JoinOptions,
 };
 use crate::record::{self, DEFAULT_KEY};
 use crate::state::{url, DataDir, MeshState, Role, STATE_VERSION};
@@ -110,6 +111,7 @@ pub async fn join(o: JoinOptions) -> Result<()> {
     let (host, port) = parse_addr(&o.addr)?;
     let name = check_name(o.name)?;
     let tags = check_tags(&o.tags)?;
+    let quota = check_quota(o.quota_backend_bytes)?;
     let listen = check_listen(o.listen)?;
     if o.token.is_empty() {
         return Err(MeshError::Invalid(
@@ -199,6 +201,7 @@ pub async fn join(o: JoinOptions) -> Result<()> {
         initial_cluster_state: String::new(),
         etcd: runner,
         server_args: o.server_args,
+        quota_backend_bytes: Some(quota),
     };
     // 3. Add the member (a learner: it does not count for the quorum until
     //    it has caught up and is promoted).

@@ -19,13 +19,15 @@
 //! - [`net`]: this machine's name and address, `ip:port`, `HOST[:PORT]`;
 //! - [`launch`]: starting the supervisor (and undoing it), waiting until
 //!   etcd and the server are ready; `start`, `stop`, `up`;
-//! - [`init`], [`join`], [`leave`], [`status`]: the commands of those names.
+//! - [`init`], [`join`], [`leave`], [`status`], [`defrag`]: the commands of
+//!   those names.
 //!
 //! Every command that changes something undoes its own work when a later
 //! step fails, so a failed `init` or `join` leaves nothing half made.
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod defrag;
 pub mod init;
 pub mod join;
 pub mod launch;
@@ -37,6 +39,7 @@ pub mod state;
 pub mod status;
 pub mod supervisor;
 
+pub use defrag::defrag;
 pub use init::init;
 pub use join::join;
 pub use launch::{shutdown_signal, start, stop, up};

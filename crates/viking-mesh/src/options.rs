@@ -27,6 +27,8 @@ pub struct InitOptions {
     pub foreground: bool,
     /// Extra arguments for `viking server`.
     pub server_args: Vec<String>,
+    /// etcd's backend quota in bytes (default [`DEFAULT_QUOTA_BACKEND_BYTES`]).
+    pub quota_backend_bytes: Option<u64>,
 }
 
 /// `viking mesh join`.
@@ -46,6 +48,32 @@ pub struct JoinOptions {
     pub max_members: Option<usize>,
     pub foreground: bool,
     pub server_args: Vec<String>,
+    /// etcd's backend quota in bytes (default [`DEFAULT_QUOTA_BACKEND_BYTES`]).
+    pub quota_backend_bytes: Option<u64>,
+}
+
+/// etcd's backend quota when none is given: 2 GiB, etcd's own default.
+/// Past it etcd raises NOSPACE and refuses every write; the leader's
+/// compaction and etcd's auto-compaction keep the database far below it.
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 << 30;
+/// The smallest quota accepted (what the end-to-end tests run with).
+pub const MIN_QUOTA_BACKEND_BYTES: u64 = 8 << 20;
+/// The largest quota accepted: etcd warns against more than 8 GiB.
+pub const MAX_QUOTA_BACKEND_BYTES: u64 = 8 << 30;
+/// etcd's own auto-compaction, the second guard behind the leader's: every
+/// five minutes it keeps this many revisions (far more than the leader's
+/// ten minutes hold on a quiet cluster).
+pub const AUTO_COMPACTION_RETENTION: u64 = 100_000;
+
+/// The backend quota: given, or the default; within bounds.
+pub(crate) fn check_quota(q: Option<u64>) -> Result<u64> {
+    let q = q.unwrap_or(DEFAULT_QUOTA_BACKEND_BYTES);
+    if !(MIN_QUOTA_BACKEND_BYTES..=MAX_QUOTA_BACKEND_BYTES).contains(&q) {
+        return Err(MeshError::Invalid(format!(
+            "--quota-backend-bytes {q} must be from {MIN_QUOTA_BACKEND_BYTES} (8 MiB) to {MAX_QUOTA_BACKEND_BYTES} (8 GiB)"
+        )));
+    }
+    Ok(q)
 }
 
 pub(crate) fn check_name(name: Option<String>) -> Result<String> {

@@ -74,6 +74,10 @@ pub struct MeshState {
     /// Extra arguments for `viking server`.
     #[serde(default)]
     pub server_args: Vec<String>,
+    /// etcd's backend quota (`--quota-backend-bytes`); `None` in files
+    /// written before it existed: the default then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_backend_bytes: Option<u64>,
 }
 
 pub const STATE_VERSION: u32 = 1;
@@ -251,6 +255,7 @@ mod tests {
             initial_cluster_state: "new".into(),
             etcd: Some(EtcdRunner::Binary("/usr/bin/etcd".into())),
             server_args: vec![],
+            quota_backend_bytes: Some(8 << 20),
         }
     }
 

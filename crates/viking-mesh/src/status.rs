@@ -27,6 +27,12 @@ pub struct MemberView {
     pub learner: bool,
     pub healthy: bool,
     pub leader: bool,
+    /// The member's database file and the part of it in use, in bytes
+    /// (`None` when it did not answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_size: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_size_in_use: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -49,6 +55,15 @@ pub struct StatusView {
     pub supervisor: bool,
     pub members: Vec<MemberView>,
     pub servers: Vec<ServerView>,
+}
+
+/// A database size as the tables print it: KiB below a MiB, else MiB.
+pub(crate) fn size(bytes: i64) -> String {
+    if bytes < 1 << 20 {
+        format!("{} KiB", bytes / 1024)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
 }
 
 pub(crate) fn endpoints_of(st: &MeshState) -> Vec<String> {
@@ -112,13 +127,14 @@ pub async fn status(data_dir: &Path, json: bool) -> Result<()> {
                 .map_err(MeshError::from),
             None => Err(MeshError::Failed("not started".into())),
         };
-        let (healthy, leader, error) = match s {
+        let (healthy, leader, error, sizes) = match s {
             Ok(s) => (
                 s.is_healthy(),
                 s.leader == m.id,
                 (!s.errors.is_empty()).then(|| s.errors.join("; ")),
+                Some((s.db_size, s.db_size_in_use)),
             ),
-            Err(e) => (false, false, Some(e.to_string())),
+            Err(e) => (false, false, Some(e.to_string()), None),
         };
         views.push(MemberView {
             id: m.id,
@@ -129,6 +145,8 @@ pub async fn status(data_dir: &Path, json: bool) -> Result<()> {
             healthy,
             leader,
             error,
+            db_size: sizes.map(|s| s.0),
+            db_size_in_use: sizes.map(|s| s.1),
         });
     }
     let servers = servers(&eps, &st.key).await?;
@@ -177,6 +195,7 @@ pub async fn status(data_dir: &Path, json: bool) -> Result<()> {
                 } else {
                     "follower".into()
                 },
+                m.db_size.map(size).unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -189,7 +208,8 @@ pub async fn status(data_dir: &Path, json: bool) -> Result<()> {
                 "PEER URL",
                 "CLIENT URL",
                 "HEALTH",
-                "ROLE"
+                "ROLE",
+                "DB SIZE"
             ],
             &rows
         )

@@ -79,10 +79,55 @@ pub fn etcd_args(st: &MeshState, dd: &DataDir) -> Vec<String> {
         ("--initial-cluster", st.initial_cluster.clone()),
         ("--initial-cluster-state", st.initial_cluster_state.clone()),
         ("--initial-cluster-token", "viking-mesh".to_string()),
+        (
+            "--quota-backend-bytes",
+            st.quota_backend_bytes
+                .unwrap_or(crate::options::DEFAULT_QUOTA_BACKEND_BYTES)
+                .to_string(),
+        ),
+        // The second guard behind the leader's compaction.
+        ("--auto-compaction-mode", "revision".to_string()),
+        (
+            "--auto-compaction-retention",
+            crate::options::AUTO_COMPACTION_RETENTION.to_string(),
+        ),
     ]
     .into_iter()
     .flat_map(|(k, v)| [k.to_string(), v])
     .collect()
+}
+
+#[cfg(test)]
+mod etcd_flag_tests {
+    use super::*;
+
+    /// etcd runs with the mesh's backend quota and auto-compaction.
+    #[test]
+    fn etcd_gets_its_quota_and_auto_compaction() {
+        let d = tempfile::tempdir().expect("tmp");
+        let dd = DataDir::new(d.path()).expect("dir");
+        let mut st: MeshState = serde_json::from_value(serde_json::json!({
+            "v": 1, "name": "n1", "ip": "10.0.0.1", "role": "member", "tags": [],
+            "listen": "0.0.0.0:8791", "key": "/viking", "etcd_endpoints": [],
+        }))
+        .expect("a mesh state without a quota (an older file)");
+        let flag = |st: &MeshState, f: &str| {
+            let a = etcd_args(st, &dd);
+            let i = a
+                .iter()
+                .position(|x| x == f)
+                .unwrap_or_else(|| panic!("{f} in {a:?}"));
+            a[i + 1].clone()
+        };
+        assert_eq!(flag(&st, "--quota-backend-bytes"), "2147483648");
+        assert_eq!(flag(&st, "--auto-compaction-mode"), "revision");
+        assert_eq!(flag(&st, "--auto-compaction-retention"), "100000");
+        st.quota_backend_bytes = Some(8 << 20);
+        assert_eq!(flag(&st, "--quota-backend-bytes"), "8388608");
+        assert!(crate::options::check_quota(Some(1 << 20)).is_err());
+        assert!(crate::options::check_quota(Some(16 << 30)).is_err());
+        assert_eq!(crate::options::check_quota(None).ok(), Some(2 << 30));
+    }
 }
 
 /// `viking server`'s flags for this machine.

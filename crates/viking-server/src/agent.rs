@@ -27,10 +27,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use viking_core::agent::{self, plan, Action, Removal, View};
-use viking_core::records::{decode, encode, PsRecord};
+use viking_core::records::{encode, PsRecord};
 use viking_core::{keys, Status};
 use viking_docker::ContainerInfo;
-use viking_store::{Compare, Op};
+use viking_store::{Compare, Op, Revision};
 
 use crate::error::ServerError;
 use crate::{state, Shared};
@@ -249,12 +249,15 @@ async fn resync_inner(sh: &Shared, startup: bool) -> anyhow::Result<()> {
         .into_iter()
         .filter(|c| c.node == sh.config.name)
         .collect();
-    let (ps_kvs, _) = sh.store.list(keys::PS).await?;
-    let mut records = BTreeMap::new();
-    for kv in ps_kvs {
-        let rec: PsRecord = decode(&kv.value)?;
-        records.insert(rec.job.clone(), (rec, kv.mod_revision));
-    }
+    let (good, bad) = state::list_with_revs::<PsRecord>(sh.store.as_ref(), keys::PS).await?;
+    let records: BTreeMap<String, (PsRecord, Revision)> = good
+        .into_iter()
+        .map(|(rec, rev)| (rec.job.clone(), (rec, rev)))
+        .collect();
+    // A job whose viking-ps record cannot be read is left alone: its
+    // containers are not in the view, so nothing is decided about them.
+    let unreadable: BTreeSet<&str> = bad.iter().filter_map(|u| u.name(keys::PS)).collect();
+
     let (proc_kvs, _) = sh.store.list(keys::PROC).await?;
     let procs: BTreeSet<String> = proc_kvs
         .iter()
@@ -275,7 +278,11 @@ async fn resync_inner(sh: &Shared, startup: bool) -> anyhow::Result<()> {
         .store(memory, std::sync::atomic::Ordering::Relaxed);
     let view = View {
         node: sh.config.name.clone(),
-        containers: containers.iter().map(seen).collect(),
+        containers: containers
+            .iter()
+            .filter(|c| !unreadable.contains(c.job.as_str()))
+            .map(seen)
+            .collect(),
         records,
         procs,
         sessions: sessions(sh),

@@ -96,7 +96,7 @@ struct RunQuery {
     progress: bool,
 }
 
-/// The largest request body: a job document of 1 MiB plus some slack.
+/// The largest request body: a job document of 256 KiB plus some slack.
 const BODY_LIMIT: usize = viking_core::job::MAX_DOCUMENT_BYTES + 4096;
 
 async fn run(
@@ -111,7 +111,7 @@ async fn run(
         .await
         .map_err(|_| {
             ServerError::Invalid(format!(
-                "invalid job: (document): larger than the limit of {} bytes (1 MiB)",
+                "invalid job: (document): larger than the limit of {} bytes (256 KiB)",
                 viking_core::job::MAX_DOCUMENT_BYTES
             ))
         })?;
@@ -318,11 +318,17 @@ async fn ps(
     State(sh): State<Arc<Shared>>,
     Query(q): Query<PsQuery>,
 ) -> ApiResult<Json<Vec<JobState>>> {
-    let mut v: Vec<PsRecord> = state::list(sh.store.as_ref(), keys::PS).await?;
+    let (mut v, bad_ps) = state::list_all::<PsRecord>(sh.store.as_ref(), keys::PS).await?;
+    let (_, bad_proc) = state::list_all::<ProcRecord>(sh.store.as_ref(), keys::PROC).await?;
     if !q.all {
         v.retain(|p| p.is_running());
     }
-    Ok(Json(v.iter().map(JobState::from).collect()))
+    let mut rows: Vec<JobState> = v.iter().map(JobState::from).collect();
+    // A record that cannot be read is shown (always, with or without -a),
+    // never silently left out.
+    rows.extend(crate::state::unreadable_rows(&bad_ps, &bad_proc));
+    rows.sort_by(|a, b| a.job.cmp(&b.job));
+    Ok(Json(rows))
 }
 
 async fn services(

@@ -53,6 +53,13 @@ pub struct ServerConfig {
     /// What every container of this host is given: log rotation and a
     /// pids limit.
     pub containers: ContainerLimits,
+    /// How many Docker pings (one a second) must fail in a row before this
+    /// host leaves floki (`--docker-ping-failures`).
+    pub docker_ping_failures: u32,
+    /// How much of the store's history the leader keeps when it compacts
+    /// (`--compact-window`): a watcher that falls further behind reads
+    /// everything again.
+    pub compact_window: Duration,
     /// TLS: the API, the calls between servers and etcd.
     pub tls: TlsSettings,
 }
@@ -111,6 +118,11 @@ impl Default for ApiLimits {
         }
     }
 }
+
+/// The default of `--docker-ping-failures`.
+pub const DEFAULT_DOCKER_PING_FAILURES: u32 = 3;
+/// The default of `--compact-window`.
+pub const DEFAULT_COMPACT_WINDOW: Duration = Duration::from_secs(600);
 
 /// The limits every container this server creates gets, so that one job's
 /// output or fork bomb cannot take its host (and the host's viking server
@@ -270,6 +282,12 @@ impl ServerConfig {
             return Err("--host-ttl must be at least 1s".to_string());
         }
         self.containers.validate()?;
+        if self.docker_ping_failures == 0 {
+            return Err("--docker-ping-failures must be at least 1".to_string());
+        }
+        if self.compact_window < Duration::from_secs(1) {
+            return Err("--compact-window must be at least 1s".to_string());
+        }
         Ok(())
     }
 
@@ -317,6 +335,8 @@ mod tests {
             embassy_max_connections: 1024,
             embassy_idle_timeout: Duration::from_secs(600),
             tls: Default::default(),
+            docker_ping_failures: 3,
+            compact_window: Duration::from_secs(600),
         }
     }
 

@@ -271,6 +271,7 @@ pub async fn refresh_ps(sh: &Shared, name: &str) -> Result<Option<PsRecord>> {
         let Some((mut ps, rev)) = state::ps(sh.store.as_ref(), name).await? else {
             return Ok(None);
         };
+        let before = ps.clone();
         match sh.runtime.inspect(&ps.container_id).await? {
             Some(c) if c.id == ps.container_id => {
                 let fresh = ps_from(sh, &c, ps.restarts);
@@ -292,6 +293,11 @@ pub async fn refresh_ps(sh: &Shared, name: &str) -> Result<Option<PsRecord>> {
             _ => {
                 ps.status = Status::Missing;
             }
+        }
+        // Nothing changed: nothing is written (every resync refreshes every
+        // record of the host; an idle host must not rewrite them).
+        if ps == before {
+            return Ok(Some(ps));
         }
         if state::put_ps_if(sh.store.as_ref(), &ps, rev)
             .await?

@@ -20,7 +20,8 @@
 //!   (events plus a full resync at start and periodically);
 //! - [`floki`]: registers this server in the fleet registry under a lease;
 //! - [`reconciler`]: the leader's level-triggered loop that converges the
-//!   cluster on viking-proc;
+//!   cluster on viking-proc; [`compaction`]: the leader's compaction of the
+//!   store's history;
 //! - [`health`]: the health checks of this host's jobs;
 //! - [`push`]: code pushes, rolling restarts of non-static jobs;
 //! - [`services`]: ambassador ports, link variables, and embassy on this node.
@@ -50,6 +51,7 @@ use viking_store::Store;
 pub mod agent;
 pub mod api;
 pub mod attach;
+pub mod compaction;
 pub mod config;
 pub mod container;
 pub mod error;

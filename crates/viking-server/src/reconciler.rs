@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use viking_core::reconcile::{self, Action, Snapshot};
-use viking_core::records::{decode, encode, ProcRecord, PsRecord};
+use viking_core::records::{encode, ProcRecord, PsRecord};
 use viking_core::{keys, Status};
 use viking_store::{spawn_keep_alive, Compare, Election, Op, Revision, StoreError};
 
@@ -182,6 +182,8 @@ async fn campaign_and_lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result
             Ok(())
         }
         r = lead(sh, in_flight) => r,
+        // The leader also keeps the store's history short (never ends).
+        _ = crate::compaction::run(sh.clone()) => Ok(()),
     };
     // Stop acting at once (no action not begun yet begins); let the lease
     // go so another server takes over.
@@ -319,19 +321,26 @@ struct Revs {
 async fn read_state(
     sh: &Shared,
 ) -> Result<(Vec<ProcRecord>, BTreeMap<String, PsRecord>, Revs), ServerError> {
+    // An unreadable record is skipped (and reported): a job whose proc
+    // cannot be read is not planned, nor one whose ps cannot be (it may
+    // run: starting it again could run it twice).
     let mut revs = Revs::default();
-    let (kvs, _) = sh.store.list(keys::PROC).await?;
-    let mut procs = Vec::with_capacity(kvs.len());
-    for kv in kvs {
-        let p: ProcRecord = decode(&kv.value)?;
-        revs.proc.insert(p.job.name.clone(), kv.mod_revision);
+    let (good_procs, _) =
+        state::list_with_revs::<ProcRecord>(sh.store.as_ref(), keys::PROC).await?;
+    let (good, bad) = state::list_with_revs::<PsRecord>(sh.store.as_ref(), keys::PS).await?;
+    let unreadable: std::collections::HashSet<&str> =
+        bad.iter().filter_map(|u| u.name(keys::PS)).collect();
+    let mut procs = Vec::with_capacity(good_procs.len());
+    for (p, rev) in good_procs {
+        if unreadable.contains(p.job.name.as_str()) {
+            continue;
+        }
+        revs.proc.insert(p.job.name.clone(), rev);
         procs.push(p);
     }
-    let (kvs, _) = sh.store.list(keys::PS).await?;
     let mut ps = BTreeMap::new();
-    for kv in kvs {
-        let r: PsRecord = decode(&kv.value)?;
-        revs.ps.insert(r.job.clone(), kv.mod_revision);
+    for (r, rev) in good {
+        revs.ps.insert(r.job.clone(), rev);
         ps.insert(r.job.clone(), r);
     }
     Ok((procs, ps, revs))

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeSet;
 
+use viking_client::wire::JobState;
 use viking_core::records::{decode, encode, History, ProcRecord, PsRecord, Record};
 use viking_core::{keys, Job, Status};
 use viking_store::{Compare, Op, Revision, Store, StoreExt};
@@ -23,13 +24,117 @@ use crate::error::{Result, ServerError};
 /// there first.
 const RETRIES: usize = 16;
 
-/// Every record under a prefix; a record that cannot be read is an error,
-/// never skipped.
-pub async fn list<T: Record>(store: &dyn Store, prefix: &str) -> Result<Vec<T>> {
+/// A record under a prefix that could not be read (not JSON, not the
+/// record it should be, or written by a newer viking): its key and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The key, relative to the cluster prefix (`ps/web`).
+    pub key: String,
+    pub error: String,
+}
+
+impl Unreadable {
+    /// The job (or host) the key names under `prefix`.
+    pub fn name(&self, prefix: &str) -> Option<&str> {
+        keys::name_of(prefix, &self.key)
+    }
+}
+
+/// Every readable record under a prefix with its revision, and the keys
+/// whose record could not be read. One unreadable record (garbage, or a
+/// newer version during a rolling upgrade) is reported (logged once per
+/// key and revision) and skipped: it never stops a loop over every other
+/// record. What a caller does about the skipped key is its own decision
+/// (the reconciler and the agent leave that job alone; `viking ps` shows a
+/// row).
+pub async fn list_with_revs<T: Record>(
+    store: &dyn Store,
+    prefix: &str,
+) -> Result<(Vec<(T, Revision)>, Vec<Unreadable>)> {
     let (kvs, _) = store.list(prefix).await?;
-    kvs.iter()
-        .map(|kv| decode::<T>(&kv.value).map_err(ServerError::from))
+    let mut good = Vec::with_capacity(kvs.len());
+    let mut bad = Vec::new();
+    for kv in kvs {
+        match decode::<T>(&kv.value) {
+            Ok(r) => good.push((r, kv.mod_revision)),
+            Err(e) => {
+                report_unreadable(&kv.key, kv.mod_revision, &e.0);
+                bad.push(Unreadable {
+                    key: kv.key,
+                    error: e.0,
+                });
+            }
+        }
+    }
+    Ok((good, bad))
+}
+
+/// Every readable record under a prefix, and the unreadable keys (see
+/// [`list_with_revs`]).
+pub async fn list_all<T: Record>(
+    store: &dyn Store,
+    prefix: &str,
+) -> Result<(Vec<T>, Vec<Unreadable>)> {
+    let (good, bad) = list_with_revs(store, prefix).await?;
+    Ok((good.into_iter().map(|(r, _)| r).collect(), bad))
+}
+
+/// Every readable record under a prefix; an unreadable one is reported
+/// and skipped (see [`list_with_revs`]).
+pub async fn list<T: Record>(store: &dyn Store, prefix: &str) -> Result<Vec<T>> {
+    Ok(list_all(store, prefix).await?.0)
+}
+
+/// `viking ps` rows for unreadable viking-ps and viking-proc records:
+/// status `unreadable`, the key's job as the name, and the error (which
+/// record, and why) in the row's error.
+pub fn unreadable_rows(ps: &[Unreadable], proc: &[Unreadable]) -> Vec<JobState> {
+    ps.iter()
+        .map(|u| (u, keys::PS, "viking-ps"))
+        .chain(proc.iter().map(|u| (u, keys::PROC, "viking-proc")))
+        .map(|(u, prefix, what)| JobState {
+            job: u.name(prefix).unwrap_or(&u.key).to_string(),
+            node: String::new(),
+            container_id: String::new(),
+            image: String::new(),
+            image_id: String::new(),
+            command: vec![],
+            daemonize: false,
+            status: UNREADABLE.to_string(),
+            exit_code: None,
+            error: Some(format!("{what} record {:?}: {}", u.key, u.error)),
+            ports: vec![],
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            restarts: 0,
+            crash_streak: 0,
+            last_exit: None,
+        })
         .collect()
+}
+
+/// The status of a `viking ps` row whose record cannot be read.
+pub const UNREADABLE: &str = "unreadable";
+
+/// Log an unreadable record once per key and revision (every loop meets
+/// it again each round; the log says it once, `viking ps` every time).
+fn report_unreadable(key: &str, revision: Revision, error: &str) {
+    static SEEN: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashSet<(String, Revision)>>,
+    > = std::sync::OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.len() > 10_000 {
+        seen.clear();
+    }
+    if seen.insert((key.to_string(), revision)) {
+        tracing::error!(
+            %key,
+            revision,
+            "a record cannot be read and is skipped (every other record is used): {error}"
+        );
+    }
 }
 
 /// A job's viking-ps record and its revision.

@@ -63,6 +63,8 @@ impl TestServer {
             embassy_idle_timeout: viking_embassy::DEFAULT_IDLE_TIMEOUT,
             containers: Default::default(),
             tls: Default::default(),
+            docker_ping_failures: 3,
+            compact_window: Duration::from_secs(600),
             peer_timeout: std::time::Duration::from_secs(10),
         };
         let engine = FakeRuntime::new();
@@ -383,6 +385,8 @@ async fn bad_connection_limits_are_refused_naming_the_flag() {
         embassy_idle_timeout: viking_embassy::DEFAULT_IDLE_TIMEOUT,
         containers: Default::default(),
         tls: Default::default(),
+        docker_ping_failures: 3,
+        compact_window: Duration::from_secs(600),
         peer_timeout: std::time::Duration::from_secs(10),
     };
     let mut api = base.clone();

@@ -55,22 +55,33 @@ impl TestServer {
         dir: tempfile::TempDir,
         ttl: Duration,
     ) -> anyhow::Result<TestServer> {
-        Self::try_start_with(name, store, dir, ttl, PEER_TIMEOUT).await
+        Self::try_start_with(name, store, dir, ttl, |_| {}).await
     }
 
-    /// [`TestServer::try_start`] with the deadline of calls to peers.
+    /// A server whose settings `tweak` changes.
+    async fn start_with(
+        name: &str,
+        store: Arc<dyn Store>,
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
+        Self::try_start_with(name, store, dir, Duration::from_secs(3), tweak)
+            .await
+            .expect("serve")
+    }
+
     async fn try_start_with(
         name: &str,
         store: Arc<dyn Store>,
         dir: tempfile::TempDir,
         ttl: Duration,
-        peer_timeout: Duration,
+        tweak: impl FnOnce(&mut ServerConfig),
     ) -> anyhow::Result<TestServer> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let config = ServerConfig {
+        let mut config = ServerConfig {
             name: name.to_string(),
             ip: "127.0.0.1".to_string(),
             listen: addr,
@@ -83,7 +94,7 @@ impl TestServer {
             host_ttl: ttl,
             resync: Duration::from_secs(30),
             policy: Default::default(),
-            peer_timeout,
+            peer_timeout: PEER_TIMEOUT,
             health_interval: Duration::from_secs(30),
             embassy_ports: (41000, 41009),
             embassy_bind: Some("127.0.0.1".parse().expect("ip")),
@@ -92,7 +103,10 @@ impl TestServer {
             embassy_idle_timeout: viking_embassy::DEFAULT_IDLE_TIMEOUT,
             containers: Default::default(),
             tls: Default::default(),
+            docker_ping_failures: 3,
+            compact_window: Duration::from_secs(600),
         };
+        tweak(&mut config);
         let engine = FakeRuntime::new();
         engine.add_image("busybox");
         let prepared = viking_server::prepare_with(config, store, Arc::new(engine.clone()))
@@ -734,11 +748,19 @@ async fn a_second_server_with_a_taken_name_is_refused_while_the_first_lives() {
     let after = floki_record(store.as_ref(), "n1").await;
     assert_eq!(after.server_id, before.server_id);
     assert_eq!(after.server_id, first.shared.server_id);
+    // It writes its record again when something in it changes.
+    first
+        .shared
+        .running
+        .store(before.running + 7, std::sync::atomic::Ordering::Relaxed);
     viking_testkit::eventually_async(
-        "the first server refreshes its floki record",
+        "the first server writes its changed floki record",
         Duration::from_secs(10),
         Duration::from_millis(50),
-        || async { floki_record(store.as_ref(), "n1").await.updated_at > before.updated_at },
+        || async {
+            let now = floki_record(store.as_ref(), "n1").await;
+            now.running == before.running + 7 && now.updated_at > before.updated_at
+        },
     )
     .await;
 }
@@ -1153,13 +1175,9 @@ async fn a_run_whose_chosen_host_stalls_is_placed_again() {
 async fn the_reconciler_starts_other_jobs_while_a_start_hangs() {
     let (store, dir) = shared_store();
     // A deadline long enough that the hanging start outlives the test.
-    let n1 = TestServer::try_start_with(
-        "n1",
-        store.clone(),
-        dir,
-        Duration::from_secs(3),
-        Duration::from_secs(120),
-    )
+    let n1 = TestServer::try_start_with("n1", store.clone(), dir, Duration::from_secs(3), |c| {
+        c.peer_timeout = Duration::from_secs(120)
+    })
     .await
     .expect("n1");
     let n2 = StalledHost::register(store.clone(), "n2").await;
@@ -1415,4 +1433,205 @@ async fn a_start_of_a_job_whose_container_still_runs_keeps_that_container() {
         .0;
     assert_eq!(now.container_id, id);
     assert_eq!(now.status, viking_core::Status::Running);
+}
+
+// ------------------------------------------------ a quiet, robust store
+
+/// An idle server with a running job writes nothing to the store over
+/// several of floki's heartbeats and the agent's resyncs (its lease's
+/// keep-alives are not writes): the store's revision does not move. A
+/// change in its load is written (once).
+#[tokio::test]
+async fn an_idle_server_writes_nothing_to_the_store() {
+    let (store, dir) = shared_store();
+    let ttl = Duration::from_secs(1);
+    let s = TestServer::try_start_with("n1", store.clone(), dir, ttl, |c| {
+        c.resync = Duration::from_secs(1)
+    })
+    .await
+    .expect("server");
+    s.run(r#"{"name":"web","image":"busybox","daemonize":true}"#)
+        .await
+        .expect("run web");
+    // Let the start settle: the first resync, the election, the standing.
+    let settled = || async {
+        let a = store.revision().await.expect("revision");
+        // Longer than floki's shortest gap between two writes.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        a == store.revision().await.expect("revision")
+    };
+    viking_testkit::eventually_async(
+        "the server's start settles",
+        Duration::from_secs(20),
+        Duration::from_millis(10),
+        settled,
+    )
+    .await;
+    let before = store.revision().await.expect("revision");
+    // Twelve heartbeats of floki (a third of the TTL each), four Docker
+    // pings, four resyncs of the agent and rounds of the reconciler.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = store.revision().await.expect("revision");
+    assert_eq!(
+        after,
+        before,
+        "an idle server wrote {} times",
+        after - before
+    );
+    assert!(floki_record(store.as_ref(), "n1").await.name == "n1");
+    // A real change is written.
+    s.shared
+        .running
+        .store(3, std::sync::atomic::Ordering::Relaxed);
+    viking_testkit::eventually_async(
+        "a change of load is written",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { floki_record(store.as_ref(), "n1").await.running == 3 },
+    )
+    .await;
+}
+
+/// Docker answering late once does not take the host out of floki; three
+/// failed pings in a row (`--docker-ping-failures`) do, and it comes back
+/// when Docker answers again.
+#[tokio::test]
+async fn a_host_leaves_floki_only_after_several_failed_pings_in_a_row() {
+    let (store, dir) = shared_store();
+    let s = TestServer::try_start("n1", store.clone(), dir, Duration::from_secs(1))
+        .await
+        .expect("server");
+    let in_floki = || async { store.get(&keys::host("n1")).await.expect("get").is_some() };
+    // One ping fails (the engine is unreachable for less than two pings).
+    s.engine.set_unreachable(true);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    s.engine.set_unreachable(false);
+    for _ in 0..30 {
+        assert!(
+            in_floki().await,
+            "one failed ping took the host out of floki"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.engine.set_unreachable(true);
+    viking_testkit::eventually_async(
+        "the host leaves floki after three failed pings",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { !in_floki().await },
+    )
+    .await;
+    s.engine.set_unreachable(false);
+    viking_testkit::eventually_async(
+        "the host is back once Docker answers",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        in_floki,
+    )
+    .await;
+}
+
+/// A poison record (garbage in proc/, a newer version in ps/) is shown by
+/// `viking ps` as an unreadable row and skipped: runs are still placed and
+/// the reconciler still restarts a crashed job.
+#[tokio::test]
+async fn a_poison_record_stops_neither_a_run_nor_the_reconciler() {
+    let s = TestServer::start().await;
+    s.run(r#"{"name":"web","image":"busybox","daemonize":true}"#)
+        .await
+        .expect("run web");
+    s.shared
+        .store
+        .put("proc/zz-garbage", "garbage")
+        .await
+        .expect("put");
+    s.shared
+        .store
+        .put("ps/zz-newer", r#"{"v":99,"data":{}}"#)
+        .await
+        .expect("put");
+    // A run is placed and started.
+    let r = s
+        .run(r#"{"name":"api","image":"busybox","daemonize":true}"#)
+        .await
+        .expect("a run with a poison record in the store");
+    assert!(r.ps.expect("ps").is_running());
+    // A crashed job is restarted by the reconciler.
+    let id = s
+        .engine
+        .containers()
+        .into_iter()
+        .find(|c| {
+            c.spec
+                .labels
+                .get(viking_docker::LABEL_JOB)
+                .map(String::as_str)
+                == Some("web")
+        })
+        .expect("web's container")
+        .id;
+    assert!(s.engine.exit(&id, 1));
+    viking_testkit::eventually_async(
+        "the reconciler restarts web",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || async {
+            let ps = s.client.ps(true).await.expect("ps");
+            ps.iter()
+                .any(|p| p.job == "web" && p.is_running() && p.restarts >= 1)
+        },
+    )
+    .await;
+    // The agent's full resync goes on too.
+    viking_server::agent::resync(&s.shared)
+        .await
+        .expect("the agent's resync with a poison record in the store");
+    // viking ps shows both, with or without -a.
+    for all in [false, true] {
+        let ps = s.client.ps(all).await.expect("ps");
+        for (job, what) in [("zz-garbage", "viking-proc"), ("zz-newer", "viking-ps")] {
+            let row = ps
+                .iter()
+                .find(|p| p.job == job)
+                .unwrap_or_else(|| panic!("no row for {job}: {ps:?}"));
+            assert_eq!(row.status, "unreadable");
+            let e = row.error.as_deref().unwrap_or_default();
+            assert!(e.contains(what), "{e}");
+        }
+        assert!(ps.iter().any(|p| p.job == "api" && p.is_running()));
+    }
+    let newer = s.client.ps(true).await.expect("ps");
+    let e = newer
+        .iter()
+        .find(|p| p.job == "zz-newer")
+        .and_then(|p| p.error.clone())
+        .unwrap_or_default();
+    assert!(e.contains("newer than this viking understands"), "{e}");
+}
+
+/// The leader compacts the store's history older than `--compact-window`:
+/// a watch from the first revision is refused as compacted.
+#[tokio::test]
+async fn the_leader_compacts_the_history_beyond_the_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> =
+        EmbeddedStore::open(&dir.path().join("viking.redb"), "/viking").expect("store");
+    let first = store.put("probe", "1").await.expect("put");
+    let s = TestServer::start_with("n1", store.clone(), dir, |c| {
+        c.compact_window = Duration::from_secs(1)
+    })
+    .await;
+    viking_testkit::eventually_async(
+        "the history before the window is compacted",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            matches!(
+                store.watch("", first).await,
+                Err(viking_store::StoreError::Compacted { .. })
+            )
+        },
+    )
+    .await;
+    drop(s);
 }

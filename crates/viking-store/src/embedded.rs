@@ -694,6 +694,24 @@ impl Store for EmbeddedStore {
         Ok(lock(&self.shared.writer).revision)
     }
 
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        let mut w = lock(&self.shared.writer);
+        if revision > w.revision {
+            return Err(StoreError::Invalid(format!(
+                "cannot compact at revision {revision}: the store is at {}",
+                w.revision
+            )));
+        }
+        if revision <= w.first_retained {
+            return Ok(());
+        }
+        while w.history.front().is_some_and(|e| e.revision() < revision) {
+            w.history.pop_front();
+        }
+        w.first_retained = revision;
+        Ok(())
+    }
+
     fn backend(&self) -> &'static str {
         "embedded"
     }

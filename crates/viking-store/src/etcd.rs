@@ -44,6 +44,16 @@ const BACKOFF_START: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(800);
 const WATCH_BUFFER: usize = 1024;
 
+/// The largest value etcd accepts in one request (its default
+/// `--max-request-bytes`, 1.5 MiB): no stored record is larger.
+pub const MAX_VALUE_BYTES: usize = 1536 * 1024;
+/// How many keys one page of a list asks for at most.
+pub const DEFAULT_PAGE_KEYS: i64 = 64;
+/// The largest gRPC message the client decodes: a full page of the largest
+/// values, with room for the keys and headers. tonic's default (4 MiB)
+/// would refuse a page of a few large records.
+const MAX_MESSAGE_BYTES: usize = DEFAULT_PAGE_KEYS as usize * MAX_VALUE_BYTES + (4 << 20);
+
 // gRPC status codes (tonic::Code discriminants).
 const CODE_CANCELLED: i32 = 1;
 const CODE_UNKNOWN: i32 = 2;
@@ -60,6 +70,8 @@ pub struct EtcdStore {
     /// The cluster prefix, with a trailing `/`.
     prefix: String,
     endpoints: Vec<String>,
+    /// How many keys one page of a list asks for.
+    page_keys: i64,
 }
 
 /// What a failed etcd request says, read from the error's type and its
@@ -268,12 +280,33 @@ impl EtcdStore {
             client,
             prefix: format!("{}/", prefix.trim_end_matches('/')),
             endpoints: endpoints.to_vec(),
+            page_keys: DEFAULT_PAGE_KEYS,
         };
         // The client connects lazily: check that the cluster answers.
         store.revision().await.map_err(|e| {
             StoreError::Unavailable(format!("etcd at {endpoints:?} does not answer: {e}"))
         })?;
         Ok(store)
+    }
+
+    /// Ask for at most `keys` keys per page of a list (1 to
+    /// [`DEFAULT_PAGE_KEYS`], the default): a list is read page after page
+    /// at one revision, so no answer outgrows the message limit however
+    /// many keys a prefix holds. Tests set a small page to cross pages.
+    pub fn with_page_size(mut self, keys: usize) -> Self {
+        self.page_keys = i64::try_from(keys)
+            .unwrap_or(DEFAULT_PAGE_KEYS)
+            .clamp(1, DEFAULT_PAGE_KEYS);
+        self
+    }
+
+    /// A KV client whose message limits fit a full page of the largest
+    /// records.
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     /// The endpoints this store was given.
@@ -322,7 +355,10 @@ impl EtcdStore {
     ) -> Result<(etcd_client::WatchStream, Vec<WatchResponse>)> {
         let full = self.full(prefix);
         let (stream, first) = retry("watch", is_transient, || {
-            let mut client = self.client.watch_client();
+            let mut client = self
+                .client
+                .watch_client()
+                .max_decoding_message_size(MAX_MESSAGE_BYTES);
             let full = full.clone();
             async move {
                 let mut stream = client
@@ -368,7 +404,7 @@ impl Store for EtcdStore {
         crate::ops::validate_key(key)?;
         let full = self.full(key);
         let resp = retry("get", is_transient, || {
-            let mut kv = self.client.kv_client();
+            let mut kv = self.kv();
             let full = full.clone();
             async move { kv.get(full, None).await }
         })
@@ -378,21 +414,43 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
+        // Page after page, each at the revision of the first, so the
+        // listing is one consistent snapshot however many pages it takes.
         let full = self.full(prefix);
-        let resp = retry("list", is_transient, || {
-            let mut kv = self.client.kv_client();
-            let full = full.clone();
-            async move { kv.get(full, Some(GetOptions::new().with_prefix())).await }
-        })
-        .await
-        .map_err(|e| map_err(&format!("list {prefix:?}"), e))?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        // etcd sorts a range by key (byte order) by default.
-        let kvs = resp
-            .kvs()
-            .iter()
-            .map(|kv| self.convert_kv(kv))
-            .collect::<Result<Vec<_>>>()?;
+        let end = prefix_end(full.as_bytes());
+        let mut start = full.clone().into_bytes();
+        let mut revision: Revision = 0;
+        let mut kvs = Vec::new();
+        loop {
+            let resp = retry("list", is_transient, || {
+                let mut kv = self.kv();
+                let start = start.clone();
+                let mut opts = GetOptions::new()
+                    .with_range(end.clone())
+                    .with_limit(self.page_keys);
+                if revision > 0 {
+                    opts = opts.with_revision(revision);
+                }
+                async move { kv.get(start, Some(opts)).await }
+            })
+            .await
+            .map_err(|e| map_err(&format!("list {prefix:?}"), e))?;
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
+            }
+            // etcd sorts a range by key (byte order) by default.
+            for kv in resp.kvs() {
+                kvs.push(self.convert_kv(kv)?);
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    // The next page starts just after the last key.
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
         Ok((kvs, revision))
     }
 
@@ -434,7 +492,7 @@ impl Store for EtcdStore {
         };
         let (then_ops, else_ops) = (to_ops(&success), to_ops(&failure));
         let resp = retry("txn", never_applied, || {
-            let mut kv = self.client.kv_client();
+            let mut kv = self.kv();
             let txn = Txn::new()
                 .when(cmps.clone())
                 .and_then(then_ops.clone())
@@ -542,7 +600,7 @@ impl Store for EtcdStore {
         // store's revision.
         let key = self.full("");
         let resp = retry("revision", is_transient, || {
-            let mut kv = self.client.kv_client();
+            let mut kv = self.kv();
             let key = key.clone();
             async move { kv.get(key, Some(GetOptions::new().with_count_only())).await }
         })
@@ -551,9 +609,47 @@ impl Store for EtcdStore {
         Ok(resp.header().map_or(0, |h| h.revision()))
     }
 
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        let result = retry("compact", is_transient, || {
+            let mut kv = self.kv();
+            async move { kv.compact(revision, None).await.map(|_| ()) }
+        })
+        .await;
+        match result {
+            Ok(()) => Ok(()),
+            // OUT_OF_RANGE is both "already compacted" and "a future
+            // revision": the store's revision tells them apart.
+            Err(e) if failure(&e) == Failure::Invalid => {
+                let now = self.revision().await?;
+                if revision <= now {
+                    Ok(())
+                } else {
+                    Err(StoreError::Invalid(format!(
+                        "cannot compact at revision {revision}: the store is at {now}"
+                    )))
+                }
+            }
+            Err(e) => Err(map_err(&format!("compact at {revision}"), e)),
+        }
+    }
+
     fn backend(&self) -> &'static str {
         "etcd"
     }
+}
+
+/// The end of the range of every key that starts with `prefix`: the
+/// prefix with its last byte below 0xff incremented (and what follows
+/// dropped); `\0` (to the end of the keyspace) when there is none.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 /// Deliver one response's events; returns false when the stream must end:

@@ -199,6 +199,16 @@ pub trait Store: Send + Sync + 'static {
     /// The store's current revision.
     async fn revision(&self) -> Result<Revision>;
 
+    /// Forget the history before `revision`: every key keeps its current
+    /// value, but a watch or a read at an older revision is refused as
+    /// [`StoreError::Compacted`] from then on. Compacting at or below a
+    /// revision already compacted changes nothing; a revision beyond the
+    /// store's current one is [`StoreError::Invalid`]. etcd's history
+    /// grows with every write until compacted (the reconciler's leader does
+    /// it, keeping `--compact-window`); the embedded store keeps only a
+    /// bounded window in memory and drops what is older than `revision`.
+    async fn compact(&self, revision: Revision) -> Result<()>;
+
     /// A short name of the backend, for logs and `viking hosts`.
     fn backend(&self) -> &'static str;
 }

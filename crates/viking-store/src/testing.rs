@@ -41,6 +41,8 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     dir: Option<tempfile::TempDir>,
     root: PathBuf,
+    /// More flags for every member (e.g. `--quota-backend-bytes`).
+    extra: Vec<String>,
 }
 
 /// The etcd binary to run.
@@ -95,12 +97,18 @@ impl EtcdCluster {
     /// Start an `n`-member cluster whose clients connect on `client_ip`
     /// (e.g. a test network's gateway, so containers on it can reach etcd).
     pub fn start_on(n: usize, client_ip: IpAddr) -> Result<Self, String> {
+        Self::start_with(n, client_ip, &[])
+    }
+
+    /// Like [`EtcdCluster::start_on`], every member also given `extra`
+    /// flags (e.g. `--quota-backend-bytes 8388608`).
+    pub fn start_with(n: usize, client_ip: IpAddr, extra: &[String]) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("viking-etcd-")
             .tempdir()
             .map_err(|e| format!("creating a temp dir: {e}"))?;
         let root = dir.path().to_path_buf();
-        Self::start_in(n, client_ip, root, Some(dir))
+        Self::start_in(n, client_ip, root, Some(dir), extra)
     }
 
     fn start_in(
@@ -108,6 +116,7 @@ impl EtcdCluster {
         client_ip: IpAddr,
         root: PathBuf,
         dir: Option<tempfile::TempDir>,
+        extra: &[String],
     ) -> Result<Self, String> {
         if n == 0 {
             return Err("an etcd cluster needs at least one member".into());
@@ -124,6 +133,7 @@ impl EtcdCluster {
                 .collect();
             let mut cluster = Self {
                 members: Vec::new(),
+                extra: extra.to_vec(),
                 dir: None,
                 root: root.join(format!("attempt-{attempt}")),
             };
@@ -190,6 +200,7 @@ impl EtcdCluster {
                 .arg("zap")
                 .arg("--log-level")
                 .arg("warn")
+                .args(&self.extra)
                 .stdin(Stdio::null())
                 .stdout(log_file)
                 .stderr(log_err);
@@ -368,6 +379,7 @@ pub fn shared_etcd() -> Result<&'static EtcdCluster, String> {
                         IpAddr::V4(Ipv4Addr::LOCALHOST),
                         dir,
                         None,
+                        &[],
                     ));
                     loop {
                         std::thread::park();

@@ -447,6 +447,80 @@ mod cases {
         assert_eq!(e_b.leader().await.unwrap().as_deref(), Some("b"));
         assert!(lead_b.resign().await.unwrap());
     }
+    /// A list longer than a page (the etcd store of these tests reads 5
+    /// keys a page) comes back whole, sorted, at one revision, and without
+    /// the keys of a neighbouring prefix.
+    pub async fn list_pages(s: Arc<dyn Store>) {
+        let mut want = Vec::new();
+        for i in 0..23 {
+            let k = format!("pg/{i:02}");
+            s.put(&k, format!("v{i}")).await.unwrap();
+            want.push(k);
+        }
+        s.put("pg0", "outside").await.unwrap();
+        s.put("ph/x", "outside").await.unwrap();
+        let rev = s.revision().await.unwrap();
+        let (kvs, at) = s.list("pg/").await.unwrap();
+        let keys: Vec<&str> = kvs.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(keys, want.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(kvs[22].value, b"v22");
+        assert_eq!(at, rev, "every page read at one revision");
+        // A multiple of the page size, and one page exactly.
+        let (kvs, _) = s.list("pg/1").await.unwrap();
+        assert_eq!(kvs.len(), 10);
+        let (kvs, _) = s.list("pg/0").await.unwrap();
+        assert_eq!(kvs.len(), 10);
+        let (kvs, _) = s.list("pg/2").await.unwrap();
+        assert_eq!(kvs.len(), 3);
+        let (kvs, _) = s.list("nothing/").await.unwrap();
+        assert!(kvs.is_empty());
+    }
+
+    /// Compaction forgets history before the revision, never a key's
+    /// current value; compacting again lower is a no-op, beyond the store's
+    /// revision an error.
+    pub async fn compaction(s: Arc<dyn Store>) {
+        let r1 = s.put("cp/k", "one").await.unwrap();
+        let r2 = s.put("cp/k", "two").await.unwrap();
+        let r3 = s.put("cp/j", "three").await.unwrap();
+        // Before: the whole history can be watched.
+        let mut w = s.watch("cp/", r1).await.unwrap();
+        assert_eq!(collect(&mut w, 3).await.len(), 3);
+        drop(w);
+
+        s.compact(r2).await.unwrap();
+        let from_r1 = match s.watch("cp/", r1).await {
+            Err(e) => Some(e),
+            Ok(mut w) => match tokio::time::timeout(Duration::from_secs(10), w.next()).await {
+                Ok(Some(Err(e))) => Some(e),
+                other => panic!("a watch from a compacted revision: {other:?}"),
+            },
+        };
+        assert!(
+            matches!(from_r1, Some(StoreError::Compacted { .. })),
+            "{from_r1:?}"
+        );
+        // From the compaction's revision on, everything is still there.
+        let mut w = s.watch("cp/", r2).await.unwrap();
+        let evs = collect(&mut w, 2).await;
+        assert_eq!(
+            evs.iter().map(|e| e.revision()).collect::<Vec<_>>(),
+            [r2, r3]
+        );
+        drop(w);
+        assert_eq!(s.get("cp/k").await.unwrap().unwrap().value, b"two");
+        assert_eq!(s.list("cp/").await.unwrap().0.len(), 2);
+
+        s.compact(r1).await.unwrap();
+        s.compact(r2).await.unwrap();
+        let now = s.revision().await.unwrap();
+        assert!(matches!(
+            s.compact(now + 1000).await,
+            Err(StoreError::Invalid(_))
+        ));
+        // Writes go on after a compaction.
+        assert!(s.put("cp/k", "four").await.unwrap() > r3);
+    }
 }
 
 // ---------------------------------------------------------------- helpers
@@ -486,7 +560,9 @@ async fn etcd(test: &str) -> Arc<dyn Store> {
     Arc::new(
         EtcdStore::connect(&cluster.endpoints(), &prefix)
             .await
-            .unwrap(),
+            .unwrap()
+            // Small pages, so every list of more than five keys crosses pages.
+            .with_page_size(5),
     )
 }
 
@@ -528,7 +604,49 @@ contract!(
     race_incr_distinct,
     election,
     election_lease_expiry,
+    list_pages,
 );
+
+/// A list whose records add up to more than gRPC's default message limit
+/// (4 MiB) comes back whole: pages, and message limits that fit a page of
+/// the largest records (a job document may be 256 KiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_lists_records_beyond_the_default_message_limit() {
+    let cluster = viking_store::testing::shared_etcd().unwrap_or_else(|e| panic!("{e}"));
+    let store = EtcdStore::connect(&cluster.endpoints(), "/viking-test/big-list")
+        .await
+        .unwrap();
+    let value = "x".repeat(300 * 1024);
+    for i in 0..24 {
+        store
+            .put(&format!("big/{i:02}"), value.clone())
+            .await
+            .unwrap();
+    }
+    let (kvs, _) = store.list("big/").await.unwrap();
+    assert_eq!(kvs.len(), 24);
+    assert!(kvs.iter().all(|kv| kv.value.len() == value.len()));
+    for kv in kvs {
+        store.delete(&kv.key).await.unwrap();
+    }
+}
+
+// Compaction is store-wide: the etcd case gets an etcd of its own, so the
+// shared one's history stays whole for the other tests' watches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_compaction() {
+    let (store, _dir) = embedded().await;
+    cases::compaction(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_compaction() {
+    let cluster = viking_store::testing::EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
+    let store = EtcdStore::connect(&cluster.endpoints(), "/viking-test/compaction")
+        .await
+        .unwrap();
+    cases::compaction(Arc::new(store)).await;
+}
 
 // ------------------------------------------------------- embedded-only
 

@@ -94,7 +94,7 @@ impl Cluster {
             }),
             _tmp: tmp,
         };
-        let etcd = EtcdCluster::start_on(1, gateway.into())
+        let etcd = EtcdCluster::start_with(1, gateway.into(), &cluster.shared.opts.etcd_args)
             .map_err(|e| anyhow!("etcd for the cluster: {e}"))?;
         {
             let shared = Arc::get_mut(&mut cluster.shared)

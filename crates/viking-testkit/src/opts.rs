@@ -22,6 +22,8 @@ pub struct ClusterOpts {
     pub tags: Vec<String>,
     /// Extra arguments for every `viking server`.
     pub server_args: Vec<String>,
+    /// Extra flags for the cluster's etcd (e.g. `--quota-backend-bytes`).
+    pub etcd_args: Vec<String>,
     /// Extra environment for every `viking server` (`VIKING_LOG`, the server's
     /// log filter, is passed through from the test's environment when set;
     /// `NO_COLOR=1` unless set here).
@@ -48,6 +50,7 @@ impl Default for ClusterOpts {
             viking_bin: None,
             tags: Vec::new(),
             server_args: Vec::new(),
+            etcd_args: Vec::new(),
             server_env: Vec::new(),
             docker_volume: false,
             token: None,

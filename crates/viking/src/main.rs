@@ -80,6 +80,8 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
             },
             insecure_http: a.insecure_http,
         },
+        docker_ping_failures: a.docker_ping_failures,
+        compact_window: secs(a.compact_window, "--compact-window")?,
     })
 }
 
@@ -130,6 +132,7 @@ async fn mesh(m: MeshCommand) -> Result<(), viking_mesh::MeshError> {
                 etcd_binary,
                 etcd_image,
                 foreground,
+                quota_backend_bytes,
                 server_args,
             } = a.machine;
             viking_mesh::init(viking_mesh::InitOptions {
@@ -144,6 +147,7 @@ async fn mesh(m: MeshCommand) -> Result<(), viking_mesh::MeshError> {
                 etcd_image,
                 foreground,
                 server_args,
+                quota_backend_bytes: Some(quota_backend_bytes),
             })
             .await
         }
@@ -157,6 +161,7 @@ async fn mesh(m: MeshCommand) -> Result<(), viking_mesh::MeshError> {
                 etcd_binary,
                 etcd_image,
                 foreground,
+                quota_backend_bytes,
                 server_args,
             } = a.machine;
             viking_mesh::join(viking_mesh::JoinOptions {
@@ -172,6 +177,7 @@ async fn mesh(m: MeshCommand) -> Result<(), viking_mesh::MeshError> {
                 max_members: Some(a.max_members),
                 foreground,
                 server_args,
+                quota_backend_bytes: Some(quota_backend_bytes),
             })
             .await
         }
@@ -182,6 +188,7 @@ async fn mesh(m: MeshCommand) -> Result<(), viking_mesh::MeshError> {
         MeshCommand::Up { dir: d } => {
             viking_mesh::up(&dir(d), viking_mesh::shutdown_signal()).await
         }
+        MeshCommand::Defrag { dir: d } => viking_mesh::defrag(&dir(d)).await,
     }
 }
 

@@ -501,9 +501,9 @@ fn mesh_runs_etcd_as_a_container_with_a_restart_policy() {
     let table = sh_ok(n1, "viking mesh status");
     let lines: Vec<&str> = table.lines().collect();
     assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("ETCD MEMBER   ID   ") && l.ends_with("   ROLE")),
+        lines.iter().any(|l| l.starts_with("ETCD MEMBER   ID   ")
+            && l.contains("   ROLE   ")
+            && l.ends_with("   DB SIZE")),
         "{table}"
     );
     assert!(lines.iter().any(|l| l.starts_with("SERVER   ")), "{table}");
@@ -511,6 +511,23 @@ fn mesh_runs_etcd_as_a_container_with_a_restart_policy() {
         lines.iter().all(|l| l.trim_end() == *l),
         "trailing blanks: {table:?}"
     );
+    // etcd runs with the mesh's quota and auto-compaction.
+    let args = sh_ok(n1, "docker inspect -f '{{json .Args}}' viking-etcd");
+    for flag in [
+        "\"--quota-backend-bytes\",\"2147483648\"",
+        "\"--auto-compaction-mode\",\"revision\"",
+    ] {
+        assert!(args.contains(flag), "{flag} in {args}");
+    }
+    // Both members defragmented, one after the other.
+    let defrag = sh_ok(n1, "viking mesh defrag");
+    assert!(
+        defrag
+            .lines()
+            .any(|l| l.starts_with("ETCD MEMBER   BEFORE   AFTER")),
+        "{defrag}"
+    );
+    assert_eq!(defrag.matches("defragmented").count(), 2, "{defrag}");
 
     // etcd dies inside its container: Docker starts it again.
     sh_ok(n2, "pkill -x etcd");

@@ -1,5 +1,7 @@
 //! etcd's membership API, for `viking mesh`: list the members, add one as a
-//! learner, promote it, remove one, and ask one member how it is.
+//! learner, promote it, remove one, ask one member how it is (with its
+//! database's size and the store's revision), list the cluster's alarms
+//! (NOSPACE), and defragment one member (`viking mesh defrag`).
 //!
 //! Every call goes to one endpoint at a time and moves on to the next when
 //! an endpoint fails, so a dead member in the list only costs a connect
@@ -20,6 +22,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// cannot make it now.
 const UNAVAILABLE_FOR: Duration = Duration::from_secs(30);
 const UNAVAILABLE_PAUSE: Duration = Duration::from_millis(500);
+/// How long one member's defragmentation may take.
+pub const DEFRAG_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// One etcd member.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +46,14 @@ pub struct MemberStatus {
     pub version: String,
     pub raft_index: u64,
     pub errors: Vec<String>,
+    /// The size of the member's database file, in bytes (what the backend
+    /// quota is measured against, and what defragmentation shrinks).
+    pub db_size: i64,
+    /// The part of it in use, in bytes; the rest is free pages that only
+    /// defragmentation gives back.
+    pub db_size_in_use: i64,
+    /// The store's revision as the member answered.
+    pub revision: i64,
 }
 
 impl MemberStatus {
@@ -134,10 +146,73 @@ impl Membership {
                 version: s.version().to_string(),
                 raft_index: s.raft_index(),
                 errors: s.errors().to_vec(),
+                db_size: s.db_size(),
+                db_size_in_use: s.raft_used_db_size(),
+                revision: s.header().map(|h| h.revision()).unwrap_or(0),
             })
         })
         .await
         .map_err(|e| e.error)
+    }
+
+    /// The cluster's alarms as the first member that answers lists them,
+    /// e.g. `NOSPACE` on a member whose database reached its quota (etcd
+    /// then refuses every write until it is compacted, defragmented and
+    /// the alarm disarmed).
+    pub async fn alarms(&self) -> Result<Vec<String>> {
+        self.on_any("alarm list", |mut c| async move {
+            let r = c
+                .alarm(
+                    etcd_client::AlarmAction::Get,
+                    etcd_client::AlarmType::None,
+                    None,
+                )
+                .await?;
+            Ok(r.alarms()
+                .iter()
+                .map(|a| format!("{}:{:?}", a.member_id(), a.alarm()))
+                .collect())
+        })
+        .await
+        .map_err(|e| e.error)
+    }
+
+    /// Defragment the member at the first endpoint that answers (give one
+    /// endpoint to defragment one member): it rewrites its database file
+    /// without the free pages that compaction left, and answers nothing
+    /// else meanwhile, so defragment one member at a time. Given its own,
+    /// longer deadline ([`DEFRAG_TIMEOUT`]): a large database takes a
+    /// while.
+    pub async fn defragment(&self) -> Result<()> {
+        let mut last = StoreError::Invalid("no etcd endpoints given".into());
+        for ep in &self.endpoints {
+            let opts = ConnectOptions::new()
+                .with_connect_timeout(CONNECT_TIMEOUT)
+                .with_timeout(DEFRAG_TIMEOUT);
+            let client = tokio::time::timeout(
+                CONNECT_TIMEOUT + Duration::from_secs(1),
+                Client::connect([ep.as_str()], Some(opts)),
+            )
+            .await;
+            let mut client = match client {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    last = map_err(&format!("defragment at {ep}"), e);
+                    continue;
+                }
+                Err(_) => {
+                    last = StoreError::Unavailable(format!(
+                        "etcd defragment at {ep}: no connection within the timeout"
+                    ));
+                    continue;
+                }
+            };
+            match client.defragment().await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = map_err(&format!("defragment at {ep}"), e),
+            }
+        }
+        Err(last)
     }
 
     /// Whether the first member that answers knows a leader and reports no
@@ -336,6 +411,39 @@ mod etcd_tests {
 
         m.remove(id).await.expect("remove");
         assert_eq!(m.list().await.expect("list"), before);
+    }
+
+    /// Compaction frees pages; defragmentation gives them back: the
+    /// member's database shrinks, and its status says how big it is.
+    #[tokio::test]
+    async fn a_defragmented_member_gives_the_compacted_space_back() {
+        use crate::Store;
+        let etcd = EtcdCluster::start(1).expect("etcd");
+        let store = crate::EtcdStore::connect(&etcd.endpoints(), "/defrag")
+            .await
+            .expect("connect");
+        let value = "x".repeat(16 * 1024);
+        let mut last = 0;
+        for i in 0..400 {
+            last = crate::StoreExt::put(&store, &format!("k/{}", i % 4), value.clone())
+                .await
+                .expect("put");
+        }
+        let m = Membership::new(etcd.endpoints());
+        let before = m.status().await.expect("status");
+        assert!(before.db_size > 4 << 20, "{before:?}");
+        assert_eq!(before.revision, last);
+        store.compact(last).await.expect("compact");
+        m.defragment().await.expect("defragment");
+        let after = m.status().await.expect("status");
+        assert!(
+            after.db_size < before.db_size / 2,
+            "{} bytes before, {} after",
+            before.db_size,
+            after.db_size
+        );
+        assert!(after.is_healthy());
+        assert_eq!(m.alarms().await.expect("alarms"), Vec::<String>::new());
     }
 
     #[tokio::test]
