@@ -63,8 +63,9 @@ pub fn new_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Write `name` in `dir` (mode 0600), replacing it atomically.
-fn write_private(dir: &Path, name: &str, value: &str) -> anyhow::Result<()> {
+/// Write `name` in `dir` (mode 0600), replacing it atomically (the token,
+/// the server id, the cluster id).
+pub(crate) fn write_private(dir: &Path, name: &str, value: &str) -> anyhow::Result<()> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = std::fs::OpenOptions::new()

@@ -3,8 +3,6 @@
 //! Given with `--token`, or made at first start and kept in
 //! `<data-dir>/token` with mode 0600.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::Context;
@@ -23,18 +21,7 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<String> {
     }
     let bytes: [u8; 24] = rand::random();
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = data_dir.join(".token.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(token.as_bytes())
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
+    crate::identity::write_private(data_dir, TOKEN_FILE, &token)?;
     Ok(token)
 }
 

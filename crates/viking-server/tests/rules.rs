@@ -1437,6 +1437,32 @@ async fn a_start_of_a_job_whose_container_still_runs_keeps_that_container() {
 
 // ------------------------------------------------ a quiet, robust store
 
+fn is_ping(c: &viking_docker::fake::Call) -> bool {
+    matches!(c, viking_docker::fake::Call::Ping)
+}
+
+fn calls_matching(engine: &FakeRuntime, f: impl Fn(&viking_docker::fake::Call) -> bool) -> usize {
+    engine.calls().iter().filter(|c| f(c)).count()
+}
+
+/// Wait until the engine has seen `n` more calls that `f` matches: a window
+/// measured in the server's own steps, not in a fixed time.
+async fn engine_calls_pass(
+    engine: &FakeRuntime,
+    what: &str,
+    n: usize,
+    f: impl Fn(&viking_docker::fake::Call) -> bool + Copy,
+) {
+    let start = calls_matching(engine, f);
+    viking_testkit::eventually_async(
+        what,
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || async { calls_matching(engine, f) >= start + n },
+    )
+    .await;
+}
+
 /// An idle server with a running job writes nothing to the store over
 /// several of floki's heartbeats and the agent's resyncs (its lease's
 /// keep-alives are not writes): the store's revision does not move. A
@@ -1456,8 +1482,8 @@ async fn an_idle_server_writes_nothing_to_the_store() {
     // Let the start settle: the first resync, the election, the standing.
     let settled = || async {
         let a = store.revision().await.expect("revision");
-        // Longer than floki's shortest gap between two writes.
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        // Past floki's shortest gap between two writes (2 s): three pings.
+        engine_calls_pass(&s.engine, "three Docker pings", 3, is_ping).await;
         a == store.revision().await.expect("revision")
     };
     viking_testkit::eventually_async(
@@ -1468,9 +1494,13 @@ async fn an_idle_server_writes_nothing_to_the_store() {
     )
     .await;
     let before = store.revision().await.expect("revision");
-    // Twelve heartbeats of floki (a third of the TTL each), four Docker
-    // pings, four resyncs of the agent and rounds of the reconciler.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Four Docker pings and four resyncs of the agent (a dozen heartbeats
+    // of floki and rounds of the reconciler meanwhile).
+    engine_calls_pass(&s.engine, "four Docker pings", 4, is_ping).await;
+    engine_calls_pass(&s.engine, "four resyncs", 4, |c| {
+        matches!(c, viking_docker::fake::Call::List(_))
+    })
+    .await;
     let after = store.revision().await.expect("revision");
     assert_eq!(
         after,
@@ -1504,15 +1534,23 @@ async fn a_host_leaves_floki_only_after_several_failed_pings_in_a_row() {
     let in_floki = || async { store.get(&keys::host("n1")).await.expect("get").is_some() };
     // One ping fails (the engine is unreachable for less than two pings).
     s.engine.set_unreachable(true);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    engine_calls_pass(&s.engine, "one failed ping", 1, is_ping).await;
     s.engine.set_unreachable(false);
-    for _ in 0..30 {
-        assert!(
-            in_floki().await,
-            "one failed ping took the host out of floki"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Over the next four pings (each answered) it stays.
+    let start = calls_matching(&s.engine, is_ping);
+    viking_testkit::eventually_async(
+        "four answered pings with the host in floki throughout",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            assert!(
+                in_floki().await,
+                "one failed ping took the host out of floki"
+            );
+            calls_matching(&s.engine, is_ping) >= start + 4
+        },
+    )
+    .await;
     s.engine.set_unreachable(true);
     viking_testkit::eventually_async(
         "the host leaves floki after three failed pings",
