@@ -7,7 +7,8 @@
 //! - [`routes`]: every path of the API, written once;
 //! - [`client`]: [`Client`], used by the CLI and by servers forwarding work
 //!   to each other: one typed method per route;
-//! - [`body`]: streamed answers read as bytes or as newline-delimited JSON.
+//! - [`body`]: streamed answers read as bytes or as newline-delimited JSON;
+//! - [`context`]: a CLI context (server, CA, token) in one file.
 //!
 //! Architecture invariant: the server and its clients share these types and
 //! nothing else, so the wire format is defined in exactly one place.
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod body;
 pub mod client;
+pub mod context;
 pub mod frame;
 pub mod routes;
 pub mod wire;

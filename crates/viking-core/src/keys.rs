@@ -31,6 +31,15 @@ pub const REMOVED: &str = "removed/";
 /// see each other's load and host ports.
 pub const PLACEMENTS: &str = "counters/placements/";
 
+/// The cluster's CA (certificate and key, a [`crate::records::CaRecord`]),
+/// written by `viking mesh init`: a server signs a joining machine's
+/// certificate and renews its own with it. etcd answers only holders of a
+/// certificate from this CA, so only servers can read it.
+pub const MESH_CA: &str = "mesh/ca";
+/// The join secret's digest and the CA's fingerprint (a
+/// [`crate::records::JoinRecord`]); `viking mesh token --rotate` rewrites it.
+pub const MESH_JOIN: &str = "mesh/join";
+
 pub fn host(name: &str) -> String {
     format!("{HOSTS}{name}")
 }

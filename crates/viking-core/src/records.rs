@@ -79,6 +79,39 @@ pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, RecordError> {
         .map_err(|e| RecordError(format!("{} record is not valid: {e}", T::KIND)))
 }
 
+/// The cluster's CA, kept in the store by `viking mesh init`
+/// ([`crate::keys::MESH_CA`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRecord {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CaRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaRecord").finish_non_exhaustive()
+    }
+}
+
+impl Record for CaRecord {
+    const KIND: &'static str = "mesh CA";
+    const VERSION: u32 = 1;
+}
+
+/// What a server checks a join against ([`crate::keys::MESH_JOIN`]): the
+/// SHA-256 of the join token's secret (hex), never the secret itself, and
+/// the CA's fingerprint the token carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRecord {
+    pub fingerprint: String,
+    pub secret_sha256: String,
+}
+
+impl Record for JoinRecord {
+    const KIND: &'static str = "mesh join";
+    const VERSION: u32 = 1;
+}
+
 /// viking-proc: a daemonized job, written before anything runs, as the
 /// statement of intent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
