@@ -59,6 +59,16 @@ pub enum MeshCommand {
         #[command(flatten)]
         dir: MeshDir,
     },
+    /// Print the join token (it admits machines, not operators); with
+    /// --rotate, replace it: the old one is refused from then on, machines
+    /// already in the mesh are not affected.
+    Token {
+        #[command(flatten)]
+        dir: MeshDir,
+        /// Make a new join token and print it.
+        #[arg(long)]
+        rotate: bool,
+    },
 }
 
 /// The data directory of `viking mesh`.
@@ -112,7 +122,8 @@ pub struct MeshMachineArgs {
 pub struct MeshInitArgs {
     #[command(flatten)]
     pub machine: MeshMachineArgs,
-    /// The cluster token (default: a new random one).
+    /// The operator's token for the API (default: a new random one). Not
+    /// the join token, which `init` makes and prints.
     #[arg(long, env = "VIKING_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// The prefix of every key in the store.
@@ -125,8 +136,9 @@ pub struct MeshInitArgs {
 pub struct MeshJoinArgs {
     /// A viking server of the mesh: HOST[:PORT].
     pub addr: String,
-    /// The join token printed by `viking mesh init`.
-    #[arg(long, env = "VIKING_TOKEN", hide_env_values = true)]
+    /// The join token (VKJ-1-...) printed by `viking mesh init` or
+    /// `viking mesh token`.
+    #[arg(long, env = "VIKING_JOIN_TOKEN", hide_env_values = true)]
     pub token: String,
     #[command(flatten)]
     pub machine: MeshMachineArgs,

@@ -137,6 +137,83 @@ pub struct Health {
     pub held: Option<String>,
 }
 
+/// `GET /v1/mesh/ca`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MeshCa {
+    pub ca_pem: String,
+}
+
+/// `POST /v1/mesh/join`: a machine asks to join the mesh.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The join token's secret.
+    pub secret: String,
+    /// The machine's name (its server's, its etcd member's).
+    pub name: String,
+    /// The address the mesh reaches it at.
+    pub ip: String,
+    /// A certificate request for the key the machine keeps (PEM).
+    pub csr_pem: String,
+    /// How many etcd members the mesh grows to.
+    pub max_members: usize,
+    /// Whether it can run an etcd member (its etcd ports are free).
+    pub can_be_member: bool,
+}
+
+impl std::fmt::Debug for JoinRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinRequest")
+            .field("name", &self.name)
+            .field("ip", &self.ip)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a joining machine becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinRole {
+    /// An etcd member (added as a learner; the machine promotes it once
+    /// it has caught up) and a viking server.
+    Member,
+    /// A viking server only.
+    Server,
+}
+
+/// The answer to a join the cluster accepted.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub role: JoinRole,
+    /// The machine's certificate, signed by the cluster's CA (PEM).
+    pub cert_pem: String,
+    pub ca_pem: String,
+    /// The operator's token (the API's), for the machine's server and CLI.
+    pub token: String,
+    /// The store prefix (`--key`).
+    pub key: String,
+    /// The etcd client URLs of the started members.
+    pub etcd_endpoints: Vec<String>,
+    /// A member's `--initial-cluster` (empty for a server).
+    #[serde(default)]
+    pub initial_cluster: String,
+    /// A member's id in etcd (hex), to promote it or take it out again.
+    #[serde(default)]
+    pub member_id: Option<String>,
+    /// How many etcd members the mesh has with this one.
+    pub members: usize,
+}
+
+impl std::fmt::Debug for JoinResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinResponse")
+            .field("role", &self.role)
+            .field("key", &self.key)
+            .field("etcd_endpoints", &self.etcd_endpoints)
+            .field("member_id", &self.member_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// `POST /v1/recover`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RecoverRequest {

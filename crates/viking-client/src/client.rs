@@ -31,9 +31,10 @@ use crate::wire::{JobIntent, JobState};
 use serde::Serialize;
 
 use crate::api::{
-    DryRunResponse, ErrorBody, ErrorReason, Health, HostContainer, HostView, InspectResponse, Ping,
-    ProgressLine, PushRequest, RecoverRequest, RecoverSummary, ReplaceRequest, ResolveRequest,
-    ResolveResponse, RunResponse, ServicePort, ATTACH_PROTOCOL,
+    DryRunResponse, ErrorBody, ErrorReason, Health, HostContainer, HostView, InspectResponse,
+    JoinRequest, JoinResponse, MeshCa, Ping, ProgressLine, PushRequest, RecoverRequest,
+    RecoverSummary, ReplaceRequest, ResolveRequest, ResolveResponse, RunResponse, ServicePort,
+    ATTACH_PROTOCOL,
 };
 use crate::body::NdjsonLines;
 use crate::routes;
@@ -602,6 +603,19 @@ impl Client {
         // deadline.
         let after = 6 * self.deadline;
         self.json_within(Method::POST, routes::RECOVER, Some(to_json(req)?), after)
+            .await
+    }
+
+    /// The cluster's CA certificate (asked without the token).
+    pub async fn mesh_ca(&self) -> Result<MeshCa, ClientError> {
+        self.json(Method::GET, routes::MESH_CA, None).await
+    }
+
+    /// Ask to join the mesh. Adding an etcd member may wait for etcd (up
+    /// to half a minute while its leader settles).
+    pub async fn mesh_join(&self, req: &JoinRequest) -> Result<JoinResponse, ClientError> {
+        let within = self.deadline.max(Duration::from_secs(45));
+        self.json_within(Method::POST, routes::MESH_JOIN, Some(to_json(req)?), within)
             .await
     }
 

@@ -42,6 +42,12 @@ pub const INTERNAL_REPLACE: &str = "/v1/internal/replace";
 /// `POST` between servers, upgraded: run a claimed interactive job here
 /// (`claim_rev`).
 pub const INTERNAL_ATTACH: &str = "/v1/internal/attach";
+/// `GET`, without the token, over TLS: the cluster's CA certificate, which
+/// a joining machine checks against its join token's fingerprint.
+pub const MESH_CA: &str = "/v1/mesh/ca";
+/// `POST`, without the token: a machine asks to join with the join
+/// token's secret and a certificate request.
+pub const MESH_JOIN: &str = "/v1/mesh/join";
 
 /// The placeholder of a job name in the patterns.
 const NAME: &str = "{name}";

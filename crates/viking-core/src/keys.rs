@@ -36,7 +36,7 @@ pub const PLACEMENTS: &str = "counters/placements/";
 /// certificate and renews its own with it. etcd answers only holders of a
 /// certificate from this CA, so only servers can read it.
 pub const MESH_CA: &str = "mesh/ca";
-/// The join secret's digest and the CA's fingerprint (a
+/// The join token: the CA's fingerprint and the secret (a
 /// [`crate::records::JoinRecord`]); `viking mesh token --rotate` rewrites it.
 pub const MESH_JOIN: &str = "mesh/join";
 

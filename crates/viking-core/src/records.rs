@@ -98,13 +98,23 @@ impl Record for CaRecord {
     const VERSION: u32 = 1;
 }
 
-/// What a server checks a join against ([`crate::keys::MESH_JOIN`]): the
-/// SHA-256 of the join token's secret (hex), never the secret itself, and
-/// the CA's fingerprint the token carries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The join token ([`crate::keys::MESH_JOIN`]): the CA's fingerprint it
+/// carries and its secret, which a server compares a join's against. Kept
+/// whole (as swarm keeps its join tokens in its store) so `viking mesh
+/// token` can print it on any machine; only holders of a cluster
+/// certificate can read etcd.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinRecord {
     pub fingerprint: String,
-    pub secret_sha256: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for JoinRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinRecord")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Record for JoinRecord {

@@ -13,7 +13,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use viking_cli::table;
-use viking_store::etcd::membership::Membership;
 
 use crate::state::DataDir;
 use crate::status::{endpoints_of, size};
@@ -26,14 +25,14 @@ const HEALTHY_AGAIN: Duration = Duration::from_secs(30);
 pub async fn defrag(data_dir: &Path) -> Result<()> {
     let dd = DataDir::new(data_dir)?;
     let st = dd.load()?;
-    let members = Membership::new(endpoints_of(&st)).list().await?;
+    let members = dd.members(endpoints_of(&st))?.list().await?;
     let mut rows = Vec::new();
     for m in members {
         let Some(url) = m.client_urls.first() else {
             rows.push(vec![m.name, "-".into(), "-".into(), "not started".into()]);
             continue;
         };
-        let one = Membership::new(vec![url.clone()]);
+        let one = dd.members(vec![url.clone()])?;
         let before = one.status().await?;
         one.defragment()
             .await
@@ -64,7 +63,7 @@ pub async fn defrag(data_dir: &Path) -> Result<()> {
         "{}",
         table::render(&["ETCD MEMBER", "BEFORE", "AFTER", "STATUS"], &rows)
     );
-    let alarms = Membership::new(endpoints_of(&st)).alarms().await?;
+    let alarms = dd.members(endpoints_of(&st))?.alarms().await?;
     if !alarms.is_empty() {
         println!(
             "etcd still raises alarms: {}. Once every member is below its quota, \

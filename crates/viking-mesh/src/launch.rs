@@ -131,14 +131,19 @@ impl Launched {
 }
 
 /// Wait until the viking server on this machine answers ping.
-pub(crate) async fn wait_server(st: &MeshState, token: &str, limit: Duration) -> Result<()> {
+pub(crate) async fn wait_server(
+    dd: &DataDir,
+    st: &MeshState,
+    token: &str,
+    limit: Duration,
+) -> Result<()> {
     let port = st
         .listen
         .parse::<SocketAddr>()
         .map(|a| a.port())
         .unwrap_or(DEFAULT_API_PORT);
     let api = url(&st.ip, port);
-    let client = Client::new(&api, Some(token.to_string()))?;
+    let client = Client::with_tls(&api, Some(token.to_string()), Some(dd.api_tls()?))?;
     let until = Instant::now() + limit;
     let ping = || async {
         match tokio::time::timeout(
@@ -174,14 +179,16 @@ pub async fn start(data_dir: &Path, foreground: bool) -> Result<()> {
     let token = dd.token()?;
     let launched = launch(&dd, foreground)?;
     let ready = async {
-        if st.role == Role::Member && !supervisor::wait_etcd(&local_etcd(&st), ETCD_READY).await {
+        if st.role == Role::Member
+            && !supervisor::wait_etcd(&dd, &local_etcd(&st), ETCD_READY).await
+        {
             return Err(MeshError::Failed(format!(
                 "etcd at {} has no leader after {ETCD_READY:?} (are the other members down?); \
                  the supervisor keeps trying",
                 local_etcd(&st)
             )));
         }
-        wait_server(&st, &token, SERVER_READY).await
+        wait_server(&dd, &st, &token, SERVER_READY).await
     };
     if let Err(e) = ready.await {
         return Err(with_logs(e, &dd, st.role));

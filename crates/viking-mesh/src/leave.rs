@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use viking_core::keys;
-use viking_store::etcd::membership::{client_urls, Member, Membership};
-use viking_store::{EtcdStore, StoreExt};
+use viking_store::etcd::membership::{client_urls, Member};
+use viking_store::StoreExt;
 
 use crate::state::{DataDir, EtcdRunner, Role};
 use crate::status::{endpoints_of, servers};
@@ -22,7 +22,7 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<()> {
     let mut last_member = false;
     let mut remaining: Vec<String> = eps.clone();
     if st.role == Role::Member {
-        match Membership::new(eps.clone()).list().await {
+        match dd.members(eps.clone())?.list().await {
             Ok(list) => {
                 let me = list
                     .iter()
@@ -35,7 +35,7 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<()> {
                 remaining = client_urls(&others);
                 if others.is_empty() {
                     last_member = true;
-                    let alive: Vec<String> = servers(&eps, &st.key)
+                    let alive: Vec<String> = servers(&dd, &eps, &st.key)
                         .await
                         .unwrap_or_default()
                         .into_iter()
@@ -52,7 +52,7 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<()> {
                     }
                 } else if let Some(me) = me {
                     let ids: Vec<String> = others.iter().map(|m| m.name.clone()).collect();
-                    Membership::new(remaining.clone())
+                    dd.members(remaining.clone())?
                         .remove(me.id)
                         .await
                         .map_err(|e| {
@@ -83,9 +83,7 @@ pub async fn leave(data_dir: &Path, force: bool) -> Result<()> {
     });
     if !last_member {
         let gone = async {
-            let store = EtcdStore::connect(&remaining, &st.key)
-                .await
-                .map_err(|e| MeshError::Etcd(e.to_string()))?;
+            let store = dd.store(&remaining, &st.key).await?;
             for k in [keys::host(&st.name), keys::fleet(&st.name)] {
                 store
                     .delete(&k)

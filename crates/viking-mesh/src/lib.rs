@@ -10,8 +10,6 @@
 //! Layout:
 //! - [`state`]: the data directory (`mesh.json`, the token, the etcd data,
 //!   pid and log files) and the machine's settings;
-//! - [`record`]: the mesh's record in etcd (what a joining machine learns:
-//!   the store prefix);
 //! - [`supervisor`]: `viking mesh up`, the process that runs this machine's
 //!   etcd member and viking server and restarts them when they exit; and
 //!   starting/stopping it in the background;
@@ -19,8 +17,16 @@
 //! - [`net`]: this machine's name and address, `ip:port`, `HOST[:PORT]`;
 //! - [`launch`]: starting the supervisor (and undoing it), waiting until
 //!   etcd and the server are ready; `start`, `stop`, `up`;
-//! - [`init`], [`join`], [`leave`], [`status`], [`defrag`]: the commands of
-//!   those names.
+//! - [`init`], [`join`], [`leave`], [`status`], [`defrag`], [`token`]: the
+//!   commands of those names.
+//!
+//! Everything in a mesh runs on mutual TLS with certificates from the
+//! cluster's CA (made by `init`): etcd answers nothing else, servers call
+//! each other with their certificates, the CLI trusts only that CA. A
+//! joining machine checks the CA its join token names before it sends the
+//! token's secret; the cluster (a server, `viking_server::admission`)
+//! checks the secret, adds the etcd member and signs the machine's
+//! certificate.
 //!
 //! Every command that changes something undoes its own work when a later
 //! step fails, so a failed `init` or `join` leaves nothing half made.
@@ -34,10 +40,10 @@ pub mod launch;
 pub mod leave;
 pub mod net;
 pub mod options;
-pub mod record;
 pub mod state;
 pub mod status;
 pub mod supervisor;
+pub mod token;
 
 pub use defrag::defrag;
 pub use init::init;
@@ -46,6 +52,7 @@ pub use launch::{shutdown_signal, start, stop, up};
 pub use leave::leave;
 pub use options::{InitOptions, JoinOptions, DEFAULT_ETCD_IMAGE};
 pub use status::status;
+pub use token::token;
 
 /// etcd's client port on every member.
 pub const ETCD_CLIENT_PORT: u16 = 2379;
@@ -66,8 +73,18 @@ pub enum MeshError {
         "{0} is not part of a mesh (no {1}): run `viking mesh init` or `viking mesh join` first"
     )]
     NotInitialised(String, String),
-    #[error("the join token was refused by the viking server at {0}: check --token (it is printed by `viking mesh init` and kept in <data-dir>/token on every machine of the mesh)")]
+    #[error("the join token was refused by the cluster at {0}: check --token (`viking mesh token` on a machine of the mesh prints the current one)")]
     WrongToken(String),
+    #[error("the server at {addr} shows a CA whose fingerprint is {shown}, not the {expected} the join token names: not the mesh the token is for (or someone in between); nothing was sent")]
+    WrongCa {
+        addr: String,
+        shown: String,
+        expected: String,
+    },
+    #[error("certificates: {0}")]
+    Pki(#[from] viking_pki::PkiError),
+    #[error("{0}")]
+    Context(#[from] viking_client::context::ContextError),
     #[error("cannot reach {what} at {addr}: {reason}")]
     Unreachable {
         what: String,
@@ -95,6 +112,17 @@ pub enum MeshError {
 }
 
 pub type Result<T, E = MeshError> = std::result::Result<T, E>;
+
+/// The lifetime of the certificates a mesh makes: 90 days, or
+/// `VIKING_CERT_LIFETIME` seconds (for tests of renewal).
+pub(crate) fn cert_lifetime() -> std::time::Duration {
+    std::env::var("VIKING_CERT_LIFETIME")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|s| *s >= 10)
+        .map(std::time::Duration::from_secs)
+        .unwrap_or(viking_pki::CERT_LIFETIME)
+}
 
 impl From<viking_client::ClientError> for MeshError {
     fn from(e: viking_client::ClientError) -> Self {

@@ -5,8 +5,14 @@
 //! <data-dir>/mesh.json    this machine's role and settings (written last by
 //!                         init/join, removed first by nothing: leave removes
 //!                         it at the end)
-//! <data-dir>/token        the cluster token, mode 0600 (the viking server
-//!                         and the local CLI read it from here)
+//! <data-dir>/token        the operator's token, mode 0600 (the viking
+//!                         server reads it from here)
+//! <data-dir>/context.json the local CLI's context: server, CA, token (0600)
+//! <data-dir>/pki/         ca.pem (the cluster's CA), cert.pem and key.pem
+//!                         (this machine's, 0600: its server's and its etcd
+//!                         member's, for both ends of every connection);
+//!                         ca-key.pem on the machine that made the mesh
+//!                         (0600; the servers use the copy in etcd)
 //! <data-dir>/etcd/        the etcd member's data (members only)
 //! <data-dir>/mesh.pid     the supervisor (`viking mesh up`)
 //! <data-dir>/etcd.pid, server.pid      its children
@@ -18,6 +24,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use viking_store::etcd::membership::Membership;
+use viking_store::{EtcdStore, EtcdTls};
 
 use crate::{IoContext, MeshError, Result};
 
@@ -80,7 +88,8 @@ pub struct MeshState {
     pub quota_backend_bytes: Option<u64>,
 }
 
-pub const STATE_VERSION: u32 = 1;
+/// Version 2: the mesh runs on TLS (etcd, the API) with `pki/`.
+pub const STATE_VERSION: u32 = 2;
 
 /// The data directory and the paths in it.
 #[derive(Debug, Clone)]
@@ -108,6 +117,84 @@ impl DataDir {
     }
     pub fn etcd_dir(&self) -> PathBuf {
         self.dir.join("etcd")
+    }
+    pub fn pki_dir(&self) -> PathBuf {
+        self.dir.join("pki")
+    }
+    pub fn ca_file(&self) -> PathBuf {
+        self.pki_dir().join("ca.pem")
+    }
+    pub fn ca_key_file(&self) -> PathBuf {
+        self.pki_dir().join("ca-key.pem")
+    }
+    pub fn cert_file(&self) -> PathBuf {
+        self.pki_dir().join("cert.pem")
+    }
+    pub fn key_file(&self) -> PathBuf {
+        self.pki_dir().join("key.pem")
+    }
+    pub fn context_file(&self) -> PathBuf {
+        self.dir.join(viking_client::context::CONTEXT_FILE)
+    }
+
+    /// Write this machine's CA certificate, certificate and key.
+    pub fn save_pki(&self, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<()> {
+        let pki = self.pki_dir();
+        std::fs::create_dir_all(&pki).ctx(|| format!("creating {}", pki.display()))?;
+        write_atomic(&pki, &self.ca_file(), ca_pem.as_bytes(), 0o644)?;
+        write_atomic(&pki, &self.cert_file(), cert_pem.as_bytes(), 0o644)?;
+        write_atomic(&pki, &self.key_file(), key_pem.as_bytes(), 0o600)
+    }
+
+    /// Keep the CA's key on this machine (the one that made the mesh).
+    pub fn save_ca_key(&self, key_pem: &str) -> Result<()> {
+        write_atomic(
+            &self.pki_dir(),
+            &self.ca_key_file(),
+            key_pem.as_bytes(),
+            0o600,
+        )
+    }
+
+    fn read(&self, path: &Path) -> Result<String> {
+        std::fs::read_to_string(path).ctx(|| format!("reading {}", path.display()))
+    }
+
+    /// This machine's certificate, for etcd (both ends).
+    pub fn etcd_tls(&self) -> Result<EtcdTls> {
+        Ok(EtcdTls {
+            ca_pem: self.read(&self.ca_file())?,
+            cert_pem: self.read(&self.cert_file())?,
+            key_pem: self.read(&self.key_file())?,
+        })
+    }
+
+    /// etcd's membership API at `endpoints`, with this machine's
+    /// certificate.
+    pub fn members(&self, endpoints: Vec<String>) -> Result<Membership> {
+        Ok(Membership::new(endpoints).with_tls(Some(self.etcd_tls()?)))
+    }
+
+    /// The cluster's store under `key`, with this machine's certificate.
+    pub async fn store(&self, endpoints: &[String], key: &str) -> Result<EtcdStore> {
+        let tls = self.etcd_tls()?;
+        tokio::time::timeout(
+            std::time::Duration::from_secs(15),
+            EtcdStore::connect_tls(endpoints, key, Some(&tls)),
+        )
+        .await
+        .map_err(|_| MeshError::Etcd(format!("{endpoints:?}: no answer within 15s")))?
+        .map_err(|e| MeshError::Etcd(e.to_string()))
+    }
+
+    /// A TLS client configuration for this mesh's servers: trusts the
+    /// cluster's CA only, shows this machine's certificate.
+    pub fn api_tls(&self) -> Result<std::sync::Arc<rustls::ClientConfig>> {
+        let ca = self.read(&self.ca_file())?;
+        let cert = self.read(&self.cert_file())?;
+        let key = self.read(&self.key_file())?;
+        viking_pki::client_config(&ca, Some((&cert, &key)))
+            .map_err(|e| MeshError::Failed(format!("{}: {e}", self.pki_dir().display())))
     }
     pub fn pid_file(&self, what: &str) -> PathBuf {
         self.dir.join(format!("{what}.pid"))
@@ -148,6 +235,14 @@ impl DataDir {
         };
         let st: MeshState = serde_json::from_str(&text)
             .map_err(|e| MeshError::Invalid(format!("{} is not valid: {e}", path.display())))?;
+        if st.v < STATE_VERSION {
+            return Err(MeshError::Invalid(format!(
+                "{} was written by a viking whose mesh ran etcd and its API without TLS (format {}); \
+                 this viking runs a mesh on mutual TLS only: make the mesh again (`viking mesh leave --force`, then init and join)",
+                path.display(),
+                st.v
+            )));
+        }
         if st.v > STATE_VERSION {
             return Err(MeshError::Invalid(format!(
                 "{} was written by a newer viking (format {}, this one reads {STATE_VERSION})",
@@ -179,13 +274,15 @@ impl DataDir {
 
     /// Removes every file of the mesh (not the logs, not job volumes).
     pub fn remove_mesh_files(&self) {
-        let etcd = self.etcd_dir();
-        if etcd.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&etcd) {
-                tracing::warn!("removing {}: {e}", etcd.display());
+        for dir in [self.etcd_dir(), self.pki_dir()] {
+            if dir.exists() {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!("removing {}: {e}", dir.display());
+                }
             }
         }
         for p in [
+            self.context_file(),
             self.token_file(),
             self.pid_file("mesh"),
             self.pid_file("etcd"),
@@ -227,12 +324,13 @@ pub fn new_token() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// `http://IP:PORT`, with brackets for IPv6.
+/// `https://IP:PORT`, with brackets for IPv6: etcd's and the API's
+/// address in a mesh (everything is on TLS).
 pub fn url(ip: &str, port: u16) -> String {
     if ip.contains(':') {
-        format!("http://[{ip}]:{port}")
+        format!("https://[{ip}]:{port}")
     } else {
-        format!("http://{ip}:{port}")
+        format!("https://{ip}:{port}")
     }
 }
 
@@ -250,8 +348,8 @@ mod tests {
             tags: vec!["ssd".into()],
             listen: "0.0.0.0:8791".into(),
             key: "/viking".into(),
-            etcd_endpoints: vec!["http://10.0.0.1:2379".into()],
-            initial_cluster: "n1=http://10.0.0.1:2380".into(),
+            etcd_endpoints: vec!["https://10.0.0.1:2379".into()],
+            initial_cluster: "n1=https://10.0.0.1:2380".into(),
             initial_cluster_state: "new".into(),
             etcd: Some(EtcdRunner::Binary("/usr/bin/etcd".into())),
             server_args: vec![],
@@ -288,6 +386,6 @@ mod tests {
         assert_eq!(a.len(), 48);
         assert_ne!(a, b);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_eq!(url("::1", 1), "http://[::1]:1");
+        assert_eq!(url("::1", 1), "https://[::1]:1");
     }
 }

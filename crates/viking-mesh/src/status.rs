@@ -3,14 +3,12 @@
 //! endpoints and server list `leave` uses.
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde::Serialize;
 use viking_cli::table;
 use viking_core::keys;
 use viking_core::records::{decode, HostRecord};
-use viking_store::etcd::membership::Membership;
-use viking_store::{EtcdStore, Store};
+use viking_store::Store;
 
 use crate::state::{DataDir, MeshState, Role};
 use crate::supervisor::{self, local_etcd};
@@ -74,11 +72,12 @@ pub(crate) fn endpoints_of(st: &MeshState) -> Vec<String> {
     eps
 }
 
-pub(crate) async fn servers(endpoints: &[String], key: &str) -> Result<Vec<ServerView>> {
-    let store = tokio::time::timeout(Duration::from_secs(15), EtcdStore::connect(endpoints, key))
-        .await
-        .map_err(|_| MeshError::Etcd("no answer within 15s".into()))?
-        .map_err(|e| MeshError::Etcd(e.to_string()))?;
+pub(crate) async fn servers(
+    dd: &DataDir,
+    endpoints: &[String],
+    key: &str,
+) -> Result<Vec<ServerView>> {
+    let store = dd.store(endpoints, key).await?;
     let read = |prefix: &'static str| {
         let store = store.clone();
         async move {
@@ -117,11 +116,12 @@ pub async fn status(data_dir: &Path, json: bool) -> Result<()> {
     let dd = DataDir::new(data_dir)?;
     let st = dd.load()?;
     let eps = endpoints_of(&st);
-    let list = Membership::new(eps.clone()).list().await?;
+    let list = dd.members(eps.clone())?.list().await?;
     let mut views = Vec::new();
     for m in list {
         let s = match m.client_urls.first() {
-            Some(u) => Membership::new(vec![u.clone()])
+            Some(u) => dd
+                .members(vec![u.clone()])?
                 .status()
                 .await
                 .map_err(MeshError::from),
@@ -149,7 +149,7 @@ pub async fn status(data_dir: &Path, json: bool) -> Result<()> {
             db_size_in_use: sizes.map(|s| s.1),
         });
     }
-    let servers = servers(&eps, &st.key).await?;
+    let servers = servers(&dd, &eps, &st.key).await?;
     let v = StatusView {
         name: st.name.clone(),
         role: st.role,

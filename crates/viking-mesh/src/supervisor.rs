@@ -22,7 +22,7 @@ use backon::{BackoffBuilder, ConstantBuilder, ExponentialBackoff, ExponentialBui
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use viking_docker::{DockerRuntime, PlainSpec, Restart, Runtime};
-use viking_store::etcd::membership::{client_urls, Membership};
+use viking_store::etcd::membership::client_urls;
 
 use crate::state::{url, DataDir, EtcdRunner, MeshState, Role};
 use crate::{IoContext, MeshError, Result, ETCD_CLIENT_PORT, ETCD_PEER_PORT};
@@ -69,6 +69,7 @@ pub fn etcd_args(st: &MeshState, dd: &DataDir) -> Vec<String> {
         listen_client.push_str(&format!(",{}", url("127.0.0.1", ETCD_CLIENT_PORT)));
     }
     let peer = local_peer(st);
+    let file = |p: PathBuf| p.display().to_string();
     [
         ("--name", st.name.clone()),
         ("--data-dir", dd.etcd_dir().display().to_string()),
@@ -91,6 +92,16 @@ pub fn etcd_args(st: &MeshState, dd: &DataDir) -> Vec<String> {
             "--auto-compaction-retention",
             crate::options::AUTO_COMPACTION_RETENTION.to_string(),
         ),
+        // Clients and peers on TLS, and only with a certificate from the
+        // cluster's CA: nothing else gets an answer.
+        ("--cert-file", file(dd.cert_file())),
+        ("--key-file", file(dd.key_file())),
+        ("--trusted-ca-file", file(dd.ca_file())),
+        ("--client-cert-auth", "true".to_string()),
+        ("--peer-cert-file", file(dd.cert_file())),
+        ("--peer-key-file", file(dd.key_file())),
+        ("--peer-trusted-ca-file", file(dd.ca_file())),
+        ("--peer-client-cert-auth", "true".to_string()),
     ]
     .into_iter()
     .flat_map(|(k, v)| [k.to_string(), v])
@@ -107,7 +118,7 @@ mod etcd_flag_tests {
         let d = tempfile::tempdir().expect("tmp");
         let dd = DataDir::new(d.path()).expect("dir");
         let mut st: MeshState = serde_json::from_value(serde_json::json!({
-            "v": 1, "name": "n1", "ip": "10.0.0.1", "role": "member", "tags": [],
+            "v": 2, "name": "n1", "ip": "10.0.0.1", "role": "member", "tags": [],
             "listen": "0.0.0.0:8791", "key": "/viking", "etcd_endpoints": [],
         }))
         .expect("a mesh state without a quota (an older file)");
@@ -124,6 +135,15 @@ mod etcd_flag_tests {
         assert_eq!(flag(&st, "--auto-compaction-retention"), "100000");
         st.quota_backend_bytes = Some(8 << 20);
         assert_eq!(flag(&st, "--quota-backend-bytes"), "8388608");
+        // TLS for clients and peers, certificates required.
+        assert_eq!(flag(&st, "--client-cert-auth"), "true");
+        assert_eq!(flag(&st, "--peer-client-cert-auth"), "true");
+        assert_eq!(
+            flag(&st, "--listen-client-urls"),
+            "https://10.0.0.1:2379,https://127.0.0.1:2379"
+        );
+        assert_eq!(flag(&st, "--listen-peer-urls"), "https://10.0.0.1:2380");
+        assert!(flag(&st, "--trusted-ca-file").ends_with("pki/ca.pem"));
         assert!(crate::options::check_quota(Some(1 << 20)).is_err());
         assert!(crate::options::check_quota(Some(16 << 30)).is_err());
         assert_eq!(crate::options::check_quota(None).ok(), Some(2 << 30));
@@ -150,14 +170,15 @@ pub fn server_args(st: &MeshState, dd: &DataDir) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    // The mesh does not serve its API over TLS yet (issue 15): its server
-    // listens on the machine's address in plain HTTP, and says so.
-    if !st
-        .listen
-        .parse::<std::net::SocketAddr>()
-        .is_ok_and(|l| l.ip().is_loopback())
-    {
-        a.push("--insecure-http".into());
+    // The API on TLS with this machine's certificate, which it also shows
+    // to etcd and to the other servers.
+    for (flag, path) in [
+        ("--tls-cert", dd.cert_file()),
+        ("--tls-key", dd.key_file()),
+        ("--ca", dd.ca_file()),
+    ] {
+        a.push(flag.into());
+        a.push(path.display().to_string());
     }
     if !st.tags.is_empty() {
         a.push("--tags".into());
@@ -361,7 +382,10 @@ async fn ensure_etcd_container(st: &MeshState, dd: &DataDir, image: &str) -> Res
         command,
         host_network: true,
         restart: Restart::UnlessStopped,
-        binds: vec![(etcd_dir.clone(), etcd_dir.display().to_string())],
+        binds: vec![
+            (etcd_dir.clone(), etcd_dir.display().to_string()),
+            (dd.pki_dir(), dd.pki_dir().display().to_string()),
+        ],
     };
     docker.create_plain(&spec).await?;
     docker.start_plain(ETCD_CONTAINER).await?;
@@ -501,10 +525,13 @@ pub(crate) fn poll() -> ConstantBuilder {
 }
 
 /// Wait until the local etcd member answers with a leader, up to `limit`.
-pub async fn wait_etcd(endpoint: &str, limit: Duration) -> bool {
+pub async fn wait_etcd(dd: &DataDir, endpoint: &str, limit: Duration) -> bool {
     let until = Instant::now() + limit;
+    let Ok(members) = dd.members(vec![endpoint.to_string()]) else {
+        return false;
+    };
     let healthy = || async {
-        if Membership::new(vec![endpoint.to_string()]).healthy().await {
+        if members.healthy().await {
             Ok(())
         } else {
             Err(())
@@ -524,7 +551,11 @@ async fn refresh_endpoints(st: &mut MeshState, dd: &DataDir) {
         known.retain(|e| *e != local_etcd(st));
         known.insert(0, local_etcd(st));
     }
-    match Membership::new(known).list().await {
+    let list = match dd.members(known) {
+        Ok(m) => m.list().await.map_err(MeshError::from),
+        Err(e) => Err(e),
+    };
+    match list {
         Ok(list) => {
             let mut eps = client_urls(&list);
             if st.role == Role::Member && eps.contains(&local_etcd(st)) {
@@ -586,7 +617,7 @@ pub async fn up(dd: &DataDir, shutdown: impl Future<Output = ()>) -> Result<()> 
         }
         let ep = local_etcd(&st);
         tokio::select! {
-            ok = wait_etcd(&ep, ETCD_WAIT) => {
+            ok = wait_etcd(dd, &ep, ETCD_WAIT) => {
                 if !ok {
                     log(format!("etcd at {ep} has no leader after {ETCD_WAIT:?}; starting the server anyway"));
                 }

@@ -189,34 +189,89 @@ impl Ca {
     ) -> Result<Issued> {
         let (issuer, issuer_key) = self.issuer()?;
         let key = KeyPair::generate()?;
-        let mut names: Vec<String> = vec![name.to_string()];
-        names.extend(dns.iter().cloned());
-        names.sort();
-        names.dedup();
-        let mut params = CertificateParams::new(names)?;
-        for ip in ips {
-            params.subject_alt_names.push(SanType::IpAddress(*ip));
-        }
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        dn.push(DnType::OrganizationName, "viking");
-        params.distinguished_name = dn;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        validity(&mut params, lifetime);
-        let cert = params.signed_by(&key, &issuer, &issuer_key)?;
+        let cert = leaf_params(name, ips, dns, lifetime)?.signed_by(&key, &issuer, &issuer_key)?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
     }
+
+    /// Sign the public key of a certificate request (`csr_pem`, made by
+    /// [`key_and_request`] on the machine that keeps the private key) for
+    /// `name` at `ips` and `dns`: what the request itself asks for (its
+    /// names, its extensions) is ignored, the signer decides.
+    pub fn sign_request(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        ips: &[IpAddr],
+        dns: &[String],
+        lifetime: Duration,
+    ) -> Result<String> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let (issuer, issuer_key) = self.issuer()?;
+        let cert = leaf_params(name, ips, dns, lifetime)?.signed_by(
+            &csr.public_key,
+            &issuer,
+            &issuer_key,
+        )?;
+        Ok(cert.pem())
+    }
+
+    /// The CA's private key, PEM (kept where only the cluster's servers
+    /// can read it).
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+}
+
+/// The parameters of a server's certificate: its name (and `dns`) and
+/// `ips` as subject alternative names, good for TLS servers and clients.
+fn leaf_params(
+    name: &str,
+    ips: &[IpAddr],
+    dns: &[String],
+    lifetime: Duration,
+) -> Result<CertificateParams> {
+    let mut names: Vec<String> = vec![name.to_string()];
+    names.extend(dns.iter().cloned());
+    names.sort();
+    names.dedup();
+    let mut params = CertificateParams::new(names)?;
+    for ip in ips {
+        params.subject_alt_names.push(SanType::IpAddress(*ip));
+    }
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    dn.push(DnType::OrganizationName, "viking");
+    params.distinguished_name = dn;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, lifetime);
+    Ok(params)
+}
+
+/// A new private key and a certificate request for it (both PEM): the
+/// key stays on this machine, the request goes to a server of the cluster,
+/// which signs it ([`Ca::sign_request`]).
+pub fn key_and_request(name: &str) -> Result<Issued> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![name.to_string()])?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&key)?;
+    Ok(Issued {
+        cert_pem: csr.pem()?,
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// Write `contents` to `path` with `mode`, replacing it atomically.
@@ -417,6 +472,69 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// A TLS client that accepts whatever certificate the server shows, for
+/// one purpose only: fetching the CA certificate that a join token's
+/// fingerprint then checks (`GET /v1/mesh/ca`, which carries nothing
+/// secret). Nothing else may use it.
+pub fn unverified_client_config() -> Result<Arc<rustls::ClientConfig>> {
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider())))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Accepts any server certificate; still checks the handshake's
+/// signatures (so the server holds the key of what it shows).
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,6 +586,46 @@ mod tests {
         let sn = rustls::pki_types::ServerName::try_from("n1").unwrap();
         assert!(verifier
             .verify_server_cert(&foreign, &[], &sn, &[], now)
+            .is_err());
+    }
+
+    /// The key stays with the requester; the signer decides the names.
+    #[test]
+    fn a_request_is_signed_for_the_names_the_signer_gives() {
+        let ca = Ca::generate("test").unwrap();
+        let req = key_and_request("evil.example").unwrap();
+        let cert = ca
+            .sign_request(
+                &req.cert_pem,
+                "n2",
+                &["10.0.0.2".parse().unwrap()],
+                &[],
+                CERT_LIFETIME,
+            )
+            .unwrap();
+        // The signed certificate goes with the requester's key.
+        server_config(&cert, &req.key_pem, ca.cert_pem(), ClientAuth::Required).unwrap();
+        let other_key = key_and_request("n2").unwrap().key_pem;
+        assert!(server_config(&cert, &other_key, ca.cert_pem(), ClientAuth::Required).is_err());
+        let leaf = certs(&cert, "leaf").unwrap().remove(0);
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots(ca.cert_pem()).unwrap()),
+            provider(),
+        )
+        .build()
+        .unwrap();
+        use rustls::client::danger::ServerCertVerifier;
+        let now = rustls::pki_types::UnixTime::now();
+        let ok = |name: &str| {
+            let sn = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+            verifier
+                .verify_server_cert(&leaf, &[], &sn, &[], now)
+                .is_ok()
+        };
+        assert!(ok("n2") && ok("10.0.0.2"));
+        assert!(!ok("evil.example"), "the request's own name is not signed");
+        assert!(ca
+            .sign_request("not a request", "n2", &[], &[], CERT_LIFETIME)
             .is_err());
     }
 

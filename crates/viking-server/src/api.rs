@@ -56,7 +56,25 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(routes::INTERNAL_ATTACH, post(internal_attach))
         .fallback(|| async { ServerError::NotFound("no such API path; see /v1/...".to_string()) })
         .layer(middleware::from_fn_with_state(shared.clone(), auth))
+        // Without the token: the CA a joining machine checks against its
+        // join token, and the join, which carries the join token's secret.
+        .merge(
+            Router::new()
+                .route(routes::MESH_CA, get(mesh_ca))
+                .route(routes::MESH_JOIN, post(mesh_join)),
+        )
         .with_state(shared)
+}
+
+async fn mesh_ca(State(sh): State<Arc<Shared>>) -> ApiResult<Json<viking_client::api::MeshCa>> {
+    Ok(Json(crate::admission::ca(&sh).await?))
+}
+
+async fn mesh_join(
+    State(sh): State<Arc<Shared>>,
+    Json(req): Json<viking_client::api::JoinRequest>,
+) -> ApiResult<Json<viking_client::api::JoinResponse>> {
+    Ok(Json(crate::admission::join(&sh, req).await?))
 }
 
 async fn auth(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> Response {

@@ -19,6 +19,9 @@ pub enum ServerError {
     /// The request is wrong (a bad job, a bad body): nothing was changed.
     #[error("{0}")]
     Invalid(String),
+    /// A credential other than the API token was wrong (a join secret).
+    #[error("{0}")]
+    Unauthorized(String),
     /// No such job (or other named thing).
     #[error("{0}")]
     NotFound(String),

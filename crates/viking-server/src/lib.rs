@@ -8,6 +8,8 @@
 //! - [`api`]: the versioned HTTP API (axum), the only HTTP-facing part;
 //!   nothing imports it; [`listen`]: the API's connections (cap, timeouts,
 //!   graceful close) and the open-files limit;
+//! - [`admission`]: a machine's join to a mesh, checked by the cluster
+//!   (join secret, etcd member added, certificate signed);
 //! - [`state`]: typed access to the records (proc, ps, history, ports) and
 //!   the name claims;
 //! - [`placement`]: dowding's snapshot and decision; [`peer`]: calls to
@@ -48,6 +50,7 @@ use viking_store::embedded::EmbeddedStore;
 use viking_store::etcd::EtcdStore;
 use viking_store::Store;
 
+pub mod admission;
 pub mod agent;
 pub mod api;
 pub mod attach;

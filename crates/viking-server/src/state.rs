@@ -145,6 +145,14 @@ pub async fn ps(store: &dyn Store, name: &str) -> Result<Option<(PsRecord, Revis
     }
 }
 
+/// Any one record at `key`, with its revision.
+pub async fn get<T: Record>(store: &dyn Store, key: &str) -> Result<Option<(T, Revision)>> {
+    match store.get(key).await? {
+        Some(kv) => Ok(Some((decode(&kv.value)?, kv.mod_revision))),
+        None => Ok(None),
+    }
+}
+
 /// A job's viking-proc record.
 pub async fn proc(store: &dyn Store, name: &str) -> Result<Option<ProcRecord>> {
     match store.get(&keys::proc(name)).await? {

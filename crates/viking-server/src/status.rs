@@ -14,6 +14,7 @@ use crate::volume::VolumeProblem;
 pub fn of(e: &ServerError) -> StatusCode {
     match e {
         ServerError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ServerError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         ServerError::NotFound(_) => StatusCode::NOT_FOUND,
         ServerError::Conflict(_) | ServerError::HostPortInUse { .. } => StatusCode::CONFLICT,
         ServerError::Unavailable(_) | ServerError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,

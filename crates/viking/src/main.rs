@@ -189,6 +189,7 @@ async fn mesh(m: MeshCommand) -> Result<(), viking_mesh::MeshError> {
             viking_mesh::up(&dir(d), viking_mesh::shutdown_signal()).await
         }
         MeshCommand::Defrag { dir: d } => viking_mesh::defrag(&dir(d)).await,
+        MeshCommand::Token { dir: d, rotate } => viking_mesh::token(&dir(d), rotate).await,
     }
 }
 

@@ -17,6 +17,10 @@ const SERVER_ARGS: &str = "-- --host-ttl 2 --resync 2 --backoff 0.5";
 /// etcd as a supervised process from Debian's package (the default, etcd's
 /// official image, cannot be pulled here).
 const ETCD: &str = "--etcd-binary /usr/bin/etcd";
+/// etcdctl on a machine of the mesh, with that machine's certificate.
+const ETCDCTL: &str = "ETCDCTL_API=3 etcdctl --endpoints https://127.0.0.1:2379 \
+     --cacert /var/lib/viking/pki/ca.pem --cert /var/lib/viking/pki/cert.pem \
+     --key /var/lib/viking/pki/key.pem";
 
 fn bare(n: usize) -> Cluster {
     Cluster::start(
@@ -193,7 +197,7 @@ fn mesh_forms_survives_a_node_loss_and_shrinks() {
     );
     eprintln!("{table}");
     // etcd itself agrees.
-    let list = sh_ok(n2, "ETCDCTL_API=3 etcdctl member list");
+    let list = sh_ok(n2, &format!("{ETCDCTL} member list"));
     assert_eq!(list.lines().count(), 3, "{list}");
     assert!(!list.contains("true"), "no learners left: {list}");
 
@@ -384,14 +388,44 @@ fn a_joining_machine_uses_the_mesh_store_prefix() {
     // Everything is under the mesh's prefix, nothing under the default.
     let keys = sh_ok(
         n2,
-        &format!("ETCDCTL_API=3 etcdctl get --prefix --keys-only {KEY}/hosts/"),
+        &format!("{ETCDCTL} get --prefix --keys-only {KEY}/hosts/"),
     );
     assert!(keys.contains(&format!("{KEY}/hosts/n2")), "{keys}");
-    let stray = sh_ok(
-        n2,
-        "ETCDCTL_API=3 etcdctl get --prefix --keys-only /viking/",
-    );
+    let stray = sh_ok(n2, &format!("{ETCDCTL} get --prefix --keys-only /viking/"));
     assert!(stray.trim().is_empty(), "keys under /viking/: {stray}");
+}
+
+/// The join token `init` printed: `VKJ-1-<fingerprint>-<secret>`.
+fn join_token(join: &str) -> String {
+    join.split_whitespace()
+        .skip_while(|w| *w != "--token")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no --token in {join}"))
+        .to_string()
+}
+
+/// Nothing of a mesh on `n` (no files, no etcd, no server), and the
+/// mesh's etcd (asked on `member`) still has only `members`.
+fn nothing_left(n: &Node, member: &Node, members: &[&str]) {
+    assert!(
+        !n.sh("test -e /var/lib/viking/mesh.json || test -e /var/lib/viking/etcd || test -e /var/lib/viking/token || test -e /var/lib/viking/pki")
+            .status
+            .success(),
+        "files left on {}",
+        n.name()
+    );
+    assert!(!n.sh("pgrep -x etcd").status.success(), "etcd left running");
+    assert!(
+        !n.sh("pgrep -f '^/usr/local/bin/viking (server|mesh up)'")
+            .status
+            .success(),
+        "a server left running"
+    );
+    let list = sh_ok(member, &format!("{ETCDCTL} member list"));
+    assert_eq!(list.lines().count(), members.len(), "{list}");
+    for m in members {
+        assert!(list.contains(&format!(", {m}, ")), "{m} in {list}");
+    }
 }
 
 #[test]
@@ -399,38 +433,54 @@ fn mesh_refuses_bad_joins_and_leaves_nothing_behind() {
     let c = bare(2);
     let (n1, n2) = (c.node(0), c.node(1));
     let join = init(n1);
-    let token = sh_ok(n1, "cat /var/lib/viking/token").trim().to_string();
-    assert!(join.contains(&token));
-
-    let nothing_left = |n: &Node| {
-        assert!(
-            !n.sh("test -e /var/lib/viking/mesh.json || test -e /var/lib/viking/etcd || test -e /var/lib/viking/token")
-                .status
-                .success(),
-            "files left on {}",
-            n.name()
-        );
-        assert!(!n.sh("pgrep -x etcd").status.success(), "etcd left running");
-        assert!(
-            !n.sh("pgrep -f '^/usr/local/bin/viking (server|mesh up)'")
-                .status
-                .success(),
-            "a server left running"
-        );
-        let v = status(n1);
-        assert_eq!(member_names(&v), ["n1"], "{v:#}");
-    };
+    let token = join_token(&join);
+    assert!(token.starts_with("VKJ-1-"), "{token}");
+    // The join token is not the operator's token.
+    let operator = sh_ok(n1, "cat /var/lib/viking/token").trim().to_string();
+    assert!(!token.contains(&operator));
 
     // A second init on an initialised machine.
     let err = sh_fails(n1, &format!("viking mesh init --ip {} {ETCD}", n1.ip()));
     assert!(err.contains("already part of a mesh"), "{err}");
     assert!(all_healthy(&status(n1)));
 
-    // A wrong token.
-    let wrong = join.replace(&token, "0123456789abcdef0123456789abcdef");
+    // A wrong secret: the cluster refuses it, etcd's members unchanged.
+    let secret = token.rsplit('-').next().unwrap().to_string();
+    let wrong = join.replace(&secret, "0123456789abcdef0123456789abcdef");
     let err = sh_fails(n2, &format!("{wrong} {ETCD}"));
-    assert!(err.contains("token was refused"), "{err}");
-    nothing_left(n2);
+    assert!(err.contains("refused by the cluster"), "{err}");
+    nothing_left(n2, n1, &["n1"]);
+    let log = sh_ok(n1, "cat /var/lib/viking/server.log");
+    assert!(
+        log.contains("a join with a wrong secret was refused"),
+        "{log}"
+    );
+
+    // Another CA's fingerprint with the right secret: the joiner stops
+    // before it sends the secret (had it sent it, the join would have
+    // worked).
+    let fp = token.split('-').nth(2).unwrap().to_string();
+    let other_fp: String = fp
+        .chars()
+        .map(|c| if c == '0' { '1' } else { '0' })
+        .collect();
+    let err = sh_fails(n2, &format!("{} {ETCD}", join.replace(&fp, &other_fp)));
+    assert!(
+        err.contains("fingerprint") && err.contains("nothing was sent"),
+        "{err}"
+    );
+    nothing_left(n2, n1, &["n1"]);
+
+    // The operator's token is not a join token.
+    let err = sh_fails(
+        n2,
+        &format!(
+            "viking mesh join {}:8791 --token {operator} {ETCD}",
+            n1.ip()
+        ),
+    );
+    assert!(err.contains("not a viking join token"), "{err}");
+    nothing_left(n2, n1, &["n1"]);
 
     // An unreachable address (nothing listens on that port).
     let t = Instant::now();
@@ -440,12 +490,12 @@ fn mesh_refuses_bad_joins_and_leaves_nothing_behind() {
     );
     assert!(err.contains("cannot reach"), "{err}");
     eprintln!("unreachable address refused in {:.1?}", t.elapsed());
-    nothing_left(n2);
+    nothing_left(n2, n1, &["n1"]);
 
     // A name already in the mesh.
     let err = sh_fails(n2, &format!("{join} --name n1 {ETCD}"));
     assert!(err.contains("already in the mesh"), "{err}");
-    nothing_left(n2);
+    nothing_left(n2, n1, &["n1"]);
 
     // And the right command still works after all that.
     let out = sh_ok(n2, &format!("{join} {ETCD}"));
@@ -456,6 +506,124 @@ fn mesh_refuses_bad_joins_and_leaves_nothing_behind() {
     // A second join on a joined machine.
     let err = sh_fails(n2, &format!("{join} {ETCD}"));
     assert!(err.contains("already part of a mesh"), "{err}");
+}
+
+/// Only the mesh's members get answers: etcd wants a certificate from the
+/// cluster's CA, the API is TLS only and wants the token, a workload
+/// container reaches neither, the CLI works without flags on every machine,
+/// and a rotated join token replaces the old one without a restart.
+#[test]
+fn mesh_answers_only_its_members() {
+    let c = bare(3);
+    let (n1, n2, n3) = (c.node(0), c.node(1), c.node(2));
+    let join = init(n1);
+    let out = sh_ok(n2, &format!("{join} {ETCD} {SERVER_ARGS}"));
+    assert!(out.contains("as an etcd member"), "{out}");
+    let ip1 = n1.ip();
+
+    // etcd: nothing without a certificate from the cluster's CA.
+    for (what, cmd) in [
+        (
+            "plain HTTP",
+            format!("ETCDCTL_API=3 etcdctl --dial-timeout 3s --command-timeout 5s --endpoints http://{ip1}:2379 get --prefix /"),
+        ),
+        (
+            "TLS without a client certificate",
+            format!("ETCDCTL_API=3 etcdctl --dial-timeout 3s --command-timeout 5s --endpoints https://{ip1}:2379 --cacert /tmp/ca.pem get --prefix /"),
+        ),
+        (
+            "a certificate from another CA",
+            format!("ETCDCTL_API=3 etcdctl --dial-timeout 3s --command-timeout 5s --endpoints https://{ip1}:2379 --cacert /tmp/ca.pem --cert /tmp/other/other.pem --key /tmp/other/other-key.pem get --prefix /"),
+        ),
+    ] {
+        // From n3, which is not in the mesh, with the mesh's public CA
+        // certificate and a certificate of its own CA.
+        sh_ok(n3, &format!("test -e /tmp/ca.pem || echo '{}' > /tmp/ca.pem", sh_ok(n1, "cat /var/lib/viking/pki/ca.pem").trim()));
+        sh_ok(n3, "test -e /tmp/other/other.pem || (viking ca init --dir /tmp/other && viking ca issue other --ip 127.0.0.1 --dir /tmp/other) >/dev/null");
+        let o = n3.sh(&cmd);
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            !o.status.success() && !out.contains("/viking/"),
+            "{what}: etcd answered\n{}",
+            text(&o)
+        );
+    }
+    let keys = sh_ok(
+        n2,
+        &format!("{ETCDCTL} get --prefix --keys-only /viking/hosts/"),
+    );
+    assert!(keys.contains("/viking/hosts/n1"), "{keys}");
+
+    // The API: plain HTTP gets nothing, TLS without the token is refused,
+    // TLS with the CA and the token works.
+    let o = n3.sh(&format!("curl -sS -m 5 http://{ip1}:8791/v1/ps"));
+    assert!(
+        !o.status.success() || !String::from_utf8_lossy(&o.stdout).contains("\"job\""),
+        "plain HTTP answered: {}",
+        text(&o)
+    );
+    let code = sh_ok(
+        n3,
+        &format!("curl -s -o /dev/null -w '%{{http_code}}' -m 5 --cacert /tmp/ca.pem https://{ip1}:8791/v1/ps"),
+    );
+    assert_eq!(code.trim(), "401");
+    let operator = sh_ok(n1, "cat /var/lib/viking/token").trim().to_string();
+    let ps = sh_ok(
+        n3,
+        &format!("curl -sS -m 5 --cacert /tmp/ca.pem -H 'Authorization: Bearer {operator}' https://{ip1}:8791/v1/ps"),
+    );
+    assert!(ps.trim_start().starts_with('['), "{ps}");
+
+    // The CLI on both machines, without flags.
+    sh_ok(
+        n2,
+        &format!("viking run -d --name probe --viking-host n1 {BUSYBOX} sleep 1000"),
+    );
+    wait("probe running on n1", Duration::from_secs(30), || {
+        placements(n1).get("probe").map(String::as_str) == Some("n1")
+    });
+    // From inside that workload container: neither etcd nor the API
+    // answers with data.
+    let id = sh_ok(n1, "docker ps -q --filter label=viking.job=probe")
+        .trim()
+        .to_string();
+    assert!(!id.is_empty());
+    for port in [2379, 8791] {
+        let o = n1.sh(&format!(
+            "docker exec {id} wget -q -T 5 -O - http://{ip1}:{port}/v3/kv/range"
+        ));
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            !o.status.success() && out.is_empty(),
+            "port {port} answered: {}",
+            text(&o)
+        );
+    }
+
+    // Rotation: the old join token is refused, the new one works, no
+    // server restarted.
+    let old = join_token(&join);
+    assert_eq!(sh_ok(n2, "viking mesh token").trim(), old);
+    let pids = |n: &Node| {
+        sh_ok(n, "cat /var/lib/viking/server.pid")
+            .trim()
+            .to_string()
+    };
+    let (p1, p2) = (pids(n1), pids(n2));
+    let new = sh_ok(n1, "viking mesh token --rotate").trim().to_string();
+    assert!(new.starts_with("VKJ-1-") && new != old, "{new}");
+    assert_eq!(sh_ok(n2, "viking mesh token").trim(), new);
+    let err = sh_fails(n3, &format!("{join} {ETCD}"));
+    assert!(err.contains("refused by the cluster"), "{err}");
+    nothing_left(n3, n1, &["n1", "n2"]);
+    sh_ok(n3, "rm -rf /tmp/other /tmp/ca.pem");
+    let out = sh_ok(n3, &format!("{} {ETCD}", join.replace(&old, &new)));
+    assert!(out.contains("as an etcd member"), "{out}");
+    assert_eq!((pids(n1), pids(n2)), (p1, p2), "a server restarted");
+    wait("three servers alive", Duration::from_secs(20), || {
+        alive_hosts(n3) == ["n1", "n2", "n3"]
+    });
+    assert_eq!(placements(n3).get("probe").map(String::as_str), Some("n1"));
 }
 
 /// An etcd image made in the node from Debian's etcd-server (no registry).

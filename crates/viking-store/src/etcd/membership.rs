@@ -14,7 +14,7 @@ use backon::{ConstantBuilder, Retryable};
 use etcd_client::{Client, ConnectOptions, MemberAddOptions};
 
 use super::{failure, map_err, Failure};
-use crate::{Result, StoreError};
+use crate::{EtcdTls, Result, StoreError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,6 +67,8 @@ impl MemberStatus {
 #[derive(Debug, Clone)]
 pub struct Membership {
     endpoints: Vec<String>,
+    /// The client certificate and CA for an etcd that requires them.
+    tls: Option<EtcdTls>,
 }
 
 /// A failed call: the classification decides retries, the error is what the
@@ -82,7 +84,15 @@ impl Membership {
     pub fn new(endpoints: impl Into<Vec<String>>) -> Self {
         Self {
             endpoints: endpoints.into(),
+            tls: None,
         }
+    }
+
+    /// Over TLS (`https://` endpoints): trust only `tls`'s CA and show its
+    /// client certificate.
+    pub fn with_tls(mut self, tls: Option<EtcdTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Every member of the cluster.
@@ -186,9 +196,12 @@ impl Membership {
     pub async fn defragment(&self) -> Result<()> {
         let mut last = StoreError::Invalid("no etcd endpoints given".into());
         for ep in &self.endpoints {
-            let opts = ConnectOptions::new()
-                .with_connect_timeout(CONNECT_TIMEOUT)
-                .with_timeout(DEFRAG_TIMEOUT);
+            let opts = with_tls(
+                ConnectOptions::new()
+                    .with_connect_timeout(CONNECT_TIMEOUT)
+                    .with_timeout(DEFRAG_TIMEOUT),
+                self.tls.as_ref(),
+            );
             let client = tokio::time::timeout(
                 CONNECT_TIMEOUT + Duration::from_secs(1),
                 Client::connect([ep.as_str()], Some(opts)),
@@ -239,7 +252,7 @@ impl Membership {
                 failure: Failure::NoAnswer,
                 error: StoreError::Unavailable(format!("etcd {what} at {ep}: {reason}")),
             };
-            let client = match connect(ep).await {
+            let client = match connect(ep, self.tls.as_ref()).await {
                 Ok(c) => c,
                 Err(e) => {
                     last = match e {
@@ -290,10 +303,16 @@ impl Membership {
 }
 
 /// A client of the one member at `endpoint`; `None` for a timeout.
-async fn connect(endpoint: &str) -> std::result::Result<Client, Option<etcd_client::Error>> {
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(CONNECT_TIMEOUT)
-        .with_timeout(REQUEST_TIMEOUT);
+async fn connect(
+    endpoint: &str,
+    tls: Option<&EtcdTls>,
+) -> std::result::Result<Client, Option<etcd_client::Error>> {
+    let opts = with_tls(
+        ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT),
+        tls,
+    );
     match tokio::time::timeout(
         CONNECT_TIMEOUT + Duration::from_secs(1),
         Client::connect([endpoint], Some(opts)),
@@ -302,6 +321,18 @@ async fn connect(endpoint: &str) -> std::result::Result<Client, Option<etcd_clie
     {
         Ok(r) => r.map_err(Some),
         Err(_) => Err(None),
+    }
+}
+
+/// `opts` with `tls`'s CA and client certificate, when given.
+fn with_tls(opts: ConnectOptions, tls: Option<&EtcdTls>) -> ConnectOptions {
+    match tls {
+        Some(t) => opts.with_tls(
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&t.ca_pem))
+                .identity(etcd_client::Identity::from_pem(&t.cert_pem, &t.key_pem)),
+        ),
+        None => opts,
     }
 }
 
