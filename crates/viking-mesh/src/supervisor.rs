@@ -97,14 +97,17 @@ pub fn etcd_args(st: &MeshState, dd: &DataDir) -> Vec<String> {
         ("--cert-file", file(dd.cert_file())),
         ("--key-file", file(dd.key_file())),
         ("--trusted-ca-file", file(dd.ca_file())),
-        ("--client-cert-auth", "true".to_string()),
         ("--peer-cert-file", file(dd.cert_file())),
         ("--peer-key-file", file(dd.key_file())),
         ("--peer-trusted-ca-file", file(dd.ca_file())),
-        ("--peer-client-cert-auth", "true".to_string()),
     ]
     .into_iter()
     .flat_map(|(k, v)| [k.to_string(), v])
+    // Certificates required: etcd's boolean flags take no separate value.
+    .chain([
+        "--client-cert-auth".to_string(),
+        "--peer-client-cert-auth".to_string(),
+    ])
     .collect()
 }
 
@@ -136,8 +139,9 @@ mod etcd_flag_tests {
         st.quota_backend_bytes = Some(8 << 20);
         assert_eq!(flag(&st, "--quota-backend-bytes"), "8388608");
         // TLS for clients and peers, certificates required.
-        assert_eq!(flag(&st, "--client-cert-auth"), "true");
-        assert_eq!(flag(&st, "--peer-client-cert-auth"), "true");
+        let a = etcd_args(&st, &dd);
+        assert!(a.contains(&"--client-cert-auth".to_string()), "{a:?}");
+        assert!(a.contains(&"--peer-client-cert-auth".to_string()), "{a:?}");
         assert_eq!(
             flag(&st, "--listen-client-urls"),
             "https://10.0.0.1:2379,https://127.0.0.1:2379"
