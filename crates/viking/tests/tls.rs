@@ -414,15 +414,17 @@ fn the_cli_talks_through_contexts_and_keeps_the_token_from_other_cas() {
     let (_server, port) = tls_server(&pki, "srv", &dir.path().join("data"), token);
     let url = format!("https://127.0.0.1:{port}");
 
-    // The CLI on "a machine": its own data dir and home, no VIKING_* set.
+    // The CLI on "a machine": its own home and data dir (VIKING_DATA: root's
+    // is /var/lib/viking whatever HOME says), no other VIKING_* set.
     let machine = |name: &str| {
         let home = dir.path().join(name);
-        std::fs::create_dir_all(&home).unwrap();
+        let data = home.join("data");
+        std::fs::create_dir_all(&data).unwrap();
         move |args: &[&str]| {
             Command::new(bin())
                 .args(args)
                 .env("HOME", &home)
-                .env_remove("VIKING_DATA")
+                .env("VIKING_DATA", &data)
                 .env_remove("VIKING_SERVER")
                 .env_remove("VIKING_TOKEN")
                 .env_remove("VIKING_TOKEN_FILE")
@@ -450,8 +452,7 @@ fn the_cli_talks_through_contexts_and_keeps_the_token_from_other_cas() {
 
     // Machine A keeps it as its default context (what mesh init writes):
     // the CLI works without flags.
-    let a_data = dir.path().join("machine-a/.local/share/viking");
-    std::fs::create_dir_all(&a_data).unwrap();
+    let a_data = dir.path().join("machine-a/data");
     let default_ctx = a_data.join("context.json");
     std::fs::write(&default_ctx, &out.stdout).unwrap();
     let out = a(&["hosts"]);
