@@ -3,6 +3,8 @@
 //!
 //! Layout:
 //! - this file: the commands and flags (clap), and dispatch;
+//! - [`context`]: where the CLI talks to (flags, a context file,
+//!   defaults) and `viking context`;
 //! - [`run`]: `viking run`, docker run's flags to a job, daemonized or
 //!   attached;
 //! - [`push`]: `viking push`, rolling restarts after new code;
@@ -19,6 +21,7 @@ use clap::{Args, Parser, Subcommand};
 use viking_client::{Client, ClientError};
 
 pub mod ca;
+pub mod context;
 pub mod mesh;
 pub mod push;
 pub mod run;
@@ -29,14 +32,15 @@ pub mod terminal;
 #[derive(Parser, Debug)]
 #[command(name = "viking", version, about, disable_help_subcommand = true)]
 pub struct Cli {
-    /// The viking server to talk to.
-    #[arg(
-        long,
-        env = "VIKING_SERVER",
-        default_value = "http://127.0.0.1:8791",
-        global = false
-    )]
-    pub server: String,
+    /// The viking server to talk to (default: the context's, else
+    /// http://127.0.0.1:8791).
+    #[arg(long, env = "VIKING_SERVER", global = false)]
+    pub server: Option<String>,
+    /// A context file (`viking context export`): the server, its CA and the
+    /// token (default: <data dir>/context.json when it exists). --server,
+    /// --token, --token-file and --ca override its values.
+    #[arg(long, env = "VIKING_CONTEXT")]
+    pub context: Option<PathBuf>,
     /// The cluster token (default: the local server's token file). On the
     /// command line it is visible in `ps`: prefer --token-file or
     /// VIKING_TOKEN.
@@ -136,6 +140,9 @@ pub enum Command {
     /// `viking mesh`.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Where the CLI talks to: show it, or export it for another machine.
+    #[command(subcommand)]
+    Context(context::ContextCommand),
 }
 
 /// `viking server`'s settings; each has an environment variable.
@@ -316,42 +323,29 @@ pub fn token_in_arguments() -> bool {
 /// The warning printed when [`token_in_arguments`].
 pub const TOKEN_IN_ARGUMENTS: &str = "warning: --token on the command line is visible to every user of this machine (ps); use --token-file FILE or the VIKING_TOKEN environment variable";
 
-/// A client for the server given on the command line; the token defaults
-/// to the local server's token file.
-pub fn client(
-    cli_server: &str,
-    token: Option<String>,
-    ca: Option<&std::path::Path>,
-) -> Result<Client, Failure> {
-    let token = token.or_else(|| {
-        std::fs::read_to_string(default_data_dir().join("token"))
-            .ok()
-            .map(|t| t.trim().to_string())
-    });
-    let tls = match (cli_server.starts_with("https://"), ca) {
-        (true, Some(path)) => {
-            let pem = std::fs::read_to_string(path)
-                .map_err(|e| Failure::new(2, format!("--ca {}: {e}", path.display())))?;
-            Some(
-                viking_pki::client_config(&pem, None)
-                    .map_err(|e| Failure::new(2, format!("--ca {}: {e}", path.display())))?,
-            )
-        }
+/// A client of the resolved target ([`context::resolve`]).
+pub fn client(target: &context::Target) -> Result<Client, Failure> {
+    let server = target.server.as_str();
+    let tls = match (server.starts_with("https://"), &target.ca_pem) {
+        (true, Some(pem)) => Some(
+            viking_pki::client_config(pem, None)
+                .map_err(|e| Failure::new(2, format!("{}: {e}", target.ca_from)))?,
+        ),
         _ => None,
     };
     // A lab of --insecure-http servers says so once in the environment
     // (VIKING_INSECURE_HTTP=1) instead of being warned on every command.
     let lab = std::env::var("VIKING_INSECURE_HTTP").is_ok_and(|v| v == "1" || v == "true");
-    if !cli_server.starts_with("https://")
-        && token.is_some()
-        && !is_loopback_url(cli_server)
+    if !server.starts_with("https://")
+        && target.token.is_some()
+        && !is_loopback_url(server)
         && !lab
     {
         eprintln!(
-            "viking: warning: {cli_server} is plain HTTP: the token crosses the network readable by anyone on it"
+            "viking: warning: {server} is plain HTTP: the token crosses the network readable by anyone on it"
         );
     }
-    Client::with_tls(cli_server, token, tls).map_err(Failure::from)
+    Client::with_tls(server, target.token.clone(), tls).map_err(Failure::from)
 }
 
 /// Whether an `http://HOST:PORT` URL names this machine.
@@ -419,17 +413,22 @@ fn path_segment(name: &str) -> Result<&str, Failure> {
 }
 
 /// Run a client command (not `server`); the process exit status.
-pub async fn dispatch(
-    server: &str,
-    token: Option<String>,
-    ca: Option<&std::path::Path>,
-    command: Command,
-) -> Result<i32, Failure> {
-    let c = client(server, token, ca)?;
+pub async fn dispatch(target: &context::Target, command: Command) -> Result<i32, Failure> {
+    // Commands that talk to no server.
+    let command = match command {
+        Command::Server(_) => {
+            return Err(Failure::new(2, "`viking server` is started by the binary"))
+        }
+        Command::Mesh(_) => return Err(Failure::new(2, "`viking mesh` is run by the binary")),
+        Command::Ca(c) => return ca::run(c),
+        Command::Context(c) => return context::run(target, c),
+        other => other,
+    };
+    let c = client(target)?;
     match command {
-        Command::Server(_) => Err(Failure::new(2, "`viking server` is started by the binary")),
-        Command::Mesh(_) => Err(Failure::new(2, "`viking mesh` is run by the binary")),
-        Command::Ca(c) => ca::run(c),
+        Command::Server(_) | Command::Mesh(_) | Command::Ca(_) | Command::Context(_) => {
+            Err(Failure::new(2, "not a command that talks to a server"))
+        }
         Command::Run(args) => run::run(&c, args).await,
         Command::Ps { all, json } => {
             let v = c.ps(all).await?;

@@ -13,6 +13,10 @@
 //! - [`server_config`] and [`client_config`]: rustls configurations (ring
 //!   provider: no C library to link) that trust only the cluster's CA.
 //!
+//! - [`renewal`]: what a certificate says ([`cert_info`]), a new one like
+//!   it ([`Ca::reissue`]), and an identity swapped under running TLS
+//!   configurations ([`LiveIdentity`]).
+//!
 //! Knows nothing about viking's servers or stores: files in, PEM and rustls
 //! configurations out.
 
@@ -29,6 +33,11 @@ use rcgen::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+pub mod renewal;
+pub use renewal::{
+    cert_info, cert_info_der, client_config_live, server_config_live, CertInfo, LiveIdentity,
+};
 
 /// The default lifetime of a server's certificate.
 pub const CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -103,10 +112,17 @@ impl std::fmt::Debug for Ca {
     }
 }
 
+/// How long before its issue a certificate is valid, for clocks that are a
+/// bit behind: five minutes, or a tenth of a short lifetime (so that a
+/// certificate of seconds is not due for renewal as soon as it is made).
+fn slack(lifetime: Duration) -> time::Duration {
+    let s = (lifetime.as_secs() / 10).min(300);
+    time::Duration::seconds(s as i64)
+}
+
 fn validity(params: &mut CertificateParams, lifetime: Duration) {
     let now = time::OffsetDateTime::now_utc();
-    // A little slack for clocks that are a bit behind.
-    params.not_before = now - time::Duration::minutes(5);
+    params.not_before = now - slack(lifetime);
     params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
 }
 

@@ -26,7 +26,9 @@
 //!   store's history;
 //! - [`health`]: the health checks of this host's jobs;
 //! - [`push`]: code pushes, rolling restarts of non-static jobs;
-//! - [`services`]: ambassador ports, link variables, and embassy on this node.
+//! - [`services`]: ambassador ports, link variables, and embassy on this node;
+//! - [`tls`]: this server's certificate and the TLS configurations built on
+//!   it; [`renew`]: its renewal without a restart.
 //!
 //! A server is built from (config, store, runtime): [`prepare`] opens the
 //! real ones (Docker, etcd or the embedded store), [`prepare_with`] takes
@@ -68,6 +70,7 @@ pub mod placement;
 pub mod push;
 pub mod reconciler;
 pub mod recover;
+pub mod renew;
 pub mod services;
 pub mod standing;
 pub mod state;
@@ -189,18 +192,25 @@ pub async fn prepare(config: ServerConfig) -> anyhow::Result<Prepared> {
              use https:// endpoints with client certificates (--ca, --tls-cert, --tls-key)"
         );
     }
+    let mut etcd = None;
     let store: Arc<dyn Store> = if config.etcd.is_empty() {
         let path = config.data_dir.join("viking.redb");
         EmbeddedStore::open(&path, &config.key)
             .with_context(|| format!("opening the embedded store {}", path.display()))?
     } else {
-        Arc::new(
+        let store =
             EtcdStore::connect_tls(&config.etcd, &config.key, tls.as_ref().map(|t| &t.etcd))
                 .await
-                .with_context(|| format!("connecting to etcd at {}", config.etcd.join(",")))?,
-        )
+                .with_context(|| format!("connecting to etcd at {}", config.etcd.join(",")))?;
+        etcd = Some(store.clone());
+        Arc::new(store)
     };
-    prepare_with(config, store, Arc::new(runtime)).await
+    let prepared = prepare_with(config, store, Arc::new(runtime)).await?;
+    // A renewed certificate reconnects etcd's client too.
+    if let (Some(tls), Some(etcd)) = (prepared.shared.tls.as_ref(), etcd) {
+        tls.attach_etcd(etcd);
+    }
+    Ok(prepared)
 }
 
 /// A server over the given store and container runtime (the seam: tests
@@ -293,6 +303,7 @@ pub async fn serve(
     tasks.spawn(named("reconciler", reconciler::run(shared.clone())));
     tasks.spawn(named("health", health::run(shared.clone())));
     tasks.spawn(named("embassy", services::run(shared.clone())));
+    tasks.spawn(named("certificate renewal", renew::run(shared.clone())));
 
     let app = api::router(shared.clone());
     tracing::info!(

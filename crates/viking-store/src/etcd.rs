@@ -16,6 +16,11 @@
 //!   last one it delivered, so no change is lost or repeated; a compacted
 //!   start revision is reported as [`StoreError::Compacted`].
 //!
+//! - a client certificate renewed while the process runs
+//!   ([`EtcdStore::set_identity`]): a new client is connected with it and
+//!   used for every request from then on; watch streams opened before go
+//!   on over the old connection until they reconnect.
+//!
 //! It also owns the classification of etcd's errors (`Failure`), which
 //! [`membership`] (etcd's member list, add, promote, remove) shares.
 
@@ -66,7 +71,8 @@ const CODE_UNAVAILABLE: i32 = 14;
 /// A store on an etcd cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    /// Shared by every clone, replaced whole by [`EtcdStore::set_identity`].
+    client: std::sync::Arc<std::sync::RwLock<Client>>,
     /// The cluster prefix, with a trailing `/`.
     prefix: String,
     endpoints: Vec<String>,
@@ -260,6 +266,49 @@ impl EtcdStore {
                 "etcd endpoints must be https:// when a client certificate is given".into(),
             ));
         }
+        let client = Self::client_for(endpoints, tls).await?;
+        let store = Self {
+            client: std::sync::Arc::new(std::sync::RwLock::new(client)),
+            prefix: format!("{}/", prefix.trim_end_matches('/')),
+            endpoints: endpoints.to_vec(),
+            page_keys: DEFAULT_PAGE_KEYS,
+        };
+        // The client connects lazily: check that the cluster answers.
+        store.revision().await.map_err(|e| {
+            StoreError::Unavailable(format!("etcd at {endpoints:?} does not answer: {e}"))
+        })?;
+        Ok(store)
+    }
+
+    /// Show a new client certificate (a renewed one) from now on: a client
+    /// is connected with it and, once etcd answered it, replaces the current
+    /// one for every clone of this store. Fails, changing nothing, if etcd
+    /// does not answer the new client.
+    pub async fn set_identity(&self, tls: &EtcdTls) -> Result<()> {
+        let client = Self::client_for(&self.endpoints, Some(tls)).await?;
+        let kv = client.kv_client();
+        retry("get", is_transient, || {
+            let mut kv = kv.clone();
+            async move { kv.get("\0", None).await.map(|_| ()) }
+        })
+        .await
+        .map_err(|e| map_err("etcd with the renewed client certificate", e))?;
+        *self
+            .client
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = client;
+        Ok(())
+    }
+
+    /// The current client (a cheap clone of its channel).
+    fn client(&self) -> Client {
+        self.client
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn client_for(endpoints: &[String], tls: Option<&EtcdTls>) -> Result<Client> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5))
@@ -273,20 +322,9 @@ impl EtcdStore {
                     .identity(etcd_client::Identity::from_pem(&t.cert_pem, &t.key_pem)),
             );
         }
-        let client = Client::connect(endpoints, Some(options))
+        Client::connect(endpoints, Some(options))
             .await
-            .map_err(|e| map_err(&format!("connect to {endpoints:?}"), e))?;
-        let store = Self {
-            client,
-            prefix: format!("{}/", prefix.trim_end_matches('/')),
-            endpoints: endpoints.to_vec(),
-            page_keys: DEFAULT_PAGE_KEYS,
-        };
-        // The client connects lazily: check that the cluster answers.
-        store.revision().await.map_err(|e| {
-            StoreError::Unavailable(format!("etcd at {endpoints:?} does not answer: {e}"))
-        })?;
-        Ok(store)
+            .map_err(|e| map_err(&format!("connect to {endpoints:?}"), e))
     }
 
     /// Ask for at most `keys` keys per page of a list (1 to
@@ -303,7 +341,7 @@ impl EtcdStore {
     /// A KV client whose message limits fit a full page of the largest
     /// records.
     fn kv(&self) -> etcd_client::KvClient {
-        self.client
+        self.client()
             .kv_client()
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -356,7 +394,7 @@ impl EtcdStore {
         let full = self.full(prefix);
         let (stream, first) = retry("watch", is_transient, || {
             let mut client = self
-                .client
+                .client()
                 .watch_client()
                 .max_decoding_message_size(MAX_MESSAGE_BYTES);
             let full = full.clone();
@@ -532,7 +570,7 @@ impl Store for EtcdStore {
         // Retried: a grant whose answer was lost only leaks a lease that
         // expires by itself.
         let resp = retry("lease grant", is_transient, || {
-            let mut lease = self.client.lease_client();
+            let mut lease = self.client().lease_client();
             async move { lease.grant(secs, None).await }
         })
         .await
@@ -542,7 +580,7 @@ impl Store for EtcdStore {
 
     async fn lease_keep_alive(&self, lease: LeaseId) -> Result<()> {
         retry("lease keep-alive", is_transient, || {
-            let mut client = self.client.lease_client();
+            let mut client = self.client().lease_client();
             async move {
                 // One request on a fresh stream: the first response tells
                 // whether the lease still exists.
@@ -563,7 +601,7 @@ impl Store for EtcdStore {
         let mut attempts = 0u32;
         let result = retry("lease revoke", is_transient, || {
             attempts += 1;
-            let mut client = self.client.lease_client();
+            let mut client = self.client().lease_client();
             async move { client.revoke(lease).await.map(|_| ()) }
         })
         .await;

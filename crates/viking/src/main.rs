@@ -107,17 +107,6 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(4096)
 }
 
-/// The CLI's token: from `--token-file`, or `--token`/`VIKING_TOKEN`.
-fn client_token(
-    token: Option<String>,
-    file: Option<&std::path::Path>,
-) -> Result<Option<String>, String> {
-    match file {
-        Some(f) => viking_cli::read_token_file(f).map(Some),
-        None => Ok(token),
-    }
-}
-
 /// `viking mesh`: hands over to viking-mesh.
 async fn mesh(m: MeshCommand) -> Result<(), viking_mesh::MeshError> {
     let dir = |d: MeshDir| d.data_dir.unwrap_or_else(viking_cli::default_data_dir);
@@ -234,22 +223,27 @@ fn main() {
                     1
                 }
             },
-            command => match client_token(cli.token, cli.token_file.as_deref()) {
-                Err(e) => {
-                    eprintln!("viking: {e}");
-                    2
-                }
-                Ok(token) => {
-                    match viking_cli::dispatch(&cli.server, token, cli.ca.as_deref(), command).await
-                    {
-                        Ok(code) => code,
-                        Err(f) => {
-                            eprintln!("viking: {}", f.message);
-                            f.code
-                        }
+            command => {
+                let flags = viking_cli::context::Flags {
+                    server: cli.server.filter(|s| !s.is_empty()),
+                    token: cli.token.filter(|t| !t.is_empty()),
+                    token_file: cli.token_file,
+                    ca: cli.ca,
+                    context: cli.context,
+                };
+                let target =
+                    viking_cli::context::resolve(&flags, &viking_cli::default_data_dir());
+                match match target {
+                    Ok(t) => viking_cli::dispatch(&t, command).await,
+                    Err(f) => Err(f),
+                } {
+                    Ok(code) => code,
+                    Err(f) => {
+                        eprintln!("viking: {}", f.message);
+                        f.code
                     }
                 }
-            },
+            }
         }
     });
     // Do not wait for the stdin reader thread, which may block on a read.
