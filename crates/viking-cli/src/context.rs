@@ -180,7 +180,8 @@ pub fn run(target: &Target, c: ContextCommand) -> Result<i32, Failure> {
         ContextCommand::Export => {
             let ctx = target.context();
             ctx.check().map_err(|e| Failure::new(1, e))?;
-            let s = serde_json::to_string_pretty(&ctx).map_err(|e| Failure::new(1, e.to_string()))?;
+            let s =
+                serde_json::to_string_pretty(&ctx).map_err(|e| Failure::new(1, e.to_string()))?;
             println!("{s}");
             Ok(0)
         }
@@ -354,6 +355,10 @@ mod tests {
             &data,
         )
         .unwrap_err();
-        assert!(e.message.contains("--context") && e.message.contains("bad.json"), "{}", e.message);
+        assert!(
+            e.message.contains("--context") && e.message.contains("bad.json"),
+            "{}",
+            e.message
+        );
     }
 }
