@@ -722,3 +722,72 @@ fn mesh_runs_etcd_as_a_container_with_a_restart_policy() {
     assert!(!n2.sh("docker inspect viking-etcd").status.success());
     assert_eq!(member_names(&status(n1)), ["n1"]);
 }
+
+/// Certificates of a mesh are renewed by their servers without a restart,
+/// and etcd (which reads the same files) and the cluster go on with the new
+/// ones after the first ones expired. Lifetimes of 40 s instead of 90 days
+/// (`VIKING_CERT_LIFETIME`, which the supervisor passes to the server, so
+/// the certificate it signs for a joining machine lasts as long).
+#[test]
+fn mesh_certificates_renew_without_a_restart() {
+    let c = bare(2);
+    let (n1, n2) = (c.node(0), c.node(1));
+    let out = sh_ok(
+        n1,
+        &format!(
+            "VIKING_CERT_LIFETIME=40 viking mesh init --ip {} {ETCD} {SERVER_ARGS}",
+            n1.ip()
+        ),
+    );
+    let join = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("viking mesh join "))
+        .expect("join command")
+        .to_string();
+    sh_ok(n2, &format!("{join} {ETCD} {SERVER_ARGS}"));
+    let cert = |n: &Node| sh_ok(n, "cat /var/lib/viking/pki/cert.pem");
+    let pid = |n: &Node| {
+        sh_ok(n, "cat /var/lib/viking/server.pid")
+            .trim()
+            .to_string()
+    };
+    let (first1, first2) = (cert(n1), cert(n2));
+    let (pid1, pid2) = (pid(n1), pid(n2));
+    sh_ok(
+        n1,
+        &format!("viking run -d --name r1 --viking-host n2 {BUSYBOX} sleep 1000"),
+    );
+    // Renewed twice on each machine: the first certificates have expired
+    // by then (a renewal comes at 50-80 % of 40 s).
+    let mut seen1 = vec![first1];
+    let mut seen2 = vec![first2];
+    wait(
+        "two renewals on each machine",
+        Duration::from_secs(120),
+        || {
+            for (n, seen) in [(n1, &mut seen1), (n2, &mut seen2)] {
+                let now = cert(n);
+                if seen.last() != Some(&now) {
+                    seen.push(now);
+                }
+            }
+            seen1.len() >= 3 && seen2.len() >= 3
+        },
+    );
+    assert_eq!((pid(n1), pid(n2)), (pid1, pid2), "a server restarted");
+    // Everything still talks: etcd members healthy, the servers alive, the
+    // CLI (with the context's CA), a new job placed across machines.
+    let v = status(n1);
+    assert!(all_healthy(&v), "{v:#}");
+    assert_eq!(alive_servers(&v), ["n1", "n2"]);
+    sh_ok(
+        n2,
+        &format!("viking run -d --name r2 --viking-host n1 {BUSYBOX} sleep 1000"),
+    );
+    wait("both jobs running", Duration::from_secs(30), || {
+        let p = placements(n1);
+        p.get("r1").map(String::as_str) == Some("n2")
+            && p.get("r2").map(String::as_str) == Some("n1")
+    });
+}
