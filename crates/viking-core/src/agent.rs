@@ -10,8 +10,10 @@
 //! For each of this host's containers:
 //! - an interactive job's container whose client is gone (no session on
 //!   this server): remove it;
-//! - the container the job's viking-ps record names: refresh the record,
-//!   and stop it first if the job left viking-proc (stopped or removed);
+//! - the container the job's viking-ps record names: refresh the record
+//!   (only while it still names this container: the view may be older than
+//!   the store), and stop it first if the job left viking-proc (stopped or
+//!   removed);
 //! - a job being started on this host right now: leave it to the starter;
 //! - a copy of a job whose record names another host or container (the job
 //!   moved while this host was cut off): remove it, so exactly one copy runs;
@@ -94,8 +96,11 @@ pub enum Action {
     },
     /// Stop the container (the job left viking-proc), before refreshing.
     Stop { id: String, job: String },
-    /// Bring the job's record up to date with its container.
-    Refresh { job: String },
+    /// Bring the job's record up to date with its container `id`: only
+    /// while the record still names this host and that container (the view
+    /// may be older than the store: the job may have moved on meanwhile,
+    /// and its new host's record is not this agent's to write).
+    Refresh { job: String, id: String },
     /// Write a record for this container, if there still is none.
     Adopt { id: String, job: String },
     /// Delete an interactive job's leftover claim at this revision.
@@ -149,7 +154,10 @@ fn container_rules(v: &View, c: &Container, out: &mut Vec<Action>) {
                     job: job.clone(),
                 });
             }
-            out.push(Action::Refresh { job });
+            out.push(Action::Refresh {
+                job,
+                id: c.id.clone(),
+            });
         }
         Some(_) => out.push(Action::Remove {
             id: c.id.clone(),
@@ -261,12 +269,18 @@ mod tests {
         assert_eq!(
             plan(&v),
             vec![
-                Action::Refresh { job: "a".into() },
+                Action::Refresh {
+                    job: "a".into(),
+                    id: "a1".into()
+                },
                 Action::Stop {
                     id: "b1".into(),
                     job: "b".into()
                 },
-                Action::Refresh { job: "b".into() },
+                Action::Refresh {
+                    job: "b".into(),
+                    id: "b1".into()
+                },
             ]
         );
     }
@@ -391,9 +405,10 @@ mod tests {
 
     fn action_container(a: &Action) -> Option<&str> {
         match a {
-            Action::Remove { id, .. } | Action::Stop { id, .. } | Action::Adopt { id, .. } => {
-                Some(id)
-            }
+            Action::Remove { id, .. }
+            | Action::Stop { id, .. }
+            | Action::Adopt { id, .. }
+            | Action::Refresh { id, .. } => Some(id),
             _ => None,
         }
     }
@@ -448,6 +463,16 @@ mod tests {
                     let named = v.records.get(job).is_some_and(|(r, _)| r.node == v.node && &r.container_id == id && r.daemonize);
                     let c = v.containers.iter().find(|c| &c.id == id);
                     prop_assert!(!(named && c.is_some_and(|c| c.daemonize)), "{a:?} removes the named container");
+                }
+            }
+        }
+
+        #[test]
+        fn a_refresh_is_for_the_container_its_record_names_on_this_host(v in arb_view()) {
+            for a in plan(&v) {
+                if let Action::Refresh { job, id } = &a {
+                    let named = v.records.get(job).is_some_and(|(r, _)| r.node == v.node && &r.container_id == id);
+                    prop_assert!(named, "{a:?} for a container its record does not name here");
                 }
             }
         }

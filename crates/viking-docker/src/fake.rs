@@ -7,8 +7,10 @@
 //! actions Docker emits (`create`, `start`, `kill`, `die`, `stop`,
 //! `destroy`, `rename`). What a started container does is scripted by a
 //! [`Behaviour`] per container name, per image, or by default. Tests can
-//! make the next call of an [`Op`] fail with a chosen [`RuntimeError`], and
-//! read back every call made ([`FakeRuntime::calls`]).
+//! make the next call of an [`Op`] fail with a chosen [`RuntimeError`], hold
+//! the answer of the next inspect or list until they release it (a frozen
+//! engine: [`FakeRuntime::hold_next`]), and read back every call made
+//! ([`FakeRuntime::calls`]).
 //!
 //! It behaves like [`crate::DockerRuntime`] wherever viking depends on it:
 //! container names are unique per engine and checked against Docker's
@@ -63,6 +65,9 @@ use crate::{
     Labelled, Output, Result, Runtime, RuntimeError, LABEL_CLUSTER, LABEL_DAEMONIZE, LABEL_JOB,
     LABEL_NODE, LABEL_SPEC,
 };
+
+/// How many engines this process made: each one's ids differ.
+static ENGINES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The endpoint the fake names in [`RuntimeError::Unreachable`].
 pub const FAKE_ENDPOINT: &str = "fake://engine";
@@ -259,6 +264,33 @@ struct Failure {
     error: RuntimeError,
 }
 
+/// A call to hold, set by [`FakeRuntime::hold_next`].
+struct Hold {
+    op: Op,
+    target: String,
+    reached: tokio::sync::oneshot::Sender<()>,
+    release: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// A call the engine holds, like a frozen engine's: it is answered once
+/// [`Held::release`] is called (or this is dropped).
+pub struct Held {
+    reached: tokio::sync::oneshot::Receiver<()>,
+    release: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Held {
+    /// Wait until the call has come (it is held from then on).
+    pub async fn reached(&mut self) {
+        let _ = (&mut self.reached).await;
+    }
+
+    /// Answer the held call.
+    pub fn release(self) {
+        let _ = self.release.send(());
+    }
+}
+
 struct State {
     /// Local images: normalised reference -> id.
     images: BTreeMap<String, String>,
@@ -269,8 +301,10 @@ struct State {
     by_image: HashMap<String, Behaviour>,
     default_behaviour: Behaviour,
     failures: Vec<Failure>,
+    holds: Vec<Hold>,
     calls: Vec<Call>,
-    /// Feeds the ids.
+    /// Feeds the ids; each engine of the process starts at its own value,
+    /// so two engines never make the same id (tests with several hosts).
     counter: u64,
     /// Creation order of containers.
     created: u64,
@@ -381,6 +415,22 @@ impl State {
                     .is_none_or(|t| names.iter().any(|n| !n.is_empty() && *n == t))
         })?;
         Some(self.failures.remove(i).error)
+    }
+
+    /// The release of the first hold of `op` on one of `names`, taken (the
+    /// holder learns that its call has come).
+    fn take_hold(
+        &mut self,
+        op: Op,
+        names: &[String],
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let i = self
+            .holds
+            .iter()
+            .position(|h| h.op == op && names.iter().any(|n| !n.is_empty() && *n == h.target))?;
+        let h = self.holds.remove(i);
+        let _ = h.reached.send(());
+        Some(h.release)
     }
 
     /// Record `call`, then fail as scripted for `op` on `names`, or as an
@@ -649,8 +699,9 @@ impl FakeRuntime {
                 by_image: HashMap::new(),
                 default_behaviour: Behaviour::Run,
                 failures: Vec::new(),
+                holds: Vec::new(),
                 calls: Vec::new(),
-                counter: 0,
+                counter: ENGINES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 32,
                 created: 0,
                 next_port: FIRST_EPHEMERAL_PORT,
                 occupied: Default::default(),
@@ -750,6 +801,25 @@ impl FakeRuntime {
             target: Some(target),
             error,
         });
+    }
+
+    /// The next call of `op` on `target` (a container's name or id, or the
+    /// cluster for [`Op::List`]) computes its answer and then holds it, as a
+    /// frozen engine does, until the returned [`Held`] is released. Only
+    /// [`Op::Inspect`] and [`Op::List`] can be held.
+    pub fn hold_next(&self, op: Op, target: &str) -> Held {
+        let (reached_tx, reached_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel();
+        self.state().holds.push(Hold {
+            op,
+            target: target.to_string(),
+            reached: reached_tx,
+            release: release_rx,
+        });
+        Held {
+            reached: reached_rx,
+            release: release_tx,
+        }
     }
 
     /// The next call of `op`, whatever its target, fails with `error`, once.
@@ -1029,13 +1099,21 @@ impl Runtime for FakeRuntime {
     }
 
     async fn inspect(&self, r: &str) -> Result<Option<ContainerInfo>> {
-        let mut st = self.state();
-        st.enter_container(Call::Inspect(r.to_string()), Op::Inspect, r)?;
-        Ok(st
-            .resolve(r)
-            .and_then(|id| st.containers.get(&id))
-            .filter(|c| c.spec.labels.contains_key(LABEL_JOB))
-            .map(Container::info))
+        let (answer, held) = {
+            let mut st = self.state();
+            st.enter_container(Call::Inspect(r.to_string()), Op::Inspect, r)?;
+            let answer = st
+                .resolve(r)
+                .and_then(|id| st.containers.get(&id))
+                .filter(|c| c.spec.labels.contains_key(LABEL_JOB))
+                .map(Container::info);
+            let names = st.container_names(r);
+            (answer, st.take_hold(Op::Inspect, &names))
+        };
+        if let Some(release) = held {
+            let _ = release.await;
+        }
+        Ok(answer)
     }
 
     async fn stop(&self, r: &str, timeout_secs: i64) -> Result<()> {
@@ -1154,19 +1232,26 @@ impl Runtime for FakeRuntime {
     }
 
     async fn list(&self, cluster: &str) -> Result<Vec<ContainerInfo>> {
-        let mut st = self.state();
-        st.enter(Call::List(cluster.to_string()), Op::List, &[cluster])?;
-        let mut mine: Vec<&Container> = st
-            .containers
-            .values()
-            .filter(|c| {
-                c.spec.labels.contains_key(LABEL_JOB)
-                    && c.spec.labels.get(LABEL_CLUSTER).map(String::as_str) == Some(cluster)
-            })
-            .collect();
-        // Newest first, as Docker lists them.
-        mine.sort_by_key(|c| std::cmp::Reverse(c.created));
-        Ok(mine.into_iter().map(Container::info).collect())
+        let (answer, held) = {
+            let mut st = self.state();
+            st.enter(Call::List(cluster.to_string()), Op::List, &[cluster])?;
+            let mut mine: Vec<&Container> = st
+                .containers
+                .values()
+                .filter(|c| {
+                    c.spec.labels.contains_key(LABEL_JOB)
+                        && c.spec.labels.get(LABEL_CLUSTER).map(String::as_str) == Some(cluster)
+                })
+                .collect();
+            // Newest first, as Docker lists them.
+            mine.sort_by_key(|c| std::cmp::Reverse(c.created));
+            let answer: Vec<ContainerInfo> = mine.into_iter().map(Container::info).collect();
+            (answer, st.take_hold(Op::List, &[cluster.to_string()]))
+        };
+        if let Some(release) = held {
+            let _ = release.await;
+        }
+        Ok(answer)
     }
 
     fn events_for(&self, cluster: &str) -> BoxStream<'static, Result<ContainerEvent>> {

@@ -155,7 +155,17 @@ async fn apply(
                 tracing::info!(%job, "stopping a job that is not in viking-proc any more");
                 sh.runtime.stop(id, 10).await.map_err(ServerError::from)
             }
-            Action::Refresh { job } => crate::container::refresh_ps(sh, job).await.map(|_| ()),
+            Action::Refresh { job, id } => {
+                match crate::container::refresh_ps(sh, job, id).await {
+                    // The record moved on since the view was read: look
+                    // again, so a stale copy here goes at once.
+                    Ok(None) => {
+                        sh.resync_now.notify_one();
+                        Ok(())
+                    }
+                    other => other.map(|_| ()),
+                }
+            }
             Action::Adopt { id, .. } => match containers.iter().find(|c| &c.id == id) {
                 // Started, but the server died before it wrote viking-ps.
                 Some(c) => adopt(sh, c).await,
@@ -171,6 +181,11 @@ async fn apply(
                 .await
             }
             Action::MarkMissing { job, rev } => {
+                if container_lives(sh, job, *rev).await? {
+                    // The record is newer than the listing it was checked
+                    // against: its container was made after the list.
+                    continue;
+                }
                 update_if(sh, job, *rev, |r| {
                     r.status = Status::Missing;
                     r.error = Some("the container vanished from Docker".to_string());
@@ -200,6 +215,25 @@ async fn adopt(sh: &Shared, c: &ContainerInfo) -> Result<(), ServerError> {
         )
         .await?;
     Ok(())
+}
+
+/// Whether the container that job's record (at `rev`) names is on this
+/// engine after all. A full resync lists the containers before it reads the
+/// records, so a job started here in between has a record whose container
+/// is not in the list: it is not missing, and marking it so would make the
+/// reconciler replace a healthy copy.
+async fn container_lives(sh: &Shared, job: &str, rev: i64) -> Result<bool, ServerError> {
+    let Some((r, now_rev)) = state::ps(sh.store.as_ref(), job).await? else {
+        return Ok(false);
+    };
+    if now_rev != rev || r.container_id.is_empty() {
+        return Ok(false);
+    }
+    Ok(sh
+        .runtime
+        .inspect(&r.container_id)
+        .await?
+        .is_some_and(|c| c.node == sh.config.name && c.cluster == sh.config.key))
 }
 
 async fn delete_if(sh: &Shared, job: &str, rev: i64) -> Result<(), ServerError> {

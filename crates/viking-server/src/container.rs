@@ -265,12 +265,22 @@ async fn check_host_ports(sh: &Shared, job: &Job) -> Result<()> {
     Ok(())
 }
 
-/// Bring a job's viking-ps record up to date with its container.
-pub async fn refresh_ps(sh: &Shared, name: &str) -> Result<Option<PsRecord>> {
+/// Bring a job's viking-ps record up to date with its container `id` on
+/// this host. Only while the record still names this host and that
+/// container: whoever decided to refresh it read the record earlier, and
+/// meanwhile the job may have moved (this host's Docker froze, it left
+/// floki, the job was started elsewhere). The new host's record is not
+/// this server's to write: marking it missing because its container is not
+/// on this engine would make the reconciler replace a healthy copy. `None`
+/// when the record is gone or names another container.
+pub async fn refresh_ps(sh: &Shared, name: &str, id: &str) -> Result<Option<PsRecord>> {
     for _ in 0..16 {
         let Some((mut ps, rev)) = state::ps(sh.store.as_ref(), name).await? else {
             return Ok(None);
         };
+        if ps.node != sh.config.name || ps.container_id != id {
+            return Ok(None);
+        }
         let before = ps.clone();
         match sh.runtime.inspect(&ps.container_id).await? {
             Some(c) if c.id == ps.container_id => {

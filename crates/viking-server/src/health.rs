@@ -100,6 +100,9 @@ async fn stop_unhealthy(sh: &Shared, rec: &PsRecord, reason: &str) {
     let mut r = rec.clone();
     r.error = Some(format!("health check failed: {reason}"));
     match state::ps(sh.store.as_ref(), &rec.job).await {
+        // Only the record of this very container: the job may have moved on
+        // since the round read it, and another host's record is not ours.
+        Ok(Some((now, _))) if now.node != rec.node || now.container_id != rec.container_id => {}
         Ok(Some((_, rev))) => match state::put_ps_if(sh.store.as_ref(), &r, rev).await {
             Ok(_) => {}
             Err(e) => tracing::warn!(job = %rec.job, "noting the failed health check: {e}"),

@@ -338,7 +338,7 @@ pub async fn stop(sh: &Shared, name: &str, timeout: i64) -> Result<InspectRespon
             Owner::Here => {
                 if !p.container_id.is_empty() {
                     sh.runtime.stop(&p.container_id, timeout).await?;
-                    crate::container::refresh_ps(sh, name).await?;
+                    crate::container::refresh_ps(sh, name, &p.container_id).await?;
                 }
             }
             Owner::Peer(c, host) => {

@@ -1435,6 +1435,159 @@ async fn a_start_of_a_job_whose_container_still_runs_keeps_that_container() {
     assert_eq!(now.status, viking_core::Status::Running);
 }
 
+/// Move job `name` to `host` and start it there, as the reconciler does
+/// when the job's host leaves floki: a new claim, then the start.
+async fn move_to(host: &TestServer, name: &str) -> (PsRecord, i64) {
+    let store = host.shared.store.clone();
+    let proc = viking_server::state::proc(store.as_ref(), name)
+        .await
+        .expect("read")
+        .expect("proc");
+    let mut placed = proc.clone();
+    placed.placed_on = Some(host.shared.config.name.clone());
+    let starting = viking_server::state::starting_record(
+        &proc.job,
+        &host.shared.config.name,
+        Some(&host.shared.config.name),
+        viking_server::now_ms(),
+    );
+    let claim = store
+        .txn(
+            vec![],
+            vec![
+                viking_store::Op::Put {
+                    key: keys::ps(name),
+                    value: viking_core::records::encode(&starting).expect("encode"),
+                    lease: None,
+                },
+                viking_store::Op::Put {
+                    key: keys::proc(name),
+                    value: viking_core::records::encode(&placed).expect("encode"),
+                    lease: None,
+                },
+            ],
+            vec![],
+        )
+        .await
+        .expect("claim");
+    viking_server::jobs::start_on(
+        &host.shared,
+        &proc.job,
+        &viking_server::placement::Target::Here,
+        claim.revision,
+        &|_| {},
+    )
+    .await
+    .expect("started");
+    ps_of(store.as_ref(), name).await.expect("moved record")
+}
+
+/// The chaos run's bug (issue 16): n1's Docker froze while its agent
+/// refreshed its jobs. The agent read the records (j on n1) before the
+/// freeze and got Docker's answers after it; meanwhile n1 left floki and j
+/// was started on n2. The late refresh once re-read j's record, did not
+/// find n2's container on n1's engine and marked n2's record missing; the
+/// reconciler then started j again (on n1, the least loaded) and n2
+/// removed its healthy copy as stale. The refresh is for the container the
+/// agent saw, on its own host: n2's record is not touched, and n1's stale
+/// copy goes.
+#[tokio::test]
+async fn a_frozen_engine_never_makes_the_agent_write_the_record_of_a_job_that_moved_on() {
+    use viking_docker::Runtime;
+    let (n1, n2) = two_hosts().await;
+    let store = n1.shared.store.clone();
+    // n2 is busier, so dowding puts j on n1.
+    n2.run(r#"{"name":"busy","image":"busybox","daemonize":true,"host":"n2"}"#)
+        .await
+        .expect("run on n2");
+    let r = n1
+        .run(r#"{"name":"j","image":"busybox","daemonize":true}"#)
+        .await
+        .expect("run j");
+    assert_eq!(r.ps.expect("ps").node, "n1");
+    // Another container of n1 whose record the agent refreshes before j's
+    // (newest first, as Docker lists them): created, never started, so
+    // nothing but the resync looks at it.
+    let a = viking_core::Job::parse(
+        br#"{"name":"a","image":"busybox","daemonize":true}"#,
+        String::new,
+    )
+    .expect("job");
+    let spec =
+        viking_docker::ContainerSpec::for_job(&a, "n1", "/viking", &n1.shared.config.data_dir);
+    let a_id = n1.engine.create(&spec).await.expect("create a");
+    let info = n1.engine.inspect(&a_id).await.expect("inspect").expect("a");
+    let rec = viking_server::container::ps_from(&n1.shared, &info, 0);
+    store
+        .put(
+            &keys::ps("a"),
+            viking_core::records::encode(&rec).expect("encode"),
+        )
+        .await
+        .expect("a's record");
+
+    // n1's Docker freezes while the resync refreshes a: the plan is made.
+    let mut held = n1.engine.hold_next(Op::Inspect, &a_id);
+    let resync = tokio::spawn({
+        let sh = n1.shared.clone();
+        async move { viking_server::agent::resync(&sh).await }
+    });
+    tokio::time::timeout(Duration::from_secs(10), held.reached())
+        .await
+        .expect("the resync refreshes a");
+    // Meanwhile j moves to n2 and runs there.
+    let (moved, moved_rev) = move_to(&n2, "j").await;
+    assert_eq!((moved.node.as_str(), moved.is_running()), ("n2", true));
+    // Docker thaws: the resync goes on with what it planned.
+    held.release();
+    resync.await.expect("the resync's task").expect("resync");
+    let (now, now_rev) = ps_of(store.as_ref(), "j").await.expect("j's record");
+    assert_eq!(
+        (now_rev, &now),
+        (moved_rev, &moved),
+        "n1's agent wrote n2's record of j"
+    );
+    viking_testkit::eventually_async(
+        "n1's stale copy of j removed",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async { n1.containers_of("j") == 0 },
+    )
+    .await;
+    assert_eq!(n2.containers_of("j"), 1, "n2's copy runs on");
+    let (after, _) = ps_of(store.as_ref(), "j").await.expect("j's record");
+    assert_eq!(after.container_id, moved.container_id);
+    assert!(after.is_running(), "{after:?}");
+}
+
+/// A full resync lists the containers, then reads the records: a job
+/// started here in between has a record whose container is not in the
+/// list. It is not missing (marking it so made the reconciler start it
+/// again, perhaps elsewhere, and the healthy copy was removed as stale).
+#[tokio::test]
+async fn a_job_started_while_the_resync_lists_is_not_marked_missing() {
+    let s = TestServer::start().await;
+    let store = s.shared.store.clone();
+    // Docker answers the resync's list late: the job starts meanwhile.
+    let mut held = s.engine.hold_next(Op::List, "/viking");
+    let resync = tokio::spawn({
+        let sh = s.shared.clone();
+        async move { viking_server::agent::resync(&sh).await }
+    });
+    tokio::time::timeout(Duration::from_secs(10), held.reached())
+        .await
+        .expect("the resync lists");
+    s.run(r#"{"name":"x","image":"busybox","daemonize":true}"#)
+        .await
+        .expect("run x");
+    let (started, rev) = ps_of(store.as_ref(), "x").await.expect("x's record");
+    assert!(started.is_running(), "{started:?}");
+    held.release();
+    resync.await.expect("the resync's task").expect("resync");
+    let (now, now_rev) = ps_of(store.as_ref(), "x").await.expect("x's record");
+    assert_eq!((now_rev, &now), (rev, &started), "x's record was rewritten");
+}
+
 // ------------------------------------------------ a quiet, robust store
 
 fn is_ping(c: &viking_docker::fake::Call) -> bool {
