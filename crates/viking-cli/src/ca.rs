@@ -138,7 +138,16 @@ mod tests {
         assert_eq!(parse_lifetime("10m"), Ok(Duration::from_secs(600)));
         assert_eq!(parse_lifetime("12h"), Ok(Duration::from_secs(43_200)));
         assert_eq!(parse_lifetime("90d"), Ok(Duration::from_secs(90 * 86_400)));
-        for bad in ["", "30", "s", "5s", "3651d", "1y", "-3d", "99999999999999999d"] {
+        for bad in [
+            "",
+            "30",
+            "s",
+            "5s",
+            "3651d",
+            "1y",
+            "-3d",
+            "99999999999999999d",
+        ] {
             assert!(parse_lifetime(bad).is_err(), "{bad}");
         }
     }

@@ -148,7 +148,7 @@ pub fn resolve(flags: &Flags, data_dir: &Path) -> Result<Target, Failure> {
             // its own. Anything else does not get its token.
             let its_ca = ca_pem.is_some() && ca_pem == ctx_ca;
             let guarded = server.starts_with("https://") && its_ca;
-            let its_server = server == c.server && (ca_pem == ctx_ca || flags.ca.is_none());
+            let its_server = server == c.server && ca_pem == ctx_ca;
             if guarded || its_server {
                 c.token.clone()
             } else {
@@ -180,7 +180,8 @@ pub fn run(target: &Target, c: ContextCommand) -> Result<i32, Failure> {
         ContextCommand::Export => {
             let ctx = target.context();
             ctx.check().map_err(|e| Failure::new(1, e))?;
-            let s = serde_json::to_string_pretty(&ctx).map_err(|e| Failure::new(1, e.to_string()))?;
+            let s =
+                serde_json::to_string_pretty(&ctx).map_err(|e| Failure::new(1, e.to_string()))?;
             println!("{s}");
             Ok(0)
         }
@@ -354,6 +355,10 @@ mod tests {
             &data,
         )
         .unwrap_err();
-        assert!(e.message.contains("--context") && e.message.contains("bad.json"), "{}", e.message);
+        assert!(
+            e.message.contains("--context") && e.message.contains("bad.json"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -336,10 +336,7 @@ pub fn client(target: &context::Target) -> Result<Client, Failure> {
     // A lab of --insecure-http servers says so once in the environment
     // (VIKING_INSECURE_HTTP=1) instead of being warned on every command.
     let lab = std::env::var("VIKING_INSECURE_HTTP").is_ok_and(|v| v == "1" || v == "true");
-    if !server.starts_with("https://")
-        && target.token.is_some()
-        && !is_loopback_url(server)
-        && !lab
+    if !server.starts_with("https://") && target.token.is_some() && !is_loopback_url(server) && !lab
     {
         eprintln!(
             "viking: warning: {server} is plain HTTP: the token crosses the network readable by anyone on it"

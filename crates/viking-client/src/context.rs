@@ -69,7 +69,8 @@ impl Context {
             path: p.clone(),
             source,
         })?;
-        c.check().map_err(|why| ContextError::Invalid { path: p, why })?;
+        c.check()
+            .map_err(|why| ContextError::Invalid { path: p, why })?;
         Ok(c)
     }
 

@@ -152,9 +152,11 @@ impl LiveIdentity {
     pub fn set(&self, cert_pem: &str, key_pem: &str) -> Result<()> {
         let ck = certified(cert_pem, key_pem)?;
         // A swap of two values: consistent even after a panic elsewhere.
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) =
-            (ck, cert_pem.to_string());
-        *self.sessions.write().unwrap_or_else(PoisonError::into_inner) =
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = (ck, cert_pem.to_string());
+        *self
+            .sessions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) =
             Arc::new(rustls::client::ClientSessionMemoryCache::new(SESSIONS));
         Ok(())
     }
@@ -338,7 +340,10 @@ mod tests {
             .issue("n1", &ips, &["n1.example".into()], Duration::from_secs(30))
             .unwrap();
         let new = ca.reissue(&old.cert_pem).unwrap();
-        let (a, b) = (cert_info(&old.cert_pem).unwrap(), cert_info(&new.cert_pem).unwrap());
+        let (a, b) = (
+            cert_info(&old.cert_pem).unwrap(),
+            cert_info(&new.cert_pem).unwrap(),
+        );
         assert_ne!(a.fingerprint, b.fingerprint);
         assert_ne!(a.serial, b.serial);
         assert_eq!(a.lifetime(), b.lifetime());
@@ -353,7 +358,11 @@ mod tests {
         let live = LiveIdentity::new(&new.cert_pem, &new.key_pem).unwrap();
         let server = server_config_live(ca.cert_pem(), ClientAuth::Optional, live).unwrap();
         for name in ["n1", "n1.example", "10.1.2.3"] {
-            handshake(client_config(ca.cert_pem(), None).unwrap(), server.clone(), name);
+            handshake(
+                client_config(ca.cert_pem(), None).unwrap(),
+                server.clone(),
+                name,
+            );
         }
         // The default lifetime keeps its five minutes of slack.
         let long = ca.issue("n1", &[], &[], CERT_LIFETIME).unwrap();

@@ -60,12 +60,9 @@ pub fn load(files: &TlsFiles) -> anyhow::Result<Tls> {
     viking_pki::server_config(&cert, &key, &ca, viking_pki::ClientAuth::Optional)
         .context("--tls-cert/--tls-key/--ca")?;
     let identity = LiveIdentity::new(&cert, &key).context("--tls-cert/--tls-key")?;
-    let server = viking_pki::server_config_live(
-        &ca,
-        viking_pki::ClientAuth::Optional,
-        identity.clone(),
-    )
-    .context("--tls-cert/--tls-key/--ca")?;
+    let server =
+        viking_pki::server_config_live(&ca, viking_pki::ClientAuth::Optional, identity.clone())
+            .context("--tls-cert/--tls-key/--ca")?;
     let client =
         viking_pki::client_config_live(&ca, identity.clone()).context("--tls-cert/--ca")?;
     Ok(Tls {

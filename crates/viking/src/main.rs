@@ -230,8 +230,7 @@ fn main() {
                     ca: cli.ca,
                     context: cli.context,
                 };
-                let target =
-                    viking_cli::context::resolve(&flags, &viking_cli::default_data_dir());
+                let target = viking_cli::context::resolve(&flags, &viking_cli::default_data_dir());
                 match match target {
                     Ok(t) => viking_cli::dispatch(&t, command).await,
                     Err(f) => Err(f),

@@ -174,12 +174,23 @@ fn the_api_over_tls_answers_only_through_the_clusters_ca() {
 
 /// A `viking server` over TLS with the certificate `NAME.pem` of `pki`, on
 /// the embedded store under `data`; its port.
-fn tls_server(pki: &std::path::Path, name: &str, data: &std::path::Path, token: &str) -> (Server, u16) {
+fn tls_server(
+    pki: &std::path::Path,
+    name: &str,
+    data: &std::path::Path,
+    token: &str,
+) -> (Server, u16) {
     let port = free_port();
     let p = pki.display();
     let server = Server(
         Command::new(bin())
-            .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--name", name])
+            .args([
+                "server",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--name",
+                name,
+            ])
             .arg("--data-dir")
             .arg(data)
             .args(["--key", &format!("/vt-tls-{port}"), "--ip", "127.0.0.1"])
@@ -215,7 +226,12 @@ fn served(port: u16, ca_pem: &str) -> Result<viking_pki::CertInfo, String> {
         .await
         .map_err(|_| "no handshake".to_string())?
         .map_err(|e| e.to_string())?;
-        let der = tls.get_ref().1.peer_certificates().ok_or("no certificate")?[0].clone();
+        let der = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .ok_or("no certificate")?[0]
+            .clone();
         viking_pki::cert_info_der(der.as_ref()).map_err(|e| e.to_string())
     })
 }
@@ -231,8 +247,8 @@ fn put_ca_record(pki: &std::path::Path, data: &std::path::Path, key: &str) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         std::fs::create_dir_all(data).unwrap();
-        let store = viking_store::embedded::EmbeddedStore::open(&data.join("viking.redb"), key)
-            .unwrap();
+        let store =
+            viking_store::embedded::EmbeddedStore::open(&data.join("viking.redb"), key).unwrap();
         store
             .put(
                 viking_core::keys::MESH_CA,
@@ -240,7 +256,11 @@ fn put_ca_record(pki: &std::path::Path, data: &std::path::Path, key: &str) {
             )
             .await
             .unwrap();
-        assert!(store.get(viking_core::keys::MESH_CA).await.unwrap().is_some());
+        assert!(store
+            .get(viking_core::keys::MESH_CA)
+            .await
+            .unwrap()
+            .is_some());
     });
 }
 
@@ -250,7 +270,17 @@ fn a_server_renews_its_certificate_without_a_restart() {
     let pki = dir.path().join("pki");
     let p = pki.to_str().unwrap();
     assert!(viking(&["ca", "init", "--dir", p]).status.success());
-    let out = viking(&["ca", "issue", "srv", "--ip", "127.0.0.1", "--lifetime", "30s", "--dir", p]);
+    let out = viking(&[
+        "ca",
+        "issue",
+        "srv",
+        "--ip",
+        "127.0.0.1",
+        "--lifetime",
+        "30s",
+        "--dir",
+        p,
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let ca = std::fs::read_to_string(pki.join("ca.pem")).unwrap();
     let cert_file = pki.join("srv.pem");
@@ -260,7 +290,11 @@ fn a_server_renews_its_certificate_without_a_restart() {
         std::fs::read_to_string(&key_file).unwrap(),
     );
     let first = viking_pki::cert_info(&cert0).unwrap();
-    assert_eq!(first.lifetime(), Duration::from_secs(33), "30 s and its slack");
+    assert_eq!(
+        first.lifetime(),
+        Duration::from_secs(33),
+        "30 s and its slack"
+    );
 
     let data = dir.path().join("data");
     let token = "renew-test-token-0123456789";
@@ -269,7 +303,13 @@ fn a_server_renews_its_certificate_without_a_restart() {
     put_ca_record(&pki, &data, &format!("/vt-tls-{port}"));
     let mut server = Server(
         Command::new(bin())
-            .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--name", "srv"])
+            .args([
+                "server",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--name",
+                "srv",
+            ])
             .arg("--data-dir")
             .arg(&data)
             .args(["--key", &format!("/vt-tls-{port}"), "--ip", "127.0.0.1"])
@@ -294,11 +334,17 @@ fn a_server_renews_its_certificate_without_a_restart() {
             .output()
             .unwrap()
     };
-    eventually("the TLS server to answer", Duration::from_secs(20), POLL, || {
-        cli(&["hosts"]).status.success()
-    });
+    eventually(
+        "the TLS server to answer",
+        Duration::from_secs(20),
+        POLL,
+        || cli(&["hosts"]).status.success(),
+    );
     let shown = served(port, &ca).unwrap();
-    assert_eq!(shown.fingerprint, first.fingerprint, "it serves its certificate");
+    assert_eq!(
+        shown.fingerprint, first.fingerprint,
+        "it serves its certificate"
+    );
 
     // Renewed between 50 % and 80 % of 33 s from not_before (3 s before
     // the issue), so within about 24 s; the CLI works all along.
@@ -320,6 +366,15 @@ fn a_server_renews_its_certificate_without_a_restart() {
     assert_ne!(renewed.serial, first.serial);
     assert!(renewed.not_before > first.not_before);
     assert_eq!(renewed.lifetime(), first.lifetime(), "the same lifetime");
+    // Made between 50 % and 80 % of the first one's span (a reissue starts
+    // 3 s before it is made; a second of rounding either way).
+    let made = renewed.not_before + 3;
+    let span = first.lifetime().as_secs();
+    assert!(
+        (first.not_before + span / 2 - 1..=first.not_before + span * 4 / 5 + 1).contains(&made),
+        "renewed at {} s of {span} s",
+        made - first.not_before
+    );
     // The same process, still running.
     assert!(server.0.try_wait().unwrap().is_none(), "the server exited");
     assert_eq!(server.0.id(), pid);
@@ -406,7 +461,11 @@ fn the_cli_talks_through_contexts_and_keeps_the_token_from_other_cas() {
     let pki = dir.path().join("pki");
     let p = pki.to_str().unwrap();
     assert!(viking(&["ca", "init", "--dir", p]).status.success());
-    assert!(viking(&["ca", "issue", "srv", "--ip", "127.0.0.1", "--dir", p]).status.success());
+    assert!(
+        viking(&["ca", "issue", "srv", "--ip", "127.0.0.1", "--dir", p])
+            .status
+            .success()
+    );
     let other = dir.path().join("other");
     let o = other.to_str().unwrap();
     assert!(viking(&["ca", "init", "--dir", o]).status.success());
@@ -437,18 +496,28 @@ fn the_cli_talks_through_contexts_and_keeps_the_token_from_other_cas() {
     };
     let a = machine("machine-a");
     let ca1 = format!("{p}/ca.pem");
-    eventually("the TLS server to answer", Duration::from_secs(20), POLL, || {
-        a(&["--server", &url, "--ca", &ca1, "--token", token, "hosts"])
-            .status
-            .success()
-    });
+    eventually(
+        "the TLS server to answer",
+        Duration::from_secs(20),
+        POLL,
+        || {
+            a(&["--server", &url, "--ca", &ca1, "--token", token, "hosts"])
+                .status
+                .success()
+        },
+    );
     // Export from flags; it is a context file, token included.
-    let out = a(&["--server", &url, "--ca", &ca1, "--token", token, "context", "export"]);
+    let out = a(&[
+        "--server", &url, "--ca", &ca1, "--token", token, "context", "export",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let exported: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(exported["server"], url.as_str());
     assert_eq!(exported["token"], token);
-    assert!(exported["ca"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
+    assert!(exported["ca"]
+        .as_str()
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
 
     // Machine A keeps it as its default context (what mesh init writes):
     // the CLI works without flags.
@@ -465,7 +534,10 @@ fn the_cli_talks_through_contexts_and_keeps_the_token_from_other_cas() {
     let fp = viking_pki::fingerprint(&std::fs::read_to_string(&ca1).unwrap()).unwrap();
     assert!(shown.contains(default_ctx.to_str().unwrap()), "{shown}");
     assert!(shown.contains(&url) && shown.contains(&fp), "{shown}");
-    assert!(shown.contains("present") && !shown.contains(token), "{shown}");
+    assert!(
+        shown.contains("present") && !shown.contains(token),
+        "{shown}"
+    );
     // Explicit flags win over the default context.
     let out = a(&["--token", "not-the-token-0123456789", "hosts"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -482,9 +554,17 @@ fn the_cli_talks_through_contexts_and_keeps_the_token_from_other_cas() {
     let out = b(&["--context", file.to_str().unwrap(), "ps", "-a"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = b(&["--context", file.to_str().unwrap(), "context", "show"]);
-    assert!(stdout(&out).contains(file.to_str().unwrap()), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(file.to_str().unwrap()),
+        "{}",
+        stdout(&out)
+    );
     let out = b(&["context", "show"]);
-    assert!(stdout(&out).contains("http://127.0.0.1:8791"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("http://127.0.0.1:8791"),
+        "{}",
+        stdout(&out)
+    );
     assert!(stdout(&out).contains("absent"), "{}", stdout(&out));
 
     // A context whose CA did not sign the server's certificate: the CLI
@@ -506,13 +586,24 @@ fn the_cli_talks_through_contexts_and_keeps_the_token_from_other_cas() {
     let out = b(&["--context", wrong.to_str().unwrap(), "ps"]);
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("TLS"), "{}", stderr(&out));
-    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the CLI connected");
-    assert!(seen.lock().unwrap().is_empty(), "the spy got a request with a CA it is not of");
+    assert!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the CLI connected"
+    );
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the spy got a request with a CA it is not of"
+    );
     let right = ctx(p);
     let _ = b(&["--context", right.to_str().unwrap(), "ps"]);
-    let got = eventually("the spy to read the request", Duration::from_secs(10), POLL, || {
-        let s = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
-        s.contains("GET").then_some(s)
-    });
+    let got = eventually(
+        "the spy to read the request",
+        Duration::from_secs(10),
+        POLL,
+        || {
+            let s = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+            s.contains("GET").then_some(s)
+        },
+    );
     assert!(got.contains(&format!("Bearer {token}")), "{got}");
 }
