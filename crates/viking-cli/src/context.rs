@@ -148,7 +148,7 @@ pub fn resolve(flags: &Flags, data_dir: &Path) -> Result<Target, Failure> {
             // its own. Anything else does not get its token.
             let its_ca = ca_pem.is_some() && ca_pem == ctx_ca;
             let guarded = server.starts_with("https://") && its_ca;
-            let its_server = server == c.server && (ca_pem == ctx_ca || flags.ca.is_none());
+            let its_server = server == c.server && ca_pem == ctx_ca;
             if guarded || its_server {
                 c.token.clone()
             } else {

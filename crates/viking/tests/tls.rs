@@ -366,6 +366,15 @@ fn a_server_renews_its_certificate_without_a_restart() {
     assert_ne!(renewed.serial, first.serial);
     assert!(renewed.not_before > first.not_before);
     assert_eq!(renewed.lifetime(), first.lifetime(), "the same lifetime");
+    // Made between 50 % and 80 % of the first one's span (a reissue starts
+    // 3 s before it is made; a second of rounding either way).
+    let made = renewed.not_before + 3;
+    let span = first.lifetime().as_secs();
+    assert!(
+        (first.not_before + span / 2 - 1..=first.not_before + span * 4 / 5 + 1).contains(&made),
+        "renewed at {} s of {span} s",
+        made - first.not_before
+    );
     // The same process, still running.
     assert!(server.0.try_wait().unwrap().is_none(), "the server exited");
     assert_eq!(server.0.id(), pid);
