@@ -3,7 +3,8 @@
 //! certificates from the cluster's CA are asked for, not required: an
 //! operator's CLI may come with the token only), the client configuration
 //! for calls to other servers (mutual TLS: this server shows its
-//! certificate, trusts only the CA), and what etcd is reached with.
+//! certificate, trusts only the CA), and what etcd is reached with (the
+//! server's certificate, or `--etcd-cert`/`--etcd-key`).
 
 use std::sync::Arc;
 
@@ -40,13 +41,17 @@ pub fn load(files: &TlsFiles) -> anyhow::Result<Tls> {
         .context("--tls-cert/--tls-key/--ca")?;
     let client =
         viking_pki::client_config(&ca, Some((&cert, &key))).context("--tls-cert/--tls-key/--ca")?;
+    let (etcd_cert, etcd_key) = match &files.etcd_identity {
+        Some((c, k)) => (read(c, "--etcd-cert")?, read(k, "--etcd-key")?),
+        None => (cert, key),
+    };
     Ok(Tls {
         server,
         client,
         etcd: EtcdTls {
             ca_pem: ca,
-            cert_pem: cert,
-            key_pem: key,
+            cert_pem: etcd_cert,
+            key_pem: etcd_key,
         },
     })
 }
