@@ -63,20 +63,27 @@ fn etcd_and_the_api_answer_only_through_the_clusters_ca() {
 
     // With the cluster's CA and a certificate it signed, etcd answers: the
     // servers registered (they reach etcd with their own certificates).
-    let ok = eventually("etcd to list both hosts", Duration::from_secs(20), POLL, || {
-        let o = c
-            .etcdctl()
-            .args(["get", "/viking/hosts/", "--prefix", "--keys-only"])
-            .output()
-            .expect("etcdctl");
-        let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        if o.status.success() && out.contains("/viking/hosts/n1") && out.contains("/viking/hosts/n2")
-        {
-            Ok(out)
-        } else {
-            Err(text(&o))
-        }
-    });
+    let ok = eventually(
+        "etcd to list both hosts",
+        Duration::from_secs(20),
+        POLL,
+        || {
+            let o = c
+                .etcdctl()
+                .args(["get", "/viking/hosts/", "--prefix", "--keys-only"])
+                .output()
+                .expect("etcdctl");
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            if o.status.success()
+                && out.contains("/viking/hosts/n1")
+                && out.contains("/viking/hosts/n2")
+            {
+                Ok(out)
+            } else {
+                Err(text(&o))
+            }
+        },
+    );
     assert!(ok.contains("/viking/hosts/n1"), "{ok}");
 
     // Without a certificate, in plain HTTP or over TLS, etcd answers
@@ -98,7 +105,11 @@ fn etcd_and_the_api_answer_only_through_the_clusters_ca() {
     let (cert_file, key_file) = (cert_file.to_str().unwrap(), key_file.to_str().unwrap());
     for (what, endpoint, flags) in [
         ("plain HTTP", plain.as_str(), vec![]),
-        ("TLS without a certificate", https.as_str(), vec!["--cacert", ca]),
+        (
+            "TLS without a certificate",
+            https.as_str(),
+            vec!["--cacert", ca],
+        ),
         (
             "TLS with another CA's certificate",
             https.as_str(),
@@ -198,19 +209,14 @@ fn etcd_and_the_api_answer_only_through_the_clusters_ca() {
         .enable_all()
         .build()
         .expect("runtime");
-    let client = viking_client::Client::with_tls(
-        &node.url(),
-        Some(c.token().to_string()),
-        c.client_tls(),
-    )
-    .expect("client");
+    let client =
+        viking_client::Client::with_tls(&node.url(), Some(c.token().to_string()), c.client_tls())
+            .expect("client");
     let ping = rt.block_on(client.ping()).expect("ping over TLS");
     assert_eq!(ping.name, "n2");
-    let plain_client = viking_client::Client::new(
-        &format!("http://{addr}"),
-        Some(c.token().to_string()),
-    )
-    .expect("client");
+    let plain_client =
+        viking_client::Client::new(&format!("http://{addr}"), Some(c.token().to_string()))
+            .expect("client");
     assert!(
         rt.block_on(plain_client.ping()).is_err(),
         "a plain-HTTP client got a ping"
@@ -334,7 +340,13 @@ fn bench_tls_against_plain() {
             assert!(status.success(), "{} pipe: {status}", modes[m].0);
             let secs = t0.elapsed().as_secs_f64();
             let count = String::from_utf8_lossy(&o.stdout).trim().to_string();
-            assert_eq!(count, bytes.to_string(), "{} pipe: {}", modes[m].0, text(&o));
+            assert_eq!(
+                count,
+                bytes.to_string(),
+                "{} pipe: {}",
+                modes[m].0,
+                text(&o)
+            );
             pipe[m].push(pipe_mib as f64 / secs);
         }
     }
@@ -344,7 +356,10 @@ fn bench_tls_against_plain() {
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     eprintln!("bench-tls: run -d ms tls {:?}", run_ms[0]);
     eprintln!("bench-tls: run -d ms plain {:?}", run_ms[1]);
-    eprintln!("bench-tls: pipe MiB/s tls {:?} plain {:?}", pipe[0], pipe[1]);
+    eprintln!(
+        "bench-tls: pipe MiB/s tls {:?} plain {:?}",
+        pipe[0], pipe[1]
+    );
     println!("| benchmark | tls | plain | tls/plain | target | |");
     println!("|---|---:|---:|---:|---:|---|");
     println!(
