@@ -336,6 +336,8 @@ fn bench_tls_against_plain() {
                 .stdout(into_wc)
                 .status()
                 .expect("viking run -i");
+            // The command holds wc's end of the pipe: wc sees EOF once it goes.
+            drop(cli);
             let o = wc.wait_with_output().expect("wc");
             assert!(status.success(), "{} pipe: {status}", modes[m].0);
             let secs = t0.elapsed().as_secs_f64();
