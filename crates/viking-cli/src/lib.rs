@@ -56,7 +56,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the viking server on this node.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run a job (docker run's flags, or a job file with -f).
     Run(run::RunArgs),
     /// List jobs and their containers (viking-ps).

@@ -221,7 +221,7 @@ fn main() {
                     .with_writer(std::io::stderr)
                     .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .init();
-                match server(a).await {
+                match server(*a).await {
                     Ok(()) => 0,
                     Err(e) => {
                         eprintln!("viking server: {e:#}");

@@ -227,7 +227,7 @@ fn etcd_and_the_api_answer_only_through_the_clusters_ca() {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 {
+    if !n.is_multiple_of(2) {
         v[n / 2]
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
@@ -285,7 +285,7 @@ fn bench_tls_against_plain() {
         });
     }
     // Interleaved: tls first in odd rounds, plain first in even ones.
-    let order = |i: usize| if i % 2 == 0 { [0, 1] } else { [1, 0] };
+    let order = |i: usize| if i.is_multiple_of(2) { [0, 1] } else { [1, 0] };
     let mut run_ms = [Vec::new(), Vec::new()];
     for i in 0..n {
         for m in order(i) {
