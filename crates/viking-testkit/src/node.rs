@@ -302,6 +302,8 @@ impl Node {
                 ("--tls-cert", "cert.pem"),
                 ("--tls-key", "key.pem"),
                 ("--ca", "ca.pem"),
+                ("--etcd-cert", "etcd.pem"),
+                ("--etcd-key", "etcd-key.pem"),
             ] {
                 args.push(flag.into());
                 args.push(format!("{NODE_TLS_DIR}/{file}"));

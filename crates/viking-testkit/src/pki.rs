@@ -1,5 +1,6 @@
 //! A test cluster's certificates: its own CA (viking-pki), a certificate per
-//! node (its name, its address on the test network and 127.0.0.1), one for
+//! node (its name, its address on the test network and 127.0.0.1) and one it
+//! shows etcd (`--etcd-cert`), one for
 //! etcd (the gateway and 127.0.0.1) and one for the harness's own clients
 //! (etcdctl, the store, the pings), written as PEM files in the cluster's
 //! temporary directory. Each node's files sit in a directory of their own,
@@ -13,7 +14,9 @@ use viking_pki::{Ca, Issued, CERT_LIFETIME};
 use viking_store::testing::TlsFiles;
 use viking_store::EtcdTls;
 
-/// Where a node finds its files: `ca.pem`, `cert.pem`, `key.pem`.
+/// Where a node finds its files: `ca.pem`, `cert.pem`, `key.pem` (its
+/// API's and its calls to other servers) and `etcd.pem`, `etcd-key.pem`
+/// (what it shows etcd).
 pub const NODE_TLS_DIR: &str = "/etc/viking-test/tls";
 
 /// The cluster's CA and the harness's own client certificate.
@@ -104,9 +107,17 @@ impl ClusterPki {
             .ca
             .issue(name, &[ip.into(), lo], &[], CERT_LIFETIME)
             .with_context(|| format!("{name}'s certificate"))?;
+        // What the server shows etcd (`--etcd-cert/--etcd-key`), apart
+        // from its API's certificate, as with a user's own etcd.
+        let etcd = self
+            .ca
+            .issue(&format!("{name}-etcd"), &[ip.into()], &[], CERT_LIFETIME)
+            .with_context(|| format!("{name}'s etcd client certificate"))?;
         write(&dir.join("ca.pem"), self.ca.cert_pem(), 0o644)?;
         write(&dir.join("cert.pem"), &cert.cert_pem, 0o644)?;
         write(&dir.join("key.pem"), &cert.key_pem, 0o600)?;
+        write(&dir.join("etcd.pem"), &etcd.cert_pem, 0o644)?;
+        write(&dir.join("etcd-key.pem"), &etcd.key_pem, 0o600)?;
         Ok(dir)
     }
 }
