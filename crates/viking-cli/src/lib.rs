@@ -60,7 +60,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the viking server on this node.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run a job (docker run's flags, or a job file with -f).
     Run(run::RunArgs),
     /// List jobs and their containers (viking-ps).
@@ -180,6 +180,13 @@ pub struct ServerArgs {
     /// The cluster's CA (PEM): the only issuer this server trusts.
     #[arg(long, env = "VIKING_CA", requires = "tls_cert")]
     pub ca: Option<PathBuf>,
+    /// The certificate this server shows to an https:// etcd (PEM, from
+    /// the CA of --ca; default: --tls-cert).
+    #[arg(long, env = "VIKING_ETCD_CERT", requires_all = ["etcd_key", "ca"])]
+    pub etcd_cert: Option<PathBuf>,
+    /// The private key of --etcd-cert (PEM).
+    #[arg(long, env = "VIKING_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
     /// Serve plain HTTP on an address other than loopback (a lab network:
     /// anyone on it can read the token).
     #[arg(long, env = "VIKING_INSECURE_HTTP")]

@@ -74,6 +74,9 @@ pub struct TlsFiles {
     /// `--ca`: the cluster's CA: the only issuer this server trusts (for
     /// other servers, clients that show a certificate, and etcd).
     pub ca: PathBuf,
+    /// `--etcd-cert`/`--etcd-key`: what an https etcd is shown instead of
+    /// `cert`/`key`.
+    pub etcd_identity: Option<(PathBuf, PathBuf)>,
 }
 
 /// How the server talks to the network.
@@ -356,6 +359,7 @@ mod tests {
             cert: "/c".into(),
             key: "/k".into(),
             ca: "/ca".into(),
+            etcd_identity: None,
         });
         assert_eq!(c.validate(), Ok(()));
         assert!(c.api_url().starts_with("https://"));

@@ -3,14 +3,16 @@
 //! certificates from the cluster's CA are asked for, not required: an
 //! operator's CLI may come with the token only), the client configuration
 //! for calls to other servers (mutual TLS: this server shows its
-//! certificate, trusts only the CA), and what etcd is reached with.
+//! certificate, trusts only the CA), and what etcd is reached with (the
+//! server's certificate, or `--etcd-cert`/`--etcd-key`).
 //!
 //! Both configurations show the certificate an [`LiveIdentity`] holds at
 //! each handshake, so [`crate::renew`] swaps a renewed certificate in
 //! without a restart ([`Tls::swap`]): new API connections and new calls to
 //! peers show it, connections already open keep the old one. etcd's client
 //! is replaced with one connected with the new certificate once the store
-//! is attached ([`Tls::attach_etcd`]).
+//! is attached ([`Tls::attach_etcd`]), unless etcd is shown a certificate
+//! of its own (`--etcd-cert`), which is not renewed here.
 
 use std::sync::{Arc, OnceLock};
 
@@ -65,13 +67,17 @@ pub fn load(files: &TlsFiles) -> anyhow::Result<Tls> {
             .context("--tls-cert/--tls-key/--ca")?;
     let client =
         viking_pki::client_config_live(&ca, identity.clone()).context("--tls-cert/--ca")?;
+    let (etcd_cert, etcd_key) = match &files.etcd_identity {
+        Some((c, k)) => (read(c, "--etcd-cert")?, read(k, "--etcd-key")?),
+        None => (cert, key),
+    };
     Ok(Tls {
         server,
         client,
         etcd: EtcdTls {
             ca_pem: ca.clone(),
-            cert_pem: cert,
-            key_pem: key,
+            cert_pem: etcd_cert,
+            key_pem: etcd_key,
         },
         identity,
         files: files.clone(),
@@ -94,7 +100,8 @@ impl Tls {
         self.identity
             .set(cert_pem, key_pem)
             .context("the renewed certificate")?;
-        if let Some(store) = self.etcd_store.get() {
+        let own_etcd_identity = self.files.etcd_identity.is_some();
+        if let Some(store) = self.etcd_store.get().filter(|_| !own_etcd_identity) {
             store
                 .set_identity(&EtcdTls {
                     ca_pem: self.ca_pem.clone(),

@@ -10,7 +10,9 @@
 //! process-wide [`shared_etcd`]). Clients reach it on loopback, or on an
 //! address of the caller's choice ([`EtcdCluster::start_on`], e.g. a test
 //! network's gateway so containers can reach it); peers always talk on
-//! loopback.
+//! loopback. With [`TlsFiles`] ([`EtcdCluster::start_tls`]) clients must
+//! speak TLS and show a certificate from the given CA (`--client-cert-auth`);
+//! readiness is then read from a plain metrics listener on loopback.
 //!
 //! The binary is `$VIKING_ETCD_BIN` (or `$VIKING_TEST_ETCD`), else `etcd` on
 //! `PATH`, else `/usr/bin/etcd`. A missing binary is an error, never a skip.
@@ -25,11 +27,26 @@ use std::time::{Duration, Instant};
 /// How long to wait for a cluster to become healthy.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The files of an etcd that serves its clients over TLS and answers only
+/// those that show a certificate from `ca` (PEM files).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The server certificate (its addresses must cover the client address).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The CA whose client certificates etcd accepts.
+    pub ca: PathBuf,
+}
+
 /// One etcd member process.
 #[derive(Debug)]
 struct Member {
     name: String,
     client: SocketAddr,
+    /// Where `/health` is read: the client address, or with TLS a plain
+    /// metrics listener on loopback.
+    health: SocketAddr,
     client_url: String,
     child: Option<Child>,
     log: PathBuf,
@@ -43,6 +60,7 @@ pub struct EtcdCluster {
     root: PathBuf,
     /// More flags for every member (e.g. `--quota-backend-bytes`).
     extra: Vec<String>,
+    tls: Option<TlsFiles>,
 }
 
 /// The etcd binary to run.
@@ -103,12 +121,23 @@ impl EtcdCluster {
     /// Like [`EtcdCluster::start_on`], every member also given `extra`
     /// flags (e.g. `--quota-backend-bytes 8388608`).
     pub fn start_with(n: usize, client_ip: IpAddr, extra: &[String]) -> Result<Self, String> {
+        Self::start_tls(n, client_ip, extra, None)
+    }
+
+    /// Like [`EtcdCluster::start_with`]; with `tls` the client URLs are
+    /// `https://` and every client must show a certificate from its CA.
+    pub fn start_tls(
+        n: usize,
+        client_ip: IpAddr,
+        extra: &[String],
+        tls: Option<&TlsFiles>,
+    ) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("viking-etcd-")
             .tempdir()
             .map_err(|e| format!("creating a temp dir: {e}"))?;
         let root = dir.path().to_path_buf();
-        Self::start_in(n, client_ip, root, Some(dir), extra)
+        Self::start_in(n, client_ip, root, Some(dir), extra, tls)
     }
 
     fn start_in(
@@ -117,6 +146,7 @@ impl EtcdCluster {
         root: PathBuf,
         dir: Option<tempfile::TempDir>,
         extra: &[String],
+        tls: Option<&TlsFiles>,
     ) -> Result<Self, String> {
         if n == 0 {
             return Err("an etcd cluster needs at least one member".into());
@@ -126,7 +156,9 @@ impl EtcdCluster {
         // process grabbed one in between.
         for attempt in 0..3 {
             let clients = free_ports(client_ip, n)?;
-            let peers = free_ports(IpAddr::V4(Ipv4Addr::LOCALHOST), n)?;
+            // Peers, and (with TLS) the plain metrics listeners.
+            let local = free_ports(IpAddr::V4(Ipv4Addr::LOCALHOST), 2 * n)?;
+            let (peers, metrics) = local.split_at(n);
             let clients: Vec<SocketAddr> = clients
                 .into_iter()
                 .map(|p| SocketAddr::new(client_ip, p))
@@ -134,11 +166,12 @@ impl EtcdCluster {
             let mut cluster = Self {
                 members: Vec::new(),
                 extra: extra.to_vec(),
+                tls: tls.cloned(),
                 dir: None,
                 root: root.join(format!("attempt-{attempt}")),
             };
             match cluster
-                .launch(&clients, &peers)
+                .launch(&clients, peers, metrics)
                 .and_then(|()| cluster.wait_healthy())
             {
                 Ok(()) => {
@@ -152,7 +185,12 @@ impl EtcdCluster {
         Err(last_err)
     }
 
-    fn launch(&mut self, clients: &[SocketAddr], peers: &[u16]) -> Result<(), String> {
+    fn launch(
+        &mut self,
+        clients: &[SocketAddr],
+        peers: &[u16],
+        metrics: &[u16],
+    ) -> Result<(), String> {
         let bin = etcd_binary()?;
         std::fs::create_dir_all(&self.root)
             .map_err(|e| format!("creating {}: {e}", self.root.display()))?;
@@ -163,7 +201,8 @@ impl EtcdCluster {
             .join(",");
         for (i, client) in clients.iter().enumerate() {
             let name = format!("m{i}");
-            let client_url = format!("http://{client}");
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            let client_url = format!("{scheme}://{client}");
             let log = self.root.join(format!("{name}.log"));
             let log_file = std::fs::File::create(&log)
                 .map_err(|e| format!("creating {}: {e}", log.display()))?;
@@ -204,6 +243,20 @@ impl EtcdCluster {
                 .stdin(Stdio::null())
                 .stdout(log_file)
                 .stderr(log_err);
+            let mut health = *client;
+            if let Some(tls) = &self.tls {
+                let metrics_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), metrics[i]);
+                cmd.arg("--cert-file")
+                    .arg(&tls.cert)
+                    .arg("--key-file")
+                    .arg(&tls.key)
+                    .arg("--trusted-ca-file")
+                    .arg(&tls.ca)
+                    .arg("--client-cert-auth")
+                    .arg("--listen-metrics-urls")
+                    .arg(format!("http://{metrics_addr}"));
+                health = metrics_addr;
+            }
             if std::env::consts::ARCH == "aarch64" {
                 cmd.env("ETCD_UNSUPPORTED_ARCH", "arm64");
             }
@@ -214,6 +267,7 @@ impl EtcdCluster {
             self.members.push(Member {
                 name,
                 client: *client,
+                health,
                 client_url,
                 child: Some(child),
                 log,
@@ -236,7 +290,7 @@ impl EtcdCluster {
                         ));
                     }
                 }
-                if !healthy(m.client) {
+                if !healthy(m.health) {
                     all = false;
                 }
             }
@@ -263,7 +317,8 @@ impl EtcdCluster {
         self.members.iter().map(|m| m.client_url.clone()).collect()
     }
 
-    /// The first member's client URL, e.g. `http://127.0.0.1:40123`.
+    /// The first member's client URL, e.g. `http://127.0.0.1:40123`
+    /// (`https://` with TLS).
     pub fn endpoint(&self) -> String {
         self.members
             .first()
@@ -302,6 +357,11 @@ impl EtcdCluster {
                 let _ = child.wait();
             }
         }
+    }
+
+    /// The TLS files the members serve with, if any.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
     }
 
     /// The directory holding the members' data and logs.
@@ -380,6 +440,7 @@ pub fn shared_etcd() -> Result<&'static EtcdCluster, String> {
                         dir,
                         None,
                         &[],
+                        None,
                     ));
                     loop {
                         std::thread::park();

@@ -1,6 +1,8 @@
 //! A multi-host viking cluster on one machine: one Docker network, one etcd on
 //! the network's gateway, and N node containers each running its own dockerd
-//! (Docker-in-Docker) plus, optionally, `viking server`.
+//! (Docker-in-Docker) plus, optionally, `viking server`. By default the
+//! cluster has its own CA (`pki.rs`): etcd and the servers speak TLS and ask
+//! for certificates; [`ClusterOpts::insecure_http`] runs it all in plain HTTP.
 //!
 //! Everything created is labelled `viking-test=1` and removed on drop, even when
 //! the test panics (then each node's viking log is printed first).
@@ -9,14 +11,17 @@ use crate::cleanup::cleanup_stale;
 use crate::network::create_network;
 use crate::node::{Node, Shared};
 use crate::opts::{viking_bin, ClusterOpts, BUSYBOX_IMAGE};
+use crate::pki::ClusterPki;
 use crate::util::{check, host_docker, output, owner_id, random_u64};
 use anyhow::{anyhow, bail, Context, Result};
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use viking_store::testing::EtcdCluster;
+use viking_store::EtcdTls;
 
 /// A running test cluster; torn down on drop.
 #[derive(Debug)]
@@ -77,6 +82,11 @@ impl Cluster {
             .unwrap_or_else(|| format!("tok-{:016x}{:016x}", random_u64(), random_u64()));
         let owner = owner_id();
         let (subnet, gateway) = create_network(&name, &owner)?;
+        let pki = if opts.insecure_http {
+            None
+        } else {
+            Some(ClusterPki::create(&name, &tmp.path().join("pki"), gateway)?)
+        };
         let mut cluster = Cluster {
             name: name.clone(),
             subnet: subnet.to_string(),
@@ -91,11 +101,18 @@ impl Cluster {
                 viking_bin,
                 busybox_tar,
                 opts,
+                pki,
             }),
             _tmp: tmp,
         };
-        let etcd = EtcdCluster::start_with(1, gateway.into(), &cluster.shared.opts.etcd_args)
-            .map_err(|e| anyhow!("etcd for the cluster: {e}"))?;
+        let etcd_tls = cluster.shared.pki.as_ref().map(ClusterPki::etcd_files);
+        let etcd = EtcdCluster::start_tls(
+            1,
+            gateway.into(),
+            &cluster.shared.opts.etcd_args,
+            etcd_tls.as_ref(),
+        )
+        .map_err(|e| anyhow!("etcd for the cluster: {e}"))?;
         {
             let shared = Arc::get_mut(&mut cluster.shared)
                 .ok_or_else(|| anyhow!("harness bug: shared state already cloned"))?;
@@ -106,7 +123,7 @@ impl Cluster {
         let base = u32::from(gateway);
         for i in 0..n {
             let ip = Ipv4Addr::from(base + 10 + i as u32);
-            let node = Node::new(i, &name, ip, Arc::clone(&cluster.shared));
+            let node = Node::new(i, &name, ip, Arc::clone(&cluster.shared))?;
             cluster.nodes.push(node);
         }
         let results: Vec<Result<()>> = std::thread::scope(|s| {
@@ -169,9 +186,67 @@ impl Cluster {
             .expect("harness bug: etcd is set in Cluster::start")
     }
 
-    /// The etcd client URL the nodes use, e.g. `http://172.30.7.1:40123`.
+    /// The etcd client URL the nodes use, e.g. `https://172.30.7.1:40123`
+    /// (`http://` in plain mode).
     pub fn etcd_endpoint(&self) -> &str {
         &self.shared.etcd_endpoint
+    }
+
+    /// Whether the cluster speaks TLS (the default; see
+    /// [`ClusterOpts::insecure_http`]).
+    pub fn tls(&self) -> bool {
+        self.shared.pki.is_some()
+    }
+
+    /// The cluster's CA certificate file (PEM); `None` in plain mode.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.shared.pki.as_ref().map(ClusterPki::ca_file)
+    }
+
+    /// The cluster's CA certificate (PEM); `None` in plain mode.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.shared.pki.as_ref().map(ClusterPki::ca_pem)
+    }
+
+    /// The harness's own client certificate and key files (from the
+    /// cluster's CA); `None` in plain mode.
+    pub fn client_cert_files(&self) -> Option<(PathBuf, PathBuf)> {
+        self.shared.pki.as_ref().map(ClusterPki::client_files)
+    }
+
+    /// What viking-store's `EtcdStore::connect_tls` needs to reach the
+    /// cluster's etcd as the harness; `None` in plain mode.
+    pub fn etcd_tls(&self) -> Option<EtcdTls> {
+        self.shared.pki.as_ref().map(ClusterPki::etcd_tls)
+    }
+
+    /// A rustls client that trusts only the cluster's CA and shows the
+    /// harness's certificate (for `viking_client::Client::with_tls`);
+    /// `None` in plain mode.
+    pub fn client_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.shared
+            .pki
+            .as_ref()
+            .map(|p| Arc::clone(&p.client_config))
+    }
+
+    /// `etcdctl` (API v3) against the cluster's etcd, with the CA and the
+    /// harness's certificate in TLS mode; add the command's arguments.
+    pub fn etcdctl(&self) -> Command {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(&self.shared.etcd_endpoint);
+        if let Some(pki) = &self.shared.pki {
+            let (cert, key) = pki.client_files();
+            cmd.arg("--cacert")
+                .arg(pki.ca_file())
+                .arg("--cert")
+                .arg(cert)
+                .arg("--key")
+                .arg(key);
+        }
+        cmd
     }
 
     /// All nodes; `nodes()[0]` is `n1`.

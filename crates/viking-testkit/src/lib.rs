@@ -8,7 +8,11 @@
 //!   `viking-test/node:latest`, each with its own dockerd, the host's `viking`
 //!   binary bind-mounted, `viking-test/busybox` loaded and (optionally) a
 //!   `viking server` running — on a private Docker network with its own etcd.
-//!   Nodes can be killed, restarted, partitioned and healed.
+//!   Nodes can be killed, restarted, partitioned and healed. The cluster has
+//!   its own CA: etcd asks every client for a certificate from it, the
+//!   servers serve TLS and call each other and etcd with theirs, and the
+//!   harness's clients ([`Node::cli`], [`Cluster::etcdctl`]) trust only the
+//!   CA; [`ClusterOpts::insecure_http`] runs it all in plain HTTP.
 //!
 //! Prepare the machine once with `sudo scripts/test-images.sh --node`.
 //! Everything the harness creates in Docker is labelled `viking-test=1` and is
@@ -41,14 +45,16 @@ pub mod local;
 mod network;
 mod node;
 mod opts;
+mod pki;
 mod util;
 mod wait;
 
 pub use cleanup::cleanup_stale;
 pub use cluster::Cluster;
-pub use http::{http_get, HttpResponse};
+pub use http::{http_get, https_get, HttpResponse};
 pub use node::{Node, LOG_FILTER_VAR, SERVER_LOG_PATH};
 pub use opts::{viking_bin, ClusterOpts, BUSYBOX_IMAGE, NODE_IMAGE};
+pub use pki::NODE_TLS_DIR;
 pub use util::{host_docker, run_with_stdin, unique, LABEL};
 pub use viking_store::testing::EtcdCluster;
 pub use wait::{eventually, eventually_async, wait_until, Outcome, POLL};

@@ -2,8 +2,9 @@
 //! optionally, `viking server`. Runs the CLI and Docker against it, kills,
 //! restarts, partitions and heals it, and starts and stops its server.
 
-use crate::http::http_get;
+use crate::http::{http_get, https_get};
 use crate::opts::{ClusterOpts, BUSYBOX_IMAGE};
+use crate::pki::{ClusterPki, NODE_TLS_DIR};
 use crate::util::{check, host_docker, output, run_with_stdin, sh_quote, LABEL, OWNER_LABEL};
 use crate::wait::wait_until;
 use anyhow::{anyhow, bail, Context, Result};
@@ -32,6 +33,9 @@ pub(crate) struct Shared {
     pub(crate) viking_bin: Option<PathBuf>,
     pub(crate) busybox_tar: PathBuf,
     pub(crate) opts: ClusterOpts,
+    /// The cluster's CA and the harness's certificate; `None` in plain
+    /// mode ([`ClusterOpts::insecure_http`]).
+    pub(crate) pki: Option<ClusterPki>,
 }
 
 /// One node: a container with its own dockerd (and viking server).
@@ -42,13 +46,24 @@ pub struct Node {
     container: String,
     ip: Ipv4Addr,
     volume: Option<String>,
+    /// The host directory with this node's certificate, key and CA.
+    tls_dir: Option<PathBuf>,
     shared: Arc<Shared>,
 }
 
 impl Node {
-    pub(crate) fn new(index: usize, cluster: &str, ip: Ipv4Addr, shared: Arc<Shared>) -> Node {
+    pub(crate) fn new(
+        index: usize,
+        cluster: &str,
+        ip: Ipv4Addr,
+        shared: Arc<Shared>,
+    ) -> Result<Node> {
         let name = format!("n{}", index + 1);
-        Node {
+        let tls_dir = match &shared.pki {
+            Some(pki) => Some(pki.node_dir(&name, ip)?),
+            None => None,
+        };
+        Ok(Node {
             index,
             container: format!("{cluster}-{name}"),
             volume: shared
@@ -57,8 +72,9 @@ impl Node {
                 .then(|| format!("{cluster}-{name}-docker")),
             name,
             ip,
+            tls_dir,
             shared,
-        }
+        })
     }
 
     /// The node's volume for `/var/lib/docker`, if it has one.
@@ -86,13 +102,44 @@ impl Node {
         self.ip
     }
 
-    /// `http://<ip>:<port>` of the node's viking server.
+    /// `https://<ip>:<port>` of the node's viking server
+    /// (`http://` in plain mode).
     pub fn url(&self) -> String {
-        format!("http://{}:{}", self.ip, self.shared.opts.port)
+        let scheme = if self.shared.pki.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}:{}", self.ip, self.shared.opts.port)
     }
 
-    /// Runs the host's viking CLI against this node:
-    /// `viking --server <url> --token <token> ARGS...`.
+    /// The host's viking CLI set up for this node, arguments still to add:
+    /// `viking --server <url>` with the token (`VIKING_TOKEN`) and the
+    /// cluster's CA (`--ca`; in plain mode `VIKING_INSECURE_HTTP=1`, which
+    /// quiets the CLI's warning).
+    pub fn cli_command(&self) -> Command {
+        let bin = self
+            .shared
+            .viking_bin
+            .as_ref()
+            .expect("no viking binary: set ClusterOpts::viking_bin or build viking");
+        let mut cmd = Command::new(bin);
+        cmd.arg("--server")
+            .arg(self.url())
+            .env("VIKING_TOKEN", &self.shared.token);
+        match &self.shared.pki {
+            Some(pki) => {
+                cmd.arg("--ca").arg(pki.ca_file());
+            }
+            None => {
+                cmd.env("VIKING_INSECURE_HTTP", "1");
+            }
+        }
+        cmd
+    }
+
+    /// Runs the host's viking CLI against this node
+    /// ([`Node::cli_command`] with ARGS).
     pub fn cli<I, S>(&self, args: I) -> Output
     where
         I: IntoIterator<Item = S>,
@@ -107,20 +154,10 @@ impl Node {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let bin = self
-            .shared
-            .viking_bin
-            .as_ref()
-            .expect("no viking binary: set ClusterOpts::viking_bin or build viking");
-        let mut cmd = Command::new(bin);
-        cmd.arg("--server")
-            .arg(self.url())
-            .env("VIKING_TOKEN", &self.shared.token)
-            // The harness's servers are --insecure-http: no warning.
-            .env("VIKING_INSECURE_HTTP", "1")
-            .args(args);
+        let mut cmd = self.cli_command();
+        cmd.args(args);
         run_with_stdin(&mut cmd, stdin)
-            .unwrap_or_else(|e| panic!("cannot run viking CLI {}: {e:#}", bin.display()))
+            .unwrap_or_else(|e| panic!("cannot run viking CLI {cmd:?}: {e:#}"))
     }
 
     /// Like [`Node::cli`] but fails unless the exit status is 0; returns stdout.
@@ -259,9 +296,22 @@ impl Node {
             self.shared.etcd_endpoint.clone(),
             "--data-dir".into(),
             "/var/lib/viking".into(),
-            // The harness's network is the test's own (not TLS yet).
-            "--insecure-http".into(),
         ];
+        if self.shared.pki.is_some() {
+            for (flag, file) in [
+                ("--tls-cert", "cert.pem"),
+                ("--tls-key", "key.pem"),
+                ("--ca", "ca.pem"),
+                ("--etcd-cert", "etcd.pem"),
+                ("--etcd-key", "etcd-key.pem"),
+            ] {
+                args.push(flag.into());
+                args.push(format!("{NODE_TLS_DIR}/{file}"));
+            }
+        } else {
+            // The plain baseline: the test's own network.
+            args.push("--insecure-http".into());
+        }
         if let Some(tags) = o.tags.get(self.index).filter(|t| !t.is_empty()) {
             args.push("--tags".into());
             args.push(tags.clone());
@@ -343,12 +393,18 @@ impl Node {
     /// `GET /v1/ping` on the node's server with the cluster token.
     pub fn ping(&self) -> Result<bool> {
         let addr = format!("{}:{}", self.ip, self.shared.opts.port);
-        let r = http_get(
-            &addr,
-            "/v1/ping",
-            Some(&self.shared.token),
-            Duration::from_secs(2),
-        )?;
+        let token = Some(self.shared.token.as_str());
+        let timeout = Duration::from_secs(2);
+        let r = match &self.shared.pki {
+            Some(pki) => https_get(
+                &addr,
+                "/v1/ping",
+                token,
+                timeout,
+                Arc::clone(&pki.client_config),
+            )?,
+            None => http_get(&addr, "/v1/ping", token, timeout)?,
+        };
         Ok(r.is_success())
     }
 
@@ -449,6 +505,10 @@ impl Node {
         if let Some(bin) = &s.viking_bin {
             cmd.arg("-v")
                 .arg(format!("{}:/usr/local/bin/viking:ro", path_str(bin)?));
+        }
+        if let Some(dir) = &self.tls_dir {
+            cmd.arg("-v")
+                .arg(format!("{}:{NODE_TLS_DIR}:ro", path_str(dir)?));
         }
         cmd.arg(&s.opts.node_image)
             .args(["dockerd", "--host", "unix:///var/run/docker.sock"]);

@@ -31,6 +31,12 @@ pub struct ClusterOpts {
     /// Give each node a Docker volume for `/var/lib/docker` instead of a tmpfs, so
     /// its images and containers survive [`Node::kill`](crate::Node::kill) + [`Node::restart`](crate::Node::restart).
     pub docker_volume: bool,
+    /// Plain HTTP everywhere: etcd without TLS and every server with
+    /// `--insecure-http` (the benchmark's baseline). Default false: the
+    /// cluster has its own CA, etcd asks every client for a certificate
+    /// from it, the servers serve TLS and call each other and etcd with
+    /// their certificates, and the harness's clients trust only the CA.
+    pub insecure_http: bool,
     /// Cluster token; `None`: a random one.
     pub token: Option<String>,
     /// Port of `viking server` in each node (default 8791).
@@ -53,6 +59,7 @@ impl Default for ClusterOpts {
             etcd_args: Vec::new(),
             server_env: Vec::new(),
             docker_volume: false,
+            insecure_http: false,
             token: None,
             port: 8791,
             node_image: NODE_IMAGE.to_string(),

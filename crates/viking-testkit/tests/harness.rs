@@ -5,7 +5,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 use viking_testkit::{
-    eventually, http_get, Cluster, ClusterOpts, EtcdCluster, Node, BUSYBOX_IMAGE, POLL,
+    eventually, http_get, Cluster, ClusterOpts, EtcdCluster, Node, BUSYBOX_IMAGE, NODE_TLS_DIR,
+    POLL,
 };
 
 fn stdout(o: &std::process::Output) -> String {
@@ -34,6 +35,16 @@ fn local_etcd_starts_serves_and_dies_on_drop() {
     let addr = etcd.host_port();
     drop(etcd);
     assert!(http_get(&addr, "/health", None, Duration::from_secs(1)).is_err());
+}
+
+/// `curl` of etcd's `/health` from inside a node, with the node's
+/// certificate (etcd asks every client for one).
+fn etcd_health(c: &Cluster, timeout: u32) -> String {
+    let tls = format!(
+        "--cacert {NODE_TLS_DIR}/ca.pem --cert {NODE_TLS_DIR}/cert.pem --key {NODE_TLS_DIR}/key.pem"
+    );
+    assert!(c.tls());
+    format!("curl -sf -m {timeout} {tls} {}/health", c.etcd_endpoint())
 }
 
 /// Whether a job container in `from` gets the page served by n2's web container.
@@ -74,7 +85,7 @@ fn cluster_nodes_network_partition_kill_restart() {
 
     eprintln!("[{:.1?}] etcd from the nodes", t0.elapsed());
     // The nodes reach etcd on the gateway.
-    let health = n1.sh(&format!("curl -sf -m 3 {}/health", c.etcd_endpoint()));
+    let health = n1.sh(&etcd_health(&c, 3));
     assert!(stdout(&health).contains("true"), "etcd from n1: {health:?}");
 
     eprintln!("[{:.1?}] n1 -> n2 published port", t0.elapsed());
@@ -100,10 +111,7 @@ fn cluster_nodes_network_partition_kill_restart() {
     // Partition and heal.
     n2.partition().expect("partition");
     assert!(!reaches(n1, n2), "n2 still reachable while partitioned");
-    assert!(!n2
-        .sh(&format!("curl -sf -m 2 {}/health", c.etcd_endpoint()))
-        .status
-        .success());
+    assert!(!n2.sh(&etcd_health(&c, 2)).status.success());
     eprintln!("[{:.1?}] heal", t0.elapsed());
     n2.heal().expect("heal");
     eventually(

@@ -73,9 +73,12 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
             .max(Duration::from_millis(100)),
         tls: viking_server::config::TlsSettings {
             files: match (a.tls_cert, a.tls_key, a.ca) {
-                (Some(cert), Some(key), Some(ca)) => {
-                    Some(viking_server::config::TlsFiles { cert, key, ca })
-                }
+                (Some(cert), Some(key), Some(ca)) => Some(viking_server::config::TlsFiles {
+                    cert,
+                    key,
+                    ca,
+                    etcd_identity: a.etcd_cert.zip(a.etcd_key),
+                }),
                 _ => None,
             },
             insecure_http: a.insecure_http,
@@ -208,7 +211,7 @@ fn main() {
                     .with_writer(std::io::stderr)
                     .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .init();
-                match server(a).await {
+                match server(*a).await {
                     Ok(()) => 0,
                     Err(e) => {
                         eprintln!("viking server: {e:#}");

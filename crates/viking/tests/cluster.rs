@@ -343,18 +343,9 @@ fn racing_servers_make_one_job_and_pipes_cross_hosts() {
         let name = format!("race{round}");
         let handles: Vec<_> = (0..3)
             .map(|i| {
-                let url = c.node(i).url();
-                let token = c.token().to_string();
-                let name = name.clone();
-                std::thread::spawn(move || {
-                    std::process::Command::new(env!("CARGO_BIN_EXE_viking"))
-                        .args([
-                            "--server", &url, "--token", &token, "run", "-d", "--name", &name,
-                            BUSYBOX, "sleep", "1000",
-                        ])
-                        .output()
-                        .unwrap()
-                })
+                let mut cmd = c.node(i).cli_command();
+                cmd.args(["run", "-d", "--name", &name, BUSYBOX, "sleep", "1000"]);
+                std::thread::spawn(move || cmd.output().unwrap())
             })
             .collect();
         let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
@@ -373,16 +364,9 @@ fn racing_servers_make_one_job_and_pipes_cross_hosts() {
         let handles: Vec<_> = jobs
             .into_iter()
             .map(|(i, args)| {
-                let url = c.node(i).url();
-                let token = c.token().to_string();
-                std::thread::spawn(move || {
-                    std::process::Command::new(env!("CARGO_BIN_EXE_viking"))
-                        .args(["--server", &url])
-                        .env("VIKING_TOKEN", token)
-                        .args(args)
-                        .output()
-                        .unwrap()
-                })
+                let mut cmd = c.node(i).cli_command();
+                cmd.args(args);
+                std::thread::spawn(move || cmd.output().unwrap())
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -537,16 +521,9 @@ fn a_killed_host_shows_as_gone_within_its_ttl() {
     let killed = Instant::now();
     // A run right after the kill (alongside the polling below): n3 cannot be
     // reached, so the job is placed again without it instead of failing.
-    let (url, token) = (c.node(0).url(), c.token().to_string());
-    let early = std::thread::spawn(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_viking"))
-            .args([
-                "--server", &url, "--token", &token, "run", "-d", "--name", "early", BUSYBOX,
-                "sleep", "100",
-            ])
-            .output()
-            .unwrap()
-    });
+    let mut early = c.node(0).cli_command();
+    early.args(["run", "-d", "--name", "early", BUSYBOX, "sleep", "100"]);
+    let early = std::thread::spawn(move || early.output().unwrap());
     loop {
         let hosts = c.node(0).cli_json(["hosts", "--json"]).unwrap();
         let n3 = hosts

@@ -6,7 +6,6 @@
 //!
 //! Needs `scripts/test-images.sh --node` and `etcdctl`.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use viking_testkit::{eventually, Cluster, ClusterOpts, Node, POLL};
@@ -23,19 +22,17 @@ fn run_ok(n: &Node, args: &[&str]) {
     );
 }
 
-fn etcdctl(endpoint: &str, args: &[&str]) -> std::process::Output {
-    Command::new("etcdctl")
-        .arg("--endpoints")
-        .arg(endpoint)
+/// etcdctl against the cluster's etcd (with the harness's certificate).
+fn etcdctl(c: &Cluster, args: &[&str]) -> std::process::Output {
+    c.etcdctl()
         .args(args)
-        .env("ETCDCTL_API", "3")
         .output()
         .expect("etcdctl (install etcd-client)")
 }
 
 /// (database size in bytes, revision) from `etcdctl endpoint status`.
-fn status(endpoint: &str) -> (u64, i64) {
-    let o = etcdctl(endpoint, &["endpoint", "status", "-w", "json"]);
+fn status(c: &Cluster) -> (u64, i64) {
+    let o = etcdctl(c, &["endpoint", "status", "-w", "json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     let s = &v[0]["Status"];
@@ -45,8 +42,8 @@ fn status(endpoint: &str) -> (u64, i64) {
     )
 }
 
-fn alarms(endpoint: &str) -> String {
-    let o = etcdctl(endpoint, &["alarm", "list"]);
+fn alarms(c: &Cluster) -> String {
+    let o = etcdctl(c, &["alarm", "list"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
@@ -94,7 +91,6 @@ fn cluster() -> Cluster {
 /// has no alarm and its database is below the quota. Prints (and
 /// returns) etcd's database size over time.
 fn workload(c: &Cluster, run_for: Duration, rejoin_every: Duration) -> Vec<(f64, u64, i64)> {
-    let ep = c.etcd_endpoint().to_string();
     let n1 = c.node(0);
     let jobs: Vec<String> = (0..6).map(|i| format!("w{i}")).collect();
     for j in &jobs {
@@ -127,11 +123,11 @@ fn workload(c: &Cluster, run_for: Duration, rejoin_every: Duration) -> Vec<(f64,
             });
             eprintln!("soak: {:>6.1}s n3 rejoined", t0.elapsed().as_secs_f64());
         }
-        let (db, rev) = status(&ep);
+        let (db, rev) = status(c);
         let at = t0.elapsed().as_secs_f64();
         eprintln!("soak: {at:>6.1}s etcd database {db} bytes, revision {rev}");
         samples.push((at, db, rev));
-        assert_eq!(alarms(&ep), "", "etcd raised an alarm");
+        assert_eq!(alarms(c), "", "etcd raised an alarm");
         assert!(db < QUOTA, "database {db} bytes, quota {QUOTA}");
     }
     // Every job still runs, and a new one can be placed.
@@ -155,14 +151,13 @@ fn workload(c: &Cluster, run_for: Duration, rejoin_every: Duration) -> Vec<(f64,
 /// `window` (the lowest of a few tries within a minute, once the workload
 /// has settled).
 fn idle_writes_per_host(c: &Cluster, window: Duration) -> f64 {
-    let ep = c.etcd_endpoint();
     let hosts = c.nodes().len() as f64;
     let settle = Instant::now();
     let mut best = f64::MAX;
     while settle.elapsed() < Duration::from_secs(90) {
-        let (_, a) = status(ep);
+        let (_, a) = status(c);
         std::thread::sleep(window);
-        let (db, b) = status(ep);
+        let (db, b) = status(c);
         let per_host = (b - a) as f64 / hosts / window.as_secs_f64();
         eprintln!(
             "soak: idle {} writes in {window:?}: {per_host:.4} writes/s per host; etcd database {db} bytes",
@@ -179,8 +174,7 @@ fn idle_writes_per_host(c: &Cluster, window: Duration) -> f64 {
 #[test]
 fn an_8_mib_etcd_carries_the_workload_and_a_rejoining_host_without_nospace() {
     let c = cluster();
-    let ep = c.etcd_endpoint().to_string();
-    let (_, first_rev) = status(&ep);
+    let (_, first_rev) = status(&c);
     workload(&c, Duration::from_secs(60), Duration::from_secs(20));
     // The leader compacted the history older than its window.
     eventually(
@@ -189,7 +183,7 @@ fn an_8_mib_etcd_carries_the_workload_and_a_rejoining_host_without_nospace() {
         POLL,
         || {
             let o = etcdctl(
-                &ep,
+                &c,
                 &[
                     "get",
                     "--rev",
@@ -203,7 +197,7 @@ fn an_8_mib_etcd_carries_the_workload_and_a_rejoining_host_without_nospace() {
     // Idle: the three hosts write (almost) nothing.
     let idle = idle_writes_per_host(&c, Duration::from_secs(10));
     assert!(idle <= 0.1, "{idle} writes/s per idle host");
-    assert_eq!(alarms(&ep), "");
+    assert_eq!(alarms(&c), "");
 }
 
 /// The long version, for `scripts/etcd-soak.sh`: `VIKING_SOAK_MINUTES`
@@ -224,9 +218,9 @@ fn soak() {
     );
     let idle = idle_writes_per_host(&c, Duration::from_secs(60));
     let max_db = samples.iter().map(|s| s.1).max().unwrap_or(0);
-    let (db, rev) = status(c.etcd_endpoint());
+    let (db, rev) = status(&c);
     eprintln!(
         "soak: result minutes={minutes} quota={QUOTA} max_db={max_db} final_db={db} final_revision={rev} idle_writes_per_s_per_host={idle:.4} alarms={:?}",
-        alarms(c.etcd_endpoint())
+        alarms(&c)
     );
 }

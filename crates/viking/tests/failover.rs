@@ -404,15 +404,9 @@ fn an_emptied_store_stops_nothing_and_recover_brings_the_fleet_back() {
     assert_eq!(before.len(), 10);
 
     // Every key of the cluster goes, as an operator's mistake would do it.
-    let o = std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            c.etcd_endpoint(),
-            "del",
-            "--prefix",
-            "/viking",
-        ])
+    let o = c
+        .etcdctl()
+        .args(["del", "--prefix", "/viking"])
         .output()
         .expect("etcdctl");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
