@@ -55,6 +55,11 @@ pub const STREAM_IDLE: Duration = Duration::from_secs(30);
 /// (a push's resolve).
 pub const PULL_ALLOWANCE: Duration = Duration::from_secs(600);
 
+/// How long the answer to `viking run -d` may take to begin: the job is
+/// placed and its name claimed first, retried while other placements onto
+/// the same host come first.
+pub const CLAIM_ALLOWANCE: Duration = Duration::from_secs(30);
+
 /// How long a push's replacement may take besides its settle time (the old
 /// container's stop, the new one's health checks), on top of the deadline.
 pub const REPLACE_ALLOWANCE: Duration = Duration::from_secs(180);
@@ -583,7 +588,13 @@ impl Client {
         doc: Vec<u8>,
         on_progress: &(dyn Fn(String) + Sync),
     ) -> Result<RunResponse, ClientError> {
-        self.run_with_progress(&routes::run_with_progress(), doc, on_progress)
+        // The server places and claims the job before it answers (a name
+        // taken is still a 409), and placements racing for one host are
+        // serialised and decided again: under a burst that takes longer
+        // than a control call.
+        self.clone()
+            .with_deadline(self.deadline.max(CLAIM_ALLOWANCE))
+            .run_with_progress(&routes::run_with_progress(), doc, on_progress)
             .await
     }
 
