@@ -258,12 +258,22 @@ impl Tally {
                     let now = seen.copies.get(job).and_then(|c| c.first());
                     if now.map(|c| &c.1) != Some(id) {
                         self.stopped_by_mistake += 1;
+                        // Which container, and where the job runs now, to
+                        // match against the servers' logs.
+                        let short = |id: &str| id.get(..12).unwrap_or(id).to_string();
+                        let now = now.map(|(n, i)| format!("{n} {}", short(i)));
                         self.failures.push(format!(
-                            "{what}: {job} lost its container on untouched host {node}"
+                            "{what}: {job} lost its container {} on untouched host {node} (now: {})",
+                            short(id),
+                            now.as_deref().unwrap_or("nowhere")
                         ));
                     }
                 }
-                eprintln!("chaos: {what}: settled in {:.1}s", d.as_secs_f64());
+                eprintln!(
+                    "chaos: {} {what}: settled in {:.1}s",
+                    utc_now(),
+                    d.as_secs_f64()
+                );
                 Some(seen)
             }
             Err((d, why, seen)) => {
@@ -277,11 +287,28 @@ impl Tally {
                     "{what}: not settled in {:.0}s: {why}",
                     d.as_secs_f64()
                 ));
-                eprintln!("chaos: {what}: NOT settled: {why}");
+                eprintln!("chaos: {} {what}: NOT settled: {why}", utc_now());
                 seen
             }
         }
     }
+}
+
+/// The time of day (UTC, to the millisecond), as the servers' logs print
+/// it, so a fault's line can be matched with them.
+fn utc_now() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let s = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        (s / 3600) % 24,
+        (s / 60) % 60,
+        s % 60,
+        ms % 1000
+    )
 }
 
 fn percentile(v: &[f64], p: f64) -> f64 {
