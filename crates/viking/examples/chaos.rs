@@ -7,7 +7,8 @@
 //!
 //! - every job in viking-proc runs exactly once across the live engines (a
 //!   fixed job on its host whenever that host is up);
-//! - no running container of the cluster without a job;
+//! - no running container of the cluster without a job, nor one on
+//!   another engine than the host its `viking.node` label names;
 //! - no job lost: the 30 jobs stay in viking-proc;
 //! - no container stopped by mistake: a job whose host was not touched by
 //!   the fault keeps its container.
@@ -94,6 +95,9 @@ struct Seen {
     copies: BTreeMap<String, Vec<(String, String)>>,
     /// Jobs in viking-proc.
     procs: BTreeSet<String>,
+    /// Containers whose `viking.node` label names another host than the
+    /// engine they run on (no agent would ever look after them).
+    foreign: Vec<String>,
 }
 
 fn look(c: &Cluster, down: &BTreeSet<String>) -> Option<Seen> {
@@ -114,15 +118,20 @@ fn look(c: &Cluster, down: &BTreeSet<String>) -> Option<Seen> {
             "--filter",
             "label=viking.job",
             "--format",
-            "{{.ID}} {{.Label \"viking.job\"}}",
+            "{{.ID}} {{.Label \"viking.job\"}} {{.Label \"viking.node\"}}",
         ]);
         if !o.status.success() {
             return None;
         }
         for line in String::from_utf8_lossy(&o.stdout).lines() {
-            let Some((id, job)) = line.split_once(' ') else {
+            let mut fields = line.split(' ');
+            let (Some(id), Some(job)) = (fields.next(), fields.next()) else {
                 continue;
             };
+            if let Some(label) = fields.next().filter(|l| *l != n.name()) {
+                seen.foreign
+                    .push(format!("{job} runs on {} labelled for {label}", n.name()));
+            }
             seen.copies
                 .entry(job.to_string())
                 .or_default()
@@ -170,6 +179,7 @@ fn check(
             }
         }
     }
+    why.extend(seen.foreign.iter().cloned());
     for job in seen.copies.keys() {
         if !ours.contains(job.as_str()) {
             why.push(format!("a container of unknown job {job}"));
