@@ -3,7 +3,9 @@
 //! every few seconds: a host killed and brought back, a host cut off and
 //! healed, a server frozen (SIGSTOP) and thawed, a host's Docker engine
 //! frozen and thawed, every server restarted at once. After each fault it
-//! waits for the cluster to settle and checks the invariants:
+//! waits for the cluster to settle (the invariants hold and viking-ps names
+//! each job's one running copy: no move still in flight, whose end would
+//! otherwise be blamed on the next fault) and checks the invariants:
 //!
 //! - every job in viking-proc runs exactly once across the live engines (a
 //!   fixed job on its host whenever that host is up);
@@ -95,6 +97,8 @@ struct Seen {
     copies: BTreeMap<String, Vec<(String, String)>>,
     /// Jobs in viking-proc.
     procs: BTreeSet<String>,
+    /// viking-ps: job -> (node, container id, status).
+    records: BTreeMap<String, (String, String, String)>,
     /// Containers whose `viking.node` label names another host than the
     /// engine they run on (no agent would ever look after them).
     foreign: Vec<String>,
@@ -107,6 +111,14 @@ fn look(c: &Cluster, down: &BTreeSet<String>) -> Option<Seen> {
     for p in procs.as_array()? {
         let name = p["job"]["name"].as_str().or_else(|| p["name"].as_str())?;
         seen.procs.insert(name.to_string());
+    }
+    let ps = asker.cli_json(["ps", "-a", "--json"]).ok()?;
+    for p in ps.as_array()? {
+        let field = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+        seen.records.insert(
+            field("job"),
+            (field("node"), field("container_id"), field("status")),
+        );
     }
     for n in c.nodes() {
         if down.contains(n.name()) || !n.is_running() {
@@ -168,6 +180,22 @@ fn check(
         if copies != 1 {
             why.push(format!("{} has {copies} copies", j.name));
         }
+        // Settled means the store agrees: the one copy is the container
+        // viking-ps names, running (no move still in flight, whose end
+        // would replace it after the check).
+        if let (1, Some((node, id))) = (copies, seen.copies.get(&j.name).and_then(|c| c.first())) {
+            let agrees = seen
+                .records
+                .get(&j.name)
+                .is_some_and(|(n, i, st)| n == node && i == id && st == "running");
+            if !agrees {
+                why.push(format!(
+                    "{} runs on {node} but viking-ps says {:?}",
+                    j.name,
+                    seen.records.get(&j.name)
+                ));
+            }
+        }
         if fixed {
             let on = seen
                 .copies
@@ -192,20 +220,24 @@ fn check(
     }
 }
 
+/// How a settle ended: the time it took and what was seen, or the time,
+/// the last reason and the last view.
+type Settled = Result<(Duration, Seen), (Duration, String, Option<Box<Seen>>)>;
+
 /// Wait until the invariants hold; the time it took, or the last reason.
 fn settle(
     c: &Cluster,
     all: &[Job],
     homes: &BTreeMap<String, String>,
     down: &BTreeSet<String>,
-) -> Result<(Duration, Seen), (Duration, String, Option<Seen>)> {
+) -> Settled {
     let t0 = Instant::now();
     let mut last = (String::from("nothing seen"), None);
     while t0.elapsed() < SETTLE_LIMIT {
         if let Some(seen) = look(c, down) {
             match check(&seen, all, homes, down) {
                 Ok(()) => return Ok((t0.elapsed(), seen)),
-                Err(why) => last = (why, Some(seen)),
+                Err(why) => last = (why, Some(Box::new(seen))),
             }
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -250,7 +282,7 @@ impl Tally {
     fn record(
         &mut self,
         what: &str,
-        r: Result<(Duration, Seen), (Duration, String, Option<Seen>)>,
+        r: Settled,
         before: &Seen,
         touched: &BTreeSet<String>,
     ) -> Option<Seen> {
@@ -298,7 +330,7 @@ impl Tally {
                     d.as_secs_f64()
                 ));
                 eprintln!("chaos: {} {what}: NOT settled: {why}", utc_now());
-                seen
+                seen.map(|s| *s)
             }
         }
     }
