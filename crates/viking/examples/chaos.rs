@@ -3,11 +3,14 @@
 //! every few seconds: a host killed and brought back, a host cut off and
 //! healed, a server frozen (SIGSTOP) and thawed, a host's Docker engine
 //! frozen and thawed, every server restarted at once. After each fault it
-//! waits for the cluster to settle and checks the invariants:
+//! waits for the cluster to settle (the invariants hold and viking-ps names
+//! each job's one running copy: no move still in flight, whose end would
+//! otherwise be blamed on the next fault) and checks the invariants:
 //!
 //! - every job in viking-proc runs exactly once across the live engines (a
 //!   fixed job on its host whenever that host is up);
-//! - no running container of the cluster without a job;
+//! - no running container of the cluster without a job, nor one on
+//!   another engine than the host its `viking.node` label names;
 //! - no job lost: the 30 jobs stay in viking-proc;
 //! - no container stopped by mistake: a job whose host was not touched by
 //!   the fault keeps its container.
@@ -94,6 +97,11 @@ struct Seen {
     copies: BTreeMap<String, Vec<(String, String)>>,
     /// Jobs in viking-proc.
     procs: BTreeSet<String>,
+    /// viking-ps: job -> (node, container id, status).
+    records: BTreeMap<String, (String, String, String)>,
+    /// Containers whose `viking.node` label names another host than the
+    /// engine they run on (no agent would ever look after them).
+    foreign: Vec<String>,
 }
 
 fn look(c: &Cluster, down: &BTreeSet<String>) -> Option<Seen> {
@@ -103,6 +111,14 @@ fn look(c: &Cluster, down: &BTreeSet<String>) -> Option<Seen> {
     for p in procs.as_array()? {
         let name = p["job"]["name"].as_str().or_else(|| p["name"].as_str())?;
         seen.procs.insert(name.to_string());
+    }
+    let ps = asker.cli_json(["ps", "-a", "--json"]).ok()?;
+    for p in ps.as_array()? {
+        let field = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+        seen.records.insert(
+            field("job"),
+            (field("node"), field("container_id"), field("status")),
+        );
     }
     for n in c.nodes() {
         if down.contains(n.name()) || !n.is_running() {
@@ -114,15 +130,20 @@ fn look(c: &Cluster, down: &BTreeSet<String>) -> Option<Seen> {
             "--filter",
             "label=viking.job",
             "--format",
-            "{{.ID}} {{.Label \"viking.job\"}}",
+            "{{.ID}} {{.Label \"viking.job\"}} {{.Label \"viking.node\"}}",
         ]);
         if !o.status.success() {
             return None;
         }
         for line in String::from_utf8_lossy(&o.stdout).lines() {
-            let Some((id, job)) = line.split_once(' ') else {
+            let mut fields = line.split(' ');
+            let (Some(id), Some(job)) = (fields.next(), fields.next()) else {
                 continue;
             };
+            if let Some(label) = fields.next().filter(|l| *l != n.name()) {
+                seen.foreign
+                    .push(format!("{job} runs on {} labelled for {label}", n.name()));
+            }
             seen.copies
                 .entry(job.to_string())
                 .or_default()
@@ -159,6 +180,22 @@ fn check(
         if copies != 1 {
             why.push(format!("{} has {copies} copies", j.name));
         }
+        // Settled means the store agrees: the one copy is the container
+        // viking-ps names, running (no move still in flight, whose end
+        // would replace it after the check).
+        if let (1, Some((node, id))) = (copies, seen.copies.get(&j.name).and_then(|c| c.first())) {
+            let agrees = seen
+                .records
+                .get(&j.name)
+                .is_some_and(|(n, i, st)| n == node && i == id && st == "running");
+            if !agrees {
+                why.push(format!(
+                    "{} runs on {node} but viking-ps says {:?}",
+                    j.name,
+                    seen.records.get(&j.name)
+                ));
+            }
+        }
         if fixed {
             let on = seen
                 .copies
@@ -170,6 +207,7 @@ fn check(
             }
         }
     }
+    why.extend(seen.foreign.iter().cloned());
     for job in seen.copies.keys() {
         if !ours.contains(job.as_str()) {
             why.push(format!("a container of unknown job {job}"));
@@ -182,20 +220,24 @@ fn check(
     }
 }
 
+/// How a settle ended: the time it took and what was seen, or the time,
+/// the last reason and the last view.
+type Settled = Result<(Duration, Seen), (Duration, String, Option<Box<Seen>>)>;
+
 /// Wait until the invariants hold; the time it took, or the last reason.
 fn settle(
     c: &Cluster,
     all: &[Job],
     homes: &BTreeMap<String, String>,
     down: &BTreeSet<String>,
-) -> Result<(Duration, Seen), (Duration, String, Option<Seen>)> {
+) -> Settled {
     let t0 = Instant::now();
     let mut last = (String::from("nothing seen"), None);
     while t0.elapsed() < SETTLE_LIMIT {
         if let Some(seen) = look(c, down) {
             match check(&seen, all, homes, down) {
                 Ok(()) => return Ok((t0.elapsed(), seen)),
-                Err(why) => last = (why, Some(seen)),
+                Err(why) => last = (why, Some(Box::new(seen))),
             }
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -240,7 +282,7 @@ impl Tally {
     fn record(
         &mut self,
         what: &str,
-        r: Result<(Duration, Seen), (Duration, String, Option<Seen>)>,
+        r: Settled,
         before: &Seen,
         touched: &BTreeSet<String>,
     ) -> Option<Seen> {
@@ -258,12 +300,22 @@ impl Tally {
                     let now = seen.copies.get(job).and_then(|c| c.first());
                     if now.map(|c| &c.1) != Some(id) {
                         self.stopped_by_mistake += 1;
+                        // Which container, and where the job runs now, to
+                        // match against the servers' logs.
+                        let short = |id: &str| id.get(..12).unwrap_or(id).to_string();
+                        let now = now.map(|(n, i)| format!("{n} {}", short(i)));
                         self.failures.push(format!(
-                            "{what}: {job} lost its container on untouched host {node}"
+                            "{what}: {job} lost its container {} on untouched host {node} (now: {})",
+                            short(id),
+                            now.as_deref().unwrap_or("nowhere")
                         ));
                     }
                 }
-                eprintln!("chaos: {what}: settled in {:.1}s", d.as_secs_f64());
+                eprintln!(
+                    "chaos: {} {what}: settled in {:.1}s",
+                    utc_now(),
+                    d.as_secs_f64()
+                );
                 Some(seen)
             }
             Err((d, why, seen)) => {
@@ -277,11 +329,28 @@ impl Tally {
                     "{what}: not settled in {:.0}s: {why}",
                     d.as_secs_f64()
                 ));
-                eprintln!("chaos: {what}: NOT settled: {why}");
-                seen
+                eprintln!("chaos: {} {what}: NOT settled: {why}", utc_now());
+                seen.map(|s| *s)
             }
         }
     }
+}
+
+/// The time of day (UTC, to the millisecond), as the servers' logs print
+/// it, so a fault's line can be matched with them.
+fn utc_now() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let s = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        (s / 3600) % 24,
+        (s / 60) % 60,
+        s % 60,
+        ms % 1000
+    )
 }
 
 fn percentile(v: &[f64], p: f64) -> f64 {
