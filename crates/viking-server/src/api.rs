@@ -1,6 +1,8 @@
 //! The versioned HTTP API (`/v1/...`), JSON in and out. The paths are listed
-//! in `viking_client::api`. Every request needs the cluster token; every
-//! error is JSON with a message and the right status.
+//! in `viking_client::api`. Every request needs the cluster token, but the
+//! two of a machine joining a mesh (`/v1/mesh/ca`, `/v1/mesh/join`, which
+//! carries the join token's secret instead); every error is JSON with a
+//! message and the right status.
 //!
 //! Architecture invariant: handlers only translate HTTP to calls into the
 //! server's modules and back; nothing imports this module; the Docker API
