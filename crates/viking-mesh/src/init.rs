@@ -42,7 +42,7 @@ fn make_pki(name: &str, ip: &str) -> Result<(Ca, viking_pki::Issued)> {
         name,
         &[addr, IpAddr::from([127, 0, 0, 1])],
         &["localhost".to_string()],
-        crate::cert_lifetime(),
+        viking_pki::configured_lifetime(),
     )?;
     Ok((ca, issued))
 }

@@ -113,17 +113,6 @@ pub enum MeshError {
 
 pub type Result<T, E = MeshError> = std::result::Result<T, E>;
 
-/// The lifetime of the certificates a mesh makes: 90 days, or
-/// `VIKING_CERT_LIFETIME` seconds (for tests of renewal).
-pub(crate) fn cert_lifetime() -> std::time::Duration {
-    std::env::var("VIKING_CERT_LIFETIME")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .filter(|s| *s >= 10)
-        .map(std::time::Duration::from_secs)
-        .unwrap_or(viking_pki::CERT_LIFETIME)
-}
-
 impl From<viking_client::ClientError> for MeshError {
     fn from(e: viking_client::ClientError) -> Self {
         MeshError::Failed(e.to_string())

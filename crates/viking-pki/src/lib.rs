@@ -41,6 +41,16 @@ pub use renewal::{
 
 /// The default lifetime of a server's certificate.
 pub const CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+/// The lifetime of the certificates a mesh signs: [`CERT_LIFETIME`], or
+/// `VIKING_CERT_LIFETIME` seconds (at least 10; for tests of renewal).
+pub fn configured_lifetime() -> Duration {
+    std::env::var("VIKING_CERT_LIFETIME")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|s| *s >= 10)
+        .map(Duration::from_secs)
+        .unwrap_or(CERT_LIFETIME)
+}
 /// The lifetime of a cluster's CA.
 pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 

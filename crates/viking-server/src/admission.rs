@@ -155,7 +155,7 @@ pub async fn join(sh: &Shared, req: JoinRequest) -> Result<JoinResponse> {
             &req.name,
             &ips,
             &["localhost".to_string()],
-            cert_lifetime(),
+            viking_pki::configured_lifetime(),
         )
         .map_err(|e| ServerError::Invalid(format!("csr_pem: {e}")))?;
     let mut endpoints = client_urls(&list);
@@ -188,17 +188,6 @@ pub async fn join(sh: &Shared, req: JoinRequest) -> Result<JoinResponse> {
         member_id,
         members,
     })
-}
-
-/// The lifetime of the certificates this server signs: 90 days, or
-/// `VIKING_CERT_LIFETIME` seconds (for tests of renewal).
-pub fn cert_lifetime() -> std::time::Duration {
-    std::env::var("VIKING_CERT_LIFETIME")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .filter(|s| *s >= 10)
-        .map(std::time::Duration::from_secs)
-        .unwrap_or(viking_pki::CERT_LIFETIME)
 }
 
 #[cfg(test)]
