@@ -271,6 +271,14 @@ fn leaf_params(
     dn.push(DnType::CommonName, name);
     dn.push(DnType::OrganizationName, "viking");
     params.distinguished_name = dn;
+    leaf_usages(&mut params);
+    validity(&mut params, lifetime);
+    Ok(params)
+}
+
+/// What a server's certificate is good for: TLS server and client, signed
+/// by the CA it names (shared by issuing and renewal).
+pub(crate) fn leaf_usages(params: &mut CertificateParams) {
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
@@ -280,8 +288,6 @@ fn leaf_params(
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     params.use_authority_key_identifier_extension = true;
-    validity(&mut params, lifetime);
-    Ok(params)
 }
 
 /// A new private key and a certificate request for it (both PEM): the

@@ -15,7 +15,7 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
+use rcgen::{CertificateParams, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::sign::CertifiedKey;
 
@@ -84,15 +84,7 @@ impl Ca {
         let mut params = CertificateParams::default();
         params.distinguished_name = old.distinguished_name;
         params.subject_alt_names = old.subject_alt_names;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
+        crate::leaf_usages(&mut params);
         let now = time::OffsetDateTime::now_utc();
         let span_std = Duration::from_secs(u64::try_from(span.whole_seconds()).unwrap_or(2));
         params.not_before = now - crate::slack(span_std);
