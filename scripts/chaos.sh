@@ -11,4 +11,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/test-images.sh --node >/dev/null
 cargo build --quiet -p viking --bins --examples
-exec target/debug/examples/chaos "$@"
+exec "${CARGO_TARGET_DIR:-target}/debug/examples/chaos" "$@"

@@ -50,6 +50,8 @@ struct Member {
     client_url: String,
     child: Option<Child>,
     log: PathBuf,
+    /// Its command line (after the binary), to start it again after a kill.
+    args: Vec<std::ffi::OsString>,
 }
 
 /// A running etcd cluster, killed when dropped.
@@ -206,9 +208,6 @@ impl EtcdCluster {
             let log = self.root.join(format!("{name}.log"));
             let log_file = std::fs::File::create(&log)
                 .map_err(|e| format!("creating {}: {e}", log.display()))?;
-            let log_err = log_file
-                .try_clone()
-                .map_err(|e| format!("cloning a log handle: {e}"))?;
             let mut cmd = Command::new(&bin);
             cmd.arg("--name")
                 .arg(&name)
@@ -239,10 +238,7 @@ impl EtcdCluster {
                 .arg("zap")
                 .arg("--log-level")
                 .arg("warn")
-                .args(&self.extra)
-                .stdin(Stdio::null())
-                .stdout(log_file)
-                .stderr(log_err);
+                .args(&self.extra);
             let mut health = *client;
             if let Some(tls) = &self.tls {
                 let metrics_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), metrics[i]);
@@ -257,13 +253,8 @@ impl EtcdCluster {
                     .arg(format!("http://{metrics_addr}"));
                 health = metrics_addr;
             }
-            if std::env::consts::ARCH == "aarch64" {
-                cmd.env("ETCD_UNSUPPORTED_ARCH", "arm64");
-            }
-            set_parent_death_signal(&mut cmd);
-            let child = cmd
-                .spawn()
-                .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+            let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_os_string()).collect();
+            let child = spawn_member(&bin, &args, log_file)?;
             self.members.push(Member {
                 name,
                 client: *client,
@@ -271,6 +262,7 @@ impl EtcdCluster {
                 client_url,
                 child: Some(child),
                 log,
+                args,
             });
         }
         Ok(())
@@ -359,6 +351,46 @@ impl EtcdCluster {
         }
     }
 
+    /// Start member `i` again after [`EtcdCluster::kill`], on its data
+    /// (it rejoins as the member it was), and wait until it answers
+    /// `/health`. Nothing to do if it runs.
+    pub fn restart(&mut self, i: usize) -> Result<(), String> {
+        let bin = etcd_binary()?;
+        let m = self
+            .members
+            .get_mut(i)
+            .ok_or_else(|| format!("no etcd member {i}"))?;
+        if m.child.is_none() {
+            let log = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&m.log)
+                .map_err(|e| format!("opening {}: {e}", m.log.display()))?;
+            m.child = Some(spawn_member(&bin, &m.args, log)?);
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !healthy(m.health) {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "etcd member {} not healthy {START_TIMEOUT:?} after its restart; log:\n{}",
+                    m.name,
+                    tail(&m.log)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// How many members the cluster has (killed ones included).
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the cluster has no member (never: it starts with one).
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
     /// The TLS files the members serve with, if any.
     pub fn tls(&self) -> Option<&TlsFiles> {
         self.tls.as_ref()
@@ -376,6 +408,29 @@ impl Drop for EtcdCluster {
             self.kill(i);
         }
     }
+}
+
+/// Start one member: `bin` with `args`, its output to `log`, killed with
+/// the thread that started it.
+fn spawn_member(
+    bin: &Path,
+    args: &[std::ffi::OsString],
+    log: std::fs::File,
+) -> Result<Child, String> {
+    let log_err = log
+        .try_clone()
+        .map_err(|e| format!("cloning a log handle: {e}"))?;
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err);
+    if std::env::consts::ARCH == "aarch64" {
+        cmd.env("ETCD_UNSUPPORTED_ARCH", "arm64");
+    }
+    set_parent_death_signal(&mut cmd);
+    cmd.spawn()
+        .map_err(|e| format!("starting {}: {e}", bin.display()))
 }
 
 fn tail(log: &Path) -> String {

@@ -107,7 +107,7 @@ impl Cluster {
         };
         let etcd_tls = cluster.shared.pki.as_ref().map(ClusterPki::etcd_files);
         let etcd = EtcdCluster::start_tls(
-            1,
+            cluster.shared.opts.etcd_members.max(1),
             gateway.into(),
             &cluster.shared.opts.etcd_args,
             etcd_tls.as_ref(),
@@ -116,7 +116,7 @@ impl Cluster {
         {
             let shared = Arc::get_mut(&mut cluster.shared)
                 .ok_or_else(|| anyhow!("harness bug: shared state already cloned"))?;
-            shared.etcd_endpoint = etcd.endpoint();
+            shared.etcd_endpoint = etcd.endpoints().join(",");
         }
         cluster.etcd = Some(etcd);
 
@@ -186,9 +186,22 @@ impl Cluster {
             .expect("harness bug: etcd is set in Cluster::start")
     }
 
-    /// The etcd client URL the nodes use, e.g. `https://172.30.7.1:40123`
+    /// The cluster's etcd, to kill and restart its members.
+    pub fn etcd_mut(&mut self) -> &mut EtcdCluster {
+        self.etcd
+            .as_mut()
+            .expect("harness bug: etcd is set in Cluster::start")
+    }
+
+    /// The first etcd member's client URL, e.g. `https://172.30.7.1:40123`
     /// (`http://` in plain mode).
-    pub fn etcd_endpoint(&self) -> &str {
+    pub fn etcd_endpoint(&self) -> String {
+        self.etcd().endpoint()
+    }
+
+    /// Every etcd member's client URL, comma-separated, as the nodes'
+    /// servers are given them.
+    pub fn etcd_endpoints(&self) -> &str {
         &self.shared.etcd_endpoint
     }
 

@@ -24,6 +24,9 @@ pub struct ClusterOpts {
     pub server_args: Vec<String>,
     /// Extra flags for the cluster's etcd (e.g. `--quota-backend-bytes`).
     pub etcd_args: Vec<String>,
+    /// How many etcd members (default 1; 3 to lose one and go on). The
+    /// servers and `etcdctl` are given every member's endpoint.
+    pub etcd_members: usize,
     /// Extra environment for every `viking server` (`VIKING_LOG`, the server's
     /// log filter, is passed through from the test's environment when set;
     /// `NO_COLOR=1` unless set here).
@@ -57,6 +60,7 @@ impl Default for ClusterOpts {
             tags: Vec::new(),
             server_args: Vec::new(),
             etcd_args: Vec::new(),
+            etcd_members: 1,
             server_env: Vec::new(),
             docker_volume: false,
             insecure_http: false,

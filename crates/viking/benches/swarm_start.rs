@@ -115,7 +115,7 @@ impl Cpu {
         }
         let me = std::fs::read_to_string("/proc/self/stat").context("/proc/self/stat")?;
         cpu.cli = proc_stat_cpu(&me, 15)?;
-        cpu.etcd = etcd_cpu(c.etcd_endpoint())?;
+        cpu.etcd = etcd_cpu(&c.etcd_endpoint())?;
         Ok(cpu)
     }
 

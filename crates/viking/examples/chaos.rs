@@ -2,7 +2,8 @@
 //! static, services with links, plain), and for N minutes a random fault
 //! every few seconds: a host killed and brought back, a host cut off and
 //! healed, a server frozen (SIGSTOP) and thawed, a host's Docker engine
-//! frozen and thawed, every server restarted at once. After each fault it
+//! frozen and thawed, one of etcd's three members killed and started again,
+//! every server restarted at once. After each fault it
 //! waits for the cluster to settle (the invariants hold and viking-ps names
 //! each job's one running copy: no move still in flight, whose end would
 //! otherwise be blamed on the next fault) and checks the invariants:
@@ -35,6 +36,8 @@ use viking_testkit::{Cluster, ClusterOpts, Node, BUSYBOX_IMAGE};
 const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 const HOSTS: usize = 5;
 const TTL: &str = "2";
+/// etcd's members: one may die and the store goes on.
+const ETCD_MEMBERS: usize = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -374,12 +377,13 @@ fn main() {
     eprintln!("chaos: {minutes} minute(s), seed {seed}");
     let mut rng = StdRng::seed_from_u64(seed);
 
-    let c = match Cluster::start(
+    let mut c = match Cluster::start(
         HOSTS,
         ClusterOpts {
             server_args: ["--host-ttl", TTL, "--resync", "2", "--backoff", "0.5"]
                 .map(String::from)
                 .to_vec(),
+            etcd_members: ETCD_MEMBERS,
             ..Default::default()
         },
     ) {
@@ -428,11 +432,34 @@ fn main() {
 
     let end = Instant::now() + Duration::from_secs_f64(minutes * 60.0);
     while Instant::now() < end {
+        let fault = rng.gen_range(0..6);
+        if fault == 5 {
+            // An etcd member dies (SIGKILL) and comes back on its data:
+            // no container may stop, no job move.
+            let member = rng.gen_range(0..ETCD_MEMBERS);
+            tally.faults += 1;
+            c.etcd_mut().kill(member);
+            std::thread::sleep(Duration::from_secs(rng.gen_range(1..6)));
+            if let Err(e) = c.etcd_mut().restart(member) {
+                eprintln!("chaos: etcd member {member} did not come back: {e}");
+                std::process::exit(2);
+            }
+            let before = seen;
+            seen = tally
+                .record(
+                    &format!("kill etcd member m{member}"),
+                    settle(&c, &all, &homes, &down),
+                    &before,
+                    &BTreeSet::new(),
+                )
+                .or_else(|| look(&c, &down))
+                .unwrap_or_default();
+            continue;
+        }
         let victim = c.node(rng.gen_range(0..HOSTS));
         let v = victim.name().to_string();
         let touched: BTreeSet<String> = [v.clone()].into();
         tally.faults += 1;
-        let fault = rng.gen_range(0..5);
         let before = seen;
         let next = match fault {
             0 => {
