@@ -275,6 +275,28 @@ pub struct ServerArgs {
     /// etcd (a watcher further behind reads everything again).
     #[arg(long, env = "VIKING_COMPACT_WINDOW", default_value_t = 600.0)]
     pub compact_window: f64,
+    /// The container runtime: the host's Docker engine, or `hollow`, an
+    /// engine in memory that runs nothing, for scale tests only.
+    #[arg(long, env = "VIKING_RUNTIME", value_enum, default_value = "docker")]
+    pub runtime: RuntimeArg,
+    /// CPUs a hollow engine reports (--runtime hollow).
+    #[arg(long, default_value_t = 4)]
+    pub hollow_cpus: u64,
+    /// Memory a hollow engine reports, like 8g (--runtime hollow).
+    #[arg(long, default_value = "8g")]
+    pub hollow_memory: String,
+    /// Seconds a hollow engine takes to start a container (--runtime hollow).
+    #[arg(long, default_value_t = 0.3)]
+    pub hollow_start_delay: f64,
+}
+
+/// `viking server --runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeArg {
+    /// The Docker engine at --docker.
+    Docker,
+    /// An engine in memory that runs nothing: scale tests only.
+    Hollow,
 }
 
 /// The default data directory: `/var/lib/viking` for root, else

@@ -303,6 +303,14 @@ struct State {
     failures: Vec<Failure>,
     holds: Vec<Hold>,
     calls: Vec<Call>,
+    /// Whether calls are recorded in `calls` (a hollow engine that runs for
+    /// hours keeps no log).
+    record_calls: bool,
+    /// Whether every image is there (a hollow engine: a pull or a create
+    /// of any image succeeds).
+    any_image: bool,
+    /// The memory a running container uses, in bytes (0: unknown).
+    container_memory: u64,
     /// Feeds the ids; each engine of the process starts at its own value,
     /// so two engines never make the same id (tests with several hosts).
     counter: u64,
@@ -316,6 +324,15 @@ struct State {
     info: EngineInfo,
     gateway: Option<String>,
     events: broadcast::Sender<Event>,
+}
+
+/// The id of `image` on an engine that has every image: the same for the
+/// same reference, on every engine.
+fn any_image_id(image: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    normalise(image).hash(&mut h);
+    format!("sha256:{:064x}", h.finish())
 }
 
 fn now_ms() -> u64 {
@@ -436,7 +453,7 @@ impl State {
     /// Record `call`, then fail as scripted for `op` on `names`, or as an
     /// unreachable engine.
     fn enter(&mut self, call: Call, op: Op, names: &[&str]) -> Result<()> {
-        self.calls.push(call);
+        self.record(call);
         if self.unreachable {
             return Err(unreachable());
         }
@@ -487,6 +504,14 @@ impl State {
             .get(&normalise(image))
             .or_else(|| self.images.values().find(|id| *id == image))
             .cloned()
+            .or_else(|| self.any_image.then(|| any_image_id(image)))
+    }
+
+    /// Keep `call` in the log, unless this engine keeps none.
+    fn record(&mut self, call: Call) {
+        if self.record_calls {
+            self.calls.push(call);
+        }
     }
 
     /// A host port for a container port without one: the next free one.
@@ -701,6 +726,9 @@ impl FakeRuntime {
                 failures: Vec::new(),
                 holds: Vec::new(),
                 calls: Vec::new(),
+                record_calls: true,
+                any_image: false,
+                container_memory: 0,
                 counter: ENGINES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 32,
                 created: 0,
                 next_port: FIRST_EPHEMERAL_PORT,
@@ -752,6 +780,25 @@ impl FakeRuntime {
         let id = format!("sha256:{}", st.new_id());
         st.registry.insert(normalise(image), id.clone());
         id
+    }
+
+    /// Keep no log of calls ([`FakeRuntime::calls`] stays empty): an engine
+    /// that runs for long.
+    pub fn keep_no_calls(&self) {
+        let mut st = self.state();
+        st.record_calls = false;
+        st.calls.clear();
+    }
+
+    /// Every image is there: a create or a pull of any image succeeds.
+    pub fn have_every_image(&self) {
+        self.state().any_image = true;
+    }
+
+    /// Each running container uses `bytes` of memory (what
+    /// [`Runtime::memory_used`] says of it); 0: unknown, as by default.
+    pub fn set_container_memory(&self, bytes: u64) {
+        self.state().container_memory = bytes;
     }
 
     /// What containers do when started, unless set by name or image.
@@ -889,6 +936,12 @@ impl FakeRuntime {
 
 #[async_trait]
 impl Runtime for FakeRuntime {
+    fn memory_used(&self, id: &str) -> Option<u64> {
+        let st = self.state();
+        let c = st.containers.get(id)?;
+        (st.container_memory > 0 && c.status == "running").then_some(st.container_memory)
+    }
+
     async fn info(&self) -> Result<EngineInfo> {
         let mut st = self.state();
         st.enter(Call::Info, Op::Info, &[])?;
@@ -910,7 +963,7 @@ impl Runtime for FakeRuntime {
     }
 
     fn pull(&self, image: &str) -> BoxStream<'static, Result<String>> {
-        self.state().calls.push(Call::Pull(image.to_string()));
+        self.state().record(Call::Pull(image.to_string()));
         let inner = self.inner.clone();
         let image = image.to_string();
         // Like Docker's, the pull happens as the stream is read.
@@ -927,7 +980,8 @@ impl Runtime for FakeRuntime {
             if let Some(e) = st.failure(Op::Pull, &[&reference]) {
                 return vec![Ok(first), Err(e)];
             }
-            let Some(id) = st.registry.get(&reference).cloned() else {
+            let found = st.registry.get(&reference).cloned();
+            let Some(id) = found.or_else(|| st.any_image.then(|| any_image_id(&reference))) else {
                 let repo = reference
                     .rsplit_once(':')
                     .map_or(reference.as_str(), |(r, _)| r);
@@ -1256,7 +1310,7 @@ impl Runtime for FakeRuntime {
 
     fn events_for(&self, cluster: &str) -> BoxStream<'static, Result<ContainerEvent>> {
         let mut st = self.state();
-        st.calls.push(Call::Events(Some(cluster.to_string())));
+        st.record(Call::Events(Some(cluster.to_string())));
         if st.unreachable {
             return stream::iter([Err(unreachable())]).boxed();
         }
@@ -1265,7 +1319,7 @@ impl Runtime for FakeRuntime {
 
     fn events(&self) -> BoxStream<'static, Result<ContainerEvent>> {
         let mut st = self.state();
-        st.calls.push(Call::Events(None));
+        st.record(Call::Events(None));
         if st.unreachable {
             return stream::iter([Err(unreachable())]).boxed();
         }

@@ -14,8 +14,9 @@
 //! [`Runtime::list`] and [`Runtime::events_for`] take the cluster and report
 //! only that cluster's containers, so two clusters on one engine stay apart.
 //!
-//! With the `test-util` feature, `fake::FakeRuntime` implements
-//! [`Runtime`] in memory, for tests of the code above this seam.
+//! `fake::FakeRuntime` implements [`Runtime`] in memory, for tests of the
+//! code above this seam; [`hollow`] sets one up as a scale test's engine
+//! (`viking server --runtime hollow`).
 
 #![forbid(unsafe_code)]
 use std::collections::HashMap;
@@ -31,8 +32,8 @@ use viking_core::records::PublishedPort;
 use viking_core::Job;
 
 mod docker;
-#[cfg(feature = "test-util")]
 pub mod fake;
+pub mod hollow;
 pub mod owned;
 pub mod plain;
 
@@ -328,6 +329,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// it; `None` when there is none. For ownership checks only
     /// ([`OwnedRuntime`]): every other call sees viking's containers.
     async fn labels(&self, id: &str) -> Result<Option<Labelled>>;
+    /// The memory container `id` (a full id) uses now, in bytes; `None`
+    /// when unknown. A real engine's is read from the container's cgroup
+    /// on this host ([`container_memory`]).
+    fn memory_used(&self, id: &str) -> Option<u64> {
+        container_memory(id)
+    }
 }
 
 /// The memory a running container uses now, in bytes, read from its cgroup
@@ -488,7 +495,6 @@ mod tests {
         }
     }
 
-    #[cfg(feature = "test-util")]
     #[tokio::test]
     async fn a_failed_pull_says_how_far_it_got() {
         let rt = fake::FakeRuntime::new();

@@ -175,9 +175,13 @@ impl Runtime for OwnedRuntime {
     async fn labels(&self, id: &str) -> Result<Option<Labelled>> {
         self.inner.labels(id).await
     }
+
+    fn memory_used(&self, id: &str) -> Option<u64> {
+        self.inner.memory_used(id)
+    }
 }
 
-#[cfg(all(test, feature = "test-util"))]
+#[cfg(test)]
 mod tests {
     use std::path::Path;
 

@@ -304,7 +304,7 @@ async fn resync_inner(sh: &Shared, startup: bool) -> anyhow::Result<()> {
         .collect();
     let memory: u64 = running
         .iter()
-        .filter_map(|c| viking_docker::container_memory(&c.id))
+        .filter_map(|c| sh.runtime.memory_used(&c.id))
         .sum();
     sh.running
         .store(running.len() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -62,6 +62,21 @@ pub struct ServerConfig {
     pub compact_window: Duration,
     /// TLS: the API, the calls between servers and etcd.
     pub tls: TlsSettings,
+    /// The container runtime: the host's Docker engine, or a hollow one
+    /// for scale tests (`--runtime hollow`).
+    pub runtime: RuntimeChoice,
+}
+
+/// Which container runtime a server drives (`--runtime`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RuntimeChoice {
+    /// The Docker engine at `--docker`.
+    #[default]
+    Docker,
+    /// An engine in memory that runs nothing (`viking_docker::hollow`):
+    /// the whole server over it, for scale tests only. Its embassy keeps
+    /// its routing table but listens on no port.
+    Hollow(viking_docker::hollow::HollowSpec),
 }
 
 /// This server's certificate and the cluster's CA (PEM files).
@@ -340,6 +355,7 @@ mod tests {
             tls: Default::default(),
             docker_ping_failures: 3,
             compact_window: Duration::from_secs(600),
+            runtime: Default::default(),
         }
     }
 

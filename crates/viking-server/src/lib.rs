@@ -182,9 +182,19 @@ pub struct Prepared {
 pub async fn prepare(config: ServerConfig) -> anyhow::Result<Prepared> {
     config.validate().map_err(anyhow::Error::msg)?;
     identity::data_dir(&config.data_dir)?;
-    let runtime = DockerRuntime::connect(&config.docker)
-        .await
-        .context("connecting to Docker")?;
+    let runtime: Arc<dyn Runtime> = match config.runtime {
+        config::RuntimeChoice::Docker => Arc::new(
+            DockerRuntime::connect(&config.docker)
+                .await
+                .context("connecting to Docker")?,
+        ),
+        config::RuntimeChoice::Hollow(spec) => {
+            tracing::warn!(
+                "--runtime hollow: containers are simulated in memory and nothing runs (scale tests only)"
+            );
+            Arc::new(viking_docker::hollow::engine(spec))
+        }
+    };
     let tls = config.tls.files.as_ref().map(tls::load).transpose()?;
     if config.etcd.iter().any(|e| e.starts_with("http://")) {
         tracing::warn!(
@@ -205,7 +215,7 @@ pub async fn prepare(config: ServerConfig) -> anyhow::Result<Prepared> {
         etcd = Some(store.clone());
         Arc::new(store)
     };
-    let prepared = prepare_with(config, store, Arc::new(runtime)).await?;
+    let prepared = prepare_with(config, store, runtime).await?;
     // A renewed certificate reconnects etcd's client too.
     if let (Some(tls), Some(etcd)) = (prepared.shared.tls.as_ref(), etcd) {
         tls.attach_etcd(etcd);

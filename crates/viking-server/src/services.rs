@@ -158,7 +158,9 @@ pub async fn run(sh: Arc<Shared>) {
     config.connect_timeout = Duration::from_secs(5);
     config.max_connections = sh.config.embassy_max_connections;
     config.idle_timeout = sh.config.embassy_idle_timeout;
-    let embassy = Embassy::with_config(config);
+    // A hollow server keeps the table but serves no port (no embassy thread).
+    let hollow = matches!(sh.config.runtime, crate::config::RuntimeChoice::Hollow(_));
+    let embassy = (!hollow).then(|| Embassy::with_config(config));
     let mut shutdown = sh.shutdown.clone();
     tracing::info!(addr = %sh.embassy_addr, "embassy serving");
     'outer: loop {
@@ -190,13 +192,18 @@ pub async fn run(sh: Arc<Shared>) {
         drop(tx);
         loop {
             match list(&sh).await {
-                Ok(ports) => match embassy.apply(table(&ports)).await {
-                    Ok(report) => {
-                        for f in &report.failed {
-                            tracing::warn!(port = f.port, "embassy cannot serve: {}", f.error);
-                        }
+                Ok(ports) => match embassy.as_ref() {
+                    None => {
+                        let _ = table(&ports);
                     }
-                    Err(e) => tracing::warn!("embassy: {e}"),
+                    Some(embassy) => match embassy.apply(table(&ports)).await {
+                        Ok(report) => {
+                            for f in &report.failed {
+                                tracing::warn!(port = f.port, "embassy cannot serve: {}", f.error);
+                            }
+                        }
+                        Err(e) => tracing::warn!("embassy: {e}"),
+                    },
                 },
                 Err(e) => tracing::warn!("embassy: reading services: {e}"),
             }
@@ -215,7 +222,9 @@ pub async fn run(sh: Arc<Shared>) {
             }
         }
     }
-    embassy.shutdown().await;
+    if let Some(embassy) = embassy {
+        embassy.shutdown().await;
+    }
 }
 
 /// The address embassy listens on: `--embassy-bind`, else Docker's bridge

@@ -65,6 +65,7 @@ impl TestServer {
             tls: Default::default(),
             docker_ping_failures: 3,
             compact_window: Duration::from_secs(600),
+            runtime: Default::default(),
             peer_timeout: std::time::Duration::from_secs(10),
         };
         let engine = FakeRuntime::new();
@@ -387,6 +388,7 @@ async fn bad_connection_limits_are_refused_naming_the_flag() {
         tls: Default::default(),
         docker_ping_failures: 3,
         compact_window: Duration::from_secs(600),
+        runtime: Default::default(),
         peer_timeout: std::time::Duration::from_secs(10),
     };
     let mut api = base.clone();

@@ -105,6 +105,7 @@ impl TestServer {
             tls: Default::default(),
             docker_ping_failures: 3,
             compact_window: Duration::from_secs(600),
+            runtime: Default::default(),
         };
         tweak(&mut config);
         let engine = FakeRuntime::new();

@@ -21,6 +21,22 @@ fn parse_range(s: &str) -> anyhow::Result<(u16, u16)> {
     ))
 }
 
+/// A size like `8g`: a number of bytes with an optional binary unit (k, m,
+/// g, t); `None` when it is not one.
+fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (digits, shift) = match s.chars().last()? {
+        'k' => (&s[..s.len() - 1], 10),
+        'm' => (&s[..s.len() - 1], 20),
+        'g' => (&s[..s.len() - 1], 30),
+        't' => (&s[..s.len() - 1], 40),
+        _ => (s, 0),
+    };
+    let n: u64 = digits.parse().ok()?;
+    n.checked_mul(1u64 << shift)
+}
+
 fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
     let listen: SocketAddr = a
         .listen
@@ -85,6 +101,22 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
         },
         docker_ping_failures: a.docker_ping_failures,
         compact_window: secs(a.compact_window, "--compact-window")?,
+        runtime: match a.runtime {
+            viking_cli::RuntimeArg::Docker => viking_server::config::RuntimeChoice::Docker,
+            viking_cli::RuntimeArg::Hollow => {
+                viking_server::config::RuntimeChoice::Hollow(viking_docker::hollow::HollowSpec {
+                    cpus: a.hollow_cpus,
+                    memory: parse_bytes(&a.hollow_memory).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--hollow-memory {:?} must be a size like 8g (a number with an optional unit k, m, g or t)",
+                            a.hollow_memory
+                        )
+                    })?,
+                    start_delay: secs(a.hollow_start_delay, "--hollow-start-delay")?,
+                    ..Default::default()
+                })
+            }
+        },
     })
 }
 
@@ -251,4 +283,20 @@ fn main() {
     // Do not wait for the stdin reader thread, which may block on a read.
     rt.shutdown_timeout(Duration::from_millis(10));
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_take_a_binary_unit() {
+        assert_eq!(parse_bytes("8g"), Some(8 << 30));
+        assert_eq!(parse_bytes("512M"), Some(512 << 20));
+        assert_eq!(parse_bytes("1024"), Some(1024));
+        assert_eq!(parse_bytes("2kb"), Some(2048));
+        for bad in ["", "g", "8x", "-1g", "99999999999t"] {
+            assert_eq!(parse_bytes(bad), None, "{bad:?}");
+        }
+    }
 }
