@@ -26,6 +26,13 @@ pub const CLUSTER_ID: &str = "cluster-id";
 /// removes exactly that container when it is back, then the key.
 pub const REMOVED: &str = "removed/";
 
+/// embassy's routes: `routes/<service>` holds a
+/// [`crate::records::RouteRecord`], written by the leader from viking-proc,
+/// viking-ps and floki when a service's endpoints change. Every server's
+/// embassy follows this prefix alone, so a change of a job that is not a
+/// service wakes no server but the leader.
+pub const ROUTES: &str = "routes/";
+
 /// One key per host, rewritten by every claim placed on that host: its
 /// revision serialises the placements onto one host, so concurrent runs
 /// see each other's load and host ports.
@@ -54,6 +61,10 @@ pub fn removed(job: &str, container_id: &str) -> String {
 
 pub fn placements(host: &str) -> String {
     format!("{PLACEMENTS}{host}")
+}
+
+pub fn route(service: &str) -> String {
+    format!("{ROUTES}{service}")
 }
 
 pub fn proc(job: &str) -> String {

@@ -226,6 +226,31 @@ impl Record for SpecLabel {
     const VERSION: u32 = 1;
 }
 
+/// embassy's routes of one service, as the leader publishes them at
+/// `routes/<service>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRecord {
+    pub service: String,
+    pub ports: Vec<RoutePort>,
+}
+
+/// One port of a service: where embassy serves it and where it forwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutePort {
+    pub container_port: u16,
+    /// The cluster-wide port embassy serves it on, on every node.
+    pub ambassador_port: u16,
+    /// The host that runs it now.
+    pub host: Option<String>,
+    /// Live endpoints: `host address:published port`.
+    pub endpoints: Vec<String>,
+}
+
+impl Record for RouteRecord {
+    const KIND: &'static str = "route";
+    const VERSION: u32 = 1;
+}
+
 /// floki: one server of the fleet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRecord {

@@ -12,8 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use viking_core::job::HealthCheck;
-use viking_core::keys;
-use viking_core::records::{ProcRecord, PsRecord};
+use viking_core::records::{decode, PsRecord, SpecLabel};
 
 use crate::state;
 use crate::{now_ms, Shared};
@@ -38,29 +37,47 @@ pub async fn run(sh: Arc<Shared>) {
 }
 
 async fn round(sh: &Shared, failures: &mut HashMap<String, u32>) -> Result<(), String> {
-    let procs: Vec<ProcRecord> = state::list(sh.store.as_ref(), keys::PROC)
-        .await
-        .map_err(|e| e.to_string())?;
-    let ps: Vec<PsRecord> = state::list(sh.store.as_ref(), keys::PS)
+    // This host's own running containers, with the job each carries in its
+    // label: the store is read only for jobs that have checks, so a round
+    // costs this host's work, not the fleet's.
+    let containers = sh
+        .runtime
+        .list(&sh.config.key)
         .await
         .map_err(|e| e.to_string())?;
     let grace = (sh.config.health_interval * 3).as_millis() as u64;
     let now = now_ms();
     let mut checked = Vec::new();
-    for proc in &procs {
-        let checks = proc.job.health_checks();
+    for c in containers {
+        if c.node != sh.config.name || !c.daemonize || c.status != "running" {
+            continue;
+        }
+        let Some(carried) = c
+            .spec
+            .as_deref()
+            .and_then(|l| decode::<SpecLabel>(l.as_bytes()).ok())
+            .filter(|s| s.job.name == c.job)
+        else {
+            continue;
+        };
+        let checks = carried.job.health_checks();
         if checks.is_empty() {
             continue;
         }
-        let Some(rec) = ps.iter().find(|p| p.job == proc.job.name) else {
-            continue;
+        let rec = match state::ps(sh.store.as_ref(), &c.job).await {
+            Ok(Some((rec, _))) => rec,
+            Ok(None) => continue,
+            Err(e) => return Err(e.to_string()),
         };
+        // Only the container its record names, running, past its grace.
         if rec.node != sh.config.name
+            || rec.container_id != c.id
             || !rec.is_running()
             || now.saturating_sub(rec.started_at.unwrap_or(now)) < grace
         {
             continue;
         }
+        let rec = &rec;
         checked.push(rec.job.clone());
         // The container's own address, so a closed port is seen as closed.
         let ip = match sh.runtime.inspect(&rec.container_id).await {

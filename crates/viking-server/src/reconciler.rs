@@ -2,7 +2,7 @@
 //!
 //! Every server campaigns for leadership (`election/reconciler`, through the
 //! store; on the embedded store the one server always wins). Only the leader
-//! reconciles. It is level-triggered: any change under `proc/`, `ps/` or
+//! reconciles. It is level-triggered: any change under `proc/`, `ps/`, `ports/` or
 //! `hosts/`, a backoff coming due, or the periodic resync makes it read the
 //! whole state, ask the pure planner (`viking_core::reconcile::plan`) what
 //! to do, and do it. A round never waits for a start: each action is
@@ -56,6 +56,8 @@ pub struct InFlight {
     /// Until when (ms) a new leader leaves the jobs of hosts that are not
     /// alive where they are: the fleet may be restarting.
     settle_until: Option<u64>,
+    /// The routes this leader last published (`None`: read them first).
+    routes: Option<BTreeMap<String, viking_core::records::RouteRecord>>,
 }
 
 impl Default for InFlight {
@@ -66,6 +68,7 @@ impl Default for InFlight {
             jobs: Arc::default(),
             leading: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             settle_until: None,
+            routes: None,
         }
     }
 }
@@ -172,6 +175,8 @@ async fn campaign_and_lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result
     // before it moves their jobs: after every server restarted at once the
     // first one up must not take every job.
     in_flight.settle_until = Some(now_ms() + 2 * ttl.as_millis() as u64);
+    // What the last term published may have changed since.
+    in_flight.routes = None;
     let ended = tokio::select! {
         _ = leadership.lost() => {
             tracing::warn!("lost leadership");
@@ -198,7 +203,7 @@ async fn lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result<(), StoreErr
     let rev = sh.store.revision().await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut watchers = tokio::task::JoinSet::new();
-    for prefix in [keys::PROC, keys::PS, keys::HOSTS] {
+    for prefix in [keys::PROC, keys::PS, keys::HOSTS, keys::PORTS] {
         let mut w = sh.store.watch(prefix, rev + 1).await?;
         let tx = tx.clone();
         watchers.spawn(async move {
@@ -258,6 +263,10 @@ pub async fn reconcile_round(
         return Ok(None);
     }
     let (procs, ps, revs) = read_state(sh).await?;
+    // embassy's routes, for every server to follow.
+    if let Err(e) = crate::services::publish(sh, &procs, &ps, &mut in_flight.routes).await {
+        tracing::warn!("publishing the services' routes: {e}");
+    }
     let hosts = crate::placement::snapshot(sh).await?;
     let now = now_ms();
     let settling = match in_flight.settle_until {

@@ -20,9 +20,12 @@ use std::time::Duration;
 
 use viking_client::api::ServicePort;
 use viking_core::job::Proto;
-use viking_core::records::{HostRecord, ProcRecord, PsRecord};
+use viking_core::records::{
+    decode, encode, HostRecord, ProcRecord, PsRecord, RoutePort, RouteRecord,
+};
 use viking_core::{keys, Job};
 use viking_embassy::{Embassy, Route, RoutingTable};
+use viking_store::{EventKind, Op};
 
 use crate::error::{Result, ServerError};
 use crate::state;
@@ -88,28 +91,66 @@ pub async fn link_env(sh: &Shared, job: &Job) -> Result<Vec<String>> {
     Ok(env)
 }
 
-/// Every service port with its ambassador port and live endpoints.
+/// Every service port with its ambassador port and live endpoints, read
+/// from the store now (the API's `GET /v1/services`).
 pub async fn list(sh: &Shared) -> Result<Vec<ServicePort>> {
     let procs: Vec<ProcRecord> = state::list(sh.store.as_ref(), keys::PROC).await?;
     let ps: Vec<PsRecord> = state::list(sh.store.as_ref(), keys::PS).await?;
+    let ps: BTreeMap<String, PsRecord> = ps.into_iter().map(|p| (p.job.clone(), p)).collect();
+    let routes = routes_now(sh, &procs, &ps).await?;
+    Ok(routes
+        .into_values()
+        .flat_map(|r| {
+            let service = r.service;
+            r.ports.into_iter().map(move |p| ServicePort {
+                service: service.clone(),
+                container_port: p.container_port,
+                ambassador_port: p.ambassador_port,
+                host: p.host,
+                endpoints: p.endpoints,
+            })
+        })
+        .collect())
+}
+
+/// The routes of every service, from viking-proc and viking-ps as given
+/// and floki and the ambassador ports as they are now.
+async fn routes_now(
+    sh: &Shared,
+    procs: &[ProcRecord],
+    ps: &BTreeMap<String, PsRecord>,
+) -> Result<BTreeMap<String, RouteRecord>> {
     let hosts: Vec<HostRecord> = state::list(sh.store.as_ref(), keys::HOSTS).await?;
     let (port_kvs, _) = sh.store.list(keys::PORTS).await?;
-    let allocated: BTreeMap<&str, u16> = port_kvs
+    let allocated: BTreeMap<String, u16> = port_kvs
         .iter()
         .filter_map(|kv| {
             Some((
-                kv.key.as_str(),
+                kv.key.clone(),
                 std::str::from_utf8(&kv.value).ok()?.parse().ok()?,
             ))
         })
         .collect();
-    let mut out = Vec::new();
-    for proc in &procs {
-        let rec = ps.iter().find(|p| p.job == proc.job.name && p.is_running());
+    Ok(routes(procs, ps, &hosts, &allocated))
+}
+
+/// The routes of every service (a job in proc with TCP ports and an
+/// ambassador port): its running copy's published ports on its host's
+/// address; no endpoint while it does not run on a live host. Pure.
+pub fn routes(
+    procs: &[ProcRecord],
+    ps: &BTreeMap<String, PsRecord>,
+    hosts: &[HostRecord],
+    allocated: &BTreeMap<String, u16>,
+) -> BTreeMap<String, RouteRecord> {
+    let mut out = BTreeMap::new();
+    for proc in procs {
+        let name = &proc.job.name;
+        let rec = ps.get(name).filter(|p| p.is_running());
         let host = rec.and_then(|r| hosts.iter().find(|h| h.name == r.node));
+        let mut ports = Vec::new();
         for cport in tcp_ports(&proc.job) {
-            let Some(amb) = allocated.get(keys::ambassador_port(&proc.job.name, cport).as_str())
-            else {
+            let Some(amb) = allocated.get(&keys::ambassador_port(name, cport)) else {
                 continue;
             };
             let endpoints = match (rec, host) {
@@ -121,35 +162,119 @@ pub async fn list(sh: &Shared) -> Result<Vec<ServicePort>> {
                     .collect(),
                 _ => vec![],
             };
-            out.push(ServicePort {
-                service: proc.job.name.clone(),
+            ports.push(RoutePort {
                 container_port: cport,
                 ambassador_port: *amb,
                 host: rec.map(|r| r.node.clone()),
                 endpoints,
             });
         }
+        if !ports.is_empty() {
+            out.insert(
+                name.clone(),
+                RouteRecord {
+                    service: name.clone(),
+                    ports,
+                },
+            );
+        }
     }
-    Ok(out)
+    out
 }
 
-fn table(ports: &[ServicePort]) -> RoutingTable {
+/// The leader's part: write `routes/<service>` for every service whose
+/// routes changed since `published` (what this leader wrote last; read
+/// from the store when `None`), and delete the routes of services that are
+/// gone. Idempotent: a new leader, or a round after a crash, writes only
+/// what differs.
+pub async fn publish(
+    sh: &Shared,
+    procs: &[ProcRecord],
+    ps: &BTreeMap<String, PsRecord>,
+    published: &mut Option<BTreeMap<String, RouteRecord>>,
+) -> Result<()> {
+    let want = routes_now(sh, procs, ps).await?;
+    let have = match published.take() {
+        Some(h) => h,
+        None => {
+            let (kvs, _) = sh.store.list(keys::ROUTES).await?;
+            kvs.iter()
+                .filter_map(|kv| {
+                    let name = keys::name_of(keys::ROUTES, &kv.key)?;
+                    Some((name.to_string(), decode::<RouteRecord>(&kv.value).ok()?))
+                })
+                .collect()
+        }
+    };
+    let mut now = have.clone();
+    for (name, r) in &want {
+        if have.get(name) != Some(r) {
+            let ops = vec![Op::Put {
+                key: keys::route(name),
+                value: encode(r)?,
+                lease: None,
+            }];
+            sh.store.txn(vec![], ops, vec![]).await?;
+            now.insert(name.clone(), r.clone());
+        }
+    }
+    for name in have.keys().filter(|n| !want.contains_key(*n)) {
+        let ops = vec![Op::Delete {
+            key: keys::route(name),
+        }];
+        sh.store.txn(vec![], ops, vec![]).await?;
+        now.remove(name);
+    }
+    *published = Some(now);
+    Ok(())
+}
+
+fn table(routes: &BTreeMap<String, RouteRecord>) -> RoutingTable {
     let mut t = RoutingTable::new();
-    for p in ports {
-        let endpoints = p
-            .endpoints
-            .iter()
-            .filter_map(|e| e.parse::<SocketAddr>().ok());
-        t.insert(
-            p.ambassador_port,
-            Route::new(p.service.clone(), p.container_port, endpoints),
-        );
+    for r in routes.values() {
+        for p in &r.ports {
+            let endpoints = p
+                .endpoints
+                .iter()
+                .filter_map(|e| e.parse::<SocketAddr>().ok());
+            t.insert(
+                p.ambassador_port,
+                Route::new(r.service.clone(), p.container_port, endpoints),
+            );
+        }
     }
     t
 }
 
-/// Run embassy on this node and keep its routing table equal to the store,
-/// until shutdown.
+/// One change of `routes/` into the table's source. An unreadable route is
+/// left out (and said), never stops the others.
+fn note_route(
+    routes: &mut BTreeMap<String, RouteRecord>,
+    kind: EventKind,
+    key: &str,
+    value: &[u8],
+) {
+    let Some(name) = keys::name_of(keys::ROUTES, key) else {
+        return;
+    };
+    match kind {
+        EventKind::Delete => {
+            routes.remove(name);
+        }
+        EventKind::Put => match decode::<RouteRecord>(value) {
+            Ok(r) => {
+                routes.insert(name.to_string(), r);
+            }
+            Err(e) => {
+                tracing::warn!(service = name, "embassy: an unreadable route: {e}");
+                routes.remove(name);
+            }
+        },
+    }
+}
+
+/// Run embassy on this node and keep its routing table equal to the routes
+/// the leader publishes (`routes/`), until shutdown.
 pub async fn run(sh: Arc<Shared>) {
     // A service has one endpoint (one copy of its job), and a dead host's
     // endpoint leaves the table when its lease expires: so wait out SYN
@@ -164,61 +289,57 @@ pub async fn run(sh: Arc<Shared>) {
     let mut shutdown = sh.shutdown.clone();
     tracing::info!(addr = %sh.embassy_addr, "embassy serving");
     'outer: loop {
-        // Follow the store from a fresh revision; rebuild on any change.
-        let watches = async {
-            let rev = sh.store.revision().await?;
-            let mut set = Vec::new();
-            for prefix in [keys::PROC, keys::PS, keys::HOSTS, keys::PORTS] {
-                set.push(sh.store.watch(prefix, rev + 1).await?);
-            }
-            Ok::<_, viking_store::StoreError>(set)
-        }
-        .await;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let mut tasks = tokio::task::JoinSet::new();
-        match watches {
-            Ok(ws) => {
-                for mut w in ws {
-                    let tx = tx.clone();
-                    tasks.spawn(async move {
-                        while let Some(Ok(_)) = w.next().await {
-                            let _ = tx.try_send(());
-                        }
-                    });
+        // The routes the leader publishes, then every change to them: this
+        // server reads nothing else, and nothing when no service changes.
+        let start = async {
+            let (kvs, rev) = sh.store.list(keys::ROUTES).await?;
+            let w = sh.store.watch(keys::ROUTES, rev + 1).await?;
+            Ok::<_, viking_store::StoreError>((kvs, w))
+        };
+        let (kvs, mut watch) = tokio::select! {
+            _ = crate::stopped(&mut shutdown) => break 'outer,
+            r = start => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("embassy: following the routes: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue 'outer;
                 }
-            }
-            Err(e) => tracing::warn!("embassy: watching the store: {e}"),
+            },
+        };
+        let mut routes: BTreeMap<String, RouteRecord> = BTreeMap::new();
+        for kv in &kvs {
+            note_route(&mut routes, EventKind::Put, &kv.key, &kv.value);
         }
-        drop(tx);
         loop {
-            match list(&sh).await {
-                Ok(ports) => match embassy.as_ref() {
-                    None => {
-                        let _ = table(&ports);
-                    }
-                    Some(embassy) => match embassy.apply(table(&ports)).await {
-                        Ok(report) => {
-                            for f in &report.failed {
-                                tracing::warn!(port = f.port, "embassy cannot serve: {}", f.error);
-                            }
+            if let Some(embassy) = embassy.as_ref() {
+                match embassy.apply(table(&routes)).await {
+                    Ok(report) => {
+                        for f in &report.failed {
+                            tracing::warn!(port = f.port, "embassy cannot serve: {}", f.error);
                         }
-                        Err(e) => tracing::warn!("embassy: {e}"),
-                    },
-                },
-                Err(e) => tracing::warn!("embassy: reading services: {e}"),
+                    }
+                    Err(e) => tracing::warn!("embassy: {e}"),
+                }
             }
             tokio::select! {
                 _ = crate::stopped(&mut shutdown) => break 'outer,
-                r = rx.recv() => {
-                    if r.is_none() {
-                        // A watch ended: start again from a fresh revision.
+                ev = watch.next() => match ev {
+                    Some(Ok(ev)) => {
+                        note_route(&mut routes, ev.kind, &ev.kv.key, &ev.kv.value);
+                        // A burst of changes makes one table.
+                        while let Ok(Some(Ok(ev))) =
+                            tokio::time::timeout(Duration::from_millis(5), watch.next()).await
+                        {
+                            note_route(&mut routes, ev.kind, &ev.kv.key, &ev.kv.value);
+                        }
+                    }
+                    // The watch ended (compacted, store lost): read again.
+                    _ => {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                         continue 'outer;
                     }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    while rx.try_recv().is_ok() {}
-                }
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                },
             }
         }
     }
