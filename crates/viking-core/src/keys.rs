@@ -33,6 +33,12 @@ pub const REMOVED: &str = "removed/";
 /// service wakes no server but the leader.
 pub const ROUTES: &str = "routes/";
 
+/// Each host's jobs: `assigned/<host>` holds an
+/// [`crate::records::AssignedRecord`], the jobs whose viking-ps record
+/// names that host, written by the leader when the set changes. A host's
+/// agent reads its own key and those jobs' records, not every record.
+pub const ASSIGNED: &str = "assigned/";
+
 /// One key per host, rewritten by every claim placed on that host: its
 /// revision serialises the placements onto one host, so concurrent runs
 /// see each other's load and host ports.
@@ -61,6 +67,10 @@ pub fn removed(job: &str, container_id: &str) -> String {
 
 pub fn placements(host: &str) -> String {
     format!("{PLACEMENTS}{host}")
+}
+
+pub fn assigned(host: &str) -> String {
+    format!("{ASSIGNED}{host}")
 }
 
 pub fn route(service: &str) -> String {

@@ -251,6 +251,20 @@ impl Record for RouteRecord {
     const VERSION: u32 = 1;
 }
 
+/// The jobs whose viking-ps record names a host, as the leader last saw
+/// them (`assigned/<host>`): an index, never the authority (the agent reads
+/// each job's own record before it acts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignedRecord {
+    pub host: String,
+    pub jobs: std::collections::BTreeSet<String>,
+}
+
+impl Record for AssignedRecord {
+    const KIND: &'static str = "assigned jobs";
+    const VERSION: u32 = 1;
+}
+
 /// floki: one server of the fleet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRecord {

@@ -283,20 +283,13 @@ async fn resync_inner(sh: &Shared, startup: bool) -> anyhow::Result<()> {
         .into_iter()
         .filter(|c| c.node == sh.config.name)
         .collect();
-    let (good, bad) = state::list_with_revs::<PsRecord>(sh.store.as_ref(), keys::PS).await?;
-    let records: BTreeMap<String, (PsRecord, Revision)> = good
-        .into_iter()
-        .map(|(rec, rev)| (rec.job.clone(), (rec, rev)))
-        .collect();
     // A job whose viking-ps record cannot be read is left alone: its
     // containers are not in the view, so nothing is decided about them.
-    let unreadable: BTreeSet<&str> = bad.iter().filter_map(|u| u.name(keys::PS)).collect();
-
-    let (proc_kvs, _) = sh.store.list(keys::PROC).await?;
-    let procs: BTreeSet<String> = proc_kvs
-        .iter()
-        .filter_map(|kv| kv.key.strip_prefix(keys::PROC).map(str::to_string))
-        .collect();
+    let (records, unreadable, procs) = if startup {
+        every_record(sh).await?
+    } else {
+        own_records(sh, &containers).await?
+    };
 
     let running: Vec<&ContainerInfo> = containers
         .iter()
@@ -314,7 +307,7 @@ async fn resync_inner(sh: &Shared, startup: bool) -> anyhow::Result<()> {
         node: sh.config.name.clone(),
         containers: containers
             .iter()
-            .filter(|c| !unreadable.contains(c.job.as_str()))
+            .filter(|c| !unreadable.contains(&c.job))
             .map(seen)
             .collect(),
         records,
@@ -336,6 +329,64 @@ async fn resync_inner(sh: &Shared, startup: bool) -> anyhow::Result<()> {
     }
     remove_marked(sh, &containers).await;
     Ok(())
+}
+
+/// viking-ps by job (with revisions), the jobs whose record cannot be
+/// read, and the jobs in viking-proc.
+type Records = (
+    BTreeMap<String, (PsRecord, Revision)>,
+    BTreeSet<String>,
+    BTreeSet<String>,
+);
+
+/// Every record of the store: at start, when this host may hold
+/// containers of jobs no index lists yet.
+async fn every_record(sh: &Shared) -> Result<Records, ServerError> {
+    let (good, bad) = state::list_with_revs::<PsRecord>(sh.store.as_ref(), keys::PS).await?;
+    let records = good
+        .into_iter()
+        .map(|(rec, rev)| (rec.job.clone(), (rec, rev)))
+        .collect();
+    let unreadable = bad
+        .iter()
+        .filter_map(|u| u.name(keys::PS))
+        .map(str::to_string)
+        .collect();
+    let (proc_kvs, _) = sh.store.list(keys::PROC).await?;
+    let procs = proc_kvs
+        .iter()
+        .filter_map(|kv| kv.key.strip_prefix(keys::PROC).map(str::to_string))
+        .collect();
+    Ok((records, unreadable, procs))
+}
+
+/// The records of this host's work only: the jobs of its containers and
+/// the jobs the leader's index lists for it (`assigned/<host>`), each read
+/// for itself. What a periodic resync needs, at a cost that grows with the
+/// host's jobs, not the fleet's.
+async fn own_records(sh: &Shared, containers: &[ContainerInfo]) -> Result<Records, ServerError> {
+    let mut jobs: BTreeSet<String> = crate::assigned::mine(sh).await?;
+    jobs.extend(containers.iter().map(|c| c.job.clone()));
+    let mut records = BTreeMap::new();
+    let mut unreadable = BTreeSet::new();
+    let mut procs = BTreeSet::new();
+    for job in jobs {
+        match state::ps(sh.store.as_ref(), &job).await {
+            Ok(Some((rec, rev))) => {
+                records.insert(job.clone(), (rec, rev));
+            }
+            Ok(None) => {}
+            Err(ServerError::Record(e)) => {
+                tracing::warn!(%job, "its viking-ps record cannot be read: {e}");
+                unreadable.insert(job.clone());
+            }
+            Err(e) => return Err(e),
+        }
+        if sh.store.get(&keys::proc(&job)).await?.is_some() {
+            procs.insert(job);
+        }
+    }
+    Ok((records, unreadable, procs))
 }
 
 /// Remove the containers of this host that `viking rm` marked while this

@@ -20,6 +20,8 @@
 //! - [`attach`]: the attached streams of interactive jobs;
 //! - [`agent`]: keeps this host's viking-ps true from its Docker engine
 //!   (events plus a full resync at start and periodically);
+//!   [`assigned`]: each host's jobs as the leader publishes them, so a
+//!   host's resync reads its own records only;
 //! - [`floki`]: registers this server in the fleet registry under a lease;
 //! - [`reconciler`]: the leader's level-triggered loop that converges the
 //!   cluster on viking-proc; [`compaction`]: the leader's compaction of the
@@ -55,6 +57,7 @@ use viking_store::Store;
 pub mod admission;
 pub mod agent;
 pub mod api;
+pub mod assigned;
 pub mod attach;
 pub mod compaction;
 pub mod config;

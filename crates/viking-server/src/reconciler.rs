@@ -56,6 +56,9 @@ pub struct InFlight {
     /// Until when (ms) a new leader leaves the jobs of hosts that are not
     /// alive where they are: the fleet may be restarting.
     settle_until: Option<u64>,
+    /// Each host's jobs as this leader last published them (`None`: read
+    /// them first).
+    assigned: Option<BTreeMap<String, BTreeSet<String>>>,
     /// The routes this leader last published (`None`: read them first).
     routes: Option<BTreeMap<String, viking_core::records::RouteRecord>>,
 }
@@ -69,6 +72,7 @@ impl Default for InFlight {
             leading: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             settle_until: None,
             routes: None,
+            assigned: None,
         }
     }
 }
@@ -177,6 +181,7 @@ async fn campaign_and_lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result
     in_flight.settle_until = Some(now_ms() + 2 * ttl.as_millis() as u64);
     // What the last term published may have changed since.
     in_flight.routes = None;
+    in_flight.assigned = None;
     let ended = tokio::select! {
         _ = leadership.lost() => {
             tracing::warn!("lost leadership");
@@ -266,6 +271,10 @@ pub async fn reconcile_round(
     // embassy's routes, for every server to follow.
     if let Err(e) = crate::services::publish(sh, &procs, &ps, &mut in_flight.routes).await {
         tracing::warn!("publishing the services' routes: {e}");
+    }
+    // Each host's jobs, for its agent's resync.
+    if let Err(e) = crate::assigned::publish(sh, &ps, &mut in_flight.assigned).await {
+        tracing::warn!("publishing each host's jobs: {e}");
     }
     let hosts = crate::placement::snapshot(sh).await?;
     let now = now_ms();

@@ -1827,3 +1827,59 @@ async fn the_leader_compacts_the_history_beyond_the_window() {
     .await;
     drop(s);
 }
+
+// ------------------------------------------------ a resync costs the host's own work
+
+/// A periodic resync reads this host's own records only: the jobs of its
+/// containers and those the leader's index (`assigned/<host>`) lists. A
+/// record that names this host but whose container is not here (it
+/// vanished without an event) is still found through the index and marked
+/// missing, so the reconciler starts the job again.
+#[tokio::test]
+async fn a_resync_finds_a_vanished_container_through_the_leaders_index() {
+    let s = TestServer::start().await;
+    let store = s.shared.store.clone();
+    let doc = r#"{"name":"ghost","image":"busybox","daemonize":true}"#;
+    want(store.as_ref(), doc).await;
+    // Its record says it runs here, in a container this engine never had.
+    let rec: PsRecord = serde_json::from_value(serde_json::json!({
+        "job": "ghost", "node": "n1", "container_id": "c-never-here", "image": "busybox",
+        "image_id": "sha256:x", "command": [], "daemonize": true, "status": "running",
+        "ports": [], "created_at": 1, "started_at": 1
+    }))
+    .expect("a ps record");
+    store
+        .put(
+            &keys::ps("ghost"),
+            viking_core::records::encode(&rec).expect("encode"),
+        )
+        .await
+        .expect("ps");
+    // The leader lists it among n1's jobs.
+    viking_testkit::eventually_async(
+        "the leader's index lists ghost on n1",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || async {
+            viking_server::state::get::<viking_core::records::AssignedRecord>(
+                store.as_ref(),
+                &keys::assigned("n1"),
+            )
+            .await
+            .expect("assigned")
+            .is_some_and(|(r, _)| r.jobs.contains("ghost"))
+        },
+    )
+    .await;
+    viking_server::agent::resync(&s.shared)
+        .await
+        .expect("resync");
+    let (now, _) = ps_of(store.as_ref(), "ghost")
+        .await
+        .expect("ghost's record");
+    assert!(
+        now.container_id != "c-never-here" || now.status == viking_core::Status::Missing,
+        "the vanished container's record still says {:?}",
+        now.status
+    );
+}
