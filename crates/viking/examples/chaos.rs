@@ -4,8 +4,9 @@
 //! healed, a server frozen (SIGSTOP) and thawed, a host's Docker engine
 //! frozen and thawed, one of etcd's three members killed and started again,
 //! every server restarted at once. After each fault it
-//! waits for the cluster to settle (the invariants hold and viking-ps names
-//! each job's one running copy: no move still in flight, whose end would
+//! waits for the cluster to settle (the invariants hold, viking-ps names
+//! each job's one running copy, and all of it stays so for longer than a
+//! host's TTL: no move still in flight or about to start, whose end would
 //! otherwise be blamed on the next fault) and checks the invariants:
 //!
 //! - every job in viking-proc runs exactly once across the live engines (a
@@ -34,6 +35,12 @@ use viking_testkit::{Cluster, ClusterOpts, Node, BUSYBOX_IMAGE};
 
 /// How long the cluster may take to settle after a fault.
 const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+/// How long a settled state must stay as it is to count: longer than a
+/// host's TTL, so a move that a lease expiring just after the fault sets
+/// off (a host cut off, or killed, is declared gone only then) is seen as
+/// this fault's, not blamed on the next one. The settle time is when that
+/// state was first seen.
+const STABLE_FOR: Duration = Duration::from_secs(3);
 const HOSTS: usize = 5;
 const TTL: &str = "2";
 /// etcd's members: one may die and the store goes on.
@@ -236,16 +243,37 @@ fn settle(
 ) -> Settled {
     let t0 = Instant::now();
     let mut last = (String::from("nothing seen"), None);
+    // The first time the state that held since was seen, and that state.
+    let mut holding: Option<(Duration, Instant, String)> = None;
     while t0.elapsed() < SETTLE_LIMIT {
         if let Some(seen) = look(c, down) {
             match check(&seen, all, homes, down) {
-                Ok(()) => return Ok((t0.elapsed(), seen)),
-                Err(why) => last = (why, Some(Box::new(seen))),
+                Ok(()) => {
+                    let sig = signature(&seen);
+                    match &holding {
+                        Some((at, since, s)) if *s == sig => {
+                            if since.elapsed() >= STABLE_FOR {
+                                return Ok((*at, seen));
+                            }
+                        }
+                        _ => holding = Some((t0.elapsed(), Instant::now(), sig)),
+                    }
+                }
+                Err(why) => {
+                    holding = None;
+                    last = (why, Some(Box::new(seen)));
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(250));
     }
     Err((t0.elapsed(), last.0, last.1))
+}
+
+/// What must not change for a settled state to hold: every copy and every
+/// viking-ps record.
+fn signature(seen: &Seen) -> String {
+    format!("{:?}{:?}", seen.copies, seen.records)
 }
 
 fn server_pid_signal(n: &Node, sig: &str) {
