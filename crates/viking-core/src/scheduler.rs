@@ -82,7 +82,7 @@ pub fn place(job: &Job, hosts: &[HostSnapshot], history: Option<&History>) -> De
     let fixed_to = fixed_host(job, history);
     let mut best: Option<&HostSnapshot> = None;
     for h in hosts {
-        if best.is_some_and(|b| rank(h) >= rank(b)) {
+        if best.is_some_and(|b| rank(job, h) >= rank(job, b)) {
             continue;
         }
         if reject(job, fixed_to, h).is_none() {
@@ -112,7 +112,7 @@ pub fn explain(job: &Job, hosts: &[HostSnapshot], history: Option<&History>) -> 
                 reason: reason.to_string(),
             }),
             None => {
-                if best.is_none_or(|b| rank(h) < rank(b)) {
+                if best.is_none_or(|b| rank(job, h) < rank(job, b)) {
                     best = Some(h);
                 }
             }
@@ -186,13 +186,36 @@ fn reject<'a>(job: &'a Job, fixed_to: Option<&'a str>, h: &HostSnapshot) -> Opti
         .map(Reason::PortTaken)
 }
 
-/// Lower is better: fewer running jobs, then more free memory, then name.
-fn rank(h: &HostSnapshot) -> (u64, std::cmp::Reverse<u64>, &str) {
+/// How finely free memory ranks hosts: within 256 MiB, two hosts are as
+/// good, so a few megabytes of difference do not send every placement of
+/// a burst to one host.
+const FREE_MEMORY_STEP: u32 = 28;
+
+/// Lower is better: fewer running jobs, then more free memory (in steps of
+/// 256 MiB), then a hash of the job's and the host's names. The hash
+/// spreads jobs among equally good hosts the way rendezvous hashing does:
+/// concurrent placements of different jobs over one snapshot pick
+/// different hosts instead of all the first by name (each would then race
+/// for the same host and all but one decide again), and the same job over
+/// the same snapshot always picks the same host.
+fn rank<'a>(job: &Job, h: &'a HostSnapshot) -> (u64, std::cmp::Reverse<u64>, u64, &'a str) {
     (
         h.running,
-        std::cmp::Reverse(h.memory.saturating_sub(h.memory_used)),
+        std::cmp::Reverse(h.memory.saturating_sub(h.memory_used) >> FREE_MEMORY_STEP),
+        spread(&job.name, &h.name),
         h.name.as_str(),
     )
+}
+
+/// FNV-1a of `job`, a separator and `host`: stable across builds and
+/// machines, so every server ranks alike.
+fn spread(job: &str, host: &str) -> u64 {
+    let mut x: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in job.bytes().chain([0]).chain(host.bytes()) {
+        x ^= u64::from(b);
+        x = x.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    x
 }
 
 #[cfg(test)]
@@ -217,7 +240,7 @@ mod tests {
     }
 
     #[test]
-    fn least_busy_wins_with_name_tiebreak() {
+    fn least_busy_wins_and_ties_spread_by_job() {
         let hosts = [host("b", 1, &[]), host("a", 1, &[]), host("c", 0, &[])];
         assert_eq!(
             place(&job(r#"{"image":"x"}"#), &hosts, None)
@@ -225,13 +248,18 @@ mod tests {
                 .as_deref(),
             Some("c")
         );
+        // Equally good hosts: each job always gets the same one, and a
+        // burst of jobs lands on both, not all on the first by name.
         let hosts = [host("b", 1, &[]), host("a", 1, &[])];
-        assert_eq!(
-            place(&job(r#"{"image":"x"}"#), &hosts, None)
-                .host
-                .as_deref(),
-            Some("a")
-        );
+        let mut chosen = BTreeSet::new();
+        for i in 0..32 {
+            let j = job(&format!(r#"{{"name":"j{i}","image":"x"}}"#));
+            let h = place(&j, &hosts, None).host.expect("a host");
+            assert_eq!(place(&j, &hosts, None).host.as_deref(), Some(h.as_str()));
+            assert_eq!(explain(&j, &hosts, None).host.as_deref(), Some(h.as_str()));
+            chosen.insert(h);
+        }
+        assert_eq!(chosen, BTreeSet::from(["a".to_string(), "b".to_string()]));
     }
 
     #[test]
