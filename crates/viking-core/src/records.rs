@@ -258,6 +258,15 @@ impl Record for RouteRecord {
 pub struct AssignedRecord {
     pub host: String,
     pub jobs: std::collections::BTreeSet<String>,
+    /// dowding's load figure of the host: jobs running there or placed
+    /// there and not started yet.
+    #[serde(default)]
+    pub load: u64,
+    /// The host's placements counter (`counters/placements/<host>`) as the
+    /// leader read it before the records it counted: claims made since are
+    /// the counter's value now minus this.
+    #[serde(default)]
+    pub claims: u64,
 }
 
 impl Record for AssignedRecord {

@@ -10,33 +10,59 @@
 //! a job listed by mistake has a record that names another host, and the
 //! agent leaves it alone.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use viking_core::keys;
-use viking_core::records::{decode, encode, AssignedRecord, PsRecord};
-use viking_store::Op;
+use viking_core::records::{decode, encode, AssignedRecord, ProcRecord, PsRecord};
+use viking_store::{Op, Revision};
 
 use crate::error::Result;
 use crate::Shared;
 
-/// The index from viking-ps: host → its jobs.
-pub fn index(ps: &BTreeMap<String, PsRecord>) -> BTreeMap<String, BTreeSet<String>> {
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+/// The index from viking-ps and viking-proc: each host's jobs, its load
+/// (dowding's figure) and the claims on it the records count (`claims`:
+/// each host's placements counter, read before the records).
+pub fn index(
+    ps: &BTreeMap<String, PsRecord>,
+    procs: &[ProcRecord],
+    claims: &HashMap<String, (Revision, u64)>,
+) -> BTreeMap<String, AssignedRecord> {
+    let mut out: BTreeMap<String, AssignedRecord> = BTreeMap::new();
+    let entry = |out: &mut BTreeMap<String, AssignedRecord>, host: &str| {
+        out.entry(host.to_string())
+            .or_insert_with(|| AssignedRecord {
+                host: host.to_string(),
+                jobs: BTreeSet::new(),
+                load: 0,
+                claims: claims.get(host).map_or(0, |(_, n)| *n),
+            });
+    };
     for (job, rec) in ps {
-        out.entry(rec.node.clone()).or_default().insert(job.clone());
+        entry(&mut out, &rec.node);
+        if let Some(r) = out.get_mut(&rec.node) {
+            r.jobs.insert(job.clone());
+        }
+    }
+    for (host, jobs) in crate::placement::load(ps.values(), procs) {
+        entry(&mut out, host);
+        if let Some(r) = out.get_mut(host) {
+            r.load = jobs.len() as u64;
+        }
     }
     out
 }
 
-/// The leader's part: write `assigned/<host>` for every host whose jobs
+/// The leader's part: write `assigned/<host>` for every host whose record
 /// changed since `published` (what this leader wrote last; read from the
-/// store when `None`), and delete the keys of hosts with no job left.
+/// store when `None`), and delete the keys of hosts with nothing left.
 pub async fn publish(
     sh: &Shared,
     ps: &BTreeMap<String, PsRecord>,
-    published: &mut Option<BTreeMap<String, BTreeSet<String>>>,
+    procs: &[ProcRecord],
+    claims: &HashMap<String, (Revision, u64)>,
+    published: &mut Option<BTreeMap<String, AssignedRecord>>,
 ) -> Result<()> {
-    let want = index(ps);
+    let want = index(ps, procs, claims);
     let have = match published.take() {
         Some(h) => h,
         None => {
@@ -44,25 +70,21 @@ pub async fn publish(
             kvs.iter()
                 .filter_map(|kv| {
                     let r = decode::<AssignedRecord>(&kv.value).ok()?;
-                    Some((r.host, r.jobs))
+                    Some((r.host.clone(), r))
                 })
                 .collect()
         }
     };
     let mut now = have.clone();
-    for (host, jobs) in &want {
-        if have.get(host) != Some(jobs) {
-            let rec = AssignedRecord {
-                host: host.clone(),
-                jobs: jobs.clone(),
-            };
+    for (host, rec) in &want {
+        if have.get(host) != Some(rec) {
             let ops = vec![Op::Put {
                 key: keys::assigned(host),
-                value: encode(&rec)?,
+                value: encode(rec)?,
                 lease: None,
             }];
             sh.store.txn(vec![], ops, vec![]).await?;
-            now.insert(host.clone(), jobs.clone());
+            now.insert(host.clone(), rec.clone());
         }
     }
     for host in have.keys().filter(|h| !want.contains_key(*h)) {
@@ -91,7 +113,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_index_lists_each_hosts_jobs() {
+    fn the_index_lists_each_hosts_jobs_and_load() {
         let rec = |job: &str, node: &str| {
             let mut r: PsRecord = serde_json::from_value(serde_json::json!({
                 "job": job, "node": node, "container_id": "c", "image": "i",
@@ -105,12 +127,15 @@ mod tests {
         let ps: BTreeMap<String, PsRecord> = [rec("a", "n1"), rec("b", "n2"), rec("c", "n1")]
             .into_iter()
             .collect();
-        let idx = index(&ps);
+        let claims = HashMap::from([("n1".to_string(), (7, 5))]);
+        let idx = index(&ps, &[], &claims);
         assert_eq!(
-            idx["n1"],
+            idx["n1"].jobs,
             BTreeSet::from(["a".to_string(), "c".to_string()])
         );
-        assert_eq!(idx["n2"], BTreeSet::from(["b".to_string()]));
+        assert_eq!((idx["n1"].load, idx["n1"].claims), (2, 5));
+        assert_eq!(idx["n2"].jobs, BTreeSet::from(["b".to_string()]));
+        assert_eq!((idx["n2"].load, idx["n2"].claims), (1, 0));
         assert_eq!(idx.len(), 2);
     }
 }

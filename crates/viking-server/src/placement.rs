@@ -28,6 +28,8 @@ pub fn generate_name() -> String {
 pub struct Guard {
     pub host: String,
     pub revision: Option<Revision>,
+    /// The key's value then: how many claims were ever placed on the host.
+    pub claims: u64,
 }
 
 impl Guard {
@@ -41,41 +43,108 @@ impl Guard {
     }
 }
 
-/// The revisions of every host's placements key, read before the snapshot
-/// (so any claim the snapshot misses changes them).
-async fn guards(sh: &Shared) -> Result<HashMap<String, Revision>> {
+/// The revision and the claim count of every host's placements key, read
+/// before the snapshot (so any claim the snapshot misses changes them).
+pub async fn guards(sh: &Shared) -> Result<HashMap<String, (Revision, u64)>> {
     let (kvs, _) = sh.store.list(keys::PLACEMENTS).await?;
     Ok(kvs
         .into_iter()
         .filter_map(|kv| {
-            keys::name_of(keys::PLACEMENTS, &kv.key).map(|h| (h.to_string(), kv.mod_revision))
+            let host = keys::name_of(keys::PLACEMENTS, &kv.key)?;
+            Some((host.to_string(), (kv.mod_revision, claim_count(&kv.value))))
         })
         .collect())
 }
 
-/// The snapshot dowding needs: floki's hosts and the host ports in use.
+/// A placements key's claim count. An older server wrote the time of the
+/// last claim there instead; it reads as no count (0).
+pub fn claim_count(value: &[u8]) -> u64 {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| *n < 1 << 40)
+        .unwrap_or(0)
+}
+
+/// The snapshot dowding needs: floki's hosts and the host ports in use,
+/// from every record of viking-ps and viking-proc.
 pub async fn snapshot(sh: &Shared) -> Result<Vec<HostSnapshot>> {
-    let hosts = crate::floki::list(sh).await?;
     let ps: Vec<PsRecord> = state::list(sh.store.as_ref(), keys::PS).await?;
     let procs: Vec<ProcRecord> = state::list(sh.store.as_ref(), keys::PROC).await?;
-    // The load of a host: jobs running there, plus jobs placed there that
-    // have not started yet (so concurrent runs spread too).
-    let mut load: std::collections::HashMap<&str, BTreeSet<&str>> = Default::default();
-    for p in ps
-        .iter()
-        .filter(|p| p.is_running() || p.status == Status::Created)
-    {
+    snapshot_from(sh, ps.iter(), &procs).await
+}
+
+/// The load of each host: jobs running there, plus jobs placed there that
+/// have not started yet (so concurrent runs spread too).
+pub fn load<'a>(
+    ps: impl Iterator<Item = &'a PsRecord> + Clone,
+    procs: &'a [ProcRecord],
+) -> HashMap<&'a str, BTreeSet<&'a str>> {
+    let mut load: HashMap<&str, BTreeSet<&str>> = Default::default();
+    for p in ps.filter(|p| p.is_running() || p.status == Status::Created) {
         load.entry(p.node.as_str())
             .or_default()
             .insert(p.job.as_str());
     }
-    for p in &procs {
+    for p in procs {
         if let Some(n) = &p.placed_on {
             load.entry(n.as_str())
                 .or_default()
                 .insert(p.job.name.as_str());
         }
     }
+    load
+}
+
+/// The snapshot from the leader's index (`assigned/<host>`: each host's
+/// load as of the leader's last round) plus the claims placed on each host
+/// since (its placements counter): a few small records per host, not every
+/// record of the fleet. Host ports are not in it: a job that publishes a
+/// fixed host port is placed over [`snapshot`].
+pub async fn snapshot_indexed(
+    sh: &Shared,
+    guards: &HashMap<String, (Revision, u64)>,
+) -> Result<Vec<HostSnapshot>> {
+    let hosts = crate::floki::list(sh).await?;
+    let (kvs, _) = sh.store.list(keys::ASSIGNED).await?;
+    let index: HashMap<String, viking_core::records::AssignedRecord> = kvs
+        .iter()
+        .filter_map(|kv| {
+            let r: viking_core::records::AssignedRecord =
+                viking_core::records::decode(&kv.value).ok()?;
+            Some((r.host.clone(), r))
+        })
+        .collect();
+    Ok(hosts
+        .into_iter()
+        .map(|h| {
+            let name = h.host.name.as_str();
+            let (load, accounted) = index.get(name).map_or((0, 0), |r| (r.load, r.claims));
+            let since = guards
+                .get(name)
+                .map_or(0, |(_, now)| now.saturating_sub(accounted));
+            HostSnapshot {
+                name: h.host.name.clone(),
+                alive: h.alive,
+                tags: h.host.tags.iter().cloned().collect(),
+                running: load + since,
+                memory: h.host.memory,
+                memory_used: h.host.memory_used,
+                used_ports: BTreeSet::new(),
+            }
+        })
+        .collect())
+}
+
+/// [`snapshot`] over records already read (the leader's round).
+pub async fn snapshot_from<'a>(
+    sh: &Shared,
+    ps: impl Iterator<Item = &'a PsRecord> + Clone,
+    procs: &'a [ProcRecord],
+) -> Result<Vec<HostSnapshot>> {
+    let hosts = crate::floki::list(sh).await?;
+    let load = load(ps.clone(), procs);
+    let ps: Vec<&PsRecord> = ps.collect();
     // Host ports in use, per host: what running containers publish, and
     // the fixed host ports of every job placed there (its start may be in
     // flight).
@@ -85,7 +154,7 @@ pub async fn snapshot(sh: &Shared) -> Result<Vec<HostSnapshot>> {
         let set = ports.entry(p.node.as_str()).or_default();
         set.extend(p.ports.iter().map(|pp| (pp.host_port, pp.proto())));
     }
-    for p in &procs {
+    for p in procs {
         if let Some(n) = &p.placed_on {
             let set = ports.entry(n.as_str()).or_default();
             set.extend(
@@ -126,16 +195,26 @@ async fn place_guarded(
     explain: bool,
 ) -> Result<(scheduler::Decision, Option<Guard>)> {
     let mut guards = guards(sh).await?;
-    let hosts = snapshot(sh).await?;
+    // A job that publishes a fixed host port needs every host's ports in
+    // use: the whole snapshot. Any other job is placed over the index.
+    let hosts = if job.ports.iter().any(|p| p.host.is_some()) {
+        snapshot(sh).await?
+    } else {
+        snapshot_indexed(sh, &guards).await?
+    };
     let (hist, _) = state::history(sh.store.as_ref(), &job.name).await?;
     let d = if explain {
         scheduler::explain(job, &hosts, Some(&hist))
     } else {
         scheduler::place(job, &hosts, Some(&hist))
     };
-    let guard = d.host.as_ref().map(|h| Guard {
-        host: h.clone(),
-        revision: guards.remove(h),
+    let guard = d.host.as_ref().map(|h| {
+        let seen = guards.remove(h);
+        Guard {
+            host: h.clone(),
+            revision: seen.map(|(r, _)| r),
+            claims: seen.map_or(0, |(_, n)| n),
+        }
     });
     Ok((d, guard))
 }

@@ -58,7 +58,7 @@ pub struct InFlight {
     settle_until: Option<u64>,
     /// Each host's jobs as this leader last published them (`None`: read
     /// them first).
-    assigned: Option<BTreeMap<String, BTreeSet<String>>>,
+    assigned: Option<BTreeMap<String, viking_core::records::AssignedRecord>>,
     /// The routes this leader last published (`None`: read them first).
     routes: Option<BTreeMap<String, viking_core::records::RouteRecord>>,
 }
@@ -267,16 +267,21 @@ pub async fn reconcile_round(
     if !crate::standing::may_act(sh).await? {
         return Ok(None);
     }
+    // The placements counters first: a claim the records miss is counted
+    // by the index's readers as made since.
+    let claims = crate::placement::guards(sh).await?;
     let (procs, ps, revs) = read_state(sh).await?;
     // embassy's routes, for every server to follow.
     if let Err(e) = crate::services::publish(sh, &procs, &ps, &mut in_flight.routes).await {
         tracing::warn!("publishing the services' routes: {e}");
     }
     // Each host's jobs, for its agent's resync.
-    if let Err(e) = crate::assigned::publish(sh, &ps, &mut in_flight.assigned).await {
+    if let Err(e) =
+        crate::assigned::publish(sh, &ps, &procs, &claims, &mut in_flight.assigned).await
+    {
         tracing::warn!("publishing each host's jobs: {e}");
     }
-    let hosts = crate::placement::snapshot(sh).await?;
+    let hosts = crate::placement::snapshot_from(sh, ps.values(), &procs).await?;
     let now = now_ms();
     let settling = match in_flight.settle_until {
         Some(t) if now < t => hosts

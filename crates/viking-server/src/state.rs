@@ -394,7 +394,7 @@ pub async fn claim_daemon(store: &dyn Store, c: DaemonClaim<'_>) -> Result<Claim
             compares.push(g.compare());
             ops.push(Op::Put {
                 key: keys::placements(&g.host),
-                value: c.now.to_string().into_bytes(),
+                value: (g.claims + 1).to_string().into_bytes(),
                 lease: None,
             });
         }
