@@ -203,27 +203,160 @@ async fn campaign_and_lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result
     ended
 }
 
+/// viking-proc, viking-ps and each host's placements counter as the leader
+/// holds them: read once when its term begins, then kept by one watch of
+/// the whole cluster prefix, whose changes come in revision order, so what
+/// a round plans over is the store as it was at one revision. A round reads
+/// nothing from the store but the histories of the jobs it places. Each
+/// record with the revision it was written at (what a start's fence
+/// compares), or `None` when it cannot be read.
+#[derive(Default)]
+pub struct Held {
+    procs: BTreeMap<String, (Option<ProcRecord>, Revision)>,
+    ps: BTreeMap<String, (Option<PsRecord>, Revision)>,
+    claims: Claims,
+}
+
+/// Each host's placements counter: its revision and claim count.
+type Claims = std::collections::HashMap<String, (Revision, u64)>;
+/// viking-proc, viking-ps and their revisions, as a round plans over them.
+type HeldState = (Vec<ProcRecord>, BTreeMap<String, PsRecord>, Revs);
+
+impl Held {
+    /// One change (or a key of a first read). A change older than what is
+    /// held (a list and the watch may overlap) is ignored; keys of other
+    /// prefixes too.
+    fn note(&mut self, kind: viking_store::EventKind, key: &str, value: &[u8], rev: Revision) {
+        fn apply<T>(
+            map: &mut BTreeMap<String, (Option<T>, Revision)>,
+            name: &str,
+            kind: viking_store::EventKind,
+            rev: Revision,
+            decode: impl FnOnce() -> Option<T>,
+        ) {
+            if map.get(name).is_some_and(|(_, held)| *held >= rev) {
+                return;
+            }
+            match kind {
+                viking_store::EventKind::Delete => {
+                    map.remove(name);
+                }
+                viking_store::EventKind::Put => {
+                    map.insert(name.to_string(), (decode(), rev));
+                }
+            }
+        }
+        use viking_core::records::decode;
+        if let Some(name) = keys::name_of(keys::PROC, key) {
+            apply(&mut self.procs, name, kind, rev, || decode(value).ok());
+        } else if let Some(name) = keys::name_of(keys::PS, key) {
+            apply(&mut self.ps, name, kind, rev, || decode(value).ok());
+        } else if let Some(host) = keys::name_of(keys::PLACEMENTS, key) {
+            if self.claims.get(host).is_some_and(|(held, _)| *held >= rev) {
+                return;
+            }
+            match kind {
+                viking_store::EventKind::Delete => {
+                    self.claims.remove(host);
+                }
+                viking_store::EventKind::Put => {
+                    let n = crate::placement::claim_count(value);
+                    self.claims.insert(host.to_string(), (rev, n));
+                }
+            }
+        }
+    }
+
+    /// What a round plans over, as [`read_state`] reads it, with the
+    /// placements counters of the same revision.
+    fn state(&self) -> (Claims, HeldState) {
+        let mut revs = Revs::default();
+        let mut procs = Vec::with_capacity(self.procs.len());
+        for (name, (p, rev)) in &self.procs {
+            let Some(p) = p else { continue };
+            // A job whose ps cannot be read is not planned (it may run).
+            if self.ps.get(name).is_some_and(|(r, _)| r.is_none()) {
+                continue;
+            }
+            revs.proc.insert(name.clone(), *rev);
+            procs.push(p.clone());
+        }
+        let mut ps = BTreeMap::new();
+        for (name, (r, rev)) in &self.ps {
+            if let Some(r) = r {
+                revs.ps.insert(name.clone(), *rev);
+                ps.insert(name.clone(), r.clone());
+            }
+        }
+        (self.claims.clone(), (procs, ps, revs))
+    }
+}
+
+/// Whether a change under `key` may call for a round.
+fn wakes_the_reconciler(key: &str) -> bool {
+    [
+        keys::PROC,
+        keys::PS,
+        keys::HOSTS,
+        keys::PORTS,
+        keys::PLACEMENTS,
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
+}
+
 /// The leader's loop: reconcile on every change, on time, and on backoffs.
 async fn lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result<(), StoreError> {
-    let rev = sh.store.revision().await?;
+    let held = Arc::new(Mutex::new(Held::default()));
+    // Read once, then follow everything from the oldest of the reads: the
+    // one watch delivers every later change, in order.
+    let mut from = Revision::MAX;
+    for prefix in [keys::PROC, keys::PS, keys::PLACEMENTS] {
+        let (kvs, at) = sh.store.list(prefix).await?;
+        if let Ok(mut h) = held.lock() {
+            for kv in &kvs {
+                h.note(
+                    viking_store::EventKind::Put,
+                    &kv.key,
+                    &kv.value,
+                    kv.mod_revision,
+                );
+            }
+        }
+        from = from.min(at);
+    }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut watchers = tokio::task::JoinSet::new();
-    for prefix in [keys::PROC, keys::PS, keys::HOSTS, keys::PORTS] {
-        let mut w = sh.store.watch(prefix, rev + 1).await?;
-        let tx = tx.clone();
+    {
+        let mut w = sh.store.watch("", from + 1).await?;
+        let held = held.clone();
+        let broken = broken.clone();
         watchers.spawn(async move {
             while let Some(ev) = w.next().await {
-                if ev.is_err() {
-                    break;
+                let Ok(ev) = ev else { break };
+                if let Ok(mut h) = held.lock() {
+                    h.note(ev.kind, &ev.kv.key, &ev.kv.value, ev.kv.mod_revision);
                 }
-                let _ = tx.try_send(());
+                if wakes_the_reconciler(&ev.kv.key) {
+                    let _ = tx.try_send(());
+                }
             }
+            // What is held may now miss a change: read it all again.
+            broken.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = tx.try_send(());
         });
     }
-    drop(tx);
     let mut wake_at: Option<u64> = None;
     loop {
-        match reconcile_round(sh, in_flight).await {
+        if broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let state = held.lock().ok().map(|h| h.state());
+        let Some(state) = state else {
+            return Ok(());
+        };
+        match reconcile_round_over(sh, in_flight, Some(state)).await {
             Ok(w) => wake_at = w,
             Err(e) => tracing::warn!("reconcile: {}", e),
         }
@@ -235,7 +368,7 @@ async fn lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result<(), StoreErr
         tokio::select! {
             r = rx.recv() => {
                 if r.is_none() {
-                    // A watch broke: resync from a fresh revision.
+                    // The watch ended: read everything again.
                     return Ok(());
                 }
                 // Let a burst of changes settle into one round.
@@ -251,7 +384,7 @@ async fn lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result<(), StoreErr
 /// server's one-off round); when to plan again for a backoff.
 pub async fn reconcile_once(sh: &Arc<Shared>) -> Result<Option<u64>, ServerError> {
     let mut in_flight = InFlight::default();
-    let wake = reconcile_round(sh, &mut in_flight).await?;
+    let wake = reconcile_round_over(sh, &mut in_flight, None).await?;
     in_flight.drain().await;
     Ok(wake)
 }
@@ -263,14 +396,26 @@ pub async fn reconcile_round(
     sh: &Arc<Shared>,
     in_flight: &mut InFlight,
 ) -> Result<Option<u64>, ServerError> {
+    reconcile_round_over(sh, in_flight, None).await
+}
+
+/// [`reconcile_round`] over records the leader holds, or read now when
+/// `None`.
+async fn reconcile_round_over(
+    sh: &Arc<Shared>,
+    in_flight: &mut InFlight,
+    held: Option<(Claims, HeldState)>,
+) -> Result<Option<u64>, ServerError> {
     // A store that is not this cluster's (emptied, replaced) is not acted on.
     if !crate::standing::may_act(sh).await? {
         return Ok(None);
     }
-    // The placements counters first: a claim the records miss is counted
-    // by the index's readers as made since.
-    let claims = crate::placement::guards(sh).await?;
-    let (procs, ps, revs) = read_state(sh).await?;
+    let (claims, (procs, ps, revs)) = match held {
+        Some(h) => h,
+        // The placements counters first: a claim the records miss is
+        // counted by the index's readers as made since.
+        None => (crate::placement::guards(sh).await?, read_state(sh).await?),
+    };
     // embassy's routes, for every server to follow.
     if let Err(e) = crate::services::publish(sh, &procs, &ps, &mut in_flight.routes).await {
         tracing::warn!("publishing the services' routes: {e}");
