@@ -13,8 +13,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use viking_core::keys;
-use viking_core::records::{decode, encode, AssignedRecord, ProcRecord, PsRecord};
-use viking_store::{Op, Revision};
+use viking_core::records::{AssignedRecord, ProcRecord, PsRecord};
+use viking_store::Revision;
 
 use crate::error::Result;
 use crate::Shared;
@@ -63,39 +63,7 @@ pub async fn publish(
     published: &mut Option<BTreeMap<String, AssignedRecord>>,
 ) -> Result<()> {
     let want = index(ps, procs, claims);
-    let have = match published.take() {
-        Some(h) => h,
-        None => {
-            let (kvs, _) = sh.store.list(keys::ASSIGNED).await?;
-            kvs.iter()
-                .filter_map(|kv| {
-                    let r = decode::<AssignedRecord>(&kv.value).ok()?;
-                    Some((r.host.clone(), r))
-                })
-                .collect()
-        }
-    };
-    let mut now = have.clone();
-    for (host, rec) in &want {
-        if have.get(host) != Some(rec) {
-            let ops = vec![Op::Put {
-                key: keys::assigned(host),
-                value: encode(rec)?,
-                lease: None,
-            }];
-            sh.store.txn(vec![], ops, vec![]).await?;
-            now.insert(host.clone(), rec.clone());
-        }
-    }
-    for host in have.keys().filter(|h| !want.contains_key(*h)) {
-        let ops = vec![Op::Delete {
-            key: keys::assigned(host),
-        }];
-        sh.store.txn(vec![], ops, vec![]).await?;
-        now.remove(host);
-    }
-    *published = Some(now);
-    Ok(())
+    crate::state::publish_index(sh.store.as_ref(), keys::ASSIGNED, want, published).await
 }
 
 /// The jobs the leader last listed for this host (none if it listed none).

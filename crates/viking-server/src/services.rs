@@ -20,12 +20,10 @@ use std::time::Duration;
 
 use viking_client::api::ServicePort;
 use viking_core::job::Proto;
-use viking_core::records::{
-    decode, encode, HostRecord, ProcRecord, PsRecord, RoutePort, RouteRecord,
-};
+use viking_core::records::{decode, HostRecord, ProcRecord, PsRecord, RoutePort, RouteRecord};
 use viking_core::{keys, Job};
 use viking_embassy::{Embassy, Route, RoutingTable};
-use viking_store::{EventKind, Op};
+use viking_store::EventKind;
 
 use crate::error::{Result, ServerError};
 use crate::state;
@@ -194,39 +192,7 @@ pub async fn publish(
     published: &mut Option<BTreeMap<String, RouteRecord>>,
 ) -> Result<()> {
     let want = routes_now(sh, procs, ps).await?;
-    let have = match published.take() {
-        Some(h) => h,
-        None => {
-            let (kvs, _) = sh.store.list(keys::ROUTES).await?;
-            kvs.iter()
-                .filter_map(|kv| {
-                    let name = keys::name_of(keys::ROUTES, &kv.key)?;
-                    Some((name.to_string(), decode::<RouteRecord>(&kv.value).ok()?))
-                })
-                .collect()
-        }
-    };
-    let mut now = have.clone();
-    for (name, r) in &want {
-        if have.get(name) != Some(r) {
-            let ops = vec![Op::Put {
-                key: keys::route(name),
-                value: encode(r)?,
-                lease: None,
-            }];
-            sh.store.txn(vec![], ops, vec![]).await?;
-            now.insert(name.clone(), r.clone());
-        }
-    }
-    for name in have.keys().filter(|n| !want.contains_key(*n)) {
-        let ops = vec![Op::Delete {
-            key: keys::route(name),
-        }];
-        sh.store.txn(vec![], ops, vec![]).await?;
-        now.remove(name);
-    }
-    *published = Some(now);
-    Ok(())
+    state::publish_index(sh.store.as_ref(), keys::ROUTES, want, published).await
 }
 
 fn table(routes: &BTreeMap<String, RouteRecord>) -> RoutingTable {

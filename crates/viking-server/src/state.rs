@@ -11,7 +11,7 @@
 //! ports are allocated in that same transaction, so a refused claim leaves
 //! nothing behind. Every write here is conditional on what was read.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use viking_client::wire::JobState;
 use viking_core::records::{decode, encode, History, ProcRecord, PsRecord, Record};
@@ -580,4 +580,51 @@ pub async fn put_ps_if(
         )
         .await?;
     Ok(r.succeeded.then_some(r.revision))
+}
+
+/// Make the records under `prefix` (one per name, at `prefix` + name) equal
+/// to `want`, writing only those that differ from `published` (what this
+/// writer wrote last; read from the store when `None`) and deleting those
+/// not wanted; `published` becomes `want`. For the indexes the leader
+/// publishes: idempotent, so a new leader or a round after a crash writes
+/// only what differs.
+pub async fn publish_index<T: Record + Clone + PartialEq>(
+    store: &dyn Store,
+    prefix: &str,
+    want: BTreeMap<String, T>,
+    published: &mut Option<BTreeMap<String, T>>,
+) -> Result<()> {
+    let have = match published.take() {
+        Some(h) => h,
+        None => {
+            let (kvs, _) = store.list(prefix).await?;
+            kvs.iter()
+                .filter_map(|kv| {
+                    let name = keys::name_of(prefix, &kv.key)?;
+                    Some((name.to_string(), decode::<T>(&kv.value).ok()?))
+                })
+                .collect()
+        }
+    };
+    let mut ops = Vec::new();
+    for (name, r) in &want {
+        if have.get(name) != Some(r) {
+            ops.push(Op::Put {
+                key: format!("{prefix}{name}"),
+                value: encode(r)?,
+                lease: None,
+            });
+        }
+    }
+    for name in have.keys().filter(|n| !want.contains_key(*n)) {
+        ops.push(Op::Delete {
+            key: format!("{prefix}{name}"),
+        });
+    }
+    // In transactions of at most 64 operations (etcd's default limit is 128).
+    for chunk in ops.chunks(64) {
+        store.txn(vec![], chunk.to_vec(), vec![]).await?;
+    }
+    *published = Some(want);
+    Ok(())
 }
