@@ -12,7 +12,7 @@
 //! stale start never leaves a second copy.
 
 use futures::StreamExt;
-use viking_core::records::PsRecord;
+use viking_core::records::{PsRecord, SpecLabel};
 use viking_core::{Job, Status};
 use viking_docker::{ContainerInfo, ContainerSpec, RuntimeError};
 use viking_store::Revision;
@@ -152,6 +152,19 @@ fn same_job(spec: &ContainerSpec, c: &ContainerInfo) -> bool {
             .map(String::as_str),
     );
     wanted.is_some() && wanted == job_of(c.spec.as_deref())
+}
+
+/// The job a container carries in its `viking.spec` label: `Ok(None)` when
+/// it has no label or the label names another job than the container's,
+/// an error when the label cannot be read.
+pub fn carried_job(
+    c: &ContainerInfo,
+) -> std::result::Result<Option<SpecLabel>, viking_core::records::RecordError> {
+    let Some(label) = c.spec.as_deref() else {
+        return Ok(None);
+    };
+    let carried: SpecLabel = viking_core::records::decode(label.as_bytes())?;
+    Ok((carried.job.name == c.job).then_some(carried))
 }
 
 /// A viking-ps record from Docker's view of a container.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use viking_core::job::HealthCheck;
-use viking_core::records::{decode, PsRecord, SpecLabel};
+use viking_core::records::PsRecord;
 
 use crate::state;
 use crate::{now_ms, Shared};
@@ -52,12 +52,7 @@ async fn round(sh: &Shared, failures: &mut HashMap<String, u32>) -> Result<(), S
         if c.node != sh.config.name || !c.daemonize || c.status != "running" {
             continue;
         }
-        let Some(carried) = c
-            .spec
-            .as_deref()
-            .and_then(|l| decode::<SpecLabel>(l.as_bytes()).ok())
-            .filter(|s| s.job.name == c.job)
-        else {
+        let Ok(Some(carried)) = crate::container::carried_job(&c) else {
             continue;
         };
         let checks = carried.job.health_checks();

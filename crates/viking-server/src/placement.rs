@@ -106,15 +106,12 @@ pub async fn snapshot_indexed(
     guards: &HashMap<String, (Revision, u64)>,
 ) -> Result<Vec<HostSnapshot>> {
     let hosts = crate::floki::list(sh).await?;
-    let (kvs, _) = sh.store.list(keys::ASSIGNED).await?;
-    let index: HashMap<String, viking_core::records::AssignedRecord> = kvs
-        .iter()
-        .filter_map(|kv| {
-            let r: viking_core::records::AssignedRecord =
-                viking_core::records::decode(&kv.value).ok()?;
-            Some((r.host.clone(), r))
-        })
-        .collect();
+    let index: HashMap<String, viking_core::records::AssignedRecord> =
+        state::list::<viking_core::records::AssignedRecord>(sh.store.as_ref(), keys::ASSIGNED)
+            .await?
+            .into_iter()
+            .map(|r| (r.host.clone(), r))
+            .collect();
     Ok(hosts
         .into_iter()
         .map(|h| {

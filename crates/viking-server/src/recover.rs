@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use viking_client::api::{HostContainer, RecoverRequest, RecoverSummary};
 use viking_client::wire::JobState;
 use viking_core::keys;
-use viking_core::records::{decode, encode, History, HostRecord, ProcRecord, PsRecord, SpecLabel};
+use viking_core::records::{encode, History, HostRecord, ProcRecord, PsRecord};
 use viking_store::{Compare, Op};
 
 use crate::error::{Result, ServerError};
@@ -31,19 +31,14 @@ pub async fn host_containers(sh: &Shared) -> Result<Vec<HostContainer>> {
         if c.node != sh.config.name || !c.daemonize {
             continue;
         }
-        let Some(label) = c.spec.as_deref() else {
-            continue;
-        };
-        let carried: SpecLabel = match decode(label.as_bytes()) {
-            Ok(s) => s,
+        let carried = match crate::container::carried_job(&c) {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
             Err(e) => {
                 tracing::warn!(job = %c.job, "its container's job label: {e}");
                 continue;
             }
         };
-        if carried.job.name != c.job {
-            continue;
-        }
         out.push(HostContainer {
             job: carried.job,
             ambassador: carried.ambassador,
