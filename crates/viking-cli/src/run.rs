@@ -78,6 +78,10 @@ pub struct RunArgs {
     /// Show where the job would run, and why other hosts would not take it.
     #[arg(long = "dry-run")]
     pub dry_run: bool,
+    /// With -d: return once the job is placed and accepted, without waiting
+    /// for it to start (`viking ps` shows how the start went).
+    #[arg(long = "no-wait")]
+    pub no_wait: bool,
     /// IMAGE [COMMAND] [ARG...]
     #[arg(
         trailing_var_arg = true,
@@ -206,7 +210,13 @@ pub async fn run(c: &Client, args: RunArgs) -> Result<i32, Failure> {
         return Ok(if d.host.is_some() { 0 } else { 1 });
     }
     if is_daemonized(&doc) {
-        return run_daemon(c, doc).await;
+        return run_daemon(c, doc, args.no_wait).await;
+    }
+    if args.no_wait {
+        return Err(Failure::new(
+            DAEMON_ERROR,
+            "--no-wait needs a daemonized job (-d, or ports)".to_string(),
+        ));
     }
     let io = c.run_attached(doc).await.map_err(api_err)?;
     let stdin_attached = args.interactive || !std::io::stdin().is_terminal();
@@ -217,11 +227,13 @@ pub async fn run(c: &Client, args: RunArgs) -> Result<i32, Failure> {
     attached(io, stdin_attached).await
 }
 
-async fn run_daemon(c: &Client, doc: Vec<u8>) -> Result<i32, Failure> {
-    let r = c
-        .run(doc, &|p| eprintln!("{p}"))
-        .await
-        .map_err(|e| Failure::new(DAEMON_ERROR, e.to_string()))?;
+async fn run_daemon(c: &Client, doc: Vec<u8>, no_wait: bool) -> Result<i32, Failure> {
+    let r = if no_wait {
+        c.run_no_wait(doc).await
+    } else {
+        c.run(doc, &|p| eprintln!("{p}")).await
+    }
+    .map_err(|e| Failure::new(DAEMON_ERROR, e.to_string()))?;
     match &r.ps {
         Some(_) => println!("{}", r.job.name),
         None => eprintln!(

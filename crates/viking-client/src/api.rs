@@ -47,6 +47,9 @@ pub enum ErrorReason {
     /// A host port the job publishes is taken on the chosen host: another
     /// host may take the job.
     HostPortInUse,
+    /// The server asked to place a job does not lead the cluster (any
+    /// more): the asking server places the job itself.
+    NotLeader,
 }
 
 /// A daemonized job that now runs.
@@ -318,6 +321,26 @@ pub struct ReplaceRequest {
     pub job: String,
     /// How long the new container must stay up (and healthy) to count.
     pub settle_ms: u64,
+}
+
+/// `POST /v1/internal/place`: a server asks the leader to place a
+/// daemonized job and claim it for `claimant`, which starts it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlaceRequest {
+    pub job: Job,
+    pub claimant: String,
+}
+
+/// Where the leader placed and claimed a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlaceResponse {
+    /// The chosen host; `None` when the job waits for its host.
+    pub host: Option<String>,
+    /// The host a fixed job waits for, when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// The revision of the claim: of its `starting` record when placed.
+    pub claim_rev: i64,
 }
 
 /// `POST /v1/internal/resolve`: the image id a reference names on a host.

@@ -32,9 +32,9 @@ use serde::Serialize;
 
 use crate::api::{
     DryRunResponse, ErrorBody, ErrorReason, Health, HostContainer, HostView, InspectResponse,
-    JoinRequest, JoinResponse, MeshCa, Ping, ProgressLine, PushRequest, RecoverRequest,
-    RecoverSummary, ReplaceRequest, ResolveRequest, ResolveResponse, RunResponse, ServicePort,
-    ATTACH_PROTOCOL,
+    JoinRequest, JoinResponse, MeshCa, Ping, PlaceRequest, PlaceResponse, ProgressLine,
+    PushRequest, RecoverRequest, RecoverSummary, ReplaceRequest, ResolveRequest, ResolveResponse,
+    RunResponse, ServicePort, ATTACH_PROTOCOL,
 };
 use crate::body::NdjsonLines;
 use crate::routes;
@@ -598,6 +598,16 @@ impl Client {
             .await
     }
 
+    /// Run a daemonized job without waiting for it to start: the answer
+    /// (`202 Accepted`) comes once it is placed and claimed, with its
+    /// `starting` record; `viking ps` shows how its start went.
+    pub async fn run_no_wait(&self, doc: Vec<u8>) -> Result<RunResponse, ClientError> {
+        self.clone()
+            .with_deadline(self.deadline.max(CLAIM_ALLOWANCE))
+            .json(Method::POST, &routes::run_no_wait(), Some(doc))
+            .await
+    }
+
     /// Run an interactive job, attached.
     pub async fn run_attached(&self, doc: Vec<u8>) -> Result<AttachedIo, ClientError> {
         self.attach(routes::JOBS, doc).await
@@ -664,6 +674,13 @@ impl Client {
         doc: Vec<u8>,
     ) -> Result<AttachedIo, ClientError> {
         self.attach(&routes::internal_attach(claim_rev), doc).await
+    }
+
+    /// Between servers, to the leader: place a daemonized job and claim it
+    /// for the asking server.
+    pub async fn place(&self, req: &PlaceRequest) -> Result<PlaceResponse, ClientError> {
+        self.json(Method::POST, routes::INTERNAL_PLACE, Some(to_json(req)?))
+            .await
     }
 
     /// Between servers: the image id a reference names on that host.

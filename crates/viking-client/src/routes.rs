@@ -42,6 +42,9 @@ pub const INTERNAL_REPLACE: &str = "/v1/internal/replace";
 /// `POST` between servers, upgraded: run a claimed interactive job here
 /// (`claim_rev`).
 pub const INTERNAL_ATTACH: &str = "/v1/internal/attach";
+/// `POST` between servers, to the leader: place a daemonized job and claim
+/// it for the server that asks (which then starts it).
+pub const INTERNAL_PLACE: &str = "/v1/internal/place";
 /// `GET`, without the token, over TLS: the cluster's CA certificate, which
 /// a joining machine checks against its join token's fingerprint.
 pub const MESH_CA: &str = "/v1/mesh/ca";
@@ -55,6 +58,12 @@ const NAME: &str = "{name}";
 /// `POST /v1/jobs?dry_run=true`.
 pub fn dry_run() -> String {
     format!("{JOBS}?dry_run=true")
+}
+
+/// `POST /v1/jobs?no_wait=true`: answered once the job is accepted
+/// (placed and claimed), its start carried out after the answer.
+pub fn run_no_wait() -> String {
+    format!("{JOBS}?no_wait=true")
 }
 
 /// `POST /v1/jobs?progress=true`.

@@ -56,6 +56,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(routes::INTERNAL_RESOLVE, post(internal_resolve))
         .route(routes::INTERNAL_REPLACE, post(internal_replace))
         .route(routes::INTERNAL_ATTACH, post(internal_attach))
+        .route(routes::INTERNAL_PLACE, post(internal_place))
         .fallback(|| async { ServerError::NotFound("no such API path; see /v1/...".to_string()) })
         .layer(middleware::from_fn_with_state(shared.clone(), auth))
         // Without the token: the CA a joining machine checks against its
@@ -114,6 +115,10 @@ struct RunQuery {
     dry_run: bool,
     #[serde(default)]
     progress: bool,
+    /// Answer once the job is placed and claimed (`202 Accepted`); its
+    /// start follows.
+    #[serde(default)]
+    no_wait: bool,
 }
 
 /// The largest request body: a job document of 256 KiB plus some slack.
@@ -149,6 +154,12 @@ async fn run(
             )));
         };
         return crate::attach::start(sh, job, on_upgrade).await;
+    }
+    if q.no_wait {
+        let claim = jobs::claim_daemon(&sh, &job).await?;
+        let r = jobs::accepted(&sh, &job, &claim);
+        tokio::spawn(async move { jobs::start_accepted(&sh, job, claim).await });
+        return Ok((StatusCode::ACCEPTED, Json(r)).into_response());
     }
     if !q.progress {
         let r = jobs::run_daemon(&sh, job, &|_| {}).await?;
@@ -245,6 +256,20 @@ async fn internal_start(
     progress_response(sh, move |sh, progress| {
         Box::pin(async move { jobs::start_placed(sh, &job, q.claim_rev, progress).await })
     })
+}
+
+/// Another server asks this one, as the leader, to place a daemonized
+/// job and claim it for that server.
+async fn internal_place(
+    State(sh): State<Arc<Shared>>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<viking_client::api::PlaceResponse>> {
+    crate::standing::require_member(&sh).await?;
+    let mut req: viking_client::api::PlaceRequest = parse(&body)?;
+    // The same checks as a job from a client.
+    let doc = serde_json::to_vec(&req.job).map_err(|e| ServerError::Internal(e.to_string()))?;
+    req.job = Job::parse(&doc, String::new).map_err(|e| ServerError::Invalid(e.to_string()))?;
+    Ok(Json(crate::placer::serve(&sh, req).await?))
 }
 
 #[derive(Deserialize)]

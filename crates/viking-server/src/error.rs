@@ -31,6 +31,9 @@ pub enum ServerError {
     /// No host can take the job now, or a retry budget ran out.
     #[error("{0}")]
     Unavailable(String),
+    /// A placement was asked of a server that does not lead the cluster.
+    #[error("{0}")]
+    NotLeader(String),
     /// A finite resource of the cluster is used up (the ambassador ports).
     #[error("{0}")]
     Exhausted(String),

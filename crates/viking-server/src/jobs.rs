@@ -66,6 +66,13 @@ pub struct Claim {
 pub async fn claim_daemon(sh: &Shared, job: &Job) -> Result<Claim> {
     crate::container::check_limits(sh, job)?;
     crate::services::check_links(sh, job).await?;
+    // The leader places it in memory; a job that publishes a fixed host
+    // port needs every host's ports in use, which only the store has.
+    if !job.ports.iter().any(|p| p.host.is_some()) {
+        if let Some((target, rev)) = crate::placer::at_leader(sh, job).await? {
+            return Ok(Claim { target, rev });
+        }
+    }
     for _ in 0..PLACEMENT_TRIES {
         let (target, guard) = placement::choose(sh, job).await?;
         let (placed_on, waiting) = match &target {
@@ -125,14 +132,8 @@ pub async fn run_claimed(
     claim: Claim,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<RunResponse> {
-    if let Target::Waiting(h) = &claim.target {
-        return Ok(RunResponse {
-            job,
-            ps: None,
-            waiting: Some(format!(
-                "waiting for host {h}: the job is fixed to it and it is not alive"
-            )),
-        });
+    if let Target::Waiting(_) = &claim.target {
+        return Ok(accepted(sh, &job, &claim));
     }
     let mut claim_rev = claim.rev;
     let started = start_placed_or_elsewhere(sh, &job, claim.target, &mut claim_rev, progress).await;
@@ -174,6 +175,51 @@ pub async fn run_claimed(
                 }
             }
             Err(e)
+        }
+    }
+}
+
+/// The answer to a job accepted without waiting: its `starting` record,
+/// or why it waits for its host.
+pub fn accepted(sh: &Shared, job: &Job, claim: &Claim) -> RunResponse {
+    let node = match &claim.target {
+        Target::Here => sh.config.name.clone(),
+        Target::There(h) => h.name.clone(),
+        Target::Waiting(h) => {
+            return RunResponse {
+                job: job.clone(),
+                ps: None,
+                waiting: Some(format!(
+                    "waiting for host {h}: the job is fixed to it and it is not alive"
+                )),
+            }
+        }
+    };
+    let starting = state::starting_record(job, &node, Some(&sh.config.name), now_ms());
+    RunResponse {
+        job: job.clone(),
+        ps: Some(JobState::from(&starting)),
+        waiting: None,
+    }
+}
+
+/// Start a job accepted without waiting (`POST /v1/jobs?no_wait=true`),
+/// after the answer. A start that fails leaves the job in viking-proc and
+/// records the failure in viking-ps (if the claim still holds): the
+/// reconciler starts it again after its backoff, and `viking ps` says
+/// why, as for a job that crashed.
+pub async fn start_accepted(sh: &Shared, job: Job, claim: Claim) {
+    if let Target::Waiting(_) = &claim.target {
+        return;
+    }
+    let mut rev = claim.rev;
+    let started = start_placed_or_elsewhere(sh, &job, claim.target, &mut rev, &|_| {}).await;
+    if let Err(e) = started {
+        tracing::warn!(job = %job.name, "the start of an accepted job failed: {e}");
+        if let Err(e) =
+            state::fail_start(sh.store.as_ref(), &job.name, rev, None, &e.to_string()).await
+        {
+            tracing::warn!(job = %job.name, "recording the failed start: {e}");
         }
     }
 }

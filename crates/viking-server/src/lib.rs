@@ -65,11 +65,13 @@ pub mod container;
 pub mod error;
 pub mod floki;
 pub mod health;
+pub mod held;
 pub mod identity;
 pub mod jobs;
 pub mod listen;
 pub mod peer;
 pub mod placement;
+pub mod placer;
 pub mod push;
 pub mod reconciler;
 pub mod recover;
@@ -117,6 +119,11 @@ pub struct Shared {
     pub embassy_addr: std::net::IpAddr,
     /// Asks the agent for a full resync now (e.g. after a partition healed).
     pub resync_now: tokio::sync::Notify,
+    /// dowding at the leader, while this server leads (`placer`).
+    placer: Mutex<Option<Arc<placer::Placer>>>,
+    /// The leading server as last looked up, for placements asked of it
+    /// (forgotten when it does not answer or no longer leads).
+    pub leader_hint: Mutex<Option<viking_core::records::HostRecord>>,
     /// Fires when the server shuts down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -136,6 +143,18 @@ impl Shared {
     }
 
     /// How this server stood at the last check.
+    /// The leader's placer, while this server leads.
+    pub fn placer(&self) -> Option<Arc<placer::Placer>> {
+        self.placer.lock().ok().and_then(|p| p.clone())
+    }
+
+    /// Place runs here from now on (`Some`, a term began) or no longer.
+    pub fn set_placer(&self, placer: Option<Arc<placer::Placer>>) {
+        if let Ok(mut p) = self.placer.lock() {
+            *p = placer;
+        }
+    }
+
     pub fn standing(&self) -> standing::Standing {
         self.cluster
             .lock()
@@ -273,6 +292,8 @@ pub async fn prepare_with(
         started_at: now_ms(),
         sessions: Mutex::new(HashSet::new()),
         resync_now: tokio::sync::Notify::new(),
+        placer: Mutex::new(None),
+        leader_hint: Mutex::new(None),
         embassy_addr,
         shutdown: shutdown_rx,
     });

@@ -105,32 +105,38 @@ pub async fn snapshot_indexed(
     sh: &Shared,
     guards: &HashMap<String, (Revision, u64)>,
 ) -> Result<Vec<HostSnapshot>> {
-    let hosts = crate::floki::list(sh).await?;
+    let alive: Vec<HostRecord> = state::list(sh.store.as_ref(), keys::HOSTS).await?;
+    let known: Vec<HostRecord> = state::list(sh.store.as_ref(), keys::FLEET).await?;
     let index: HashMap<String, viking_core::records::AssignedRecord> =
         state::list::<viking_core::records::AssignedRecord>(sh.store.as_ref(), keys::ASSIGNED)
             .await?
             .into_iter()
             .map(|r| (r.host.clone(), r))
             .collect();
-    Ok(hosts
+    let hosts = viking_core::records::fleet(alive, known);
+    Ok(indexed(hosts, |name| {
+        let (load, accounted) = index.get(name).map_or((0, 0), |r| (r.load, r.claims));
+        let now = guards.get(name).map_or(0, |(_, n)| *n);
+        load + now.saturating_sub(accounted)
+    }))
+}
+
+/// dowding's hosts from floki's records (each with whether it is alive)
+/// and each host's load as an index tells it: no host ports (a job that
+/// publishes a fixed host port is placed over [`snapshot`]).
+pub fn indexed(hosts: Vec<(HostRecord, bool)>, load: impl Fn(&str) -> u64) -> Vec<HostSnapshot> {
+    hosts
         .into_iter()
-        .map(|h| {
-            let name = h.host.name.as_str();
-            let (load, accounted) = index.get(name).map_or((0, 0), |r| (r.load, r.claims));
-            let since = guards
-                .get(name)
-                .map_or(0, |(_, now)| now.saturating_sub(accounted));
-            HostSnapshot {
-                name: h.host.name.clone(),
-                alive: h.alive,
-                tags: h.host.tags.iter().cloned().collect(),
-                running: load + since,
-                memory: h.host.memory,
-                memory_used: h.host.memory_used,
-                used_ports: BTreeSet::new(),
-            }
+        .map(|(h, alive)| HostSnapshot {
+            running: load(&h.name),
+            alive,
+            tags: h.tags.iter().cloned().collect(),
+            memory: h.memory,
+            memory_used: h.memory_used,
+            used_ports: BTreeSet::new(),
+            name: h.name,
         })
-        .collect())
+        .collect()
 }
 
 /// [`snapshot`] over records already read (the leader's round).

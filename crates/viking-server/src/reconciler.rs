@@ -36,12 +36,18 @@ use viking_core::{keys, Status};
 use viking_store::{spawn_keep_alive, Compare, Election, Op, Revision, StoreError};
 
 use crate::error::ServerError;
+use crate::held::{Claims, Held, HeldState, Revs};
 use crate::placement::Target;
 use crate::state;
 use crate::{now_ms, Shared};
 
-/// How many starts run at once.
-pub const PARALLEL_STARTS: usize = 8;
+/// How many actions run at once (each mostly waits on a peer).
+pub const PARALLEL_STARTS: usize = 64;
+/// How many histories a round reads at once.
+const HISTORY_READS: usize = 32;
+/// How many of them start jobs on one host at once, so a host that comes
+/// back or joins empty is not handed every move at the same moment.
+pub const PARALLEL_STARTS_PER_HOST: usize = 4;
 
 /// The leader's actions in flight: their tasks, a slot each, and the jobs
 /// they are for (a job gets no second action while one is in flight).
@@ -49,6 +55,8 @@ pub const PARALLEL_STARTS: usize = 8;
 pub struct InFlight {
     tasks: tokio::task::JoinSet<()>,
     slots: Arc<tokio::sync::Semaphore>,
+    /// Each host's slots ([`PARALLEL_STARTS_PER_HOST`]).
+    host_slots: std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>,
     jobs: Arc<Mutex<BTreeSet<String>>>,
     /// Whether this server leads: an action that gets its slot after the
     /// term ended does nothing.
@@ -68,6 +76,7 @@ impl Default for InFlight {
         Self {
             tasks: tokio::task::JoinSet::new(),
             slots: Arc::new(tokio::sync::Semaphore::new(PARALLEL_STARTS)),
+            host_slots: Default::default(),
             jobs: Arc::default(),
             leading: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             settle_until: None,
@@ -93,12 +102,22 @@ impl InFlight {
         while self.tasks.join_next().await.is_some() {}
     }
 
-    /// Launch `work` for `job` unless an action for it is in flight.
-    fn launch<F>(&mut self, job: String, work: F)
+    /// Launch `work` for `job` (on `host`, when it starts it there) unless
+    /// an action for it is in flight.
+    fn launch<F>(&mut self, job: String, host: Option<&str>, work: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         while self.tasks.try_join_next().is_some() {}
+        // Hosts with no action in flight give their slots back.
+        self.host_slots
+            .retain(|_, s| s.available_permits() < PARALLEL_STARTS_PER_HOST);
+        let host_slot = host.map(|h| {
+            self.host_slots
+                .entry(h.to_string())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(PARALLEL_STARTS_PER_HOST)))
+                .clone()
+        });
         {
             let Ok(mut jobs) = self.jobs.lock() else {
                 return;
@@ -115,6 +134,13 @@ impl InFlight {
         let leading = self.leading.clone();
         self.tasks.spawn(async move {
             let _done = done;
+            let _host_slot = match host_slot {
+                Some(s) => match s.acquire_owned().await {
+                    Ok(p) => Some(p),
+                    Err(_) => return,
+                },
+                None => None,
+            };
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
             };
@@ -195,101 +221,13 @@ async fn campaign_and_lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result
         // The leader also keeps the store's history short (never ends).
         _ = crate::compaction::run(sh.clone()) => Ok(()),
     };
-    // Stop acting at once (no action not begun yet begins); let the lease
-    // go so another server takes over.
+    // Stop acting at once (no action not begun yet begins, no run is
+    // placed here); let the lease go so another server takes over.
     in_flight.set_leading(false);
+    sh.set_placer(None);
     keep.abort();
     let _ = sh.store.lease_revoke(lease).await;
     ended
-}
-
-/// viking-proc, viking-ps and each host's placements counter as the leader
-/// holds them: read once when its term begins, then kept by one watch of
-/// the whole cluster prefix, whose changes come in revision order, so what
-/// a round plans over is the store as it was at one revision. A round reads
-/// nothing from the store but the histories of the jobs it places. Each
-/// record with the revision it was written at (what a start's fence
-/// compares), or `None` when it cannot be read.
-#[derive(Default)]
-pub struct Held {
-    procs: BTreeMap<String, (Option<ProcRecord>, Revision)>,
-    ps: BTreeMap<String, (Option<PsRecord>, Revision)>,
-    claims: Claims,
-}
-
-/// Each host's placements counter: its revision and claim count.
-type Claims = std::collections::HashMap<String, (Revision, u64)>;
-/// viking-proc, viking-ps and their revisions, as a round plans over them.
-type HeldState = (Vec<ProcRecord>, BTreeMap<String, PsRecord>, Revs);
-
-impl Held {
-    /// One change (or a key of a first read). A change older than what is
-    /// held (a list and the watch may overlap) is ignored; keys of other
-    /// prefixes too.
-    fn note(&mut self, kind: viking_store::EventKind, key: &str, value: &[u8], rev: Revision) {
-        fn apply<T>(
-            map: &mut BTreeMap<String, (Option<T>, Revision)>,
-            name: &str,
-            kind: viking_store::EventKind,
-            rev: Revision,
-            decode: impl FnOnce() -> Option<T>,
-        ) {
-            if map.get(name).is_some_and(|(_, held)| *held >= rev) {
-                return;
-            }
-            match kind {
-                viking_store::EventKind::Delete => {
-                    map.remove(name);
-                }
-                viking_store::EventKind::Put => {
-                    map.insert(name.to_string(), (decode(), rev));
-                }
-            }
-        }
-        use viking_core::records::decode;
-        if let Some(name) = keys::name_of(keys::PROC, key) {
-            apply(&mut self.procs, name, kind, rev, || decode(value).ok());
-        } else if let Some(name) = keys::name_of(keys::PS, key) {
-            apply(&mut self.ps, name, kind, rev, || decode(value).ok());
-        } else if let Some(host) = keys::name_of(keys::PLACEMENTS, key) {
-            if self.claims.get(host).is_some_and(|(held, _)| *held >= rev) {
-                return;
-            }
-            match kind {
-                viking_store::EventKind::Delete => {
-                    self.claims.remove(host);
-                }
-                viking_store::EventKind::Put => {
-                    let n = crate::placement::claim_count(value);
-                    self.claims.insert(host.to_string(), (rev, n));
-                }
-            }
-        }
-    }
-
-    /// What a round plans over, as [`read_state`] reads it, with the
-    /// placements counters of the same revision.
-    fn state(&self) -> (Claims, HeldState) {
-        let mut revs = Revs::default();
-        let mut procs = Vec::with_capacity(self.procs.len());
-        for (name, (p, rev)) in &self.procs {
-            let Some(p) = p else { continue };
-            // A job whose ps cannot be read is not planned (it may run).
-            if self.ps.get(name).is_some_and(|(r, _)| r.is_none()) {
-                continue;
-            }
-            revs.proc.insert(name.clone(), *rev);
-            procs.push(p.clone());
-        }
-        let mut ps = BTreeMap::new();
-        for (name, (r, rev)) in &self.ps {
-            if let Some(r) = r {
-                revs.ps.insert(name.clone(), *rev);
-                ps.insert(name.clone(), r.clone());
-            }
-        }
-        (self.claims.clone(), (procs, ps, revs))
-    }
 }
 
 /// Whether a change under `key` may call for a round.
@@ -311,7 +249,13 @@ async fn lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result<(), StoreErr
     // Read once, then follow everything from the oldest of the reads: the
     // one watch delivers every later change, in order.
     let mut from = Revision::MAX;
-    for prefix in [keys::PROC, keys::PS, keys::PLACEMENTS] {
+    for prefix in [
+        keys::PROC,
+        keys::PS,
+        keys::PLACEMENTS,
+        keys::HOSTS,
+        keys::FLEET,
+    ] {
         let (kvs, at) = sh.store.list(prefix).await?;
         if let Ok(mut h) = held.lock() {
             for kv in &kvs {
@@ -359,6 +303,21 @@ async fn lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result<(), StoreErr
         match reconcile_round_over(sh, in_flight, Some(state)).await {
             Ok(w) => wake_at = w,
             Err(e) => tracing::warn!("reconcile: {}", e),
+        }
+        // Runs are placed here once the load per host is published (the
+        // placer counts claims since).
+        if let Some(index) = &in_flight.assigned {
+            if let Ok(mut h) = held.lock() {
+                h.set_index(
+                    index
+                        .iter()
+                        .map(|(host, r)| (host.clone(), (r.load, r.claims)))
+                        .collect(),
+                );
+            }
+            if sh.placer().is_none() {
+                sh.set_placer(Some(Arc::new(crate::placer::Placer::new(held.clone()))));
+            }
         }
         let sleep = match wake_at {
             Some(t) => Duration::from_millis(t.saturating_sub(now_ms()).max(10)),
@@ -446,10 +405,18 @@ async fn reconcile_round_over(
     let policy = sh.config.policy;
     // The histories of the jobs this round places, each read for its job:
     // a job that runs needs none.
-    for name in reconcile::to_place(&snap, &policy, now) {
-        let (hist, _) = state::history(sh.store.as_ref(), &name).await?;
-        snap.histories.insert(name, hist);
+    // Read concurrently: after a host is lost, a round places all its jobs.
+    use futures::StreamExt;
+    let mut reads = futures::stream::iter(reconcile::to_place(&snap, &policy, now))
+        .map(|name| async move {
+            let read = state::history(sh.store.as_ref(), &name).await;
+            (name, read)
+        })
+        .buffer_unordered(HISTORY_READS);
+    while let Some((name, read)) = reads.next().await {
+        snap.histories.insert(name, read?.0);
     }
+    drop(reads);
     let plan = reconcile::plan(&snap, &policy, now);
     let actions: Vec<Action> = plan
         .actions
@@ -466,7 +433,11 @@ async fn reconcile_round_over(
         let snap = snap.clone();
         let revs = revs.clone();
         let job = a.job().to_string();
-        in_flight.launch(job.clone(), async move {
+        let host = match &a {
+            Action::Start { node, .. } => Some(node.clone()),
+            Action::Wait { .. } => None,
+        };
+        in_flight.launch(job.clone(), host.as_deref(), async move {
             if let Err(e) = execute(&sh, &snap, &revs, a).await {
                 tracing::warn!(%job, "reconcile action failed: {}", e);
             }
@@ -477,13 +448,6 @@ async fn reconcile_round_over(
         (Some(w), Some(t)) => Some(w.min(t)),
         (w, t) => w.or(t),
     })
-}
-
-/// The revisions of each job's viking-proc and viking-ps records as read.
-#[derive(Default)]
-struct Revs {
-    proc: BTreeMap<String, Revision>,
-    ps: BTreeMap<String, Revision>,
 }
 
 async fn read_state(
@@ -612,22 +576,14 @@ async fn execute(
             if let Err(e) = started {
                 // Record the failure (if the record is still our claim), so
                 // the backoff applies and `viking ps` shows why.
-                let mut failed = starting.clone();
-                failed.status = Status::Failed;
-                failed.claimed_by = None;
-                failed.error = Some(e.to_string());
-                failed.finished_at = Some(now_ms());
-                sh.store
-                    .txn(
-                        vec![Compare::ModRevision(keys::ps(&job), r.revision)],
-                        vec![Op::Put {
-                            key: keys::ps(&job),
-                            value: encode(&failed)?,
-                            lease: None,
-                        }],
-                        vec![],
-                    )
-                    .await?;
+                state::fail_start(
+                    sh.store.as_ref(),
+                    &job,
+                    r.revision,
+                    Some(starting),
+                    &e.to_string(),
+                )
+                .await?;
                 return Err(e);
             }
             Ok(())

@@ -434,6 +434,45 @@ pub async fn claim_daemon(store: &dyn Store, c: DaemonClaim<'_>) -> Result<Claim
     )))
 }
 
+/// Record that the start claimed at `claim_rev` failed, if viking-ps is
+/// still that claim: `failed`, with the error, so the reconciler's backoff
+/// applies and `viking ps` shows why. `claim` is the claim's record when
+/// the caller has it (else it is read).
+pub async fn fail_start(
+    store: &dyn Store,
+    job: &str,
+    claim_rev: Revision,
+    claim: Option<PsRecord>,
+    error: &str,
+) -> Result<()> {
+    let claim = match claim {
+        Some(c) => c,
+        None => match store.get(&keys::ps(job)).await? {
+            Some(kv) if kv.mod_revision == claim_rev => decode(&kv.value)?,
+            _ => return Ok(()),
+        },
+    };
+    let failed = PsRecord {
+        status: Status::Failed,
+        claimed_by: None,
+        error: Some(error.to_string()),
+        finished_at: Some(crate::now_ms()),
+        ..claim
+    };
+    store
+        .txn(
+            vec![Compare::ModRevision(keys::ps(job), claim_rev)],
+            vec![Op::Put {
+                key: keys::ps(job),
+                value: encode(&failed)?,
+                lease: None,
+            }],
+            vec![],
+        )
+        .await?;
+    Ok(())
+}
+
 async fn name_in_use(store: &dyn Store, name: &str) -> Result<bool> {
     Ok(
         store.get(&keys::proc(name)).await?.is_some()

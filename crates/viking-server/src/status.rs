@@ -17,7 +17,9 @@ pub fn of(e: &ServerError) -> StatusCode {
         ServerError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         ServerError::NotFound(_) => StatusCode::NOT_FOUND,
         ServerError::Conflict(_) | ServerError::HostPortInUse { .. } => StatusCode::CONFLICT,
-        ServerError::Unavailable(_) | ServerError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ServerError::Unavailable(_) | ServerError::NotLeader(_) | ServerError::Store(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         ServerError::Exhausted(_) => StatusCode::INSUFFICIENT_STORAGE,
         ServerError::PeerUnreachable { .. } | ServerError::Upstream(_) => StatusCode::BAD_GATEWAY,
         ServerError::Peer { status, .. } => {
@@ -47,6 +49,7 @@ fn message(e: &ServerError) -> String {
 fn reason(e: &ServerError) -> Option<ErrorReason> {
     match e {
         ServerError::HostPortInUse { .. } => Some(ErrorReason::HostPortInUse),
+        ServerError::NotLeader(_) => Some(ErrorReason::NotLeader),
         ServerError::Peer { reason, .. } => *reason,
         ServerError::RolledBack { source, .. } => reason(source),
         _ => None,

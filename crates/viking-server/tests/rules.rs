@@ -1883,3 +1883,136 @@ async fn a_resync_finds_a_vanished_container_through_the_leaders_index() {
         now.status
     );
 }
+
+/// The server that leads once its placer is in place.
+async fn leader_of(hs: &[TestServer]) -> &TestServer {
+    let i = viking_testkit::eventually_async(
+        "a leader places runs",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async { hs.iter().position(|h| h.shared.placer().is_some()) },
+    )
+    .await;
+    &hs[i]
+}
+
+#[tokio::test]
+async fn runs_at_any_server_are_placed_by_the_leader_or_here_when_it_cannot_be_reached() {
+    let hs = hosts(3).await;
+    let leader = leader_of(&hs).await;
+    let placer = leader.shared.placer().expect("placer");
+    let before = placer.claims_made();
+    let followers: Vec<&TestServer> = hs
+        .iter()
+        .filter(|h| h.shared.config.name != leader.shared.config.name)
+        .collect();
+    let runs = (0..6).map(|i| {
+        let h = followers[i % followers.len()];
+        let doc = format!(r#"{{"name":"l{i}","image":"busybox","daemonize":true}}"#);
+        async move { h.run(&doc).await }
+    });
+    let mut per_host: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in futures::future::join_all(runs).await {
+        *per_host
+            .entry(r.expect("every run succeeds").ps.expect("ps").node)
+            .or_default() += 1;
+    }
+    assert_eq!(
+        placer.claims_made() - before,
+        6,
+        "every run was claimed at the leader"
+    );
+    assert_eq!(
+        per_host.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2],
+        "{per_host:?}"
+    );
+
+    // A leader that cannot be reached: the server places the job itself,
+    // and asks again next time.
+    let f = followers[0];
+    let mut gone = viking_server::floki::record(&leader.shared).await;
+    gone.api = format!("http://127.0.0.1:{}", viking_testkit::local::free_port());
+    *f.shared.leader_hint.lock().expect("hint") = Some(gone);
+    let r = f
+        .run(r#"{"name":"alone","image":"busybox","daemonize":true}"#)
+        .await
+        .expect("placed without the leader");
+    assert!(r.ps.expect("ps").is_running());
+    assert_eq!(placer.claims_made() - before, 6, "not at the leader");
+    assert!(
+        f.shared.leader_hint.lock().expect("hint").is_none(),
+        "the unreachable leader is forgotten"
+    );
+}
+
+#[tokio::test]
+async fn a_run_accepted_without_waiting_starts_after_the_answer_and_a_failed_start_is_retried() {
+    let s = TestServer::start().await;
+    let accepted: RunResponse = s
+        .client
+        .run_no_wait(br#"{"name":"quick","image":"busybox","daemonize":true}"#.to_vec())
+        .await
+        .expect("accepted");
+    assert_eq!(accepted.ps.expect("its claim").status, "starting");
+    viking_testkit::eventually_async(
+        "the accepted job runs",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            s.shared
+                .store
+                .get(&keys::ps("quick"))
+                .await
+                .ok()
+                .flatten()
+                .and_then(|kv| viking_core::records::decode::<PsRecord>(&kv.value).ok())
+                .is_some_and(|p| p.is_running())
+        },
+    )
+    .await;
+    assert_eq!(s.containers_of("quick"), 1);
+
+    // A start that fails after the answer: the job stays in viking-proc,
+    // viking-ps says why, and the reconciler starts it again.
+    s.engine.fail_next_any(
+        Op::Start,
+        RuntimeError::Docker("the engine said no".to_string()),
+    );
+    s.client
+        .run_no_wait(br#"{"name":"later","image":"busybox","daemonize":true}"#.to_vec())
+        .await
+        .expect("accepted");
+    let ps_of = |name: &'static str| {
+        let store = s.shared.store.clone();
+        async move {
+            store
+                .get(&keys::ps(name))
+                .await
+                .ok()
+                .flatten()
+                .and_then(|kv| viking_core::records::decode::<PsRecord>(&kv.value).ok())
+        }
+    };
+    viking_testkit::eventually_async(
+        "the failed start is recorded",
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || async {
+            ps_of("later").await.is_some_and(|p| {
+                p.status == viking_core::Status::Failed
+                    || p.restarts > 0
+                    || p.error.as_deref().is_some_and(|e| e.contains("said no"))
+            })
+        },
+    )
+    .await;
+    assert!(s.keys(keys::PROC).await.contains(&keys::proc("later")));
+    viking_testkit::eventually_async(
+        "the reconciler starts it again",
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        || async { ps_of("later").await.is_some_and(|p| p.is_running()) },
+    )
+    .await;
+}

@@ -1,0 +1,293 @@
+//! dowding at the leader: a run at any server is placed by the leader, in
+//! memory, over what it holds ([`crate::held`]: floki's hosts, the load it
+//! published per host, the claims made since) and claimed in one
+//! transaction, so a placement costs the store one history read and one
+//! claim, whatever the size of the fleet. The asking server carries out the
+//! start, as before (the claim names it).
+//!
+//! The claim's transaction is the same as a server placing on its own
+//! ([`crate::state::claim_daemon`]: the name, and the chosen host's
+//! placements counter as the leader held it), so a leader that lost its
+//! term, a stale view or a server placing without the leader never places
+//! two jobs over one count. A server that cannot reach a leader, or asks
+//! one that no longer leads, places the job itself over the store's
+//! indexes ([`crate::placement`]); so does a job that publishes a fixed
+//! host port (its placement needs every host's ports in use).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use viking_client::api::{ErrorReason, PlaceRequest, PlaceResponse};
+use viking_core::records::HostRecord;
+use viking_core::{keys, scheduler, Job};
+use viking_store::Revision;
+
+use crate::error::{Result, ServerError};
+use crate::held::Held;
+use crate::placement::{Guard, Target};
+use crate::{now_ms, state, Shared};
+
+/// The leader's placer, for its term.
+pub struct Placer {
+    held: Arc<Mutex<Held>>,
+    /// Placements decided and not claimed yet, per host: counted as load
+    /// by the decisions made meanwhile, so a burst spreads.
+    pending: Mutex<HashMap<String, u64>>,
+    /// Jobs claimed through this placer.
+    claimed: std::sync::atomic::AtomicU64,
+}
+
+/// Where a job was placed and claimed.
+pub struct Placed {
+    /// The chosen host; `None` when the job waits for `waiting_for`.
+    pub host: Option<String>,
+    pub waiting_for: Option<String>,
+    /// The claim's revision.
+    pub rev: Revision,
+}
+
+/// How often a placement is decided again when another claim on its host
+/// came first.
+const TRIES: usize = 16;
+
+impl Placer {
+    pub fn new(held: Arc<Mutex<Held>>) -> Self {
+        Self {
+            held,
+            pending: Mutex::default(),
+            claimed: Default::default(),
+        }
+    }
+
+    /// How many jobs were claimed through this placer.
+    pub fn claims_made(&self) -> u64 {
+        self.claimed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn poisoned() -> ServerError {
+        ServerError::Internal("the leader's placer lock is poisoned".into())
+    }
+
+    /// Place `job` over what the leader holds and claim it for `claimant`.
+    pub async fn claim(&self, sh: &Shared, job: &Job, claimant: &str) -> Result<Placed> {
+        let (hist, _) = state::history(sh.store.as_ref(), &job.name).await?;
+        for _ in 0..TRIES {
+            let (d, guard) = {
+                let held = self.held.lock().map_err(|_| Self::poisoned())?;
+                let mut pending = self.pending.lock().map_err(|_| Self::poisoned())?;
+                let hosts = held.placement_snapshot(&pending);
+                let d = scheduler::place(job, &hosts, Some(&hist));
+                let guard = d.host.as_ref().map(|h| {
+                    *pending.entry(h.clone()).or_default() += 1;
+                    let seen = held.claims_of(h);
+                    Guard {
+                        host: h.clone(),
+                        revision: seen.map(|(r, _)| r),
+                        claims: seen.map_or(0, |(_, n)| n),
+                    }
+                });
+                (d, guard)
+            };
+            let _pending = guard.as_ref().map(|g| Pending {
+                placer: self,
+                host: g.host.clone(),
+            });
+            let waiting = match (&d.host, &d.waiting_for) {
+                (Some(_), _) => None,
+                (None, Some(w)) => Some(format!("waiting for host {w}")),
+                (None, None) => return Err(ServerError::Unavailable(d.explain())),
+            };
+            let claimed = state::claim_daemon(
+                sh.store.as_ref(),
+                state::DaemonClaim {
+                    job,
+                    placed_on: d.host.clone(),
+                    claimant,
+                    waiting,
+                    guard: guard.clone(),
+                    service_ports: crate::services::tcp_ports(job),
+                    ports: sh.config.embassy_ports,
+                    now: now_ms(),
+                },
+            )
+            .await?;
+            match claimed {
+                state::Claimed::Yes(rev) => {
+                    self.claimed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(g) = &guard {
+                        let mut held = self.held.lock().map_err(|_| Self::poisoned())?;
+                        held.note_claim(&g.host, rev, g.claims + 1);
+                    }
+                    return Ok(Placed {
+                        host: d.host,
+                        waiting_for: d.waiting_for,
+                        rev,
+                    });
+                }
+                state::Claimed::HostChanged => {
+                    // Another claim on the host came first: hold its
+                    // counter as it is now, and decide again.
+                    let Some(g) = &guard else { continue };
+                    let key = keys::placements(&g.host);
+                    if let Some(kv) = sh.store.get(&key).await? {
+                        let mut held = self.held.lock().map_err(|_| Self::poisoned())?;
+                        held.note(
+                            viking_store::EventKind::Put,
+                            &key,
+                            &kv.value,
+                            kv.mod_revision,
+                        );
+                    }
+                }
+            }
+        }
+        Err(ServerError::Unavailable(format!(
+            "placing {:?} kept racing with other placements; try again",
+            job.name
+        )))
+    }
+}
+
+/// A decision counted as pending until its claim ended.
+struct Pending<'a> {
+    placer: &'a Placer,
+    host: String,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.placer.pending.lock() {
+            if let Some(n) = p.get_mut(&self.host) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    p.remove(&self.host);
+                }
+            }
+        }
+    }
+}
+
+/// The leader's answer to `POST /v1/internal/place`; `NotLeader` when this
+/// server does not lead (or its term has not settled yet).
+pub async fn serve(sh: &Shared, req: PlaceRequest) -> Result<PlaceResponse> {
+    let placer = sh
+        .placer()
+        .ok_or_else(|| ServerError::NotLeader(format!("{} does not lead", sh.config.name)))?;
+    let placed = placer.claim(sh, &req.job, &req.claimant).await?;
+    Ok(PlaceResponse {
+        host: placed.host,
+        waiting_for: placed.waiting_for,
+        claim_rev: placed.rev,
+    })
+}
+
+/// Place and claim `job` at the leader (this server, or the one it asks);
+/// `None` when there is no leader to ask (none, unreachable, or it no
+/// longer leads): the caller places it itself.
+pub async fn at_leader(sh: &Shared, job: &Job) -> Result<Option<(Target, Revision)>> {
+    let placed = if let Some(placer) = sh.placer() {
+        placer.claim(sh, job, &sh.config.name).await?
+    } else {
+        let Some(leader) = leader(sh).await? else {
+            return Ok(None);
+        };
+        let req = PlaceRequest {
+            job: job.clone(),
+            claimant: sh.config.name.clone(),
+        };
+        let asked = crate::peer::peer(sh, &leader)?
+            .place(&req)
+            .await
+            .map_err(|e| ServerError::from_peer(&leader.name, e));
+        match asked {
+            Ok(r) => Placed {
+                host: r.host,
+                waiting_for: r.waiting_for,
+                rev: r.claim_rev,
+            },
+            Err(e) if asks_elsewhere(&e) => {
+                tracing::debug!(leader = %leader.name, "placing at the leader: {e}; placing here");
+                forget_leader(sh);
+                // A leader that did not answer in time may have claimed
+                // the job for this server all the same.
+                return own_claim(sh, job).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let target = match (placed.host, placed.waiting_for) {
+        (Some(h), _) => crate::placement::target(sh, &h)
+            .await?
+            .ok_or_else(|| ServerError::Unavailable(format!("host {h:?} left floki")))?,
+        (None, Some(w)) => Target::Waiting(w),
+        (None, None) => {
+            return Err(ServerError::Internal(
+                "the leader placed the job nowhere".into(),
+            ))
+        }
+    };
+    Ok(Some((target, placed.rev)))
+}
+
+/// Whether an answer from the leader sends the placement back to this
+/// server: it could not be reached, or does not lead.
+fn asks_elsewhere(e: &ServerError) -> bool {
+    e.is_unreachable()
+        || matches!(
+            e,
+            ServerError::Peer {
+                reason: Some(ErrorReason::NotLeader),
+                ..
+            }
+        )
+}
+
+/// A claim of `job` for this server already in the store (a leader that
+/// claimed it and answered too late): the job's target and the claim's
+/// revision; `None` when there is none (the name is free, or someone
+/// else's).
+async fn own_claim(sh: &Shared, job: &Job) -> Result<Option<(Target, Revision)>> {
+    let Some(kv) = sh.store.get(&keys::ps(&job.name)).await? else {
+        return Ok(None);
+    };
+    let Ok(ps) = viking_core::records::decode::<viking_core::records::PsRecord>(&kv.value) else {
+        return Ok(None);
+    };
+    let mine = ps.status == viking_core::Status::Starting
+        && ps.claimed_by.as_deref() == Some(sh.config.name.as_str());
+    let same = state::proc(sh.store.as_ref(), &job.name)
+        .await?
+        .is_some_and(|p| p.job == *job);
+    if !(mine && same) {
+        return Ok(None);
+    }
+    Ok(crate::placement::target(sh, &ps.node)
+        .await?
+        .map(|t| (t, kv.mod_revision)))
+}
+
+/// The leading server's floki record, as last looked up (`None`: no
+/// leader, or this server leads without a placer yet).
+async fn leader(sh: &Shared) -> Result<Option<HostRecord>> {
+    if let Some(h) = sh.leader_hint.lock().ok().and_then(|h| h.clone()) {
+        return Ok(Some(h));
+    }
+    let name = viking_store::Election::new(sh.store.clone(), "reconciler")
+        .leader()
+        .await?;
+    let Some(name) = name.filter(|n| *n != sh.config.name) else {
+        return Ok(None);
+    };
+    let host = crate::floki::host(sh, &name).await?;
+    if let (Some(h), Ok(mut hint)) = (&host, sh.leader_hint.lock()) {
+        *hint = Some(h.clone());
+    }
+    Ok(host)
+}
+
+fn forget_leader(sh: &Shared) {
+    if let Ok(mut hint) = sh.leader_hint.lock() {
+        *hint = None;
+    }
+}
