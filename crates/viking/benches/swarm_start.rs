@@ -1,6 +1,7 @@
 //! Swarm-start benchmark (no criterion): how long a 3-node cluster takes to
-//! get 30 daemonized busybox jobs running, viking against Docker swarm mode on
-//! the same three nodes, in the same run.
+//! get 30 daemonized busybox jobs running, viking against the physical
+//! baseline (plain `docker run -d` on the three nodes' own engines) and
+//! against Docker swarm mode on the same three nodes, in the same run.
 //!
 //! One `viking-testkit` cluster (3 Docker-in-Docker nodes, each with a
 //! `viking server`, one etcd):
@@ -11,8 +12,17 @@
 //!   `N mod 3` (round robin). Two rounds: one client issuing the 30 requests
 //!   sequentially, then 3 clients (one per node) each issuing its 10
 //!   sequentially. The jobs are removed after each round.
-//! * baseline (measured first): 10 plain `docker run -d` inside n1, timed
+//! * engine floor (measured first): 10 plain `docker run -d` inside n1, timed
 //!   there: the engine's own cost of starting one container.
+//! * physical baseline (measured next, before the viking rounds): the 30
+//!   containers as plain `docker run -d --name base-N viking-test/busybox
+//!   sleep 100000`, container `N` on node `N mod 3`'s own engine (10 per
+//!   node), the three nodes in parallel, each running its share sequentially
+//!   in one shell inside the node that times itself (so `docker exec` is not
+//!   counted). Its time is the slowest node's share; `docker ps` in each node
+//!   then checks that its share runs, and the containers are removed. The
+//!   span from the first node's start to the last node's end (which also
+//!   counts how far apart the three shells began) is printed beside it.
 //! * swarm: the same nodes form a swarm (n1 manager, n2 and n3 workers); from
 //!   the first `docker service create --detach --no-resolve-image --name sN
 //!   viking-test/busybox sleep 100000` (30 services, one replica each, issued
@@ -34,7 +44,9 @@
 //! `cargo bench -p viking --bench swarm_start`. `SWARM_START_JOBS` (30) and
 //! `SWARM_START_CONCURRENCY` (3) change the number of jobs and of clients of
 //! the second round; `VIKING_BIN` runs another viking binary.
-//! Target: viking <= 0.5 x swarm (time until all run).
+//! Targets (time until all run): viking <= 1.15 x the physical baseline
+//! (issue 17), and viking <= 0.5 x swarm (issue 5); the ratios are printed
+//! for both viking rounds.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -47,6 +59,8 @@ const IMAGE: &str = "viking-test/busybox";
 const POLL: Duration = Duration::from_millis(100);
 const TIMEOUT: Duration = Duration::from_secs(300);
 const TARGET_RATIO: f64 = 0.5;
+/// viking against the physical baseline (issue 17).
+const TARGET_BASELINE: f64 = 1.15;
 
 struct Timing {
     /// From the first request until the last request was answered.
@@ -306,6 +320,117 @@ docker rm -f $(seq -f bench-floor-%g 1 {n}) >/dev/null
     median(us).context("no engine timings")
 }
 
+/// The physical baseline: job `i` as a plain `docker run -d --name base-i` on
+/// node `i % 3`'s own engine (10 per node for 30 jobs), the nodes in parallel.
+/// Each node runs its share one after another in one shell that times itself
+/// (µs: one line per run, then its own start and end on the wall clock, which
+/// the nodes share with the host), so `docker exec` is not counted. "All
+/// running" is the slowest node's share; `span` gets the time from the first
+/// node's start to the last node's end, which also counts how far apart the
+/// three `docker exec` began. Then `docker ps` in every node must show its
+/// share running.
+fn bench_physical(c: &Cluster, jobs: usize, span: &mut Duration) -> Result<Timing> {
+    let nodes = c.nodes().len();
+    let outs: Vec<std::process::Output> = std::thread::scope(|s| {
+        let handles: Vec<_> = c
+            .nodes()
+            .iter()
+            .enumerate()
+            .map(|(k, n)| {
+                let share: Vec<String> = (k..jobs).step_by(nodes).map(|i| i.to_string()).collect();
+                let script = format!(
+                    r#"set -e
+us() {{ echo $(( $(date +%s%N) / 1000 )); }}
+t0=$(us)
+for i in {share}; do
+    t=$(us)
+    docker run -d --name base-$i {IMAGE} sleep 100000 >/dev/null
+    echo "run $(( $(us) - t ))"
+done
+echo "total $t0 $(us)"
+"#,
+                    share = share.join(" "),
+                );
+                s.spawn(move || n.sh(&script))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("baseline thread panicked"))
+            .collect()
+    });
+    let mut runs = Vec::new();
+    let mut slowest = Duration::ZERO;
+    let (mut first, mut last) = (u64::MAX, 0u64);
+    for (n, out) in c.nodes().iter().zip(&outs) {
+        if !out.status.success() {
+            bail!(
+                "docker run -d in {}: {}{}",
+                n.name(),
+                stderr(out),
+                stdout(out)
+            );
+        }
+        let mut total = None;
+        for l in stdout(out).lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let num = |s: &str| s.parse::<u64>().context("baseline timings");
+            match f[..] {
+                ["run", t] => runs.push(Duration::from_micros(num(t)?)),
+                ["total", a, b] => total = Some((num(a)?, num(b)?)),
+                _ => bail!("unexpected baseline output in {}: {l:?}", n.name()),
+            }
+        }
+        let (a, b) = total.with_context(|| format!("no baseline total from {}", n.name()))?;
+        slowest = slowest.max(Duration::from_micros(b.saturating_sub(a)));
+        first = first.min(a);
+        last = last.max(b);
+    }
+    *span = Duration::from_micros(last.saturating_sub(first));
+    let mut spread = BTreeMap::new();
+    for (k, n) in c.nodes().iter().enumerate() {
+        let want = (k..jobs).step_by(nodes).count();
+        let ps = n.docker_ok([
+            "ps",
+            "-q",
+            "--filter",
+            "name=base-",
+            "--filter",
+            "status=running",
+        ])?;
+        let got = ps.lines().filter(|l| !l.trim().is_empty()).count();
+        if got != want {
+            bail!(
+                "{}: {got} of its {want} baseline containers running",
+                n.name()
+            );
+        }
+        spread.insert(n.name().to_string(), got);
+    }
+    Ok(Timing {
+        accepted: slowest,
+        running: slowest,
+        spread,
+        request: median(runs),
+        cpu: Cpu::default(),
+    })
+}
+
+/// Removes the baseline's containers from every node's engine.
+fn physical_rm(c: &Cluster) -> Result<()> {
+    for n in c.nodes() {
+        let out = n.sh("ids=$(docker ps -aq --filter name=base-); [ -z \"$ids\" ] || docker rm -f $ids >/dev/null");
+        if !out.status.success() {
+            bail!(
+                "removing the baseline containers in {}: {}",
+                n.name(),
+                stderr(&out)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Makes n1 a swarm manager and joins the other nodes as workers.
 fn swarm_init(c: &Cluster) -> Result<()> {
     let n1 = c.node(0);
@@ -465,6 +590,10 @@ fn main() -> Result<()> {
 
     eprintln!("swarm_start: docker run -d in n1 (the engine's floor)");
     let floor = engine_run(c.node(0), 10)?;
+    eprintln!("swarm_start: physical baseline, {jobs} docker run -d across the nodes in parallel");
+    let mut span = Duration::ZERO;
+    let base = measured(&c, || bench_physical(&c, jobs, &mut span))?;
+    physical_rm(&c)?;
     eprintln!("swarm_start: viking, {jobs} jobs, sequentially");
     let v_seq = measured(&c, || bench_viking(&c, jobs, 1))?;
     viking_rm(&c, jobs)?;
@@ -483,13 +612,27 @@ fn main() -> Result<()> {
     let ms =
         |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3));
     let verdict = |r: f64| if r <= TARGET_RATIO { "met" } else { "MISSED" };
+    let vs_base = |v: &Timing| v.running.as_secs_f64() / base.running.as_secs_f64();
+    let verdict_base = |r: f64| {
+        if r <= TARGET_BASELINE {
+            "met"
+        } else {
+            "MISSED"
+        }
+    };
     println!();
     println!("{jobs} daemonized busybox jobs on 3 nodes (one harness cluster, same run)");
     println!();
-    println!("| | all requests answered | all running | median request | spread | /swarm |");
-    println!("|---|---:|---:|---:|---|---:|");
+    println!(
+        "| | all requests answered | all running | median request | spread | /baseline | /swarm |"
+    );
+    println!("|---|---:|---:|---:|---|---:|---:|");
     let clients = format!("viking, {workers} clients (one per node), round robin");
     let rows = [
+        (
+            "physical baseline, `docker run -d` on each node's engine, nodes in parallel",
+            &base,
+        ),
         ("viking, 1 client (sequential), round robin n1..n3", &v_seq),
         (clients.as_str(), &v_par),
         (
@@ -499,11 +642,12 @@ fn main() -> Result<()> {
     ];
     for (what, t) in rows {
         println!(
-            "| {what} | {:.2} s | {:.2} s | {} | {} | {:.2} |",
+            "| {what} | {:.2} s | {:.2} s | {} | {} | {:.2} | {:.2} |",
             t.accepted.as_secs_f64(),
             t.running.as_secs_f64(),
             ms(t.request),
             spread(t),
+            vs_base(t),
             ratio(t),
         );
     }
@@ -526,6 +670,18 @@ fn main() -> Result<()> {
         );
     }
     println!();
+    println!(
+        "viking/physical baseline, sequential = {:.2}, {workers} clients = {:.2} (target <= {TARGET_BASELINE}): {}, {}",
+        vs_base(&v_seq),
+        vs_base(&v_par),
+        verdict_base(vs_base(&v_seq)),
+        verdict_base(vs_base(&v_par)),
+    );
+    println!(
+        "physical baseline: slowest node's share {:.2} s; first node's start to last node's end {:.2} s",
+        base.running.as_secs_f64(),
+        span.as_secs_f64(),
+    );
     println!(
         "viking/swarm, sequential = {:.2}, {workers} clients = {:.2} (target <= {TARGET_RATIO}): {}, {}",
         ratio(&v_seq),
