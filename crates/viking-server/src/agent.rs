@@ -286,7 +286,7 @@ async fn resync_inner(sh: &Shared, startup: bool) -> anyhow::Result<()> {
     // A job whose viking-ps record cannot be read is left alone: its
     // containers are not in the view, so nothing is decided about them.
     let (records, unreadable, procs) = if startup {
-        every_record(sh).await?
+        every_record(sh, &containers).await?
     } else {
         own_records(sh, &containers).await?
     };
@@ -339,12 +339,16 @@ type Records = (
     BTreeSet<String>,
 );
 
-/// Every record of the store: at start, when this host may hold
-/// containers of jobs no index lists yet.
-async fn every_record(sh: &Shared) -> Result<Records, ServerError> {
+/// Every record of the store, read at start, when this host may hold
+/// containers of jobs no index lists yet; kept are those the planner looks
+/// at: the records naming this host and those of its containers' jobs
+/// (and which of those jobs are in viking-proc).
+async fn every_record(sh: &Shared, containers: &[ContainerInfo]) -> Result<Records, ServerError> {
+    let theirs: BTreeSet<&str> = containers.iter().map(|c| c.job.as_str()).collect();
     let (good, bad) = state::list_with_revs::<PsRecord>(sh.store.as_ref(), keys::PS).await?;
     let records = good
         .into_iter()
+        .filter(|(rec, _)| rec.node == sh.config.name || theirs.contains(rec.job.as_str()))
         .map(|(rec, rev)| (rec.job.clone(), (rec, rev)))
         .collect();
     let unreadable = bad
@@ -355,7 +359,9 @@ async fn every_record(sh: &Shared) -> Result<Records, ServerError> {
     let (proc_kvs, _) = sh.store.list(keys::PROC).await?;
     let procs = proc_kvs
         .iter()
-        .filter_map(|kv| kv.key.strip_prefix(keys::PROC).map(str::to_string))
+        .filter_map(|kv| kv.key.strip_prefix(keys::PROC))
+        .filter(|job| theirs.contains(job))
+        .map(str::to_string)
         .collect();
     Ok((records, unreadable, procs))
 }
@@ -367,22 +373,30 @@ async fn every_record(sh: &Shared) -> Result<Records, ServerError> {
 async fn own_records(sh: &Shared, containers: &[ContainerInfo]) -> Result<Records, ServerError> {
     let mut jobs: BTreeSet<String> = crate::assigned::mine(sh).await?;
     jobs.extend(containers.iter().map(|c| c.job.clone()));
+    // Each job's viking-ps and viking-proc keys, read together.
+    let jobs: Vec<String> = jobs.into_iter().collect();
+    let wanted: Vec<String> = jobs
+        .iter()
+        .flat_map(|j| [keys::ps(j), keys::proc(j)])
+        .collect();
+    let got = sh.store.get_many(&wanted).await?;
     let mut records = BTreeMap::new();
     let mut unreadable = BTreeSet::new();
     let mut procs = BTreeSet::new();
-    for job in jobs {
-        match state::ps(sh.store.as_ref(), &job).await {
-            Ok(Some((rec, rev))) => {
-                records.insert(job.clone(), (rec, rev));
+    for (job, pair) in jobs.into_iter().zip(got.chunks(2)) {
+        let [ps, proc] = pair else { continue };
+        if let Some(kv) = ps {
+            match viking_core::records::decode::<PsRecord>(&kv.value) {
+                Ok(rec) => {
+                    records.insert(job.clone(), (rec, kv.mod_revision));
+                }
+                Err(e) => {
+                    tracing::warn!(%job, "its viking-ps record cannot be read: {e}");
+                    unreadable.insert(job.clone());
+                }
             }
-            Ok(None) => {}
-            Err(ServerError::Record(e)) => {
-                tracing::warn!(%job, "its viking-ps record cannot be read: {e}");
-                unreadable.insert(job.clone());
-            }
-            Err(e) => return Err(e),
         }
-        if sh.store.get(&keys::proc(&job)).await?.is_some() {
+        if proc.is_some() {
             procs.insert(job);
         }
     }

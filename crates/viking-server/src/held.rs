@@ -10,6 +10,7 @@
 //! compares), or `None` when it cannot be read.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use viking_core::keys;
 use viking_core::records::{HostRecord, ProcRecord, PsRecord};
@@ -21,6 +22,10 @@ pub type Claims = HashMap<String, (Revision, u64)>;
 
 /// viking-proc, viking-ps and their revisions, as a round plans over them.
 pub type HeldState = (Vec<ProcRecord>, BTreeMap<String, PsRecord>, Revs);
+
+/// A round's input: the placements counters, floki's hosts (with whether
+/// each is alive) and viking-proc and viking-ps, all of one revision.
+pub type RoundInput = (Claims, Vec<(HostRecord, bool)>, HeldState);
 
 /// The revisions of each job's viking-proc and viking-ps records as read.
 #[derive(Default)]
@@ -41,6 +46,8 @@ pub struct Held {
     /// Each host's load and the claim count it accounts for, as this
     /// leader last published them (`assigned/<host>`).
     index: HashMap<String, (u64, u64)>,
+    /// [`Held::hosts`], until a host's record changes.
+    fleet: Option<Arc<Vec<(HostRecord, bool)>>>,
 }
 
 /// Apply one change to a map of records kept with their revisions. A
@@ -77,8 +84,10 @@ impl Held {
             apply(&mut self.ps, name, kind, rev, || decode(value).ok());
         } else if let Some(name) = keys::name_of(keys::HOSTS, key) {
             apply(&mut self.alive, name, kind, rev, || decode(value).ok());
+            self.fleet = None;
         } else if let Some(name) = keys::name_of(keys::FLEET, key) {
             apply(&mut self.known, name, kind, rev, || decode(value).ok());
+            self.fleet = None;
         } else if let Some(host) = keys::name_of(keys::PLACEMENTS, key) {
             if self.claims.get(host).is_some_and(|(held, _)| *held >= rev) {
                 return;
@@ -116,7 +125,7 @@ impl Held {
 
     /// What a round plans over, with the placements counters of the same
     /// revision.
-    pub fn state(&self) -> (Claims, HeldState) {
+    pub fn state(&mut self) -> RoundInput {
         let mut revs = Revs::default();
         let mut procs = Vec::with_capacity(self.procs.len());
         for (name, (p, rev)) in &self.procs {
@@ -135,20 +144,34 @@ impl Held {
                 ps.insert(name.clone(), r.clone());
             }
         }
-        (self.claims.clone(), (procs, ps, revs))
+        let hosts = self.hosts().as_ref().clone();
+        (self.claims.clone(), hosts, (procs, ps, revs))
     }
 
-    /// dowding's snapshot for a job without fixed host ports: floki's
-    /// hosts, each with the load last published plus the claims placed
-    /// on it since and `pending` (decided, not yet claimed).
-    pub fn placement_snapshot(&self, pending: &HashMap<String, u64>) -> Vec<HostSnapshot> {
+    /// floki's hosts, each with whether it is alive (computed again only
+    /// after a host's record changed).
+    pub fn hosts(&mut self) -> Arc<Vec<(HostRecord, bool)>> {
+        if let Some(f) = &self.fleet {
+            return f.clone();
+        }
         let records = |m: &BTreeMap<String, (Option<HostRecord>, Revision)>| {
             m.values()
                 .filter_map(|(r, _)| r.clone())
                 .collect::<Vec<_>>()
         };
-        let hosts = viking_core::records::fleet(records(&self.alive), records(&self.known));
-        crate::placement::indexed(hosts, |name| {
+        let f = Arc::new(viking_core::records::fleet(
+            records(&self.alive),
+            records(&self.known),
+        ));
+        self.fleet = Some(f.clone());
+        f
+    }
+
+    /// dowding's snapshot for a job without fixed host ports: floki's
+    /// hosts, each with the load last published plus the claims placed
+    /// on it since and `pending` (decided, not yet claimed).
+    pub fn placement_snapshot(&mut self, pending: &HashMap<String, u64>) -> Vec<HostSnapshot> {
+        crate::placement::indexed(&self.hosts(), |name| {
             let (load, accounted) = self.index.get(name).copied().unwrap_or((0, 0));
             let now = self.claims.get(name).map_or(0, |(_, n)| *n);
             load + now.saturating_sub(accounted) + pending.get(name).copied().unwrap_or(0)

@@ -71,7 +71,8 @@ pub fn claim_count(value: &[u8]) -> u64 {
 pub async fn snapshot(sh: &Shared) -> Result<Vec<HostSnapshot>> {
     let ps: Vec<PsRecord> = state::list(sh.store.as_ref(), keys::PS).await?;
     let procs: Vec<ProcRecord> = state::list(sh.store.as_ref(), keys::PROC).await?;
-    snapshot_from(sh, ps.iter(), &procs).await
+    let hosts = floki_hosts(sh).await?;
+    Ok(snapshot_over(hosts, ps.iter(), &procs))
 }
 
 /// The load of each host: jobs running there, plus jobs placed there that
@@ -105,16 +106,14 @@ pub async fn snapshot_indexed(
     sh: &Shared,
     guards: &HashMap<String, (Revision, u64)>,
 ) -> Result<Vec<HostSnapshot>> {
-    let alive: Vec<HostRecord> = state::list(sh.store.as_ref(), keys::HOSTS).await?;
-    let known: Vec<HostRecord> = state::list(sh.store.as_ref(), keys::FLEET).await?;
+    let hosts = floki_hosts(sh).await?;
     let index: HashMap<String, viking_core::records::AssignedRecord> =
         state::list::<viking_core::records::AssignedRecord>(sh.store.as_ref(), keys::ASSIGNED)
             .await?
             .into_iter()
             .map(|r| (r.host.clone(), r))
             .collect();
-    let hosts = viking_core::records::fleet(alive, known);
-    Ok(indexed(hosts, |name| {
+    Ok(indexed(&hosts, |name| {
         let (load, accounted) = index.get(name).map_or((0, 0), |r| (r.load, r.claims));
         let now = guards.get(name).map_or(0, |(_, n)| *n);
         load + now.saturating_sub(accounted)
@@ -124,28 +123,34 @@ pub async fn snapshot_indexed(
 /// dowding's hosts from floki's records (each with whether it is alive)
 /// and each host's load as an index tells it: no host ports (a job that
 /// publishes a fixed host port is placed over [`snapshot`]).
-pub fn indexed(hosts: Vec<(HostRecord, bool)>, load: impl Fn(&str) -> u64) -> Vec<HostSnapshot> {
+pub fn indexed(hosts: &[(HostRecord, bool)], load: impl Fn(&str) -> u64) -> Vec<HostSnapshot> {
     hosts
-        .into_iter()
+        .iter()
         .map(|(h, alive)| HostSnapshot {
             running: load(&h.name),
-            alive,
+            alive: *alive,
             tags: h.tags.iter().cloned().collect(),
             memory: h.memory,
             memory_used: h.memory_used,
             used_ports: BTreeSet::new(),
-            name: h.name,
+            name: h.name.clone(),
         })
         .collect()
 }
 
+/// floki's hosts, each with whether it is alive.
+pub async fn floki_hosts(sh: &Shared) -> Result<Vec<(HostRecord, bool)>> {
+    let alive: Vec<HostRecord> = state::list(sh.store.as_ref(), keys::HOSTS).await?;
+    let known: Vec<HostRecord> = state::list(sh.store.as_ref(), keys::FLEET).await?;
+    Ok(viking_core::records::fleet(alive, known))
+}
+
 /// [`snapshot`] over records already read (the leader's round).
-pub async fn snapshot_from<'a>(
-    sh: &Shared,
+pub fn snapshot_over<'a>(
+    hosts: Vec<(HostRecord, bool)>,
     ps: impl Iterator<Item = &'a PsRecord> + Clone,
     procs: &'a [ProcRecord],
-) -> Result<Vec<HostSnapshot>> {
-    let hosts = crate::floki::list(sh).await?;
+) -> Vec<HostSnapshot> {
     let load = load(ps.clone(), procs);
     let ps: Vec<&PsRecord> = ps.collect();
     // Host ports in use, per host: what running containers publish, and
@@ -168,21 +173,18 @@ pub async fn snapshot_from<'a>(
             );
         }
     }
-    Ok(hosts
+    hosts
         .into_iter()
-        .map(|h| {
-            let used_ports = ports.remove(h.host.name.as_str()).unwrap_or_default();
-            HostSnapshot {
-                name: h.host.name.clone(),
-                alive: h.alive,
-                tags: h.host.tags.iter().cloned().collect(),
-                running: load.get(h.host.name.as_str()).map_or(0, |s| s.len() as u64),
-                memory: h.host.memory,
-                memory_used: h.host.memory_used,
-                used_ports,
-            }
+        .map(|(h, alive)| HostSnapshot {
+            used_ports: ports.remove(h.name.as_str()).unwrap_or_default(),
+            alive,
+            tags: h.tags.iter().cloned().collect(),
+            running: load.get(h.name.as_str()).map_or(0, |s| s.len() as u64),
+            memory: h.memory,
+            memory_used: h.memory_used,
+            name: h.name,
         })
-        .collect())
+        .collect()
 }
 
 /// Ask dowding where `job` goes; with `explain`, why every other host

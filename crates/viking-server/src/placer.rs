@@ -73,7 +73,7 @@ impl Placer {
         let (hist, _) = state::history(sh.store.as_ref(), &job.name).await?;
         for _ in 0..TRIES {
             let (d, guard) = {
-                let held = self.held.lock().map_err(|_| Self::poisoned())?;
+                let mut held = self.held.lock().map_err(|_| Self::poisoned())?;
                 let mut pending = self.pending.lock().map_err(|_| Self::poisoned())?;
                 let hosts = held.placement_snapshot(&pending);
                 let d = scheduler::place(job, &hosts, Some(&hist));

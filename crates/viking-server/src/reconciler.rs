@@ -36,7 +36,7 @@ use viking_core::{keys, Status};
 use viking_store::{spawn_keep_alive, Compare, Election, Op, Revision, StoreError};
 
 use crate::error::ServerError;
-use crate::held::{Claims, Held, HeldState, Revs};
+use crate::held::{Held, Revs, RoundInput};
 use crate::placement::Target;
 use crate::state;
 use crate::{now_ms, Shared};
@@ -296,14 +296,16 @@ async fn lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result<(), StoreErr
         if broken.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
-        let state = held.lock().ok().map(|h| h.state());
+        let state = held.lock().ok().map(|mut h| h.state());
         let Some(state) = state else {
             return Ok(());
         };
+        let round_began = std::time::Instant::now();
         match reconcile_round_over(sh, in_flight, Some(state)).await {
             Ok(w) => wake_at = w,
             Err(e) => tracing::warn!("reconcile: {}", e),
         }
+        let round_took = round_began.elapsed();
         // Runs are placed here once the load per host is published (the
         // placer counts claims since).
         if let Some(index) = &in_flight.assigned {
@@ -330,8 +332,10 @@ async fn lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result<(), StoreErr
                     // The watch ended: read everything again.
                     return Ok(());
                 }
-                // Let a burst of changes settle into one round.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Let a burst of changes settle into one round; a large
+                // fleet's round costs more, so under a stream of changes
+                // the leader plans at most half of the time.
+                tokio::time::sleep(Duration::from_millis(50).max(round_took)).await;
                 while rx.try_recv().is_ok() {}
             }
             _ = tokio::time::sleep(sleep) => {}
@@ -363,17 +367,21 @@ pub async fn reconcile_round(
 async fn reconcile_round_over(
     sh: &Arc<Shared>,
     in_flight: &mut InFlight,
-    held: Option<(Claims, HeldState)>,
+    held: Option<RoundInput>,
 ) -> Result<Option<u64>, ServerError> {
     // A store that is not this cluster's (emptied, replaced) is not acted on.
     if !crate::standing::may_act(sh).await? {
         return Ok(None);
     }
-    let (claims, (procs, ps, revs)) = match held {
+    let (claims, hosts, (procs, ps, revs)) = match held {
         Some(h) => h,
         // The placements counters first: a claim the records miss is
         // counted by the index's readers as made since.
-        None => (crate::placement::guards(sh).await?, read_state(sh).await?),
+        None => {
+            let claims = crate::placement::guards(sh).await?;
+            let state = read_state(sh).await?;
+            (claims, crate::placement::floki_hosts(sh).await?, state)
+        }
     };
     // embassy's routes, for every server to follow.
     if let Err(e) = crate::services::publish(sh, &procs, &ps, &mut in_flight.routes).await {
@@ -385,7 +393,7 @@ async fn reconcile_round_over(
     {
         tracing::warn!("publishing each host's jobs: {e}");
     }
-    let hosts = crate::placement::snapshot_from(sh, ps.values(), &procs).await?;
+    let hosts = crate::placement::snapshot_over(hosts, ps.values(), &procs);
     let now = now_ms();
     let settling = match in_flight.settle_until {
         Some(t) if now < t => hosts

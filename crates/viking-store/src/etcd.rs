@@ -451,6 +451,42 @@ impl Store for EtcdStore {
         resp.kvs().first().map(|kv| self.convert_kv(kv)).transpose()
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(crate::GET_MANY_CHUNK) {
+            for k in chunk {
+                crate::ops::validate_key(k)?;
+            }
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|k| TxnOp::get(self.full(k), None))
+                .collect();
+            // A transaction of reads alone: etcd serves it as a read, at one
+            // revision, without a write to its log.
+            let resp = retry("get_many", is_transient, || {
+                let mut kv = self.kv();
+                let txn = Txn::new().and_then(ops.clone());
+                async move { kv.txn(txn).await }
+            })
+            .await
+            .map_err(|e| map_err("get_many", e))?;
+            let mut got = 0;
+            for r in resp.op_responses() {
+                if let etcd_client::TxnOpResponse::Get(g) = r {
+                    out.push(g.kvs().first().map(|kv| self.convert_kv(kv)).transpose()?);
+                    got += 1;
+                }
+            }
+            if got != chunk.len() {
+                return Err(StoreError::Unavailable(format!(
+                    "get_many: etcd answered {got} reads of {}",
+                    chunk.len()
+                )));
+            }
+        }
+        Ok(out)
+    }
+
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
         // Page after page, each at the revision of the first, so the
         // listing is one consistent snapshot however many pages it takes.

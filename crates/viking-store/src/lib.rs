@@ -164,11 +164,27 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// How many keys one read of [`Store::get_many`] carries (etcd refuses a
+/// transaction of more than 128 operations by default).
+pub const GET_MANY_CHUNK: usize = 64;
+
 /// The primitives every backend provides. See the crate docs.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// One key.
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
+
+    /// Several keys at once, each `None` when absent, in the order asked
+    /// (etcd: one read-only transaction per [`GET_MANY_CHUNK`] keys, so a
+    /// server reading its own jobs' records sends one request, not one per
+    /// record).
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(self.get(k).await?);
+        }
+        Ok(out)
+    }
 
     /// Every key under `prefix`, sorted by key, with the revision the
     /// listing was read at (start a watch at `revision + 1` to follow on).

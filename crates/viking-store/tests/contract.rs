@@ -66,6 +66,30 @@ mod cases {
         assert!(matches!(s.get("").await, Err(StoreError::Invalid(_))));
     }
 
+    pub async fn get_many_in_order(s: Arc<dyn Store>) {
+        for i in 0..70 {
+            s.put(&format!("m/{i:03}"), format!("v{i}").as_bytes())
+                .await
+                .unwrap();
+        }
+        // More keys than one etcd read carries, some absent, out of order.
+        let keys: Vec<String> = (0..80).rev().map(|i| format!("m/{i:03}")).collect();
+        let got = s.get_many(&keys).await.unwrap();
+        assert_eq!(got.len(), 80);
+        for (k, v) in keys.iter().zip(&got) {
+            let i: usize = k[2..].parse().unwrap();
+            match v {
+                Some(kv) => {
+                    assert!(i < 70, "{k} is absent");
+                    assert_eq!(&kv.key, k);
+                    assert_eq!(kv.value, format!("v{i}").into_bytes());
+                }
+                None => assert!(i >= 70, "{k} is present"),
+            }
+        }
+        assert!(s.get_many(&[]).await.unwrap().is_empty());
+    }
+
     pub async fn create_if_absent(s: Arc<dyn Store>) {
         assert!(s.create("c/k", "first", None).await.unwrap());
         assert!(!s.create("c/k", "second", None).await.unwrap());
@@ -592,6 +616,7 @@ macro_rules! contract {
 
 contract!(
     kv_basics,
+    get_many_in_order,
     create_if_absent,
     cas_on_revision,
     txn_atomicity,

@@ -449,7 +449,7 @@ async fn run(hosts: usize, jobs: usize, ttl: f64, endpoint: String) -> Result<()
             ps.filter(|p| p.daemonize)
                 .all(|p| p.is_running() && !gone.contains(&p.node))
         })
-    .await?;
+        .await?;
     eprintln!("scale: {kill_n} hosts killed: their jobs run elsewhere after {moved_s:.1}s");
 
     // The leader.
@@ -478,7 +478,7 @@ async fn run(hosts: usize, jobs: usize, ttl: f64, endpoint: String) -> Result<()
             ps.filter(|p| p.daemonize)
                 .all(|p| p.is_running() && !gone.contains(&p.node))
         })
-    .await?
+        .await?
         + new_leader_s;
     eprintln!("scale: leader {leader} killed: a new leader after {new_leader_s:.1}s, its jobs elsewhere after {leader_jobs_s:.1}s");
 
