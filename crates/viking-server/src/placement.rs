@@ -33,6 +33,16 @@ pub struct Guard {
 }
 
 impl Guard {
+    /// The guard of `host`, whose placements key was seen at this
+    /// (revision, claim count), or never written (`None`).
+    pub fn new(host: &str, seen: Option<(Revision, u64)>) -> Self {
+        Guard {
+            host: host.to_string(),
+            revision: seen.map(|(r, _)| r),
+            claims: seen.map_or(0, |(_, n)| n),
+        }
+    }
+
     /// The transaction's condition.
     pub fn compare(&self) -> Compare {
         let key = keys::placements(&self.host);
@@ -213,14 +223,7 @@ async fn place_guarded(
     } else {
         scheduler::place(job, &hosts, Some(&hist))
     };
-    let guard = d.host.as_ref().map(|h| {
-        let seen = guards.remove(h);
-        Guard {
-            host: h.clone(),
-            revision: seen.map(|(r, _)| r),
-            claims: seen.map_or(0, |(_, n)| n),
-        }
-    });
+    let guard = d.host.as_ref().map(|h| Guard::new(h, guards.remove(h)));
     Ok((d, guard))
 }
 

@@ -79,12 +79,7 @@ impl Placer {
                 let d = scheduler::place(job, &hosts, Some(&hist));
                 let guard = d.host.as_ref().map(|h| {
                     *pending.entry(h.clone()).or_default() += 1;
-                    let seen = held.claims_of(h);
-                    Guard {
-                        host: h.clone(),
-                        revision: seen.map(|(r, _)| r),
-                        claims: seen.map_or(0, |(_, n)| n),
-                    }
+                    Guard::new(h, held.claims_of(h))
                 });
                 (d, guard)
             };

@@ -1949,6 +1949,17 @@ async fn runs_at_any_server_are_placed_by_the_leader_or_here_when_it_cannot_be_r
 #[tokio::test]
 async fn a_run_accepted_without_waiting_starts_after_the_answer_and_a_failed_start_is_retried() {
     let s = TestServer::start().await;
+    let ps_of = |name: &'static str| {
+        let store = s.shared.store.clone();
+        async move {
+            store
+                .get(&keys::ps(name))
+                .await
+                .ok()
+                .flatten()
+                .and_then(|kv| viking_core::records::decode::<PsRecord>(&kv.value).ok())
+        }
+    };
     let accepted: RunResponse = s
         .client
         .run_no_wait(br#"{"name":"quick","image":"busybox","daemonize":true}"#.to_vec())
@@ -1959,16 +1970,7 @@ async fn a_run_accepted_without_waiting_starts_after_the_answer_and_a_failed_sta
         "the accepted job runs",
         Duration::from_secs(10),
         Duration::from_millis(20),
-        || async {
-            s.shared
-                .store
-                .get(&keys::ps("quick"))
-                .await
-                .ok()
-                .flatten()
-                .and_then(|kv| viking_core::records::decode::<PsRecord>(&kv.value).ok())
-                .is_some_and(|p| p.is_running())
-        },
+        || async { ps_of("quick").await.is_some_and(|p| p.is_running()) },
     )
     .await;
     assert_eq!(s.containers_of("quick"), 1);
@@ -1983,17 +1985,6 @@ async fn a_run_accepted_without_waiting_starts_after_the_answer_and_a_failed_sta
         .run_no_wait(br#"{"name":"later","image":"busybox","daemonize":true}"#.to_vec())
         .await
         .expect("accepted");
-    let ps_of = |name: &'static str| {
-        let store = s.shared.store.clone();
-        async move {
-            store
-                .get(&keys::ps(name))
-                .await
-                .ok()
-                .flatten()
-                .and_then(|kv| viking_core::records::decode::<PsRecord>(&kv.value).ok())
-        }
-    };
     viking_testkit::eventually_async(
         "the failed start is recorded",
         Duration::from_secs(10),
