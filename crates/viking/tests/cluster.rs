@@ -519,8 +519,10 @@ fn a_killed_host_shows_as_gone_within_its_ttl() {
     );
     c.node(2).kill().unwrap();
     let killed = Instant::now();
-    // A run right after the kill (alongside the polling below): n3 cannot be
-    // reached, so the job is placed again without it instead of failing.
+    // A run right after the kill (alongside the polling below): n3 (which
+    // may lead) cannot be reached, so the job is placed without it instead
+    // of failing: placed here when the leader does not answer, or placed
+    // again when the chosen host does not.
     let mut early = c.node(0).cli_command();
     early.args(["run", "-d", "--name", "early", BUSYBOX, "sleep", "100"]);
     let early = std::thread::spawn(move || early.output().unwrap());
@@ -548,7 +550,6 @@ fn a_killed_host_shows_as_gone_within_its_ttl() {
     assert!(table.contains("gone since"), "{table}");
     let o = early.join().unwrap();
     assert!(o.status.success(), "{}", err(&o));
-    assert!(err(&o).contains("host n3 is unreachable"), "{}", err(&o));
     assert_ne!(placements(c.node(0))["early"], "n3");
     // New jobs avoid it.
     for i in 0..3 {
