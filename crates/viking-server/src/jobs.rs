@@ -68,12 +68,12 @@ pub async fn claim_daemon(sh: &Shared, job: &Job) -> Result<Claim> {
     crate::services::check_links(sh, job).await?;
     // The leader places it in memory; a job that publishes a fixed host
     // port needs every host's ports in use, which only the store has.
-    if !job.ports.iter().any(|p| p.host.is_some()) {
+    if !placement::needs_host_ports(job) {
         if let Some((target, rev)) = crate::placer::at_leader(sh, job).await? {
             return Ok(Claim { target, rev });
         }
     }
-    for _ in 0..PLACEMENT_TRIES {
+    for _ in 0..placement::TRIES {
         let (target, guard) = placement::choose(sh, job).await?;
         let (placed_on, waiting) = match &target {
             Target::Here => (Some(sh.config.name.clone()), None),
@@ -106,10 +106,6 @@ pub async fn claim_daemon(sh: &Shared, job: &Job) -> Result<Claim> {
         job.name
     )))
 }
-
-/// How often a claim is placed again when other placements on its host
-/// came first.
-const PLACEMENT_TRIES: usize = 16;
 
 /// Run a daemonized job: claim, then start.
 pub async fn run_daemon(

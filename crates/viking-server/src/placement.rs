@@ -21,6 +21,16 @@ pub fn generate_name() -> String {
     viking_core::names::generate(rand::random())
 }
 
+/// How often a placement is decided again when another claim on its host
+/// came first (by this server's placement or the leader's).
+pub const TRIES: usize = 16;
+
+/// Whether `job` publishes a fixed host port: its placement needs every
+/// host's ports in use, the whole snapshot from the store.
+pub fn needs_host_ports(job: &Job) -> bool {
+    job.ports.iter().any(|p| p.host.is_some())
+}
+
 /// A host's placements key as it was when a snapshot was read: the claim
 /// that places a job there holds only if no other claim placed one there
 /// since (its revision, or `None` when nothing ever was).
@@ -212,7 +222,7 @@ async fn place_guarded(
     let mut guards = guards(sh).await?;
     // A job that publishes a fixed host port needs every host's ports in
     // use: the whole snapshot. Any other job is placed over the index.
-    let hosts = if job.ports.iter().any(|p| p.host.is_some()) {
+    let hosts = if needs_host_ports(job) {
         snapshot(sh).await?
     } else {
         snapshot_indexed(sh, &guards).await?

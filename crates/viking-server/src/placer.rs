@@ -46,10 +46,6 @@ pub struct Placed {
     pub rev: Revision,
 }
 
-/// How often a placement is decided again when another claim on its host
-/// came first.
-const TRIES: usize = 16;
-
 impl Placer {
     pub fn new(held: Arc<Mutex<Held>>) -> Self {
         Self {
@@ -71,7 +67,7 @@ impl Placer {
     /// Place `job` over what the leader holds and claim it for `claimant`.
     pub async fn claim(&self, sh: &Shared, job: &Job, claimant: &str) -> Result<Placed> {
         let (hist, _) = state::history(sh.store.as_ref(), &job.name).await?;
-        for _ in 0..TRIES {
+        for _ in 0..crate::placement::TRIES {
             let (d, guard) = {
                 let mut held = self.held.lock().map_err(|_| Self::poisoned())?;
                 let mut pending = self.pending.lock().map_err(|_| Self::poisoned())?;
@@ -243,11 +239,10 @@ fn asks_elsewhere(e: &ServerError) -> bool {
 /// revision; `None` when there is none (the name is free, or someone
 /// else's).
 async fn own_claim(sh: &Shared, job: &Job) -> Result<Option<(Target, Revision)>> {
-    let Some(kv) = sh.store.get(&keys::ps(&job.name)).await? else {
-        return Ok(None);
-    };
-    let Ok(ps) = viking_core::records::decode::<viking_core::records::PsRecord>(&kv.value) else {
-        return Ok(None);
+    let (ps, rev) = match state::ps(sh.store.as_ref(), &job.name).await {
+        Ok(Some(found)) => found,
+        Ok(None) | Err(ServerError::Record(_)) => return Ok(None),
+        Err(e) => return Err(e),
     };
     let mine = ps.status == viking_core::Status::Starting
         && ps.claimed_by.as_deref() == Some(sh.config.name.as_str());
@@ -259,7 +254,7 @@ async fn own_claim(sh: &Shared, job: &Job) -> Result<Option<(Target, Revision)>>
     }
     Ok(crate::placement::target(sh, &ps.node)
         .await?
-        .map(|t| (t, kv.mod_revision)))
+        .map(|t| (t, rev)))
 }
 
 /// The leading server's floki record, as last looked up (`None`: no

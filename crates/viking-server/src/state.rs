@@ -447,8 +447,8 @@ pub async fn fail_start(
 ) -> Result<()> {
     let claim = match claim {
         Some(c) => c,
-        None => match store.get(&keys::ps(job)).await? {
-            Some(kv) if kv.mod_revision == claim_rev => decode(&kv.value)?,
+        None => match ps(store, job).await? {
+            Some((rec, rev)) if rev == claim_rev => rec,
             _ => return Ok(()),
         },
     };
