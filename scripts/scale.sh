@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Scale on hollow servers (crates/viking/examples/scale.rs, issue 17): one
+# Scale on hollow servers (crates/viking/examples/scale/main.rs, issue 17): one
 # real etcd and N hollow servers (`viking server --runtime hollow`) in one
 # process, each with its own store client, lease and watches; M daemonized
 # jobs through the API of random servers with 32 clients; 10 % of the hosts

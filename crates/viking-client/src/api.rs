@@ -341,6 +341,10 @@ pub struct PlaceResponse {
     pub waiting_for: Option<String>,
     /// The revision of the claim: of its `starting` record when placed.
     pub claim_rev: i64,
+    /// The chosen host's floki record as the leader holds it (where to
+    /// send the start), so the asking server need not read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_record: Option<viking_core::records::HostRecord>,
 }
 
 /// `POST /v1/internal/resolve`: the image id a reference names on a host.

@@ -78,23 +78,50 @@ async fn resync_logged(sh: &Shared, what: &str) {
     }
 }
 
-/// Apply the rules to one container after a Docker event.
+/// Apply the rules to one container after a Docker event. After Docker
+/// answered, one read brings the job's viking-ps and viking-proc records
+/// and the store's cluster id (whether this server may act); a refresh
+/// starts from that read, as fresh as if it read the record itself.
 async fn sync_one(sh: &Shared, id: &str, job: &str) -> Result<(), ServerError> {
-    let rec = state::ps(sh.store.as_ref(), job).await?;
-    let action = match sh.runtime.inspect(id).await? {
+    let container = sh.runtime.inspect(id).await?;
+    let got = sh
+        .store
+        .get_many(&[keys::ps(job), keys::proc(job), keys::CLUSTER_ID.to_string()])
+        .await?;
+    let [ps, proc, cluster] = <[_; 3]>::try_from(got).map_err(|_| {
+        ServerError::Internal("the store answered a read of 3 keys with another count".into())
+    })?;
+    let rec: Option<(PsRecord, Revision)> = match ps {
+        Some(kv) => Some((viking_core::records::decode(&kv.value)?, kv.mod_revision)),
+        None => None,
+    };
+    let cluster = cluster
+        .map(|kv| String::from_utf8_lossy(&kv.value).trim().to_string())
+        .filter(|s| !s.is_empty());
+    let action = match container {
         Some(c) if c.node == sh.config.name && c.cluster == sh.config.key => {
-            let in_proc = sh.store.get(&keys::proc(job)).await?.is_some();
             let view = View {
                 node: sh.config.name.clone(),
                 containers: vec![seen(&c)],
                 records: rec.into_iter().map(|r| (job.to_string(), r)).collect(),
-                procs: in_proc.then(|| job.to_string()).into_iter().collect(),
+                procs: proc
+                    .is_some()
+                    .then(|| job.to_string())
+                    .into_iter()
+                    .collect(),
                 sessions: sessions(sh),
                 now: crate::now_ms(),
                 full: false,
                 startup: false,
             };
-            return carry_out(sh, &[c], &plan(&view)).await;
+            let actions = plan(&view);
+            // Nothing is touched while this server holds.
+            if actions.is_empty()
+                || crate::standing::judge(sh, cluster) != crate::standing::Standing::Member
+            {
+                return Ok(());
+            }
+            return apply(sh, &[c], &actions, &view.records).await;
         }
         Some(_) => None,
         // Destroyed: the record says missing, if it named this container.
@@ -132,14 +159,17 @@ async fn carry_out(
     if actions.is_empty() || !crate::standing::may_act(sh).await? {
         return Ok(());
     }
-    apply(sh, containers, actions).await
+    apply(sh, containers, actions, &BTreeMap::new()).await
 }
 
 /// Carry out actions already cleared by [`crate::standing::may_act`].
+/// `read`: viking-ps records as the caller just read them (a refresh
+/// starts from its job's instead of reading it again).
 async fn apply(
     sh: &Shared,
     containers: &[ContainerInfo],
     actions: &[Action],
+    read: &BTreeMap<String, (PsRecord, Revision)>,
 ) -> Result<(), ServerError> {
     for a in actions {
         let outcome = match a {
@@ -156,7 +186,8 @@ async fn apply(
                 sh.runtime.stop(id, 10).await.map_err(ServerError::from)
             }
             Action::Refresh { job, id } => {
-                match crate::container::refresh_ps(sh, job, id).await {
+                let first = read.get(job).cloned();
+                match crate::container::refresh_ps(sh, job, id, first).await {
                     // The record moved on since the view was read: look
                     // again, so a stale copy here goes at once.
                     Ok(None) => {
@@ -321,9 +352,12 @@ async fn resync_inner(sh: &Shared, startup: bool) -> anyhow::Result<()> {
     if !crate::standing::may_act(sh).await? {
         return Ok(());
     }
-    // One action at a time, so one failure does not hold up the rest.
+    // One action at a time, so one failure does not hold up the rest. Each
+    // refresh reads its record again: Docker may have been slow since the
+    // records were read, and a job that moved meanwhile must be seen.
+    let none = BTreeMap::new();
     for a in plan(&view) {
-        if let Err(e) = apply(sh, &containers, std::slice::from_ref(&a)).await {
+        if let Err(e) = apply(sh, &containers, std::slice::from_ref(&a), &none).await {
             tracing::warn!("resync: {a:?}: {e}");
         }
     }

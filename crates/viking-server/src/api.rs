@@ -129,7 +129,9 @@ async fn run(
     Query(q): Query<RunQuery>,
     mut req: Request,
 ) -> ApiResult<Response> {
-    crate::standing::require_member(&sh).await?;
+    // A daemonized job's claim carries the cluster id in its transaction;
+    // other runs read it first.
+    crate::standing::require_known_member(&sh)?;
     let wants_attach = is_attach(req.headers());
     let on_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
     let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
@@ -147,6 +149,7 @@ async fn run(
         return Ok(Json(placement::dry_run(&sh, job).await?).into_response());
     }
     if !job.daemonize {
+        crate::standing::require_member(&sh).await?;
         let Some(on_upgrade) = on_upgrade.filter(|_| wants_attach) else {
             return Err(ServerError::Invalid(format!(
                 "job {:?} is not daemonized, so it needs an attached client (Upgrade: {ATTACH_PROTOCOL}); run it with `viking run`, or give it ports or -d to daemonize it",
@@ -251,7 +254,8 @@ async fn internal_start(
     Query(q): Query<StartQuery>,
     req: Request,
 ) -> ApiResult<Response> {
-    crate::standing::require_member(&sh).await?;
+    // The start reads the cluster id with the job's records.
+    crate::standing::require_known_member(&sh)?;
     let job = read_job(req).await?;
     progress_response(sh, move |sh, progress| {
         Box::pin(async move { jobs::start_placed(sh, &job, q.claim_rev, progress).await })
@@ -264,7 +268,8 @@ async fn internal_place(
     State(sh): State<Arc<Shared>>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<viking_client::api::PlaceResponse>> {
-    crate::standing::require_member(&sh).await?;
+    // The claim carries the cluster id in its transaction.
+    crate::standing::require_known_member(&sh)?;
     let mut req: viking_client::api::PlaceRequest = parse(&body)?;
     // The same checks as a job from a client.
     let doc = serde_json::to_vec(&req.job).map_err(|e| ServerError::Internal(e.to_string()))?;

@@ -199,10 +199,57 @@ pub async fn start_container(
     claim: Option<Revision>,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<PsRecord> {
+    start_checked(sh, job, claim, false, progress).await
+}
+
+/// [`start_container`] for a job another server placed here: its
+/// viking-proc record must also name this host and hold this very job.
+pub async fn start_placed_here(
+    sh: &Shared,
+    job: &Job,
+    claim: Option<Revision>,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<PsRecord> {
+    start_checked(sh, job, claim, true, progress).await
+}
+
+/// Before the container is made, one read ([`state::start_view`]) checks
+/// that the store is this cluster's, that the claim holds and, with
+/// `placed_here`, that viking-proc places this job here; the start's
+/// counters and history come from the same read.
+async fn start_checked(
+    sh: &Shared,
+    job: &Job,
+    claim: Option<Revision>,
+    placed_here: bool,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<PsRecord> {
     ensure_image(sh, &job.image, progress).await?;
     check_host_ports(sh, job).await?;
-    if let Some(c) = claim {
-        check_claim(sh, &job.name, c).await?;
+    let view = state::start_view(sh.store.as_ref(), &job.name).await?;
+    crate::standing::require_member_by(sh, view.cluster_id.clone())?;
+    if claim.is_some_and(|c| !view.claim_holds(c)) {
+        return Err(superseded(&job.name));
+    }
+    if placed_here {
+        let Some(p) = &view.proc else {
+            return Err(ServerError::Conflict(format!(
+                "job {:?} is not in viking-proc",
+                job.name
+            )));
+        };
+        if p.placed_on.as_deref() != Some(sh.config.name.as_str()) {
+            return Err(ServerError::Conflict(format!(
+                "job {:?} is placed on {:?}, not on this host",
+                job.name, p.placed_on
+            )));
+        }
+        if p.job != *job {
+            return Err(ServerError::Conflict(format!(
+                "job {:?} in viking-proc is not the one asked to start here",
+                job.name
+            )));
+        }
     }
     let spec = container_spec(sh, job).await?;
     let id = create_container(sh, &spec).await?;
@@ -225,15 +272,17 @@ pub async fn start_container(
             return Err(e);
         }
     };
-    // Keep the restart counters of the start claim.
-    let (restarts, streak, last_exit) = match state::ps(sh.store.as_ref(), &job.name).await? {
+    // Keep the restart counters of the start claim (as read: with a claim,
+    // the record is written only while it is still that one).
+    let (restarts, streak, last_exit) = match &view.ps {
         Some((p, _)) if p.node == sh.config.name => (p.restarts, p.crash_streak, p.last_exit),
         _ => (0, 0, None),
     };
     let mut ps = ps_from(sh, &info, restarts);
     ps.crash_streak = streak;
     ps.last_exit = last_exit;
-    let recorded = state::record_started(sh.store.as_ref(), &ps, claim, now_ms()).await;
+    let recorded =
+        state::record_started(sh.store.as_ref(), &ps, claim, now_ms(), Some(view.history)).await;
     match recorded {
         Ok(true) => Ok(ps),
         Ok(false) => {
@@ -244,15 +293,6 @@ pub async fn start_container(
             Err(superseded(&job.name))
         }
         Err(e) => Err(e),
-    }
-}
-
-/// Refuse to go on with a start whose claim no longer holds.
-pub async fn check_claim(sh: &Shared, name: &str, claim: Revision) -> Result<()> {
-    if state::claim_holds(sh.store.as_ref(), name, claim).await? {
-        Ok(())
-    } else {
-        Err(superseded(name))
     }
 }
 
@@ -285,10 +325,21 @@ async fn check_host_ports(sh: &Shared, job: &Job) -> Result<()> {
 /// floki, the job was started elsewhere). The new host's record is not
 /// this server's to write: marking it missing because its container is not
 /// on this engine would make the reconciler replace a healthy copy. `None`
-/// when the record is gone or names another container.
-pub async fn refresh_ps(sh: &Shared, name: &str, id: &str) -> Result<Option<PsRecord>> {
+/// when the record is gone or names another container. `first`: the
+/// record as just read, if the caller has it (a write still compares its
+/// revision).
+pub async fn refresh_ps(
+    sh: &Shared,
+    name: &str,
+    id: &str,
+    mut first: Option<(PsRecord, Revision)>,
+) -> Result<Option<PsRecord>> {
     for _ in 0..16 {
-        let Some((mut ps, rev)) = state::ps(sh.store.as_ref(), name).await? else {
+        let read = match first.take() {
+            Some(r) => Some(r),
+            None => state::ps(sh.store.as_ref(), name).await?,
+        };
+        let Some((mut ps, rev)) = read else {
             return Ok(None);
         };
         if ps.node != sh.config.name || ps.container_id != id {

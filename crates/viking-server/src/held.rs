@@ -25,7 +25,7 @@ pub type HeldState = (Vec<ProcRecord>, BTreeMap<String, PsRecord>, Revs);
 
 /// A round's input: the placements counters, floki's hosts (with whether
 /// each is alive) and viking-proc and viking-ps, all of one revision.
-pub type RoundInput = (Claims, Vec<(HostRecord, bool)>, HeldState);
+pub type RoundInput = (Claims, Arc<Vec<(HostRecord, bool)>>, HeldState);
 
 /// The revisions of each job's viking-proc and viking-ps records as read.
 #[derive(Default)]
@@ -144,8 +144,7 @@ impl Held {
                 ps.insert(name.clone(), r.clone());
             }
         }
-        let hosts = self.hosts().as_ref().clone();
-        (self.claims.clone(), hosts, (procs, ps, revs))
+        (self.claims.clone(), self.hosts(), (procs, ps, revs))
     }
 
     /// floki's hosts, each with whether it is alive (computed again only

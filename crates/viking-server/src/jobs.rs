@@ -91,6 +91,7 @@ pub async fn claim_daemon(sh: &Shared, job: &Job) -> Result<Claim> {
                 service_ports: crate::services::tcp_ports(job),
                 ports: sh.config.embassy_ports,
                 now: now_ms(),
+                cluster: sh.cluster_id(),
             },
         )
         .await?;
@@ -99,6 +100,7 @@ pub async fn claim_daemon(sh: &Shared, job: &Job) -> Result<Claim> {
             // Another job was placed on the same host since the snapshot:
             // decide again over one that counts it.
             state::Claimed::HostChanged => continue,
+            state::Claimed::NotMember => return Err(crate::standing::refusal(sh).await),
         }
     }
     Err(ServerError::Unavailable(format!(
@@ -317,24 +319,9 @@ pub async fn start_placed(
     claim: Option<Revision>,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<RunResponse> {
-    if let Some(c) = claim {
-        crate::container::check_claim(sh, &job.name, c).await?;
-    }
-    let Some(p) = state::proc(sh.store.as_ref(), &job.name).await? else {
-        return Err(ServerError::Conflict(format!(
-            "job {:?} is not in viking-proc",
-            job.name
-        )));
-    };
-    if p.placed_on.as_deref() != Some(sh.config.name.as_str()) {
-        return Err(ServerError::Conflict(format!(
-            "job {:?} is placed on {:?}, not on this host",
-            job.name, p.placed_on
-        )));
-    }
-    let ps = start_container(sh, &p.job, claim, progress).await?;
+    let ps = crate::container::start_placed_here(sh, job, claim, progress).await?;
     Ok(RunResponse {
-        job: p.job,
+        job: job.clone(),
         ps: Some(JobState::from(&ps)),
         waiting: None,
     })
@@ -380,7 +367,7 @@ pub async fn stop(sh: &Shared, name: &str, timeout: i64) -> Result<InspectRespon
             Owner::Here => {
                 if !p.container_id.is_empty() {
                     sh.runtime.stop(&p.container_id, timeout).await?;
-                    crate::container::refresh_ps(sh, name, &p.container_id).await?;
+                    crate::container::refresh_ps(sh, name, &p.container_id, None).await?;
                 }
             }
             Owner::Peer(c, host) => {

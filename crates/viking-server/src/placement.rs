@@ -92,7 +92,7 @@ pub async fn snapshot(sh: &Shared) -> Result<Vec<HostSnapshot>> {
     let ps: Vec<PsRecord> = state::list(sh.store.as_ref(), keys::PS).await?;
     let procs: Vec<ProcRecord> = state::list(sh.store.as_ref(), keys::PROC).await?;
     let hosts = floki_hosts(sh).await?;
-    Ok(snapshot_over(hosts, ps.iter(), &procs))
+    Ok(snapshot_over(&hosts, ps.iter(), &procs))
 }
 
 /// The load of each host: jobs running there, plus jobs placed there that
@@ -167,7 +167,7 @@ pub async fn floki_hosts(sh: &Shared) -> Result<Vec<(HostRecord, bool)>> {
 
 /// [`snapshot`] over records already read (the leader's round).
 pub fn snapshot_over<'a>(
-    hosts: Vec<(HostRecord, bool)>,
+    hosts: &[(HostRecord, bool)],
     ps: impl Iterator<Item = &'a PsRecord> + Clone,
     procs: &'a [ProcRecord],
 ) -> Vec<HostSnapshot> {
@@ -194,15 +194,15 @@ pub fn snapshot_over<'a>(
         }
     }
     hosts
-        .into_iter()
+        .iter()
         .map(|(h, alive)| HostSnapshot {
             used_ports: ports.remove(h.name.as_str()).unwrap_or_default(),
-            alive,
+            alive: *alive,
             tags: h.tags.iter().cloned().collect(),
             running: load.get(h.name.as_str()).map_or(0, |s| s.len() as u64),
             memory: h.memory,
             memory_used: h.memory_used,
-            name: h.name,
+            name: h.name.clone(),
         })
         .collect()
 }

@@ -44,6 +44,8 @@ pub struct Placed {
     pub waiting_for: Option<String>,
     /// The claim's revision.
     pub rev: Revision,
+    /// The chosen host's floki record, as held.
+    pub record: Option<HostRecord>,
 }
 
 impl Placer {
@@ -99,6 +101,7 @@ impl Placer {
                     service_ports: crate::services::tcp_ports(job),
                     ports: sh.config.embassy_ports,
                     now: now_ms(),
+                    cluster: sh.cluster_id(),
                 },
             )
             .await?;
@@ -106,16 +109,24 @@ impl Placer {
                 state::Claimed::Yes(rev) => {
                     self.claimed
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut record = None;
                     if let Some(g) = &guard {
                         let mut held = self.held.lock().map_err(|_| Self::poisoned())?;
                         held.note_claim(&g.host, rev, g.claims + 1);
+                        record = held
+                            .hosts()
+                            .iter()
+                            .find(|(h, _)| h.name == g.host)
+                            .map(|(h, _)| h.clone());
                     }
                     return Ok(Placed {
                         host: d.host,
                         waiting_for: d.waiting_for,
                         rev,
+                        record,
                     });
                 }
+                state::Claimed::NotMember => return Err(crate::standing::refusal(sh).await),
                 state::Claimed::HostChanged => {
                     // Another claim on the host came first: hold its
                     // counter as it is now, and decide again.
@@ -170,6 +181,7 @@ pub async fn serve(sh: &Shared, req: PlaceRequest) -> Result<PlaceResponse> {
         host: placed.host,
         waiting_for: placed.waiting_for,
         claim_rev: placed.rev,
+        host_record: placed.record,
     })
 }
 
@@ -196,6 +208,7 @@ pub async fn at_leader(sh: &Shared, job: &Job) -> Result<Option<(Target, Revisio
                 host: r.host,
                 waiting_for: r.waiting_for,
                 rev: r.claim_rev,
+                record: r.host_record,
             },
             Err(e) if asks_elsewhere(&e) => {
                 tracing::debug!(leader = %leader.name, "placing at the leader: {e}; placing here");
@@ -208,9 +221,13 @@ pub async fn at_leader(sh: &Shared, job: &Job) -> Result<Option<(Target, Revisio
         }
     };
     let target = match (placed.host, placed.waiting_for) {
-        (Some(h), _) => crate::placement::target(sh, &h)
-            .await?
-            .ok_or_else(|| ServerError::Unavailable(format!("host {h:?} left floki")))?,
+        (Some(h), _) if h == sh.config.name => Target::Here,
+        (Some(h), _) => match placed.record.filter(|r| r.name == h) {
+            Some(r) => Target::There(r),
+            None => crate::placement::target(sh, &h)
+                .await?
+                .ok_or_else(|| ServerError::Unavailable(format!("host {h:?} left floki")))?,
+        },
         (None, Some(w)) => Target::Waiting(w),
         (None, None) => {
             return Err(ServerError::Internal(

@@ -380,7 +380,8 @@ async fn reconcile_round_over(
         None => {
             let claims = crate::placement::guards(sh).await?;
             let state = read_state(sh).await?;
-            (claims, crate::placement::floki_hosts(sh).await?, state)
+            let hosts = crate::placement::floki_hosts(sh).await?;
+            (claims, Arc::new(hosts), state)
         }
     };
     // embassy's routes, for every server to follow.
@@ -393,7 +394,8 @@ async fn reconcile_round_over(
     {
         tracing::warn!("publishing each host's jobs: {e}");
     }
-    let hosts = crate::placement::snapshot_over(hosts, ps.values(), &procs);
+    let fleet = hosts;
+    let hosts = crate::placement::snapshot_over(&fleet, ps.values(), &procs);
     let now = now_ms();
     let settling = match in_flight.settle_until {
         Some(t) if now < t => hosts
@@ -415,7 +417,12 @@ async fn reconcile_round_over(
     // a job that runs needs none.
     // Read concurrently: after a host is lost, a round places all its jobs.
     use futures::StreamExt;
-    let mut reads = futures::stream::iter(reconcile::to_place(&snap, &policy, now))
+    // A job whose action is in flight gets none this round: no history.
+    let to_place: Vec<String> = reconcile::to_place(&snap, &policy, now)
+        .into_iter()
+        .filter(|name| !in_flight.has(name))
+        .collect();
+    let mut reads = futures::stream::iter(to_place)
         .map(|name| async move {
             let read = state::history(sh.store.as_ref(), &name).await;
             (name, read)
@@ -434,19 +441,33 @@ async fn reconcile_round_over(
     if !actions.is_empty() {
         tracing::info!(actions = actions.len(), "reconciling");
     }
+    // Each action finds its job's record by name.
+    let wanted: BTreeSet<&str> = actions.iter().map(|a| a.job()).collect();
+    let index: Arc<std::collections::HashMap<String, usize>> = Arc::new(
+        snap.procs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| wanted.contains(p.job.name.as_str()))
+            .map(|(i, p)| (p.job.name.clone(), i))
+            .collect(),
+    );
+    drop(wanted);
     let snap = Arc::new(snap);
     let revs = Arc::new(revs);
     for a in actions {
         let sh = sh.clone();
         let snap = snap.clone();
         let revs = revs.clone();
+        let fleet = fleet.clone();
+        let index = index.clone();
         let job = a.job().to_string();
         let host = match &a {
             Action::Start { node, .. } => Some(node.clone()),
             Action::Wait { .. } => None,
         };
         in_flight.launch(job.clone(), host.as_deref(), async move {
-            if let Err(e) = execute(&sh, &snap, &revs, a).await {
+            let proc = index.get(a.job()).and_then(|i| snap.procs.get(*i));
+            if let Err(e) = execute(&sh, &snap, proc, &revs, &fleet, a).await {
                 tracing::warn!(%job, "reconcile action failed: {}", e);
             }
         });
@@ -503,10 +524,12 @@ fn fence(job: &str, revs: &Revs) -> Vec<Compare> {
 async fn execute(
     sh: &Arc<Shared>,
     snap: &Snapshot,
+    proc: Option<&ProcRecord>,
     revs: &Revs,
+    fleet: &[(viking_core::records::HostRecord, bool)],
     action: Action,
 ) -> Result<(), ServerError> {
-    let Some(proc) = snap.procs.iter().find(|p| p.job.name == action.job()) else {
+    let Some(proc) = proc else {
         return Ok(());
     };
     let old = snap.ps.get(action.job());
@@ -572,11 +595,13 @@ async fn execute(
                 return Ok(());
             }
             tracing::info!(%job, %node, restarts, "starting");
+            // The chosen host's record as the round read it (the plan
+            // chose it alive).
             let target = if node == sh.config.name {
                 Target::Here
             } else {
-                match crate::floki::host(sh, &node).await? {
-                    Some(h) => Target::There(h),
+                match fleet.iter().find(|(h, _)| h.name == node) {
+                    Some((h, _)) => Target::There(h.clone()),
                     None => Target::Waiting(node.clone()),
                 }
             };

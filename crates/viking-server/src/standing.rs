@@ -128,6 +128,13 @@ async fn found(store: &dyn Store) -> Result<String> {
 /// logged and remembered for floki and health.
 pub async fn check(sh: &Shared) -> Result<Standing> {
     let current = store_id(sh.store.as_ref()).await?;
+    Ok(judge(sh, current))
+}
+
+/// How this server stands with a store whose id was just read as
+/// `current` (with other records, in the same request); a change is
+/// logged and remembered, as by [`check`].
+pub fn judge(sh: &Shared, current: Option<String>) -> Standing {
     let local = sh.cluster_id();
     let now = match (local.as_deref(), current) {
         (Some(l), Some(s)) if l == s => Standing::Member,
@@ -141,7 +148,7 @@ pub async fn check(sh: &Shared) -> Result<Standing> {
             None => tracing::info!("the store is this cluster's again: acting on containers"),
         }
     }
-    Ok(now)
+    now
 }
 
 /// Whether this server may act now: `Ok(false)` while it holds.
@@ -151,7 +158,34 @@ pub async fn may_act(sh: &Shared) -> Result<bool> {
 
 /// Refuse work that changes the fleet while this server holds.
 pub async fn require_member(sh: &Shared) -> Result<()> {
-    match check(sh).await?.held() {
+    refuse_held(sh, &check(sh).await?)
+}
+
+/// Refuse work while this server is known to hold (no read: the write
+/// that follows carries the cluster id in its own transaction, or checks
+/// it with the records it reads).
+pub fn require_known_member(sh: &Shared) -> Result<()> {
+    refuse_held(sh, &sh.standing())
+}
+
+/// Why a write whose transaction compared the cluster id was refused: the
+/// store's id as it is now (read, logged and remembered).
+pub async fn refusal(sh: &Shared) -> ServerError {
+    match require_member(sh).await {
+        Err(e) => e,
+        Ok(()) => ServerError::Unavailable(
+            "the store's cluster id changed while the job was claimed; try again".into(),
+        ),
+    }
+}
+
+/// [`require_member`] by a store id read with other records.
+pub fn require_member_by(sh: &Shared, current: Option<String>) -> Result<()> {
+    refuse_held(sh, &judge(sh, current))
+}
+
+fn refuse_held(sh: &Shared, standing: &Standing) -> Result<()> {
+    match standing.held() {
         None => Ok(()),
         Some(why) => Err(ServerError::Unavailable(format!(
             "server {} holds: {why}",

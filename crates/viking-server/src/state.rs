@@ -169,6 +169,59 @@ pub async fn history(store: &dyn Store, name: &str) -> Result<(History, Revision
     }
 }
 
+/// What a start reads of its job before it creates the container, in one
+/// request: its viking-ps record (the claim) and viking-proc record, its
+/// placement history, and the store's cluster id.
+pub struct StartView {
+    pub ps: Option<(PsRecord, Revision)>,
+    pub proc: Option<ProcRecord>,
+    pub history: (History, Revision),
+    pub cluster_id: Option<String>,
+}
+
+impl StartView {
+    /// Whether the job's viking-ps record is still the one written at
+    /// `claim`.
+    pub fn claim_holds(&self, claim: Revision) -> bool {
+        self.ps.as_ref().is_some_and(|(_, rev)| *rev == claim)
+    }
+}
+
+/// Read a [`StartView`].
+pub async fn start_view(store: &dyn Store, name: &str) -> Result<StartView> {
+    let got = store
+        .get_many(&[
+            keys::ps(name),
+            keys::proc(name),
+            keys::history(name),
+            keys::CLUSTER_ID.to_string(),
+        ])
+        .await?;
+    let mut got = got.into_iter();
+    let mut next = || got.next().flatten();
+    let ps = match next() {
+        Some(kv) => Some((decode(&kv.value)?, kv.mod_revision)),
+        None => None,
+    };
+    let proc = match next() {
+        Some(kv) => Some(decode(&kv.value)?),
+        None => None,
+    };
+    let history = match next() {
+        Some(kv) => (decode(&kv.value)?, kv.mod_revision),
+        None => (History::default(), 0),
+    };
+    let cluster_id = next()
+        .map(|kv| String::from_utf8_lossy(&kv.value).trim().to_string())
+        .filter(|s| !s.is_empty());
+    Ok(StartView {
+        ps,
+        proc,
+        history,
+        cluster_id,
+    })
+}
+
 /// Delete a job's placement history (`rm --volumes`): a job of that name
 /// run again is placed afresh.
 pub async fn forget_history(store: &dyn Store, name: &str) -> Result<()> {
@@ -357,6 +410,9 @@ pub struct DaemonClaim<'a> {
     pub service_ports: Vec<u16>,
     pub ports: PortRange,
     pub now: u64,
+    /// The cluster id this server belongs to: the claim holds only while
+    /// the store carries it (an emptied or foreign store gets nothing).
+    pub cluster: Option<String>,
 }
 
 /// What became of a claim.
@@ -368,6 +424,9 @@ pub enum Claimed {
     /// Another job was placed on the chosen host since the placement was
     /// decided: nothing was written; decide again.
     HostChanged,
+    /// The store does not carry this server's cluster id (emptied, or
+    /// another cluster's): nothing was written.
+    NotMember,
 }
 
 /// Write a daemonized job to viking-proc (and, when placed, its start in
@@ -389,6 +448,12 @@ pub async fn claim_daemon(store: &dyn Store, c: DaemonClaim<'_>) -> Result<Claim
             Compare::Absent(keys::ps(name)),
         ];
         compares.extend(plan.compares);
+        if let Some(id) = &c.cluster {
+            compares.push(Compare::Value(
+                keys::CLUSTER_ID.to_string(),
+                id.clone().into_bytes(),
+            ));
+        }
         let mut ops = plan.ops;
         if let Some(g) = &c.guard {
             compares.push(g.compare());
@@ -414,6 +479,12 @@ pub async fn claim_daemon(store: &dyn Store, c: DaemonClaim<'_>) -> Result<Claim
         let r = store.txn(compares, ops, vec![]).await?;
         if r.succeeded {
             return Ok(Claimed::Yes(r.revision));
+        }
+        if let Some(id) = &c.cluster {
+            let held = store.get(keys::CLUSTER_ID).await?;
+            if held.is_none_or(|kv| kv.value != id.as_bytes()) {
+                return Ok(Claimed::NotMember);
+            }
         }
         if name_in_use(store, name).await? {
             return Err(taken(name));
@@ -538,15 +609,20 @@ pub async fn release_attached(store: &dyn Store, name: &str, node: &str) -> Resu
 /// transaction (tried again if the history changed meanwhile). With
 /// `claim`, only while viking-ps is still the `starting` record written at
 /// that revision: `false` when it is not (the job was moved, stopped or
-/// removed meanwhile) and nothing was written.
+/// removed meanwhile) and nothing was written. `read`: the history as the
+/// start read it, if it did.
 pub async fn record_started(
     store: &dyn Store,
     ps: &PsRecord,
     claim: Option<Revision>,
     now: u64,
+    mut read: Option<(History, Revision)>,
 ) -> Result<bool> {
     for _ in 0..RETRIES {
-        let (mut hist, rev) = history(store, &ps.job).await?;
+        let (mut hist, rev) = match read.take() {
+            Some(h) => h,
+            None => history(store, &ps.job).await?,
+        };
         hist.push(&ps.node, now);
         let hist_cmp = if rev == 0 {
             Compare::Absent(keys::history(&ps.job))

@@ -24,7 +24,9 @@
 //! It also owns the classification of etcd's errors (`Failure`), which
 //! [`membership`] (etcd's member list, add, promote, remove) shares.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -78,7 +80,27 @@ pub struct EtcdStore {
     endpoints: Vec<String>,
     /// How many keys one page of a list asks for.
     page_keys: i64,
+    /// Each lease's keep-alive stream, kept open between refreshes: a
+    /// refresh is one message on it, not a new stream (at a thousand
+    /// hosts, two leases each, a stream per refresh was most of etcd's
+    /// idle work).
+    /// With each, when it was last used: one not used for
+    /// [`KEEPER_IDLE`] (its lease's keep-alive task was dropped without a
+    /// revoke) is closed.
+    keepers: Arc<std::sync::Mutex<HashMap<LeaseId, (std::time::Instant, KeeperSlot)>>>,
 }
+
+type KeeperSlot = Arc<tokio::sync::Mutex<Option<Keeper>>>;
+
+/// How long an unused keep-alive stream stays open.
+const KEEPER_IDLE: Duration = Duration::from_secs(600);
+
+/// An open keep-alive stream of one lease.
+type Keeper = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
+
+/// How long a refresh on an open stream may take before the stream is
+/// given up and a new one is opened (as long as a request may take).
+const KEEP_ALIVE_ANSWER: Duration = Duration::from_secs(5);
 
 /// What a failed etcd request says, read from the error's type and its
 /// gRPC status code. The store's retries, its error mapping and the
@@ -272,6 +294,7 @@ impl EtcdStore {
             prefix: format!("{}/", prefix.trim_end_matches('/')),
             endpoints: endpoints.to_vec(),
             page_keys: DEFAULT_PAGE_KEYS,
+            keepers: Arc::default(),
         };
         // The client connects lazily: check that the cluster answers.
         store.revision().await.map_err(|e| {
@@ -297,7 +320,36 @@ impl EtcdStore {
             .client
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = client;
+        // Streams opened with the old certificate are opened again.
+        self.keepers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         Ok(())
+    }
+
+    /// The slot of a lease's keep-alive stream.
+    fn keeper(&self, lease: LeaseId) -> KeeperSlot {
+        let now = std::time::Instant::now();
+        let mut keepers = self
+            .keepers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !keepers.contains_key(&lease) {
+            keepers.retain(|_, (used, _)| now.duration_since(*used) < KEEPER_IDLE);
+        }
+        let (used, slot) = keepers
+            .entry(lease)
+            .or_insert_with(|| (now, KeeperSlot::default()));
+        *used = now;
+        slot.clone()
+    }
+
+    fn forget_keeper(&self, lease: LeaseId) {
+        self.keepers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&lease);
     }
 
     /// The current client (a cheap clone of its channel).
@@ -615,25 +667,54 @@ impl Store for EtcdStore {
     }
 
     async fn lease_keep_alive(&self, lease: LeaseId) -> Result<()> {
-        retry("lease keep-alive", is_transient, || {
+        let slot = self.keeper(lease);
+        let mut open = slot.lock().await;
+        if let Some((keeper, stream)) = open.as_mut() {
+            // One more request on the open stream; etcd answers a lease it
+            // does not know with a TTL of 0.
+            let answer = tokio::time::timeout(KEEP_ALIVE_ANSWER, async {
+                keeper.keep_alive().await?;
+                stream.message().await
+            })
+            .await;
+            match answer {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => return Ok(()),
+                Ok(Ok(Some(_))) => {
+                    *open = None;
+                    drop(open);
+                    self.forget_keeper(lease);
+                    return Err(StoreError::LeaseNotFound(lease));
+                }
+                // The stream ended, failed or stalled: open another.
+                _ => *open = None,
+            }
+        }
+        let opened = retry("lease keep-alive", is_transient, || {
             let mut client = self.client().lease_client();
-            async move {
-                // One request on a fresh stream: the first response tells
-                // whether the lease still exists.
-                client.keep_alive(lease).await.map(|_| ())
-            }
+            // A fresh stream: its first response tells whether the lease
+            // still exists.
+            async move { client.keep_alive(lease).await }
         })
-        .await
-        .map_err(|e| {
-            if is_lease_not_found(&e) {
-                StoreError::LeaseNotFound(lease)
-            } else {
-                map_err(&format!("lease keep-alive {lease}"), e)
+        .await;
+        match opened {
+            Ok(k) => {
+                *open = Some(k);
+                Ok(())
             }
-        })
+            Err(e) => {
+                drop(open);
+                if is_lease_not_found(&e) {
+                    self.forget_keeper(lease);
+                    Err(StoreError::LeaseNotFound(lease))
+                } else {
+                    Err(map_err(&format!("lease keep-alive {lease}"), e))
+                }
+            }
+        }
     }
 
     async fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
+        self.forget_keeper(lease);
         let mut attempts = 0u32;
         let result = retry("lease revoke", is_transient, || {
             attempts += 1;

@@ -23,7 +23,13 @@
 //!
 //!   scripts/scale.sh --hosts N --jobs M [--ttl S]
 //!
+//! Every server's store requests are counted by method and key kind
+//! ([`counting`]); the placements and the failover print what each cost
+//! per job, largest first.
+//!
 //! A benchmark, not a test: figures go to docs/benchmarks.md.
+
+mod counting;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -97,12 +103,20 @@ fn config(
     }
 }
 
-async fn start_hollow(name: String, etcd: String, ttl: f64) -> Result<Hollow> {
+async fn start_hollow(
+    name: String,
+    etcd: String,
+    ttl: f64,
+    counts: Arc<counting::Counts>,
+) -> Result<Hollow> {
     let dir = tempfile::tempdir().context("tempdir")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let cfg = config(&name, addr, &etcd, dir.path(), ttl);
-    let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(&[etcd], KEY).await?);
+    let store: Arc<dyn Store> = Arc::new(counting::Counting {
+        inner: Arc::new(EtcdStore::connect(&[etcd], KEY).await?),
+        counts,
+    });
     let RuntimeChoice::Hollow(spec) = cfg.runtime else {
         return Err(anyhow!("a hollow server's config names another runtime"));
     };
@@ -348,11 +362,12 @@ async fn run(hosts: usize, jobs: usize, ttl: f64, endpoint: String) -> Result<()
         Arc::new(EtcdStore::connect(std::slice::from_ref(&endpoint), KEY).await?);
     let t0 = Instant::now();
     let mut servers: Vec<Hollow> = Vec::new();
+    let counts = Arc::new(counting::Counts::default());
     for chunk in (0..hosts).collect::<Vec<_>>().chunks(50) {
         let started = futures::future::join_all(
             chunk
                 .iter()
-                .map(|i| start_hollow(format!("h{i:04}"), endpoint.clone(), ttl)),
+                .map(|i| start_hollow(format!("h{i:04}"), endpoint.clone(), ttl, counts.clone())),
         )
         .await;
         for s in started {
@@ -371,6 +386,7 @@ async fn run(hosts: usize, jobs: usize, ttl: f64, endpoint: String) -> Result<()
     let view = PsView::start(&store).await?;
     let urls: Arc<Vec<String>> = Arc::new(servers.iter().map(|s| s.url.clone()).collect());
     let next = Arc::new(AtomicUsize::new(0));
+    let counted = counts.snapshot();
     let t_run = Instant::now();
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..CLIENTS {
@@ -418,6 +434,7 @@ async fn run(hosts: usize, jobs: usize, ttl: f64, endpoint: String) -> Result<()
     .await?;
     let placed_s = t_run.elapsed().as_secs_f64();
     let rate = (jobs - failed) as f64 / placed_s;
+    report("placements", &counted, &counts, jobs - failed);
     let post_p50 = percentile(&mut lat, 0.5);
     let post_p99 = percentile(&mut lat, 0.99);
     eprintln!(
@@ -444,6 +461,7 @@ async fn run(hosts: usize, jobs: usize, ttl: f64, endpoint: String) -> Result<()
         killed.insert(s.name.clone());
     }
     let gone = killed.clone();
+    let counted = counts.snapshot();
     let moved_s = view
         .until(limit, move |ps| {
             ps.filter(|p| p.daemonize)
@@ -451,6 +469,7 @@ async fn run(hosts: usize, jobs: usize, ttl: f64, endpoint: String) -> Result<()
         })
         .await?;
     eprintln!("scale: {kill_n} hosts killed: their jobs run elsewhere after {moved_s:.1}s");
+    report("failover", &counted, &counts, jobs * kill_n / hosts);
 
     // The leader.
     let leader_srv = servers
@@ -515,6 +534,25 @@ async fn run(hosts: usize, jobs: usize, ttl: f64, endpoint: String) -> Result<()
         s.task.abort();
     }
     Ok(())
+}
+
+/// The store requests of a phase per job, largest first.
+fn report(
+    phase: &str,
+    before: &std::collections::BTreeMap<String, u64>,
+    counts: &counting::Counts,
+    jobs: usize,
+) {
+    let per = |n: u64| n as f64 / jobs.max(1) as f64;
+    let all = counting::since(before, &counts.snapshot());
+    let total: u64 = all.iter().map(|(_, n)| n).sum();
+    eprintln!(
+        "scale: {phase}: {:.1} store requests per job ({total} for {jobs} jobs):",
+        per(total)
+    );
+    for (what, n) in all.iter().take(15) {
+        eprintln!("scale:   {:>8.2}  {what}", per(*n));
+    }
 }
 
 fn round(v: f64) -> f64 {
