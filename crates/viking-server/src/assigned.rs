@@ -37,6 +37,12 @@ pub fn index(
                 claims: claims.get(host).map_or(0, |(_, n)| *n),
             });
     };
+    // A host with claims and no jobs left is in it too, with no load: the
+    // claims are accounted for (an index without it would count them all
+    // as made since).
+    for host in claims.keys() {
+        entry(&mut out, host);
+    }
     for (job, rec) in ps {
         entry(&mut out, &rec.node);
         if let Some(r) = out.get_mut(&rec.node) {
@@ -105,5 +111,10 @@ mod tests {
         assert_eq!(idx["n2"].jobs, BTreeSet::from(["b".to_string()]));
         assert_eq!((idx["n2"].load, idx["n2"].claims), (1, 0));
         assert_eq!(idx.len(), 2);
+        // A host whose jobs are all gone: no load, its claims accounted.
+        let claims = HashMap::from([("n1".to_string(), (7, 5)), ("n3".to_string(), (9, 4))]);
+        let idx = index(&ps, &[], &claims);
+        assert_eq!((idx["n3"].load, idx["n3"].claims), (0, 4));
+        assert!(idx["n3"].jobs.is_empty());
     }
 }

@@ -6,8 +6,11 @@
 //! one revision, and a placement at the leader ([`crate::placer`]) is
 //! decided without reading the store.
 //!
-//! Each record with the revision it was written at (what a start's fence
-//! compares), or `None` when it cannot be read.
+//! The watch's changes are applied a revision at a time, so what a round
+//! reads is the store at one revision, never half of a claim's transaction
+//! (its placements counter without its viking-proc record would publish a
+//! load that misses the job). Each record with the revision it was written
+//! at (what a start's fence compares), or `None` when it cannot be read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -38,7 +41,14 @@ pub struct Revs {
 pub struct Held {
     procs: BTreeMap<String, (Option<ProcRecord>, Revision)>,
     ps: BTreeMap<String, (Option<PsRecord>, Revision)>,
+    /// Each host's placements counter as the store's reads and watch
+    /// brought it: of the same revision as the records above.
     claims: Claims,
+    /// Newer counters this leader learnt first (its own claims, a counter
+    /// read after a lost race), until the watch brings them: what the next
+    /// placement compares against, never what a round plans over (the
+    /// records of those claims are not held yet).
+    claimed: Claims,
     /// floki: the hosts alive (`hosts/`, under their leases) and every host
     /// ever registered (`fleet/`).
     alive: BTreeMap<String, (Option<HostRecord>, Revision)>,
@@ -89,6 +99,9 @@ impl Held {
             apply(&mut self.known, name, kind, rev, || decode(value).ok());
             self.fleet = None;
         } else if let Some(host) = keys::name_of(keys::PLACEMENTS, key) {
+            if self.claimed.get(host).is_some_and(|(held, _)| *held <= rev) {
+                self.claimed.remove(host);
+            }
             if self.claims.get(host).is_some_and(|(held, _)| *held >= rev) {
                 return;
             }
@@ -104,13 +117,14 @@ impl Held {
         }
     }
 
-    /// A claim this server made on `host` at `rev`, before the watch
-    /// brings it: the next placement compares against it.
+    /// `host`'s placements counter at `rev` (a claim this server made, or
+    /// the counter read after a lost race), before the watch brings it:
+    /// the next placement compares against it.
     pub fn note_claim(&mut self, host: &str, rev: Revision, claims: u64) {
-        if self.claims.get(host).is_some_and(|(held, _)| *held >= rev) {
+        if self.claims_of(host).is_some_and(|(held, _)| held >= rev) {
             return;
         }
-        self.claims.insert(host.to_string(), (rev, claims));
+        self.claimed.insert(host.to_string(), (rev, claims));
     }
 
     /// Each host's load and accounted claims as just published.
@@ -120,7 +134,11 @@ impl Held {
 
     /// A host's placements counter now: its revision and claim count.
     pub fn claims_of(&self, host: &str) -> Option<(Revision, u64)> {
-        self.claims.get(host).copied()
+        let watched = self.claims.get(host).copied();
+        match (watched, self.claimed.get(host).copied()) {
+            (Some(w), Some(c)) => Some(if c.0 > w.0 { c } else { w }),
+            (w, c) => w.or(c),
+        }
     }
 
     /// What a round plans over, with the placements counters of the same
@@ -168,12 +186,14 @@ impl Held {
 
     /// dowding's snapshot for a job without fixed host ports: floki's
     /// hosts, each with the load last published plus the claims placed
-    /// on it since and `pending` (decided, not yet claimed).
-    pub fn placement_snapshot(&mut self, pending: &HashMap<String, u64>) -> Vec<HostSnapshot> {
-        crate::placement::indexed(&self.hosts(), |name| {
+    /// on it since, counting its placements counter as at least `floor`
+    /// (what it reaches once the claims decided and not yet made are).
+    pub fn placement_snapshot(&mut self, floor: impl Fn(&str) -> u64) -> Vec<HostSnapshot> {
+        let fleet = self.hosts();
+        crate::placement::indexed(&fleet, |name| {
             let (load, accounted) = self.index.get(name).copied().unwrap_or((0, 0));
-            let now = self.claims.get(name).map_or(0, |(_, n)| *n);
-            load + now.saturating_sub(accounted) + pending.get(name).copied().unwrap_or(0)
+            let now = self.claims_of(name).map_or(0, |(_, n)| n).max(floor(name));
+            load + now.saturating_sub(accounted)
         })
     }
 }

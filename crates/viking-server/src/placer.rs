@@ -32,9 +32,26 @@ pub struct Placer {
     held: Arc<Mutex<Held>>,
     /// Placements decided and not claimed yet, per host: counted as load
     /// by the decisions made meanwhile, so a burst spreads.
-    pending: Mutex<HashMap<String, u64>>,
+    pending: Mutex<HashMap<String, Floor>>,
+    /// One queue per host: the claims decided for a host are written one
+    /// after the other, each over the counter its predecessor left, so a
+    /// burst's claims do not race each other (and every decision counted
+    /// as pending is claimed, unless another server claims first).
+    queues: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Jobs claimed through this placer.
     claimed: std::sync::atomic::AtomicU64,
+}
+
+/// A host with claims decided and not yet made.
+#[derive(Default)]
+struct Floor {
+    /// The host's placements counter once they are all made: the decisions
+    /// count it as at least this, whether the watch has brought some of
+    /// the claims already or not (counting one both ways would skew a
+    /// burst).
+    at: u64,
+    /// How many are in flight.
+    in_flight: u64,
 }
 
 /// Where a job was placed and claimed.
@@ -53,6 +70,7 @@ impl Placer {
         Self {
             held,
             pending: Mutex::default(),
+            queues: Mutex::default(),
             claimed: Default::default(),
         }
     }
@@ -66,29 +84,58 @@ impl Placer {
         ServerError::Internal("the leader's placer lock is poisoned".into())
     }
 
+    /// `host`'s claim queue.
+    fn queue(&self, host: &str) -> Result<Arc<tokio::sync::Mutex<()>>> {
+        let mut q = self.queues.lock().map_err(|_| Self::poisoned())?;
+        Ok(q.entry(host.to_string()).or_default().clone())
+    }
+
     /// Place `job` over what the leader holds and claim it for `claimant`.
+    ///
+    /// Decisions are made one at a time over the load held plus the
+    /// decisions not claimed yet, so each takes a least loaded host; the
+    /// claims then run concurrently across hosts and in order per host.
     pub async fn claim(&self, sh: &Shared, job: &Job, claimant: &str) -> Result<Placed> {
         let (hist, _) = state::history(sh.store.as_ref(), &job.name).await?;
         for _ in 0..crate::placement::TRIES {
-            let (d, guard) = {
+            let d = {
                 let mut held = self.held.lock().map_err(|_| Self::poisoned())?;
                 let mut pending = self.pending.lock().map_err(|_| Self::poisoned())?;
-                let hosts = held.placement_snapshot(&pending);
+                let hosts = held.placement_snapshot(|h| pending.get(h).map_or(0, |f| f.at));
                 let d = scheduler::place(job, &hosts, Some(&hist));
-                let guard = d.host.as_ref().map(|h| {
-                    *pending.entry(h.clone()).or_default() += 1;
-                    Guard::new(h, held.claims_of(h))
-                });
-                (d, guard)
+                if let Some(h) = &d.host {
+                    let now = held.claims_of(h).map_or(0, |(_, n)| n);
+                    let f = pending.entry(h.clone()).or_default();
+                    f.at = f.at.max(now) + 1;
+                    f.in_flight += 1;
+                }
+                d
             };
-            let _pending = guard.as_ref().map(|g| Pending {
+            let mut pending = d.host.as_ref().map(|h| Pending {
                 placer: self,
-                host: g.host.clone(),
+                host: h.clone(),
+                claimed: false,
             });
             let waiting = match (&d.host, &d.waiting_for) {
                 (Some(_), _) => None,
                 (None, Some(w)) => Some(format!("waiting for host {w}")),
                 (None, None) => return Err(ServerError::Unavailable(d.explain())),
+            };
+            // In the host's queue: the counter as the claim before left it.
+            let queue = match &d.host {
+                Some(h) => Some(self.queue(h)?),
+                None => None,
+            };
+            let _turn = match &queue {
+                Some(q) => Some(q.lock().await),
+                None => None,
+            };
+            let guard = match &d.host {
+                Some(h) => {
+                    let held = self.held.lock().map_err(|_| Self::poisoned())?;
+                    Some(Guard::new(h, held.claims_of(h)))
+                }
+                None => None,
             };
             let claimed = state::claim_daemon(
                 sh.store.as_ref(),
@@ -119,6 +166,9 @@ impl Placer {
                             .find(|(h, _)| h.name == g.host)
                             .map(|(h, _)| h.clone());
                     }
+                    if let Some(p) = pending.as_mut() {
+                        p.claimed = true;
+                    }
                     return Ok(Placed {
                         host: d.host,
                         waiting_for: d.waiting_for,
@@ -128,17 +178,16 @@ impl Placer {
                 }
                 state::Claimed::NotMember => return Err(crate::standing::refusal(sh).await),
                 state::Claimed::HostChanged => {
-                    // Another claim on the host came first: hold its
+                    // Another server claimed on the host first: hold its
                     // counter as it is now, and decide again.
                     let Some(g) = &guard else { continue };
                     let key = keys::placements(&g.host);
                     if let Some(kv) = sh.store.get(&key).await? {
                         let mut held = self.held.lock().map_err(|_| Self::poisoned())?;
-                        held.note(
-                            viking_store::EventKind::Put,
-                            &key,
-                            &kv.value,
+                        held.note_claim(
+                            &g.host,
                             kv.mod_revision,
+                            crate::placement::claim_count(&kv.value),
                         );
                     }
                 }
@@ -151,18 +200,23 @@ impl Placer {
     }
 }
 
-/// A decision counted as pending until its claim ended.
+/// A decision counted as pending until its claim ended: made (the
+/// counter holds it now), or not (the host's floor drops by one).
 struct Pending<'a> {
     placer: &'a Placer,
     host: String,
+    claimed: bool,
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if let Ok(mut p) = self.placer.pending.lock() {
-            if let Some(n) = p.get_mut(&self.host) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
+            if let Some(f) = p.get_mut(&self.host) {
+                if !self.claimed {
+                    f.at = f.at.saturating_sub(1);
+                }
+                f.in_flight = f.in_flight.saturating_sub(1);
+                if f.in_flight == 0 {
                     p.remove(&self.host);
                 }
             }

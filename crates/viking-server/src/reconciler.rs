@@ -277,12 +277,21 @@ async fn lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result<(), StoreErr
         let held = held.clone();
         let broken = broken.clone();
         watchers.spawn(async move {
-            while let Some(ev) = w.next().await {
-                let Ok(ev) = ev else { break };
+            // A revision at a time: a round never plans over half of a
+            // transaction.
+            while let Some(evs) = w.next_revision().await {
+                let Ok(evs) = evs else { break };
                 if let Ok(mut h) = held.lock() {
-                    h.note(ev.kind, &ev.kv.key, &ev.kv.value, ev.kv.mod_revision);
+                    for ev in &evs {
+                        h.note(
+                            ev.kind.clone(),
+                            &ev.kv.key,
+                            &ev.kv.value,
+                            ev.kv.mod_revision,
+                        );
+                    }
                 }
-                if wakes_the_reconciler(&ev.kv.key) {
+                if evs.iter().any(|ev| wakes_the_reconciler(&ev.kv.key)) {
                     let _ = tx.try_send(());
                 }
             }

@@ -30,13 +30,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redb::{Database, DatabaseError, ReadableTable, Table, TableDefinition};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::ops::validate_txn;
 use crate::{
     Compare, EventKind, KeyValue, LeaseId, Op, Result, Revision, Store, StoreError, TxnResponse,
-    WatchEvent, WatchStream,
+    WatchEvent, WatchSender, WatchStream,
 };
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -678,7 +678,7 @@ impl Store for EmbeddedStore {
                 .collect();
             (live, replay, from)
         };
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let (tx, stream) = WatchStream::channel(WATCH_BUFFER);
         tokio::spawn(forward_events(
             Arc::downgrade(&self.shared),
             prefix,
@@ -687,7 +687,7 @@ impl Store for EmbeddedStore {
             replay,
             tx,
         ));
-        Ok(WatchStream::new(rx))
+        Ok(stream)
     }
 
     async fn revision(&self) -> Result<Revision> {
@@ -727,25 +727,26 @@ async fn forward_events(
     from: Revision,
     mut live: broadcast::Receiver<Arc<Vec<WatchEvent>>>,
     replay: Vec<WatchEvent>,
-    tx: mpsc::Sender<Result<WatchEvent>>,
+    tx: WatchSender,
 ) {
     let mut last = from - 1;
-    for ev in replay {
-        last = ev.revision();
-        if tx.send(Ok(ev)).await.is_err() {
+    for batch in crate::by_revision(replay) {
+        last = batch.last().map_or(last, |ev| ev.revision());
+        if tx.send(Ok(batch)).await.is_err() {
             return;
         }
     }
     loop {
         match live.recv().await {
             Ok(batch) => {
-                for ev in batch.iter() {
-                    if ev.revision() <= last {
-                        continue;
-                    }
-                    if ev.kv.key.starts_with(&prefix) && tx.send(Ok(ev.clone())).await.is_err() {
-                        return;
-                    }
+                // One write's events, all of one revision.
+                let mine: Vec<WatchEvent> = batch
+                    .iter()
+                    .filter(|ev| ev.revision() > last && ev.kv.key.starts_with(&prefix))
+                    .cloned()
+                    .collect();
+                if !mine.is_empty() && tx.send(Ok(mine)).await.is_err() {
+                    return;
                 }
                 if let Some(ev) = batch.last() {
                     last = last.max(ev.revision());
@@ -781,8 +782,8 @@ async fn forward_events(
                         return;
                     }
                 };
-                for ev in replay {
-                    if tx.send(Ok(ev)).await.is_err() {
+                for batch in crate::by_revision(replay) {
+                    if tx.send(Ok(batch)).await.is_err() {
                         return;
                     }
                 }

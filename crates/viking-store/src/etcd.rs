@@ -35,14 +35,13 @@ use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions,
     Txn, TxnOp, WatchOptions, WatchResponse,
 };
-use tokio::sync::mpsc;
 
 pub mod membership;
 
 use crate::ops::validate_txn;
 use crate::{
     Compare, EventKind, KeyValue, LeaseId, Op, Result, Revision, Store, StoreError, TxnResponse,
-    WatchEvent, WatchStream,
+    WatchEvent, WatchSender, WatchStream,
 };
 
 /// How long to keep retrying a request that failed transiently.
@@ -738,7 +737,7 @@ impl Store for EtcdStore {
             from
         };
         let (stream, pending) = self.open_watch(prefix, from).await?;
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let (tx, watch) = WatchStream::channel(WATCH_BUFFER);
         tokio::spawn(run_watch(
             self.clone(),
             prefix.to_string(),
@@ -747,7 +746,7 @@ impl Store for EtcdStore {
             pending,
             tx,
         ));
-        Ok(WatchStream::new(rx))
+        Ok(watch)
     }
 
     async fn revision(&self) -> Result<Revision> {
@@ -807,29 +806,27 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// Deliver one response's events; returns false when the stream must end:
-/// the receiver is gone, or an event could not be decoded (then the error is
-/// delivered first: skipping the event would leave a gap, and the receiver
-/// recovers by reading again and watching anew).
+/// Deliver one response's events, one batch per revision; returns false
+/// when the stream must end: the receiver is gone, or an event could not be
+/// decoded (then the error is delivered first: skipping the event would
+/// leave a gap, and the receiver recovers by reading again and watching
+/// anew).
 async fn deliver(
     store: &EtcdStore,
     resp: &WatchResponse,
     last: &mut Revision,
-    tx: &mpsc::Sender<Result<WatchEvent>>,
+    tx: &WatchSender,
 ) -> bool {
     // All events of one revision arrive in one response, so anything at or
     // below the revision delivered before this response was already sent
     // (before a reconnect).
     let delivered = *last;
+    let mut events = Vec::with_capacity(resp.events().len());
     for ev in resp.events() {
         match store.convert_event(ev) {
             Ok(Some(ev)) => {
-                if ev.revision() <= delivered {
-                    continue;
-                }
-                *last = (*last).max(ev.revision());
-                if tx.send(Ok(ev)).await.is_err() {
-                    return false;
+                if ev.revision() > delivered {
+                    events.push(ev);
                 }
             }
             Ok(None) => {}
@@ -844,6 +841,12 @@ async fn deliver(
             }
         }
     }
+    for batch in crate::by_revision(events) {
+        *last = batch.last().map_or(*last, |ev| ev.revision().max(*last));
+        if tx.send(Ok(batch)).await.is_err() {
+            return false;
+        }
+    }
     true
 }
 
@@ -856,7 +859,7 @@ async fn run_watch(
     from: Revision,
     mut stream: etcd_client::WatchStream,
     pending: Vec<WatchResponse>,
-    tx: mpsc::Sender<Result<WatchEvent>>,
+    tx: WatchSender,
 ) {
     let mut last = from - 1;
     for resp in &pending {

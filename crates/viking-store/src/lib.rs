@@ -123,23 +123,73 @@ impl WatchEvent {
 
 /// A stream of changes under a prefix, in revision order, without gaps.
 ///
+/// The events of one revision (one transaction) travel together: a reader
+/// of [`WatchStream::next_revision`] never sees half of a transaction.
 /// Backends reconnect after transient errors and resume from the revision
 /// after the last one delivered; an error that cannot be recovered from (e.g.
 /// the requested revision was compacted) is delivered once and ends the
 /// stream.
 pub struct WatchStream {
-    rx: tokio::sync::mpsc::Receiver<Result<WatchEvent, StoreError>>,
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<WatchEvent>, StoreError>>,
+    /// The rest of a revision [`WatchStream::next`] began.
+    rest: std::collections::VecDeque<WatchEvent>,
 }
 
+/// The sending half of a [`WatchStream`]: each item is every event of one
+/// revision under the prefix (never empty), or the error that ends it.
+pub type WatchSender = tokio::sync::mpsc::Sender<Result<Vec<WatchEvent>, StoreError>>;
+
 impl WatchStream {
-    pub fn new(rx: tokio::sync::mpsc::Receiver<Result<WatchEvent, StoreError>>) -> Self {
-        Self { rx }
+    /// A stream and its sender, with room for `buffer` revisions.
+    pub fn channel(buffer: usize) -> (WatchSender, Self) {
+        let (tx, rx) = tokio::sync::mpsc::channel(buffer);
+        (
+            tx,
+            Self {
+                rx,
+                rest: Default::default(),
+            },
+        )
     }
 
     /// The next change; `None` when the store is gone.
     pub async fn next(&mut self) -> Option<Result<WatchEvent, StoreError>> {
-        self.rx.recv().await
+        loop {
+            if let Some(ev) = self.rest.pop_front() {
+                return Some(Ok(ev));
+            }
+            match self.rx.recv().await? {
+                Ok(batch) => self.rest = batch.into(),
+                Err(e) => return Some(Err(e)),
+            }
+        }
     }
+
+    /// Every change of the next revision (what is left of it, after
+    /// [`WatchStream::next`] took some); `None` when the store is gone.
+    pub async fn next_revision(&mut self) -> Option<Result<Vec<WatchEvent>, StoreError>> {
+        if !self.rest.is_empty() {
+            return Some(Ok(self.rest.drain(..).collect()));
+        }
+        loop {
+            match self.rx.recv().await? {
+                Ok(batch) if batch.is_empty() => continue,
+                other => return Some(other),
+            }
+        }
+    }
+}
+
+/// `events`, in revision order, cut into one batch per revision.
+pub fn by_revision(events: impl IntoIterator<Item = WatchEvent>) -> Vec<Vec<WatchEvent>> {
+    let mut out: Vec<Vec<WatchEvent>> = Vec::new();
+    for ev in events {
+        match out.last_mut() {
+            Some(b) if b.last().is_some_and(|l| l.revision() == ev.revision()) => b.push(ev),
+            _ => out.push(vec![ev]),
+        }
+    }
+    out
 }
 
 /// Errors from a store.

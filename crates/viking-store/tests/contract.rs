@@ -344,6 +344,50 @@ mod cases {
         assert_no_more(&mut replay).await;
     }
 
+    /// The events of one transaction come in one batch, live and replayed.
+    pub async fn watch_delivers_a_transaction_whole(s: Arc<dyn Store>) {
+        let (_, start) = s.list("tw/").await.unwrap();
+        let mut live = s.watch("tw/", start + 1).await.unwrap();
+        let single = s.put("tw/before", "1").await.unwrap();
+        let put = |k: &str| Op::Put {
+            key: k.into(),
+            value: b"t".to_vec(),
+            lease: None,
+        };
+        let txn = s
+            .txn(
+                vec![],
+                vec![put("tw/a"), put("tw-outside/b"), put("tw/c"), put("tw/d")],
+                vec![],
+            )
+            .await
+            .unwrap();
+        let after = s.put("tw/after", "2").await.unwrap();
+        let expected = vec![
+            vec![("tw/before".to_string(), single)],
+            vec![
+                ("tw/a".to_string(), txn.revision),
+                ("tw/c".to_string(), txn.revision),
+                ("tw/d".to_string(), txn.revision),
+            ],
+            vec![("tw/after".to_string(), after)],
+        ];
+        assert_eq!(revisions(&mut live, 3).await, expected, "live");
+        let mut replay = s.watch("tw/", start + 1).await.unwrap();
+        assert_eq!(revisions(&mut replay, 3).await, expected, "replayed");
+        // One event taken alone leaves the rest of its revision together.
+        let mut mixed = s.watch("tw/", txn.revision).await.unwrap();
+        let first = mixed.next().await.expect("an event").expect("no error");
+        assert_eq!(first.kv.key, "tw/a");
+        let rest = mixed
+            .next_revision()
+            .await
+            .expect("more")
+            .expect("no error");
+        let rest: Vec<&str> = rest.iter().map(|e| e.kv.key.as_str()).collect();
+        assert_eq!(rest, ["tw/c", "tw/d"]);
+    }
+
     pub async fn counter(s: Arc<dyn Store>) {
         assert_eq!(s.incr("ctr/a").await.unwrap(), 1);
         assert_eq!(s.incr("ctr/a").await.unwrap(), 2);
@@ -562,6 +606,24 @@ async fn collect(w: &mut WatchStream, n: usize) -> Vec<WatchEvent> {
     out
 }
 
+/// The next `n` revisions of a watch, each as its keys and revisions.
+async fn revisions(w: &mut WatchStream, n: usize) -> Vec<Vec<(String, i64)>> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let b = tokio::time::timeout(Duration::from_secs(10), w.next_revision())
+            .await
+            .expect("a revision in time")
+            .expect("the watch goes on")
+            .expect("no error");
+        out.push(
+            b.into_iter()
+                .map(|e| (e.kv.key, e.kv.mod_revision))
+                .collect(),
+        );
+    }
+    out
+}
+
 async fn assert_no_more(w: &mut WatchStream) {
     if let Ok(ev) = tokio::time::timeout(Duration::from_millis(300), w.next()).await {
         panic!("unexpected extra watch item: {ev:?}");
@@ -624,6 +686,7 @@ contract!(
     lease_expiry_removes_keys,
     lease_revoke_removes_keys,
     watch_in_order,
+    watch_delivers_a_transaction_whole,
     counter,
     race_create_one_winner,
     race_incr_distinct,
