@@ -352,13 +352,36 @@ async fn resync_inner(sh: &Shared, startup: bool) -> anyhow::Result<()> {
     if !crate::standing::may_act(sh).await? {
         return Ok(());
     }
-    // One action at a time, so one failure does not hold up the rest. Each
-    // refresh reads its record again: Docker may have been slow since the
-    // records were read, and a job that moved meanwhile must be seen.
+    // One action at a time, so one failure does not hold up the rest. The
+    // refreshes last, together: their records are read again in one
+    // request once Docker has answered for every container (it may have
+    // been slow since the records were read, and a job that moved
+    // meanwhile must be seen); only those that changed are read alone.
     let none = BTreeMap::new();
+    let mut refreshes = Vec::new();
     for a in plan(&view) {
+        if let Action::Refresh { job, id } = &a {
+            refreshes.push((job.clone(), id.clone()));
+            continue;
+        }
         if let Err(e) = apply(sh, &containers, std::slice::from_ref(&a), &none).await {
             tracing::warn!("resync: {a:?}: {e}");
+        }
+    }
+    if !refreshes.is_empty() {
+        match crate::container::refresh_many(sh, &refreshes, &view.records).await {
+            Ok(outcomes) => {
+                for (job, outcome) in outcomes {
+                    match outcome {
+                        // The record moved on: look again, so a stale
+                        // copy here goes at once.
+                        Ok(None) => sh.resync_now.notify_one(),
+                        Ok(Some(_)) => {}
+                        Err(e) => tracing::warn!(%job, "resync: refreshing its record: {e}"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("resync: reading the records to refresh: {e}"),
         }
     }
     remove_marked(sh, &containers).await;

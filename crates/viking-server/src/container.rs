@@ -11,9 +11,11 @@
 //! server was stopped), the container just made is removed again, so a
 //! stale start never leaves a second copy.
 
+use std::collections::BTreeMap;
+
 use futures::StreamExt;
 use viking_core::records::{PsRecord, SpecLabel};
-use viking_core::{Job, Status};
+use viking_core::{keys, Job, Status};
 use viking_docker::{ContainerInfo, ContainerSpec, RuntimeError};
 use viking_store::Revision;
 
@@ -318,6 +320,82 @@ async fn check_host_ports(sh: &Shared, job: &Job) -> Result<()> {
     Ok(())
 }
 
+/// A job's viking-ps record brought up to date with what Docker said of
+/// its container (`None`: not there any more).
+fn updated(sh: &Shared, mut ps: PsRecord, inspected: Option<ContainerInfo>) -> PsRecord {
+    match inspected {
+        Some(c) if c.id == ps.container_id => {
+            let fresh = ps_from(sh, &c, ps.restarts);
+            // Keep viking's own note (e.g. a failed health check) on a
+            // container that stopped; a running one clears it.
+            let error = match fresh.error.clone() {
+                Some(e) => Some(e),
+                None if c.status != "running" => ps.error.take(),
+                None => None,
+            };
+            PsRecord {
+                created_at: ps.created_at,
+                crash_streak: ps.crash_streak,
+                last_exit: ps.last_exit,
+                error,
+                ..fresh
+            }
+        }
+        _ => {
+            ps.status = Status::Missing;
+            ps
+        }
+    }
+}
+
+/// [`refresh_ps`] for many containers of this host at once (the agent's
+/// resync), from the records as `read` before: Docker is asked about every
+/// container, then the records are read again in one request. A record
+/// that did not change since `read` was as Docker's answer found it (and
+/// is written only if that answer changes it, still on its revision); one
+/// that changed meanwhile (moved, exited, Docker slow) is refreshed again on
+/// its own, read first. Each job's outcome, as [`refresh_ps`]'s; an error
+/// when the records cannot be read again.
+pub async fn refresh_many(
+    sh: &Shared,
+    jobs: &[(String, String)],
+    read: &BTreeMap<String, (PsRecord, Revision)>,
+) -> Result<Vec<(String, Result<Option<PsRecord>>)>> {
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut seen = Vec::with_capacity(jobs.len());
+    for (job, id) in jobs {
+        match read.get(job) {
+            Some((ps, rev)) if ps.node == sh.config.name && ps.container_id == *id => {
+                match sh.runtime.inspect(id).await {
+                    Ok(c) => seen.push((job, id, ps, *rev, c)),
+                    Err(e) => out.push((job.clone(), Err(e.into()))),
+                }
+            }
+            _ => out.push((job.clone(), refresh_ps(sh, job, id, None).await)),
+        }
+    }
+    let wanted: Vec<String> = seen.iter().map(|(job, ..)| keys::ps(job)).collect();
+    let again = sh.store.get_many(&wanted).await?;
+    for ((job, id, ps, rev, inspected), now) in seen.into_iter().zip(again) {
+        let outcome = if now.as_ref().map(|kv| kv.mod_revision) != Some(rev) {
+            refresh_ps(sh, job, id, None).await
+        } else {
+            let fresh = updated(sh, ps.clone(), inspected);
+            if fresh == *ps {
+                Ok(Some(fresh))
+            } else {
+                match state::put_ps_if(sh.store.as_ref(), &fresh, rev).await {
+                    Ok(Some(_)) => Ok(Some(fresh)),
+                    Ok(None) => refresh_ps(sh, job, id, None).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        out.push((job.clone(), outcome));
+    }
+    Ok(out)
+}
+
 /// Bring a job's viking-ps record up to date with its container `id` on
 /// this host. Only while the record still names this host and that
 /// container: whoever decided to refresh it read the record earlier, and
@@ -346,28 +424,8 @@ pub async fn refresh_ps(
             return Ok(None);
         }
         let before = ps.clone();
-        match sh.runtime.inspect(&ps.container_id).await? {
-            Some(c) if c.id == ps.container_id => {
-                let fresh = ps_from(sh, &c, ps.restarts);
-                // Keep viking's own note (e.g. a failed health check) on a
-                // container that stopped; a running one clears it.
-                let error = match fresh.error.clone() {
-                    Some(e) => Some(e),
-                    None if c.status != "running" => ps.error.take(),
-                    None => None,
-                };
-                ps = PsRecord {
-                    created_at: ps.created_at,
-                    crash_streak: ps.crash_streak,
-                    last_exit: ps.last_exit,
-                    error,
-                    ..fresh
-                };
-            }
-            _ => {
-                ps.status = Status::Missing;
-            }
-        }
+        let inspected = sh.runtime.inspect(&ps.container_id).await?;
+        ps = updated(sh, ps, inspected);
         // Nothing changed: nothing is written (every resync refreshes every
         // record of the host; an idle host must not rewrite them).
         if ps == before {
