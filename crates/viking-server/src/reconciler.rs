@@ -192,9 +192,11 @@ pub async fn run(sh: Arc<Shared>) {
 
 async fn campaign_and_lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result<(), StoreError> {
     let ttl = sh.config.host_ttl;
+    let election = Election::new(sh.store.clone(), "reconciler");
+    // No lease kept alive while another server leads.
+    election.vacant().await?;
     let lease = sh.store.lease_grant(ttl).await?;
     let keep = spawn_keep_alive(sh.store.clone(), lease, ttl);
-    let election = Election::new(sh.store.clone(), "reconciler");
     let leadership = tokio::select! {
         l = election.campaign(&sh.config.name, lease) => l?,
         _ = keep.lost() => return Ok(()),

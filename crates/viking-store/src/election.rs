@@ -83,6 +83,20 @@ impl Election {
         }
     }
 
+    /// Block until there is no leader (at once when there is none). A
+    /// candidate waits here before it takes a lease to campaign with: a
+    /// lease kept alive only to wait is a request per second per candidate
+    /// for nothing.
+    pub async fn vacant(&self) -> Result<()> {
+        loop {
+            let (current, revision) = self.read().await?;
+            if current.is_none() {
+                return Ok(());
+            }
+            self.wait_deleted(revision + 1).await?;
+        }
+    }
+
     /// The current leader's value, if there is a leader.
     pub async fn leader(&self) -> Result<Option<String>> {
         Ok(self

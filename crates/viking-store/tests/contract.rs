@@ -455,6 +455,9 @@ mod cases {
         assert_eq!(e_b.leader().await.unwrap().as_deref(), Some("a"));
         assert!(lead_a.is_leader().await.unwrap());
 
+        // A candidate waits for a vacancy without a lease.
+        let e_c = Election::new(s.clone(), "ctl");
+        let mut vacancy = tokio::spawn(async move { e_c.vacant().await });
         let mut b = tokio::spawn(async move { e_b.campaign("b", lease_b).await });
         // b must wait while a leads.
         assert!(
@@ -465,8 +468,20 @@ mod cases {
         );
         assert_eq!(e_a.leader().await.unwrap().as_deref(), Some("a"));
 
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut vacancy)
+                .await
+                .is_err(),
+            "no vacancy while a leads"
+        );
+
         // a's lease dies: b takes over and a learns it lost.
         s.lease_revoke(lease_a).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), vacancy)
+            .await
+            .expect("the vacancy is seen")
+            .unwrap()
+            .unwrap();
         tokio::time::timeout(Duration::from_secs(5), lead_a.lost())
             .await
             .expect("lost() fires for the old leader");
