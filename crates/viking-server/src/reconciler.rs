@@ -42,7 +42,7 @@ use crate::state;
 use crate::{now_ms, Shared};
 
 /// How many actions run at once (each mostly waits on a peer).
-pub const PARALLEL_STARTS: usize = 64;
+pub const PARALLEL_STARTS: usize = 128;
 /// How many histories a round reads at once.
 const HISTORY_READS: usize = 32;
 /// How many of them start jobs on one host at once, so a host that comes
