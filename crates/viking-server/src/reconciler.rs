@@ -193,13 +193,25 @@ pub async fn run(sh: Arc<Shared>) {
 async fn campaign_and_lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result<(), StoreError> {
     let ttl = sh.config.host_ttl;
     let election = Election::new(sh.store.clone(), "reconciler");
-    // No lease kept alive while another server leads.
-    election.vacant().await?;
-    let lease = sh.store.lease_grant(ttl).await?;
-    let keep = spawn_keep_alive(sh.store.clone(), lease, ttl);
-    let leadership = tokio::select! {
-        l = election.campaign(&sh.config.name, lease) => l?,
-        _ = keep.lost() => return Ok(()),
+    // No lease kept alive while another server leads: wait for a vacancy,
+    // then try once with a new lease; a server that lost the race lets
+    // its lease go and waits again.
+    let (lease, keep, leadership) = loop {
+        election.vacant().await?;
+        let lease = sh.store.lease_grant(ttl).await?;
+        let keep = spawn_keep_alive(sh.store.clone(), lease, ttl);
+        match election.try_campaign(&sh.config.name, lease).await {
+            Ok(Some(leadership)) => break (lease, keep, leadership),
+            Ok(None) => {
+                keep.abort();
+                let _ = sh.store.lease_revoke(lease).await;
+            }
+            Err(e) => {
+                keep.abort();
+                let _ = sh.store.lease_revoke(lease).await;
+                return Err(e);
+            }
+        }
     };
     tracing::info!(name = %sh.config.name, "leader: reconciling the cluster");
     in_flight.set_leading(true);

@@ -97,6 +97,34 @@ impl Election {
         }
     }
 
+    /// One attempt: lead now if nobody does (or this very candidate does,
+    /// on this very lease), else `None` at once.
+    pub async fn try_campaign(
+        &self,
+        candidate_value: &str,
+        lease: LeaseId,
+    ) -> Result<Option<Leadership>> {
+        let resp = self
+            .store
+            .txn(
+                vec![Compare::Absent(self.key.clone())],
+                vec![Op::Put {
+                    key: self.key.clone(),
+                    value: candidate_value.as_bytes().to_vec(),
+                    lease: Some(lease),
+                }],
+                vec![],
+            )
+            .await?;
+        if resp.succeeded {
+            return Ok(Some(self.leadership(candidate_value, lease, resp.revision)));
+        }
+        let (current, _) = self.read().await?;
+        Ok(current
+            .filter(|kv| kv.value == candidate_value.as_bytes() && kv.lease == Some(lease))
+            .map(|kv| self.leadership(candidate_value, lease, kv.mod_revision)))
+    }
+
     /// The current leader's value, if there is a leader.
     pub async fn leader(&self) -> Result<Option<String>> {
         Ok(self
