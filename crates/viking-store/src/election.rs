@@ -25,6 +25,15 @@ pub struct Election {
 }
 
 /// Proof of leadership, returned by [`Election::campaign`].
+/// What one attempt at the key came to.
+enum Attempt {
+    Won(Leadership),
+    /// Another candidate holds it, as read at this revision.
+    Held(Revision),
+    /// Taken when tried, gone when read.
+    Vacant,
+}
+
 pub struct Leadership {
     store: Arc<dyn Store>,
     key: String,
@@ -56,30 +65,12 @@ impl Election {
     /// (e.g. a retried campaign), the existing leadership is returned.
     pub async fn campaign(&self, candidate_value: &str, lease: LeaseId) -> Result<Leadership> {
         loop {
-            let resp = self
-                .store
-                .txn(
-                    vec![Compare::Absent(self.key.clone())],
-                    vec![Op::Put {
-                        key: self.key.clone(),
-                        value: candidate_value.as_bytes().to_vec(),
-                        lease: Some(lease),
-                    }],
-                    vec![],
-                )
-                .await?;
-            if resp.succeeded {
-                return Ok(self.leadership(candidate_value, lease, resp.revision));
+            match self.attempt(candidate_value, lease).await? {
+                Attempt::Won(l) => return Ok(l),
+                // Deleted in between: try again right away.
+                Attempt::Vacant => continue,
+                Attempt::Held(revision) => self.wait_deleted(revision + 1).await?,
             }
-            // Taken: read it together with a revision to watch from.
-            let (current, revision) = self.read().await?;
-            let Some(kv) = current else {
-                continue; // deleted in between: try again right away
-            };
-            if kv.value == candidate_value.as_bytes() && kv.lease == Some(lease) {
-                return Ok(self.leadership(candidate_value, lease, kv.mod_revision));
-            }
-            self.wait_deleted(revision + 1).await?;
         }
     }
 
@@ -104,6 +95,15 @@ impl Election {
         candidate_value: &str,
         lease: LeaseId,
     ) -> Result<Option<Leadership>> {
+        Ok(match self.attempt(candidate_value, lease).await? {
+            Attempt::Won(l) => Some(l),
+            Attempt::Vacant | Attempt::Held(_) => None,
+        })
+    }
+
+    /// Create the key for this candidate if it is absent; if it is taken,
+    /// read it (with a revision to watch from).
+    async fn attempt(&self, candidate_value: &str, lease: LeaseId) -> Result<Attempt> {
         let resp = self
             .store
             .txn(
@@ -117,12 +117,20 @@ impl Election {
             )
             .await?;
         if resp.succeeded {
-            return Ok(Some(self.leadership(candidate_value, lease, resp.revision)));
+            return Ok(Attempt::Won(self.leadership(
+                candidate_value,
+                lease,
+                resp.revision,
+            )));
         }
-        let (current, _) = self.read().await?;
-        Ok(current
-            .filter(|kv| kv.value == candidate_value.as_bytes() && kv.lease == Some(lease))
-            .map(|kv| self.leadership(candidate_value, lease, kv.mod_revision)))
+        let (current, revision) = self.read().await?;
+        Ok(match current {
+            None => Attempt::Vacant,
+            Some(kv) if kv.value == candidate_value.as_bytes() && kv.lease == Some(lease) => {
+                Attempt::Won(self.leadership(candidate_value, lease, kv.mod_revision))
+            }
+            Some(_) => Attempt::Held(revision),
+        })
     }
 
     /// The current leader's value, if there is a leader.
