@@ -80,17 +80,18 @@ impl Decision {
 /// reason.
 pub fn place(job: &Job, hosts: &[HostSnapshot], history: Option<&History>) -> Decision {
     let fixed_to = fixed_host(job, history);
-    let mut best: Option<&HostSnapshot> = None;
+    let mut best: Option<(&HostSnapshot, Rank)> = None;
     for h in hosts {
-        if best.is_some_and(|b| rank(job, h) >= rank(job, b)) {
+        let r = rank(job, h);
+        if best.as_ref().is_some_and(|(_, b)| r >= *b) {
             continue;
         }
         if reject(job, fixed_to, h).is_none() {
-            best = Some(h);
+            best = Some((h, r));
         }
     }
     match best {
-        Some(h) => Decision {
+        Some((h, _)) => Decision {
             host: Some(h.name.clone()),
             rejected: Vec::new(),
             waiting_for: None,
@@ -191,6 +192,9 @@ fn reject<'a>(job: &'a Job, fixed_to: Option<&'a str>, h: &HostSnapshot) -> Opti
 /// a burst to one host.
 const FREE_MEMORY_STEP: u32 = 28;
 
+/// A host's rank for a job: see [`rank`].
+type Rank<'a> = (u64, std::cmp::Reverse<u64>, u64, &'a str);
+
 /// Lower is better: fewer running jobs, then more free memory (in steps of
 /// 256 MiB), then a hash of the job's and the host's names. The hash
 /// spreads jobs among equally good hosts the way rendezvous hashing does:
@@ -198,7 +202,7 @@ const FREE_MEMORY_STEP: u32 = 28;
 /// different hosts instead of all the first by name (each would then race
 /// for the same host and all but one decide again), and the same job over
 /// the same snapshot always picks the same host.
-fn rank<'a>(job: &Job, h: &'a HostSnapshot) -> (u64, std::cmp::Reverse<u64>, u64, &'a str) {
+fn rank<'a>(job: &Job, h: &'a HostSnapshot) -> Rank<'a> {
     (
         h.running,
         std::cmp::Reverse(h.memory.saturating_sub(h.memory_used) >> FREE_MEMORY_STEP),

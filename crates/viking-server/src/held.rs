@@ -58,6 +58,23 @@ pub struct Held {
     index: HashMap<String, (u64, u64)>,
     /// [`Held::hosts`], until a host's record changes.
     fleet: Option<Arc<Vec<(HostRecord, bool)>>>,
+    /// The placer's decisions not claimed yet, per host.
+    floors: HashMap<String, Floor>,
+    /// [`Held::placement_snapshot`], with each host's place in it: built
+    /// again when a host's record changes, its loads kept as they change.
+    snapshot: Option<(Vec<HostSnapshot>, HashMap<String, usize>)>,
+}
+
+/// A host with the placer's claims decided and not yet made.
+#[derive(Default)]
+struct Floor {
+    /// The host's placements counter once they are all made: the decisions
+    /// count it as at least this, whether the watch has brought some of
+    /// the claims already or not (counting one both ways would skew a
+    /// burst).
+    at: u64,
+    /// How many are in flight.
+    in_flight: u64,
 }
 
 /// Apply one change to a map of records kept with their revisions. A
@@ -94,15 +111,16 @@ impl Held {
             apply(&mut self.ps, name, kind, rev, || decode(value).ok());
         } else if let Some(name) = keys::name_of(keys::HOSTS, key) {
             apply(&mut self.alive, name, kind, rev, || decode(value).ok());
-            self.fleet = None;
+            self.fleet_changed();
         } else if let Some(name) = keys::name_of(keys::FLEET, key) {
             apply(&mut self.known, name, kind, rev, || decode(value).ok());
-            self.fleet = None;
+            self.fleet_changed();
         } else if let Some(host) = keys::name_of(keys::PLACEMENTS, key) {
             if self.claimed.get(host).is_some_and(|(held, _)| *held <= rev) {
                 self.claimed.remove(host);
             }
             if self.claims.get(host).is_some_and(|(held, _)| *held >= rev) {
+                self.refresh(host);
                 return;
             }
             match kind {
@@ -113,6 +131,32 @@ impl Held {
                     let n = crate::placement::claim_count(value);
                     self.claims.insert(host.to_string(), (rev, n));
                 }
+            }
+            self.refresh(host);
+        }
+    }
+
+    fn fleet_changed(&mut self) {
+        self.fleet = None;
+        self.snapshot = None;
+    }
+
+    /// `host`'s load for the placer: the load last published, plus the
+    /// claims placed on it since, counting its placements counter as at
+    /// least what the decisions not claimed yet will make it.
+    fn load_of(&self, host: &str) -> u64 {
+        let (load, accounted) = self.index.get(host).copied().unwrap_or((0, 0));
+        let floor = self.floors.get(host).map_or(0, |f| f.at);
+        let now = self.claims_of(host).map_or(0, |(_, n)| n).max(floor);
+        load + now.saturating_sub(accounted)
+    }
+
+    /// Bring `host`'s load in the placer's snapshot up to date.
+    fn refresh(&mut self, host: &str) {
+        let load = self.load_of(host);
+        if let Some((hosts, at)) = &mut self.snapshot {
+            if let Some(h) = at.get(host).and_then(|i| hosts.get_mut(*i)) {
+                h.running = load;
             }
         }
     }
@@ -125,11 +169,45 @@ impl Held {
             return;
         }
         self.claimed.insert(host.to_string(), (rev, claims));
+        self.refresh(host);
     }
 
     /// Each host's load and accounted claims as just published.
     pub fn set_index(&mut self, index: HashMap<String, (u64, u64)>) {
         self.index = index;
+        let hosts: Vec<String> = match &self.snapshot {
+            Some((_, at)) => at.keys().cloned().collect(),
+            None => return,
+        };
+        for h in &hosts {
+            self.refresh(h);
+        }
+    }
+
+    /// A decision of the placer for `host`, counted until
+    /// [`Held::decision_ended`]: the host's counter as at least one more
+    /// than it is now or than the decisions before make it.
+    pub fn decided(&mut self, host: &str) {
+        let now = self.claims_of(host).map_or(0, |(_, n)| n);
+        let f = self.floors.entry(host.to_string()).or_default();
+        f.at = f.at.max(now) + 1;
+        f.in_flight += 1;
+        self.refresh(host);
+    }
+
+    /// A decision's claim ended: made (the counter holds it now), or not
+    /// (the host's floor drops by one).
+    pub fn decision_ended(&mut self, host: &str, claimed: bool) {
+        if let Some(f) = self.floors.get_mut(host) {
+            if !claimed {
+                f.at = f.at.saturating_sub(1);
+            }
+            f.in_flight = f.in_flight.saturating_sub(1);
+            if f.in_flight == 0 {
+                self.floors.remove(host);
+            }
+        }
+        self.refresh(host);
     }
 
     /// A host's placements counter now: its revision and claim count.
@@ -185,15 +263,106 @@ impl Held {
     }
 
     /// dowding's snapshot for a job without fixed host ports: floki's
-    /// hosts, each with the load last published plus the claims placed
-    /// on it since, counting its placements counter as at least `floor`
-    /// (what it reaches once the claims decided and not yet made are).
-    pub fn placement_snapshot(&mut self, floor: impl Fn(&str) -> u64) -> Vec<HostSnapshot> {
-        let fleet = self.hosts();
-        crate::placement::indexed(&fleet, |name| {
-            let (load, accounted) = self.index.get(name).copied().unwrap_or((0, 0));
-            let now = self.claims_of(name).map_or(0, |(_, n)| n).max(floor(name));
-            load + now.saturating_sub(accounted)
-        })
+    /// hosts, each with the load last published plus the claims placed on
+    /// it since, counting its placements counter as at least what the
+    /// decisions not claimed yet make it. Built once per change of a
+    /// host's record; the loads are kept as they change.
+    pub fn placement_snapshot(&mut self) -> &[HostSnapshot] {
+        if self.snapshot.is_none() {
+            let fleet = self.hosts();
+            let hosts = crate::placement::indexed(&fleet, |name| self.load_of(name));
+            let at = hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (h.name.clone(), i))
+                .collect();
+            self.snapshot = Some((hosts, at));
+        }
+        self.snapshot.as_ref().map_or(&[], |(hosts, _)| hosts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn record(name: &str) -> Vec<u8> {
+        let r = HostRecord {
+            name: name.into(),
+            ip: "127.0.0.1".into(),
+            api: "http://127.0.0.1:1".into(),
+            tags: Vec::new(),
+            cpus: 1,
+            memory: 1 << 30,
+            running: 0,
+            memory_used: 0,
+            version: String::new(),
+            started_at: 0,
+            updated_at: 0,
+            server_id: String::new(),
+            held: None,
+        };
+        viking_core::records::encode(&r).expect("encode")
+    }
+
+    /// What can happen to the placer's view, host by host.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Joined(u8),
+        Left(u8),
+        Counter(u8, u64),
+        OwnClaim(u8, u64),
+        Index(Vec<(u8, u64, u64)>),
+        Decided(u8),
+        Ended(u8, bool),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let h = 0u8..6;
+        prop_oneof![
+            h.clone().prop_map(Op::Joined),
+            h.clone().prop_map(Op::Left),
+            (h.clone(), 0u64..20).prop_map(|(h, n)| Op::Counter(h, n)),
+            (h.clone(), 0u64..20).prop_map(|(h, n)| Op::OwnClaim(h, n)),
+            proptest::collection::vec((h.clone(), 0u64..20, 0u64..20), 0..6).prop_map(Op::Index),
+            h.clone().prop_map(Op::Decided),
+            (h, any::<bool>()).prop_map(|(h, c)| Op::Ended(h, c)),
+        ]
+    }
+
+    proptest! {
+        /// The loads kept host by host are always the loads computed
+        /// afresh from what is held.
+        #[test]
+        fn the_kept_snapshot_is_the_snapshot_built_afresh(ops in proptest::collection::vec(op(), 1..60)) {
+            let mut held = Held::default();
+            let mut rev: Revision = 0;
+            for op in ops {
+                rev += 1;
+                let name = |h: u8| format!("h{h}");
+                match op {
+                    Op::Joined(h) => held.note(EventKind::Put, &keys::host(&name(h)), &record(&name(h)), rev),
+                    Op::Left(h) => held.note(EventKind::Delete, &keys::host(&name(h)), &[], rev),
+                    Op::Counter(h, n) => held.note(EventKind::Put, &keys::placements(&name(h)), n.to_string().as_bytes(), rev),
+                    Op::OwnClaim(h, n) => held.note_claim(&name(h), rev, n),
+                    Op::Index(i) => held.set_index(i.into_iter().map(|(h, l, a)| (name(h), (l, a))).collect()),
+                    Op::Decided(h) => held.decided(&name(h)),
+                    Op::Ended(h, c) => held.decision_ended(&name(h), c),
+                }
+                let kept: Vec<(String, u64)> = held
+                    .placement_snapshot()
+                    .iter()
+                    .map(|h| (h.name.clone(), h.running))
+                    .collect();
+                held.snapshot = None;
+                let fresh: Vec<(String, u64)> = held
+                    .placement_snapshot()
+                    .iter()
+                    .map(|h| (h.name.clone(), h.running))
+                    .collect();
+                prop_assert_eq!(kept, fresh);
+            }
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! dowding at the leader: a run at any server is placed by the leader, in
 //! memory, over what it holds ([`crate::held`]: floki's hosts, the load it
 //! published per host, the claims made since) and claimed in one
-//! transaction, so a placement costs the store one history read and one
-//! claim, whatever the size of the fleet. The asking server carries out the
+//! transaction, so a placement costs the store one claim (and, for a fixed
+//! job, one read of where it ran), whatever the size of the fleet. The asking server carries out the
 //! start, as before (the claim names it).
 //!
 //! The claim's transaction is the same as a server placing on its own
@@ -30,9 +30,6 @@ use crate::{now_ms, state, Shared};
 /// The leader's placer, for its term.
 pub struct Placer {
     held: Arc<Mutex<Held>>,
-    /// Placements decided and not claimed yet, per host: counted as load
-    /// by the decisions made meanwhile, so a burst spreads.
-    pending: Mutex<HashMap<String, Floor>>,
     /// One queue per host: the claims decided for a host are written one
     /// after the other, each over the counter its predecessor left, so a
     /// burst's claims do not race each other (and every decision counted
@@ -40,18 +37,6 @@ pub struct Placer {
     queues: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Jobs claimed through this placer.
     claimed: std::sync::atomic::AtomicU64,
-}
-
-/// A host with claims decided and not yet made.
-#[derive(Default)]
-struct Floor {
-    /// The host's placements counter once they are all made: the decisions
-    /// count it as at least this, whether the watch has brought some of
-    /// the claims already or not (counting one both ways would skew a
-    /// burst).
-    at: u64,
-    /// How many are in flight.
-    in_flight: u64,
 }
 
 /// Where a job was placed and claimed.
@@ -69,7 +54,6 @@ impl Placer {
     pub fn new(held: Arc<Mutex<Held>>) -> Self {
         Self {
             held,
-            pending: Mutex::default(),
             queues: Mutex::default(),
             claimed: Default::default(),
         }
@@ -96,18 +80,17 @@ impl Placer {
     /// decisions not claimed yet, so each takes a least loaded host; the
     /// claims then run concurrently across hosts and in order per host.
     pub async fn claim(&self, sh: &Shared, job: &Job, claimant: &str) -> Result<Placed> {
-        let (hist, _) = state::history(sh.store.as_ref(), &job.name).await?;
+        // Only a fixed job's placement depends on where it ran before.
+        let hist = match job.fixed {
+            true => Some(state::history(sh.store.as_ref(), &job.name).await?.0),
+            false => None,
+        };
         for _ in 0..crate::placement::TRIES {
             let d = {
                 let mut held = self.held.lock().map_err(|_| Self::poisoned())?;
-                let mut pending = self.pending.lock().map_err(|_| Self::poisoned())?;
-                let hosts = held.placement_snapshot(|h| pending.get(h).map_or(0, |f| f.at));
-                let d = scheduler::place(job, &hosts, Some(&hist));
+                let d = scheduler::place(job, held.placement_snapshot(), hist.as_ref());
                 if let Some(h) = &d.host {
-                    let now = held.claims_of(h).map_or(0, |(_, n)| n);
-                    let f = pending.entry(h.clone()).or_default();
-                    f.at = f.at.max(now) + 1;
-                    f.in_flight += 1;
+                    held.decided(h);
                 }
                 d
             };
@@ -210,16 +193,8 @@ struct Pending<'a> {
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        if let Ok(mut p) = self.placer.pending.lock() {
-            if let Some(f) = p.get_mut(&self.host) {
-                if !self.claimed {
-                    f.at = f.at.saturating_sub(1);
-                }
-                f.in_flight = f.in_flight.saturating_sub(1);
-                if f.in_flight == 0 {
-                    p.remove(&self.host);
-                }
-            }
+        if let Ok(mut held) = self.placer.held.lock() {
+            held.decision_ended(&self.host, self.claimed);
         }
     }
 }

@@ -1946,6 +1946,48 @@ async fn runs_at_any_server_are_placed_by_the_leader_or_here_when_it_cannot_be_r
     );
 }
 
+/// The leader's placer reads a job's history only when the job is fixed
+/// (nothing else in dowding depends on it): a fixed job asked for at
+/// another server returns to its host although that host is the busiest,
+/// and a job that is not fixed goes to a less loaded one.
+#[tokio::test]
+async fn the_leader_sends_a_fixed_job_back_to_its_host_and_places_the_others_by_load() {
+    let hs = hosts(3).await;
+    let leader = leader_of(&hs).await;
+    let placer = leader.shared.placer().expect("placer");
+    let before = placer.claims_made();
+    let followers: Vec<&TestServer> = hs
+        .iter()
+        .filter(|h| h.shared.config.name != leader.shared.config.name)
+        .collect();
+    let node = |r: RunResponse| r.ps.expect("ps").node;
+    let fixed = r#"{"name":"db","image":"busybox","daemonize":true,"fixed":true}"#;
+    let home = node(followers[0].run(fixed).await.expect("db runs"));
+    let roaming = r#"{"name":"web","image":"busybox","daemonize":true}"#;
+    let first = node(followers[0].run(roaming).await.expect("web runs"));
+    // Both hosts the busiest, so only history can bring db back to its own.
+    for (i, h) in [&home, &first, &home, &first].iter().enumerate() {
+        let doc =
+            format!(r#"{{"name":"load{i}","image":"busybox","daemonize":true,"host":"{h}"}}"#);
+        followers[0].run(&doc).await.expect("load runs");
+    }
+    for name in ["db", "web"] {
+        followers[0].client.rm(name, true).await.expect("rm");
+    }
+    let back = node(followers[1].run(fixed).await.expect("db runs again"));
+    assert_eq!(back, home, "a fixed job returns to its host");
+    let again = node(followers[1].run(roaming).await.expect("web runs again"));
+    assert_ne!(
+        again, first,
+        "a job that is not fixed goes by load, not history"
+    );
+    assert_eq!(
+        placer.claims_made() - before,
+        8,
+        "every run was claimed at the leader"
+    );
+}
+
 #[tokio::test]
 async fn a_run_accepted_without_waiting_starts_after_the_answer_and_a_failed_start_is_retried() {
     let s = TestServer::start().await;
