@@ -267,6 +267,14 @@ pub struct ServerArgs {
     /// The largest pids limit a job may ask for.
     #[arg(long, env = "VIKING_PIDS_MAX", default_value_t = 4096)]
     pub pids_max: u64,
+    /// What dowding reserves on its host for a job without a memory limit
+    /// (when this server leads).
+    #[arg(long, env = "VIKING_RESERVE_MEMORY", default_value = "64m")]
+    pub reserve_memory: String,
+    /// What dowding reserves on its host for a job without a CPU limit
+    /// (0: none, it shares what the host has).
+    #[arg(long, env = "VIKING_RESERVE_CPUS", default_value = "0")]
+    pub reserve_cpus: String,
     /// How many Docker pings (one a second) must fail in a row before this
     /// host leaves floki and its jobs move.
     #[arg(long, env = "VIKING_DOCKER_PING_FAILURES", default_value_t = 3)]

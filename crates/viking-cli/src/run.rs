@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use viking_client::api::{DryRunResponse, ErrorBody};
 use viking_client::frame::{self, Frame, FrameReader};
 use viking_client::Client;
-use viking_core::job::{EnvSpec, JobSpec, StringOrList};
+use viking_core::job::{EnvSpec, JobSpec, Quantity, StringOrList};
 
 use crate::Failure;
 
@@ -75,6 +75,12 @@ pub struct RunArgs {
     /// --pids-limit; at most its --pids-max).
     #[arg(long = "pids-limit", value_name = "N", allow_negative_numbers = true)]
     pub pids_limit: Option<i64>,
+    /// The container's memory limit, reserved on its host (`256m`, `1g`).
+    #[arg(short = 'm', long, value_name = "BYTES")]
+    pub memory: Option<String>,
+    /// The CPUs the container may use, reserved on its host (`0.5`).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
     /// Show where the job would run, and why other hosts would not take it.
     #[arg(long = "dry-run")]
     pub dry_run: bool,
@@ -156,6 +162,8 @@ impl RunArgs {
             tty: self.tty.then_some(true),
             links: self.link.clone(),
             pids_limit: self.pids_limit,
+            memory: self.memory.clone().map(Quantity::Text),
+            cpus: self.cpus.clone().map(Quantity::Text),
         };
         serde_json::to_vec(&spec).map_err(|e| Failure::new(DAEMON_ERROR, e.to_string()))
     }

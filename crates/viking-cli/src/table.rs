@@ -263,6 +263,19 @@ pub fn services(v: &[viking_client::api::ServicePort]) -> String {
     )
 }
 
+/// Bytes as Docker shows them: `256MiB`, `1.5GiB`, `0B`.
+fn bytes(b: u64) -> String {
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+    if b >= GIB {
+        format!("{:.1}GiB", b as f64 / GIB as f64)
+    } else if b >= MIB {
+        format!("{}MiB", b / MIB)
+    } else {
+        format!("{b}B")
+    }
+}
+
 pub fn hosts(v: &[HostView], now: u64) -> String {
     let rows: Vec<Vec<String>> = v
         .iter()
@@ -283,8 +296,17 @@ pub fn hosts(v: &[HostView], now: u64) -> String {
                 r.ip.clone(),
                 r.tags.join(","),
                 r.running.to_string(),
-                r.cpus.to_string(),
-                format!("{:.1}GiB", r.memory as f64 / (1u64 << 30) as f64),
+                format!(
+                    "{} / {}",
+                    viking_core::job::cpus_text(h.reserved_millicpus),
+                    r.cpus
+                ),
+                format!(
+                    "{} / {} / {}",
+                    bytes(h.reserved_memory),
+                    bytes(r.memory_used),
+                    bytes(r.memory)
+                ),
                 r.version.clone(),
                 if h.alive {
                     human(now.saturating_sub(r.started_at))
@@ -296,7 +318,15 @@ pub fn hosts(v: &[HostView], now: u64) -> String {
         .collect();
     render(
         &[
-            "NAME", "STATE", "ADDRESS", "TAGS", "JOBS", "CPUS", "MEMORY", "VERSION", "UPTIME",
+            "NAME",
+            "STATE",
+            "ADDRESS",
+            "TAGS",
+            "JOBS",
+            "CPUS RESERVED / ALL",
+            "MEMORY RESERVED / USED / ALL",
+            "VERSION",
+            "UPTIME",
         ],
         &rows,
     )

@@ -94,6 +94,12 @@ pub struct HostView {
     /// Whether it is the leader that reconciles the cluster.
     #[serde(default)]
     pub leader: bool,
+    /// What the jobs placed on it reserve, as the leader last published
+    /// it: bytes of memory, and thousandths of a CPU.
+    #[serde(default)]
+    pub reserved_memory: u64,
+    #[serde(default)]
+    pub reserved_millicpus: u64,
 }
 
 /// One service port: what `viking services` lists.

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use viking_core::job::{Job, Proto};
 use viking_core::records::History;
-use viking_core::scheduler::{place, HostSnapshot};
+use viking_core::scheduler::{place, HostSnapshot, Reservation};
 
 const SIZES: [usize; 3] = [100, 1_000, 10_000];
 const JOBS_PER_HOST: u64 = 20;
@@ -85,6 +85,11 @@ fn fleet(n: usize) -> Vec<HostSnapshot> {
                 memory,
                 memory_used: rng.below(memory),
                 used_ports,
+                cpus: 16_000,
+                reserved: Reservation {
+                    memory: running * (64 << 20),
+                    cpus: 0,
+                },
             }
         })
         .collect()
@@ -199,7 +204,7 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(60),
     );
-    println!("dowding: place() over fleets of {SIZES:?} hosts ({JOBS_PER_HOST} jobs/host of load)");
+    println!("dowding: place(, Reservation::default()) over fleets of {SIZES:?} hosts ({JOBS_PER_HOST} jobs/host of load)");
     println!();
     println!("| hosts | job | placements/s | µs/placement | ns/host | x scan | rejected |");
     println!("|---:|---|---:|---:|---:|---:|---:|");
@@ -209,7 +214,7 @@ fn main() {
         let cases = cases(&hosts);
         // Sanity: every kind of job finds a host, and the answers are stable.
         for c in &cases {
-            let d = place(&c.job, &hosts, Some(&c.history));
+            let d = place(&c.job, Reservation::default(), &hosts, Some(&c.history));
             assert!(d.host.is_some(), "{}: {}", c.kind, d.explain());
         }
         let scan_rate = rate(sample, || {
@@ -229,11 +234,14 @@ fn main() {
             let per_s = rate(sample, || {
                 black_box(place(
                     black_box(&c.job),
+                    Reservation::default(),
                     black_box(&hosts),
                     black_box(Some(&c.history)),
                 ));
             });
-            let rejected = place(&c.job, &hosts, Some(&c.history)).rejected.len();
+            let rejected = place(&c.job, Reservation::default(), &hosts, Some(&c.history))
+                .rejected
+                .len();
             row(c.kind, per_s, rejected.to_string());
         }
         let mut i = 0;
@@ -242,6 +250,7 @@ fn main() {
             i += 1;
             black_box(place(
                 black_box(&c.job),
+                Reservation::default(),
                 black_box(&hosts),
                 black_box(Some(&c.history)),
             ));

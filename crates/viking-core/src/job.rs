@@ -17,6 +17,11 @@
 //!
 //! A value given explicitly always wins over a default.
 //!
+//! Resources: `memory` (bytes, or Docker's `256m`, `1g`: at least
+//! [`MIN_MEMORY`]) and `cpus` (a number of CPUs, `0.5`: from 0.01, in
+//! thousandths) become Docker's limits, and what dowding reserves for the
+//! job on its host.
+//!
 //! Limits: at most [`MAX_PORTS`] ports and [`MAX_VOLUMES`] volumes, no
 //! volume inside another (its host directory would be in the outer one's
 //! data, where the job could swap it for a symlink), `pids_limit` from 1 to
@@ -44,6 +49,13 @@ pub const MAX_VOLUMES: usize = 64;
 /// The largest `pids_limit` a job may write (Linux's own ceiling on process
 /// ids, 2^22); each server has its own, usually lower, maximum.
 pub const MAX_PIDS_LIMIT: u64 = 1 << 22;
+
+/// The least memory a job may ask for: Docker's own minimum (6 MiB).
+pub const MIN_MEMORY: u64 = 6 << 20;
+/// The most memory a job may ask for: 1 PiB.
+pub const MAX_MEMORY: u64 = 1 << 50;
+/// The most CPUs a job may ask for.
+pub const MAX_CPUS: u64 = 1024;
 
 /// Why a job document was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,6 +151,14 @@ pub enum EnvSpec {
     List(Vec<String>),
 }
 
+/// A quantity written as a number or as a string (`memory`, `cpus`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Quantity {
+    Number(serde_json::Number),
+    Text(String),
+}
+
 /// A job document as written by a user. Unknown fields are refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,6 +199,14 @@ pub struct JobSpec {
     /// (`--pids-max`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_limit: Option<i64>,
+    /// The container's memory limit, and what its host reserves for it:
+    /// bytes, or a number with Docker's units (`256m`, `1g`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// The CPUs the container may use, and what its host reserves for it
+    /// (`0.5`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Quantity>,
 }
 
 impl JobSpec {
@@ -291,6 +319,45 @@ pub struct Job {
     /// The most processes the container may have; `None`: the server's
     /// default.
     pub pids_limit: Option<u64>,
+    /// The memory limit in bytes; `None`: none (dowding reserves its
+    /// default for the job).
+    pub memory: Option<u64>,
+    /// The CPU limit in thousandths of a CPU; `None`: none.
+    pub cpus: Option<u64>,
+}
+
+/// What a job reserves on its host: its limits, or for a job without one,
+/// the cluster's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    /// Bytes of memory.
+    pub memory: u64,
+    /// Thousandths of a CPU.
+    pub cpus: u64,
+}
+
+impl Reservation {
+    /// What `job` reserves, with `default` for a limit it does not set.
+    pub fn of(job: &Job, default: Reservation) -> Self {
+        Self {
+            memory: job.memory.unwrap_or(default.memory),
+            cpus: job.cpus.unwrap_or(default.cpus),
+        }
+    }
+
+    pub fn plus(self, o: Reservation) -> Self {
+        Self {
+            memory: self.memory.saturating_add(o.memory),
+            cpus: self.cpus.saturating_add(o.cpus),
+        }
+    }
+
+    pub fn minus(self, o: Reservation) -> Self {
+        Self {
+            memory: self.memory.saturating_sub(o.memory),
+            cpus: self.cpus.saturating_sub(o.cpus),
+        }
+    }
 }
 
 /// A link to a service: its job name, and the alias that names its
@@ -491,6 +558,9 @@ impl Job {
             },
         };
 
+        let memory = spec.memory.as_ref().map(parse_memory).transpose()?;
+        let cpus = spec.cpus.as_ref().map(parse_cpus).transpose()?;
+
         let static_ = spec.static_.unwrap_or(false);
         let fixed = spec.fixed.unwrap_or(
             !volumes.is_empty() || static_ || env.get("VIKING_FIXED").is_some_and(|v| truthy(v)),
@@ -546,6 +616,8 @@ impl Job {
             tty: spec.tty.unwrap_or(false),
             links,
             pids_limit,
+            memory,
+            cpus,
         })
     }
 
@@ -568,6 +640,8 @@ impl Job {
             tty: Some(self.tty),
             links: self.links.iter().map(|l| l.to_string()).collect(),
             pids_limit: self.pids_limit.and_then(|n| i64::try_from(n).ok()),
+            memory: self.memory.map(|b| Quantity::Number(b.into())),
+            cpus: self.cpus.map(|m| Quantity::Text(cpus_text(m))),
         }
     }
 
@@ -791,6 +865,112 @@ fn merge_filter(
         }
     }
     Ok(tags.into_iter().collect())
+}
+
+/// `memory` in bytes: a whole number of bytes, or a number with one of
+/// Docker's units (`b`, `k`, `m`, `g`, `t`, `p`, powers of 1024, with an
+/// optional `i` and `b`: `256m`, `1.5g`, `512MiB`).
+pub fn parse_memory(q: &Quantity) -> Result<u64, JobError> {
+    let bad = |why: String| JobError::new("memory", why);
+    let bytes = match q {
+        Quantity::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| bad(format!("{n} is not a whole number of bytes")))?,
+        Quantity::Text(t) => {
+            let lower = t.trim().to_ascii_lowercase();
+            let unitless = lower.trim_end_matches('b').trim_end_matches('i');
+            let (num, shift) = match unitless.chars().last() {
+                Some('k') => (&unitless[..unitless.len() - 1], 10),
+                Some('m') => (&unitless[..unitless.len() - 1], 20),
+                Some('g') => (&unitless[..unitless.len() - 1], 30),
+                Some('t') => (&unitless[..unitless.len() - 1], 40),
+                Some('p') => (&unitless[..unitless.len() - 1], 50),
+                _ => (unitless, 0),
+            };
+            let valid = !num.is_empty()
+                && num.chars().all(|c| c.is_ascii_digit() || c == '.')
+                && num.matches('.').count() <= 1;
+            let n: f64 = match valid {
+                true => num.parse().ok(),
+                false => None,
+            }
+            .ok_or_else(|| {
+                bad(format!(
+                    "{t:?} is not an amount of memory (a number of bytes, or with a unit: 256m, 1g)"
+                ))
+            })?;
+            let b = n * (1u64 << shift) as f64;
+            if b >= MAX_MEMORY as f64 * 2.0 {
+                u64::MAX
+            } else {
+                b as u64
+            }
+        }
+    };
+    if !(MIN_MEMORY..=MAX_MEMORY).contains(&bytes) {
+        return Err(bad(format!(
+            "{bytes} bytes is outside {} MiB to {} TiB",
+            MIN_MEMORY >> 20,
+            MAX_MEMORY >> 40
+        )));
+    }
+    Ok(bytes)
+}
+
+/// `cpus` in thousandths of a CPU: a number (or a string of one) from 0.01
+/// to [`MAX_CPUS`], with at most three decimals.
+pub fn parse_cpus(q: &Quantity) -> Result<u64, JobError> {
+    let text = match q {
+        Quantity::Number(n) => n.to_string(),
+        Quantity::Text(t) => t.trim().to_string(),
+    };
+    let bad = || {
+        JobError::new(
+            "cpus",
+            format!("{text:?} must be a number of CPUs from 0.01 to {MAX_CPUS}, with at most three decimals (0.5)"),
+        )
+    };
+    let (whole, frac) = text.split_once('.').unwrap_or((&text, ""));
+    let digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
+    if whole.is_empty() && frac.is_empty()
+        || !digits(whole)
+        || !digits(frac)
+        || frac.len() > 3
+        || whole.len() > 5
+    {
+        return Err(bad());
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
+    let frac: u64 = format!("{frac:0<3}").parse().map_err(|_| bad())?;
+    let milli = whole * 1000 + frac;
+    if !(10..=MAX_CPUS * 1000).contains(&milli) {
+        return Err(bad());
+    }
+    Ok(milli)
+}
+
+/// Thousandths of a CPU written as a number of CPUs: `500` is `0.5`.
+pub fn cpus_text(milli: u64) -> String {
+    let (w, f) = (milli / 1000, milli % 1000);
+    if f == 0 {
+        return w.to_string();
+    }
+    format!("{w}.{f:03}").trim_end_matches('0').to_string()
+}
+
+/// Bytes written with the largest of Docker's units that divides them
+/// (`256m`), or as MiB with two decimals.
+pub fn memory_text(bytes: u64) -> String {
+    for (unit, shift) in [("g", 30), ("m", 20), ("k", 10)] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
 }
 
 #[cfg(test)]
@@ -1108,6 +1288,62 @@ mod tests {
         assert!(!serde_json::to_string(&plain)
             .unwrap()
             .contains("pids_limit"));
+    }
+
+    #[test]
+    fn memory_and_cpus_are_checked_and_kept() {
+        let j = parse(r#"{"image":"b","memory":"256m","cpus":0.5}"#).unwrap();
+        assert_eq!((j.memory, j.cpus), (Some(256 << 20), Some(500)));
+        for (doc, bytes) in [
+            ("268435456", 256u64 << 20),
+            ("\"1g\"", 1 << 30),
+            ("\"1.5G\"", 3 << 29),
+            ("\"512MiB\"", 512 << 20),
+            ("\"6m\"", 6 << 20),
+        ] {
+            let j = parse(&format!(r#"{{"image":"b","memory":{doc}}}"#)).unwrap();
+            assert_eq!(j.memory, Some(bytes), "{doc}");
+        }
+        for (doc, milli) in [
+            ("2", 2000u64),
+            ("\"0.25\"", 250),
+            ("0.01", 10),
+            ("1.5", 1500),
+        ] {
+            let j = parse(&format!(r#"{{"image":"b","cpus":{doc}}}"#)).unwrap();
+            assert_eq!(j.cpus, Some(milli), "{doc}");
+        }
+        for bad in [
+            "\"5m\"",
+            "\"lots\"",
+            "-1",
+            "1.5",
+            "\"1x\"",
+            "\"\"",
+            "\"2pb\"",
+            "\"1..2m\"",
+        ] {
+            let e = parse(&format!(r#"{{"image":"b","memory":{bad}}}"#)).unwrap_err();
+            assert_eq!(e.field(), "memory", "{bad}: {e}");
+        }
+        for bad in [
+            "0", "0.001", "1025", "0.1234", "-1", "\"half\"", "\".\"", "1e4",
+        ] {
+            let e = parse(&format!(r#"{{"image":"b","cpus":{bad}}}"#)).unwrap_err();
+            assert_eq!(e.field(), "cpus", "{bad}: {e}");
+        }
+        // The stored form keeps them, and leaves them out when unset.
+        let back = Job::parse(&serde_json::to_vec(&j).unwrap(), String::new).unwrap();
+        assert_eq!(back, j);
+        let plain = parse(r#"{"image":"b"}"#).unwrap();
+        assert_eq!((plain.memory, plain.cpus), (None, None));
+        let doc = serde_json::to_string(&plain).unwrap();
+        assert!(!doc.contains("memory") && !doc.contains("cpus"), "{doc}");
+        assert_eq!(
+            (cpus_text(500), cpus_text(2000), cpus_text(1250)),
+            ("0.5".into(), "2".into(), "1.25".into())
+        );
+        assert_eq!(memory_text(256 << 20), "256m");
     }
 
     fn arb_spec() -> impl Strategy<Value = JobSpec> {

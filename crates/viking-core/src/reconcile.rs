@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::job::Job;
 use crate::records::{History, ProcRecord, PsRecord};
-use crate::scheduler::{self, HostSnapshot};
+use crate::scheduler::{self, HostSnapshot, Reservation};
 use crate::status::Status;
 
 /// Timing policy of the reconciler.
@@ -41,7 +41,17 @@ pub struct Policy {
     /// A start that has not finished after this long is retried
     /// (`--start-timeout`), even while the server that claimed it lives.
     pub start_timeout_ms: u64,
+    /// What a job without limits reserves on its host
+    /// (`--reserve-memory`, `--reserve-cpus`).
+    pub reserve: Reservation,
 }
+
+/// What a job without limits reserves by default: 64 MiB, and no CPU (it
+/// shares what the host has).
+pub const DEFAULT_RESERVE: Reservation = Reservation {
+    memory: 64 << 20,
+    cpus: 0,
+};
 
 impl Default for Policy {
     fn default() -> Self {
@@ -50,6 +60,7 @@ impl Default for Policy {
             backoff_max_ms: 60_000,
             stable_after_ms: 10_000,
             start_timeout_ms: 300_000,
+            reserve: DEFAULT_RESERVE,
         }
     }
 }
@@ -239,7 +250,18 @@ pub fn plan(snap: &Snapshot, policy: &Policy, now: u64) -> Plan {
         if ps.is_some_and(|r| !alive.contains(r.node.as_str()) && !may_move_from(snap, &r.node)) {
             continue;
         }
-        let decision = scheduler::place(job, &hosts, snap.histories.get(&job.name));
+        // What it reserves where it was placed is free for its own start.
+        let need = Reservation::of(job, policy.reserve);
+        let own = proc.placed_on.as_deref();
+        if let Some(h) = own.and_then(|o| hosts.iter_mut().find(|h| h.name == o)) {
+            h.reserved = h.reserved.minus(need);
+        }
+        let decision = scheduler::place(job, need, &hosts, snap.histories.get(&job.name));
+        // Reserved where it goes, or where it was while it waits.
+        let at = decision.host.as_deref().or(own);
+        if let Some(h) = at.and_then(|a| hosts.iter_mut().find(|h| h.name == a)) {
+            h.reserved = h.reserved.plus(need);
+        }
         match decision.host {
             Some(node) => {
                 if let Some(h) = hosts.iter_mut().find(|h| h.name == node) {
@@ -280,9 +302,16 @@ pub fn plan(snap: &Snapshot, policy: &Policy, now: u64) -> Plan {
 /// Whether `job` may run on `node` at all (its pin, tags and fixed host);
 /// the invariant the property tests check for every start.
 pub fn allowed(job: &Job, node: &HostSnapshot, history: Option<&History>) -> bool {
-    scheduler::place(job, std::slice::from_ref(node), history)
-        .host
-        .is_some()
+    let mut node = node.clone();
+    node.reserved = Reservation::default();
+    scheduler::place(
+        job,
+        Reservation::default(),
+        std::slice::from_ref(&node),
+        history,
+    )
+    .host
+    .is_some()
 }
 
 #[cfg(test)]
@@ -299,6 +328,8 @@ mod tests {
             memory: 1 << 30,
             memory_used: 0,
             used_ports: BTreeSet::new(),
+            cpus: 0,
+            reserved: Reservation::default(),
         }
     }
 

@@ -267,6 +267,10 @@ pub struct AssignedRecord {
     /// the counter's value now minus this.
     #[serde(default)]
     pub claims: u64,
+    /// What the jobs placed on the host reserve (their limits, or the
+    /// default for a job without).
+    #[serde(default)]
+    pub reserved: crate::job::Reservation,
 }
 
 impl Record for AssignedRecord {

@@ -349,6 +349,10 @@ impl Runtime for DockerRuntime {
                 pids_limit: spec
                     .pids_limit
                     .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+                memory: spec.memory.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+                nano_cpus: spec
+                    .cpus
+                    .map(|m| i64::try_from(m.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
                 log_config: spec.log.as_ref().map(|l| HostConfigLogConfig {
                     typ: Some("json-file".to_string()),
                     config: Some(HashMap::from([

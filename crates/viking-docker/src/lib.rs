@@ -117,6 +117,11 @@ pub struct ContainerSpec {
     /// The most processes the container may have (Docker's `PidsLimit`);
     /// `None`: the engine's default (unlimited).
     pub pids_limit: Option<u64>,
+    /// The memory limit in bytes (Docker's `Memory`); `None`: none.
+    pub memory: Option<u64>,
+    /// The CPU limit in thousandths of a CPU (Docker's `NanoCpus` /
+    /// 1,000,000); `None`: none.
+    pub cpus: Option<u64>,
     /// Rotation of the container's json-file log; `None`: the engine's
     /// default driver and settings.
     pub log: Option<LogRotation>,
@@ -171,6 +176,8 @@ impl ContainerSpec {
             interactive: !job.daemonize,
             tty: job.tty,
             pids_limit: job.pids_limit,
+            memory: job.memory,
+            cpus: job.cpus,
             log: None,
         }
     }

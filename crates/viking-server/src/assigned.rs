@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use viking_core::job::Reservation;
 use viking_core::keys;
 use viking_core::records::{AssignedRecord, ProcRecord, PsRecord};
 use viking_store::Revision;
@@ -26,6 +27,7 @@ pub fn index(
     ps: &BTreeMap<String, PsRecord>,
     procs: &[ProcRecord],
     claims: &HashMap<String, (Revision, u64)>,
+    default: Reservation,
 ) -> BTreeMap<String, AssignedRecord> {
     let mut out: BTreeMap<String, AssignedRecord> = BTreeMap::new();
     let entry = |out: &mut BTreeMap<String, AssignedRecord>, host: &str| {
@@ -35,6 +37,7 @@ pub fn index(
                 jobs: BTreeSet::new(),
                 load: 0,
                 claims: claims.get(host).map_or(0, |(_, n)| *n),
+                reserved: Reservation::default(),
             });
     };
     // A host with claims and no jobs left is in it too, with no load: the
@@ -55,6 +58,12 @@ pub fn index(
             r.load = jobs.len() as u64;
         }
     }
+    for (host, reserved) in crate::placement::reserved(procs, default) {
+        entry(&mut out, host);
+        if let Some(r) = out.get_mut(host) {
+            r.reserved = reserved;
+        }
+    }
     out
 }
 
@@ -68,7 +77,7 @@ pub async fn publish(
     claims: &HashMap<String, (Revision, u64)>,
     published: &mut Option<BTreeMap<String, AssignedRecord>>,
 ) -> Result<()> {
-    let want = index(ps, procs, claims);
+    let want = index(ps, procs, claims, sh.config.policy.reserve);
     crate::state::publish_index(sh.store.as_ref(), keys::ASSIGNED, want, published).await
 }
 
@@ -102,7 +111,7 @@ mod tests {
             .into_iter()
             .collect();
         let claims = HashMap::from([("n1".to_string(), (7, 5))]);
-        let idx = index(&ps, &[], &claims);
+        let idx = index(&ps, &[], &claims, Reservation::default());
         assert_eq!(
             idx["n1"].jobs,
             BTreeSet::from(["a".to_string(), "c".to_string()])
@@ -113,7 +122,7 @@ mod tests {
         assert_eq!(idx.len(), 2);
         // A host whose jobs are all gone: no load, its claims accounted.
         let claims = HashMap::from([("n1".to_string(), (7, 5)), ("n3".to_string(), (9, 4))]);
-        let idx = index(&ps, &[], &claims);
+        let idx = index(&ps, &[], &claims, Reservation::default());
         assert_eq!((idx["n3"].load, idx["n3"].claims), (0, 4));
         assert!(idx["n3"].jobs.is_empty());
     }

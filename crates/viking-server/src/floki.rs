@@ -58,12 +58,24 @@ pub async fn list(sh: &Shared) -> Result<Vec<HostView>, ServerError> {
     let leader = Election::new(sh.store.clone(), "reconciler")
         .leader()
         .await?;
+    // What each host's jobs reserve, from the leader's index.
+    let reserved: std::collections::HashMap<String, viking_core::job::Reservation> =
+        state::list::<viking_core::records::AssignedRecord>(sh.store.as_ref(), keys::ASSIGNED)
+            .await?
+            .into_iter()
+            .map(|r| (r.host, r.reserved))
+            .collect();
     Ok(viking_core::records::fleet(alive, known)
         .into_iter()
-        .map(|(host, alive)| HostView {
-            leader: alive && leader.as_deref() == Some(host.name.as_str()),
-            host: viking_client::wire::Host::from(&host),
-            alive,
+        .map(|(host, alive)| {
+            let r = reserved.get(&host.name).copied().unwrap_or_default();
+            HostView {
+                leader: alive && leader.as_deref() == Some(host.name.as_str()),
+                host: viking_client::wire::Host::from(&host),
+                alive,
+                reserved_memory: r.memory,
+                reserved_millicpus: r.cpus,
+            }
         })
         .collect())
 }

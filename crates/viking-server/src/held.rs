@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use viking_core::job::Reservation;
 use viking_core::keys;
 use viking_core::records::{HostRecord, ProcRecord, PsRecord};
 use viking_core::scheduler::HostSnapshot;
@@ -39,6 +40,13 @@ pub struct Revs {
 
 #[derive(Default)]
 pub struct Held {
+    /// What a job without limits reserves.
+    reserve: Reservation,
+    /// What the jobs of viking-proc reserve, per host they are placed on.
+    reserved: HashMap<String, Reservation>,
+    /// The placer's decisions not claimed yet: job, host, reservation.
+    deciding: HashMap<u64, (String, String, Reservation)>,
+    next_decision: u64,
     procs: BTreeMap<String, (Option<ProcRecord>, Revision)>,
     ps: BTreeMap<String, (Option<PsRecord>, Revision)>,
     /// Each host's placements counter as the store's reads and watch
@@ -101,12 +109,50 @@ fn apply<T>(
 }
 
 impl Held {
+    /// Nothing held yet; a job without limits reserves `reserve`.
+    pub fn new(reserve: Reservation) -> Self {
+        Self {
+            reserve,
+            ..Default::default()
+        }
+    }
+
+    /// Where job `name` is placed in viking-proc, and what it reserves.
+    fn placed(&self, name: &str) -> Option<(String, Reservation)> {
+        let p = self.procs.get(name)?.0.as_ref()?;
+        let host = p.placed_on.clone()?;
+        Some((host, Reservation::of(&p.job, self.reserve)))
+    }
+
     /// One change (or a key of a first read). Keys of other prefixes are
     /// ignored.
     pub fn note(&mut self, kind: EventKind, key: &str, value: &[u8], rev: Revision) {
         use viking_core::records::decode;
         if let Some(name) = keys::name_of(keys::PROC, key) {
+            let before = self.placed(name);
             apply(&mut self.procs, name, kind, rev, || decode(value).ok());
+            let after = self.placed(name);
+            if before != after {
+                if let Some((h, r)) = &before {
+                    let left = self.reserved.get(h).copied().unwrap_or_default().minus(*r);
+                    self.reserved.insert(h.clone(), left);
+                    self.refresh(h);
+                }
+                if let Some((h, r)) = &after {
+                    let now = self.reserved.get(h).copied().unwrap_or_default().plus(*r);
+                    self.reserved.insert(h.clone(), now);
+                    self.refresh(h);
+                }
+            }
+            // A decision whose job the watch now shows placed counts once.
+            if let Some(h) = self
+                .deciding
+                .values()
+                .find(|(job, _, _)| job == name)
+                .map(|(_, h, _)| h.clone())
+            {
+                self.refresh(&h);
+            }
         } else if let Some(name) = keys::name_of(keys::PS, key) {
             apply(&mut self.ps, name, kind, rev, || decode(value).ok());
         } else if let Some(name) = keys::name_of(keys::HOSTS, key) {
@@ -151,12 +197,27 @@ impl Held {
         load + now.saturating_sub(accounted)
     }
 
+    /// What the jobs placed on `host` reserve, with the placer's decisions
+    /// for it whose claims the watch has not brought yet.
+    fn reserved_of(&self, host: &str) -> Reservation {
+        let mut r = self.reserved.get(host).copied().unwrap_or_default();
+        for (job, h, need) in self.deciding.values() {
+            let held = self.placed(job).is_some_and(|(at, _)| at == *h);
+            if h == host && !held {
+                r = r.plus(*need);
+            }
+        }
+        r
+    }
+
     /// Bring `host`'s load in the placer's snapshot up to date.
     fn refresh(&mut self, host: &str) {
         let load = self.load_of(host);
+        let reserved = self.reserved_of(host);
         if let Some((hosts, at)) = &mut self.snapshot {
             if let Some(h) = at.get(host).and_then(|i| hosts.get_mut(*i)) {
                 h.running = load;
+                h.reserved = reserved;
             }
         }
     }
@@ -184,20 +245,33 @@ impl Held {
         }
     }
 
-    /// A decision of the placer for `host`, counted until
-    /// [`Held::decision_ended`]: the host's counter as at least one more
-    /// than it is now or than the decisions before make it.
-    pub fn decided(&mut self, host: &str) {
+    /// What a job reserves on its host.
+    pub fn need(&self, job: &viking_core::Job) -> Reservation {
+        Reservation::of(job, self.reserve)
+    }
+
+    /// A decision of the placer to place `job` on `host`, counted until
+    /// [`Held::decision_ended`] with the id returned: the host's counter as
+    /// at least one more than it is now or than the decisions before make
+    /// it, and the job's reservation there until the watch brings it.
+    pub fn decided(&mut self, host: &str, job: &viking_core::Job) -> u64 {
         let now = self.claims_of(host).map_or(0, |(_, n)| n);
         let f = self.floors.entry(host.to_string()).or_default();
         f.at = f.at.max(now) + 1;
         f.in_flight += 1;
+        self.next_decision += 1;
+        let id = self.next_decision;
+        let need = self.need(job);
+        self.deciding
+            .insert(id, (job.name.clone(), host.to_string(), need));
         self.refresh(host);
+        id
     }
 
-    /// A decision's claim ended: made (the counter holds it now), or not
+    /// Decision `id`'s claim ended: made (the counter holds it now), or not
     /// (the host's floor drops by one).
-    pub fn decision_ended(&mut self, host: &str, claimed: bool) {
+    pub fn decision_ended(&mut self, id: u64, host: &str, claimed: bool) {
+        self.deciding.remove(&id);
         if let Some(f) = self.floors.get_mut(host) {
             if !claimed {
                 f.at = f.at.saturating_sub(1);
@@ -270,7 +344,11 @@ impl Held {
     pub fn placement_snapshot(&mut self) -> &[HostSnapshot] {
         if self.snapshot.is_none() {
             let fleet = self.hosts();
-            let hosts = crate::placement::indexed(&fleet, |name| self.load_of(name));
+            let hosts = crate::placement::indexed(
+                &fleet,
+                |name| self.load_of(name),
+                |name| self.reserved_of(name),
+            );
             let at = hosts
                 .iter()
                 .enumerate()
@@ -286,6 +364,7 @@ impl Held {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use viking_core::records::ProcRecord;
 
     fn record(name: &str) -> Vec<u8> {
         let r = HostRecord {
@@ -306,6 +385,16 @@ mod tests {
         viking_core::records::encode(&r).expect("encode")
     }
 
+    /// Job `j{j}`, with a memory limit of `mib` MiB unless 0.
+    fn job(j: u8, mib: u64) -> viking_core::Job {
+        let memory = match mib {
+            0 => String::new(),
+            m => format!(r#","memory":"{}m""#, m + 6),
+        };
+        let doc = format!(r#"{{"name":"j{j}","image":"b"{memory}}}"#);
+        viking_core::Job::parse(doc.as_bytes(), String::new).expect("a job")
+    }
+
     /// What can happen to the placer's view, host by host.
     #[derive(Debug, Clone)]
     enum Op {
@@ -314,30 +403,37 @@ mod tests {
         Counter(u8, u64),
         OwnClaim(u8, u64),
         Index(Vec<(u8, u64, u64)>),
-        Decided(u8),
-        Ended(u8, bool),
+        Proc(u8, Option<u8>, u64),
+        ProcGone(u8),
+        Decided(u8, u8, u64),
+        Ended(usize, bool),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         let h = 0u8..6;
+        let j = 0u8..8;
         prop_oneof![
             h.clone().prop_map(Op::Joined),
             h.clone().prop_map(Op::Left),
             (h.clone(), 0u64..20).prop_map(|(h, n)| Op::Counter(h, n)),
             (h.clone(), 0u64..20).prop_map(|(h, n)| Op::OwnClaim(h, n)),
             proptest::collection::vec((h.clone(), 0u64..20, 0u64..20), 0..6).prop_map(Op::Index),
-            h.clone().prop_map(Op::Decided),
-            (h, any::<bool>()).prop_map(|(h, c)| Op::Ended(h, c)),
+            (j.clone(), proptest::option::of(h.clone()), 0u64..3)
+                .prop_map(|(j, h, m)| Op::Proc(j, h, m)),
+            j.clone().prop_map(Op::ProcGone),
+            (h, j, 0u64..3).prop_map(|(h, j, m)| Op::Decided(h, j, m)),
+            (any::<usize>(), any::<bool>()).prop_map(|(k, c)| Op::Ended(k, c)),
         ]
     }
 
     proptest! {
-        /// The loads kept host by host are always the loads computed
-        /// afresh from what is held.
+        /// The loads and reservations kept host by host are always the
+        /// ones computed afresh from what is held.
         #[test]
         fn the_kept_snapshot_is_the_snapshot_built_afresh(ops in proptest::collection::vec(op(), 1..60)) {
-            let mut held = Held::default();
+            let mut held = Held::new(Reservation { memory: 64 << 20, cpus: 0 });
             let mut rev: Revision = 0;
+            let mut decisions: Vec<(u64, String)> = Vec::new();
             for op in ops {
                 rev += 1;
                 let name = |h: u8| format!("h{h}");
@@ -347,21 +443,45 @@ mod tests {
                     Op::Counter(h, n) => held.note(EventKind::Put, &keys::placements(&name(h)), n.to_string().as_bytes(), rev),
                     Op::OwnClaim(h, n) => held.note_claim(&name(h), rev, n),
                     Op::Index(i) => held.set_index(i.into_iter().map(|(h, l, a)| (name(h), (l, a))).collect()),
-                    Op::Decided(h) => held.decided(&name(h)),
-                    Op::Ended(h, c) => held.decision_ended(&name(h), c),
+                    Op::Proc(j, h, m) => {
+                        let p = ProcRecord { job: job(j, m), created_at: 0, placed_on: h.map(name), waiting: None };
+                        let v = viking_core::records::encode(&p).expect("encode");
+                        held.note(EventKind::Put, &keys::proc(&format!("j{j}")), &v, rev);
+                    }
+                    Op::ProcGone(j) => held.note(EventKind::Delete, &keys::proc(&format!("j{j}")), &[], rev),
+                    Op::Decided(h, j, m) => {
+                        let id = held.decided(&name(h), &job(j, m));
+                        decisions.push((id, name(h)));
+                    }
+                    Op::Ended(k, c) => {
+                        if !decisions.is_empty() {
+                            let (id, h) = decisions.remove(k % decisions.len());
+                            held.decision_ended(id, &h, c);
+                        }
+                    }
                 }
-                let kept: Vec<(String, u64)> = held
+                let kept: Vec<(String, u64, Reservation)> = held
                     .placement_snapshot()
                     .iter()
-                    .map(|h| (h.name.clone(), h.running))
+                    .map(|h| (h.name.clone(), h.running, h.reserved))
                     .collect();
                 held.snapshot = None;
-                let fresh: Vec<(String, u64)> = held
+                let fresh: Vec<(String, u64, Reservation)> = held
                     .placement_snapshot()
                     .iter()
-                    .map(|h| (h.name.clone(), h.running))
+                    .map(|h| (h.name.clone(), h.running, h.reserved))
                     .collect();
                 prop_assert_eq!(kept, fresh);
+            }
+            // With every decision ended, a host reserves what its jobs in
+            // viking-proc do.
+            for (id, h) in decisions {
+                held.decision_ended(id, &h, true);
+            }
+            let procs: Vec<ProcRecord> = held.procs.values().filter_map(|(p, _)| p.clone()).collect();
+            let want = crate::placement::reserved(&procs, held.reserve);
+            for h in held.placement_snapshot() {
+                prop_assert_eq!(h.reserved, want.get(h.name.as_str()).copied().unwrap_or_default());
             }
         }
     }

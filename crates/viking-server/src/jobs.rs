@@ -256,7 +256,12 @@ async fn start_placed_or_elsewhere(
             host.alive = false;
         }
         let (hist, _) = state::history(sh.store.as_ref(), &job.name).await?;
-        let d = scheduler::place(job, &hosts, Some(&hist));
+        let d = scheduler::place(
+            job,
+            viking_core::job::Reservation::of(job, sh.config.policy.reserve),
+            &hosts,
+            Some(&hist),
+        );
         let Some(next) = d.host else {
             return Err(err);
         };

@@ -7,6 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use viking_client::api::DryRunResponse;
+use viking_core::job::Reservation;
 use viking_core::records::{HostRecord, ProcRecord, PsRecord};
 use viking_core::scheduler::{self, HostSnapshot};
 use viking_core::{keys, Job, Status};
@@ -92,7 +93,29 @@ pub async fn snapshot(sh: &Shared) -> Result<Vec<HostSnapshot>> {
     let ps: Vec<PsRecord> = state::list(sh.store.as_ref(), keys::PS).await?;
     let procs: Vec<ProcRecord> = state::list(sh.store.as_ref(), keys::PROC).await?;
     let hosts = floki_hosts(sh).await?;
-    Ok(snapshot_over(&hosts, ps.iter(), &procs))
+    Ok(snapshot_over(
+        &hosts,
+        ps.iter(),
+        &procs,
+        sh.config.policy.reserve,
+    ))
+}
+
+/// What the jobs placed on each host reserve: each job of viking-proc
+/// counts on the host it is placed on, with `default` for a limit it does
+/// not set.
+pub fn reserved<'a>(
+    procs: impl IntoIterator<Item = &'a ProcRecord>,
+    default: Reservation,
+) -> HashMap<&'a str, Reservation> {
+    let mut out: HashMap<&str, Reservation> = HashMap::new();
+    for p in procs {
+        if let Some(n) = &p.placed_on {
+            let r = out.entry(n.as_str()).or_default();
+            *r = r.plus(Reservation::of(&p.job, default));
+        }
+    }
+    out
 }
 
 /// The load of each host: jobs running there, plus jobs placed there that
@@ -133,17 +156,26 @@ pub async fn snapshot_indexed(
             .into_iter()
             .map(|r| (r.host.clone(), r))
             .collect();
-    Ok(indexed(&hosts, |name| {
-        let (load, accounted) = index.get(name).map_or((0, 0), |r| (r.load, r.claims));
-        let now = guards.get(name).map_or(0, |(_, n)| *n);
-        load + now.saturating_sub(accounted)
-    }))
+    Ok(indexed(
+        &hosts,
+        |name| {
+            let (load, accounted) = index.get(name).map_or((0, 0), |r| (r.load, r.claims));
+            let now = guards.get(name).map_or(0, |(_, n)| *n);
+            load + now.saturating_sub(accounted)
+        },
+        |name| index.get(name).map(|r| r.reserved).unwrap_or_default(),
+    ))
 }
 
 /// dowding's hosts from floki's records (each with whether it is alive)
 /// and each host's load as an index tells it: no host ports (a job that
-/// publishes a fixed host port is placed over [`snapshot`]).
-pub fn indexed(hosts: &[(HostRecord, bool)], load: impl Fn(&str) -> u64) -> Vec<HostSnapshot> {
+/// publishes a fixed host port is placed over [`snapshot`]), and what its
+/// jobs reserve.
+pub fn indexed(
+    hosts: &[(HostRecord, bool)],
+    load: impl Fn(&str) -> u64,
+    reserved: impl Fn(&str) -> Reservation,
+) -> Vec<HostSnapshot> {
     hosts
         .iter()
         .map(|(h, alive)| HostSnapshot {
@@ -153,6 +185,8 @@ pub fn indexed(hosts: &[(HostRecord, bool)], load: impl Fn(&str) -> u64) -> Vec<
             memory: h.memory,
             memory_used: h.memory_used,
             used_ports: BTreeSet::new(),
+            cpus: h.cpus.saturating_mul(1000),
+            reserved: reserved(&h.name),
             name: h.name.clone(),
         })
         .collect()
@@ -170,8 +204,10 @@ pub fn snapshot_over<'a>(
     hosts: &[(HostRecord, bool)],
     ps: impl Iterator<Item = &'a PsRecord> + Clone,
     procs: &'a [ProcRecord],
+    default: Reservation,
 ) -> Vec<HostSnapshot> {
     let load = load(ps.clone(), procs);
+    let reserved = reserved(procs, default);
     let ps: Vec<&PsRecord> = ps.collect();
     // Host ports in use, per host: what running containers publish, and
     // the fixed host ports of every job placed there (its start may be in
@@ -202,6 +238,8 @@ pub fn snapshot_over<'a>(
             running: load.get(h.name.as_str()).map_or(0, |s| s.len() as u64),
             memory: h.memory,
             memory_used: h.memory_used,
+            cpus: h.cpus.saturating_mul(1000),
+            reserved: reserved.get(h.name.as_str()).copied().unwrap_or_default(),
             name: h.name.clone(),
         })
         .collect()
@@ -221,17 +259,19 @@ async fn place_guarded(
 ) -> Result<(scheduler::Decision, Option<Guard>)> {
     let mut guards = guards(sh).await?;
     // A job that publishes a fixed host port needs every host's ports in
-    // use: the whole snapshot. Any other job is placed over the index.
-    let hosts = if needs_host_ports(job) {
+    // use, and an explanation every host as it is now: the whole snapshot.
+    // Any other job is placed over the index.
+    let hosts = if explain || needs_host_ports(job) {
         snapshot(sh).await?
     } else {
         snapshot_indexed(sh, &guards).await?
     };
     let (hist, _) = state::history(sh.store.as_ref(), &job.name).await?;
+    let need = Reservation::of(job, sh.config.policy.reserve);
     let d = if explain {
-        scheduler::explain(job, &hosts, Some(&hist))
+        scheduler::explain(job, need, &hosts, Some(&hist))
     } else {
-        scheduler::place(job, &hosts, Some(&hist))
+        scheduler::place(job, need, &hosts, Some(&hist))
     };
     let guard = d.host.as_ref().map(|h| Guard::new(h, guards.remove(h)));
     Ok((d, guard))

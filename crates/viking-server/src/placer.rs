@@ -88,14 +88,15 @@ impl Placer {
         for _ in 0..crate::placement::TRIES {
             let d = {
                 let mut held = self.held.lock().map_err(|_| Self::poisoned())?;
-                let d = scheduler::place(job, held.placement_snapshot(), hist.as_ref());
-                if let Some(h) = &d.host {
-                    held.decided(h);
-                }
-                d
+                let need = held.need(job);
+                let d = scheduler::place(job, need, held.placement_snapshot(), hist.as_ref());
+                let id = d.host.as_ref().map(|h| held.decided(h, job));
+                (d, id)
             };
-            let mut pending = d.host.as_ref().map(|h| Pending {
+            let (d, id) = d;
+            let mut pending = d.host.as_ref().zip(id).map(|(h, id)| Pending {
                 placer: self,
+                id,
                 host: h.clone(),
                 claimed: false,
             });
@@ -187,6 +188,7 @@ impl Placer {
 /// counter holds it now), or not (the host's floor drops by one).
 struct Pending<'a> {
     placer: &'a Placer,
+    id: u64,
     host: String,
     claimed: bool,
 }
@@ -194,7 +196,7 @@ struct Pending<'a> {
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if let Ok(mut held) = self.placer.held.lock() {
-            held.decision_ended(&self.host, self.claimed);
+            held.decision_ended(self.id, &self.host, self.claimed);
         }
     }
 }

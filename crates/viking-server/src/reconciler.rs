@@ -259,7 +259,7 @@ fn wakes_the_reconciler(key: &str) -> bool {
 
 /// The leader's loop: reconcile on every change, on time, and on backoffs.
 async fn lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result<(), StoreError> {
-    let held = Arc::new(Mutex::new(Held::default()));
+    let held = Arc::new(Mutex::new(Held::new(sh.config.policy.reserve)));
     // Read once, then follow everything from the oldest of the reads: the
     // one watch delivers every later change, in order.
     let mut from = Revision::MAX;
@@ -418,7 +418,8 @@ async fn reconcile_round_over(
         tracing::warn!("publishing each host's jobs: {e}");
     }
     let fleet = hosts;
-    let hosts = crate::placement::snapshot_over(&fleet, ps.values(), &procs);
+    let hosts =
+        crate::placement::snapshot_over(&fleet, ps.values(), &procs, sh.config.policy.reserve);
     let now = now_ms();
     let settling = match in_flight.settle_until {
         Some(t) if now < t => hosts

@@ -1988,6 +1988,92 @@ async fn the_leader_sends_a_fixed_job_back_to_its_host_and_places_the_others_by_
     );
 }
 
+/// Resources (issue 18): a job's `memory` and `cpus` reach its container as
+/// Docker's limits and are reserved on its host; a host without room is
+/// refused with what it has free, a job too big for every host is refused
+/// with each host's reason and leaves no trace, and `viking hosts` shows
+/// what each host's jobs reserve.
+#[tokio::test]
+async fn limits_reach_the_container_and_a_job_too_big_for_every_host_names_each_reason() {
+    // Three fake engines of 4 CPUs and 8 GiB each.
+    let hs = hosts(3).await;
+    let leader = leader_of(&hs).await;
+    let asker = hs
+        .iter()
+        .find(|h| h.shared.config.name != leader.shared.config.name)
+        .expect("a follower");
+    let mut homes = std::collections::BTreeSet::new();
+    for i in 0..3 {
+        let doc = format!(
+            r#"{{"name":"big{i}","image":"busybox","daemonize":true,"memory":"6g","cpus":"2.5"}}"#
+        );
+        let r = asker.run(&doc).await.expect("there is room for it");
+        homes.insert(r.ps.expect("ps").node);
+    }
+    assert_eq!(homes.len(), 3, "one 6 GiB job per 8 GiB host: {homes:?}");
+    let spec = hs
+        .iter()
+        .flat_map(|h| h.engine.containers())
+        .find(|c| {
+            c.spec
+                .labels
+                .get(viking_docker::LABEL_JOB)
+                .map(String::as_str)
+                == Some("big0")
+        })
+        .expect("big0's container")
+        .spec;
+    assert_eq!((spec.memory, spec.cpus), (Some(6 << 30), Some(2500)));
+
+    // No host has 6 GiB left: refused, each host named with what it has.
+    let too_big = r#"{"name":"huge","image":"busybox","daemonize":true,"memory":"6g"}"#;
+    let e = asker.run(too_big).await.expect_err("no host has room");
+    let text = e.to_string();
+    for h in ["n1", "n2", "n3"] {
+        assert!(
+            text.contains(&format!("{h}: needs 6144 MiB, 2048 MiB free")),
+            "{text}"
+        );
+    }
+    assert!(asker
+        .keys(keys::PROC)
+        .await
+        .iter()
+        .all(|k| !k.contains("huge")));
+    assert_eq!(hs.iter().map(|h| h.containers_of("huge")).sum::<usize>(), 0);
+    // Nor 2 CPUs: 1.5 left on each.
+    let cpu = r#"{"name":"cpu","image":"busybox","daemonize":true,"cpus":2}"#;
+    let e = asker.run(cpu).await.expect_err("no host has 2 CPUs free");
+    assert!(e.to_string().contains("needs 2 CPUs, 1.5 free"), "{e}");
+    // What fits still runs; a job without limits reserves the default.
+    asker
+        .run(r#"{"name":"small","image":"busybox","daemonize":true,"memory":"1g"}"#)
+        .await
+        .expect("1 GiB fits");
+    let dry = asker
+        .client
+        .dry_run(too_big.as_bytes().to_vec())
+        .await
+        .expect("dry run");
+    assert_eq!(dry.host, None);
+    assert_eq!(dry.rejected.len(), 3, "{:?}", dry.rejected);
+
+    // The leader publishes what each host reserves.
+    viking_testkit::eventually_async(
+        "every host shows its reservation",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            let hosts = asker.client.hosts().await.unwrap_or_default();
+            let reserved: u64 = hosts.iter().map(|h| h.reserved_memory).sum();
+            hosts.len() == 3
+                && hosts.iter().all(|h| h.reserved_millicpus == 2500)
+                && reserved == (18 << 30) + (1 << 30)
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_run_accepted_without_waiting_starts_after_the_answer_and_a_failed_start_is_retried() {
     let s = TestServer::start().await;

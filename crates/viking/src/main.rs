@@ -37,6 +37,28 @@ fn parse_bytes(s: &str) -> Option<u64> {
     n.checked_mul(1u64 << shift)
 }
 
+/// `--reserve-memory` and `--reserve-cpus`: written as a job's limits
+/// are, or 0 for none.
+fn reservation(memory: &str, cpus: &str) -> anyhow::Result<viking_core::job::Reservation> {
+    use viking_core::job::{parse_cpus, parse_memory, JobError, Quantity};
+    let zero = |s: &str| s.trim().chars().all(|c| c == '0' || c == '.');
+    let why = |flag: &str, e: JobError| match e {
+        JobError::Field(f) => anyhow::anyhow!("{flag}: {}", f.message),
+        other => anyhow::anyhow!("{flag}: {other}"),
+    };
+    let memory = match zero(memory) {
+        true => 0,
+        false => {
+            parse_memory(&Quantity::Text(memory.into())).map_err(|e| why("--reserve-memory", e))?
+        }
+    };
+    let cpus = match zero(cpus) {
+        true => 0,
+        false => parse_cpus(&Quantity::Text(cpus.into())).map_err(|e| why("--reserve-cpus", e))?,
+    };
+    Ok(viking_core::job::Reservation { memory, cpus })
+}
+
 fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
     let listen: SocketAddr = a
         .listen
@@ -68,6 +90,7 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
             backoff_base_ms: secs(a.backoff, "--backoff")?.as_millis() as u64,
             backoff_max_ms: secs(a.backoff_max, "--backoff-max")?.as_millis() as u64,
             start_timeout_ms: secs(a.start_timeout, "--start-timeout")?.as_millis() as u64,
+            reserve: reservation(&a.reserve_memory, &a.reserve_cpus)?,
             ..Default::default()
         },
         peer_timeout: secs(a.peer_timeout, "--peer-timeout")?,
