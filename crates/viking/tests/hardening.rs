@@ -204,6 +204,70 @@ fn a_symlink_to_another_jobs_volumes_is_refused() {
     );
 }
 
+/// Issue 18: `-m/--memory` and `--cpus` reach Docker's limits on the real
+/// engine; a job bigger than the host is refused with the host's reason
+/// (what it has free) before any record or container, and the host's
+/// reservation shows in `viking hosts`.
+#[test]
+fn memory_and_cpu_limits_reach_docker_and_a_job_too_big_is_refused() {
+    let s = start();
+    let capped = unique("capped");
+    let out = s.cli(&[
+        "run", "-d", "--name", &capped, "-m", "64m", "--cpus", "0.5", BUSYBOX, "sleep", "3600",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = container_of(&s, &capped).expect("its container");
+    assert_eq!(
+        inspect(&id, "{{.HostConfig.Memory}}"),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(inspect(&id, "{{.HostConfig.NanoCpus}}"), "500000000");
+
+    let huge = unique("huge");
+    let out = s.cli(&[
+        "run", "-d", "--name", &huge, "--memory", "900t", BUSYBOX, "true",
+    ]);
+    assert!(!out.status.success(), "a 900 TiB job ran");
+    let err = stderr(&out);
+    assert!(
+        err.contains("needs 943718400 MiB") && err.contains("MiB free"),
+        "{err}"
+    );
+    assert!(container_of(&s, &huge).is_none());
+    let ps = s.json(&["ps", "-a", "--json"]);
+    assert!(
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["job"] != huge.as_str()),
+        "{ps:#}"
+    );
+    // A field that is not a quantity: refused naming it.
+    let out = s.cli(&[
+        "run", "-d", "--name", &huge, "--cpus", "lots", BUSYBOX, "true",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cpus"), "{}", stderr(&out));
+
+    // The leader publishes the host's reservation.
+    viking_testkit::eventually(
+        "the host shows the reservation",
+        std::time::Duration::from_secs(20),
+        std::time::Duration::from_millis(100),
+        || {
+            let hosts = s.json(&["hosts", "--json"]);
+            let h = &hosts[0];
+            if h["reserved_memory"] == serde_json::json!(64u64 << 20)
+                && h["reserved_millicpus"] == 500
+            {
+                Ok(())
+            } else {
+                Err(format!("{hosts:#}"))
+            }
+        },
+    );
+}
+
 /// M4: every container gets the server's json-file rotation and pids
 /// limit; a job may ask for another limit up to the server's maximum, and
 /// one above it is refused before anything is written.
