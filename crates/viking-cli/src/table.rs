@@ -297,8 +297,9 @@ pub fn hosts(v: &[HostView], now: u64) -> String {
                 r.tags.join(","),
                 r.running.to_string(),
                 format!(
-                    "{} / {}",
+                    "{} / {} / {}",
                     viking_core::job::cpus_text(h.reserved_millicpus),
+                    viking_core::job::cpus_text(r.cpu_used),
                     r.cpus
                 ),
                 format!(
@@ -323,7 +324,7 @@ pub fn hosts(v: &[HostView], now: u64) -> String {
             "ADDRESS",
             "TAGS",
             "JOBS",
-            "CPUS RESERVED / ALL",
+            "CPUS RESERVED / USED / ALL",
             "MEMORY RESERVED / USED / ALL",
             "VERSION",
             "UPTIME",

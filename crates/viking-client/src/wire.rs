@@ -76,6 +76,9 @@ pub struct Host {
     pub memory: u64,
     pub running: u64,
     pub memory_used: u64,
+    /// CPU used over the last minute, in thousandths of a CPU.
+    #[serde(default)]
+    pub cpu_used: u64,
     pub version: String,
     pub started_at: u64,
     pub updated_at: u64,
@@ -191,6 +194,7 @@ impl From<&HostRecord> for Host {
             memory: h.memory,
             running: h.running,
             memory_used: h.memory_used,
+            cpu_used: h.cpu_used,
             version: h.version.clone(),
             started_at: h.started_at,
             updated_at: h.updated_at,

@@ -84,6 +84,7 @@ fn fleet(n: usize) -> Vec<HostSnapshot> {
                 running,
                 memory,
                 memory_used: rng.below(memory),
+                cpu_used: 0,
                 used_ports,
                 cpus: 16_000,
                 reserved: Reservation {

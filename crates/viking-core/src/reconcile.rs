@@ -327,6 +327,7 @@ mod tests {
             running: 0,
             memory: 1 << 30,
             memory_used: 0,
+            cpu_used: 0,
             used_ports: BTreeSet::new(),
             cpus: 0,
             reserved: Reservation::default(),

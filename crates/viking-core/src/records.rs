@@ -293,6 +293,10 @@ pub struct HostRecord {
     pub running: u64,
     /// Memory that those containers use, in bytes.
     pub memory_used: u64,
+    /// The CPU those containers used over the last minute, in thousandths
+    /// of a CPU (in steps of a tenth).
+    #[serde(default)]
+    pub cpu_used: u64,
     pub version: String,
     pub started_at: u64,
     pub updated_at: u64,
@@ -380,6 +384,7 @@ mod tests {
             memory: 1,
             running: 0,
             memory_used: 0,
+            cpu_used: 0,
             version: String::new(),
             started_at: 0,
             updated_at,

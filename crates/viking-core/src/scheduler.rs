@@ -41,6 +41,8 @@ pub struct HostSnapshot {
     pub used_ports: BTreeSet<(u16, Proto)>,
     /// The host's CPUs, in thousandths (0: not known, never short).
     pub cpus: u64,
+    /// CPU its containers used over the last minute, in thousandths.
+    pub cpu_used: u64,
     /// What the jobs placed on the host reserve.
     pub reserved: Reservation,
 }
@@ -254,7 +256,7 @@ const LOAD_STEPS: u64 = 20;
 
 /// The host's load once `need` is placed on it, in [`LOAD_STEPS`]: the
 /// larger of the share of its memory and of its CPUs reserved and the
-/// share of its memory measured in use.
+/// shares of its memory and CPUs measured in use.
 fn load(need: Reservation, h: &HostSnapshot) -> u64 {
     let share = |used: u64, of: u64| match of {
         0 => 0,
@@ -264,6 +266,7 @@ fn load(need: Reservation, h: &HostSnapshot) -> u64 {
     share(after.memory, h.memory)
         .max(share(after.cpus, h.cpus))
         .max(share(h.memory_used, h.memory))
+        .max(share(h.cpu_used, h.cpus))
 }
 
 /// How finely free memory ranks hosts: within 256 MiB, two hosts are as
@@ -318,6 +321,7 @@ mod tests {
             running,
             memory: 1 << 30,
             memory_used: 0,
+            cpu_used: 0,
             used_ports: BTreeSet::new(),
             cpus: 4000,
             reserved: Reservation::default(),

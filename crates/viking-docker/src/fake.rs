@@ -942,6 +942,10 @@ impl Runtime for FakeRuntime {
         (st.container_memory > 0 && c.status == "running").then_some(st.container_memory)
     }
 
+    fn cpu_used(&self, _id: &str) -> Option<u64> {
+        None
+    }
+
     async fn info(&self) -> Result<EngineInfo> {
         let mut st = self.state();
         st.enter(Call::Info, Op::Info, &[])?;

@@ -342,6 +342,12 @@ pub trait Runtime: Send + Sync + 'static {
     fn memory_used(&self, id: &str) -> Option<u64> {
         container_memory(id)
     }
+    /// The CPU time container `id` (a full id) has used since it started,
+    /// in microseconds; `None` when unknown. A real engine's is read from
+    /// the container's cgroup on this host ([`container_cpu`]).
+    fn cpu_used(&self, id: &str) -> Option<u64> {
+        container_cpu(id)
+    }
 }
 
 /// The memory a running container uses now, in bytes, read from its cgroup
@@ -358,6 +364,36 @@ pub fn container_memory(id: &str) -> Option<u64> {
         .iter()
         .find_map(|p| std::fs::read_to_string(p).ok())
         .and_then(|s| s.trim().parse().ok())
+}
+
+/// The CPU time a container has used since it started, in microseconds,
+/// read from its cgroup (v2's `cpu.stat`, v1's `cpuacct.usage`); `None`
+/// when its cgroup is not found on this host.
+pub fn container_cpu(id: &str) -> Option<u64> {
+    let v2 = [
+        format!("/sys/fs/cgroup/docker/{id}/cpu.stat"),
+        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/cpu.stat"),
+    ];
+    let from_v2 = v2
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse().ok())
+        });
+    if from_v2.is_some() {
+        return from_v2;
+    }
+    let v1 = [
+        format!("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage"),
+        format!("/sys/fs/cgroup/cpu,cpuacct/docker/{id}/cpuacct.usage"),
+        format!("/sys/fs/cgroup/cpuacct/system.slice/docker-{id}.scope/cpuacct.usage"),
+    ];
+    v1.iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(|ns| ns / 1000)
 }
 
 /// Drain a pull's progress. On failure the error carries the last progress

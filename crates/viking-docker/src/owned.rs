@@ -179,6 +179,10 @@ impl Runtime for OwnedRuntime {
     fn memory_used(&self, id: &str) -> Option<u64> {
         self.inner.memory_used(id)
     }
+
+    fn cpu_used(&self, id: &str) -> Option<u64> {
+        self.inner.cpu_used(id)
+    }
 }
 
 #[cfg(test)]

@@ -334,6 +334,14 @@ async fn resync_inner(sh: &Shared, startup: bool) -> anyhow::Result<()> {
         .store(running.len() as u64, std::sync::atomic::Ordering::Relaxed);
     sh.memory_used
         .store(memory, std::sync::atomic::Ordering::Relaxed);
+    let cpu = running
+        .iter()
+        .filter_map(|c| sh.runtime.cpu_used(&c.id).map(|u| (c.id.clone(), u)));
+    if let Ok(mut w) = sh.cpu_window.lock() {
+        let used = w.sample(crate::now_ms(), cpu);
+        sh.cpu_used
+            .store(used, std::sync::atomic::Ordering::Relaxed);
+    }
     let view = View {
         node: sh.config.name.clone(),
         containers: containers

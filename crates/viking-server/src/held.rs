@@ -376,6 +376,7 @@ mod tests {
             memory: 1 << 30,
             running: 0,
             memory_used: 0,
+            cpu_used: 0,
             version: String::new(),
             started_at: 0,
             updated_at: 0,

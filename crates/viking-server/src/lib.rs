@@ -82,6 +82,7 @@ pub mod state;
 pub mod status;
 pub mod tls;
 pub mod token;
+pub mod usage;
 pub mod volume;
 
 pub use config::ServerConfig;
@@ -101,6 +102,10 @@ pub struct Shared {
     pub running: std::sync::atomic::AtomicU64,
     /// Memory those containers use, in bytes, as of the same resync.
     pub memory_used: std::sync::atomic::AtomicU64,
+    /// CPU they used over the last minute, in thousandths of a CPU, and
+    /// the samples it comes from.
+    pub cpu_used: std::sync::atomic::AtomicU64,
+    pub cpu_window: std::sync::Mutex<usage::CpuWindow>,
     pub token: String,
     /// This server's TLS material (`--tls-cert`), if it serves over TLS.
     pub tls: Option<tls::Tls>,
@@ -285,6 +290,8 @@ pub async fn prepare_with(
         engine,
         running: std::sync::atomic::AtomicU64::new(0),
         memory_used: std::sync::atomic::AtomicU64::new(0),
+        cpu_used: std::sync::atomic::AtomicU64::new(0),
+        cpu_window: Default::default(),
         token,
         tls,
         server_id,

@@ -1083,6 +1083,7 @@ impl StalledHost {
             memory: 1 << 40,
             running: 0,
             memory_used: 0,
+            cpu_used: 0,
             version: "test".to_string(),
             started_at: 1,
             updated_at: 1,

@@ -249,16 +249,35 @@ fn memory_and_cpu_limits_reach_docker_and_a_job_too_big_is_refused() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("cpus"), "{}", stderr(&out));
 
-    // The leader publishes the host's reservation.
+    // A job that spins: held to half a CPU by Docker, and floki reports
+    // the CPU its containers used (over the last minute, from the cgroup).
+    let spin = unique("spin");
+    let out = s.cli(&[
+        "run",
+        "-d",
+        "--name",
+        &spin,
+        "--cpus",
+        "0.5",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The leader publishes the host's reservation; the agent measures use.
     viking_testkit::eventually(
-        "the host shows the reservation",
-        std::time::Duration::from_secs(20),
-        std::time::Duration::from_millis(100),
+        "the host shows its reservation and the CPU used",
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(200),
         || {
             let hosts = s.json(&["hosts", "--json"]);
             let h = &hosts[0];
-            if h["reserved_memory"] == serde_json::json!(64u64 << 20)
-                && h["reserved_millicpus"] == 500
+            let used = h["cpu_used"].as_u64().unwrap_or(0);
+            if h["reserved_memory"] == serde_json::json!(2 * (64u64 << 20))
+                && h["reserved_millicpus"] == 1000
+                && (200..=700).contains(&used)
             {
                 Ok(())
             } else {
@@ -266,6 +285,9 @@ fn memory_and_cpu_limits_reach_docker_and_a_job_too_big_is_refused() {
             }
         },
     );
+    let table = stdout(&s.cli(&["hosts"])).to_string();
+    assert!(table.contains("CPUS RESERVED / USED / ALL"), "{table}");
+    assert!(table.contains("128MiB / "), "{table}");
 }
 
 /// M4: every container gets the server's json-file rotation and pids
