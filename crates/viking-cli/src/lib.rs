@@ -96,6 +96,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a job started with --replicas as N instances: new ones placed
+    /// apart from the others, the highest-numbered ones removed.
+    Scale {
+        name: String,
+        #[arg(value_parser = clap::value_parser!(u32).range(1..=viking_core::job::MAX_REPLICAS as i64))]
+        replicas: u32,
+    },
     /// Stop a job and take it out of viking-proc.
     Stop {
         /// Seconds to wait for it to stop before killing it (0 to 86400).
@@ -478,7 +485,8 @@ pub async fn dispatch(target: &context::Target, command: Command) -> Result<i32,
             if json {
                 print_json(&v)?;
             } else {
-                print!("{}", table::proc(&v, table::now_ms()));
+                let ps = c.ps(true).await?;
+                print!("{}", table::proc(&v, &ps, table::now_ms()));
             }
             Ok(0)
         }
@@ -517,6 +525,13 @@ pub async fn dispatch(target: &context::Target, command: Command) -> Result<i32,
                 print_json(&v)?;
             } else {
                 print!("{}", table::hosts(&v, table::now_ms()));
+            }
+            Ok(0)
+        }
+        Command::Scale { name, replicas } => {
+            let r = c.scale(path_segment(&name)?, replicas).await?;
+            for i in &r.instances {
+                println!("{}\t{}\t{}", i.job, i.node, i.status);
             }
             Ok(0)
         }

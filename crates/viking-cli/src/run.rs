@@ -81,6 +81,10 @@ pub struct RunArgs {
     /// The CPUs the container may use, reserved on its host (`0.5`).
     #[arg(long, value_name = "N")]
     pub cpus: Option<String>,
+    /// Run N instances, NAME.1 to NAME.N, on distinct hosts while there
+    /// are enough (a daemonized job that is not fixed).
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<u32>,
     /// Show where the job would run, and why other hosts would not take it.
     #[arg(long = "dry-run")]
     pub dry_run: bool,
@@ -164,6 +168,8 @@ impl RunArgs {
             pids_limit: self.pids_limit,
             memory: self.memory.clone().map(Quantity::Text),
             cpus: self.cpus.clone().map(Quantity::Text),
+            replicas: self.replicas,
+            service: None,
         };
         serde_json::to_vec(&spec).map_err(|e| Failure::new(DAEMON_ERROR, e.to_string()))
     }

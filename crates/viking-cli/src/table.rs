@@ -192,10 +192,23 @@ pub fn ps(v: &[JobState], now: u64) -> String {
     )
 }
 
-pub fn proc(v: &[JobIntent], now: u64) -> String {
-    let rows: Vec<Vec<String>> = v
+/// `viking proc`: one row per job, and one per service run with replicas,
+/// its instances running out of those asked for (`3/3`).
+pub fn proc(v: &[JobIntent], ps: &[JobState], now: u64) -> String {
+    let running = |name: &str| ps.iter().any(|p| p.job == name && p.status == "running");
+    // Instances by service, in the order of their first.
+    let mut services: Vec<(&str, Vec<&JobIntent>)> = Vec::new();
+    for p in v {
+        let key = p.job.service.as_deref().unwrap_or(&p.job.name);
+        match services.iter_mut().find(|(s, _)| *s == key) {
+            Some((_, all)) => all.push(p),
+            None => services.push((key, vec![p])),
+        }
+    }
+    let rows: Vec<Vec<String>> = services
         .iter()
-        .map(|p| {
+        .filter_map(|(name, all)| {
+            let p = all.first()?;
             let j = &p.job;
             let mut flags = vec!["daemonize"];
             if j.fixed {
@@ -211,8 +224,17 @@ pub fn proc(v: &[JobIntent], now: u64) -> String {
             if !j.filter.is_empty() {
                 place.push(format!("tags={}", j.filter.join(",")));
             }
-            vec![
-                j.name.clone(),
+            let replicas = match &j.service {
+                Some(_) => format!(
+                    "{}/{}",
+                    all.iter().filter(|i| running(&i.job.name)).count(),
+                    all.len()
+                ),
+                None => format!("{}/1", u8::from(running(&j.name))),
+            };
+            Some(vec![
+                name.to_string(),
+                replicas,
                 j.image.clone(),
                 format!("\"{}\"", truncate(&j.command.join(" "), 20)),
                 j.ports
@@ -223,12 +245,13 @@ pub fn proc(v: &[JobIntent], now: u64) -> String {
                 flags.join(","),
                 place.join(" "),
                 ago(now, p.created_at),
-            ]
+            ])
         })
         .collect();
     render(
         &[
             "NAME",
+            "REPLICAS",
             "IMAGE",
             "COMMAND",
             "PORTS",

@@ -62,6 +62,9 @@ pub struct RunResponse {
     /// Why the job waits, when it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// A job with replicas: each instance's record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<JobState>,
 }
 
 pub use viking_core::scheduler::Rejection;
@@ -335,6 +338,10 @@ pub struct ReplaceRequest {
 pub struct PlaceRequest {
     pub job: Job,
     pub claimant: String,
+    /// Hosts the asking server placed this job's sibling instances on
+    /// (the leader may not hold their claims yet): ranked last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apart: Vec<String>,
 }
 
 /// Where the leader placed and claimed a job.

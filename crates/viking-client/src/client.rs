@@ -555,6 +555,16 @@ impl Client {
         self.json_within(Method::POST, &path, None, after).await
     }
 
+    /// Scale a job run with replicas to `replicas` instances; the answer
+    /// lists them.
+    pub async fn scale(&self, name: &str, replicas: u32) -> Result<RunResponse, ClientError> {
+        let path = routes::scale(job_name(name)?, replicas);
+        self.clone()
+            .with_deadline(self.deadline.max(CLAIM_ALLOWANCE))
+            .json(Method::POST, &path, None)
+            .await
+    }
+
     /// Remove a job and its record (`force`: a running one too).
     pub async fn rm(&self, name: &str, force: bool) -> Result<(), ClientError> {
         self.rm_with(name, force, false).await

@@ -18,6 +18,8 @@ pub const HOSTS: &str = "/v1/hosts";
 pub const JOB: &str = "/v1/jobs/{name}";
 /// `POST`: stop a job (`t` = seconds before killing it).
 pub const JOB_STOP: &str = "/v1/jobs/{name}/stop";
+/// `POST`: scale a job run with replicas (`replicas=N`).
+pub const JOB_SCALE: &str = "/v1/jobs/{name}/scale";
 /// `GET`: a job's output as frames (`follow=true`).
 pub const JOB_LOGS: &str = "/v1/jobs/{name}/logs";
 /// `POST`: a code push (newline-delimited JSON answer).
@@ -86,6 +88,10 @@ pub fn job(name: &str) -> String {
 }
 
 /// `POST`: stop a job, killing it after `timeout` seconds.
+pub fn scale(name: &str, replicas: u32) -> String {
+    format!("{}?replicas={replicas}", JOB_SCALE.replace(NAME, name))
+}
+
 pub fn stop(name: &str, timeout: i64) -> String {
     format!("{}?t={timeout}", JOB_STOP.replace(NAME, name))
 }

@@ -22,6 +22,11 @@
 //! thousandths) become Docker's limits, and what dowding reserves for the
 //! job on its host.
 //!
+//! Replicas: `replicas: N` (from 1 to [`MAX_REPLICAS`]) runs a daemonized,
+//! non-fixed job as N instances, jobs named `NAME.1` to `NAME.N` whose
+//! `service` is `NAME` ([`Job::instances`]); each is placed, kept running
+//! and moved like a job, and embassy balances the service across them.
+//!
 //! Limits: at most [`MAX_PORTS`] ports and [`MAX_VOLUMES`] volumes, no
 //! volume inside another (its host directory would be in the outer one's
 //! data, where the job could swap it for a symlink), `pids_limit` from 1 to
@@ -56,6 +61,8 @@ pub const MIN_MEMORY: u64 = 6 << 20;
 pub const MAX_MEMORY: u64 = 1 << 50;
 /// The most CPUs a job may ask for.
 pub const MAX_CPUS: u64 = 1024;
+/// The most instances a job may have.
+pub const MAX_REPLICAS: u32 = 100;
 
 /// Why a job document was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -207,6 +214,13 @@ pub struct JobSpec {
     /// (`0.5`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<Quantity>,
+    /// How many instances run (a daemonized job that is not fixed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// The service this job is an instance of (`NAME` of `NAME.3`); set by
+    /// viking on the instances it makes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 impl JobSpec {
@@ -324,6 +338,12 @@ pub struct Job {
     pub memory: Option<u64>,
     /// The CPU limit in thousandths of a CPU; `None`: none.
     pub cpus: Option<u64>,
+    /// The instances asked for; `None` for a job run without `replicas`,
+    /// which runs as itself.
+    pub replicas: Option<u32>,
+    /// The service this job is an instance of; `None` for a job that is not
+    /// an instance.
+    pub service: Option<String>,
 }
 
 /// What a job reserves on its host: its limits, or for a job without one,
@@ -560,6 +580,12 @@ impl Job {
 
         let memory = spec.memory.as_ref().map(parse_memory).transpose()?;
         let cpus = spec.cpus.as_ref().map(parse_cpus).transpose()?;
+        if let Some(replicas) = spec.replicas.filter(|r| !(1..=MAX_REPLICAS).contains(r)) {
+            return Err(JobError::new(
+                "replicas",
+                format!("{replicas} must be from 1 to {MAX_REPLICAS}"),
+            ));
+        }
 
         let static_ = spec.static_.unwrap_or(false);
         let fixed = spec.fixed.unwrap_or(
@@ -599,6 +625,40 @@ impl Job {
             }
         };
 
+        if spec.replicas.is_some() || spec.service.is_some() {
+            if !daemonize {
+                return Err(JobError::new(
+                    "replicas",
+                    "needs a daemonized job (-d, or ports): an attached job runs once",
+                ));
+            }
+            if fixed {
+                return Err(JobError::new(
+                    "replicas",
+                    "a fixed job (with volumes, static, or VIKING_FIXED) runs on one host, where its data is: it cannot have replicas",
+                ));
+            }
+        }
+        if spec.service.is_none() && spec.replicas.is_some() && name.len() + 4 > MAX_NAME_LEN {
+            return Err(JobError::new(
+                "name",
+                format!("a job with replicas has a name of at most {} characters (its instances add .N)", MAX_NAME_LEN - 4),
+            ));
+        }
+        if let Some(s) = &spec.service {
+            validate_name(s).map_err(|e| JobError::new("service", e.message))?;
+            let k = name
+                .strip_prefix(s.as_str())
+                .and_then(|r| r.strip_prefix('.'))
+                .and_then(|k| k.parse::<u32>().ok());
+            if !k.is_some_and(|k| (1..=MAX_REPLICAS).contains(&k)) {
+                return Err(JobError::new(
+                    "service",
+                    format!("{s:?}: an instance of service {s:?} is named {s}.N, not {name:?}"),
+                ));
+            }
+        }
+
         Ok(Job {
             name,
             image,
@@ -618,6 +678,8 @@ impl Job {
             pids_limit,
             memory,
             cpus,
+            replicas: spec.replicas,
+            service: spec.service,
         })
     }
 
@@ -642,7 +704,35 @@ impl Job {
             pids_limit: self.pids_limit.and_then(|n| i64::try_from(n).ok()),
             memory: self.memory.map(|b| Quantity::Number(b.into())),
             cpus: self.cpus.map(|m| Quantity::Text(cpus_text(m))),
+            replicas: self.replicas,
+            service: self.service.clone(),
         }
+    }
+
+    /// The service this job is part of: its own name, or for an instance,
+    /// its service's.
+    pub fn service_name(&self) -> &str {
+        self.service.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Instance `k` (from 1) of this job: `NAME.k`, an instance of service
+    /// `NAME`, which asks for `replicas` instances.
+    pub fn instance(&self, k: u32, replicas: u32) -> Job {
+        let service = self.service_name().to_string();
+        Job {
+            name: format!("{service}.{k}"),
+            service: Some(service),
+            replicas: Some(replicas),
+            ..self.clone()
+        }
+    }
+
+    /// The instances of a job run with `replicas` (any count, even 1):
+    /// `NAME.1` to `NAME.N`; `None` for a job run without (it runs as
+    /// itself) and for an instance.
+    pub fn instances(&self) -> Option<Vec<Job>> {
+        let n = self.replicas.filter(|_| self.service.is_none())?;
+        Some((1..=n).map(|k| self.instance(k, n)).collect())
     }
 
     /// The env as Docker's `K=V` list.

@@ -239,6 +239,16 @@ pub fn plan(snap: &Snapshot, policy: &Policy, now: u64) -> Plan {
     // Placements made in this plan count as load, so a batch spreads.
     let mut hosts = snap.hosts.clone();
     let mut out = Plan::default();
+    // Where each service's instances are placed, as this plan goes.
+    let mut instances: BTreeMap<&str, BTreeMap<&str, String>> = BTreeMap::new();
+    for p in &snap.procs {
+        if let (Some(s), Some(h)) = (&p.job.service, &p.placed_on) {
+            instances
+                .entry(s.as_str())
+                .or_default()
+                .insert(p.job.name.as_str(), h.clone());
+        }
+    }
     for proc in &snap.procs {
         let job = &proc.job;
         let ps = snap.ps.get(&job.name);
@@ -256,7 +266,25 @@ pub fn plan(snap: &Snapshot, policy: &Policy, now: u64) -> Plan {
         if let Some(h) = own.and_then(|o| hosts.iter_mut().find(|h| h.name == o)) {
             h.reserved = h.reserved.minus(need);
         }
-        let decision = scheduler::place(job, need, &hosts, snap.histories.get(&job.name));
+        let apart: BTreeSet<String> = job
+            .service
+            .as_deref()
+            .and_then(|s| instances.get(s))
+            .map(|m| {
+                m.iter()
+                    .filter(|(n, _)| **n != job.name)
+                    .map(|(_, h)| h.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let decision =
+            scheduler::place_apart(job, need, &hosts, snap.histories.get(&job.name), &apart);
+        if let (Some(s), Some(h)) = (&job.service, &decision.host) {
+            instances
+                .entry(s.as_str())
+                .or_default()
+                .insert(job.name.as_str(), h.clone());
+        }
         // Reserved where it goes, or where it was while it waits.
         let at = decision.host.as_deref().or(own);
         if let Some(h) = at.and_then(|a| hosts.iter_mut().find(|h| h.name == a)) {

@@ -96,19 +96,36 @@ pub fn place(
     hosts: &[HostSnapshot],
     history: Option<&History>,
 ) -> Decision {
+    place_apart(job, need, hosts, history, &BTreeSet::new())
+}
+
+/// [`place`] for an instance of a service: hosts in `apart` (where its
+/// other instances run) rank after every other host that can take it, so
+/// instances land on distinct hosts while there are enough.
+pub fn place_apart(
+    job: &Job,
+    need: Reservation,
+    hosts: &[HostSnapshot],
+    history: Option<&History>,
+    apart: &BTreeSet<String>,
+) -> Decision {
     let fixed_to = fixed_host(job, history);
-    let mut best: Option<(&HostSnapshot, Rank)> = None;
+    let mut best: Option<(bool, &HostSnapshot, Rank)> = None;
     for h in hosts {
         let r = rank(job, need, h);
-        if best.as_ref().is_some_and(|(_, b)| r >= *b) {
+        let shared = !apart.is_empty() && apart.contains(&h.name);
+        if best
+            .as_ref()
+            .is_some_and(|(bs, _, b)| (shared, &r) >= (*bs, b))
+        {
             continue;
         }
         if reject(job, need, fixed_to, h).is_none() {
-            best = Some((h, r));
+            best = Some((shared, h, r));
         }
     }
     match best {
-        Some((h, _)) => Decision {
+        Some((_, h, _)) => Decision {
             host: Some(h.name.clone()),
             rejected: Vec::new(),
             waiting_for: None,

@@ -46,6 +46,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(routes::HOSTS, get(hosts))
         .route(routes::JOB, get(inspect).delete(remove))
         .route(routes::JOB_STOP, post(stop))
+        .route(routes::JOB_SCALE, post(scale))
         .route(routes::JOB_LOGS, get(logs))
         .route(routes::PUSH, post(push))
         .route(routes::SERVICES, get(services))
@@ -147,6 +148,21 @@ async fn run(
 
     if q.dry_run {
         return Ok(Json(placement::dry_run(&sh, job).await?).into_response());
+    }
+    if let Some(instances) = job.instances() {
+        if q.progress {
+            return progress_response(sh, move |sh, progress| {
+                Box::pin(
+                    async move { jobs::run_replicas(sh, job, instances, true, progress).await },
+                )
+            });
+        }
+        let r = jobs::run_replicas(&sh, job, instances, !q.no_wait, &|_| {}).await?;
+        let status = match q.no_wait {
+            true => StatusCode::ACCEPTED,
+            false => StatusCode::CREATED,
+        };
+        return Ok((status, Json(r)).into_response());
     }
     if !job.daemonize {
         crate::standing::require_member(&sh).await?;
@@ -443,7 +459,31 @@ async fn stop(
     Query(q): Query<StopQuery>,
 ) -> ApiResult<Json<viking_client::api::InspectResponse>> {
     crate::standing::require_member(&sh).await?;
-    Ok(Json(jobs::stop(&sh, &name, q.t.unwrap_or(10)).await?))
+    let t = q.t.unwrap_or(10);
+    // A service's name stops every instance.
+    let mut first = None;
+    for i in jobs::instances_named(&sh, &name).await? {
+        let r = jobs::stop(&sh, &i, t).await?;
+        first.get_or_insert(r);
+    }
+    match first {
+        Some(r) => Ok(Json(r)),
+        None => Ok(Json(jobs::stop(&sh, &name, t).await?)),
+    }
+}
+
+#[derive(Deserialize)]
+struct ScaleQuery {
+    replicas: u32,
+}
+
+async fn scale(
+    State(sh): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(q): Query<ScaleQuery>,
+) -> ApiResult<Json<viking_client::api::RunResponse>> {
+    crate::standing::require_member(&sh).await?;
+    Ok(Json(jobs::scale(&sh, &name, q.replicas).await?))
 }
 
 #[derive(Deserialize, Default)]
@@ -461,7 +501,14 @@ async fn remove(
     Query(q): Query<RmQuery>,
 ) -> ApiResult<StatusCode> {
     crate::standing::require_member(&sh).await?;
-    jobs::remove(&sh, &name, q.force, q.volumes).await?;
+    // A service's name removes every instance.
+    let instances = jobs::instances_named(&sh, &name).await?;
+    if instances.is_empty() {
+        jobs::remove(&sh, &name, q.force, q.volumes).await?;
+    }
+    for i in instances {
+        jobs::remove(&sh, &i, q.force, q.volumes).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

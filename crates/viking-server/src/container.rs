@@ -83,7 +83,9 @@ pub async fn container_spec(sh: &Shared, job: &Job) -> Result<ContainerSpec> {
     // store gets them back (`viking recover`).
     let mut ambassador = std::collections::BTreeMap::new();
     for cport in crate::services::tcp_ports(job) {
-        if let Some(aport) = state::ambassador_port(sh.store.as_ref(), &job.name, cport).await? {
+        if let Some(aport) =
+            state::ambassador_port(sh.store.as_ref(), job.service_name(), cport).await?
+        {
             ambassador.insert(cport, aport);
         }
     }

@@ -245,6 +245,31 @@ impl Held {
         }
     }
 
+    /// Where the other instances of `job`'s service are placed (or being
+    /// placed); empty for a job that is not an instance.
+    pub fn apart(&self, job: &viking_core::Job) -> std::collections::BTreeSet<String> {
+        let Some(service) = &job.service else {
+            return Default::default();
+        };
+        let prefix = format!("{service}.");
+        let mut out: std::collections::BTreeSet<String> = self
+            .procs
+            .range(prefix.clone()..)
+            .take_while(|(name, _)| name.starts_with(&prefix))
+            .filter(|(name, _)| **name != job.name)
+            .filter_map(|(_, (p, _))| p.as_ref())
+            .filter(|p| p.job.service.as_deref() == Some(service.as_str()))
+            .filter_map(|p| p.placed_on.clone())
+            .collect();
+        out.extend(
+            self.deciding
+                .values()
+                .filter(|(name, _, _)| name.starts_with(&prefix) && *name != job.name)
+                .map(|(_, host, _)| host.clone()),
+        );
+        out
+    }
+
     /// What a job reserves on its host.
     pub fn need(&self, job: &viking_core::Job) -> Reservation {
         Reservation::of(job, self.reserve)

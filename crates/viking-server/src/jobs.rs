@@ -20,10 +20,12 @@
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use std::collections::BTreeSet;
 use viking_client::api::{InspectResponse, RunResponse};
 use viking_client::frame::{Frame, STDERR, STDOUT};
 use viking_client::wire::{JobIntent, JobState, Placements};
-use viking_core::records::{encode, PsRecord};
+
+use viking_core::records::{encode, ProcRecord, PsRecord};
 use viking_core::{keys, scheduler, Job};
 use viking_docker::Output;
 use viking_store::{Compare, Op, Revision, StoreExt};
@@ -59,17 +61,34 @@ pub struct Claim {
     pub rev: Revision,
 }
 
+impl Claim {
+    /// The host the claim placed the job on (`None` while it waits).
+    pub fn host(&self, sh: &Shared) -> Option<String> {
+        match &self.target {
+            Target::Here => Some(sh.config.name.clone()),
+            Target::There(h) => Some(h.name.clone()),
+            Target::Waiting(_) => None,
+        }
+    }
+}
+
 /// Place the job and claim its name: viking-proc, the start in flight and
 /// its ambassador ports, in one transaction that holds only if neither proc
 /// nor ps has the name. Links must name existing services, and the job
 /// must ask no more than this server allows.
 pub async fn claim_daemon(sh: &Shared, job: &Job) -> Result<Claim> {
+    claim_daemon_apart(sh, job, &[]).await
+}
+
+/// [`claim_daemon`] for an instance, with the hosts its siblings were just
+/// placed on (ranked last).
+pub async fn claim_daemon_apart(sh: &Shared, job: &Job, siblings: &[String]) -> Result<Claim> {
     crate::container::check_limits(sh, job)?;
     crate::services::check_links(sh, job).await?;
     // The leader places it in memory; a job that publishes a fixed host
     // port needs every host's ports in use, which only the store has.
     if !placement::needs_host_ports(job) {
-        if let Some((target, rev)) = crate::placer::at_leader(sh, job).await? {
+        if let Some((target, rev)) = crate::placer::at_leader(sh, job, siblings).await? {
             return Ok(Claim { target, rev });
         }
     }
@@ -140,6 +159,7 @@ pub async fn run_claimed(
             job,
             ps: Some(JobState::from(&ps)),
             waiting: None,
+            instances: Vec::new(),
         }),
         Err(e) => {
             // Leave no trace: the container is gone already; drop the intent
@@ -190,6 +210,7 @@ pub fn accepted(sh: &Shared, job: &Job, claim: &Claim) -> RunResponse {
                 waiting: Some(format!(
                     "waiting for host {h}: the job is fixed to it and it is not alive"
                 )),
+                instances: Vec::new(),
             }
         }
     };
@@ -198,6 +219,7 @@ pub fn accepted(sh: &Shared, job: &Job, claim: &Claim) -> RunResponse {
         job: job.clone(),
         ps: Some(JobState::from(&starting)),
         waiting: None,
+        instances: Vec::new(),
     }
 }
 
@@ -329,6 +351,7 @@ pub async fn start_placed(
         job: job.clone(),
         ps: Some(JobState::from(&ps)),
         waiting: None,
+        instances: Vec::new(),
     })
 }
 
@@ -463,7 +486,7 @@ pub async fn remove(sh: &Shared, name: &str, force: bool, volumes: bool) -> Resu
                     });
                 }
                 sh.store.txn(vec![], ops, vec![]).await?;
-                state::release_ports(sh.store.as_ref(), name).await?;
+                release_ports(sh, name, proc.as_ref()).await?;
                 return Ok(());
             }
         }
@@ -475,11 +498,162 @@ pub async fn remove(sh: &Shared, name: &str, force: bool, volumes: bool) -> Resu
         }
     }
     sh.store.delete(&keys::ps(name)).await?;
-    state::release_ports(sh.store.as_ref(), name).await?;
+    release_ports(sh, name, proc.as_ref()).await?;
     if volumes {
         remove_data(sh, name).await?;
     }
     Ok(())
+}
+
+/// Free the ambassador ports of a removed job's service: its own, or, for
+/// an instance, the service's once no other instance is left.
+async fn release_ports(sh: &Shared, name: &str, proc: Option<&ProcRecord>) -> Result<()> {
+    let service = proc.map_or(name, |p| p.job.service_name());
+    if service != name && !instances_of(sh, service).await?.is_empty() {
+        return Ok(());
+    }
+    state::release_ports(sh.store.as_ref(), service).await
+}
+
+/// The instances of `service` in viking-proc, by name (`NAME.1` first).
+pub async fn instances_of(sh: &Shared, service: &str) -> Result<Vec<ProcRecord>> {
+    let mut found: Vec<ProcRecord> =
+        state::list(sh.store.as_ref(), &keys::proc(&format!("{service}."))).await?;
+    found.retain(|p| p.job.service.as_deref() == Some(service));
+    found.sort_by_key(|p| instance_number(&p.job));
+    Ok(found)
+}
+
+/// The instances a name stands for: the instances of the service of that
+/// name when no job has the name itself; none otherwise.
+pub async fn instances_named(sh: &Shared, name: &str) -> Result<Vec<String>> {
+    if state::proc(sh.store.as_ref(), name).await?.is_some()
+        || state::ps(sh.store.as_ref(), name).await?.is_some()
+    {
+        return Ok(Vec::new());
+    }
+    Ok(instances_of(sh, name)
+        .await?
+        .into_iter()
+        .map(|p| p.job.name)
+        .collect())
+}
+
+/// `k` of instance `NAME.k`.
+fn instance_number(job: &Job) -> u32 {
+    job.name
+        .rsplit_once('.')
+        .and_then(|(_, k)| k.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Run a job with replicas: its instances claimed one after the other
+/// (each placed apart from the ones before), then started together. The
+/// answer names the service, with every instance's record.
+pub async fn run_replicas(
+    sh: &Shared,
+    service: Job,
+    instances: Vec<Job>,
+    wait: bool,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<RunResponse> {
+    if state::proc(sh.store.as_ref(), &service.name)
+        .await?
+        .is_some()
+        || !instances_of(sh, &service.name).await?.is_empty()
+    {
+        return Err(state::taken(&service.name));
+    }
+    let mut claimed = Vec::with_capacity(instances.len());
+    let mut hosts: Vec<String> = Vec::new();
+    for job in instances {
+        let claim = claim_daemon_apart(sh, &job, &hosts).await?;
+        if let Some(h) = claim.host(sh) {
+            hosts.push(h);
+        }
+        progress(format!("{}: placed", job.name));
+        claimed.push((job, claim));
+    }
+    let started = futures::future::join_all(claimed.into_iter().map(|(job, claim)| async move {
+        if wait {
+            run_claimed(sh, job, claim, &|_| {}).await
+        } else {
+            let r = accepted(sh, &job, &claim);
+            start_accepted(sh, job, claim).await;
+            Ok(r)
+        }
+    }))
+    .await;
+    let mut states = Vec::new();
+    for r in started {
+        states.extend(r?.ps);
+    }
+    Ok(RunResponse {
+        job: service,
+        ps: states.first().cloned(),
+        waiting: None,
+        instances: states,
+    })
+}
+
+/// Scale `service` to `replicas` instances: new ones placed apart from the
+/// others and started; the highest-numbered ones removed.
+pub async fn scale(sh: &Shared, service: &str, replicas: u32) -> Result<RunResponse> {
+    if !(1..=viking_core::job::MAX_REPLICAS).contains(&replicas) {
+        return Err(ServerError::Invalid(format!(
+            "invalid job: replicas: {replicas} must be from 1 to {}",
+            viking_core::job::MAX_REPLICAS
+        )));
+    }
+    let now = instances_of(sh, service).await?;
+    let Some(first) = now.first() else {
+        return Err(match state::proc(sh.store.as_ref(), service).await? {
+            Some(_) => ServerError::Invalid(format!(
+                "job {service:?} was run without --replicas, so it has no instances to scale; run it again with --replicas N"
+            )),
+            None => state::no_such_job(service),
+        });
+    };
+    let template = first.job.clone();
+    let have: BTreeSet<u32> = now.iter().map(|p| instance_number(&p.job)).collect();
+    for p in now.iter().filter(|p| instance_number(&p.job) > replicas) {
+        remove(sh, &p.job.name, true, false).await?;
+    }
+    let mut hosts: Vec<String> = now
+        .iter()
+        .filter(|p| instance_number(&p.job) <= replicas)
+        .filter_map(|p| p.placed_on.clone())
+        .collect();
+    let mut claimed = Vec::new();
+    for k in (1..=replicas).filter(|k| !have.contains(k)) {
+        let job = template.instance(k, replicas);
+        let claim = claim_daemon_apart(sh, &job, &hosts).await?;
+        if let Some(h) = claim.host(sh) {
+            hosts.push(h);
+        }
+        claimed.push((job, claim));
+    }
+    let started = futures::future::join_all(
+        claimed
+            .into_iter()
+            .map(|(job, claim)| run_claimed(sh, job, claim, &|_| {})),
+    )
+    .await;
+    for r in started {
+        r?;
+    }
+    let mut states = Vec::new();
+    for p in instances_of(sh, service).await? {
+        if let Some((rec, _)) = state::ps(sh.store.as_ref(), &p.job.name).await? {
+            states.push(JobState::from(&rec));
+        }
+    }
+    Ok(RunResponse {
+        job: template.instance(1, replicas),
+        ps: states.first().cloned(),
+        waiting: None,
+        instances: states,
+    })
 }
 
 /// Delete a job's data directory and its history, for `rm --volumes` of a

@@ -273,10 +273,26 @@ async fn place_guarded(
     let d = if explain {
         scheduler::explain(job, need, &hosts, Some(&hist))
     } else {
-        scheduler::place(job, need, &hosts, Some(&hist))
+        let apart = apart(sh, job).await?;
+        scheduler::place_apart(job, need, &hosts, Some(&hist), &apart)
     };
     let guard = d.host.as_ref().map(|h| Guard::new(h, guards.remove(h)));
     Ok((d, guard))
+}
+
+/// Where the other instances of `job`'s service are placed (none for a job
+/// that is not an instance): one read of the service's records.
+pub async fn apart(sh: &Shared, job: &Job) -> Result<BTreeSet<String>> {
+    let Some(service) = &job.service else {
+        return Ok(BTreeSet::new());
+    };
+    let procs: Vec<ProcRecord> =
+        state::list(sh.store.as_ref(), &keys::proc(&format!("{service}."))).await?;
+    Ok(procs
+        .into_iter()
+        .filter(|p| p.job.name != job.name && p.job.service.as_deref() == Some(service.as_str()))
+        .filter_map(|p| p.placed_on)
+        .collect())
 }
 
 /// Where the job would run, without running it.

@@ -79,7 +79,13 @@ impl Placer {
     /// Decisions are made one at a time over the load held plus the
     /// decisions not claimed yet, so each takes a least loaded host; the
     /// claims then run concurrently across hosts and in order per host.
-    pub async fn claim(&self, sh: &Shared, job: &Job, claimant: &str) -> Result<Placed> {
+    pub async fn claim(
+        &self,
+        sh: &Shared,
+        job: &Job,
+        claimant: &str,
+        siblings: &[String],
+    ) -> Result<Placed> {
         // Only a fixed job's placement depends on where it ran before.
         let hist = match job.fixed {
             true => Some(state::history(sh.store.as_ref(), &job.name).await?.0),
@@ -89,7 +95,10 @@ impl Placer {
             let d = {
                 let mut held = self.held.lock().map_err(|_| Self::poisoned())?;
                 let need = held.need(job);
-                let d = scheduler::place(job, need, held.placement_snapshot(), hist.as_ref());
+                let mut apart = held.apart(job);
+                apart.extend(siblings.iter().cloned());
+                let hosts = held.placement_snapshot();
+                let d = scheduler::place_apart(job, need, hosts, hist.as_ref(), &apart);
                 let id = d.host.as_ref().map(|h| held.decided(h, job));
                 (d, id)
             };
@@ -207,7 +216,9 @@ pub async fn serve(sh: &Shared, req: PlaceRequest) -> Result<PlaceResponse> {
     let placer = sh
         .placer()
         .ok_or_else(|| ServerError::NotLeader(format!("{} does not lead", sh.config.name)))?;
-    let placed = placer.claim(sh, &req.job, &req.claimant).await?;
+    let placed = placer
+        .claim(sh, &req.job, &req.claimant, &req.apart)
+        .await?;
     Ok(PlaceResponse {
         host: placed.host,
         waiting_for: placed.waiting_for,
@@ -219,9 +230,13 @@ pub async fn serve(sh: &Shared, req: PlaceRequest) -> Result<PlaceResponse> {
 /// Place and claim `job` at the leader (this server, or the one it asks);
 /// `None` when there is no leader to ask (none, unreachable, or it no
 /// longer leads): the caller places it itself.
-pub async fn at_leader(sh: &Shared, job: &Job) -> Result<Option<(Target, Revision)>> {
+pub async fn at_leader(
+    sh: &Shared,
+    job: &Job,
+    siblings: &[String],
+) -> Result<Option<(Target, Revision)>> {
     let placed = if let Some(placer) = sh.placer() {
-        placer.claim(sh, job, &sh.config.name).await?
+        placer.claim(sh, job, &sh.config.name, siblings).await?
     } else {
         let Some(leader) = leader(sh).await? else {
             return Ok(None);
@@ -229,6 +244,7 @@ pub async fn at_leader(sh: &Shared, job: &Job) -> Result<Option<(Target, Revisio
         let req = PlaceRequest {
             job: job.clone(),
             claimant: sh.config.name.clone(),
+            apart: siblings.to_vec(),
         };
         let asked = crate::peer::peer(sh, &leader)?
             .place(&req)

@@ -49,7 +49,14 @@ pub async fn check_links(sh: &Shared, job: &Job) -> Result<()> {
 
 /// (container port, ambassador port) of a service, or why it cannot be linked.
 async fn link_ports(sh: &Shared, service: &str) -> Result<Vec<(u16, u16)>> {
-    let Some(proc) = state::proc(sh.store.as_ref(), service).await? else {
+    // The service's own job, or its first instance.
+    let proc = match state::proc(sh.store.as_ref(), service).await? {
+        Some(p) => Some(p),
+        None => state::proc(sh.store.as_ref(), &format!("{service}.1"))
+            .await?
+            .filter(|p| p.job.service.as_deref() == Some(service)),
+    };
+    let Some(proc) = proc else {
         return Err(ServerError::Invalid(format!(
             "invalid job: links: no daemonized job named {service:?} to link to (see `viking proc`)"
         )));
@@ -141,14 +148,16 @@ pub fn routes(
     hosts: &[HostRecord],
     allocated: &BTreeMap<String, u16>,
 ) -> BTreeMap<String, RouteRecord> {
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<String, RouteRecord> = BTreeMap::new();
     for proc in procs {
         let name = &proc.job.name;
+        // A service's instances share its routes: their endpoints together.
+        let service = proc.job.service_name();
         let rec = ps.get(name).filter(|p| p.is_running());
         let host = rec.and_then(|r| hosts.iter().find(|h| h.name == r.node));
         let mut ports = Vec::new();
         for cport in tcp_ports(&proc.job) {
-            let Some(amb) = allocated.get(&keys::ambassador_port(name, cport)) else {
+            let Some(amb) = allocated.get(&keys::ambassador_port(service, cport)) else {
                 continue;
             };
             let endpoints = match (rec, host) {
@@ -167,14 +176,37 @@ pub fn routes(
                 endpoints,
             });
         }
-        if !ports.is_empty() {
-            out.insert(
-                name.clone(),
-                RouteRecord {
-                    service: name.clone(),
-                    ports,
-                },
-            );
+        if ports.is_empty() {
+            continue;
+        }
+        match out.get_mut(service) {
+            None => {
+                out.insert(
+                    service.to_string(),
+                    RouteRecord {
+                        service: service.to_string(),
+                        ports,
+                    },
+                );
+            }
+            Some(r) => {
+                for p in ports {
+                    match r
+                        .ports
+                        .iter_mut()
+                        .find(|q| q.container_port == p.container_port)
+                    {
+                        Some(q) => {
+                            q.endpoints.extend(p.endpoints);
+                            q.endpoints.sort();
+                            if q.host.is_none() {
+                                q.host = p.host;
+                            }
+                        }
+                        None => r.ports.push(p),
+                    }
+                }
+            }
         }
     }
     out

@@ -442,11 +442,17 @@ pub async fn claim_daemon(store: &dyn Store, c: DaemonClaim<'_>) -> Result<Claim
         waiting: c.waiting.clone(),
     };
     for _ in 0..RETRIES {
-        let plan = plan_ports(store, name, &c.service_ports, c.ports).await?;
+        // A service's instances share its ambassador ports.
+        let service = c.job.service_name();
+        let plan = plan_ports(store, service, &c.service_ports, c.ports).await?;
         let mut compares = vec![
             Compare::Absent(keys::proc(name)),
             Compare::Absent(keys::ps(name)),
         ];
+        if service != name {
+            // No job of the service's own name: the name is the service's.
+            compares.push(Compare::Absent(keys::proc(service)));
+        }
         compares.extend(plan.compares);
         if let Some(id) = &c.cluster {
             compares.push(Compare::Value(
@@ -488,6 +494,9 @@ pub async fn claim_daemon(store: &dyn Store, c: DaemonClaim<'_>) -> Result<Claim
         }
         if name_in_use(store, name).await? {
             return Err(taken(name));
+        }
+        if service != name && name_in_use(store, service).await? {
+            return Err(taken(service));
         }
         if let Some(g) = &c.guard {
             let now = store

@@ -2075,6 +2075,112 @@ async fn limits_reach_the_container_and_a_job_too_big_for_every_host_names_each_
     .await;
 }
 
+/// Replicas (issue 18): a job with `replicas` runs as instances `NAME.1`
+/// to `NAME.N` on distinct hosts while there are enough, embassy's route
+/// for the service has every running instance, `scale` adds instances
+/// apart from the others and removes the highest-numbered ones, the
+/// service's name stops them all, and a fixed job with replicas is refused
+/// before anything is written.
+#[tokio::test]
+async fn replicas_run_apart_scale_and_share_one_route() {
+    let hs = hosts(3).await;
+    let leader = leader_of(&hs).await;
+    let asker = hs
+        .iter()
+        .find(|h| h.shared.config.name != leader.shared.config.name)
+        .expect("a follower");
+    // Two hosts busy, one idle: by load alone every instance would go to
+    // the idle one.
+    for (i, h) in ["n2", "n3"].iter().cycle().take(6).enumerate() {
+        let doc =
+            format!(r#"{{"name":"busy{i}","image":"busybox","daemonize":true,"host":"{h}"}}"#);
+        asker.run(&doc).await.expect("busy runs");
+    }
+    let doc = r#"{"name":"web","image":"busybox","daemonize":true,"replicas":3,"ports":["8080"]}"#;
+    let r = asker.run(doc).await.expect("web runs");
+    assert_eq!(r.job.name, "web");
+    let mut names: Vec<&str> = r.instances.iter().map(|i| i.job.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["web.1", "web.2", "web.3"]);
+    let nodes: std::collections::BTreeSet<&str> =
+        r.instances.iter().map(|i| i.node.as_str()).collect();
+    assert_eq!(nodes.len(), 3, "one instance per host: {:?}", r.instances);
+    let ps = asker.client.ps(false).await.expect("ps");
+    assert_eq!(ps.iter().filter(|p| p.job.starts_with("web.")).count(), 3);
+
+    // One route for the service, with every instance's endpoint.
+    viking_testkit::eventually_async(
+        "the service's route has three endpoints",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            let services = asker.client.services().await.unwrap_or_default();
+            services.len() == 1 && services[0].service == "web" && services[0].endpoints.len() == 3
+        },
+    )
+    .await;
+
+    // Scale up: with every host running one, the new instances go by
+    // load: both to the idle host.
+    let up = asker.client.scale("web", 5).await.expect("scale up");
+    assert_eq!(up.instances.len(), 5, "{:?}", up.instances);
+    let mut per_host: std::collections::BTreeMap<&str, usize> = Default::default();
+    for i in &up.instances {
+        *per_host.entry(i.node.as_str()).or_default() += 1;
+    }
+    let mut spread: Vec<usize> = per_host.values().copied().collect();
+    spread.sort();
+    assert_eq!(spread, vec![1, 1, 3], "{per_host:?}");
+    assert_eq!(per_host.get("n1"), Some(&3), "{per_host:?}");
+    // Down: the highest-numbered go, containers and all.
+    let down = asker.client.scale("web", 2).await.expect("scale down");
+    let mut names: Vec<&str> = down.instances.iter().map(|i| i.job.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["web.1", "web.2"]);
+    for gone in ["web.3", "web.4", "web.5"] {
+        assert_eq!(
+            hs.iter().map(|h| h.containers_of(gone)).sum::<usize>(),
+            0,
+            "{gone}"
+        );
+    }
+    // The service's name is taken; a plain job cannot scale.
+    let e = asker.run(doc).await.expect_err("the name is taken");
+    assert!(e.to_string().contains("web"), "{e}");
+    asker
+        .run(r#"{"name":"plain","image":"busybox","daemonize":true}"#)
+        .await
+        .expect("plain runs");
+    let e = asker
+        .client
+        .scale("plain", 2)
+        .await
+        .expect_err("no replicas");
+    assert!(e.to_string().contains("--replicas"), "{e}");
+
+    // A fixed job with replicas: refused naming the field, nothing written.
+    let fixed =
+        r#"{"name":"db","image":"busybox","daemonize":true,"replicas":2,"volumes":["/data"]}"#;
+    let e = asker
+        .run(fixed)
+        .await
+        .expect_err("a fixed job has one host");
+    assert!(e.to_string().contains("replicas"), "{e}");
+    assert!(asker
+        .keys(keys::PROC)
+        .await
+        .iter()
+        .all(|k| !k.contains("db")));
+
+    // The service's name stops every instance.
+    asker.client.stop("web", 1).await.expect("stop web");
+    assert!(asker
+        .keys(keys::PROC)
+        .await
+        .iter()
+        .all(|k| !k.contains("web")));
+}
+
 #[tokio::test]
 async fn a_run_accepted_without_waiting_starts_after_the_answer_and_a_failed_start_is_retried() {
     let s = TestServer::start().await;
