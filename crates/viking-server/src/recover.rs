@@ -163,7 +163,8 @@ pub async fn recover(sh: &Shared, req: &RecoverRequest) -> Result<RecoverSummary
             });
         }
         for (cport, aport) in &c.ambassador {
-            let key = keys::ambassador_port(&name, *cport);
+            // A service's instances share its ports.
+            let key = keys::ambassador_port(c.job.service_name(), *cport);
             if sh.store.get(&key).await?.is_none() {
                 ops.push(Op::Put {
                     key,

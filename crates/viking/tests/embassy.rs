@@ -161,3 +161,111 @@ fn services_are_reached_through_embassy_wherever_they_run() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("has no TCP ports"));
     assert!(a.cli(["inspect", "x"]).status.code() == Some(1));
 }
+
+/// Replicas (issue 18) on a real cluster: three instances on three hosts,
+/// a client through embassy reaches all of them, and when one host dies
+/// its instance runs elsewhere while the client keeps being answered.
+#[test]
+fn a_service_with_replicas_is_balanced_by_embassy_and_survives_a_host() {
+    let c = Cluster::start(
+        3,
+        ClusterOpts {
+            viking_bin: Some(env!("CARGO_BIN_EXE_viking").into()),
+            server_args: ["--host-ttl", "2"].map(String::from).to_vec(),
+            ..Default::default()
+        },
+    )
+    .expect("cluster");
+    let n1 = c.node(0);
+    // Each instance answers with its container's hostname.
+    n1.cli_ok([
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "-p",
+        "8080",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www",
+    ])
+    .unwrap();
+    let where_ = |n: &Node| -> std::collections::BTreeMap<String, String> {
+        let ps = n.cli_json(["ps", "--json"]).unwrap();
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["job"].as_str().unwrap().starts_with("web.") && p["status"] == "running")
+            .map(|p| {
+                (
+                    p["job"].as_str().unwrap().to_string(),
+                    p["node"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let placed = where_(n1);
+    let hosts: std::collections::BTreeSet<&String> = placed.values().collect();
+    assert_eq!((placed.len(), hosts.len()), (3, 3), "{placed:?}");
+    let proc = out(&n1.cli(["proc"]));
+    assert!(
+        proc.lines()
+            .any(|l| l.starts_with("web ") && l.contains("3/3")),
+        "{proc}"
+    );
+
+    // A client on n1, through its embassy, many times: every instance answers.
+    n1.cli_ok(["run", "-d", "--name", "cli", "--viking-host", n1.name(), "--link", "web", BUSYBOX, "sh", "-c",
+        "while true; do wget -q -O- http://$WEB_PORT_8080_TCP_ADDR:$WEB_PORT_8080_TCP_PORT/ 2>&1 | sed 's/^/got /'; sleep 0.1; done"]).unwrap();
+    let answers = |n: &Node| -> Vec<String> {
+        out(&n.cli(["logs", "cli"]))
+            .lines()
+            .filter_map(|l| l.strip_prefix("got ").map(str::to_string))
+            .collect()
+    };
+    eventually(
+        "all three instances answer",
+        Duration::from_secs(20),
+        POLL,
+        || {
+            let got = answers(n1);
+            let distinct: std::collections::BTreeSet<&String> =
+                got.iter().filter(|a| a.len() == 12).collect();
+            distinct.len() == 3
+        },
+    );
+
+    // Kill a host with an instance but not the client: the instance runs
+    // elsewhere, three run again, and the client is answered.
+    let victim = c
+        .nodes()
+        .iter()
+        .find(|n| n.name() != n1.name())
+        .expect("another node");
+    victim.kill().unwrap();
+    eventually(
+        "three instances run on the two hosts left",
+        Duration::from_secs(60),
+        POLL,
+        || {
+            let now = where_(n1);
+            now.len() == 3 && now.values().all(|h| h != victim.name())
+        },
+    );
+    let before = answers(n1).len();
+    eventually(
+        "the client is still answered",
+        Duration::from_secs(15),
+        POLL,
+        || {
+            answers(n1)[before..]
+                .iter()
+                .filter(|a| a.len() == 12)
+                .count()
+                >= 5
+        },
+    );
+}
