@@ -76,6 +76,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Even out the hosts' loads now: move jobs (not fixed, not static,
+    /// not pinned) from the most loaded hosts, start-first.
+    Rebalance {
+        /// Only print the moves and why.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild the store's records from the fleet's containers, after the
     /// store was emptied or replaced (servers hold until then).
     Recover {
@@ -150,6 +159,13 @@ pub enum Command {
     /// Where the CLI talks to: show it, or export it for another machine.
     #[command(subcommand)]
     Context(context::ContextCommand),
+}
+
+/// A setting that is on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 /// `viking server`'s settings; each has an environment variable.
@@ -282,6 +298,19 @@ pub struct ServerArgs {
     /// (0: none, it shares what the host has).
     #[arg(long, env = "VIKING_RESERVE_CPUS", default_value = "0")]
     pub reserve_cpus: String,
+    /// Whether the leader moves jobs to even out the hosts' loads (when a
+    /// host joins or comes back, or loads drift apart).
+    #[arg(long, env = "VIKING_REBALANCE", value_enum, default_value = "on")]
+    pub rebalance: OnOff,
+    /// At most this many jobs moved a minute by rebalancing.
+    #[arg(long, env = "VIKING_REBALANCE_RATE", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=600))]
+    pub rebalance_rate: u32,
+    /// Jobs move while the most loaded live host runs more than this many
+    /// jobs more than the least loaded.
+    #[arg(long, env = "VIKING_REBALANCE_THRESHOLD", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub rebalance_threshold: u64,
     /// How many Docker pings (one a second) must fail in a row before this
     /// host leaves floki and its jobs move.
     #[arg(long, env = "VIKING_DOCKER_PING_FAILURES", default_value_t = 3)]
@@ -487,6 +516,17 @@ pub async fn dispatch(target: &context::Target, command: Command) -> Result<i32,
             } else {
                 let ps = c.ps(true).await?;
                 print!("{}", table::proc(&v, &ps, table::now_ms()));
+            }
+            Ok(0)
+        }
+        Command::Rebalance { dry_run, json } => {
+            let moves = c.rebalance(dry_run).await?;
+            if json {
+                print_json(&moves)?;
+            } else if moves.is_empty() {
+                println!("the hosts' loads are even: nothing to move");
+            } else {
+                print!("{}", table::moves(&moves));
             }
             Ok(0)
         }

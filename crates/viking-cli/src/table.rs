@@ -263,6 +263,15 @@ pub fn proc(v: &[JobIntent], ps: &[JobState], now: u64) -> String {
     )
 }
 
+/// `viking rebalance`: each move and why.
+pub fn moves(v: &[viking_core::rebalance::Move]) -> String {
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|m| vec![m.job.clone(), m.from.clone(), m.to.clone(), m.why.clone()])
+        .collect();
+    render(&["JOB", "FROM", "TO", "WHY"], &rows)
+}
+
 pub fn services(v: &[viking_client::api::ServicePort]) -> String {
     let rows: Vec<Vec<String>> = v
         .iter()

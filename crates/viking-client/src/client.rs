@@ -629,6 +629,19 @@ impl Client {
     }
 
     /// Rebuild the store's records from the fleet's containers.
+    /// The moves that even out the hosts' loads: made now, or only listed
+    /// (`dry_run`).
+    pub async fn rebalance(
+        &self,
+        dry_run: bool,
+    ) -> Result<Vec<viking_core::rebalance::Move>, ClientError> {
+        let path = format!("{}?dry_run={dry_run}", routes::REBALANCE);
+        self.clone()
+            .with_deadline(self.deadline.max(CLAIM_ALLOWANCE))
+            .json(Method::POST, &path, None)
+            .await
+    }
+
     pub async fn recover(&self, req: &RecoverRequest) -> Result<RecoverSummary, ClientError> {
         // It asks every live host for its containers, each within the
         // deadline.

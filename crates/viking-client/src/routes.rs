@@ -31,6 +31,9 @@ pub const HEALTH: &str = "/v1/health";
 /// `POST`: rebuild the store's records from the fleet's containers
 /// (`adopt=true`: also a store of another cluster).
 pub const RECOVER: &str = "/v1/recover";
+/// `POST`: the moves that even out the hosts' loads, made now
+/// (`dry_run=true`: only listed).
+pub const REBALANCE: &str = "/v1/rebalance";
 /// `GET` between servers: this host's containers with what they carry of
 /// their jobs.
 pub const INTERNAL_CONTAINERS: &str = "/v1/internal/containers";

@@ -17,6 +17,8 @@
 //! - a job being started on this host right now: leave it to the starter;
 //! - a copy of a job whose record names another host or container (the job
 //!   moved while this host was cut off): remove it, so exactly one copy runs;
+//!   while the record says the job is being started on the other host (a
+//!   move), a running copy is left until the new one runs (start-first);
 //! - a job in viking-proc without a record (the server died between start
 //!   and record): adopt it, writing its record;
 //! - a container no job claims (no record, not in viking-proc): leave it.
@@ -147,6 +149,9 @@ fn container_rules(v: &View, c: &Container, out: &mut Vec<Action>) {
     let in_proc = v.procs.contains(&c.job);
     match v.records.get(&c.job).map(|(r, _)| r) {
         Some(r) if r.node == v.node && r.status == Status::Starting => {}
+        // The job is being started elsewhere (moved by the leader): this
+        // copy keeps running until the new one does, start-first.
+        Some(r) if r.node != v.node && r.status == Status::Starting && in_proc && c.running => {}
         Some(r) if r.node == v.node && r.container_id == c.id => {
             if !in_proc && c.running {
                 out.push(Action::Stop {
@@ -309,6 +314,38 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_copy_runs_until_its_move_does_start_first() {
+        // The leader moved `a` to another host: while it starts there, the
+        // copy here keeps running; once it runs there, the copy goes.
+        let starting = view(
+            vec![c("a1", "a", "me", true, true)],
+            vec![rec("a", "other", "", Status::Starting, true)],
+            &["a"],
+        );
+        assert_eq!(plan(&starting), vec![]);
+        let moved = view(
+            vec![c("a1", "a", "me", true, true)],
+            vec![rec("a", "other", "a9", Status::Running, true)],
+            &["a"],
+        );
+        assert_eq!(
+            plan(&moved),
+            vec![Action::Remove {
+                id: "a1".into(),
+                job: "a".into(),
+                why: Removal::Stale
+            }]
+        );
+        // A stopped copy, or a job out of viking-proc, is not kept for it.
+        let stopped = view(
+            vec![c("a1", "a", "me", true, false)],
+            vec![rec("a", "other", "", Status::Starting, true)],
+            &["a"],
+        );
+        assert_eq!(plan(&stopped).len(), 1);
     }
 
     #[test]

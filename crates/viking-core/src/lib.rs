@@ -18,6 +18,7 @@ pub mod agent;
 pub mod job;
 pub mod keys;
 pub mod names;
+pub mod rebalance;
 pub mod reconcile;
 pub mod records;
 pub mod scheduler;

@@ -44,6 +44,12 @@ pub struct Policy {
     /// What a job without limits reserves on its host
     /// (`--reserve-memory`, `--reserve-cpus`).
     pub reserve: Reservation,
+    /// How many jobs the leader moves a minute to even out the hosts'
+    /// loads (`--rebalance-rate`; 0: `--rebalance off`).
+    pub rebalance_per_minute: u32,
+    /// How many more jobs the most loaded live host may run than the
+    /// least loaded before jobs move (`--rebalance-threshold`).
+    pub rebalance_threshold: u64,
 }
 
 /// What a job without limits reserves by default: 64 MiB, and no CPU (it
@@ -61,6 +67,8 @@ impl Default for Policy {
             stable_after_ms: 10_000,
             start_timeout_ms: 300_000,
             reserve: DEFAULT_RESERVE,
+            rebalance_per_minute: 10,
+            rebalance_threshold: 1,
         }
     }
 }

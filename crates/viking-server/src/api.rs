@@ -52,6 +52,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(routes::SERVICES, get(services))
         .route(routes::HEALTH, get(health))
         .route(routes::RECOVER, post(recover))
+        .route(routes::REBALANCE, post(rebalance))
         .route(routes::INTERNAL_CONTAINERS, get(internal_containers))
         .route(routes::INTERNAL_START, post(internal_start))
         .route(routes::INTERNAL_RESOLVE, post(internal_resolve))
@@ -415,6 +416,22 @@ async fn health(State(sh): State<Arc<Shared>>) -> ApiResult<Json<viking_client::
         cluster: sh.cluster_id(),
         held: standing.held(),
     }))
+}
+
+#[derive(Deserialize, Default)]
+struct RebalanceQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn rebalance(
+    State(sh): State<Arc<Shared>>,
+    Query(q): Query<RebalanceQuery>,
+) -> ApiResult<Json<Vec<viking_core::rebalance::Move>>> {
+    crate::standing::require_member(&sh).await?;
+    Ok(Json(
+        crate::reconciler::rebalance_now(&sh, q.dry_run).await?,
+    ))
 }
 
 async fn recover(

@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use viking_core::rebalance;
 use viking_core::reconcile::{self, Action, Snapshot};
 use viking_core::records::{encode, ProcRecord, PsRecord};
 use viking_core::{keys, Status};
@@ -69,6 +70,10 @@ pub struct InFlight {
     assigned: Option<BTreeMap<String, viking_core::records::AssignedRecord>>,
     /// The routes this leader last published (`None`: read them first).
     routes: Option<BTreeMap<String, viking_core::records::RouteRecord>>,
+    /// Moves rebalancing may make now, and when that was counted (ms):
+    /// `--rebalance-rate` a minute, at most a minute's worth at once.
+    rebalance_budget: f64,
+    rebalance_at: u64,
 }
 
 impl Default for InFlight {
@@ -82,6 +87,8 @@ impl Default for InFlight {
             settle_until: None,
             routes: None,
             assigned: None,
+            rebalance_budget: 0.0,
+            rebalance_at: 0,
         }
     }
 }
@@ -95,6 +102,27 @@ impl InFlight {
     /// Whether an action for `job` is in flight.
     pub fn has(&self, job: &str) -> bool {
         self.jobs.lock().is_ok_and(|j| j.contains(job))
+    }
+
+    /// Whether no action is in flight.
+    fn idle(&self) -> bool {
+        self.jobs.lock().is_ok_and(|j| j.is_empty())
+    }
+
+    /// How many moves rebalancing may make now, at `per_minute`.
+    fn rebalance_allowance(&mut self, now: u64, per_minute: u32) -> usize {
+        let cap = f64::from(per_minute);
+        let elapsed = now.saturating_sub(self.rebalance_at) as f64;
+        self.rebalance_budget = match self.rebalance_at {
+            0 => cap,
+            _ => (self.rebalance_budget + elapsed * cap / 60_000.0).min(cap),
+        };
+        self.rebalance_at = now;
+        self.rebalance_budget.floor() as usize
+    }
+
+    fn spend_rebalance(&mut self, moves: usize) {
+        self.rebalance_budget = (self.rebalance_budget - moves as f64).max(0.0);
     }
 
     /// Wait until every action in flight has ended (tests).
@@ -396,6 +424,7 @@ async fn reconcile_round_over(
     if !crate::standing::may_act(sh).await? {
         return Ok(None);
     }
+    let leading = held.is_some();
     let (claims, hosts, (procs, ps, revs)) = match held {
         Some(h) => h,
         // The placements counters first: a claim the records miss is
@@ -457,11 +486,23 @@ async fn reconcile_round_over(
     }
     drop(reads);
     let plan = reconcile::plan(&snap, &policy, now);
-    let actions: Vec<Action> = plan
+    let mut actions: Vec<Action> = plan
         .actions
         .into_iter()
         .filter(|a| !in_flight.has(a.job()))
         .collect();
+    // A converged fleet is rebalanced, a few moves a minute.
+    if leading && policy.rebalance_per_minute > 0 && actions.is_empty() && in_flight.idle() {
+        let allowed = in_flight.rebalance_allowance(now, policy.rebalance_per_minute);
+        if allowed > 0 {
+            let moves = rebalance::plan(&snap, &policy, now, policy.rebalance_threshold, allowed);
+            in_flight.spend_rebalance(moves.len());
+            for m in moves {
+                tracing::info!(job = %m.job, from = %m.from, to = %m.to, "rebalancing: {}", m.why);
+                actions.push(move_action(&snap, m));
+            }
+        }
+    }
     if !actions.is_empty() {
         tracing::info!(actions = actions.len(), "reconciling");
     }
@@ -501,6 +542,64 @@ async fn reconcile_round_over(
         (Some(w), Some(t)) => Some(w.min(t)),
         (w, t) => w.or(t),
     })
+}
+
+/// A rebalancing move as the start it is: the job started on the target
+/// with its counters, start-first (its old host keeps its copy until the
+/// new one runs).
+fn move_action(snap: &Snapshot, m: rebalance::Move) -> Action {
+    let ps = snap.ps.get(&m.job);
+    Action::Start {
+        restarts: ps.map_or(0, |p| p.restarts),
+        crash_streak: ps.map_or(0, |p| p.crash_streak),
+        job: m.job,
+        node: m.to,
+    }
+}
+
+/// `viking rebalance`: the moves that would even out the hosts' loads now,
+/// over the store as it is (any number, whatever the rate); made unless
+/// `dry_run`.
+pub async fn rebalance_now(
+    sh: &Arc<Shared>,
+    dry_run: bool,
+) -> Result<Vec<rebalance::Move>, ServerError> {
+    let (procs, ps, revs) = read_state(sh).await?;
+    let fleet = crate::placement::floki_hosts(sh).await?;
+    let hosts =
+        crate::placement::snapshot_over(&fleet, ps.values(), &procs, sh.config.policy.reserve);
+    let snap = Snapshot {
+        procs,
+        ps,
+        hosts,
+        histories: BTreeMap::new(),
+        settling: Default::default(),
+    };
+    let policy = sh.config.policy;
+    let moves = rebalance::plan(
+        &snap,
+        &policy,
+        now_ms(),
+        policy.rebalance_threshold,
+        usize::MAX,
+    );
+    if dry_run {
+        return Ok(moves);
+    }
+    for m in &moves {
+        let proc = snap.procs.iter().find(|p| p.job.name == m.job);
+        tracing::info!(job = %m.job, from = %m.from, to = %m.to, "rebalancing now: {}", m.why);
+        execute(
+            sh,
+            &snap,
+            proc,
+            &revs,
+            &fleet,
+            move_action(&snap, m.clone()),
+        )
+        .await?;
+    }
+    Ok(moves)
 }
 
 async fn read_state(

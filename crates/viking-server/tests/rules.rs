@@ -2181,6 +2181,146 @@ async fn replicas_run_apart_scale_and_share_one_route() {
         .all(|k| !k.contains("web")));
 }
 
+/// Jobs per host, as viking-ps says (running ones).
+async fn running_per_host(s: &TestServer) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for p in s.client.ps(false).await.unwrap_or_default() {
+        if p.status == "running" {
+            *out.entry(p.node).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// Two servers with eight jobs (a 2-replica service among them), then a
+/// third joins: `tweak` sets its rebalancing.
+async fn uneven_fleet(tweak: fn(&mut ServerConfig)) -> (Vec<TestServer>, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> =
+        EmbeddedStore::open(&dir.path().join("viking.redb"), "/viking").expect("store");
+    let mut hs = vec![TestServer::start_with("n1", store.clone(), dir, tweak).await];
+    hs.push(
+        TestServer::start_with(
+            "n2",
+            store.clone(),
+            tempfile::tempdir().expect("tempdir"),
+            tweak,
+        )
+        .await,
+    );
+    leader_of(&hs).await;
+    for i in 0..6 {
+        hs[0]
+            .run(&format!(
+                r#"{{"name":"j{i}","image":"busybox","daemonize":true}}"#
+            ))
+            .await
+            .expect("runs");
+    }
+    hs[0]
+        .run(r#"{"name":"web","image":"busybox","daemonize":true,"replicas":2}"#)
+        .await
+        .expect("web runs");
+    assert_eq!(
+        running_per_host(&hs[0])
+            .await
+            .values()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![4, 4]
+    );
+    hs.push(
+        TestServer::start_with(
+            "n3",
+            store.clone(),
+            tempfile::tempdir().expect("tempdir"),
+            tweak,
+        )
+        .await,
+    );
+    (hs, store)
+}
+
+/// Rebalancing (issue 18): with `--rebalance off`, a host that joins stays
+/// empty; `viking rebalance --dry-run` lists the moves and why, and
+/// `viking rebalance` makes them, start-first.
+#[tokio::test]
+async fn rebalance_dry_run_explains_and_rebalance_makes_the_moves() {
+    let (hs, _store) = uneven_fleet(|c| {
+        c.policy.stable_after_ms = 0;
+        c.policy.rebalance_per_minute = 0;
+        c.resync = Duration::from_secs(2);
+    })
+    .await;
+    let dry = hs[0].client.rebalance(true).await.expect("dry run");
+    assert_eq!(dry.len(), 2, "4/4/0 → 3/3/2: {dry:?}");
+    assert!(
+        dry.iter()
+            .all(|m| m.to == "n3" && m.why.contains("runs 4 jobs")),
+        "{dry:?}"
+    );
+    assert!(
+        dry[0].job.starts_with("web."),
+        "an instance spreads its service first: {dry:?}"
+    );
+    // Nothing moved by the dry run, nor by the leader.
+    assert_eq!(running_per_host(&hs[0]).await.get("n3"), None);
+    let made = hs[1].client.rebalance(false).await.expect("rebalance");
+    assert_eq!(made, dry);
+    viking_testkit::eventually_async(
+        "the moved jobs run on n3",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            let per = running_per_host(&hs[0]).await;
+            per.get("n3") == Some(&2) && per.values().sum::<usize>() == 8
+        },
+    )
+    .await;
+    // Start-first: each moved job's old copy is left to its agent, which
+    // removes it once the job runs on n3.
+    for m in &made {
+        let old = hs
+            .iter()
+            .find(|h| h.shared.config.name == m.from)
+            .expect("old host");
+        viking_testkit::eventually_async(
+            "the old copy is removed",
+            Duration::from_secs(40),
+            Duration::from_millis(50),
+            || async { old.containers_of(&m.job) == 0 },
+        )
+        .await;
+    }
+    assert!(hs[0]
+        .client
+        .rebalance(true)
+        .await
+        .expect("dry run")
+        .is_empty());
+}
+
+/// Rebalancing at the leader: a host that joins gets its share within the
+/// rate, without anyone asking.
+#[tokio::test]
+async fn the_leader_rebalances_a_host_that_joins() {
+    let (hs, _store) = uneven_fleet(|c| {
+        c.policy.stable_after_ms = 0;
+        c.policy.rebalance_per_minute = 600;
+    })
+    .await;
+    viking_testkit::eventually_async(
+        "n3 gets its share",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || async {
+            let per = running_per_host(&hs[0]).await;
+            per.get("n3") == Some(&2) && per.values().sum::<usize>() == 8
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_run_accepted_without_waiting_starts_after_the_answer_and_a_failed_start_is_retried() {
     let s = TestServer::start().await;

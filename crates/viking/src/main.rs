@@ -91,6 +91,11 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
             backoff_max_ms: secs(a.backoff_max, "--backoff-max")?.as_millis() as u64,
             start_timeout_ms: secs(a.start_timeout, "--start-timeout")?.as_millis() as u64,
             reserve: reservation(&a.reserve_memory, &a.reserve_cpus)?,
+            rebalance_per_minute: match a.rebalance {
+                viking_cli::OnOff::On => a.rebalance_rate,
+                viking_cli::OnOff::Off => 0,
+            },
+            rebalance_threshold: a.rebalance_threshold,
             ..Default::default()
         },
         peer_timeout: secs(a.peer_timeout, "--peer-timeout")?,

@@ -162,9 +162,11 @@ fn services_are_reached_through_embassy_wherever_they_run() {
     assert!(a.cli(["inspect", "x"]).status.code() == Some(1));
 }
 
-/// Replicas (issue 18) on a real cluster: three instances on three hosts,
-/// a client through embassy reaches all of them, and when one host dies
-/// its instance runs elsewhere while the client keeps being answered.
+/// Replicas and rebalancing (issue 18) on a real cluster: three instances
+/// on three hosts and six single jobs; a client through embassy reaches
+/// every instance; a host dies and its jobs run on the other two; it comes
+/// back and within a minute the spread is even again, with no failed
+/// request from the client after the first failover.
 #[test]
 fn a_service_with_replicas_is_balanced_by_embassy_and_survives_a_host() {
     let c = Cluster::start(
@@ -207,6 +209,18 @@ fn a_service_with_replicas_is_balanced_by_embassy_and_survives_a_host() {
             })
             .collect()
     };
+    for i in 0..6 {
+        n1.cli_ok([
+            "run",
+            "-d",
+            "--name",
+            &format!("single{i}"),
+            BUSYBOX,
+            "sleep",
+            "3600",
+        ])
+        .unwrap();
+    }
     let placed = where_(n1);
     let hosts: std::collections::BTreeSet<&String> = placed.values().collect();
     assert_eq!((placed.len(), hosts.len()), (3, 3), "{placed:?}");
@@ -255,17 +269,60 @@ fn a_service_with_replicas_is_balanced_by_embassy_and_survives_a_host() {
             now.len() == 3 && now.values().all(|h| h != victim.name())
         },
     );
-    let before = answers(n1).len();
+    let per_host = |n: &Node| -> std::collections::BTreeMap<String, usize> {
+        let ps = n.cli_json(["ps", "--json"]).unwrap();
+        let mut m = std::collections::BTreeMap::new();
+        for p in ps.as_array().unwrap() {
+            if p["status"] == "running" {
+                *m.entry(p["node"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+            }
+        }
+        m
+    };
+    eventually(
+        "every job runs on the two hosts left",
+        Duration::from_secs(60),
+        POLL,
+        || {
+            let m = per_host(n1);
+            m.values().sum::<usize>() == 10 && !m.contains_key(victim.name())
+        },
+    );
+    let after_failover = answers(n1).len();
     eventually(
         "the client is still answered",
         Duration::from_secs(15),
         POLL,
         || {
-            answers(n1)[before..]
+            answers(n1)[after_failover..]
                 .iter()
                 .filter(|a| a.len() == 12)
                 .count()
                 >= 5
         },
+    );
+
+    // The host comes back: rebalancing gives it its share within a minute.
+    victim.restart().unwrap();
+    eventually(
+        "the spread is even again",
+        Duration::from_secs(90),
+        POLL,
+        || {
+            let m = per_host(n1);
+            let lo = m.values().min().copied().unwrap_or(0);
+            let hi = m.values().max().copied().unwrap_or(0);
+            m.len() == 3 && m.values().sum::<usize>() == 10 && hi - lo <= 1
+        },
+    );
+    let failed: Vec<String> = answers(n1)[after_failover..]
+        .iter()
+        .filter(|a| a.len() != 12)
+        .cloned()
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "failed requests after the failover: {failed:?}"
     );
 }
