@@ -48,6 +48,12 @@ pub fn plan(
     if hosts.len() < 2 || snap.hosts.iter().any(|h| snap.settling.contains(&h.name)) {
         return out;
     }
+    // Even already (the usual case, each round): no look at the jobs.
+    let lo = hosts.iter().map(|h| h.running).min().unwrap_or(0);
+    let hi = hosts.iter().map(|h| h.running).max().unwrap_or(0);
+    if hi <= lo + threshold {
+        return out;
+    }
     // Services with an instance that does not run now: none of them moves.
     let mut busy: BTreeSet<&str> = BTreeSet::new();
     // Where each service's instances run.
