@@ -150,8 +150,14 @@ fn container_rules(v: &View, c: &Container, out: &mut Vec<Action>) {
     match v.records.get(&c.job).map(|(r, _)| r) {
         Some(r) if r.node == v.node && r.status == Status::Starting => {}
         // The job is being started elsewhere (moved by the leader): this
-        // copy keeps running until the new one does, start-first.
-        Some(r) if r.node != v.node && r.status == Status::Starting && in_proc && c.running => {}
+        // host's one running copy keeps running until the new one does,
+        // start-first.
+        Some(r)
+            if r.node != v.node
+                && r.status == Status::Starting
+                && in_proc
+                && c.running
+                && v.containers.iter().filter(|o| o.job == c.job).count() == 1 => {}
         Some(r) if r.node == v.node && r.container_id == c.id => {
             if !in_proc && c.running {
                 out.push(Action::Stop {

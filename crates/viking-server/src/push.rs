@@ -11,9 +11,14 @@
 //! untouched. Static jobs are never restarted by a push.
 //!
 //! On the job's host, a replacement keeps the old container until the new
-//! one has proved itself: the old one is stopped and renamed aside, the new
-//! one is created under the job's name; on failure the new one goes and the
-//! old one is renamed back and started. While it happens the job's
+//! one has proved itself, start-first: the old one is renamed aside and
+//! left running (stopped first only when the job publishes a fixed host
+//! port, which two containers cannot share), the new one is created under
+//! the job's name, and the old one is stopped and removed once the new one
+//! has settled; on failure the new one goes and the old one is renamed
+//! back (and started, if it was stopped). While the record says `starting`
+//! the instance is out of embassy's rotation, so a service with two or
+//! more instances, pushed one at a time, always answers. While it happens the job's
 //! viking-ps record says `starting`, which keeps the agent and the
 //! reconciler out of the way.
 
@@ -288,14 +293,27 @@ pub async fn replace_here(sh: &Shared, req: &ReplaceRequest) -> Result<PsRecord>
         "{name}.prev-{}",
         &old.container_id[..12.min(old.container_id.len())]
     );
+    // Start-first, unless the job publishes a fixed host port (two
+    // containers cannot both hold it): the old container keeps running,
+    // aside, until the new one has proved itself. Its instance is out of
+    // embassy's rotation meanwhile (its record says starting), so a
+    // service's other instances answer and none of its requests fails.
+    let start_first = !crate::placement::needs_host_ports(&proc.job);
     let outcome: Result<PsRecord> = async {
-        sh.runtime.stop(&old.container_id, 10).await?;
+        if !start_first {
+            sh.runtime.stop(&old.container_id, 10).await?;
+        }
         sh.runtime.rename(&old.container_id, &aside).await?;
         start_new(sh, &proc, req, &old, fence).await
     }
     .await;
     match outcome {
         Ok(new) => {
+            if start_first {
+                if let Err(e) = sh.runtime.stop(&old.container_id, 10).await {
+                    tracing::warn!(job = %name, "stopping the previous container: {e}");
+                }
+            }
             if let Err(e) = sh.runtime.remove(&old.container_id, true).await {
                 tracing::warn!(job = %name, "removing the previous container: {e}");
             }

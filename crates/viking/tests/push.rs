@@ -138,3 +138,139 @@ fn push_rolls_new_code_leaves_static_jobs_and_rolls_back_a_broken_image() {
         .unwrap();
     assert_eq!(all.lines().count(), 1, "{all}");
 }
+
+/// A push of a service with replicas (issue 18): one instance at a time,
+/// start-first, while a client loops on the service through embassy: not
+/// one request fails, and every instance ends on the new image.
+#[test]
+fn a_push_of_a_service_with_replicas_never_stops_answering() {
+    let c = cluster();
+    for n in c.nodes() {
+        n.docker_ok(["tag", "viking-test/busybox", APP]).unwrap();
+    }
+    let n1 = c.node(0);
+    new_version(&c, "mkdir -p /www && echo v1 > /www/index.html");
+    n1.cli_ok([
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "-p",
+        "8080",
+        APP,
+        "sh",
+        "-c",
+        "exec httpd -f -p 8080 -h /www",
+    ])
+    .unwrap();
+    n1.cli_ok([
+        "run", "-d", "--name", "cli", "--viking-host", n1.name(), "--link", "web",
+        "viking-test/busybox", "sh", "-c",
+        "while true; do wget -q -O- http://$WEB_PORT_8080_TCP_ADDR:$WEB_PORT_8080_TCP_PORT/ 2>&1 | sed 's/^/got /'; sleep 0.1; done",
+    ])
+    .unwrap();
+    let answers = |n: &Node| -> Vec<String> {
+        String::from_utf8_lossy(&n.cli(["logs", "cli"]).stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("got ").map(str::to_string))
+            .collect()
+    };
+    viking_testkit::eventually(
+        "the client is answered",
+        std::time::Duration::from_secs(20),
+        viking_testkit::POLL,
+        || {
+            let got = answers(n1);
+            if got.iter().filter(|a| *a == "v1").count() >= 5 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{got:?} {}",
+                    String::from_utf8_lossy(&n1.cli(["ps", "-a"]).stdout)
+                ))
+            }
+        },
+    );
+    let from = answers(n1).len();
+
+    new_version(&c, "echo v2 > /www/index.html");
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 1;
+    let o = n1.cli(["push", "--settle", "1"]);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(text.contains("2 restarted"), "{text}");
+    viking_testkit::eventually(
+        "the new version answers",
+        std::time::Duration::from_secs(20),
+        viking_testkit::POLL,
+        || answers(n1).iter().rev().take(5).all(|a| a == "v2"),
+    );
+    // Start-first, on each instance's host: the previous container (renamed
+    // aside) died only after the new one started.
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
+    let mut replaced = 0;
+    for n in c.nodes() {
+        let ev = n
+            .docker_ok([
+                "events",
+                "--since",
+                &since.to_string(),
+                "--until",
+                &until.to_string(),
+                "--filter",
+                "event=start",
+                "--filter",
+                "event=die",
+                "--format",
+                "{{.TimeNano}} {{.Status}} {{.Actor.Attributes.name}}",
+            ])
+            .unwrap();
+        let mut started = None;
+        for line in ev.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(t), Some(what), Some(name)) = (f.first(), f.get(1), f.get(2)) else {
+                continue;
+            };
+            let t: u128 = t.parse().unwrap();
+            match (*what, name.contains(".prev-")) {
+                ("start", false) if name.starts_with("web.") => started = Some(t),
+                ("die", true) => {
+                    let s = started
+                        .unwrap_or_else(|| panic!("{}: the old one died first: {ev}", n.name()));
+                    assert!(s <= t, "{}: {ev}", n.name());
+                    replaced += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(replaced, 2, "both instances replaced start-first");
+    let seen = answers(n1);
+    let failed: Vec<&String> = seen[from..]
+        .iter()
+        .filter(|a| *a != "v1" && *a != "v2")
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "failed requests during the push: {failed:?}"
+    );
+    assert!(
+        seen[from..].len() >= 20,
+        "the client kept asking: {}",
+        seen.len() - from
+    );
+}
