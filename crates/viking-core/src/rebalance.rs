@@ -297,6 +297,55 @@ mod tests {
         assert_eq!(plan(&s3, &Policy::default(), NOW, 1, 10), vec![]);
     }
 
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the fleet: moves go from a live host to another live
+        /// one, only of jobs that may move, at most the moves allowed and one
+        /// per service, and the spread is never wider after them.
+        #[test]
+        fn moves_only_what_may_move_and_never_widen_the_spread(
+            jobs in proptest::collection::vec((0u8..4, 0u8..4, any::<bool>(), any::<bool>(), 0u8..3), 0..30),
+            dead in proptest::option::of(0u8..4),
+            max in 0usize..8,
+        ) {
+            let hosts = ["n0", "n1", "n2", "n3"];
+            let mut list = Vec::new();
+            for (i, (h, kind, fixed, stat, svc)) in jobs.iter().enumerate() {
+                let host = hosts[*h as usize];
+                let j = match kind {
+                    0 => job(&format!(r#"{{"name":"s{svc}","image":"b","daemonize":true,"replicas":3}}"#)).instance(i as u32 + 1, 3),
+                    1 => job(&format!(r#"{{"name":"j{i}","image":"b","daemonize":true,"host":"{host}"}}"#)),
+                    _ => job(&format!(r#"{{"name":"j{i}","image":"b","daemonize":true,"fixed":{fixed},"static":{stat}}}"#)),
+                };
+                list.push((j, host));
+            }
+            let mut s = snap(&hosts, list);
+            if let Some(d) = dead {
+                s.hosts[d as usize].alive = false;
+            }
+            let moves = plan(&s, &Policy::default(), NOW, 1, max);
+            prop_assert!(moves.len() <= max);
+            let alive: BTreeSet<&str> = s.hosts.iter().filter(|h| h.alive).map(|h| h.name.as_str()).collect();
+            let mut services = BTreeSet::new();
+            for m in &moves {
+                let p = s.procs.iter().find(|p| p.job.name == m.job).unwrap();
+                prop_assert!(!p.job.fixed && !p.job.static_ && p.job.host.is_none(), "{m:?}");
+                prop_assert!(alive.contains(m.from.as_str()) && alive.contains(m.to.as_str()), "{m:?}");
+                prop_assert!(p.placed_on.as_deref() == Some(m.from.as_str()));
+                prop_assert!(services.insert(p.job.service_name().to_string()), "two of a service: {moves:?}");
+            }
+            let spread = |load: &BTreeMap<&str, i64>| load.values().max().copied().unwrap_or(0) - load.values().min().copied().unwrap_or(0);
+            let mut load: BTreeMap<&str, i64> = s.hosts.iter().filter(|h| h.alive).map(|h| (h.name.as_str(), h.running as i64)).collect();
+            let before = spread(&load);
+            for m in &moves {
+                *load.get_mut(m.from.as_str()).unwrap() -= 1;
+                *load.get_mut(m.to.as_str()).unwrap() += 1;
+            }
+            prop_assert!(spread(&load) <= before, "{moves:?}");
+        }
+    }
+
     impl Snapshot {
         fn clone_for_test(&self) -> Snapshot {
             Snapshot {
