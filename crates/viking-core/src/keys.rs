@@ -32,6 +32,10 @@ pub const REMOVED: &str = "removed/";
 /// embassy follows this prefix alone, so a change of a job that is not a
 /// service wakes no server but the leader.
 pub const ROUTES: &str = "routes/";
+/// `services/<name>`: a service run with replicas, written by each of its
+/// instances' claims and deleted with its last instance; a job of the
+/// service's own name is refused while it is there.
+pub const SERVICES: &str = "services/";
 
 /// Each host's jobs: `assigned/<host>` holds an
 /// [`crate::records::AssignedRecord`], the jobs whose viking-ps record
@@ -63,6 +67,10 @@ pub fn fleet(name: &str) -> String {
 
 pub fn removed(job: &str, container_id: &str) -> String {
     format!("{REMOVED}{job}/{container_id}")
+}
+
+pub fn service(name: &str) -> String {
+    format!("{SERVICES}{name}")
 }
 
 pub fn placements(host: &str) -> String {

@@ -508,9 +508,21 @@ pub async fn remove(sh: &Shared, name: &str, force: bool, volumes: bool) -> Resu
 /// Free the ambassador ports of a removed job's service: its own, or, for
 /// an instance, the service's once no other instance is left.
 async fn release_ports(sh: &Shared, name: &str, proc: Option<&ProcRecord>) -> Result<()> {
-    let service = proc.map_or(name, |p| p.job.service_name());
-    if service != name && !instances_of(sh, service).await?.is_empty() {
-        return Ok(());
+    // An instance that was stopped has no proc record left: its name says
+    // its service, if that service is one.
+    let by_name = match name.rsplit_once('.') {
+        Some((s, k)) if k.parse::<u32>().is_ok() => {
+            sh.store.get(&keys::service(s)).await?.map(|_| s)
+        }
+        _ => None,
+    };
+    let service = proc.map_or(by_name.unwrap_or(name), |p| p.job.service_name());
+    if service != name {
+        if !instances_of(sh, service).await?.is_empty() {
+            return Ok(());
+        }
+        // The last instance: the name is free again.
+        sh.store.delete(&keys::service(service)).await?;
     }
     state::release_ports(sh.store.as_ref(), service).await
 }
@@ -532,11 +544,27 @@ pub async fn instances_named(sh: &Shared, name: &str) -> Result<Vec<String>> {
     {
         return Ok(Vec::new());
     }
-    Ok(instances_of(sh, name)
+    let mut names: BTreeSet<String> = instances_of(sh, name)
         .await?
         .into_iter()
         .map(|p| p.job.name)
-        .collect())
+        .collect();
+    // Stopped instances (out of viking-proc, still in viking-ps), while the
+    // service's name is held.
+    if sh.store.get(&keys::service(name)).await?.is_some() {
+        let prefix = format!("{name}.");
+        let (kvs, _) = sh.store.list(&keys::ps(&prefix)).await?;
+        names.extend(
+            kvs.iter()
+                .filter_map(|kv| keys::name_of(keys::PS, &kv.key))
+                .filter(|n| {
+                    n.strip_prefix(&prefix)
+                        .is_some_and(|k| k.parse::<u32>().is_ok())
+                })
+                .map(str::to_string),
+        );
+    }
+    Ok(names.into_iter().collect())
 }
 
 /// `k` of instance `NAME.k`.

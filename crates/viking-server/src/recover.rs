@@ -162,6 +162,14 @@ pub async fn recover(sh: &Shared, req: &RecoverRequest) -> Result<RecoverSummary
                 lease: None,
             });
         }
+        if let Some(service) = &c.job.service {
+            // The service's name, held again.
+            ops.push(Op::Put {
+                key: keys::service(service),
+                value: Vec::new(),
+                lease: None,
+            });
+        }
         for (cport, aport) in &c.ambassador {
             // A service's instances share its ports.
             let key = keys::ambassador_port(c.job.service_name(), *cport);

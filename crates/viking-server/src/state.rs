@@ -452,6 +452,9 @@ pub async fn claim_daemon(store: &dyn Store, c: DaemonClaim<'_>) -> Result<Claim
         if service != name {
             // No job of the service's own name: the name is the service's.
             compares.push(Compare::Absent(keys::proc(service)));
+        } else {
+            // Nor a job named after a service with replicas.
+            compares.push(Compare::Absent(keys::service(name)));
         }
         compares.extend(plan.compares);
         if let Some(id) = &c.cluster {
@@ -482,6 +485,13 @@ pub async fn claim_daemon(store: &dyn Store, c: DaemonClaim<'_>) -> Result<Claim
             value: encode(&rec)?,
             lease: None,
         });
+        if service != name {
+            ops.push(Op::Put {
+                key: keys::service(service),
+                value: Vec::new(),
+                lease: None,
+            });
+        }
         let r = store.txn(compares, ops, vec![]).await?;
         if r.succeeded {
             return Ok(Claimed::Yes(r.revision));
@@ -497,6 +507,9 @@ pub async fn claim_daemon(store: &dyn Store, c: DaemonClaim<'_>) -> Result<Claim
         }
         if service != name && name_in_use(store, service).await? {
             return Err(taken(service));
+        }
+        if service == name && store.get(&keys::service(name)).await?.is_some() {
+            return Err(taken(name));
         }
         if let Some(g) = &c.guard {
             let now = store

@@ -2144,8 +2144,14 @@ async fn replicas_run_apart_scale_and_share_one_route() {
             "{gone}"
         );
     }
-    // The service's name is taken; a plain job cannot scale.
+    // The service's name is taken, by a service or a job; a plain job
+    // cannot scale.
     let e = asker.run(doc).await.expect_err("the name is taken");
+    assert!(e.to_string().contains("web"), "{e}");
+    let e = asker
+        .run(r#"{"name":"web","image":"busybox","daemonize":true}"#)
+        .await
+        .expect_err("a job of the service's name");
     assert!(e.to_string().contains("web"), "{e}");
     asker
         .run(r#"{"name":"plain","image":"busybox","daemonize":true}"#)
@@ -2172,13 +2178,24 @@ async fn replicas_run_apart_scale_and_share_one_route() {
         .iter()
         .all(|k| !k.contains("db")));
 
-    // The service's name stops every instance.
+    // The service's name stops every instance; removed, its name is free.
     asker.client.stop("web", 1).await.expect("stop web");
     assert!(asker
         .keys(keys::PROC)
         .await
         .iter()
         .all(|k| !k.contains("web")));
+    asker.client.rm("web", true).await.expect("rm web");
+    assert!(asker.keys(keys::SERVICES).await.is_empty());
+    assert!(asker
+        .keys(keys::PS)
+        .await
+        .iter()
+        .all(|k| !k.contains("web")));
+    asker
+        .run(r#"{"name":"web","image":"busybox","daemonize":true}"#)
+        .await
+        .expect("the name is free again");
 }
 
 /// Jobs per host, as viking-ps says (running ones).
