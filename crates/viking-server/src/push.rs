@@ -12,8 +12,9 @@
 //!
 //! On the job's host, a replacement keeps the old container until the new
 //! one has proved itself, start-first: the old one is renamed aside and
-//! left running (stopped first only when the job publishes a fixed host
-//! port, which two containers cannot share), the new one is created under
+//! left running (stopped first only when the job has volumes, whose data
+//! two processes must never share, or publishes a fixed host port, which
+//! two containers cannot hold), the new one is created under
 //! the job's name, and the old one is stopped and removed once the new one
 //! has settled; on failure the new one goes and the old one is renamed
 //! back (and started, if it was stopped). While the record says `starting`
@@ -293,12 +294,13 @@ pub async fn replace_here(sh: &Shared, req: &ReplaceRequest) -> Result<PsRecord>
         "{name}.prev-{}",
         &old.container_id[..12.min(old.container_id.len())]
     );
-    // Start-first, unless the job publishes a fixed host port (two
-    // containers cannot both hold it): the old container keeps running,
-    // aside, until the new one has proved itself. Its instance is out of
-    // embassy's rotation meanwhile (its record says starting), so a
-    // service's other instances answer and none of its requests fails.
-    let start_first = !crate::placement::needs_host_ports(&proc.job);
+    // Start-first, unless the job has volumes (two processes must never
+    // share its data) or publishes a fixed host port (two containers
+    // cannot both hold it): the old container keeps running, aside, until
+    // the new one has proved itself. Its instance is out of embassy's
+    // rotation meanwhile (its record says starting), so a service's other
+    // instances answer and none of its requests fails.
+    let start_first = proc.job.volumes.is_empty() && !crate::placement::needs_host_ports(&proc.job);
     let outcome: Result<PsRecord> = async {
         if !start_first {
             sh.runtime.stop(&old.container_id, 10).await?;

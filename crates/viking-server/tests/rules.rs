@@ -590,6 +590,54 @@ async fn a_push_replaces_a_job_whose_image_changed() {
     assert_eq!(s.containers_of("app"), 1, "the old container is removed");
 }
 
+/// A push is start-first (the old container stopped only after the new
+/// one was created and started) except for a job with volumes, whose data
+/// two processes must never share: stopped first.
+#[tokio::test]
+async fn a_push_starts_the_new_container_first_unless_the_job_has_volumes() {
+    use viking_docker::fake::Call;
+    let s = TestServer::start().await;
+    for doc in [
+        r#"{"name":"app","image":"busybox","daemonize":true}"#,
+        r#"{"name":"db","image":"busybox","daemonize":true,"volumes":["/data"]}"#,
+    ] {
+        s.run(doc).await.expect("run");
+    }
+    let ids: std::collections::BTreeMap<String, String> = ["app", "db"]
+        .iter()
+        .map(|j| {
+            let id = s
+                .engine
+                .containers()
+                .into_iter()
+                .find(|c| {
+                    c.spec
+                        .labels
+                        .get(viking_docker::LABEL_JOB)
+                        .map(String::as_str)
+                        == Some(*j)
+                })
+                .expect("its container")
+                .id;
+            (j.to_string(), id)
+        })
+        .collect();
+    s.engine.clear_calls();
+    s.engine.add_image("busybox");
+    let summary = push(&s, push_request()).await;
+    assert_eq!(summary.restarted.len(), 2, "{summary:?}");
+    let calls = s.engine.calls();
+    let at = |f: &dyn Fn(&Call) -> bool| calls.iter().position(f);
+    for (job, start_first) in [("app", true), ("db", false)] {
+        let old = &ids[job];
+        let stopped =
+            at(&|c| matches!(c, Call::Stop { id, .. } if id == old)).expect("old stopped");
+        let created = at(&|c| matches!(c, Call::Create(spec) if spec.labels.get(viking_docker::LABEL_JOB).map(String::as_str) == Some(job)))
+            .expect("new created");
+        assert_eq!(created < stopped, start_first, "{job}: {calls:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_push_whose_new_version_fails_rolls_back() {
     let (s, old) = running_app().await;
