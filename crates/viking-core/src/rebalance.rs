@@ -57,7 +57,7 @@ pub fn plan(
     // Services with an instance that does not run now: none of them moves.
     let mut busy: BTreeSet<&str> = BTreeSet::new();
     // Where each service's instances run.
-    let mut placed: BTreeMap<&str, BTreeMap<&str, &str>> = BTreeMap::new();
+    let mut placed: BTreeMap<&str, BTreeMap<&str, String>> = BTreeMap::new();
     for p in &snap.procs {
         let service = p.job.service_name();
         let running = snap
@@ -69,7 +69,7 @@ pub fn plan(
                 placed
                     .entry(service)
                     .or_default()
-                    .insert(p.job.name.as_str(), r.node.as_str());
+                    .insert(p.job.name.as_str(), r.node.clone());
             }
             None => {
                 busy.insert(service);
@@ -144,7 +144,7 @@ pub fn plan(
         let service = p.job.service_name();
         moved.insert(service);
         if let Some(m) = placed.get_mut(service) {
-            m.insert(name, snap_name(snap, &to.name));
+            m.insert(name, to.name.clone());
         }
         out.push(Move {
             job: name.to_string(),
@@ -154,14 +154,6 @@ pub fn plan(
         });
     }
     out
-}
-
-/// `name` as the snapshot's own string (its lifetime).
-fn snap_name<'a>(snap: &'a Snapshot, name: &str) -> &'a str {
-    snap.hosts
-        .iter()
-        .find(|h| h.name == name)
-        .map_or("", |h| h.name.as_str())
 }
 
 #[cfg(test)]

@@ -532,16 +532,15 @@ pub async fn instances_of(sh: &Shared, service: &str) -> Result<Vec<ProcRecord>>
     let mut found: Vec<ProcRecord> =
         state::list(sh.store.as_ref(), &keys::proc(&format!("{service}."))).await?;
     found.retain(|p| p.job.service.as_deref() == Some(service));
-    found.sort_by_key(|p| instance_number(&p.job));
+    found.sort_by_key(|p| instance_number(&p.job.name));
     Ok(found)
 }
 
 /// The instances a name stands for: the instances of the service of that
 /// name when no job has the name itself; none otherwise.
 pub async fn instances_named(sh: &Shared, name: &str) -> Result<Vec<String>> {
-    if state::proc(sh.store.as_ref(), name).await?.is_some()
-        || state::ps(sh.store.as_ref(), name).await?.is_some()
-    {
+    // Only a service with replicas holds its name; no job has it then.
+    if sh.store.get(&keys::service(name)).await?.is_none() {
         return Ok(Vec::new());
     }
     let mut names: BTreeSet<String> = instances_of(sh, name)
@@ -549,28 +548,24 @@ pub async fn instances_named(sh: &Shared, name: &str) -> Result<Vec<String>> {
         .into_iter()
         .map(|p| p.job.name)
         .collect();
-    // Stopped instances (out of viking-proc, still in viking-ps), while the
-    // service's name is held.
-    if sh.store.get(&keys::service(name)).await?.is_some() {
-        let prefix = format!("{name}.");
-        let (kvs, _) = sh.store.list(&keys::ps(&prefix)).await?;
-        names.extend(
-            kvs.iter()
-                .filter_map(|kv| keys::name_of(keys::PS, &kv.key))
-                .filter(|n| {
-                    n.strip_prefix(&prefix)
-                        .is_some_and(|k| k.parse::<u32>().is_ok())
-                })
-                .map(str::to_string),
-        );
-    }
+    // Stopped instances: out of viking-proc, still in viking-ps.
+    let prefix = format!("{name}.");
+    let (kvs, _) = sh.store.list(&keys::ps(&prefix)).await?;
+    names.extend(
+        kvs.iter()
+            .filter_map(|kv| keys::name_of(keys::PS, &kv.key))
+            .filter(|n| {
+                n.strip_prefix(&prefix)
+                    .is_some_and(|k| k.parse::<u32>().is_ok())
+            })
+            .map(str::to_string),
+    );
     Ok(names.into_iter().collect())
 }
 
 /// `k` of instance `NAME.k`.
-fn instance_number(job: &Job) -> u32 {
-    job.name
-        .rsplit_once('.')
+fn instance_number(name: &str) -> u32 {
+    name.rsplit_once('.')
         .and_then(|(_, k)| k.parse().ok())
         .unwrap_or(0)
 }
@@ -585,15 +580,32 @@ pub async fn run_replicas(
     wait: bool,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<RunResponse> {
-    if state::proc(sh.store.as_ref(), &service.name)
-        .await?
-        .is_some()
-        || !instances_of(sh, &service.name).await?.is_empty()
-    {
+    // A job of the service's name is refused by each claim's transaction;
+    // a service of that name holds its name.
+    if sh.store.get(&keys::service(&service.name)).await?.is_some() {
         return Err(state::taken(&service.name));
     }
+    let states = start_instances(sh, instances, Vec::new(), wait, progress).await?;
+    Ok(RunResponse {
+        job: service,
+        ps: states.first().cloned(),
+        waiting: None,
+        instances: states,
+    })
+}
+
+/// Claim `instances` one after the other, each placed apart from `hosts`
+/// (where its siblings are) and from the ones claimed before it, then
+/// start them together (or, without `wait`, accept them and start them
+/// after); their records.
+async fn start_instances(
+    sh: &Shared,
+    instances: Vec<Job>,
+    mut hosts: Vec<String>,
+    wait: bool,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<Vec<JobState>> {
     let mut claimed = Vec::with_capacity(instances.len());
-    let mut hosts: Vec<String> = Vec::new();
     for job in instances {
         let claim = claim_daemon_apart(sh, &job, &hosts).await?;
         if let Some(h) = claim.host(sh) {
@@ -616,12 +628,7 @@ pub async fn run_replicas(
     for r in started {
         states.extend(r?.ps);
     }
-    Ok(RunResponse {
-        job: service,
-        ps: states.first().cloned(),
-        waiting: None,
-        instances: states,
-    })
+    Ok(states)
 }
 
 /// Scale `service` to `replicas` instances: new ones placed apart from the
@@ -643,39 +650,30 @@ pub async fn scale(sh: &Shared, service: &str, replicas: u32) -> Result<RunRespo
         });
     };
     let template = first.job.clone();
-    let have: BTreeSet<u32> = now.iter().map(|p| instance_number(&p.job)).collect();
-    for p in now.iter().filter(|p| instance_number(&p.job) > replicas) {
+    let (kept, gone): (Vec<&ProcRecord>, Vec<&ProcRecord>) = now
+        .iter()
+        .partition(|p| instance_number(&p.job.name) <= replicas);
+    for p in gone {
         remove(sh, &p.job.name, true, false).await?;
     }
-    let mut hosts: Vec<String> = now
-        .iter()
-        .filter(|p| instance_number(&p.job) <= replicas)
-        .filter_map(|p| p.placed_on.clone())
+    let have: BTreeSet<u32> = kept.iter().map(|p| instance_number(&p.job.name)).collect();
+    let hosts = kept.iter().filter_map(|p| p.placed_on.clone()).collect();
+    let new = (1..=replicas)
+        .filter(|k| !have.contains(k))
+        .map(|k| template.instance(k, replicas))
         .collect();
-    let mut claimed = Vec::new();
-    for k in (1..=replicas).filter(|k| !have.contains(k)) {
-        let job = template.instance(k, replicas);
-        let claim = claim_daemon_apart(sh, &job, &hosts).await?;
-        if let Some(h) = claim.host(sh) {
-            hosts.push(h);
-        }
-        claimed.push((job, claim));
-    }
-    let started = futures::future::join_all(
-        claimed
-            .into_iter()
-            .map(|(job, claim)| run_claimed(sh, job, claim, &|_| {})),
-    )
-    .await;
-    for r in started {
-        r?;
-    }
-    let mut states = Vec::new();
-    for p in instances_of(sh, service).await? {
-        if let Some((rec, _)) = state::ps(sh.store.as_ref(), &p.job.name).await? {
-            states.push(JobState::from(&rec));
-        }
-    }
+    let mut states = start_instances(sh, new, hosts, true, &|_| {}).await?;
+    // The kept instances' records, in one read.
+    let kept: BTreeSet<&str> = kept.iter().map(|p| p.job.name.as_str()).collect();
+    let records: Vec<PsRecord> =
+        state::list(sh.store.as_ref(), &keys::ps(&format!("{service}."))).await?;
+    states.extend(
+        records
+            .iter()
+            .filter(|r| kept.contains(r.job.as_str()))
+            .map(JobState::from),
+    );
+    states.sort_by_key(|s| instance_number(&s.job));
     Ok(RunResponse {
         job: template.instance(1, replicas),
         ps: states.first().cloned(),

@@ -1934,6 +1934,13 @@ async fn a_resync_finds_a_vanished_container_through_the_leaders_index() {
 }
 
 /// The server that leads once its placer is in place.
+/// A server of `hs` that is not `leader`.
+fn follower<'a>(hs: &'a [TestServer], leader: &TestServer) -> &'a TestServer {
+    hs.iter()
+        .find(|h| h.shared.config.name != leader.shared.config.name)
+        .expect("a follower")
+}
+
 async fn leader_of(hs: &[TestServer]) -> &TestServer {
     let i = viking_testkit::eventually_async(
         "a leader places runs",
@@ -2047,10 +2054,7 @@ async fn limits_reach_the_container_and_a_job_too_big_for_every_host_names_each_
     // Three fake engines of 4 CPUs and 8 GiB each.
     let hs = hosts(3).await;
     let leader = leader_of(&hs).await;
-    let asker = hs
-        .iter()
-        .find(|h| h.shared.config.name != leader.shared.config.name)
-        .expect("a follower");
+    let asker = follower(&hs, leader);
     let mut homes = std::collections::BTreeSet::new();
     for i in 0..3 {
         let doc = format!(
@@ -2133,10 +2137,7 @@ async fn limits_reach_the_container_and_a_job_too_big_for_every_host_names_each_
 async fn replicas_run_apart_scale_and_share_one_route() {
     let hs = hosts(3).await;
     let leader = leader_of(&hs).await;
-    let asker = hs
-        .iter()
-        .find(|h| h.shared.config.name != leader.shared.config.name)
-        .expect("a follower");
+    let asker = follower(&hs, leader);
     // Two hosts busy, one idle: by load alone every instance would go to
     // the idle one.
     for (i, h) in ["n2", "n3"].iter().cycle().take(6).enumerate() {

@@ -15,6 +15,18 @@ fn out(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+fn cluster() -> Cluster {
+    Cluster::start(
+        3,
+        ClusterOpts {
+            viking_bin: Some(env!("CARGO_BIN_EXE_viking").into()),
+            server_args: ["--host-ttl", "2"].map(String::from).to_vec(),
+            ..Default::default()
+        },
+    )
+    .expect("cluster")
+}
+
 fn pongs(n: &Node, job: &str) -> usize {
     out(&n.cli(["logs", job]))
         .lines()
@@ -24,15 +36,7 @@ fn pongs(n: &Node, job: &str) -> usize {
 
 #[test]
 fn services_are_reached_through_embassy_wherever_they_run() {
-    let c = Cluster::start(
-        3,
-        ClusterOpts {
-            viking_bin: Some(env!("CARGO_BIN_EXE_viking").into()),
-            server_args: ["--host-ttl", "2"].map(String::from).to_vec(),
-            ..Default::default()
-        },
-    )
-    .expect("cluster");
+    let c = cluster();
     let n1 = c.node(0);
     // The service: two replicas of nothing but itself; httpd answers "pong".
     n1.cli_ok([
@@ -169,15 +173,7 @@ fn services_are_reached_through_embassy_wherever_they_run() {
 /// request from the client after the first failover.
 #[test]
 fn a_service_with_replicas_is_balanced_by_embassy_and_survives_a_host() {
-    let c = Cluster::start(
-        3,
-        ClusterOpts {
-            viking_bin: Some(env!("CARGO_BIN_EXE_viking").into()),
-            server_args: ["--host-ttl", "2"].map(String::from).to_vec(),
-            ..Default::default()
-        },
-    )
-    .expect("cluster");
+    let c = cluster();
     let n1 = c.node(0);
     // Each instance answers with its container's hostname.
     n1.cli_ok([

@@ -22,6 +22,13 @@ fn cluster() -> Cluster {
     .expect("start a 3-node cluster")
 }
 
+/// The app image, version 0: busybox under the app's tag on every node.
+fn tag_app(c: &Cluster) {
+    for n in c.nodes() {
+        n.docker_ok(["tag", "viking-test/busybox", APP]).unwrap();
+    }
+}
+
 /// Build a new version of the app image on every node: `script` runs in a
 /// container of the current version, which is committed under the same tag.
 fn new_version(c: &Cluster, script: &str) {
@@ -52,9 +59,7 @@ fn records(n: &Node) -> BTreeMap<String, Value> {
 #[test]
 fn push_rolls_new_code_leaves_static_jobs_and_rolls_back_a_broken_image() {
     let c = cluster();
-    for n in c.nodes() {
-        n.docker_ok(["tag", "viking-test/busybox", APP]).unwrap();
-    }
+    tag_app(&c);
     let n1 = c.node(0);
     for (name, extra) in [("a1", None), ("a2", None), ("db", Some("--static"))] {
         let mut args = vec!["run", "-d", "--name", name];
@@ -145,9 +150,7 @@ fn push_rolls_new_code_leaves_static_jobs_and_rolls_back_a_broken_image() {
 #[test]
 fn a_push_of_a_service_with_replicas_never_stops_answering() {
     let c = cluster();
-    for n in c.nodes() {
-        n.docker_ok(["tag", "viking-test/busybox", APP]).unwrap();
-    }
+    tag_app(&c);
     let n1 = c.node(0);
     new_version(&c, "mkdir -p /www && echo v1 > /www/index.html");
     n1.cli_ok([
