@@ -2,7 +2,7 @@
 # What the machine needs before viking builds or its tests run, in one place.
 #
 #   scripts/prereqs.sh build   # protoc and protobuf's include files (the etcd client's build script)
-#   scripts/prereqs.sh run     # build + a static busybox (the first job's image)
+#   scripts/prereqs.sh run     # build + a static busybox (the first job's image) and conntrack
 #   scripts/prereqs.sh test    # run + etcd and etcdctl (a real store) and debootstrap (the node image)
 #
 # Where apt-get exists (Debian, Ubuntu) the missing packages are installed, nothing else.
@@ -52,6 +52,8 @@ need "protoc" protobuf-compiler command -v "${PROTOC:-protoc}"
 need "protobuf's include files (google/protobuf/*.proto)" libprotobuf-dev has_proto_includes
 if [ "$level" != build ]; then
     need "a static busybox" busybox-static has_static_busybox
+    # embassy's kernel path forgets connections opening towards a removed endpoint.
+    need "conntrack" conntrack command -v conntrack
 fi
 if [ "$level" = test ]; then
     need "etcd" etcd-server command -v "${VIKING_TEST_ETCD:-etcd}"

@@ -19,7 +19,7 @@ APPLETS=(sh ash cat echo tr rev sleep nc httpd env true false hostname wc head t
     touch ln stat tee xargs timeout uname whoami awk expr basename dirname sync md5sum
     sha256sum ip ifconfig ping)
 
-NODE_PACKAGES=docker.io,iptables,ca-certificates,etcd-server,etcd-client,procps,iproute2,curl
+NODE_PACKAGES=docker.io,iptables,conntrack,ca-certificates,etcd-server,etcd-client,procps,iproute2,curl
 
 want_node=0
 for arg in "$@"; do
@@ -80,7 +80,9 @@ fi
 
 # --- node image ----------------------------------------------------------------------
 if [ "$want_node" -eq 1 ]; then
-    if docker image inspect "$NODE_IMAGE" >/dev/null 2>&1; then
+    # An image made from another package list is made again.
+    have=$(docker image inspect -f '{{index .Config.Labels "viking.node-packages"}}' "$NODE_IMAGE" 2>/dev/null || true)
+    if [ "$have" = "$NODE_PACKAGES" ]; then
         log "$NODE_IMAGE present"
     else
         start=$(date +%s)
@@ -99,7 +101,7 @@ if [ "$want_node" -eq 1 ]; then
         log "importing $NODE_IMAGE"
         tar --numeric-owner -C "$root" -c . |
             docker import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-                - "$NODE_IMAGE" >/dev/null
+                -c "LABEL viking.node-packages=$NODE_PACKAGES" - "$NODE_IMAGE" >/dev/null
         rm -rf "$root"
         trap - EXIT
         log "$NODE_IMAGE ready in $(($(date +%s) - start)) s"

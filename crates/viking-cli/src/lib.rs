@@ -260,6 +260,11 @@ pub struct ServerArgs {
     /// Where embassy listens (default: Docker's bridge gateway).
     #[arg(long, env = "VIKING_EMBASSY_BIND")]
     pub embassy_bind: Option<std::net::IpAddr>,
+    /// How embassy forwards: `kernel` (netfilter rules: no byte passes
+    /// through a process) or `proxy` (embassy's own proxy). Default: the
+    /// kernel where this host allows it, else the proxy.
+    #[arg(long, env = "VIKING_EMBASSY_MODE", value_parser = ["kernel", "proxy"])]
+    pub embassy_mode: Option<String>,
     /// Connections embassy serves at once on one ambassador port; more are
     /// closed at once.
     #[arg(long, env = "VIKING_EMBASSY_MAX_CONNECTIONS", default_value_t = 1024)]

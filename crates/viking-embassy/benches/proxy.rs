@@ -9,13 +9,17 @@
 //! runs per path, median reported; default 3), `EMBASSY_BENCH_BUFFER`
 //! (embassy buffer/pipe size, default 256 KiB), `EMBASSY_BENCH_PATHS`
 //! (comma-separated prefixes of the paths to run, e.g. `direct,embassy`).
+//!
+//! The kernel path (`embassy (kernel ...)`, issue 19) writes embassy's
+//! netfilter rules on this host for 127.0.0.2 and removes them at the end:
+//! it needs root and iptables, and is left out (with a line) otherwise.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use viking_embassy::{Config, CopyMode, Embassy, Route, RoutingTable};
+use viking_embassy::{Config, CopyMode, Embassy, Kernel, Route, RoutingTable};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -281,6 +285,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         paths.push((name, SocketAddr::new(LOCALHOST, port)));
         embassies.push(embassy);
     }
+    // The kernel path: netfilter rules on this host (root only), for
+    // connections to 127.0.0.2:port, translated to the server on
+    // 127.0.0.1. Removed again at the end.
+    let mut kernel = None;
+    let kernel_path = "embassy (kernel: netfilter DNAT)";
+    if wanted(kernel_path) {
+        let port = free_port()?;
+        let bind = Ipv4Addr::new(127, 0, 0, 2);
+        match rt.block_on(Kernel::probe(IpAddr::V4(bind), (port, port))) {
+            Ok(k) => {
+                let table = RoutingTable::new().with(port, Route::new("bench", 80, [server]));
+                rt.block_on(k.apply(&table))?;
+                paths.push((
+                    kernel_path.to_owned(),
+                    SocketAddr::new(IpAddr::V4(bind), port),
+                ));
+                kernel = Some(k);
+            }
+            Err(e) => eprintln!("the kernel path not run: {e}"),
+        }
+    }
     let mut children = Vec::new();
     if wanted("socat") {
         match start_socat(server) {
@@ -309,6 +334,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     for embassy in embassies {
         rt.block_on(embassy.shutdown());
+    }
+    if let Some(k) = kernel {
+        rt.block_on(k.remove())?;
     }
     let rows = rows?;
 

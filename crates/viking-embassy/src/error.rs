@@ -19,6 +19,24 @@ pub enum Error {
     /// `apply` was called after `shutdown`.
     #[error("embassy is shut down")]
     ShutDown,
+    /// This host cannot have the kernel path (no iptables, no right to
+    /// change the nat table, an address that is not IPv4).
+    #[error("the kernel path is not available here: {0}")]
+    KernelUnavailable(String),
+    /// A netfilter tool could not be run.
+    #[error("cannot run {command}: {source}")]
+    Command {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A netfilter tool ran and failed.
+    #[error("{command} failed (exit {status:?}): {stderr}")]
+    Netfilter {
+        command: String,
+        status: Option<i32>,
+        stderr: String,
+    },
 }
 
 /// `Result` with embassy's [`Error`].

@@ -12,6 +12,9 @@
 //! - [`config`]: the tunables (`Config`, `CopyMode`), plain data;
 //! - [`embassy`]: the running ambassador: listeners, `apply`, `shutdown`,
 //!   stats (`Embassy`, `ApplyReport`);
+//! - [`kernel`]: the kernel path (`--embassy-mode kernel`): the same
+//!   table written as netfilter rules of viking's own chains, in one
+//!   `iptables-restore` transaction (`Kernel`, `render`);
 //! - `route`: the runtime state of one served route (endpoints watched by
 //!   its connections, round-robin cursor, counters);
 //! - `listener`: one accept loop per ambassador port, with its connection
@@ -35,6 +38,7 @@
 //!   `shutdown`;
 //! - `forward` -> `route`, `config`, `buffer`, `splice`, `stats`, `shutdown`;
 //! - `route` -> `table`, `stats`;
+//! - `kernel` -> `table`, `error`;
 //! - `config`, `table`, `stats`, `error`, `shutdown`, `splice`, `buffer`:
 //!   none.
 //!
@@ -47,6 +51,7 @@ pub mod config;
 pub mod embassy;
 pub mod error;
 mod forward;
+pub mod kernel;
 mod listener;
 mod route;
 mod shutdown;
@@ -59,5 +64,6 @@ pub use config::{
 };
 pub use embassy::{ApplyReport, Embassy, PortFailure};
 pub use error::{Error, Result};
+pub use kernel::{Kernel, KernelSpec};
 pub use stats::RouteStats;
 pub use table::{Route, RoutingTable};

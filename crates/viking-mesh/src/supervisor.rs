@@ -9,7 +9,9 @@
 //! `viking server` as its child. A child that exits is started again after
 //! a delay that doubles from 1 s to 30 s (back to 1 s after a minute of
 //! running). SIGTERM or Ctrl-C stops the server, then etcd, then the
-//! supervisor. Each child's output is appended to `<data-dir>/<name>.log`
+//! supervisor; SIGHUP restarts the server (it stops to restart, keeping
+//! embassy's kernel rules, and starts again from the binary at its path: an
+//! upgrade). Each child's output is appended to `<data-dir>/<name>.log`
 //! and its pid kept in `<data-dir>/<name>.pid`, so a supervisor that was
 //! killed leaves nothing the next one cannot clean up.
 
@@ -506,6 +508,14 @@ impl Slot {
         self.restart_at = Some(Instant::now() + delay);
     }
 
+    /// Tells the child to stop to restart (SIGHUP); `next` sees it exit
+    /// and it is started again.
+    fn hangup(&mut self) {
+        if let Some(pid) = self.child.as_ref().and_then(Child::id) {
+            signal(pid as i32, libc::SIGHUP);
+        }
+    }
+
     async fn stop(&mut self, dd: &DataDir) {
         if let Some(mut c) = self.child.take() {
             if let Some(pid) = c.id() {
@@ -653,7 +663,13 @@ pub async fn up(dd: &DataDir, shutdown: impl Future<Output = ()>) -> Result<()> 
         };
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = hangup => log("ignoring SIGHUP"),
+            // An upgrade: the server stops to restart (its embassy rules
+            // stay, so traffic keeps flowing) and is started again, from
+            // the binary now at its path.
+            _ = hangup => {
+                log("SIGHUP: restarting the server");
+                server.hangup();
+            }
             ev = etcd_event => {
                 if let Some(s) = etcd.as_mut() {
                     match ev {

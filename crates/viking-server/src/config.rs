@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub embassy_ports: (u16, u16),
     /// Where embassy listens; `None`: Docker's bridge gateway.
     pub embassy_bind: Option<std::net::IpAddr>,
+    /// How embassy forwards: netfilter rules or its proxy (`--embassy-mode`).
+    pub embassy_mode: EmbassyMode,
     /// The API's connection cap and timeouts.
     pub api_limits: ApiLimits,
     /// Connections one ambassador port serves at once.
@@ -65,6 +67,21 @@ pub struct ServerConfig {
     /// The container runtime: the host's Docker engine, or a hollow one
     /// for scale tests (`--runtime hollow`).
     pub runtime: RuntimeChoice,
+}
+
+/// How embassy forwards connections (`--embassy-mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EmbassyMode {
+    /// The kernel where this host allows it (an IPv4 address that is not
+    /// loopback, iptables with the right to change the nat table, a Docker
+    /// engine), else the proxy, with a line in the log saying why.
+    #[default]
+    Auto,
+    /// Netfilter rules (`viking_embassy::Kernel`); the server does not
+    /// start where they cannot be written.
+    Kernel,
+    /// embassy's user-space proxy (`viking_embassy::Embassy`).
+    Proxy,
 }
 
 /// Which container runtime a server drives (`--runtime`).
@@ -348,6 +365,7 @@ mod tests {
             health_interval: Duration::from_secs(2),
             embassy_ports: (20000, 29999),
             embassy_bind: None,
+            embassy_mode: Default::default(),
             containers: ContainerLimits::default(),
             api_limits: Default::default(),
             embassy_max_connections: 1024,

@@ -363,10 +363,15 @@ pub async fn inspect(sh: &Shared, name: &str) -> Result<InspectResponse> {
     if proc.is_none() && ps.is_none() {
         return Err(state::no_such_job(name));
     }
+    // An instance of a service shows its service's ports.
+    let service = proc
+        .as_ref()
+        .map_or(name, |p| p.job.service_name())
+        .to_string();
     let services = crate::services::list(sh)
         .await?
         .into_iter()
-        .filter(|s| s.service == name)
+        .filter(|s| s.service == service)
         .collect();
     Ok(InspectResponse {
         name: name.to_string(),

@@ -122,6 +122,13 @@ pub struct Shared {
     /// Where this node's embassy listens: the address containers use to
     /// reach linked services.
     pub embassy_addr: std::net::IpAddr,
+    /// embassy's kernel path, when it forwards with netfilter rules
+    /// (`--embassy-mode`); `None`: its proxy.
+    pub embassy_kernel: Option<Arc<viking_embassy::Kernel>>,
+    /// Set when the server is told to stop for good (SIGTERM, Ctrl-C): the
+    /// kernel path's rules are removed then. Left unset by a stop to
+    /// restart (SIGHUP) and by a failure, so traffic keeps flowing.
+    pub remove_rules_on_stop: std::sync::atomic::AtomicBool,
     /// Asks the agent for a full resync now (e.g. after a partition healed).
     pub resync_now: tokio::sync::Notify,
     /// dowding at the leader, while this server leads (`placer`).
@@ -275,6 +282,7 @@ pub async fn prepare_with(
         None => token::load_or_create(&config.data_dir)?,
     };
     let embassy_addr = services::bind_address(config.embassy_bind, runtime.as_ref()).await;
+    let embassy_kernel = services::choose_kernel(&config, embassy_addr).await?;
     let engine = runtime
         .info()
         .await
@@ -302,6 +310,8 @@ pub async fn prepare_with(
         placer: Mutex::new(None),
         leader_hint: Mutex::new(None),
         embassy_addr,
+        embassy_kernel,
+        remove_rules_on_stop: std::sync::atomic::AtomicBool::new(false),
         shutdown: shutdown_rx,
     });
     Ok(Prepared {

@@ -10,6 +10,11 @@
 //! port forwards to the live endpoints of its service (host address +
 //! published host port), following changes through the store's watch.
 //!
+//! embassy forwards in one of two ways (`--embassy-mode`): netfilter rules
+//! written from the same table (`viking_embassy::Kernel`, the default where
+//! the host allows it; endpoints on this host are its containers' own
+//! addresses), or its proxy (`viking_embassy::Embassy`).
+//!
 //! A job that links to a service (`--link NAME`) gets Docker-link-style
 //! variables pointing at its own host's embassy.
 
@@ -22,9 +27,10 @@ use viking_client::api::ServicePort;
 use viking_core::job::Proto;
 use viking_core::records::{decode, HostRecord, ProcRecord, PsRecord, RoutePort, RouteRecord};
 use viking_core::{keys, Job};
-use viking_embassy::{Embassy, Route, RoutingTable};
+use viking_embassy::{Embassy, Kernel, Route, RoutingTable};
 use viking_store::EventKind;
 
+use crate::config::{EmbassyMode, RuntimeChoice, ServerConfig};
 use crate::error::{Result, ServerError};
 use crate::state;
 use crate::Shared;
@@ -271,21 +277,183 @@ fn note_route(
     }
 }
 
-/// Run embassy on this node and keep its routing table equal to the routes
+/// How this node forwards its ambassador ports.
+enum Forwarder {
+    /// embassy's proxy, listening on every ambassador port.
+    Proxy(Box<Embassy>),
+    /// Netfilter rules; no process in the data path.
+    Kernel(Arc<Kernel>),
+    /// A hollow server keeps the table but serves no port.
+    None,
+}
+
+/// How often the kernel path is written again though no route changed:
+/// rules someone flushed come back, and a local container's address is
+/// looked up again.
+const KERNEL_REFRESH: Duration = Duration::from_secs(30);
+
+impl Forwarder {
+    async fn apply(&self, sh: &Shared, routes: &BTreeMap<String, RouteRecord>) {
+        match self {
+            Forwarder::Proxy(embassy) => match embassy.apply(table(routes)).await {
+                Ok(report) => {
+                    for f in &report.failed {
+                        tracing::warn!(port = f.port, "embassy cannot serve: {}", f.error);
+                    }
+                }
+                Err(e) => tracing::warn!("embassy: {e}"),
+            },
+            Forwarder::Kernel(kernel) => {
+                let t = kernel_table(sh, table(routes)).await;
+                match kernel.apply(&t).await {
+                    Ok(rules) => tracing::debug!(rules, "embassy: kernel rules written"),
+                    Err(e) => tracing::warn!("embassy: writing the kernel rules: {e}"),
+                }
+            }
+            Forwarder::None => {}
+        }
+    }
+
+    /// Stops forwarding: the proxy closes its ports and connections; the
+    /// kernel rules are removed only when the server stops for good (a
+    /// server that stops to restart, or fails, leaves them, so traffic
+    /// keeps flowing until the next one rewrites them).
+    async fn stop(self, sh: &Shared) {
+        match self {
+            Forwarder::Proxy(embassy) => embassy.shutdown().await,
+            Forwarder::Kernel(kernel) => {
+                if sh
+                    .remove_rules_on_stop
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    match kernel.remove().await {
+                        Ok(()) => tracing::info!("embassy: kernel rules removed"),
+                        Err(e) => tracing::warn!("embassy: removing the kernel rules: {e}"),
+                    }
+                } else {
+                    tracing::info!("embassy: kernel rules left in place for the next server");
+                }
+            }
+            Forwarder::None => {}
+        }
+    }
+}
+
+/// The kernel path this server writes, if `--embassy-mode` and the host
+/// allow one (`None`: the proxy). An explicit `kernel` that this host
+/// cannot have is an error; in the default mode the reason is logged and
+/// the proxy serves.
+pub async fn choose_kernel(config: &ServerConfig, bind: IpAddr) -> Result<Option<Arc<Kernel>>> {
+    let why_not = match (config.embassy_mode, &config.runtime) {
+        (EmbassyMode::Proxy, _) | (_, RuntimeChoice::Hollow(_)) => return Ok(None),
+        (EmbassyMode::Auto, _) if bind.is_loopback() => {
+            Some(format!("embassy's address {bind} is loopback"))
+        }
+        _ => None,
+    };
+    let probed = match why_not {
+        Some(why) => Err(why),
+        None => Kernel::probe(bind, config.embassy_ports)
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    match (probed, config.embassy_mode) {
+        (Ok(kernel), _) => {
+            tracing::info!(addr = %bind, "embassy: kernel mode (netfilter rules)");
+            Ok(Some(Arc::new(kernel)))
+        }
+        (Err(why), EmbassyMode::Kernel) => Err(ServerError::Invalid(format!(
+            "--embassy-mode kernel: {why}"
+        ))),
+        (Err(why), _) => {
+            tracing::info!(addr = %bind, "embassy: proxy mode, since {why}");
+            Ok(None)
+        }
+    }
+}
+
+/// `table` with each endpoint on this host replaced by its container's own
+/// address and port, so the kernel forwards to the container directly (a
+/// DNAT to this host's published port would be delivered to Docker's
+/// userland proxy: netfilter translates a connection once).
+async fn kernel_table(sh: &Shared, table: RoutingTable) -> RoutingTable {
+    let Ok(own) = sh.config.ip.parse::<IpAddr>() else {
+        return table;
+    };
+    if !table
+        .iter()
+        .any(|(_, r)| r.endpoints.iter().any(|e| e.ip() == own))
+    {
+        return table;
+    }
+    match sh.runtime.list(&sh.config.key).await {
+        Ok(containers) => local_endpoints(table, own, &containers),
+        Err(e) => {
+            tracing::warn!("embassy: listing this host's containers: {e}");
+            table
+        }
+    }
+}
+
+/// The pure part of [`kernel_table`]: an endpoint `own:port` becomes the
+/// address and container port of the running container that publishes
+/// `port` over TCP; one no container publishes is kept as it is.
+pub fn local_endpoints(
+    table: RoutingTable,
+    own: IpAddr,
+    containers: &[viking_docker::ContainerInfo],
+) -> RoutingTable {
+    let inside = |ep: SocketAddr| -> Option<SocketAddr> {
+        containers
+            .iter()
+            .filter(|c| c.status == "running")
+            .find_map(|c| {
+                let ip: IpAddr = c.ip.as_deref()?.parse().ok()?;
+                let p = c
+                    .ports
+                    .iter()
+                    .find(|p| p.host_port == ep.port() && p.proto() == Proto::Tcp)?;
+                Some(SocketAddr::new(ip, p.container))
+            })
+    };
+    table
+        .into_iter()
+        .map(|(port, mut route)| {
+            for ep in route.endpoints.iter_mut() {
+                if ep.ip() == own {
+                    if let Some(c) = inside(*ep) {
+                        *ep = c;
+                    }
+                }
+            }
+            (port, route)
+        })
+        .collect()
+}
+
+/// Run embassy on this node and keep its forwarding equal to the routes
 /// the leader publishes (`routes/`), until shutdown.
 pub async fn run(sh: Arc<Shared>) {
-    // A service has one endpoint (one copy of its job), and a dead host's
-    // endpoint leaves the table when its lease expires: so wait out SYN
-    // retransmits of a busy endpoint instead of resetting the client.
-    let mut config = viking_embassy::Config::new(sh.embassy_addr);
-    config.connect_timeout = Duration::from_secs(5);
-    config.max_connections = sh.config.embassy_max_connections;
-    config.idle_timeout = sh.config.embassy_idle_timeout;
-    // A hollow server keeps the table but serves no port (no embassy thread).
-    let hollow = matches!(sh.config.runtime, crate::config::RuntimeChoice::Hollow(_));
-    let embassy = (!hollow).then(|| Embassy::with_config(config));
+    let forwarder = match (&sh.config.runtime, sh.embassy_kernel.clone()) {
+        (RuntimeChoice::Hollow(_), _) => Forwarder::None,
+        (_, Some(kernel)) => Forwarder::Kernel(kernel),
+        (_, None) => {
+            // A service has one endpoint per instance, and a dead host's
+            // endpoint leaves the table when its lease expires: so wait out
+            // SYN retransmits of a busy endpoint instead of resetting the
+            // client.
+            let mut config = viking_embassy::Config::new(sh.embassy_addr);
+            config.connect_timeout = Duration::from_secs(5);
+            config.max_connections = sh.config.embassy_max_connections;
+            config.idle_timeout = sh.config.embassy_idle_timeout;
+            Forwarder::Proxy(Box::new(Embassy::with_config(config)))
+        }
+    };
     let mut shutdown = sh.shutdown.clone();
     tracing::info!(addr = %sh.embassy_addr, "embassy serving");
+    let mut refresh = tokio::time::interval(KERNEL_REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    refresh.reset();
     'outer: loop {
         // The routes the leader publishes, then every change to them: this
         // server reads nothing else, and nothing when no service changes.
@@ -310,18 +478,12 @@ pub async fn run(sh: Arc<Shared>) {
             note_route(&mut routes, EventKind::Put, &kv.key, &kv.value);
         }
         loop {
-            if let Some(embassy) = embassy.as_ref() {
-                match embassy.apply(table(&routes)).await {
-                    Ok(report) => {
-                        for f in &report.failed {
-                            tracing::warn!(port = f.port, "embassy cannot serve: {}", f.error);
-                        }
-                    }
-                    Err(e) => tracing::warn!("embassy: {e}"),
-                }
-            }
+            forwarder.apply(&sh, &routes).await;
             tokio::select! {
                 _ = crate::stopped(&mut shutdown) => break 'outer,
+                // Level-triggered: the kernel rules are written again now
+                // and then, as they should be.
+                _ = refresh.tick(), if matches!(forwarder, Forwarder::Kernel(_)) => {}
                 ev = watch.next() => match ev {
                     Some(Ok(ev)) => {
                         note_route(&mut routes, ev.kind, &ev.kv.key, &ev.kv.value);
@@ -341,9 +503,7 @@ pub async fn run(sh: Arc<Shared>) {
             }
         }
     }
-    if let Some(embassy) = embassy {
-        embassy.shutdown().await;
-    }
+    forwarder.stop(&sh).await;
 }
 
 /// The address embassy listens on: `--embassy-bind`, else Docker's bridge
@@ -358,5 +518,76 @@ pub async fn bind_address(
     match runtime.bridge_gateway().await {
         Ok(Some(g)) => g.parse().unwrap_or(IpAddr::from([172, 17, 0, 1])),
         _ => IpAddr::from([172, 17, 0, 1]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use viking_core::records::PublishedPort;
+    use viking_docker::ContainerInfo;
+
+    fn container(ip: &str, status: &str, ports: &[(u16, u16, &str)]) -> ContainerInfo {
+        ContainerInfo {
+            id: format!("id-{ip}"),
+            job: "web.1".into(),
+            node: "n1".into(),
+            cluster: "k".into(),
+            daemonize: true,
+            image: "busybox".into(),
+            image_id: "sha256:x".into(),
+            command: vec![],
+            status: status.into(),
+            exit_code: None,
+            error: None,
+            started_at: None,
+            finished_at: None,
+            ports: ports
+                .iter()
+                .map(|(container, host_port, proto)| PublishedPort {
+                    container: *container,
+                    proto: proto.to_string(),
+                    host_ip: "0.0.0.0".into(),
+                    host_port: *host_port,
+                })
+                .collect(),
+            ip: Some(ip.into()),
+            spec: None,
+        }
+    }
+
+    #[test]
+    fn local_endpoints_become_their_containers_and_remote_ones_stay() {
+        let own: IpAddr = "10.0.0.1".parse().unwrap();
+        let t = RoutingTable::new().with(
+            20001,
+            Route::new(
+                "web",
+                8080,
+                [
+                    "10.0.0.1:31000".parse().unwrap(),
+                    "10.0.0.2:31000".parse().unwrap(),
+                    // Published by no running container: kept.
+                    "10.0.0.1:31009".parse().unwrap(),
+                ],
+            ),
+        );
+        let containers = [
+            container("172.17.0.9", "exited", &[(8080, 31009, "tcp")]),
+            container(
+                "172.17.0.5",
+                "running",
+                &[(8080, 31001, "udp"), (8080, 31000, "tcp")],
+            ),
+        ];
+        let got = local_endpoints(t, own, &containers);
+        let eps: Vec<String> = got
+            .get(20001)
+            .unwrap()
+            .endpoints
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(eps, ["172.17.0.5:8080", "10.0.0.2:31000", "10.0.0.1:31009"]);
     }
 }

@@ -98,6 +98,7 @@ impl TestServer {
             health_interval: Duration::from_secs(30),
             embassy_ports: (41000, 41009),
             embassy_bind: Some("127.0.0.1".parse().expect("ip")),
+            embassy_mode: Default::default(),
             api_limits: Default::default(),
             embassy_max_connections: viking_embassy::DEFAULT_MAX_CONNECTIONS,
             embassy_idle_timeout: viking_embassy::DEFAULT_IDLE_TIMEOUT,

@@ -93,6 +93,10 @@ impl LocalServer {
             .arg(self.dir.path())
             .args(["--key", &self.key, "--name", &self.name, "--resync", "2"])
             .args(&self.extra)
+            // Many local servers share this machine's network namespace:
+            // embassy's kernel rules are one host's, so they proxy
+            // (the kernel path is tested on the harness's nodes).
+            .env("VIKING_EMBASSY_MODE", "proxy")
             .env_remove("VIKING_TOKEN")
             .env("VIKING_LOG", "info");
         c

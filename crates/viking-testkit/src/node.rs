@@ -351,6 +351,19 @@ impl Node {
         self.signal_server("TERM", 50)
     }
 
+    /// Kills the node's viking server (SIGKILL): it cleans up nothing, as
+    /// in a crash.
+    pub fn kill_server(&self) -> Result<()> {
+        self.signal_server("KILL", 50)
+    }
+
+    /// Stops the node's viking server to restart (SIGHUP): it stops
+    /// gracefully but leaves what a restart takes over (embassy's kernel
+    /// rules). Waits until it has exited.
+    pub fn hangup_server(&self) -> Result<()> {
+        self.signal_server("HUP", 50)
+    }
+
     fn signal_server(&self, sig: &str, tries: u32) -> Result<()> {
         // Waits (0.2 s per try) for the process to end; SIGKILL after `tries`.
         let script = format!(

@@ -101,6 +101,11 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
         peer_timeout: secs(a.peer_timeout, "--peer-timeout")?,
         embassy_ports: parse_range(&a.embassy_ports)?,
         embassy_bind: a.embassy_bind,
+        embassy_mode: match a.embassy_mode.as_deref() {
+            Some("kernel") => viking_server::config::EmbassyMode::Kernel,
+            Some("proxy") => viking_server::config::EmbassyMode::Proxy,
+            _ => viking_server::config::EmbassyMode::Auto,
+        },
         api_limits: viking_server::config::ApiLimits {
             max_connections: a.max_connections,
             ..Default::default()
@@ -153,7 +158,32 @@ async fn server(a: ServerArgs) -> anyhow::Result<()> {
     let listen = config.listen;
     let prepared = viking_server::prepare(config).await?;
     let listener = bind(listen).with_context(|| format!("listening on {listen}"))?;
-    viking_server::serve(prepared, listener, viking_mesh::shutdown_signal()).await
+    let shared = prepared.shared();
+    viking_server::serve(prepared, listener, server_stop(shared)).await
+}
+
+/// Resolves when the server is told to stop. SIGTERM or Ctrl-C: a stop for
+/// good, so embassy's kernel rules go too. SIGHUP: a stop to restart (an
+/// upgrade; `viking mesh up` starts the server again), so they stay and
+/// traffic keeps flowing until the next server rewrites them.
+async fn server_stop(shared: std::sync::Arc<viking_server::Shared>) {
+    let hangup = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = viking_mesh::shutdown_signal() => {
+            shared
+                .remove_rules_on_stop
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::info!("stopping");
+        }
+        _ = hangup => tracing::info!("stopping to restart (SIGHUP): embassy's kernel rules stay"),
+    }
 }
 
 /// The API's listening socket, with a backlog of 4096 (capped by the

@@ -16,11 +16,20 @@ fn out(o: &std::process::Output) -> String {
 }
 
 fn cluster() -> Cluster {
+    cluster_with(&[], &[])
+}
+
+/// Three nodes with a 2 s host TTL, `extra` server arguments and `tags`
+/// per node.
+fn cluster_with(extra: &[&str], tags: &[&str]) -> Cluster {
+    let mut server_args = vec!["--host-ttl".to_string(), "2".to_string()];
+    server_args.extend(extra.iter().map(|a| a.to_string()));
     Cluster::start(
         3,
         ClusterOpts {
             viking_bin: Some(env!("CARGO_BIN_EXE_viking").into()),
-            server_args: ["--host-ttl", "2"].map(String::from).to_vec(),
+            server_args,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
             ..Default::default()
         },
     )
@@ -36,7 +45,20 @@ fn pongs(n: &Node, job: &str) -> usize {
 
 #[test]
 fn services_are_reached_through_embassy_wherever_they_run() {
-    let c = cluster();
+    // The default: the kernel path where the node allows it (it does).
+    reached_wherever_they_run(cluster());
+}
+
+#[test]
+fn services_are_reached_through_the_proxy_wherever_they_run() {
+    let c = cluster_with(&["--embassy-mode", "proxy"], &[]);
+    for n in c.nodes() {
+        assert_eq!(viking_rules(n), 0, "proxy mode wrote netfilter rules");
+    }
+    reached_wherever_they_run(c);
+}
+
+fn reached_wherever_they_run(c: Cluster) {
     let n1 = c.node(0);
     // The service: two replicas of nothing but itself; httpd answers "pong".
     n1.cli_ok([
@@ -320,5 +342,325 @@ fn a_service_with_replicas_is_balanced_by_embassy_and_survives_a_host() {
     assert!(
         failed.is_empty(),
         "failed requests after the failover: {failed:?}"
+    );
+}
+
+/// Lines of the node's netfilter rules that are viking's (chains, rules
+/// and hooks).
+fn viking_rules(n: &Node) -> usize {
+    out(&n.sh("iptables -w -t nat -S; iptables -w -t filter -S"))
+        .lines()
+        .filter(|l| l.contains("VIKING-EMBASSY"))
+        .count()
+}
+
+/// How many jumps to viking's chains each hooked chain has: PREROUTING,
+/// OUTPUT, POSTROUTING (nat), FORWARD (filter).
+fn hooks(n: &Node) -> Vec<usize> {
+    [
+        ("nat", "PREROUTING"),
+        ("nat", "OUTPUT"),
+        ("nat", "POSTROUTING"),
+        ("filter", "FORWARD"),
+    ]
+    .iter()
+    .map(|(t, c)| {
+        out(&n.sh(&format!("iptables -w -t {t} -S {c}")))
+            .lines()
+            .filter(|l| l.contains("-j VIKING-EMBASSY"))
+            .count()
+    })
+    .collect()
+}
+
+/// The DNAT rules of `port` on the node.
+fn dnat(n: &Node, port: u64) -> Vec<String> {
+    out(&n.sh("iptables -w -t nat -S VIKING-EMBASSY"))
+        .lines()
+        .filter(|l| l.contains(&format!("--dport {port} ")) && l.contains("-j DNAT"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// What `rounds` connections from a container on `n` (made by the node's
+/// own Docker, so no viking server is needed) to the ambassador port get.
+fn fetch(n: &Node, port: u64, rounds: usize) -> Vec<String> {
+    fetch_path(n, port, "/", rounds)
+}
+
+/// [`fetch`] of `path`.
+fn fetch_path(n: &Node, port: u64, path: &str, rounds: usize) -> Vec<String> {
+    let script = format!(
+        "for i in $(seq {rounds}); do wget -q -O- http://172.17.0.1:{port}{path} 2>&1; done"
+    );
+    out(&n.docker(["run", "--rm", BUSYBOX, "sh", "-c", &script]))
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// httpd answering its hostname at `/` and the client address it sees
+/// (`[::ffff:A.B.C.D]`, as busybox's httpd says it) at `/cgi-bin/peer`.
+const WEB_WITH_PEER: &str = r#"mkdir -p /www/cgi-bin && hostname > /www/index.html &&
+printf '#!/bin/sh\necho Content-Type: text/plain\necho\necho $REMOTE_ADDR\n' > /www/cgi-bin/peer &&
+chmod +x /www/cgi-bin/peer && exec httpd -f -p 8080 -h /www"#;
+
+fn ambassador_port(n: &Node, job: &str) -> u64 {
+    n.cli_json(["inspect", job]).unwrap()["services"][0]["ambassador_port"]
+        .as_u64()
+        .expect("an ambassador port")
+}
+
+/// embassy in the kernel (issue 19): ambassador ports are DNAT rules, so
+/// connections are balanced over a service's instances by the kernel
+/// (remote ones at their host's published port, a local one at its
+/// container's own address), an open connection outlives a change of its
+/// route, traffic flows while no server runs, a restart rebuilds the rules
+/// without duplicates, a stop for good removes them, and a moved service
+/// gets new connections at the same port.
+#[test]
+fn the_kernel_path_balances_follows_a_move_and_outlives_its_server() {
+    let c = cluster_with(&[], &["", "svc", "svc"]);
+    let (n1, n2) = (c.node(0), c.node(1));
+    for n in c.nodes() {
+        assert_eq!(hooks(n), [1, 1, 1, 1], "{}", n.name());
+    }
+
+    // Two instances on the two svc hosts, each answering its hostname, and
+    // at /cgi-bin/peer the client address it sees.
+    n1.cli_ok([
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--viking-filter",
+        "svc",
+        "-p",
+        "8080",
+        BUSYBOX,
+        "sh",
+        "-c",
+        WEB_WITH_PEER,
+    ])
+    .unwrap();
+    let amb = ambassador_port(n1, "web.1");
+    let (ip2, ip3) = (c.node(1).ip().to_string(), c.node(2).ip().to_string());
+    eventually(
+        "n1 forwards web to both instances' hosts in the kernel",
+        Duration::from_secs(20),
+        POLL,
+        || {
+            let r = dnat(n1, amb);
+            r.len() == 2
+                && [&ip2, &ip3].iter().all(|ip| {
+                    r.iter()
+                        .any(|l| l.contains(&format!("--to-destination {ip}:")))
+                })
+        },
+    );
+    let distinct = |answers: Vec<String>| -> std::collections::BTreeSet<String> {
+        answers.into_iter().filter(|a| a.len() == 12).collect()
+    };
+    eventually(
+        "both instances answer a client on n1",
+        Duration::from_secs(20),
+        POLL,
+        || distinct(fetch(n1, amb, 30)).len() == 2,
+    );
+    // On n2 one instance is local: reached at its container's address
+    // (hairpin through the bridge), the other at n3.
+    eventually(
+        "n2 forwards to its own instance's container and to n3",
+        Duration::from_secs(20),
+        POLL,
+        || {
+            let r = dnat(n2, amb);
+            r.len() == 2
+                && r.iter().any(|l| l.contains("--to-destination 172.17."))
+                && r.iter()
+                    .any(|l| l.contains(&format!("--to-destination {ip3}:")))
+        },
+    );
+    eventually(
+        "both instances answer a client on n2",
+        Duration::from_secs(20),
+        POLL,
+        || distinct(fetch(n2, amb, 30)).len() == 2,
+    );
+    // The client address a service sees (the README says it): the
+    // calling host's for a connection from another host, the bridge's
+    // gateway for one from its own host.
+    let peers = |n: &Node| -> std::collections::BTreeSet<String> {
+        fetch_path(n, amb, "/cgi-bin/peer", 30)
+            .into_iter()
+            .map(|a| {
+                a.trim_start_matches("[::ffff:")
+                    .trim_end_matches(']')
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(peers(n1), [c.node(0).ip().to_string()].into());
+    assert_eq!(
+        peers(n2),
+        ["172.17.0.1".to_string(), ip2.clone()].into(),
+        "a client on n2"
+    );
+
+    // An open connection outlives a change of its route.
+    n1.cli_ok([
+        "run",
+        "-d",
+        "--name",
+        "echo",
+        "--replicas",
+        "1",
+        "--viking-filter",
+        "svc",
+        "-p",
+        "7000",
+        BUSYBOX,
+        "nc",
+        "-ll",
+        "-p",
+        "7000",
+        "-e",
+        "cat",
+    ])
+    .unwrap();
+    let eamb = ambassador_port(n1, "echo.1");
+    n1.cli_ok([
+        "run",
+        "-d",
+        "--name",
+        "talker",
+        "--viking-host",
+        n1.name(),
+        BUSYBOX,
+        "sh",
+        "-c",
+        &format!(
+            "i=0; while true; do i=$((i+1)); echo line$i; sleep 0.2; done | nc 172.17.0.1 {eamb}"
+        ),
+    ])
+    .unwrap();
+    let echoed = || {
+        out(&n1.cli(["logs", "talker"]))
+            .lines()
+            .filter(|l| l.starts_with("line"))
+            .count()
+    };
+    eventually(
+        "the talker's lines come back",
+        Duration::from_secs(20),
+        POLL,
+        || echoed() >= 3,
+    );
+    n1.cli_ok(["scale", "echo", "2"]).unwrap();
+    eventually(
+        "echo's route has two endpoints on n1",
+        Duration::from_secs(20),
+        POLL,
+        || dnat(n1, eamb).len() == 2,
+    );
+    let before = echoed();
+    eventually(
+        "the open connection still echoes",
+        Duration::from_secs(10),
+        POLL,
+        || echoed() >= before + 5,
+    );
+    assert_eq!(
+        n1.cli_json(["inspect", "talker"]).unwrap()["ps"]["restarts"],
+        0,
+        "the talker's connection broke"
+    );
+
+    // No process in the data path: with n1's server killed, n1's
+    // containers still reach the service; a restarted server rebuilds the
+    // rules (here flushed, and a stale hook added, while it was down)
+    // without duplicates.
+    let count = viking_rules(n1);
+    n1.kill_server().unwrap();
+    assert_eq!(
+        distinct(fetch(n1, amb, 10)).len(),
+        2,
+        "no server, no traffic"
+    );
+    assert_eq!(viking_rules(n1), count);
+    n1.sh("iptables -w -t nat -F VIKING-EMBASSY; iptables -w -t nat -A PREROUTING -p tcp -j VIKING-EMBASSY");
+    assert!(dnat(n1, amb).is_empty());
+    n1.start_server().unwrap();
+    eventually(
+        "the restarted server rebuilds the rules",
+        Duration::from_secs(20),
+        POLL,
+        || dnat(n1, amb).len() == 2,
+    );
+    assert_eq!(hooks(n1), [1, 1, 1, 1]);
+    assert_eq!(viking_rules(n1), count, "duplicates after a restart");
+    assert_eq!(distinct(fetch(n1, amb, 30)).len(), 2);
+
+    // A stop to restart (SIGHUP) leaves the rules; a stop for good
+    // (SIGTERM) removes them, and the next start writes them again.
+    n1.hangup_server().unwrap();
+    assert_eq!(viking_rules(n1), count);
+    assert_eq!(distinct(fetch(n1, amb, 10)).len(), 2);
+    n1.start_server().unwrap();
+    n1.stop_server().unwrap();
+    assert_eq!(viking_rules(n1), 0, "rules left after a stop");
+    n1.start_server().unwrap();
+    eventually("the rules are back", Duration::from_secs(20), POLL, || {
+        viking_rules(n1) == count
+    });
+
+    // A moved service: its host dies, it runs on the other svc host, and
+    // new connections at the same port reach it there.
+    n1.cli_ok([
+        "run",
+        "-d",
+        "--name",
+        "srv",
+        "--viking-filter",
+        "svc",
+        "-p",
+        "8080",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "mkdir -p /www && echo pong > /www/index.html && exec httpd -f -p 8080 -h /www",
+    ])
+    .unwrap();
+    let samb = ambassador_port(n1, "srv");
+    let first = n1.cli_json(["inspect", "srv"]).unwrap()["ps"]["node"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = c
+        .nodes()
+        .iter()
+        .find(|n| n.name() != first && n.name() != n1.name())
+        .unwrap();
+    eventually(
+        "srv answers through n1",
+        Duration::from_secs(20),
+        POLL,
+        || fetch(n1, samb, 1) == ["pong"],
+    );
+    c.node_named(&first).unwrap().kill().unwrap();
+    let to_other = format!("--to-destination {}:", other.ip());
+    eventually(
+        "n1 forwards srv to its new host",
+        Duration::from_secs(30),
+        POLL,
+        || dnat(n1, samb).iter().any(|l| l.contains(&to_other)),
+    );
+    eventually(
+        "srv answers at the same port from its new host",
+        Duration::from_secs(10),
+        POLL,
+        || fetch(n1, samb, 1) == ["pong"],
     );
 }

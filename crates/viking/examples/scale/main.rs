@@ -92,6 +92,7 @@ fn config(
         health_interval: Duration::from_secs(2),
         embassy_ports: (20000, 29999),
         embassy_bind: None,
+        embassy_mode: viking_server::config::EmbassyMode::Proxy,
         api_limits: Default::default(),
         embassy_max_connections: 1024,
         embassy_idle_timeout: Duration::from_secs(600),
