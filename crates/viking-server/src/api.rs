@@ -38,6 +38,8 @@ type ApiResult<T> = Result<T, ServerError>;
 
 /// The API's routes, behind the token check.
 pub fn router(shared: Arc<Shared>) -> Router {
+    // The Docker Engine API: every path no route of viking's own takes.
+    let docker = crate::docker_api::router(shared.clone());
     Router::new()
         .route(routes::PING, get(ping))
         .route(routes::JOBS, post(run))
@@ -59,7 +61,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(routes::INTERNAL_REPLACE, post(internal_replace))
         .route(routes::INTERNAL_ATTACH, post(internal_attach))
         .route(routes::INTERNAL_PLACE, post(internal_place))
-        .fallback(|| async { ServerError::NotFound("no such API path; see /v1/...".to_string()) })
+        .fallback(move |req: Request| crate::docker_api::dispatch(docker.clone(), req))
         .layer(middleware::from_fn_with_state(shared.clone(), auth))
         // Without the token: the CA a joining machine checks against its
         // join token, and the join, which carries the join token's secret.

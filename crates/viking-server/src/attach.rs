@@ -34,16 +34,20 @@ use crate::error::ServerError;
 use crate::placement::{self, Target};
 use crate::{now_ms, peer, state, status, Shared};
 
-/// Place an interactive job, claim its name for the chosen host, then run
-/// it here or attach through the host that runs it.
-pub async fn start(
-    sh: Arc<Shared>,
-    job: Job,
-    on_upgrade: OnUpgrade,
-) -> Result<Response, ServerError> {
-    container::check_limits(&sh, &job)?;
-    crate::services::check_links(&sh, &job).await?;
-    let host = match placement::choose(&sh, &job).await?.0 {
+/// Where an interactive job runs once its name is claimed.
+enum Claimed {
+    /// On this host, under the claim of this revision.
+    Here(i64),
+    /// On another host, reached through this stream of frames.
+    There(viking_client::client::AttachedIo),
+}
+
+/// Place an interactive job and claim its name for the chosen host; when
+/// that is another host, ask it to run the job and return its stream.
+async fn claim(sh: &Arc<Shared>, job: &Job) -> Result<Claimed, ServerError> {
+    container::check_limits(sh, job)?;
+    crate::services::check_links(sh, job).await?;
+    let host = match placement::choose(sh, job).await?.0 {
         Target::Here => None,
         Target::There(h) => Some(h),
         Target::Waiting(h) => {
@@ -56,21 +60,21 @@ pub async fn start(
     let node = host
         .as_ref()
         .map_or(sh.config.name.clone(), |h| h.name.clone());
-    let claim_rev = state::claim_attached(sh.store.as_ref(), &job, &node, now_ms()).await?;
+    let claim_rev = state::claim_attached(sh.store.as_ref(), job, &node, now_ms()).await?;
     let Some(host) = host else {
-        return serve_claimed(sh, job, claim_rev, on_upgrade).await;
+        return Ok(Claimed::Here(claim_rev));
     };
     // Forward: the chosen host runs it; this server relays the bytes.
     let forwarded = async {
-        let doc = serde_json::to_vec(&job).map_err(|e| ServerError::Internal(e.to_string()))?;
-        peer::peer(&sh, &host)?
+        let doc = serde_json::to_vec(job).map_err(|e| ServerError::Internal(e.to_string()))?;
+        peer::peer(sh, &host)?
             .attach_claimed(claim_rev, doc)
             .await
             .map_err(|e| ServerError::from_peer(&host.name, e))
     }
     .await;
-    let mut remote = match forwarded {
-        Ok(io) => io,
+    match forwarded {
+        Ok(io) => Ok(Claimed::There(io)),
         Err(e) => {
             let undo = sh
                 .store
@@ -85,8 +89,21 @@ pub async fn start(
             if let Err(ue) = undo {
                 tracing::warn!(job = %job.name, "releasing the claim of a job that could not be forwarded: {ue}");
             }
-            return Err(e);
+            Err(e)
         }
+    }
+}
+
+/// Place an interactive job, claim its name for the chosen host, then run
+/// it here or attach through the host that runs it.
+pub async fn start(
+    sh: Arc<Shared>,
+    job: Job,
+    on_upgrade: OnUpgrade,
+) -> Result<Response, ServerError> {
+    let mut remote = match claim(&sh, &job).await? {
+        Claimed::Here(claim_rev) => return serve_claimed(sh, job, claim_rev, on_upgrade).await,
+        Claimed::There(io) => io,
     };
     tokio::spawn(async move {
         match on_upgrade.await {
@@ -109,6 +126,39 @@ pub async fn start(
         }
     });
     Ok(switching())
+}
+
+/// A stream of attached frames (viking's own, [`viking_client::frame`]),
+/// either end.
+pub trait FrameStream: tokio::io::AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + AsyncWrite + Send + Unpin> FrameStream for T {}
+
+/// Place, claim and run an interactive job, and return the client's end of
+/// its stream: what [`start`] gives an HTTP client, for another front end
+/// (the Docker Engine API) to translate.
+pub async fn open(sh: Arc<Shared>, job: Job) -> Result<Box<dyn FrameStream>, ServerError> {
+    match claim(&sh, &job).await? {
+        Claimed::There(io) => Ok(Box::new(io)),
+        Claimed::Here(claim_rev) => {
+            if !begin_session(&sh, &job.name) {
+                return Err(ServerError::Conflict(format!(
+                    "job {:?} is already attached",
+                    job.name
+                )));
+            }
+            let (client, server) = tokio::io::duplex(256 * 1024);
+            tokio::spawn(async move { session(&sh, job, claim_rev, server).await });
+            Ok(Box::new(client))
+        }
+    }
+}
+
+/// Marks `name` as attached on this server; false if it already is.
+fn begin_session(sh: &Shared, name: &str) -> bool {
+    sh.sessions
+        .lock()
+        .map(|mut s| s.insert(name.to_string()))
+        .unwrap_or(false)
 }
 
 fn switching() -> Response {
@@ -138,12 +188,7 @@ pub async fn serve_claimed(
         }
         _ => false,
     };
-    let fresh = ours
-        && sh
-            .sessions
-            .lock()
-            .map(|mut s| s.insert(job.name.clone()))
-            .unwrap_or(false);
+    let fresh = ours && begin_session(&sh, &job.name);
     if !fresh {
         return Err(ServerError::Conflict(format!(
             "job {:?} is not claimed for this host (or already attached)",

@@ -62,6 +62,7 @@ pub mod attach;
 pub mod compaction;
 pub mod config;
 pub mod container;
+pub mod docker_api;
 pub mod error;
 pub mod floki;
 pub mod health;
@@ -136,6 +137,9 @@ pub struct Shared {
     /// The leading server as last looked up, for placements asked of it
     /// (forgotten when it does not answer or no longer leads).
     pub leader_hint: Mutex<Option<viking_core::records::HostRecord>>,
+    /// Containers created through the Docker Engine API and not yet
+    /// started (`docker_api::created`).
+    pub docker_created: docker_api::created::CreatedTable,
     /// Fires when the server shuts down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -312,6 +316,7 @@ pub async fn prepare_with(
         embassy_addr,
         embassy_kernel,
         remove_rules_on_stop: std::sync::atomic::AtomicBool::new(false),
+        docker_created: Default::default(),
         shutdown: shutdown_rx,
     });
     Ok(Prepared {

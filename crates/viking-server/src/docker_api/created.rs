@@ -1,0 +1,148 @@
+//! Containers that Docker's clients created and have not started yet.
+//!
+//! `docker run` creates, attaches, waits and only then starts, each on its
+//! own request. viking has no "created" state of its own: a job is placed
+//! and claimed when it starts. So a create is checked and held here, in
+//! this server's memory (nothing is written, so a create that is never
+//! started leaves no trace), until its start; the attach's hijacked
+//! connection and the wait's exit code meet the job here.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{oneshot, watch};
+use viking_core::Job;
+
+/// How long a created container waits for its start before it is
+/// forgotten.
+const UNSTARTED: Duration = Duration::from_secs(300);
+
+/// The client's hijacked attach connection.
+pub type Hijacked = TokioIo<Upgraded>;
+
+/// One created container.
+pub struct Created {
+    pub job: Job,
+    pub tty: bool,
+    /// Whether the client attaches (an interactive job).
+    pub attached: bool,
+    made: Instant,
+    /// The attach connection, once its upgrade is done.
+    attach: Option<oneshot::Receiver<Hijacked>>,
+    /// The exit code, once the job has ended (interactive jobs).
+    pub exit: watch::Sender<Option<i64>>,
+    /// Set at start.
+    pub started: bool,
+}
+
+/// The created containers of this server, by id.
+#[derive(Default)]
+pub struct CreatedTable {
+    entries: Mutex<HashMap<String, Created>>,
+}
+
+impl CreatedTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Created>> {
+        // Every change is one insert, remove or field update.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Holds `job` under `id` until it is started.
+    pub fn insert(&self, id: String, job: Job, attached: bool, tty: bool) {
+        let mut m = self.lock();
+        m.retain(|_, c| c.started || c.made.elapsed() < UNSTARTED);
+        m.insert(
+            id,
+            Created {
+                job,
+                tty,
+                attached,
+                made: Instant::now(),
+                attach: None,
+                exit: watch::Sender::new(None),
+                started: false,
+            },
+        );
+    }
+
+    /// The job held under `id` (or named `name`): its id.
+    pub fn find(&self, id_or_name: &str) -> Option<String> {
+        let m = self.lock();
+        if m.contains_key(id_or_name) {
+            return Some(id_or_name.to_string());
+        }
+        let hits: Vec<&String> = m
+            .iter()
+            .filter(|(id, c)| {
+                c.job.name == id_or_name || (id_or_name.len() >= 4 && id.starts_with(id_or_name))
+            })
+            .map(|(id, _)| id)
+            .collect();
+        match hits.as_slice() {
+            [one] => Some((*one).clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether a job of this name is held (a name taken before its start).
+    pub fn has_name(&self, name: &str) -> bool {
+        self.lock().values().any(|c| c.job.name == name)
+    }
+
+    /// A channel for the attach connection of `id`; `None` if there is no
+    /// such container or it already has one.
+    pub fn attach(&self, id: &str) -> Option<oneshot::Sender<Hijacked>> {
+        let mut m = self.lock();
+        let c = m.get_mut(id)?;
+        if c.attach.is_some() || c.started {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        c.attach = Some(rx);
+        Some(tx)
+    }
+
+    /// Marks `id` started and hands over what the start needs: the job,
+    /// whether it is attached, its tty, the attach connection's receiver
+    /// and the exit code's sender. `None`: no such container, or started.
+    #[allow(clippy::type_complexity)]
+    pub fn start(
+        &self,
+        id: &str,
+    ) -> Option<(
+        Job,
+        bool,
+        bool,
+        Option<oneshot::Receiver<Hijacked>>,
+        watch::Sender<Option<i64>>,
+    )> {
+        let mut m = self.lock();
+        let c = m.get_mut(id)?;
+        if c.started {
+            return None;
+        }
+        c.started = true;
+        Some((
+            c.job.clone(),
+            c.attached,
+            c.tty,
+            c.attach.take(),
+            c.exit.clone(),
+        ))
+    }
+
+    /// The exit code of `id`, to wait for; `None` if not held here.
+    pub fn exit(&self, id: &str) -> Option<(Job, bool, watch::Receiver<Option<i64>>)> {
+        let m = self.lock();
+        let c = m.get(id)?;
+        Some((c.job.clone(), c.attached, c.exit.subscribe()))
+    }
+
+    /// Forgets `id` (it ended, or it runs as a viking job now).
+    pub fn remove(&self, id: &str) -> Option<Job> {
+        self.lock().remove(id).map(|c| c.job)
+    }
+}
