@@ -1,0 +1,250 @@
+//! The Docker Engine API (issue 20) driven by the stock docker CLI of this
+//! machine against a real three-host cluster over TLS: the CLI trusts the
+//! cluster's CA and sends the token from its `config.json`'s
+//! `HttpHeaders`. Every docker command runs under `timeout`, so a server
+//! that holds `/wait`'s headers back (the trap that deadlocks `docker run`)
+//! fails the test instead of hanging it.
+//!
+//! Needs `scripts/test-images.sh --node` and the docker CLI.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use viking_testkit::{eventually, Cluster, ClusterOpts, Node, POLL};
+
+const BUSYBOX: &str = "viking-test/busybox";
+
+struct Docker {
+    config: tempfile::TempDir,
+    ca: PathBuf,
+}
+
+impl Docker {
+    fn new(c: &Cluster) -> Docker {
+        let config = tempfile::tempdir().expect("tempdir");
+        let doc = serde_json::json!({
+            "HttpHeaders": {"Authorization": format!("Bearer {}", c.token())}
+        });
+        std::fs::write(config.path().join("config.json"), doc.to_string()).expect("config.json");
+        Docker {
+            config,
+            ca: c.ca_file().expect("a TLS cluster"),
+        }
+    }
+
+    /// `docker` aimed at `n`'s server, as a shell words prefix.
+    fn prefix(&self, n: &Node) -> String {
+        format!(
+            "timeout 60 docker --tlsverify --tlscacert {} -H tcp://{}:8791",
+            self.ca.display(),
+            n.ip()
+        )
+    }
+
+    /// Runs a shell script where `$D` is the docker command for `n`.
+    fn sh(&self, n: &Node, script: &str, stdin: Option<&[u8]>) -> Output {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("D=\"{}\"; {script}", self.prefix(n)))
+            .env("DOCKER_CONFIG", self.config.path())
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONTEXT")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("sh");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            let mut w = child.stdin.take().expect("stdin");
+            w.write_all(input).expect("write stdin");
+        }
+        child.wait_with_output().expect("wait")
+    }
+
+    fn run(&self, n: &Node, args: &str) -> Output {
+        self.sh(n, &format!("$D {args}"), None)
+    }
+
+    fn ok(&self, n: &Node, args: &str) -> String {
+        let o = self.run(n, args);
+        assert!(
+            o.status.success(),
+            "docker {args}: {:?}\n{}{}",
+            o.status.code(),
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        text(&o.stdout)
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn the_docker_cli_drives_the_fleet() {
+    assert!(
+        Command::new("docker").arg("--version").output().is_ok(),
+        "the docker CLI is needed"
+    );
+    let c = Cluster::start(
+        3,
+        ClusterOpts {
+            viking_bin: Some(env!("CARGO_BIN_EXE_viking").into()),
+            ..Default::default()
+        },
+    )
+    .expect("cluster");
+    let d = Docker::new(&c);
+    let (n1, n2, n3) = (c.node(0), c.node(1), c.node(2));
+
+    // version and info: the fleet.
+    let v = d.ok(n1, "version --format '{{.Server.APIVersion}}'");
+    assert_eq!(v.trim(), "1.44");
+    let info = d.ok(n1, "info");
+    assert!(info.contains("Hosts: 3"), "{info}");
+    for n in c.nodes() {
+        assert!(
+            info.contains(&format!(" {}: {}", n.name(), n.ip())),
+            "{info}"
+        );
+    }
+
+    // run -d: a daemonized viking job placed by dowding.
+    let id = d.ok(
+        n1,
+        &format!("run -d --name web -p 8080 -v /data -e K=V {BUSYBOX} sh -c 'echo started; exec httpd -f -p 8080'"),
+    );
+    assert_eq!(id.trim().len(), 64, "{id}");
+    let host = n1.cli_json(["inspect", "web"]).unwrap()["ps"]["node"]
+        .as_str()
+        .expect("placed")
+        .to_string();
+    let names = d.ok(n2, "ps --format '{{.Names}} {{.Ports}}'");
+    assert!(names.contains(&format!("{host}/web ")), "{names}");
+    assert_eq!(
+        d.ok(
+            n3,
+            "inspect -f '{{.Node.Name}} {{.Config.Env}} {{.State.Running}}' web"
+        )
+        .trim(),
+        format!("{host} [K=V] true")
+    );
+    assert_eq!(d.ok(n2, "ps -q --filter name=web").trim(), &id.trim()[..12]);
+    assert!(d.ok(n1, "logs web").contains("started"));
+
+    // A name taken anywhere: 409; an unknown container: 404.
+    let o = d.run(n2, &format!("run -d --name web {BUSYBOX} true"));
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        text(&o.stderr).contains("Conflict. The container name \"/web\" is already in use"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = d.run(n1, "stop nope");
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("No such container: nope"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // Attached runs: stdin, stdout and stderr, the exit code, and a pipe
+    // between two jobs on two other hosts, both through n1.
+    let o = d.sh(
+        n1,
+        &format!("$D run --rm {BUSYBOX} sh -c 'echo out; echo err >&2; exit 3'"),
+        None,
+    );
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(text(&o.stdout), "out\n");
+    assert_eq!(text(&o.stderr), "err\n");
+    let o = d.sh(
+        n1,
+        &format!(
+            "$D run -i --rm -e VIKING_HOST={} {BUSYBOX} tr a-z A-Z | $D run -i --rm -e VIKING_HOST={} {BUSYBOX} rev",
+            n2.name(),
+            n3.name()
+        ),
+        Some(b"hello\n"),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "OLLEH\n");
+
+    // logs -f follows until the container ends; --tail keeps the last lines.
+    d.ok(
+        n1,
+        &format!("run -d --name ticker {BUSYBOX} sh -c 'echo one; sleep 2; echo two; sleep 1000'"),
+    );
+    let o = d.sh(
+        n2,
+        "( $D logs -f ticker > /tmp/viking-docker-follow.$$ & p=$!; i=0; \
+           while ! grep -q two /tmp/viking-docker-follow.$$; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done; \
+           kill $p; cat /tmp/viking-docker-follow.$$; rm -f /tmp/viking-docker-follow.$$ )",
+        None,
+    );
+    assert_eq!(text(&o.stdout), "one\ntwo\n", "{}", text(&o.stderr));
+    assert_eq!(d.ok(n3, "logs --tail 1 ticker"), "two\n");
+
+    // Refused options: Docker's error naming what viking refuses, and no
+    // trace (no record, no container).
+    for (flag, field) in [
+        ("--privileged", "HostConfig.Privileged"),
+        ("-v /etc:/host-etc", "HostConfig.Binds"),
+        ("--network host", "HostConfig.NetworkMode"),
+        ("--pid host", "HostConfig.PidMode"),
+        ("--cap-add SYS_ADMIN", "HostConfig.CapAdd"),
+        ("--device /dev/null", "HostConfig.Devices"),
+    ] {
+        let o = d.run(n1, &format!("run -d --name bad {flag} {BUSYBOX} true"));
+        assert_eq!(o.status.code(), Some(125), "{flag}");
+        assert!(
+            text(&o.stderr).contains(&format!("Error response from daemon: {field}: ")),
+            "{flag}: {}",
+            text(&o.stderr)
+        );
+        assert!(
+            !n1.cli(["inspect", "bad"]).status.success(),
+            "{flag} left a record"
+        );
+        for n in c.nodes() {
+            assert_eq!(
+                n.docker_ok(["ps", "-aq", "--filter", "name=bad"])
+                    .unwrap()
+                    .trim(),
+                "",
+                "{flag} left a container on {}",
+                n.name()
+            );
+        }
+    }
+
+    // What viking does not do: Docker's JSON error, at once.
+    let o = d.run(n1, "network ls");
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("does not do GET /networks"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // stop and rm: the job leaves viking too.
+    d.ok(n2, "stop -t 1 web");
+    eventually("web stopped", Duration::from_secs(20), POLL, || {
+        !n1.cli_json(["proc", "--json"])
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["job"]["name"] == "web")
+    });
+    d.ok(n3, "rm -f web ticker");
+    let left = d.ok(n1, "ps -a --format '{{.Names}}'");
+    assert!(!left.contains("web") && !left.contains("ticker"), "{left}");
+}
