@@ -140,6 +140,19 @@ pub enum Command {
         follow: bool,
         name: String,
     },
+    /// Run a command in a job's running container (`docker exec`).
+    Exec {
+        /// Keep stdin attached even when it is a terminal.
+        #[arg(short, long)]
+        interactive: bool,
+        /// Allocate a TTY (one output stream).
+        #[arg(short, long)]
+        tty: bool,
+        name: String,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
     /// Show proc, ps and history of a job as JSON.
     Inspect { name: String },
     /// List services: ambassador ports and endpoints.
@@ -609,6 +622,18 @@ pub async fn dispatch(target: &context::Target, command: Command) -> Result<i32,
                 }
             }
             Ok(code)
+        }
+        Command::Exec {
+            interactive,
+            tty,
+            name,
+            cmd,
+        } => {
+            let req = viking_client::api::ExecRequest { cmd, tty };
+            let io = c.exec(path_segment(&name)?, &req).await?;
+            let stdin_attached =
+                interactive || !std::io::IsTerminal::is_terminal(&std::io::stdin());
+            run::attached(io, stdin_attached).await
         }
         Command::Logs { follow, name } => {
             let body = c.logs(path_segment(&name)?, follow).await?;

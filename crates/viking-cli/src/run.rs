@@ -286,7 +286,9 @@ fn spawn_stdin_reader(attached: bool) -> tokio::sync::mpsc::Receiver<Option<Vec<
     rx
 }
 
-async fn attached(
+/// Pumps an attached stream (a run's or an exec's): stdin and Ctrl-C to
+/// the server, output to stdout and stderr; the exit code.
+pub(crate) async fn attached(
     io: viking_client::client::AttachedIo,
     stdin_attached: bool,
 ) -> Result<i32, Failure> {

@@ -323,6 +323,18 @@ pub enum PushLine {
     Error(ErrorBody),
 }
 
+/// `POST /v1/jobs/{name}/exec`: a command to run in the job's running
+/// container, attached (`viking exec`, `docker exec`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The command and its arguments.
+    pub cmd: Vec<String>,
+    /// With a TTY (one output stream).
+    #[serde(default)]
+    pub tty: bool,
+}
+
 /// `POST /v1/internal/replace`: restart one job of this host on the image
 /// its tag names now.
 #[derive(Debug, Clone, Serialize, Deserialize)]

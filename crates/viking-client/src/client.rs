@@ -623,6 +623,17 @@ impl Client {
         self.attach(routes::JOBS, doc).await
     }
 
+    /// Run a command in a job's running container, attached: the same
+    /// frames as [`Client::run_attached`].
+    pub async fn exec(
+        &self,
+        name: &str,
+        req: &crate::api::ExecRequest,
+    ) -> Result<AttachedIo, ClientError> {
+        self.attach(&routes::exec(job_name(name)?), to_json(req)?)
+            .await
+    }
+
     /// Whether the server acts on its containers, or holds and why.
     pub async fn health(&self) -> Result<Health, ClientError> {
         self.json(Method::GET, routes::HEALTH, None).await

@@ -22,6 +22,9 @@ pub const JOB_STOP: &str = "/v1/jobs/{name}/stop";
 pub const JOB_SCALE: &str = "/v1/jobs/{name}/scale";
 /// `GET`: a job's output as frames (`follow=true`).
 pub const JOB_LOGS: &str = "/v1/jobs/{name}/logs";
+/// `POST` with `Upgrade`: a command in a job's running container
+/// ([`crate::api::ExecRequest`]), attached.
+pub const JOB_EXEC: &str = "/v1/jobs/{name}/exec";
 /// `POST`: a code push (newline-delimited JSON answer).
 pub const PUSH: &str = "/v1/push";
 /// `GET`: the services.
@@ -88,6 +91,11 @@ pub fn ps(all: bool) -> String {
 /// `GET` (inspect) or `DELETE` (remove, see [`rm`]) one job.
 pub fn job(name: &str) -> String {
     JOB.replace(NAME, name)
+}
+
+/// `POST` (upgraded): run a command in a job's container.
+pub fn exec(name: &str) -> String {
+    JOB_EXEC.replace(NAME, name)
 }
 
 /// `POST`: stop a job, killing it after `timeout` seconds.

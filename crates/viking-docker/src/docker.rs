@@ -414,6 +414,59 @@ impl Runtime for DockerRuntime {
         })
     }
 
+    async fn exec(&self, id: &str, cmd: &[String], tty: bool) -> Result<(String, Attached)> {
+        use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+        let created = self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(cmd.to_vec()),
+                    attach_stdin: Some(true),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    tty: Some(tty),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(err)?;
+        let started = self
+            .docker
+            .start_exec(
+                &created.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(err)?;
+        match started {
+            StartExecResults::Attached { output, input } => Ok((
+                created.id,
+                Attached {
+                    output: output.map(|o| o.map(self::output).map_err(err)).boxed(),
+                    input,
+                },
+            )),
+            StartExecResults::Detached => Err(RuntimeError::Docker(format!(
+                "exec {} started detached",
+                created.id
+            ))),
+        }
+    }
+
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {
+        let r = self.docker.inspect_exec(exec_id).await.map_err(err)?;
+        Ok(if r.running == Some(true) {
+            None
+        } else {
+            r.exit_code
+        })
+    }
+
     async fn start(&self, id: &str) -> Result<()> {
         match self
             .docker

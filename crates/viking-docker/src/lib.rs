@@ -303,6 +303,19 @@ pub trait Runtime: Send + Sync + 'static {
     /// writes, once, in order; output written before the attach is never
     /// replayed (a replay is how output once arrived twice).
     async fn attach(&self, id: &str) -> Result<Attached>;
+    /// Runs `cmd` in running container `id` (`docker exec`), attached
+    /// (stdin, stdout, stderr; one stream with `tty`): its streams, and the
+    /// exec's id for [`Runtime::exec_exit_code`]. Not every runtime can.
+    async fn exec(&self, id: &str, cmd: &[String], tty: bool) -> Result<(String, Attached)> {
+        let _ = (cmd, tty);
+        Err(RuntimeError::Docker(format!(
+            "this runtime cannot run a command in container {id}"
+        )))
+    }
+    /// The exit code of an exec once it has ended (`None` while it runs).
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {
+        Err(RuntimeError::NotFound(exec_id.to_string()))
+    }
     async fn start(&self, id: &str) -> Result<()>;
     /// Wait until the container is not running; its exit code.
     async fn wait(&self, id: &str) -> Result<i64>;

@@ -105,6 +105,17 @@ impl Runtime for OwnedRuntime {
         self.inner.attach(id).await
     }
 
+    async fn exec(&self, id: &str, cmd: &[String], tty: bool) -> Result<(String, Attached)> {
+        match self.check(id).await? {
+            Ownership::Ours(id) => self.inner.exec(&id, cmd, tty).await,
+            Ownership::Absent => Err(RuntimeError::NotFound(id.to_string())),
+        }
+    }
+
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {
+        self.inner.exec_exit_code(exec_id).await
+    }
+
     async fn start(&self, id: &str) -> Result<()> {
         match self.check(id).await? {
             Ownership::Ours(id) => self.inner.start(&id).await,

@@ -50,6 +50,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(routes::JOB_STOP, post(stop))
         .route(routes::JOB_SCALE, post(scale))
         .route(routes::JOB_LOGS, get(logs))
+        .route(routes::JOB_EXEC, post(exec))
         .route(routes::PUSH, post(push))
         .route(routes::SERVICES, get(services))
         .route(routes::HEALTH, get(health))
@@ -294,6 +295,24 @@ async fn internal_place(
     let doc = serde_json::to_vec(&req.job).map_err(|e| ServerError::Internal(e.to_string()))?;
     req.job = Job::parse(&doc, String::new).map_err(|e| ServerError::Invalid(e.to_string()))?;
     Ok(Json(crate::placer::serve(&sh, req).await?))
+}
+
+/// A command in a job's running container, attached (`viking exec`).
+async fn exec(
+    State(sh): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    mut req: Request,
+) -> ApiResult<Response> {
+    let on_upgrade = req
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .filter(|_| is_attach(req.headers()))
+        .ok_or_else(|| ServerError::Invalid(format!("exec needs Upgrade: {ATTACH_PROTOCOL}")))?;
+    let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
+        .await
+        .map_err(|_| ServerError::Invalid("exec: the request is too large".to_string()))?;
+    let exec_req: viking_client::api::ExecRequest = parse(&body)?;
+    crate::exec::start(sh, &name, exec_req, on_upgrade).await
 }
 
 #[derive(Deserialize)]

@@ -161,7 +161,7 @@ fn begin_session(sh: &Shared, name: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn switching() -> Response {
+pub(crate) fn switching() -> Response {
     (
         StatusCode::SWITCHING_PROTOCOLS,
         [

@@ -64,6 +64,7 @@ pub mod config;
 pub mod container;
 pub mod docker_api;
 pub mod error;
+pub mod exec;
 pub mod floki;
 pub mod health;
 pub mod held;

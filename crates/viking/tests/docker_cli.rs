@@ -177,6 +177,39 @@ fn the_docker_cli_drives_the_fleet() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout), "OLLEH\n");
 
+    // exec: through n1 into the job on its host, with stdin, stderr and
+    // the exit code; viking's own `viking exec` the same way.
+    let o = d.sh(
+        n1,
+        "$D exec -i web sh -c 'tr a-z A-Z; echo err >&2; exit 4'",
+        Some(b"piped\n"),
+    );
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "PIPED\n");
+    assert_eq!(text(&o.stderr), "err\n");
+    let o = n2.cli(["exec", "web", "sh", "-c", "echo $K; exit 5"]);
+    assert_eq!(o.status.code(), Some(5));
+    assert_eq!(text(&o.stdout), "V\n");
+    let o = d.run(n1, "exec --privileged web true");
+    assert!(
+        text(&o.stderr).contains("Privileged: "),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // run -it: a TTY (one raw stream), under a pseudo-terminal.
+    let o = d.sh(
+        n3,
+        &format!("script -qec \"$D run -it --rm {BUSYBOX} sh -c 'tty >/dev/null && echo a-tty; exit 2'\" /dev/null"),
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("a-tty\r\n"),
+        "{:?}",
+        text(&o.stdout)
+    );
+
     // logs -f follows until the container ends; --tail keeps the last lines.
     d.ok(
         n1,

@@ -347,6 +347,57 @@ pub fn create(name: Option<&str>, body: &Value) -> Result<Create, String> {
     })
 }
 
+/// An exec's create body (`docker exec`): its command and TTY, or a
+/// message naming what viking refuses.
+pub fn exec(body: &Value) -> Result<(Vec<String>, bool), String> {
+    const FIELDS: &[&str] = &[
+        "AttachStdin",
+        "AttachStdout",
+        "AttachStderr",
+        "ConsoleSize",
+        "Detach",
+        "DetachKeys",
+        "Tty",
+        "Env",
+        "Cmd",
+        "Privileged",
+        "User",
+        "WorkingDir",
+    ];
+    let Value::Object(m) = body else {
+        return Err("the body must be a JSON object".to_string());
+    };
+    for (k, v) in m {
+        if !FIELDS.contains(&k.as_str()) {
+            return Err(refuse(k, "unknown field"));
+        }
+        match k.as_str() {
+            "Privileged" if !is_default(v) => {
+                return Err(refuse(k, "viking runs nothing privileged"))
+            }
+            "User" if !is_default(v) => {
+                return Err(refuse(k, "an exec runs as the container's user"))
+            }
+            "Env" | "WorkingDir" if !is_default(v) => {
+                return Err(refuse(k, "not supported by viking's exec"))
+            }
+            _ => {}
+        }
+    }
+    let cmd: Vec<String> = match m.get("Cmd") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| refuse("Cmd", "must be a list of strings"))?,
+        _ => vec![],
+    };
+    if cmd.is_empty() {
+        return Err(refuse("Cmd", "required"));
+    }
+    Ok((cmd, matches!(m.get("Tty"), Some(Value::Bool(true)))))
+}
+
 /// `HostConfig.PortBindings` (`{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}`)
 /// as viking's port strings.
 fn port_bindings(v: Option<&Value>) -> Result<Vec<String>, String> {

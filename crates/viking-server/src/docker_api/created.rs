@@ -38,10 +38,21 @@ pub struct Created {
     pub started: bool,
 }
 
-/// The created containers of this server, by id.
+/// One exec created through the Docker API.
+struct Exec {
+    job: String,
+    cmd: Vec<String>,
+    tty: bool,
+    made: Instant,
+    started: bool,
+    exit: watch::Sender<Option<i64>>,
+}
+
+/// The created containers (and execs) of this server, by id.
 #[derive(Default)]
 pub struct CreatedTable {
     entries: Mutex<HashMap<String, Created>>,
+    execs: Mutex<HashMap<String, Exec>>,
 }
 
 impl CreatedTable {
@@ -139,6 +150,58 @@ impl CreatedTable {
         let m = self.lock();
         let c = m.get(id)?;
         Some((c.job.clone(), c.attached, c.exit.subscribe()))
+    }
+
+    fn execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Exec>> {
+        self.execs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Holds an exec of job `job` until its start; its new id.
+    pub fn insert_exec(&self, job: String, cmd: Vec<String>, tty: bool) -> String {
+        let id: String = (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        let mut m = self.execs();
+        // An exec is inspected after it ends; forget old ones.
+        m.retain(|_, e| e.made.elapsed() < UNSTARTED);
+        m.insert(
+            id.clone(),
+            Exec {
+                job,
+                cmd,
+                tty,
+                made: Instant::now(),
+                started: false,
+                exit: watch::Sender::new(None),
+            },
+        );
+        id
+    }
+
+    /// Marks exec `id` started: its job, command, tty and exit code's
+    /// sender. `None`: no such exec, or started already.
+    #[allow(clippy::type_complexity)]
+    pub fn start_exec(
+        &self,
+        id: &str,
+    ) -> Option<(String, Vec<String>, bool, watch::Sender<Option<i64>>)> {
+        let mut m = self.execs();
+        let e = m.get_mut(id)?;
+        if e.started {
+            return None;
+        }
+        e.started = true;
+        Some((e.job.clone(), e.cmd.clone(), e.tty, e.exit.clone()))
+    }
+
+    /// Exec `id`: its job, command, tty, exit code (once ended) and
+    /// whether it started.
+    #[allow(clippy::type_complexity)]
+    pub fn exec_state(&self, id: &str) -> Option<(String, Vec<String>, bool, Option<i64>, bool)> {
+        let m = self.execs();
+        let e = m.get(id)?;
+        let code = *e.exit.borrow();
+        Some((e.job.clone(), e.cmd.clone(), e.tty, code, e.started))
     }
 
     /// Forgets `id` (it ended, or it runs as a viking job now).

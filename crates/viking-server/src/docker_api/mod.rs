@@ -103,6 +103,11 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/containers/{id}/stop", post(stop))
         .route("/containers/{id}/logs", get(logs))
         .route("/containers/{id}", axum::routing::delete(remove))
+        .route("/containers/{id}/resize", post(resize))
+        .route("/containers/{id}/exec", post(exec_create))
+        .route("/exec/{id}/start", post(exec_start))
+        .route("/exec/{id}/json", get(exec_inspect))
+        .route("/exec/{id}/resize", post(resize))
         .fallback(unsupported)
         .layer(axum::middleware::map_response(headers))
         .with_state(sh)
@@ -648,14 +653,133 @@ async fn start(State(sh): State<Arc<Shared>>, Path(id): Path<String>) -> DResult
         Framing::Multiplexed
     };
     tokio::spawn(async move {
-        let code = match client {
-            Some(c) => stream::relay(c, stream, framing).await,
-            None => drain(stream).await,
-        };
-        exit.send_replace(Some(code.unwrap_or(125)));
+        match client {
+            Some(c) => {
+                stream::relay(c, stream, framing, |code| {
+                    exit.send_replace(Some(code.unwrap_or(125)));
+                })
+                .await
+            }
+            None => {
+                let code = drain(stream).await;
+                exit.send_replace(Some(code.unwrap_or(125)));
+            }
+        }
         sh.docker_created.remove(&key);
     });
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `resize` of a TTY: accepted; the size stays Docker's default.
+async fn resize() -> StatusCode {
+    StatusCode::OK
+}
+
+/// `POST /containers/{id}/exec`: an exec of a running job, held until its
+/// start.
+async fn exec_create(
+    State(sh): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> DResult<Response> {
+    let name = resolve(&sh, &id).await?;
+    let doc: Value = serde_json::from_slice(&body)
+        .map_err(|e| DockerError::new(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))?;
+    let (cmd, tty) =
+        convert::exec(&doc).map_err(|m| DockerError::new(StatusCode::BAD_REQUEST, m))?;
+    let running = state::ps(sh.store.as_ref(), &name)
+        .await?
+        .is_some_and(|(p, _)| p.is_running());
+    if !running {
+        return Err(DockerError::new(
+            StatusCode::CONFLICT,
+            format!("Container {name} is not running"),
+        ));
+    }
+    let exec_id = sh.docker_created.insert_exec(name, cmd, tty);
+    Ok((StatusCode::CREATED, Json(json!({ "Id": exec_id }))).into_response())
+}
+
+/// `POST /exec/{id}/start`: the exec runs on the job's host; its stream is
+/// the hijacked connection.
+async fn exec_start(
+    State(sh): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    mut req: Request,
+) -> DResult<Response> {
+    let Some((name, cmd, tty, exit)) = sh.docker_created.start_exec(&id) else {
+        return Err(DockerError::new(
+            StatusCode::NOT_FOUND,
+            format!("No such exec instance: {id}"),
+        ));
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return Err(DockerError::new(
+            StatusCode::BAD_REQUEST,
+            "viking runs an exec attached only (Connection: Upgrade)",
+        ));
+    };
+    let stream = crate::exec::open(
+        sh.clone(),
+        &name,
+        viking_client::api::ExecRequest { cmd, tty },
+    )
+    .await?;
+    let framing = if tty {
+        Framing::Raw
+    } else {
+        Framing::Multiplexed
+    };
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                stream::relay(TokioIo::new(upgraded), stream, framing, |code| {
+                    exit.send_replace(Some(code.unwrap_or(125)));
+                })
+                .await
+            }
+            Err(e) => tracing::debug!("docker exec: the upgrade failed: {e}"),
+        }
+    });
+    let content_type = if tty {
+        "application/vnd.docker.raw-stream"
+    } else {
+        "application/vnd.docker.multiplexed-stream"
+    };
+    Ok((
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONNECTION, "Upgrade"),
+            (header::UPGRADE, "tcp"),
+        ],
+    )
+        .into_response())
+}
+
+/// `GET /exec/{id}/json`: whether it runs, and its exit code.
+async fn exec_inspect(
+    State(sh): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> DResult<Json<Value>> {
+    let Some((name, cmd, tty, code, started)) = sh.docker_created.exec_state(&id) else {
+        return Err(DockerError::new(
+            StatusCode::NOT_FOUND,
+            format!("No such exec instance: {id}"),
+        ));
+    };
+    Ok(Json(json!({
+        "ID": id,
+        "Running": started && code.is_none(),
+        "ExitCode": code,
+        "ProcessConfig": {"entrypoint": cmd.first(), "arguments": cmd.iter().skip(1).collect::<Vec<_>>(), "tty": tty},
+        "OpenStdin": true,
+        "OpenStderr": true,
+        "OpenStdout": true,
+        "CanRemove": false,
+        "ContainerID": convert::job_id(&name),
+        "Pid": 0,
+    })))
 }
 
 /// Reads an attached stream nobody listens to until its exit code.

@@ -63,10 +63,15 @@ fn error_text(data: &[u8]) -> Vec<u8> {
 /// Relays a Docker client's hijacked connection and a viking attached
 /// stream until the job ends: the client's raw stdin bytes become stdin
 /// frames (its half-close the end of stdin), the job's output the client's
-/// frames. Returns the job's exit code (`None` if the stream ended without
-/// one).
-pub async fn relay<C, V>(client: C, viking: V, framing: Framing) -> Option<i64>
-where
+/// frames. `on_exit` hears the job's exit code (`None` if the stream ended
+/// without one) before the client's stream closes, so a client that asks
+/// for it when its stream ends finds it.
+pub async fn relay<C, V>(
+    client: C,
+    viking: V,
+    framing: Framing,
+    on_exit: impl FnOnce(Option<i64>) + Send,
+) where
     C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     V: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -107,10 +112,10 @@ where
             break;
         }
     }
+    on_exit(code);
     let _ = c_wr.flush().await;
     let _ = c_wr.shutdown().await;
     stdin.abort();
-    code
 }
 
 #[cfg(test)]
@@ -149,7 +154,10 @@ mod tests {
     async fn the_relay_carries_stdin_its_end_output_and_the_exit_code() {
         let (client, mut docker_cli) = tokio::io::duplex(1 << 16);
         let (viking_side, mut job) = tokio::io::duplex(1 << 16);
-        let relay = tokio::spawn(relay(client, viking_side, Framing::Multiplexed));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let relay = tokio::spawn(relay(client, viking_side, Framing::Multiplexed, move |c| {
+            let _ = tx.send(c);
+        }));
         docker_cli.write_all(b"hello\n").await.unwrap();
         docker_cli.shutdown().await.unwrap();
         // The job's side reads a stdin frame, then the end of stdin.
@@ -163,7 +171,8 @@ mod tests {
         Frame::new(frame::STDOUT, &b"HELLO\n"[..]).encode(&mut out);
         Frame::exit(3).encode(&mut out);
         job.write_all(&out).await.unwrap();
-        assert_eq!(relay.await.unwrap(), Some(3));
+        relay.await.unwrap();
+        assert_eq!(rx.await.unwrap(), Some(3));
         let mut got = Vec::new();
         docker_cli.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"\x01\x00\x00\x00\x00\x00\x00\x06HELLO\n");
