@@ -100,11 +100,7 @@ where
         let mut frames = FrameReader::new(rd);
         while let Ok(Some(f)) = frames.next().await {
             match f.kind {
-                frame::STDIN => {
-                    if input.write_all(&f.data).await.is_err() {
-                        return;
-                    }
-                }
+                frame::STDIN if input.write_all(&f.data).await.is_err() => return,
                 frame::STDIN_EOF => {
                     let _ = input.flush().await;
                     let _ = input.shutdown().await;
