@@ -323,6 +323,16 @@ pub enum PushLine {
     Error(ErrorBody),
 }
 
+/// `GET /v1/internal/images`: one image a host has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRow {
+    pub id: String,
+    pub tags: Vec<String>,
+    /// Unix seconds.
+    pub created: i64,
+    pub size: i64,
+}
+
 /// `POST /v1/jobs/{name}/exec`: a command to run in the job's running
 /// container, attached (`viking exec`, `docker exec`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,6 +352,9 @@ pub struct ReplaceRequest {
     pub job: String,
     /// How long the new container must stay up (and healthy) to count.
     pub settle_ms: u64,
+    /// A restart asked for by name (`docker restart`): a static job too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restart: bool,
 }
 
 /// `POST /v1/internal/place`: a server asks the leader to place a

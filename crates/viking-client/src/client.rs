@@ -623,6 +623,11 @@ impl Client {
         self.attach(routes::JOBS, doc).await
     }
 
+    /// Between servers: the images the server's host has.
+    pub async fn images(&self) -> Result<Vec<crate::api::ImageRow>, ClientError> {
+        self.json(Method::GET, routes::INTERNAL_IMAGES, None).await
+    }
+
     /// Run a command in a job's running container, attached: the same
     /// frames as [`Client::run_attached`].
     pub async fn exec(

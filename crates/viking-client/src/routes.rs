@@ -53,6 +53,8 @@ pub const INTERNAL_ATTACH: &str = "/v1/internal/attach";
 /// `POST` between servers, to the leader: place a daemonized job and claim
 /// it for the server that asks (which then starts it).
 pub const INTERNAL_PLACE: &str = "/v1/internal/place";
+/// `GET`: the images this host's engine has.
+pub const INTERNAL_IMAGES: &str = "/v1/internal/images";
 /// `GET`, without the token, over TLS: the cluster's CA certificate, which
 /// a joining machine checks against its join token's fingerprint.
 pub const MESH_CA: &str = "/v1/mesh/ca";

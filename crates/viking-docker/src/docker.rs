@@ -458,6 +458,23 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn images(&self) -> Result<Vec<crate::ImageInfo>> {
+        let list = self
+            .docker
+            .list_images(None::<bollard::image::ListImagesOptions<String>>)
+            .await
+            .map_err(err)?;
+        Ok(list
+            .into_iter()
+            .map(|i| crate::ImageInfo {
+                id: i.id,
+                tags: i.repo_tags,
+                created: i.created,
+                size: i.size,
+            })
+            .collect())
+    }
+
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {
         let r = self.docker.inspect_exec(exec_id).await.map_err(err)?;
         Ok(if r.running == Some(true) {

@@ -263,6 +263,16 @@ pub struct ContainerInfo {
     pub spec: Option<String>,
 }
 
+/// An image a host has (`docker images`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub id: String,
+    pub tags: Vec<String>,
+    /// Unix seconds.
+    pub created: i64,
+    pub size: i64,
+}
+
 /// A chunk of a container's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
@@ -311,6 +321,10 @@ pub trait Runtime: Send + Sync + 'static {
         Err(RuntimeError::Docker(format!(
             "this runtime cannot run a command in container {id}"
         )))
+    }
+    /// The images this engine has.
+    async fn images(&self) -> Result<Vec<ImageInfo>> {
+        Ok(vec![])
     }
     /// The exit code of an exec once it has ended (`None` while it runs).
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {

@@ -112,6 +112,10 @@ impl Runtime for OwnedRuntime {
         }
     }
 
+    async fn images(&self) -> Result<Vec<crate::ImageInfo>> {
+        self.inner.images().await
+    }
+
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {
         self.inner.exec_exit_code(exec_id).await
     }

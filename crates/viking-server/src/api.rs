@@ -62,6 +62,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(routes::INTERNAL_REPLACE, post(internal_replace))
         .route(routes::INTERNAL_ATTACH, post(internal_attach))
         .route(routes::INTERNAL_PLACE, post(internal_place))
+        .route(routes::INTERNAL_IMAGES, get(internal_images))
         .fallback(move |req: Request| crate::docker_api::dispatch(docker.clone(), req))
         .layer(middleware::from_fn_with_state(shared.clone(), auth))
         // Without the token: the CA a joining machine checks against its
@@ -295,6 +296,13 @@ async fn internal_place(
     let doc = serde_json::to_vec(&req.job).map_err(|e| ServerError::Internal(e.to_string()))?;
     req.job = Job::parse(&doc, String::new).map_err(|e| ServerError::Invalid(e.to_string()))?;
     Ok(Json(crate::placer::serve(&sh, req).await?))
+}
+
+/// The images this host's engine has (`docker images` at any server).
+async fn internal_images(
+    State(sh): State<Arc<Shared>>,
+) -> ApiResult<Json<Vec<viking_client::api::ImageRow>>> {
+    Ok(Json(crate::docker_api::images_here(&sh).await?))
 }
 
 /// A command in a job's running container, attached (`viking exec`).

@@ -77,7 +77,11 @@ async fn host_client(sh: &Shared, node: &str) -> Result<viking_client::Client> {
     crate::peer::peer(sh, &host)
 }
 
-async fn resolve_on(sh: &Shared, node: &str, req: &ResolveRequest) -> Result<Option<String>> {
+pub(crate) async fn resolve_on(
+    sh: &Shared,
+    node: &str,
+    req: &ResolveRequest,
+) -> Result<Option<String>> {
     let r: ResolveResponse = if node == sh.config.name {
         resolve_here(sh, req).await?
     } else {
@@ -90,7 +94,7 @@ async fn resolve_on(sh: &Shared, node: &str, req: &ResolveRequest) -> Result<Opt
     Ok(r.image_id)
 }
 
-async fn replace_on(sh: &Shared, node: &str, req: &ReplaceRequest) -> Result<PsRecord> {
+pub(crate) async fn replace_on(sh: &Shared, node: &str, req: &ReplaceRequest) -> Result<PsRecord> {
     if node == sh.config.name {
         replace_here(sh, req).await
     } else {
@@ -199,6 +203,7 @@ pub async fn push(
                     &ReplaceRequest {
                         job: job.clone(),
                         settle_ms: req.settle_ms.unwrap_or(DEFAULT_SETTLE.as_millis() as u64),
+                        restart: false,
                     },
                 )
                 .await;
@@ -270,7 +275,7 @@ pub async fn replace_here(sh: &Shared, req: &ReplaceRequest) -> Result<PsRecord>
             )))
         }
     };
-    if proc.job.static_ {
+    if proc.job.static_ && !req.restart {
         return Err(ServerError::Conflict(format!(
             "job {name:?} is static: a push never restarts it"
         )));

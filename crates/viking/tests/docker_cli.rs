@@ -258,6 +258,42 @@ fn the_docker_cli_drives_the_fleet() {
         }
     }
 
+    // pull on every live host; images lists every host's.
+    let o = d.run(n2, &format!("pull {BUSYBOX}"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    for n in c.nodes() {
+        assert!(
+            text(&o.stdout).contains(&format!(
+                "{}: docker.io/{BUSYBOX}:latest is sha256:",
+                n.name()
+            )),
+            "{}",
+            text(&o.stdout)
+        );
+    }
+    let o = d.run(n2, "pull nope/nothing:1");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("docker.io/nope/nothing:1 is not on"),
+        "{}",
+        text(&o.stderr)
+    );
+    let images = d.ok(n1, "images --format '{{.Repository}}:{{.Tag}}'");
+    for n in c.nodes() {
+        assert!(
+            images.contains(&format!("{}/{BUSYBOX}:latest", n.name())),
+            "{images}"
+        );
+    }
+
+    // restart: a new container of the same job on its host.
+    let before = n1.cli_json(["inspect", "web"]).unwrap()["ps"]["container_id"].clone();
+    d.ok(n3, "restart web");
+    let after = n1.cli_json(["inspect", "web"]).unwrap()["ps"].clone();
+    assert_ne!(after["container_id"], before);
+    assert_eq!(after["status"], "running");
+    assert_eq!(after["node"], host.as_str());
+
     // What viking does not do: Docker's JSON error, at once.
     let o = d.run(n1, "network ls");
     assert!(!o.status.success());

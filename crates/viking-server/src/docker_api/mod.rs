@@ -104,6 +104,9 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/containers/{id}/logs", get(logs))
         .route("/containers/{id}", axum::routing::delete(remove))
         .route("/containers/{id}/resize", post(resize))
+        .route("/containers/{id}/restart", post(restart))
+        .route("/images/create", post(pull))
+        .route("/images/json", get(images))
         .route("/containers/{id}/exec", post(exec_create))
         .route("/exec/{id}/start", post(exec_start))
         .route("/exec/{id}/json", get(exec_inspect))
@@ -668,6 +671,159 @@ async fn start(State(sh): State<Arc<Shared>>, Path(id): Path<String>) -> DResult
         sh.docker_created.remove(&key);
     });
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /containers/{id}/restart`: the job's container replaced on its
+/// host by a new one of the same image (start-first unless it has volumes
+/// or a fixed host port, as a code push does).
+async fn restart(State(sh): State<Arc<Shared>>, Path(id): Path<String>) -> DResult<StatusCode> {
+    let name = resolve(&sh, &id).await?;
+    let Some((ps, _)) = state::ps(sh.store.as_ref(), &name).await? else {
+        return Err(DockerError::no_such(&id));
+    };
+    if state::proc(sh.store.as_ref(), &name).await?.is_none() {
+        return Err(DockerError::new(
+            StatusCode::CONFLICT,
+            format!("{name} is not a daemonized job: viking restarts only those"),
+        ));
+    }
+    let req = viking_client::api::ReplaceRequest {
+        job: name,
+        settle_ms: 0,
+        restart: true,
+    };
+    crate::push::replace_on(&sh, &ps.node, &req).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize)]
+struct PullQuery {
+    #[serde(rename = "fromImage")]
+    from_image: String,
+    #[serde(default)]
+    tag: String,
+}
+
+/// `POST /images/create?fromImage=&tag=` (`docker pull`): pulled on every
+/// live host at once; one progress line per host, an error line for each
+/// host that does not have the image afterwards.
+async fn pull(State(sh): State<Arc<Shared>>, Query(q): Query<PullQuery>) -> DResult<Response> {
+    let image = match q.tag.as_str() {
+        "" => q.from_image.clone(),
+        t if t.starts_with("sha256:") => format!("{}@{t}", q.from_image),
+        t => format!("{}:{t}", q.from_image),
+    };
+    let hosts = hosts(&sh).await?;
+    let req = viking_client::api::ResolveRequest {
+        image: image.clone(),
+        pull: true,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(hosts.len() + 1);
+    tokio::spawn(async move {
+        let results = futures::future::join_all(hosts.iter().map(|h| {
+            let (sh, req) = (&sh, &req);
+            async move {
+                (
+                    h.name.clone(),
+                    crate::push::resolve_on(sh, &h.name, req).await,
+                )
+            }
+        }))
+        .await;
+        let mut missing = Vec::new();
+        for (host, r) in results {
+            let line = match r {
+                Ok(Some(id)) => json!({"status": format!("{image} is {id}"), "id": host}),
+                Ok(None) => {
+                    missing.push(host.clone());
+                    json!({"status": format!("{image} could not be pulled"), "id": host})
+                }
+                Err(e) => {
+                    missing.push(host.clone());
+                    json!({"status": e.to_string(), "id": host})
+                }
+            };
+            let _ = tx.send(Ok(format!("{line}\n"))).await;
+        }
+        let last = if missing.is_empty() {
+            json!({"status": format!("Status: {image} is on every live host")})
+        } else {
+            let m = format!("{image} is not on {}", missing.join(", "));
+            json!({"errorDetail": {"message": m}, "error": m})
+        };
+        let _ = tx.send(Ok(format!("{last}\n"))).await;
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+        .into_response())
+}
+
+/// The images this host's engine has.
+pub async fn images_here(sh: &Shared) -> Result<Vec<viking_client::api::ImageRow>, ServerError> {
+    Ok(sh
+        .runtime
+        .images()
+        .await?
+        .into_iter()
+        .map(|i| viking_client::api::ImageRow {
+            id: i.id,
+            tags: i.tags,
+            created: i.created,
+            size: i.size,
+        })
+        .collect())
+}
+
+/// `GET /images/json` (`docker images`): what every live host has, each
+/// tag shown as `host/repository:tag`.
+async fn images(State(sh): State<Arc<Shared>>) -> DResult<Json<Vec<Value>>> {
+    let hosts = hosts(&sh).await?;
+    let lists = futures::future::join_all(hosts.iter().map(|h| {
+        let sh = &sh;
+        async move {
+            let rows = if h.name == sh.config.name {
+                images_here(sh).await
+            } else {
+                match crate::peer::peer(sh, h) {
+                    Ok(c) => c
+                        .images()
+                        .await
+                        .map_err(|e| ServerError::from_peer(&h.name, e)),
+                    Err(e) => Err(e),
+                }
+            };
+            (h.name.clone(), rows)
+        }
+    }))
+    .await;
+    let mut out = Vec::new();
+    for (host, rows) in lists {
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(host = %host, "docker images: {e}");
+                continue;
+            }
+        };
+        for r in rows {
+            let tags: Vec<String> = r.tags.iter().map(|t| format!("{host}/{t}")).collect();
+            out.push(json!({
+                "Id": r.id,
+                "ParentId": "",
+                "RepoTags": tags,
+                "RepoDigests": [],
+                "Created": r.created,
+                "Size": r.size,
+                "SharedSize": -1,
+                "VirtualSize": r.size,
+                "Labels": {"viking.host": host},
+                "Containers": -1,
+            }));
+        }
+    }
+    Ok(Json(out))
 }
 
 /// `resize` of a TTY: accepted; the size stays Docker's default.
