@@ -39,7 +39,16 @@ pub enum ContextCommand {
     /// machine: `viking context export > FILE`, then `viking --context FILE
     /// ...` there. Whoever can read FILE can run the cluster: keeping it
     /// private (chmod 600, a safe way to the other machine) is yours to do.
-    Export,
+    ///
+    /// With `--docker DIR`: the same for the docker CLI, which viking's
+    /// servers answer too: DIR/config.json sends the token (its
+    /// `HttpHeaders`), DIR/ca.pem is the cluster's CA, and the lines to
+    /// source are printed (`DOCKER_HOST`, `DOCKER_CONFIG`,
+    /// `DOCKER_CERT_PATH`, `DOCKER_TLS_VERIFY`).
+    Export {
+        #[arg(long, value_name = "DIR")]
+        docker: Option<PathBuf>,
+    },
 }
 
 /// The CLI's own flags about where to talk to.
@@ -177,7 +186,13 @@ fn local_token(data_dir: &Path) -> Option<String> {
 /// `viking context show|export`.
 pub fn run(target: &Target, c: ContextCommand) -> Result<i32, Failure> {
     match c {
-        ContextCommand::Export => {
+        ContextCommand::Export { docker: Some(dir) } => {
+            let ctx = target.context();
+            ctx.check().map_err(|e| Failure::new(1, e))?;
+            print!("{}", export_docker(&ctx, &dir)?);
+            Ok(0)
+        }
+        ContextCommand::Export { docker: None } => {
             let ctx = target.context();
             ctx.check().map_err(|e| Failure::new(1, e))?;
             let s =
@@ -229,9 +244,92 @@ pub fn run(target: &Target, c: ContextCommand) -> Result<i32, Failure> {
     }
 }
 
+/// Writes the docker CLI's files for `ctx` into `dir` (made 0700; the
+/// files 0600) and returns the shell lines that point the docker CLI at
+/// them.
+pub fn export_docker(ctx: &Context, dir: &Path) -> Result<String, Failure> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let fail =
+        |what: &str, e: std::io::Error| Failure::new(1, format!("{}: {what}: {e}", dir.display()));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| fail("making the directory", e))?;
+    let write = |name: &str, body: &[u8]| -> Result<(), Failure> {
+        use std::io::Write;
+        let path = dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| fail(name, e))?;
+        f.write_all(body).map_err(|e| fail(name, e))
+    };
+    let Some(token) = &ctx.token else {
+        return Err(Failure::new(
+            1,
+            "no token to export: pass --token-file or use a context with one",
+        ));
+    };
+    let config = serde_json::json!({
+        "HttpHeaders": {"Authorization": format!("Bearer {token}")}
+    });
+    write("config.json", config.to_string().as_bytes())?;
+    let host = ctx
+        .server
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let mut lines = format!(
+        "export DOCKER_HOST=tcp://{host}\nexport DOCKER_CONFIG={}\n",
+        dir.display()
+    );
+    match &ctx.ca {
+        Some(ca) if ctx.server.starts_with("https://") => {
+            write("ca.pem", ca.as_bytes())?;
+            lines.push_str(&format!(
+                "export DOCKER_CERT_PATH={}\nexport DOCKER_TLS_VERIFY=1\n",
+                dir.display()
+            ));
+        }
+        _ => lines.push_str("unset DOCKER_CERT_PATH DOCKER_TLS_VERIFY\n"),
+    }
+    Ok(lines)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn export_docker_writes_the_token_header_and_the_ca() {
+        let d = dir();
+        let out = d.path().join("docker");
+        let ctx = Context {
+            server: "https://10.0.0.1:8791".into(),
+            ca: Some("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n".into()),
+            token: Some("tok".into()),
+        };
+        let lines = export_docker(&ctx, &out).unwrap();
+        assert!(lines.contains("export DOCKER_HOST=tcp://10.0.0.1:8791\n"));
+        assert!(lines.contains("export DOCKER_TLS_VERIFY=1\n"));
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["HttpHeaders"]["Authorization"], "Bearer tok");
+        assert!(std::fs::read_to_string(out.join("ca.pem"))
+            .unwrap()
+            .contains("BEGIN CERTIFICATE"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("config.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     /// A scratch directory, removed when dropped.
     struct Scratch(PathBuf);

@@ -1,7 +1,7 @@
 //! The Docker Engine API (issue 20) driven by the stock docker CLI of this
 //! machine against a real three-host cluster over TLS: the CLI trusts the
 //! cluster's CA and sends the token from its `config.json`'s
-//! `HttpHeaders`. Every docker command runs under `timeout`, so a server
+//! `HttpHeaders`, both written by `viking context export --docker DIR`. Every docker command runs under `timeout`, so a server
 //! that holds `/wait`'s headers back (the trap that deadlocks `docker run`)
 //! fails the test instead of hanging it.
 //!
@@ -16,30 +16,35 @@ use viking_testkit::{eventually, Cluster, ClusterOpts, Node, POLL};
 const BUSYBOX: &str = "viking-test/busybox";
 
 struct Docker {
-    config: tempfile::TempDir,
-    ca: PathBuf,
+    /// What `viking context export --docker` wrote: config.json (the
+    /// token) and ca.pem.
+    dir: tempfile::TempDir,
 }
 
 impl Docker {
-    fn new(c: &Cluster) -> Docker {
-        let config = tempfile::tempdir().expect("tempdir");
-        let doc = serde_json::json!({
-            "HttpHeaders": {"Authorization": format!("Bearer {}", c.token())}
-        });
-        std::fs::write(config.path().join("config.json"), doc.to_string()).expect("config.json");
-        Docker {
-            config,
-            ca: c.ca_file().expect("a TLS cluster"),
-        }
+    /// The docker CLI's files, from `viking context export --docker DIR`
+    /// on `n`'s context.
+    fn exported(n: &Node) -> Docker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("docker");
+        let lines = n
+            .cli_ok(["context", "export", "--docker", target.to_str().unwrap()])
+            .expect("context export --docker");
+        assert!(
+            lines.contains(&format!("export DOCKER_HOST=tcp://{}:8791\n", n.ip())),
+            "{lines}"
+        );
+        assert!(lines.contains("export DOCKER_TLS_VERIFY=1\n"), "{lines}");
+        Docker { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("docker")
     }
 
     /// `docker` aimed at `n`'s server, as a shell words prefix.
     fn prefix(&self, n: &Node) -> String {
-        format!(
-            "timeout 60 docker --tlsverify --tlscacert {} -H tcp://{}:8791",
-            self.ca.display(),
-            n.ip()
-        )
+        format!("timeout 60 docker -H tcp://{}:8791", n.ip())
     }
 
     /// Runs a shell script where `$D` is the docker command for `n`.
@@ -47,7 +52,9 @@ impl Docker {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(format!("D=\"{}\"; {script}", self.prefix(n)))
-            .env("DOCKER_CONFIG", self.config.path())
+            .env("DOCKER_CONFIG", self.path())
+            .env("DOCKER_CERT_PATH", self.path())
+            .env("DOCKER_TLS_VERIFY", "1")
             .env_remove("DOCKER_HOST")
             .env_remove("DOCKER_CONTEXT")
             .stdin(if stdin.is_some() {
@@ -101,8 +108,8 @@ fn the_docker_cli_drives_the_fleet() {
         },
     )
     .expect("cluster");
-    let d = Docker::new(&c);
     let (n1, n2, n3) = (c.node(0), c.node(1), c.node(2));
+    let d = Docker::exported(n1);
 
     // version and info: the fleet.
     let v = d.ok(n1, "version --format '{{.Server.APIVersion}}'");
