@@ -5,9 +5,11 @@
 //! - [`token`]: the cluster token (bearer auth of every request);
 //! - [`error`]: the server's one error type; [`status`]: its HTTP status
 //!   and body, the only such mapping;
-//! - [`api`]: the versioned HTTP API (axum), the only HTTP-facing part;
-//!   nothing imports it; [`listen`]: the API's connections (cap, timeouts,
-//!   graceful close) and the open-files limit;
+//! - [`api`]: the versioned HTTP API (axum); nothing imports it;
+//!   [`docker_api`]: the Docker Engine API, reached through `api`'s
+//!   fallback; the two are the only HTTP-facing parts; [`listen`]: the
+//!   API's connections (cap, timeouts, graceful close) and the open-files
+//!   limit;
 //! - [`admission`]: a machine's join to a mesh, checked by the cluster
 //!   (join secret, etcd member added, certificate signed);
 //! - [`state`]: typed access to the records (proc, ps, history, ports) and
@@ -17,7 +19,8 @@
 //!   volume directories, made and checked without following a symlink;
 //! - [`jobs`]: running, stopping and removing jobs: viking-proc first, then
 //!   Docker, then viking-ps;
-//! - [`attach`]: the attached streams of interactive jobs;
+//! - [`attach`]: the attached streams of interactive jobs; [`exec`]: a
+//!   command in a job's running container;
 //! - [`agent`]: keeps this host's viking-ps true from its Docker engine
 //!   (events plus a full resync at start and periodically);
 //!   [`assigned`]: each host's jobs as the leader publishes them, so a
@@ -28,7 +31,8 @@
 //!   store's history;
 //! - [`health`]: the health checks of this host's jobs;
 //! - [`push`]: code pushes, rolling restarts of non-static jobs;
-//! - [`services`]: ambassador ports, link variables, and embassy on this node;
+//! - [`services`]: ambassador ports, link variables, and embassy on this
+//!   node (its kernel rules or its proxy);
 //! - [`tls`]: this server's certificate and the TLS configurations built on
 //!   it; [`renew`]: its renewal without a restart.
 //!

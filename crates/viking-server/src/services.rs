@@ -395,7 +395,7 @@ async fn kernel_table(sh: &Shared, table: RoutingTable) -> RoutingTable {
     }
 }
 
-/// The pure part of [`kernel_table`]: an endpoint `own:port` becomes the
+/// The pure part of `kernel_table`: an endpoint `own:port` becomes the
 /// address and container port of the running container that publishes
 /// `port` over TCP; one no container publishes is kept as it is.
 pub fn local_endpoints(
