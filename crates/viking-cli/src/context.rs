@@ -300,6 +300,36 @@ pub fn export_docker(ctx: &Context, dir: &Path) -> Result<String, Failure> {
     Ok(lines)
 }
 
+/// Asks the cluster for a client certificate and writes it with its key
+/// into `dir` (`cert.pem`, `key.pem` 0600: what `DOCKER_CERT_PATH` reads).
+/// The key never leaves this machine.
+pub async fn docker_certificate(c: &viking_client::Client, dir: &Path) -> Result<(), String> {
+    let user = std::env::var("USER").unwrap_or_else(|_| "docker".to_string());
+    let name: String = user
+        .chars()
+        .filter(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+        .take(64)
+        .collect();
+    let name = if name.is_empty() {
+        "docker".to_string()
+    } else {
+        name
+    };
+    let issued = viking_pki::key_and_request(&name).map_err(|e| e.to_string())?;
+    let req = viking_client::api::ClientCertRequest {
+        name,
+        csr_pem: issued.cert_pem,
+    };
+    let signed = c
+        .client_certificate(&req)
+        .await
+        .map_err(|e| e.to_string())?;
+    viking_pki::write_file(&dir.join("key.pem"), &issued.key_pem, 0o600)
+        .map_err(|e| e.to_string())?;
+    viking_pki::write_file(&dir.join("cert.pem"), &signed.cert_pem, 0o644)
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

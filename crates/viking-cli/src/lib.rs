@@ -509,6 +509,26 @@ pub async fn dispatch(target: &context::Target, command: Command) -> Result<i32,
         }
         Command::Mesh(_) => return Err(Failure::new(2, "`viking mesh` is run by the binary")),
         Command::Ca(c) => return ca::run(c),
+        Command::Context(context::ContextCommand::Export { docker: Some(dir) }) => {
+            let code = context::run(
+                target,
+                context::ContextCommand::Export {
+                    docker: Some(dir.clone()),
+                },
+            )?;
+            // And a client certificate, where the cluster's CA is in its
+            // store (a mesh): the docker CLI then needs no token.
+            if target.server.starts_with("https://") {
+                match context::docker_certificate(&client(target)?, &dir).await {
+                    Ok(()) => {}
+                    Err(why) => eprintln!(
+                        "no client certificate ({why}); the token in {}/config.json is the credential",
+                        dir.display()
+                    ),
+                }
+            }
+            return Ok(code);
+        }
         Command::Context(c) => return context::run(target, c),
         other => other,
     };

@@ -323,6 +323,23 @@ pub enum PushLine {
     Error(ErrorBody),
 }
 
+/// `POST /v1/certificates/client`: an operator's certificate request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertRequest {
+    /// Who it is for (in the certificate's name: `operator-NAME`).
+    pub name: String,
+    /// The request (PEM), made where the key stays.
+    pub csr_pem: String,
+}
+
+/// The signed certificate and the CA that signed it (PEM).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientCertResponse {
+    pub cert_pem: String,
+    pub ca_pem: String,
+}
+
 /// `GET /v1/internal/images`: one image a host has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRow {

@@ -623,6 +623,19 @@ impl Client {
         self.attach(routes::JOBS, doc).await
     }
 
+    /// A client certificate for `req`'s key, signed by the cluster's CA.
+    pub async fn client_certificate(
+        &self,
+        req: &crate::api::ClientCertRequest,
+    ) -> Result<crate::api::ClientCertResponse, ClientError> {
+        self.json(
+            Method::POST,
+            routes::CLIENT_CERTIFICATE,
+            Some(to_json(req)?),
+        )
+        .await
+    }
+
     /// Between servers: the images the server's host has.
     pub async fn images(&self) -> Result<Vec<crate::api::ImageRow>, ClientError> {
         self.json(Method::GET, routes::INTERNAL_IMAGES, None).await

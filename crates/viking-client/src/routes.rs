@@ -53,6 +53,8 @@ pub const INTERNAL_ATTACH: &str = "/v1/internal/attach";
 /// `POST` between servers, to the leader: place a daemonized job and claim
 /// it for the server that asks (which then starts it).
 pub const INTERNAL_PLACE: &str = "/v1/internal/place";
+/// `POST`: an operator's client certificate, signed by the cluster's CA.
+pub const CLIENT_CERTIFICATE: &str = "/v1/certificates/client";
 /// `GET`: the images this host's engine has.
 pub const INTERNAL_IMAGES: &str = "/v1/internal/images";
 /// `GET`, without the token, over TLS: the cluster's CA certificate, which

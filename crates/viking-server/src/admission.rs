@@ -51,6 +51,43 @@ async fn ca_record(sh: &Shared) -> Result<CaRecord> {
         })
 }
 
+/// `POST /v1/certificates/client`: signs an operator's certificate
+/// request with the cluster's CA (in the store): a client certificate
+/// that the API takes as the token (`viking context export --docker`).
+pub async fn client_certificate(
+    sh: &Shared,
+    req: viking_client::api::ClientCertRequest,
+) -> Result<viking_client::api::ClientCertResponse> {
+    if req.name.is_empty()
+        || req.name.len() > 64
+        || !req
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(ServerError::Invalid(
+            "name: 1 to 64 letters, digits, '-', '_' or '.'".into(),
+        ));
+    }
+    let ca = ca_record(sh).await?;
+    let signer = viking_pki::Ca::from_pem(&ca.cert_pem, &ca.key_pem)
+        .map_err(|e| ServerError::Internal(format!("the cluster's CA: {e}")))?;
+    let cert_pem = signer
+        .sign_request(
+            &req.csr_pem,
+            &format!("operator-{}", req.name),
+            &[],
+            &[],
+            viking_pki::configured_lifetime(),
+        )
+        .map_err(|e| ServerError::Invalid(format!("csr_pem: {e}")))?;
+    tracing::info!(name = %req.name, "issued an operator's client certificate");
+    Ok(viking_client::api::ClientCertResponse {
+        cert_pem,
+        ca_pem: ca.cert_pem,
+    })
+}
+
 /// `GET /v1/mesh/ca`: the cluster's CA certificate.
 pub async fn ca(sh: &Shared) -> Result<MeshCa> {
     Ok(MeshCa {

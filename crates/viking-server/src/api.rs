@@ -63,6 +63,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(routes::INTERNAL_ATTACH, post(internal_attach))
         .route(routes::INTERNAL_PLACE, post(internal_place))
         .route(routes::INTERNAL_IMAGES, get(internal_images))
+        .route(routes::CLIENT_CERTIFICATE, post(client_certificate))
         .fallback(move |req: Request| crate::docker_api::dispatch(docker.clone(), req))
         .layer(middleware::from_fn_with_state(shared.clone(), auth))
         // Without the token: the CA a joining machine checks against its
@@ -87,6 +88,14 @@ async fn mesh_join(
 }
 
 async fn auth(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    // A client certificate from the cluster's CA, verified in the handshake.
+    if req
+        .extensions()
+        .get::<crate::listen::ClientCertified>()
+        .is_some()
+    {
+        return next.run(req).await;
+    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -94,15 +103,19 @@ async fn auth(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> Respon
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(t) if token::matches(&sh.token, t) => next.run(req).await,
-        _ => (
-            StatusCode::UNAUTHORIZED,
-            Json(viking_client::api::ErrorBody {
-                error: "missing or wrong token: pass --token or set VIKING_TOKEN (the server keeps it in <data-dir>/token)".to_string(),
-                status: StatusCode::UNAUTHORIZED.as_u16(),
-                reason: None,
-            }),
-        )
-            .into_response(),
+        _ => {
+            let message = "missing or wrong token: pass --token or set VIKING_TOKEN (the server keeps it in <data-dir>/token)";
+            // `message` too, for Docker's clients (the Docker Engine API).
+            (
+                StatusCode::UNAUTHORIZED,
+                Json(serde_json::json!({
+                    "error": message,
+                    "status": StatusCode::UNAUTHORIZED.as_u16(),
+                    "message": message,
+                })),
+            )
+                .into_response()
+        }
     }
 }
 
@@ -296,6 +309,15 @@ async fn internal_place(
     let doc = serde_json::to_vec(&req.job).map_err(|e| ServerError::Internal(e.to_string()))?;
     req.job = Job::parse(&doc, String::new).map_err(|e| ServerError::Invalid(e.to_string()))?;
     Ok(Json(crate::placer::serve(&sh, req).await?))
+}
+
+/// A client certificate for an operator (`viking context export --docker`).
+async fn client_certificate(
+    State(sh): State<Arc<Shared>>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<viking_client::api::ClientCertResponse>> {
+    let req: viking_client::api::ClientCertRequest = parse(&body)?;
+    Ok(Json(crate::admission::client_certificate(&sh, req).await?))
 }
 
 /// The images this host's engine has (`docker images` at any server).

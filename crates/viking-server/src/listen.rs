@@ -136,7 +136,7 @@ pub async fn serve(
         match &tls {
             None => {
                 tokio::spawn(connection(
-                    stream, app, token, open, http, closing, idle, alive,
+                    stream, app, token, false, open, http, closing, idle, alive,
                 ));
             }
             Some(acceptor) => {
@@ -159,7 +159,17 @@ pub async fn serve(
                         },
                         _ = conn.evicted.notified() => return,
                     };
-                    connection(stream, app, token, open, http, closing, idle, alive).await;
+                    // A client certificate the cluster's CA signed (the
+                    // handshake verified it) is a credential like the token.
+                    let certified = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .is_some_and(|c| !c.is_empty());
+                    connection(
+                        stream, app, token, certified, open, http, closing, idle, alive,
+                    )
+                    .await;
                 });
             }
         }
@@ -196,6 +206,7 @@ async fn connection<S>(
     stream: S,
     app: Router,
     token: Arc<str>,
+    certified: bool,
     open: Open,
     http: Arc<hyper::server::conn::http1::Builder>,
     mut closing: watch::Receiver<bool>,
@@ -207,9 +218,12 @@ async fn connection<S>(
     let conn = open.0.clone();
     let service = {
         let conn = conn.clone();
-        hyper::service::service_fn(move |req: Request<Incoming>| {
+        hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let conn = conn.clone();
-            let authenticated = has_token(&req, &token);
+            if certified {
+                req.extensions_mut().insert(ClientCertified);
+            }
+            let authenticated = certified || has_token(&req, &token);
             let request = InFlight::start(conn, authenticated);
             let mut app = app.clone();
             async move {
@@ -276,6 +290,11 @@ async fn connection<S>(
         }
     }
 }
+
+/// Marks a request that came over TLS with a client certificate the
+/// cluster's CA signed: the API takes it as the token.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCertified;
 
 /// Whether the request carries the cluster token (the API's own check, in
 /// `api`, still decides what it may do).

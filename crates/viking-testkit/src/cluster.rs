@@ -227,6 +227,37 @@ impl Cluster {
         self.shared.pki.as_ref().map(ClusterPki::client_files)
     }
 
+    /// Puts the cluster's CA, with its key, into the store at `mesh/ca`
+    /// (under the servers' default key prefix), as `viking mesh init`
+    /// does: the servers can then sign certificates (an operator's client
+    /// certificate).
+    pub fn put_ca_in_store(&self) -> Result<()> {
+        use viking_store::StoreExt;
+        let pki = self
+            .shared
+            .pki
+            .as_ref()
+            .ok_or_else(|| anyhow!("a plain cluster has no CA"))?;
+        let record = serde_json::json!({
+            "v": 1,
+            "data": {"cert_pem": pki.ca_pem(), "key_pem": pki.ca_key_pem()},
+        });
+        let endpoints = vec![self.etcd_endpoint()];
+        let tls = pki.etcd_tls();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let store =
+                viking_store::EtcdStore::connect_tls(&endpoints, "/viking", Some(&tls)).await?;
+            store
+                .put("mesh/ca", record.to_string().into_bytes())
+                .await?;
+            Ok::<_, viking_store::StoreError>(())
+        })
+        .map_err(|e| anyhow!("putting the CA into the store: {e}"))
+    }
+
     /// What viking-store's `EtcdStore::connect_tls` needs to reach the
     /// cluster's etcd as the harness; `None` in plain mode.
     pub fn etcd_tls(&self) -> Option<EtcdTls> {

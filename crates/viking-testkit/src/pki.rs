@@ -82,6 +82,11 @@ impl ClusterPki {
         self.ca.cert_pem()
     }
 
+    /// The CA's private key, PEM.
+    pub(crate) fn ca_key_pem(&self) -> &str {
+        self.ca.key_pem()
+    }
+
     /// The harness's client certificate and key files.
     pub(crate) fn client_files(&self) -> (PathBuf, PathBuf) {
         (self.dir.join("client.pem"), self.dir.join("client-key.pem"))

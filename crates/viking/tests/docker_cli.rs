@@ -109,7 +109,41 @@ fn the_docker_cli_drives_the_fleet() {
     )
     .expect("cluster");
     let (n1, n2, n3) = (c.node(0), c.node(1), c.node(2));
+    // The CA in the store, as in a mesh: the export gets a client
+    // certificate too.
+    c.put_ca_in_store().expect("the CA in the store");
     let d = Docker::exported(n1);
+    assert!(d.path().join("cert.pem").exists() && d.path().join("key.pem").exists());
+    // The client certificate alone is a credential (no token sent)...
+    let bare = tempfile::tempdir().expect("tempdir");
+    let only_cert = |cert_path: &std::path::Path| {
+        Command::new("timeout")
+            .args([
+                "60",
+                "docker",
+                "-H",
+                &format!("tcp://{}:8791", n2.ip()),
+                "ps",
+            ])
+            .env("DOCKER_CONFIG", bare.path())
+            .env("DOCKER_CERT_PATH", cert_path)
+            .env("DOCKER_TLS_VERIFY", "1")
+            .env_remove("DOCKER_HOST")
+            .output()
+            .expect("docker")
+    };
+    let o = only_cert(&d.path());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // ...and without it or the token, nothing is answered.
+    let ca_only = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(d.path().join("ca.pem"), ca_only.path().join("ca.pem")).expect("ca.pem");
+    let o = only_cert(ca_only.path());
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("missing or wrong token"),
+        "{}",
+        text(&o.stderr)
+    );
 
     // version and info: the fleet.
     let v = d.ok(n1, "version --format '{{.Server.APIVersion}}'");

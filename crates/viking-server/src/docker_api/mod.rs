@@ -293,10 +293,18 @@ async fn info(State(sh): State<Arc<Shared>>) -> DResult<Json<Value>> {
         status.push([format!(" {}", h.name), h.ip.clone()]);
         status.push(["  └ Status".into(), "Healthy".into()]);
         status.push(["  └ Containers".into(), jobs.to_string()]);
-        status.push(["  └ CPUs".into(), h.cpus.to_string()]);
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        status.push([
+            "  └ CPUs".into(),
+            format!("{:.1} used of {}", h.cpu_used as f64 / 1000.0, h.cpus),
+        ]);
         status.push([
             "  └ Memory".into(),
-            format!("{:.1} GiB", h.memory as f64 / (1u64 << 30) as f64),
+            format!(
+                "{:.1} GiB used of {:.1} GiB",
+                gib(h.memory_used),
+                gib(h.memory)
+            ),
         ]);
         status.push(["  └ Labels".into(), h.tags.join(", ")]);
     }
