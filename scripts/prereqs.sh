@@ -3,7 +3,7 @@
 #
 #   scripts/prereqs.sh build   # protoc and protobuf's include files (the etcd client's build script)
 #   scripts/prereqs.sh run     # build + a static busybox (the first job's image) and conntrack
-#   scripts/prereqs.sh test    # run + etcd and etcdctl (a real store) and debootstrap (the node image)
+#   scripts/prereqs.sh test    # run + etcd and etcdctl (a real store), debootstrap (the node image), promtool
 #
 # Where apt-get exists (Debian, Ubuntu) the missing packages are installed, nothing else.
 # Elsewhere it prints one line naming what is missing and exits 1, before any build starts.
@@ -59,6 +59,8 @@ if [ "$level" = test ]; then
     need "etcd" etcd-server command -v "${VIKING_TEST_ETCD:-etcd}"
     need "etcdctl" etcd-client command -v etcdctl
     need "debootstrap" debootstrap command -v debootstrap
+    # promtool checks the metrics' format (Debian's prometheus package).
+    need "promtool" prometheus command -v promtool
 fi
 
 absent=()

@@ -278,6 +278,10 @@ pub struct ServerArgs {
     /// kernel where this host allows it, else the proxy.
     #[arg(long, env = "VIKING_EMBASSY_MODE", value_parser = ["kernel", "proxy"])]
     pub embassy_mode: Option<String>,
+    /// Also serve `/metrics` here, without the token (e.g. 127.0.0.1:9791
+    /// for a local Prometheus).
+    #[arg(long, env = "VIKING_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Connections embassy serves at once on one ambassador port; more are
     /// closed at once.
     #[arg(long, env = "VIKING_EMBASSY_MAX_CONNECTIONS", default_value_t = 1024)]

@@ -51,6 +51,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(routes::JOB_SCALE, post(scale))
         .route(routes::JOB_LOGS, get(logs))
         .route(routes::JOB_EXEC, post(exec))
+        .route("/metrics", get(metrics))
         .route(routes::PUSH, post(push))
         .route(routes::SERVICES, get(services))
         .route(routes::HEALTH, get(health))
@@ -66,6 +67,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(routes::CLIENT_CERTIFICATE, post(client_certificate))
         .fallback(move |req: Request| crate::docker_api::dispatch(docker.clone(), req))
         .layer(middleware::from_fn_with_state(shared.clone(), auth))
+        .layer(middleware::from_fn_with_state(shared.clone(), count))
         // Without the token: the CA a joining machine checks against its
         // join token, and the join, which carries the join token's secret.
         .merge(
@@ -85,6 +87,54 @@ async fn mesh_join(
     Json(req): Json<viking_client::api::JoinRequest>,
 ) -> ApiResult<Json<viking_client::api::JoinResponse>> {
     Ok(Json(crate::admission::join(&sh, req).await?))
+}
+
+/// Counts every answer by route (the matched path, `docker` for the
+/// Docker Engine API's), method and status.
+async fn count(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("other", |m| m.as_str())
+        .to_string();
+    let method = req.method().to_string();
+    let res = next.run(req).await;
+    sh.metrics
+        .api_requests
+        .get_or_create(&crate::metrics::RouteLabels {
+            route,
+            method,
+            status: res.status().as_u16().to_string(),
+        })
+        .inc();
+    res
+}
+
+/// `GET /metrics`: Prometheus's text format.
+async fn metrics(State(sh): State<Arc<Shared>>) -> ApiResult<Response> {
+    let text = sh.metrics.scrape(&sh).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// `--metrics-listen`: `/metrics` alone, without the token, until
+/// shutdown.
+pub async fn serve_metrics(sh: Arc<Shared>, listener: tokio::net::TcpListener) {
+    let mut shutdown = sh.shutdown.clone();
+    let app = Router::new().route("/metrics", get(metrics)).with_state(sh);
+    let stopped = async move { crate::stopped(&mut shutdown).await };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stopped)
+        .await
+    {
+        tracing::warn!("the metrics listener: {e}");
+    }
 }
 
 async fn auth(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> Response {

@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub embassy_bind: Option<std::net::IpAddr>,
     /// How embassy forwards: netfilter rules or its proxy (`--embassy-mode`).
     pub embassy_mode: EmbassyMode,
+    /// Where `/metrics` is also served, without the token
+    /// (`--metrics-listen`).
+    pub metrics_listen: Option<SocketAddr>,
     /// The API's connection cap and timeouts.
     pub api_limits: ApiLimits,
     /// Connections one ambassador port serves at once.
@@ -366,6 +369,7 @@ mod tests {
             embassy_ports: (20000, 29999),
             embassy_bind: None,
             embassy_mode: Default::default(),
+            metrics_listen: None,
             containers: ContainerLimits::default(),
             api_limits: Default::default(),
             embassy_max_connections: 1024,

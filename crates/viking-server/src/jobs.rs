@@ -83,6 +83,14 @@ pub async fn claim_daemon(sh: &Shared, job: &Job) -> Result<Claim> {
 /// [`claim_daemon`] for an instance, with the hosts its siblings were just
 /// placed on (ranked last).
 pub async fn claim_daemon_apart(sh: &Shared, job: &Job, siblings: &[String]) -> Result<Claim> {
+    let began = std::time::Instant::now();
+    let claimed = placed_and_claimed(sh, job, siblings).await;
+    sh.metrics
+        .placed(began.elapsed(), claimed.as_ref().map(|_| ()));
+    claimed
+}
+
+async fn placed_and_claimed(sh: &Shared, job: &Job, siblings: &[String]) -> Result<Claim> {
     crate::container::check_limits(sh, job)?;
     crate::services::check_links(sh, job).await?;
     // The leader places it in memory; a job that publishes a fixed host

@@ -30,6 +30,7 @@
 //!   cluster on viking-proc; [`compaction`]: the leader's compaction of the
 //!   store's history;
 //! - [`health`]: the health checks of this host's jobs;
+//! - [`metrics`]: Prometheus metrics (`GET /metrics`, `--metrics-listen`);
 //! - [`push`]: code pushes, rolling restarts of non-static jobs;
 //! - [`services`]: ambassador ports, link variables, and embassy on this
 //!   node (its kernel rules or its proxy);
@@ -75,6 +76,7 @@ pub mod held;
 pub mod identity;
 pub mod jobs;
 pub mod listen;
+pub mod metrics;
 pub mod peer;
 pub mod placement;
 pub mod placer;
@@ -145,6 +147,8 @@ pub struct Shared {
     /// Containers created through the Docker Engine API and not yet
     /// started (`docker_api::created`).
     pub docker_created: docker_api::created::CreatedTable,
+    /// This server's Prometheus metrics (`metrics`).
+    pub metrics: metrics::Metrics,
     /// Fires when the server shuts down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -322,6 +326,7 @@ pub async fn prepare_with(
         embassy_kernel,
         remove_rules_on_stop: std::sync::atomic::AtomicBool::new(false),
         docker_created: Default::default(),
+        metrics: metrics::Metrics::new(),
         shutdown: shutdown_rx,
     });
     Ok(Prepared {
@@ -365,6 +370,16 @@ pub async fn serve(
     tasks.spawn(named("health", health::run(shared.clone())));
     tasks.spawn(named("embassy", services::run(shared.clone())));
     tasks.spawn(named("certificate renewal", renew::run(shared.clone())));
+    if let Some(addr) = shared.config.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--metrics-listen {addr}"))?;
+        tracing::info!(%addr, "metrics without the token");
+        tasks.spawn(named(
+            "metrics listener",
+            api::serve_metrics(shared.clone(), listener),
+        ));
+    }
 
     let app = api::router(shared.clone());
     tracing::info!(

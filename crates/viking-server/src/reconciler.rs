@@ -343,6 +343,15 @@ async fn lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result<(), StoreErr
         });
     }
     let mut wake_at: Option<u64> = None;
+    // 1 while this loop runs (this server leads), 0 once it returns.
+    struct Leading<'a>(&'a crate::metrics::Metrics);
+    impl Drop for Leading<'_> {
+        fn drop(&mut self) {
+            self.0.leader.set(0);
+        }
+    }
+    sh.metrics.leader.set(1);
+    let _leading = Leading(&sh.metrics);
     loop {
         if broken.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
@@ -357,6 +366,10 @@ async fn lead(sh: &Arc<Shared>, in_flight: &mut InFlight) -> Result<(), StoreErr
             Err(e) => tracing::warn!("reconcile: {}", e),
         }
         let round_took = round_began.elapsed();
+        sh.metrics.reconcile_rounds.inc();
+        sh.metrics
+            .reconcile_seconds
+            .observe(round_took.as_secs_f64());
         // Runs are placed here once the load per host is published (the
         // placer counts claims since).
         if let Some(index) = &in_flight.assigned {

@@ -25,6 +25,7 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 /// One server on 127.0.0.1:0 over a fresh embedded store and a fake engine.
 struct TestServer {
     client: Client,
+    url: String,
     engine: FakeRuntime,
     shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -99,6 +100,7 @@ impl TestServer {
             embassy_ports: (41000, 41009),
             embassy_bind: Some("127.0.0.1".parse().expect("ip")),
             embassy_mode: Default::default(),
+            metrics_listen: None,
             api_limits: Default::default(),
             embassy_max_connections: viking_embassy::DEFAULT_MAX_CONNECTIONS,
             embassy_idle_timeout: viking_embassy::DEFAULT_IDLE_TIMEOUT,
@@ -126,6 +128,7 @@ impl TestServer {
         });
         let client =
             Client::new(&format!("http://{addr}"), Some(TOKEN.to_string())).expect("client");
+        let url = format!("http://{addr}");
         // Registered in floki (serve answers only then), or refused.
         let ready = async {
             loop {
@@ -143,12 +146,17 @@ impl TestServer {
         }
         Ok(TestServer {
             client,
+            url,
             engine,
             shared,
             stop: Some(tx),
             task,
             _dir: dir,
         })
+    }
+
+    fn client_url(&self) -> String {
+        self.url.clone()
     }
 
     async fn run(&self, doc: &str) -> Result<RunResponse, ClientError> {
@@ -2448,4 +2456,128 @@ async fn a_run_accepted_without_waiting_starts_after_the_answer_and_a_failed_sta
         || async { ps_of("later").await.is_some_and(|p| p.is_running()) },
     )
     .await;
+}
+
+/// Prometheus metrics (issue 21): `GET /metrics` behind the token, in the
+/// text format (checked by `promtool check metrics`), with the jobs by
+/// host, the placements and their failures, the reconcile rounds, the
+/// leader and the API's requests by route and status.
+#[tokio::test]
+async fn metrics_count_placements_jobs_rounds_and_requests() {
+    use http_body_util::BodyExt;
+    let hs = hosts(2).await;
+    let leader = leader_of(&hs).await;
+    let other = hs
+        .iter()
+        .find(|h| h.shared.config.name != leader.shared.config.name)
+        .unwrap();
+    other
+        .run(r#"{"name":"m1","image":"busybox","command":["sleep","1000"],"daemonize":true}"#)
+        .await
+        .expect("m1");
+    // Too big for every host: a placement failure, by reason.
+    assert!(other
+        .run(r#"{"name":"m2","image":"busybox","daemonize":true,"memory":"1000g"}"#)
+        .await
+        .is_err());
+    let body = other
+        .client
+        .stream(Method::GET, "/metrics", None)
+        .await
+        .expect("/metrics")
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let text = String::from_utf8(body.to_vec()).expect("utf-8");
+    let line = |name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    let running: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("viking_jobs_running{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(running, 1.0, "{text}");
+    assert_eq!(line("viking_placements_total"), Some(1.0), "{text}");
+    assert!(
+        text.contains("viking_placement_failures_total{reason=\"no_host\"} 1"),
+        "{text}"
+    );
+    assert_eq!(line("viking_hosts_alive"), Some(2.0), "{text}");
+    assert_eq!(line("viking_leader"), Some(0.0), "{text}");
+    assert!(
+        text.contains(
+            "viking_api_requests_total{route=\"/v1/jobs\",method=\"POST\",status=\"201\"} 1"
+        ),
+        "{text}"
+    );
+    // The leader's rounds.
+    let lt = leader
+        .shared
+        .metrics
+        .scrape(&leader.shared)
+        .await
+        .expect("scrape");
+    assert!(lt.contains("\nviking_leader 1\n"), "{lt}");
+    let rounds = lt
+        .lines()
+        .find(|l| l.starts_with("viking_reconcile_rounds_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(rounds >= 1.0, "{lt}");
+    // Without the token: 401.
+    let anon = Client::new(&other.client_url(), None).expect("client");
+    assert!(anon.stream(Method::GET, "/metrics", None).await.is_err());
+    // promtool agrees it is Prometheus's format.
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/prereqs.sh test installs Debian's prometheus)");
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&body).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `--metrics-listen`: `/metrics` without the token on its own address,
+/// and nothing else there.
+#[tokio::test]
+async fn metrics_listen_serves_metrics_without_the_token() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> =
+        EmbeddedStore::open(&dir.path().join("viking.redb"), "/viking").expect("store");
+    let _s = TestServer::start_with("n1", store, dir, |c| c.metrics_listen = Some(addr)).await;
+    let get = |path: &'static str| async move {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        conn.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    let got = get("/metrics").await;
+    assert!(got.starts_with("HTTP/1.0 200"), "{got}");
+    assert!(got.contains("\nviking_hosts_alive 1\n"), "{got}");
+    let other = get("/v1/ps").await;
+    assert!(other.starts_with("HTTP/1.0 404"), "{other}");
 }

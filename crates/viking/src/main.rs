@@ -101,6 +101,7 @@ fn server_config(a: ServerArgs) -> anyhow::Result<ServerConfig> {
         peer_timeout: secs(a.peer_timeout, "--peer-timeout")?,
         embassy_ports: parse_range(&a.embassy_ports)?,
         embassy_bind: a.embassy_bind,
+        metrics_listen: a.metrics_listen,
         embassy_mode: match a.embassy_mode.as_deref() {
             Some("kernel") => viking_server::config::EmbassyMode::Kernel,
             Some("proxy") => viking_server::config::EmbassyMode::Proxy,

@@ -93,6 +93,7 @@ fn config(
         embassy_ports: (20000, 29999),
         embassy_bind: None,
         embassy_mode: viking_server::config::EmbassyMode::Proxy,
+        metrics_listen: None,
         api_limits: Default::default(),
         embassy_max_connections: 1024,
         embassy_idle_timeout: Duration::from_secs(600),
