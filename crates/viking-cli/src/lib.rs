@@ -140,6 +140,23 @@ pub enum Command {
         follow: bool,
         name: String,
     },
+    /// Follow the fleet's events (like `docker events`): jobs accepted,
+    /// placed, started, exited, restarted, moved, stopped, removed; hosts
+    /// joined, gone, returned; the leader.
+    Events {
+        /// Replay from this store revision (each line says its own).
+        #[arg(long)]
+        since: Option<i64>,
+        /// Only this job's events.
+        #[arg(long)]
+        job: Option<String>,
+        /// Only this host's events.
+        #[arg(long)]
+        host: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a command in a job's running container (`docker exec`).
     Exec {
         /// Keep stdin attached even when it is a terminal.
@@ -476,6 +493,13 @@ impl Failure {
     }
 }
 
+/// One JSON object on one line (a stream's line, `--json`).
+fn print_json_line<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
+    let s = serde_json::to_string(v).map_err(|e| Failure::new(1, e.to_string()))?;
+    println!("{}", json_for_terminal(s));
+    Ok(())
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
     let s = serde_json::to_string_pretty(v).map_err(|e| Failure::new(1, e.to_string()))?;
     println!("{}", json_for_terminal(s));
@@ -646,6 +670,22 @@ pub async fn dispatch(target: &context::Target, command: Command) -> Result<i32,
                 }
             }
             Ok(code)
+        }
+        Command::Events {
+            since,
+            job,
+            host,
+            json,
+        } => {
+            let mut lines = c.events(since, job.as_deref(), host.as_deref()).await?;
+            while let Some((e, _)) = lines.next::<viking_client::api::FleetEvent>().await? {
+                if json {
+                    print_json_line(&e)?;
+                } else {
+                    println!("{}", table::event_line(&e));
+                }
+            }
+            Ok(0)
         }
         Command::Exec {
             interactive,

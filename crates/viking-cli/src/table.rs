@@ -272,6 +272,29 @@ pub fn moves(v: &[viking_core::rebalance::Move]) -> String {
     render(&["JOB", "FROM", "TO", "WHY"], &rows)
 }
 
+/// One event as `viking events` prints it, like `docker events`:
+/// `TIME KIND ACTION NAME (key=value, ...)`, control characters escaped.
+pub fn event_line(e: &viking_client::api::FleetEvent) -> String {
+    let name = e.job.as_deref().or(e.host.as_deref()).unwrap_or("-");
+    let mut attrs: Vec<String> = Vec::new();
+    if e.job.is_some() {
+        if let Some(h) = &e.host {
+            attrs.push(format!("host={h}"));
+        }
+    }
+    attrs.extend(e.detail.iter().map(|(k, v)| format!("{k}={v}")));
+    attrs.push(format!("rev={}", e.rev));
+    let line = format!(
+        "{} {} {} {} ({})",
+        viking_client::wire::rfc3339(e.time),
+        e.kind,
+        e.action,
+        name,
+        attrs.join(", ")
+    );
+    sanitize(&line).into_owned()
+}
+
 pub fn services(v: &[viking_client::api::ServicePort]) -> String {
     let rows: Vec<Vec<String>> = v
         .iter()

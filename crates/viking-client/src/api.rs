@@ -22,6 +22,8 @@
 //! answers `101` and the connection then carries [`crate::frame`]s.
 
 use crate::wire::{Host, JobIntent, JobState, Placements};
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use viking_core::Job;
 
@@ -321,6 +323,28 @@ pub enum PushLine {
     Event(PushEvent),
     Done(PushSummary),
     Error(ErrorBody),
+}
+
+/// One line of `GET /v1/events`: something that happened in the fleet,
+/// with the store revision it came from (ask again with `since=REV+1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetEvent {
+    pub rev: i64,
+    /// When it happened (unix milliseconds; the record's own time where it
+    /// has one).
+    pub time: u64,
+    /// `job`, `host` or `leader`.
+    pub kind: String,
+    /// `accepted`, `placed`, `started`, `exited`, `restarted`, `moved`,
+    /// `waiting for host`, `failed`, `stopped`, `removed`; `joined`,
+    /// `gone`, `returned`; `changed`.
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub detail: BTreeMap<String, String>,
 }
 
 /// `POST /v1/certificates/client`: an operator's certificate request.

@@ -623,6 +623,24 @@ impl Client {
         self.attach(routes::JOBS, doc).await
     }
 
+    /// The fleet's events from `since` ([`crate::api::FleetEvent`] lines;
+    /// blank heartbeat lines keep an idle stream open).
+    pub async fn events(
+        &self,
+        since: Option<i64>,
+        job: Option<&str>,
+        host: Option<&str>,
+    ) -> Result<NdjsonLines, ClientError> {
+        if let Some(j) = job {
+            job_name(j)?;
+        }
+        if let Some(h) = host {
+            job_name(h)?;
+        }
+        self.lines(Method::GET, &routes::events(since, job, host), None)
+            .await
+    }
+
     /// A client certificate for `req`'s key, signed by the cluster's CA.
     pub async fn client_certificate(
         &self,

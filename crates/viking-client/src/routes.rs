@@ -53,6 +53,29 @@ pub const INTERNAL_ATTACH: &str = "/v1/internal/attach";
 /// `POST` between servers, to the leader: place a daemonized job and claim
 /// it for the server that asks (which then starts it).
 pub const INTERNAL_PLACE: &str = "/v1/internal/place";
+/// `GET`: the fleet's events, newline-delimited JSON, from `since`.
+pub const EVENTS: &str = "/v1/events";
+
+/// `GET`: events from revision `since` (the current one when `None`),
+/// of job `job` and host `host` only when given.
+pub fn events(since: Option<i64>, job: Option<&str>, host: Option<&str>) -> String {
+    let mut q = Vec::new();
+    if let Some(s) = since {
+        q.push(format!("since={s}"));
+    }
+    if let Some(j) = job {
+        q.push(format!("job={j}"));
+    }
+    if let Some(h) = host {
+        q.push(format!("host={h}"));
+    }
+    if q.is_empty() {
+        EVENTS.to_string()
+    } else {
+        format!("{EVENTS}?{}", q.join("&"))
+    }
+}
+
 /// `POST`: an operator's client certificate, signed by the cluster's CA.
 pub const CLIENT_CERTIFICATE: &str = "/v1/certificates/client";
 /// `GET`: the images this host's engine has.

@@ -52,6 +52,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(routes::JOB_LOGS, get(logs))
         .route(routes::JOB_EXEC, post(exec))
         .route("/metrics", get(metrics))
+        .route(routes::EVENTS, get(events))
         .route(routes::PUSH, post(push))
         .route(routes::SERVICES, get(services))
         .route(routes::HEALTH, get(health))
@@ -108,6 +109,62 @@ async fn count(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> Respo
         })
         .inc();
     res
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    since: Option<i64>,
+    job: Option<String>,
+    host: Option<String>,
+}
+
+/// `GET /v1/events?since=REV`: the fleet's events as newline-delimited
+/// JSON, from `since` (now when absent), forever; a blank line after every
+/// [`viking_client::api::HEARTBEAT`] of silence. A `since` the store no
+/// longer holds: 410, naming the oldest revision it has.
+async fn events(
+    State(sh): State<Arc<Shared>>,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Response> {
+    let from = match q.since {
+        Some(r) if r < 1 => {
+            return Err(ServerError::Invalid(format!(
+                "since: {r}: revisions start at 1"
+            )))
+        }
+        Some(r) => r,
+        None => sh.store.revision().await? + 1,
+    };
+    let mut watch = sh.store.watch("", from).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<viking_client::api::FleetEvent>();
+    let mut shutdown = sh.shutdown.clone();
+    tokio::spawn(async move {
+        let mut t = crate::events::Translator::default();
+        loop {
+            let ev = tokio::select! {
+                _ = crate::stopped(&mut shutdown) => return,
+                _ = tx.closed() => return,
+                evs = watch.next_revision() => evs,
+            };
+            match ev {
+                Some(Ok(evs)) => {
+                    for e in t.translate_revision(&evs, crate::now_ms()) {
+                        if crate::events::wanted(&e, q.job.as_deref(), q.host.as_deref())
+                            && tx.send(e).is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::debug!("events: the watch ended: {e}");
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    ndjson(rx)
 }
 
 /// `GET /metrics`: Prometheus's text format.

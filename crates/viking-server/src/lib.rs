@@ -31,6 +31,8 @@
 //!   store's history;
 //! - [`health`]: the health checks of this host's jobs;
 //! - [`metrics`]: Prometheus metrics (`GET /metrics`, `--metrics-listen`);
+//!   [`events`]: the fleet's events from the store's changes
+//!   (`GET /v1/events`);
 //! - [`push`]: code pushes, rolling restarts of non-static jobs;
 //! - [`services`]: ambassador ports, link variables, and embassy on this
 //!   node (its kernel rules or its proxy);
@@ -69,6 +71,7 @@ pub mod config;
 pub mod container;
 pub mod docker_api;
 pub mod error;
+pub mod events;
 pub mod exec;
 pub mod floki;
 pub mod health;

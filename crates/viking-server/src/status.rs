@@ -17,6 +17,8 @@ pub fn of(e: &ServerError) -> StatusCode {
         ServerError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         ServerError::NotFound(_) => StatusCode::NOT_FOUND,
         ServerError::Conflict(_) | ServerError::HostPortInUse { .. } => StatusCode::CONFLICT,
+        // History the store no longer holds (`/v1/events?since=`).
+        ServerError::Store(viking_store::StoreError::Compacted { .. }) => StatusCode::GONE,
         ServerError::Unavailable(_) | ServerError::NotLeader(_) | ServerError::Store(_) => {
             StatusCode::SERVICE_UNAVAILABLE
         }

@@ -2581,3 +2581,73 @@ async fn metrics_listen_serves_metrics_without_the_token() {
     let other = get("/v1/ps").await;
     assert!(other.starts_with("HTTP/1.0 404"), "{other}");
 }
+
+/// The event stream (issue 21): a job's life from `since` with each
+/// line's revision, filtered by job; replay from a revision gives the same
+/// events again; a compacted revision is 410 naming the oldest one.
+#[tokio::test]
+async fn events_replay_a_jobs_life_and_refuse_a_compacted_revision() {
+    let s = TestServer::start().await;
+    let from = s.shared.store.revision().await.expect("revision") + 1;
+    s.run(r#"{"name":"e1","image":"busybox","command":["sleep","1000"],"daemonize":true}"#)
+        .await
+        .expect("e1");
+    s.run(r#"{"name":"e2","image":"busybox","command":["sleep","1000"],"daemonize":true}"#)
+        .await
+        .expect("e2");
+    s.client.stop("e1", 1).await.expect("stop");
+    let client = &s.client;
+    let read = |since: i64| async move {
+        let mut lines = client
+            .events(Some(since), Some("e1"), None)
+            .await
+            .expect("events");
+        let mut got = Vec::new();
+        while got
+            .last()
+            .map(|e: &viking_client::api::FleetEvent| e.action.as_str())
+            != Some("stopped")
+        {
+            let next = tokio::time::timeout(
+                Duration::from_secs(10),
+                lines.next::<viking_client::api::FleetEvent>(),
+            )
+            .await
+            .expect("an event within 10 s")
+            .expect("a line");
+            match next {
+                Some((e, _)) => got.push(e),
+                None => break,
+            }
+        }
+        got
+    };
+    let got = read(from).await;
+    let actions: Vec<&str> = got.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["accepted", "placed", "started", "stopped"],
+        "{got:?}"
+    );
+    assert!(got.iter().all(|e| e.job.as_deref() == Some("e1")));
+    assert!(got.windows(2).all(|w| w[0].rev <= w[1].rev), "{got:?}");
+    assert_eq!(got[1].host.as_deref(), Some(s.shared.config.name.as_str()));
+    // From the revision of its start: that and what follows, again.
+    let again = read(got[2].rev).await;
+    assert_eq!(again.first().map(|e| e.action.as_str()), Some("started"));
+    assert_eq!(again.last(), got.last());
+
+    // History the store no longer holds.
+    let now = s.shared.store.revision().await.expect("revision");
+    s.shared.store.compact(now).await.expect("compact");
+    let e = match s.client.events(Some(from), None, None).await {
+        Err(e) => e,
+        Ok(_) => panic!("a compacted revision was served"),
+    };
+    assert_eq!(e.status(), Some(410), "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("oldest available is {now}")),
+        "{e}"
+    );
+}

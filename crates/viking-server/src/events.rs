@@ -1,0 +1,325 @@
+//! The fleet's events (`GET /v1/events?since=REV`, `viking events`): the
+//! store's changes to viking-proc, viking-ps, floki and the leader's
+//! election, as a stream of what happened, each with the store revision it
+//! came from, so a client that lost its stream asks again from the last
+//! revision it saw and misses nothing. A revision older than the store
+//! still holds is refused (410) naming the oldest one it has.
+//!
+//! [`Translator`] is the pure part: one change in, the events it means
+//! out, remembering what it saw of each key (a job's last status, host and
+//! restart count; which hosts were there) to tell a start from a restart
+//! and a placement from a move.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use viking_client::api::FleetEvent;
+use viking_core::keys;
+use viking_core::records::{decode, ProcRecord, PsRecord};
+use viking_store::{EventKind, WatchEvent};
+
+/// What the translator remembers of a job's viking-ps record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    status: String,
+    node: String,
+    restarts: u32,
+}
+
+/// Changes into events. Pure.
+#[derive(Debug, Default)]
+pub struct Translator {
+    ps: HashMap<String, Seen>,
+    procs: HashSet<String>,
+    hosts: HashSet<String>,
+    gone: HashSet<String>,
+}
+
+fn event(rev: i64, time: u64, kind: &str, action: &str) -> FleetEvent {
+    FleetEvent {
+        rev,
+        time,
+        kind: kind.to_string(),
+        action: action.to_string(),
+        job: None,
+        host: None,
+        detail: BTreeMap::new(),
+    }
+}
+
+impl Translator {
+    /// The events one change of the store means (none for keys that are
+    /// not events: counters, indexes, routes...).
+    pub fn translate(&mut self, ev: &WatchEvent, now: u64) -> Vec<FleetEvent> {
+        let rev = ev.kv.mod_revision;
+        let key = ev.kv.key.as_str();
+        if let Some(name) = keys::name_of(keys::PS, key) {
+            return self.ps(name, ev, rev, now);
+        }
+        if let Some(name) = keys::name_of(keys::PROC, key) {
+            let mut out = Vec::new();
+            match ev.kind {
+                EventKind::Put if self.procs.insert(name.to_string()) => {
+                    let mut e = event(rev, now, "job", "accepted");
+                    e.job = Some(name.to_string());
+                    if let Ok(p) = decode::<ProcRecord>(&ev.kv.value) {
+                        e.time = p.created_at;
+                        e.detail.insert("image".into(), p.job.image.clone());
+                        if let Some(w) = p.waiting {
+                            e.detail.insert("waiting".into(), w);
+                        }
+                    }
+                    out.push(e);
+                }
+                EventKind::Put => {}
+                EventKind::Delete => {
+                    self.procs.remove(name);
+                    let mut e = event(rev, now, "job", "stopped");
+                    e.job = Some(name.to_string());
+                    out.push(e);
+                }
+            }
+            return out;
+        }
+        if let Some(name) = keys::name_of(keys::HOSTS, key) {
+            let mut out = Vec::new();
+            match ev.kind {
+                EventKind::Put if self.hosts.insert(name.to_string()) => {
+                    let action = if self.gone.remove(name) {
+                        "returned"
+                    } else {
+                        "joined"
+                    };
+                    let mut e = event(rev, now, "host", action);
+                    e.host = Some(name.to_string());
+                    out.push(e);
+                }
+                EventKind::Put => {}
+                EventKind::Delete => {
+                    self.hosts.remove(name);
+                    self.gone.insert(name.to_string());
+                    let mut e = event(rev, now, "host", "gone");
+                    e.host = Some(name.to_string());
+                    out.push(e);
+                }
+            }
+            return out;
+        }
+        if key.starts_with(viking_store::election::ELECTION_PREFIX) && ev.kind == EventKind::Put {
+            let mut e = event(rev, now, "leader", "changed");
+            let value = String::from_utf8_lossy(&ev.kv.value).to_string();
+            e.host = Some(value.trim_matches('"').to_string());
+            return vec![e];
+        }
+        vec![]
+    }
+
+    /// The events of one revision's changes (one transaction), in the
+    /// order they happened: a job accepted before it is placed, a job
+    /// stopped after what its last record said.
+    pub fn translate_revision(&mut self, evs: &[WatchEvent], now: u64) -> Vec<FleetEvent> {
+        let mut out: Vec<FleetEvent> = evs.iter().flat_map(|e| self.translate(e, now)).collect();
+        let rank = |e: &FleetEvent| match e.action.as_str() {
+            "accepted" | "joined" | "returned" => 0,
+            "stopped" | "removed" | "gone" => 2,
+            _ => 1,
+        };
+        out.sort_by_key(rank);
+        out
+    }
+
+    fn ps(&mut self, name: &str, ev: &WatchEvent, rev: i64, now: u64) -> Vec<FleetEvent> {
+        let job = |action: &str, time: u64, host: &str| {
+            let mut e = event(rev, time, "job", action);
+            e.job = Some(name.to_string());
+            if !host.is_empty() {
+                e.host = Some(host.to_string());
+            }
+            e
+        };
+        if ev.kind == EventKind::Delete {
+            let before = self.ps.remove(name);
+            return vec![job(
+                "removed",
+                now,
+                before.as_ref().map_or("", |b| b.node.as_str()),
+            )];
+        }
+        let Ok(p) = decode::<PsRecord>(&ev.kv.value) else {
+            return vec![];
+        };
+        let now_seen = Seen {
+            status: p.status.as_str().to_string(),
+            node: p.node.clone(),
+            restarts: p.restarts,
+        };
+        let before = self.ps.insert(name.to_string(), now_seen.clone());
+        if before.as_ref() == Some(&now_seen) {
+            return vec![];
+        }
+        let mut out = Vec::new();
+        let moved = before
+            .as_ref()
+            .is_some_and(|b| !b.node.is_empty() && b.node != p.node);
+        match now_seen.status.as_str() {
+            "starting" | "created" => {
+                let mut e = if moved {
+                    let mut e = job("moved", p.created_at, &p.node);
+                    if let Some(b) = &before {
+                        e.detail.insert("from".into(), b.node.clone());
+                    }
+                    e.detail.insert("to".into(), p.node.clone());
+                    e
+                } else {
+                    job("placed", p.created_at, &p.node)
+                };
+                if let Some(by) = &p.claimed_by {
+                    e.detail.insert("by".into(), by.clone());
+                }
+                out.push(e);
+            }
+            "running" => {
+                let restarted = before.as_ref().is_some_and(|b| p.restarts > b.restarts);
+                let mut e = if restarted {
+                    let mut e = job("restarted", p.started_at.unwrap_or(now), &p.node);
+                    e.detail.insert("count".into(), p.restarts.to_string());
+                    e
+                } else {
+                    job("started", p.started_at.unwrap_or(now), &p.node)
+                };
+                e.detail.insert(
+                    "container".into(),
+                    p.container_id.chars().take(12).collect(),
+                );
+                out.push(e);
+            }
+            "exited" | "dead" => {
+                let mut e = job("exited", p.finished_at.unwrap_or(now), &p.node);
+                e.detail
+                    .insert("code".into(), p.exit_code.unwrap_or(0).to_string());
+                out.push(e);
+            }
+            "failed" => {
+                let mut e = job("failed", now, &p.node);
+                if let Some(err) = &p.error {
+                    e.detail.insert("error".into(), err.clone());
+                }
+                out.push(e);
+            }
+            "waiting" => out.push(job("waiting for host", now, &p.node)),
+            other => out.push(job(other, now, &p.node)),
+        }
+        out
+    }
+}
+
+/// Whether `e` passes the stream's filters.
+pub fn wanted(e: &FleetEvent, job: Option<&str>, host: Option<&str>) -> bool {
+    job.is_none_or(|j| e.job.as_deref() == Some(j))
+        && host.is_none_or(|h| e.host.as_deref() == Some(h) || e.detail.values().any(|v| v == h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use viking_core::records::encode;
+    use viking_core::status::Status;
+    use viking_store::KeyValue;
+
+    fn put(key: String, value: Vec<u8>, rev: i64) -> WatchEvent {
+        WatchEvent {
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key,
+                value,
+                create_revision: rev,
+                mod_revision: rev,
+                lease: None,
+            },
+        }
+    }
+
+    fn ps(job: &str, node: &str, status: Status, restarts: u32) -> Vec<u8> {
+        let p = PsRecord {
+            job: job.into(),
+            node: node.into(),
+            container_id: "c0ffee".into(),
+            image: "i".into(),
+            image_id: String::new(),
+            command: vec![],
+            daemonize: true,
+            status,
+            exit_code: Some(3),
+            error: None,
+            ports: vec![],
+            created_at: 1_000,
+            started_at: None,
+            finished_at: None,
+            restarts,
+            crash_streak: 0,
+            last_exit: None,
+            claimed_by: None,
+        };
+        encode(&p).unwrap()
+    }
+
+    #[test]
+    fn a_jobs_life_reads_as_events() {
+        let mut t = Translator::default();
+        let mut all = Vec::new();
+        let steps = [
+            ("n1", Status::Starting, 0),
+            ("n1", Status::Running, 0),
+            ("n1", Status::Running, 0),
+            ("n1", Status::Exited, 0),
+            ("n1", Status::Running, 1),
+            ("n2", Status::Starting, 1),
+            ("n2", Status::Running, 1),
+        ];
+        for (i, (node, st, r)) in steps.into_iter().enumerate() {
+            all.extend(t.translate(
+                &put(keys::ps("web"), ps("web", node, st, r), i as i64 + 1),
+                0,
+            ));
+        }
+        let actions: Vec<(&str, Option<&str>)> = all
+            .iter()
+            .map(|e| (e.action.as_str(), e.host.as_deref()))
+            .collect();
+        assert_eq!(
+            actions,
+            vec![
+                ("placed", Some("n1")),
+                ("started", Some("n1")),
+                ("exited", Some("n1")),
+                ("restarted", Some("n1")),
+                ("moved", Some("n2")),
+                ("started", Some("n2")),
+            ]
+        );
+        assert_eq!(all[2].detail["code"], "3");
+        assert_eq!(all[3].detail["count"], "1");
+        assert_eq!(all[4].detail["from"], "n1");
+        let revs: Vec<i64> = all.iter().map(|e| e.rev).collect();
+        assert_eq!(revs, vec![1, 2, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn hosts_join_leave_and_return() {
+        let mut t = Translator::default();
+        let h = put(keys::host("n1"), b"{}".to_vec(), 1);
+        let mut gone = h.clone();
+        gone.kind = EventKind::Delete;
+        gone.kv.mod_revision = 2;
+        let mut back = h.clone();
+        back.kv.mod_revision = 3;
+        let got: Vec<String> = [&h, &h, &gone, &back]
+            .iter()
+            .flat_map(|e| t.translate(e, 0))
+            .map(|e| e.action)
+            .collect();
+        assert_eq!(got, vec!["joined", "gone", "returned"]);
+        assert!(t
+            .translate(&put("counters/placements/n1".into(), b"1".to_vec(), 4), 0)
+            .is_empty());
+    }
+}
