@@ -79,6 +79,7 @@ pub mod held;
 pub mod identity;
 pub mod jobs;
 pub mod listen;
+pub mod metered;
 pub mod metrics;
 pub mod peer;
 pub mod placement;
@@ -152,6 +153,9 @@ pub struct Shared {
     pub docker_created: docker_api::created::CreatedTable,
     /// This server's Prometheus metrics (`metrics`).
     pub metrics: metrics::Metrics,
+    /// embassy's proxy while it serves (for its stats), `None` in kernel
+    /// mode.
+    pub embassy_proxy: Mutex<Option<Arc<viking_embassy::Embassy>>>,
     /// Fires when the server shuts down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -307,6 +311,9 @@ pub async fn prepare_with(
     // this cluster's before acting.
     let runtime: Arc<dyn Runtime> = Arc::new(OwnedRuntime::new(runtime, config.key.clone()));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    // Every store request is timed for the metrics.
+    let metrics = metrics::Metrics::new();
+    let store: Arc<dyn Store> = Arc::new(metered::MeteredStore::new(store, &metrics));
     let shared = Arc::new(Shared {
         config,
         store,
@@ -329,7 +336,8 @@ pub async fn prepare_with(
         embassy_kernel,
         remove_rules_on_stop: std::sync::atomic::AtomicBool::new(false),
         docker_created: Default::default(),
-        metrics: metrics::Metrics::new(),
+        metrics,
+        embassy_proxy: Mutex::new(None),
         shutdown: shutdown_rx,
     });
     Ok(Prepared {

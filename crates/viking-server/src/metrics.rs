@@ -36,6 +36,27 @@ pub struct HostLabels {
     pub host: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpErrorLabels {
+    pub op: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+    pub port: String,
+}
+
+fn store_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
 /// Every metric of one server.
 pub struct Metrics {
     registry: Registry,
@@ -53,6 +74,15 @@ pub struct Metrics {
     jobs_drifting: Family<HostLabels, Gauge>,
     restarts: Family<HostLabels, Gauge>,
     hosts_alive: Gauge,
+    hosts_gone: Gauge,
+    /// Store requests' latency and failures (`metered::MeteredStore`).
+    pub store_seconds: Family<OpLabels, Histogram, fn() -> Histogram>,
+    pub store_errors: Family<OpErrorLabels, Counter>,
+    /// embassy's proxy, per service port, since the server started.
+    embassy_connections: Family<ServiceLabels, Gauge>,
+    embassy_active: Family<ServiceLabels, Gauge>,
+    embassy_bytes_in: Family<ServiceLabels, Gauge>,
+    embassy_bytes_out: Family<ServiceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -136,8 +166,58 @@ impl Metrics {
             "Hosts registered in floki",
             hosts_alive.clone(),
         );
+        let hosts_gone = Gauge::default();
+        registry.register(
+            "hosts_gone",
+            "Hosts seen once (fleet/) that are not registered now",
+            hosts_gone.clone(),
+        );
+        let store_seconds =
+            Family::<OpLabels, Histogram, fn() -> Histogram>::new_with_constructor(store_histogram);
+        registry.register(
+            "store_request_seconds",
+            "Latency of this server's store requests, by operation",
+            store_seconds.clone(),
+        );
+        let store_errors = Family::<OpErrorLabels, Counter>::default();
+        registry.register(
+            "store_errors",
+            "Store requests that failed, by operation and kind",
+            store_errors.clone(),
+        );
+        let embassy_connections = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "embassy_connections",
+            "Connections embassy's proxy accepted on a service port since the server started",
+            embassy_connections.clone(),
+        );
+        let embassy_active = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "embassy_connections_open",
+            "Connections open now through embassy's proxy",
+            embassy_active.clone(),
+        );
+        let embassy_bytes_in = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "embassy_bytes_from_clients",
+            "Bytes embassy's proxy carried from clients to a service since the server started",
+            embassy_bytes_in.clone(),
+        );
+        let embassy_bytes_out = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "embassy_bytes_to_clients",
+            "Bytes embassy's proxy carried from a service to clients since the server started",
+            embassy_bytes_out.clone(),
+        );
         Metrics {
             registry,
+            hosts_gone,
+            store_seconds,
+            store_errors,
+            embassy_connections,
+            embassy_active,
+            embassy_bytes_in,
+            embassy_bytes_out,
             scrape: tokio::sync::Mutex::new(()),
             api_requests,
             placements,
@@ -222,6 +302,47 @@ impl Metrics {
                 .inc_by(i64::from(p.restarts));
         }
         self.hosts_alive.set(hosts.len() as i64);
+        let (fleet, _) = sh.store.list(keys::FLEET).await?;
+        let alive: std::collections::HashSet<&str> =
+            hosts.iter().map(|h| h.name.as_str()).collect();
+        let gone = fleet
+            .iter()
+            .filter_map(|kv| keys::name_of(keys::FLEET, &kv.key))
+            .filter(|n| !alive.contains(n))
+            .count();
+        self.hosts_gone.set(gone as i64);
+        for f in [
+            &self.embassy_connections,
+            &self.embassy_active,
+            &self.embassy_bytes_in,
+            &self.embassy_bytes_out,
+        ] {
+            f.clear();
+        }
+        let proxy = sh
+            .embassy_proxy
+            .lock()
+            .ok()
+            .and_then(|e| e.as_ref().map(|e| e.stats()));
+        for r in proxy.unwrap_or_default() {
+            let l = ServiceLabels {
+                service: r.service.clone(),
+                port: r.container_port.to_string(),
+            };
+            let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            self.embassy_connections
+                .get_or_create(&l)
+                .set(clamp(r.connections_total));
+            self.embassy_active
+                .get_or_create(&l)
+                .set(clamp(r.connections_active));
+            self.embassy_bytes_in
+                .get_or_create(&l)
+                .set(clamp(r.bytes_in));
+            self.embassy_bytes_out
+                .get_or_create(&l)
+                .set(clamp(r.bytes_out));
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .map_err(|e| ServerError::Internal(format!("encoding the metrics: {e}")))?;

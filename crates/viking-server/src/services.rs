@@ -280,7 +280,7 @@ fn note_route(
 /// How this node forwards its ambassador ports.
 enum Forwarder {
     /// embassy's proxy, listening on every ambassador port.
-    Proxy(Box<Embassy>),
+    Proxy(Arc<Embassy>),
     /// Netfilter rules; no process in the data path.
     Kernel(Arc<Kernel>),
     /// A hollow server keeps the table but serves no port.
@@ -320,7 +320,12 @@ impl Forwarder {
     /// keeps flowing until the next one rewrites them).
     async fn stop(self, sh: &Shared) {
         match self {
-            Forwarder::Proxy(embassy) => embassy.shutdown().await,
+            Forwarder::Proxy(embassy) => {
+                if let Ok(mut p) = sh.embassy_proxy.lock() {
+                    *p = None;
+                }
+                embassy.shutdown().await
+            }
             Forwarder::Kernel(kernel) => {
                 if sh
                     .remove_rules_on_stop
@@ -446,7 +451,11 @@ pub async fn run(sh: Arc<Shared>) {
             config.connect_timeout = Duration::from_secs(5);
             config.max_connections = sh.config.embassy_max_connections;
             config.idle_timeout = sh.config.embassy_idle_timeout;
-            Forwarder::Proxy(Box::new(Embassy::with_config(config)))
+            let embassy = Arc::new(Embassy::with_config(config));
+            if let Ok(mut p) = sh.embassy_proxy.lock() {
+                *p = Some(embassy.clone());
+            }
+            Forwarder::Proxy(embassy)
         }
     };
     let mut shutdown = sh.shutdown.clone();
