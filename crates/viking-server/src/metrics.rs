@@ -68,6 +68,8 @@ pub struct Metrics {
     pub placement_failures: Family<ReasonLabels, Counter>,
     pub reconcile_rounds: Counter,
     pub reconcile_seconds: Histogram,
+    /// A host's death to its jobs running elsewhere, seen by the leader.
+    pub failover_seconds: Histogram,
     pub leader: Gauge,
     jobs_desired: Family<HostLabels, Gauge>,
     jobs_running: Family<HostLabels, Gauge>,
@@ -129,6 +131,12 @@ impl Metrics {
             "reconcile_round_seconds",
             "Time a reconcile round takes to plan and launch its actions",
             reconcile_seconds.clone(),
+        );
+        let failover_seconds = Histogram::new(exponential_buckets(0.5, 2.0, 10));
+        registry.register(
+            "failover_seconds",
+            "From a host's death to every job it ran running elsewhere (the leader's view)",
+            failover_seconds.clone(),
         );
         let leader = Gauge::default();
         registry.register(
@@ -225,6 +233,7 @@ impl Metrics {
             placement_failures,
             reconcile_rounds,
             reconcile_seconds,
+            failover_seconds,
             leader,
             jobs_desired,
             jobs_running,

@@ -74,6 +74,11 @@ pub struct InFlight {
     /// `--rebalance-rate` a minute, at most a minute's worth at once.
     rebalance_budget: f64,
     rebalance_at: u64,
+    /// Hosts alive at the last round, and for each host that died since,
+    /// when it went and which of its jobs do not run elsewhere yet: the
+    /// failover time (`viking_failover_seconds`).
+    alive_before: BTreeSet<String>,
+    failing_over: BTreeMap<String, (u64, BTreeSet<String>)>,
 }
 
 impl Default for InFlight {
@@ -89,8 +94,54 @@ impl Default for InFlight {
             assigned: None,
             rebalance_budget: 0.0,
             rebalance_at: 0,
+            alive_before: BTreeSet::new(),
+            failing_over: BTreeMap::new(),
         }
     }
+}
+
+/// Follows the failovers of one round: a host that died since the last
+/// round starts one (its jobs in viking-proc), a job that runs on another
+/// host leaves it, and when none is left the time from the host's death is
+/// observed. A host that comes back ends its failover unobserved.
+fn follow_failovers(
+    sh: &Shared,
+    in_flight: &mut InFlight,
+    alive_now: BTreeSet<String>,
+    procs: &[viking_core::records::ProcRecord],
+    ps: &BTreeMap<String, viking_core::records::PsRecord>,
+    now: u64,
+) {
+    let desired: BTreeSet<&str> = procs.iter().map(|p| p.job.name.as_str()).collect();
+    for host in in_flight.alive_before.difference(&alive_now) {
+        let jobs: BTreeSet<String> = ps
+            .values()
+            .filter(|p| p.node == *host && desired.contains(p.job.as_str()))
+            .map(|p| p.job.clone())
+            .collect();
+        if !jobs.is_empty() {
+            in_flight.failing_over.insert(host.clone(), (now, jobs));
+        }
+    }
+    in_flight
+        .failing_over
+        .retain(|host, _| !alive_now.contains(host));
+    let mut done = Vec::new();
+    for (host, (since, jobs)) in in_flight.failing_over.iter_mut() {
+        jobs.retain(|j| {
+            desired.contains(j.as_str())
+                && !ps.get(j).is_some_and(|p| p.node != *host && p.is_running())
+        });
+        if jobs.is_empty() {
+            done.push((host.clone(), now.saturating_sub(*since)));
+        }
+    }
+    for (host, took_ms) in done {
+        in_flight.failing_over.remove(&host);
+        tracing::info!(host = %host, seconds = took_ms as f64 / 1000.0, "the jobs of a gone host run elsewhere");
+        sh.metrics.failover_seconds.observe(took_ms as f64 / 1000.0);
+    }
+    in_flight.alive_before = alive_now;
 }
 
 impl InFlight {
@@ -463,6 +514,14 @@ async fn reconcile_round_over(
     let hosts =
         crate::placement::snapshot_over(&fleet, ps.values(), &procs, sh.config.policy.reserve);
     let now = now_ms();
+    if leading {
+        let alive_now = hosts
+            .iter()
+            .filter(|h| h.alive)
+            .map(|h| h.name.clone())
+            .collect();
+        follow_failovers(sh, in_flight, alive_now, &procs, &ps, now);
+    }
     let settling = match in_flight.settle_until {
         Some(t) if now < t => hosts
             .iter()

@@ -2662,3 +2662,67 @@ async fn events_replay_a_jobs_life_and_refuse_a_compacted_revision() {
         "{e}"
     );
 }
+
+/// `viking_failover_seconds`: the leader observes the time from a host's
+/// death to all its jobs running elsewhere, once.
+#[tokio::test]
+async fn the_leader_measures_a_failover() {
+    let mut hs = hosts(2).await;
+    let leader_name = leader_of(&hs).await.shared.config.name.clone();
+    let li = hs
+        .iter()
+        .position(|h| h.shared.config.name == leader_name)
+        .unwrap();
+    for i in 0..4 {
+        hs[li]
+            .run(&format!(
+                r#"{{"name":"f{i}","image":"busybox","command":["sleep","1000"],"daemonize":true}}"#
+            ))
+            .await
+            .expect("run");
+    }
+    let other = hs[1 - li].shared.config.name.clone();
+    assert!(
+        running_per_host(&hs[li])
+            .await
+            .get(&other)
+            .copied()
+            .unwrap_or(0)
+            >= 1,
+        "dowding spread the jobs"
+    );
+    let count = |text: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with("viking_failover_seconds_count "))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    let leader = hs.remove(li);
+    assert_eq!(
+        count(&leader.shared.metrics.scrape(&leader.shared).await.unwrap()),
+        0.0
+    );
+    // The other host dies (its server stops; its lease runs out).
+    drop(hs);
+    viking_testkit::eventually_async(
+        "the four jobs run on the leader's host",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            running_per_host(&leader)
+                .await
+                .get(&leader_name)
+                .copied()
+                .unwrap_or(0)
+                == 4
+        },
+    )
+    .await;
+    viking_testkit::eventually_async(
+        "the failover observed once",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { count(&leader.shared.metrics.scrape(&leader.shared).await.unwrap()) == 1.0 },
+    )
+    .await;
+}
