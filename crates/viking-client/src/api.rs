@@ -336,6 +336,7 @@ pub struct FleetEvent {
     /// `job`, `host` or `leader`.
     pub kind: String,
     /// `accepted`, `placed`, `started`, `exited`, `restarted`, `moved`,
+    /// `replacing` (a push step or a restart), `health check failed`,
     /// `waiting for host`, `failed`, `stopped`, `removed`; `joined`,
     /// `gone`, `returned`; `changed`.
     pub action: String,

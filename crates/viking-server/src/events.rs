@@ -23,6 +23,7 @@ struct Seen {
     status: String,
     node: String,
     restarts: u32,
+    error: Option<String>,
 }
 
 /// Changes into events. Pure.
@@ -151,6 +152,7 @@ impl Translator {
             status: p.status.as_str().to_string(),
             node: p.node.clone(),
             restarts: p.restarts,
+            error: p.error.clone(),
         };
         let before = self.ps.insert(name.to_string(), now_seen.clone());
         if before.as_ref() == Some(&now_seen) {
@@ -160,7 +162,25 @@ impl Translator {
         let moved = before
             .as_ref()
             .is_some_and(|b| !b.node.is_empty() && b.node != p.node);
+        let was_running = before.as_ref().is_some_and(|b| b.status == "running");
+        // A running record that gains an error: its health check failed
+        // (the health checker notes why, then stops the container).
+        if was_running
+            && now_seen.status == "running"
+            && before.as_ref().is_some_and(|b| b.error.is_none())
+        {
+            if let Some(err) = &p.error {
+                let mut e = job("health check failed", now, &p.node);
+                e.detail.insert("error".into(), err.clone());
+                return vec![e];
+            }
+        }
         match now_seen.status.as_str() {
+            // Its container replaced where it runs: a push step or a
+            // restart (start-first: the old one runs until the new one does).
+            "starting" if was_running && !moved => {
+                out.push(job("replacing", p.created_at, &p.node));
+            }
             "starting" | "created" => {
                 let mut e = if moved {
                     let mut e = job("moved", p.created_at, &p.node);
@@ -301,6 +321,32 @@ mod tests {
         assert_eq!(all[4].detail["from"], "n1");
         let revs: Vec<i64> = all.iter().map(|e| e.rev).collect();
         assert_eq!(revs, vec![1, 2, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn a_failed_health_check_and_a_replacement_read_as_events() {
+        let mut t = Translator::default();
+        let mut rec = |status: Status, error: Option<&str>, rev: i64| {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&ps("web", "n1", status, 0)).unwrap();
+            v["data"]["error"] = serde_json::json!(error);
+            t.translate(&put(keys::ps("web"), v.to_string().into_bytes(), rev), 0)
+        };
+        let mut got = Vec::new();
+        got.extend(rec(Status::Running, None, 1));
+        got.extend(rec(
+            Status::Running,
+            Some("health check failed: no answer"),
+            2,
+        ));
+        got.extend(rec(Status::Starting, None, 3));
+        got.extend(rec(Status::Running, None, 4));
+        let actions: Vec<&str> = got.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            ["started", "health check failed", "replacing", "started"]
+        );
+        assert_eq!(got[1].detail["error"], "health check failed: no answer");
     }
 
     #[test]
