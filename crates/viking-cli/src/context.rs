@@ -377,8 +377,12 @@ mod tests {
     }
 
     fn dir() -> Scratch {
+        // Tests run at once in one process: a counter keeps their
+        // directories apart (the time alone did not).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let p = std::env::temp_dir().join(format!(
-            "viking-cli-context-{}-{}",
+            "viking-cli-context-{}-{}-{n}",
             std::process::id(),
             crate::table::now_ms()
         ));
