@@ -19,20 +19,7 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// "5 minutes", like Docker's units.HumanDuration.
-pub fn human(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0 => "Less than a second".to_string(),
-        1 => "1 second".to_string(),
-        2..=59 => format!("{s} seconds"),
-        60..=119 => "About a minute".to_string(),
-        120..=3599 => format!("{} minutes", s / 60),
-        3600..=7199 => "About an hour".to_string(),
-        7200..=172_799 => format!("{} hours", s / 3600),
-        _ => format!("{} days", s / 86400),
-    }
-}
+pub use viking_client::wire::human;
 
 fn ago(now: u64, t: u64) -> String {
     format!("{} ago", human(now.saturating_sub(t)))

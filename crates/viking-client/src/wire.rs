@@ -266,6 +266,23 @@ mod tests {
     }
 }
 
+/// A duration in milliseconds as Docker says it ("5 minutes", "About a
+/// minute"; Docker's `units.HumanDuration`): `viking ps` and the Docker
+/// API's `docker ps` both.
+pub fn human(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0 => "Less than a second".to_string(),
+        1 => "1 second".to_string(),
+        2..=59 => format!("{s} seconds"),
+        60..=119 => "About a minute".to_string(),
+        120..=3599 => format!("{} minutes", s / 60),
+        3600..=7199 => "About an hour".to_string(),
+        7200..=172_799 => format!("{} hours", s / 3600),
+        _ => format!("{} days", s / 86_400),
+    }
+}
+
 /// Unix milliseconds as RFC 3339 in UTC, with milliseconds
 /// (`2025-12-02T00:00:00.123Z`).
 pub fn rfc3339(ms: u64) -> String {

@@ -219,7 +219,8 @@ async fn end_session(sh: &Shared, name: &str) {
     }
 }
 
-async fn send<W: AsyncWrite + Unpin>(w: &mut W, f: Frame) -> std::io::Result<()> {
+/// Writes one frame.
+pub(crate) async fn send<W: AsyncWrite + Unpin>(w: &mut W, f: Frame) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(5 + f.data.len());
     f.encode(&mut buf);
     w.write_all(&buf).await

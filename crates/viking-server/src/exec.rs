@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::Response;
-use bytes::BytesMut;
 use futures::StreamExt;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -16,7 +15,7 @@ use viking_client::api::ExecRequest;
 use viking_client::frame::{self, Frame, FrameReader};
 use viking_docker::{Attached, Output};
 
-use crate::attach::FrameStream;
+use crate::attach::{send, FrameStream};
 use crate::error::{Result, ServerError};
 use crate::peer::{owner, Owner};
 use crate::{state, Shared};
@@ -80,12 +79,6 @@ pub async fn start(
         }
     });
     Ok(crate::attach::switching())
-}
-
-async fn send<W: AsyncWrite + Unpin>(w: &mut W, f: Frame) -> std::io::Result<()> {
-    let mut buf = BytesMut::with_capacity(5 + f.data.len());
-    f.encode(&mut buf);
-    w.write_all(&buf).await
 }
 
 /// One exec on this host: the client's stdin frames to its input, its

@@ -1,7 +1,8 @@
 //! The store as the server uses it, timed: every request's latency by
 //! operation and its failures by operation and kind, into the server's
 //! metrics (`viking_store_request_seconds`, `viking_store_errors_total`).
-//! A decorator over any [`Store`]: the backends know nothing of it.
+//! A decorator over any [`Store`]: the backends know nothing of it. The
+//! labels are static strings, so timing a request allocates nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,14 +35,11 @@ impl MeteredStore {
 
     fn done<T>(&self, op: &'static str, began: Instant, r: Result<T>) -> Result<T> {
         self.seconds
-            .get_or_create(&OpLabels { op: op.to_string() })
+            .get_or_create(&OpLabels { op })
             .observe(began.elapsed().as_secs_f64());
         if let Err(e) = &r {
             self.errors
-                .get_or_create(&OpErrorLabels {
-                    op: op.to_string(),
-                    kind: kind(e).to_string(),
-                })
+                .get_or_create(&OpErrorLabels { op, kind: kind(e) })
                 .inc();
         }
         r

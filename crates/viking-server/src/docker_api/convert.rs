@@ -456,20 +456,7 @@ fn state(ps: Option<&PsRecord>) -> &'static str {
     }
 }
 
-/// A duration as `docker ps` says it ("5 seconds", "About a minute").
-pub fn human(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0 => "Less than a second".to_string(),
-        1 => "1 second".to_string(),
-        2..=59 => format!("{s} seconds"),
-        60..=119 => "About a minute".to_string(),
-        120..=3599 => format!("{} minutes", s / 60),
-        3600..=7199 => "About an hour".to_string(),
-        7200..=172_799 => format!("{} hours", s / 3600),
-        _ => format!("{} days", s / 86_400),
-    }
-}
+use viking_client::wire::human;
 
 /// `Status` of `docker ps`.
 fn status_text(ps: Option<&PsRecord>, now_ms: u64) -> String {

@@ -537,13 +537,26 @@ async fn attach(
             Err(e) => tracing::debug!("docker attach: the upgrade failed: {e}"),
         }
     });
+    Ok(hijacked(stream_type(version, tty)))
+}
+
+const RAW_STREAM: &str = "application/vnd.docker.raw-stream";
+const MULTIPLEXED_STREAM: &str = "application/vnd.docker.multiplexed-stream";
+
+/// The content type of an attached or logged stream: Docker's frames are
+/// named `multiplexed-stream` from API 1.42, a TTY's raw bytes never are.
+fn stream_type(version: Option<axum::Extension<Version>>, tty: bool) -> &'static str {
     let minor = version.map_or(MAX_MINOR, |v| v.0 .0);
-    let content_type = if minor >= 42 && !tty {
-        "application/vnd.docker.multiplexed-stream"
+    if minor >= 42 && !tty {
+        MULTIPLEXED_STREAM
     } else {
-        "application/vnd.docker.raw-stream"
-    };
-    Ok((
+        RAW_STREAM
+    }
+}
+
+/// `101 UPGRADED` to Docker's raw TCP stream (attach, exec start).
+fn hijacked(content_type: &'static str) -> Response {
+    (
         StatusCode::SWITCHING_PROTOCOLS,
         [
             (header::CONTENT_TYPE, content_type),
@@ -551,7 +564,7 @@ async fn attach(
             (header::UPGRADE, "tcp"),
         ],
     )
-        .into_response())
+        .into_response()
 }
 
 /// A streamed answer whose headers go out at once and whose one line
@@ -905,20 +918,7 @@ async fn exec_start(
             Err(e) => tracing::debug!("docker exec: the upgrade failed: {e}"),
         }
     });
-    let content_type = if tty {
-        "application/vnd.docker.raw-stream"
-    } else {
-        "application/vnd.docker.multiplexed-stream"
-    };
-    Ok((
-        StatusCode::SWITCHING_PROTOCOLS,
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CONNECTION, "Upgrade"),
-            (header::UPGRADE, "tcp"),
-        ],
-    )
-        .into_response())
+    Ok(hijacked(if tty { RAW_STREAM } else { MULTIPLEXED_STREAM }))
 }
 
 /// `GET /exec/{id}/json`: whether it runs, and its exit code.
@@ -1085,13 +1085,7 @@ async fn logs(
         }
     });
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let minor = version.map_or(MAX_MINOR, |v| v.0 .0);
-    let content_type = if minor >= 42 && !tty {
-        "application/vnd.docker.multiplexed-stream"
-    } else {
-        "application/vnd.docker.raw-stream"
-    };
-    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+    Ok(([(header::CONTENT_TYPE, stream_type(version, tty))], body).into_response())
 }
 
 /// The frames that hold the last `n` lines of output (a frame is kept
