@@ -16,4 +16,7 @@ docker network ls -q --filter label=viking-test=1 | xargs -r docker network rm >
 
 # Two test threads: every test drives real containers on a 2-core machine.
 cargo build --workspace --all-targets --quiet
-cargo test --workspace --quiet -- --test-threads="${VIKING_TEST_THREADS:-2}" "$@"
+# Bounded as a whole: a test that hangs fails the run (every command the
+# harness runs is bounded too, see viking_testkit::command_deadline).
+timeout --kill-after=30s "${VIKING_TEST_TIMEOUT:-40m}" \
+    cargo test --workspace --quiet -- --test-threads="${VIKING_TEST_THREADS:-2}" "$@"

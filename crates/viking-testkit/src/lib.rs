@@ -55,6 +55,6 @@ pub use http::{http_get, https_get, HttpResponse};
 pub use node::{Node, LOG_FILTER_VAR, SERVER_LOG_PATH};
 pub use opts::{viking_bin, ClusterOpts, BUSYBOX_IMAGE, NODE_IMAGE};
 pub use pki::NODE_TLS_DIR;
-pub use util::{host_docker, run_with_stdin, unique, LABEL};
+pub use util::{command_deadline, host_docker, run_bounded, run_with_stdin, unique, LABEL};
 pub use viking_store::testing::EtcdCluster;
 pub use wait::{eventually, eventually_async, wait_until, Outcome, POLL};

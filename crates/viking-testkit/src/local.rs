@@ -185,10 +185,12 @@ impl LocalServer {
 
     /// Runs the CLI against this server with no stdin.
     pub fn cli(&self, args: &[&str]) -> Output {
-        self.cli_command(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()))
+        crate::util::run_bounded(
+            &mut self.cli_command(args),
+            None,
+            crate::util::command_deadline(),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Runs the CLI with `input` on its stdin.

@@ -8,7 +8,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Label put on everything the harness creates in Docker.
 pub const LABEL: &str = "viking-test=1";
@@ -17,9 +17,7 @@ pub const OWNER_LABEL: &str = "viking-test.owner";
 
 /// Runs a command and returns its output (whatever its exit status).
 pub(crate) fn output(cmd: &mut Command) -> Result<Output> {
-    cmd.stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))
+    run_bounded(cmd, None, command_deadline())
 }
 
 /// Runs a command, fails when it exits non-zero, returns its trimmed stdout.
@@ -95,23 +93,111 @@ pub(crate) fn owner_alive(owner: &str) -> bool {
 
 /// Runs `cmd` with `stdin` fed to it and its stdout and stderr captured. The
 /// input is written from a thread, so a child that does not read its stdin
-/// (or fills its stdout first) cannot deadlock the caller.
+/// (or fills its stdout first) cannot deadlock the caller. Bounded like
+/// every command the harness runs (see [`run_bounded`]).
 pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Result<Output> {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    run_bounded(cmd, Some(stdin.to_vec()), command_deadline())
+}
+
+/// How long one command of the harness may take: 300 s, or
+/// `VIKING_TEST_COMMAND_TIMEOUT` seconds. A command that hangs fails its
+/// test with what it printed so far instead of hanging the suite (and CI).
+pub fn command_deadline() -> Duration {
+    std::env::var("VIKING_TEST_COMMAND_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(300), Duration::from_secs)
+}
+
+/// Runs `cmd` in a process group of its own, with `stdin` (or nothing)
+/// as its input, its stdout and stderr captured. When it has not ended
+/// within `limit`, the whole group is killed and the answer is an error
+/// naming the command, with what it printed so far.
+pub fn run_bounded(cmd: &mut Command, stdin: Option<Vec<u8>>, limit: Duration) -> Result<Output> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::sync::{Arc, Mutex};
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0);
     let mut child = cmd.spawn().with_context(|| format!("cannot run {cmd:?}"))?;
-    let mut pipe = child.stdin.take().context("stdin pipe")?;
-    let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        // A child that exits without reading all of it closes the pipe: not an error.
-        let _ = pipe.write_all(&data);
-    });
-    let out = child
-        .wait_with_output()
-        .with_context(|| format!("waiting for {cmd:?}"))?;
-    let _ = writer.join();
-    Ok(out)
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        std::thread::spawn(move || {
+            // A child that exits without reading all of it closes the pipe: not an error.
+            let _ = pipe.write_all(&data);
+        });
+    }
+    // Readers of their own, so a full pipe never stops the child; what
+    // they read so far is there for the error of a command that hangs.
+    let read = |r: Option<Box<dyn Read + Send>>| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        if let Some(mut r) = r {
+            let b = buf.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 8192];
+                while let Ok(n) = r.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    b.lock().map(|mut v| v.extend_from_slice(&chunk[..n])).ok();
+                }
+                let _ = tx.send(());
+            });
+        }
+        (buf, rx)
+    };
+    let (out, out_done) = read(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let (err, err_done) = read(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let taken = |b: &Arc<Mutex<Vec<u8>>>| b.lock().map(|v| v.clone()).unwrap_or_default();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("waiting for {cmd:?}"))?
+        {
+            break status;
+        }
+        if start.elapsed() >= limit {
+            // The whole group: a shell's children too.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .stderr(Stdio::null())
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{cmd:?} did not end within {limit:?} (killed); its stdout so far: {:?}; its stderr so far: {:?}",
+                String::from_utf8_lossy(&taken(&out)),
+                String::from_utf8_lossy(&taken(&err))
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // The child ended; a grandchild that kept its pipes open gets a
+    // little while, not forever.
+    let _ = out_done.recv_timeout(Duration::from_secs(10));
+    let _ = err_done.recv_timeout(Duration::from_secs(10));
+    Ok(Output {
+        status,
+        stdout: taken(&out),
+        stderr: taken(&err),
+    })
 }
 
 /// A name that no other test (in this or a concurrent process) uses:
@@ -123,6 +209,43 @@ pub fn unique(prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_that_hangs_is_killed_with_its_children() {
+        let start = std::time::Instant::now();
+        let e = run_bounded(
+            Command::new("sh").args(["-c", "echo begun; sleep 60.0417 & sleep 60"]),
+            None,
+            Duration::from_millis(300),
+        )
+        .expect_err("it hangs");
+        // The background sleep held stdout too: killed with the group.
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(format!("{e:#}").contains("begun"), "{e:#}");
+        // No orphan left behind.
+        let orphan = || {
+            Command::new("pgrep")
+                .args(["-f", "sleep 60.0417"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        let waited = std::time::Instant::now();
+        while orphan() && waited.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!orphan(), "the shell's child outlived it");
+        let o = run_bounded(
+            Command::new("tr").args(["a-z", "A-Z"]),
+            Some(b"piped".to_vec()),
+            Duration::from_secs(30),
+        )
+        .expect("tr");
+        assert_eq!(o.stdout, b"PIPED");
+    }
 
     #[test]
     fn quoting() {

@@ -8,10 +8,10 @@
 //! Needs `scripts/test-images.sh --node` and the docker CLI.
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use viking_testkit::{eventually, Cluster, ClusterOpts, Node, POLL};
+use viking_testkit::{eventually, run_bounded, Cluster, ClusterOpts, Node, POLL};
 
 const BUSYBOX: &str = "viking-test/busybox";
 
@@ -56,21 +56,15 @@ impl Docker {
             .env("DOCKER_CERT_PATH", self.path())
             .env("DOCKER_TLS_VERIFY", "1")
             .env_remove("DOCKER_HOST")
-            .env_remove("DOCKER_CONTEXT")
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("sh");
-        if let Some(input) = stdin {
-            use std::io::Write;
-            let mut w = child.stdin.take().expect("stdin");
-            w.write_all(input).expect("write stdin");
-        }
-        child.wait_with_output().expect("wait")
+            .env_remove("DOCKER_CONTEXT");
+        // Bounded as a whole too (the group killed), so nothing a script
+        // starts can hang the suite.
+        run_bounded(
+            &mut cmd,
+            stdin.map(<[u8]>::to_vec),
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     fn run(&self, n: &Node, args: &str) -> Output {
@@ -117,20 +111,13 @@ fn the_docker_cli_drives_the_fleet() {
     // The client certificate alone is a credential (no token sent)...
     let bare = tempfile::tempdir().expect("tempdir");
     let only_cert = |cert_path: &std::path::Path| {
-        Command::new("timeout")
-            .args([
-                "60",
-                "docker",
-                "-H",
-                &format!("tcp://{}:8791", n2.ip()),
-                "ps",
-            ])
+        let mut cmd = Command::new("docker");
+        cmd.args(["-H", &format!("tcp://{}:8791", n2.ip()), "ps"])
             .env("DOCKER_CONFIG", bare.path())
             .env("DOCKER_CERT_PATH", cert_path)
             .env("DOCKER_TLS_VERIFY", "1")
-            .env_remove("DOCKER_HOST")
-            .output()
-            .expect("docker")
+            .env_remove("DOCKER_HOST");
+        run_bounded(&mut cmd, None, Duration::from_secs(60)).expect("docker")
     };
     let o = only_cert(&d.path());
     assert!(o.status.success(), "{}", text(&o.stderr));
