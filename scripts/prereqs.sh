@@ -3,7 +3,7 @@
 #
 #   scripts/prereqs.sh build   # protoc and protobuf's include files (the etcd client's build script)
 #   scripts/prereqs.sh run     # build + a static busybox (the first job's image) and conntrack
-#   scripts/prereqs.sh test    # run + etcd and etcdctl (a real store), debootstrap (the node image), promtool
+#   scripts/prereqs.sh test    # run + etcd and etcdctl (a real store), debootstrap (the node image), promtool, chromium
 #
 # Where apt-get exists (Debian, Ubuntu) the missing packages are installed, nothing else.
 # Elsewhere it prints one line naming what is missing and exits 1, before any build starts.
@@ -61,6 +61,9 @@ if [ "$level" = test ]; then
     need "debootstrap" debootstrap command -v debootstrap
     # promtool checks the metrics' format (Debian's prometheus package).
     need "promtool" prometheus command -v promtool
+    # The dashboard's test drives a real headless browser; a font for its screenshots.
+    need "chromium" chromium command -v "${VIKING_TEST_CHROMIUM:-chromium}"
+    need "a font (fonts-liberation)" fonts-liberation test -d /usr/share/fonts/truetype/liberation
 fi
 
 absent=()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole test suite on a fresh machine: installs the packages the
 # tests need (scripts/prereqs.sh test: protoc and protobuf's include files,
-# busybox, etcd, debootstrap), builds the test images
+# busybox, etcd, debootstrap, promtool, chromium), builds the test images
 # once per machine (viking-test/busybox, viking-test/node), then runs every
 # test against the real Docker engine and real etcd.
 #

@@ -76,7 +76,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 .route(routes::MESH_CA, get(mesh_ca))
                 .route(routes::MESH_JOIN, post(mesh_join)),
         )
-        .with_state(shared)
+        .with_state(shared.clone())
+        // The dashboard: its own gate (a login cookie, the token or a
+        // client certificate).
+        .merge(crate::ui::router(shared))
 }
 
 async fn mesh_ca(State(sh): State<Arc<Shared>>) -> ApiResult<Json<viking_client::api::MeshCa>> {
@@ -135,35 +138,7 @@ async fn events(
         Some(r) => r,
         None => sh.store.revision().await? + 1,
     };
-    let mut watch = sh.store.watch("", from).await?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<viking_client::api::FleetEvent>();
-    let mut shutdown = sh.shutdown.clone();
-    tokio::spawn(async move {
-        let mut t = crate::events::Translator::default();
-        loop {
-            let ev = tokio::select! {
-                _ = crate::stopped(&mut shutdown) => return,
-                _ = tx.closed() => return,
-                evs = watch.next_revision() => evs,
-            };
-            match ev {
-                Some(Ok(evs)) => {
-                    for e in t.translate_revision(&evs, crate::now_ms()) {
-                        if crate::events::wanted(&e, q.job.as_deref(), q.host.as_deref())
-                            && tx.send(e).is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::debug!("events: the watch ended: {e}");
-                    return;
-                }
-                None => return,
-            }
-        }
-    });
+    let rx = crate::events::follow(&sh, from, q.job, q.host).await?;
     ndjson(rx)
 }
 

@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use viking_client::api::FleetEvent;
 use viking_core::keys;
 use viking_core::records::{decode, ProcRecord, PsRecord};
-use viking_store::{EventKind, WatchEvent};
+use viking_store::{EventKind, Revision, StoreError, WatchEvent};
+
+use crate::error::ServerError;
 
 /// What the translator remembers of a job's viking-ps record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +238,89 @@ impl Translator {
 pub fn wanted(e: &FleetEvent, job: Option<&str>, host: Option<&str>) -> bool {
     job.is_none_or(|j| e.job.as_deref() == Some(j))
         && host.is_none_or(|h| e.host.as_deref() == Some(h) || e.detail.values().any(|v| v == h))
+}
+
+/// The fleet's events from revision `from` on, for as long as the receiver
+/// is kept (or until the server stops, or the store's watch ends), with
+/// `job` and `host` as [`wanted`] filters. `GET /v1/events` and the
+/// dashboard's live feed read it.
+pub async fn follow(
+    sh: &std::sync::Arc<crate::Shared>,
+    from: Revision,
+    job: Option<String>,
+    host: Option<String>,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<FleetEvent>, ServerError> {
+    let mut watch = sh.store.watch("", from).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<FleetEvent>();
+    let mut shutdown = sh.shutdown.clone();
+    tokio::spawn(async move {
+        let mut t = Translator::default();
+        loop {
+            let ev = tokio::select! {
+                _ = crate::stopped(&mut shutdown) => return,
+                _ = tx.closed() => return,
+                evs = watch.next_revision() => evs,
+            };
+            match ev {
+                Some(Ok(evs)) => {
+                    for e in t.translate_revision(&evs, crate::now_ms()) {
+                        if wanted(&e, job.as_deref(), host.as_deref()) && tx.send(e).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::debug!("events: the watch ended: {e}");
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// How long [`recent`] reads the store's history at most.
+const RECENT_BUDGET: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// The last `limit` events the store's history still holds (from its
+/// oldest revision, i.e. the compaction window, to now), filtered by
+/// `job`, newest last, and the revision they go up to: a page shows them
+/// and follows with `since` = that revision + 1. Reading stops after
+/// [`RECENT_BUDGET`] with what it has.
+pub async fn recent(
+    sh: &crate::Shared,
+    job: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<FleetEvent>, Revision), ServerError> {
+    let now = sh.store.revision().await?;
+    let mut watch = match sh.store.watch("", 1).await {
+        Ok(w) => w,
+        Err(StoreError::Compacted { oldest, .. }) => sh.store.watch("", oldest).await?,
+        Err(e) => return Err(e.into()),
+    };
+    let mut t = Translator::default();
+    let limit = limit.max(1);
+    let mut kept = std::collections::VecDeque::with_capacity(limit);
+    let deadline = tokio::time::Instant::now() + RECENT_BUDGET;
+    let mut seen = 0;
+    while seen < now {
+        let evs = match tokio::time::timeout_at(deadline, watch.next_revision()).await {
+            Ok(Some(Ok(evs))) => evs,
+            // The history moved on while it was read: what was read stands.
+            Ok(Some(Err(_))) | Ok(None) | Err(_) => break,
+        };
+        seen = evs.last().map_or(now, |e| e.kv.mod_revision);
+        for e in t.translate_revision(&evs, crate::now_ms()) {
+            if e.rev <= now && wanted(&e, job, None) {
+                if kept.len() == limit {
+                    kept.pop_front();
+                }
+                kept.push_back(e);
+            }
+        }
+    }
+    Ok((kept.into(), now))
 }
 
 #[cfg(test)]

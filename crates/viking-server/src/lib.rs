@@ -94,6 +94,7 @@ pub mod state;
 pub mod status;
 pub mod tls;
 pub mod token;
+pub mod ui;
 pub mod usage;
 pub mod volume;
 

@@ -2726,3 +2726,166 @@ async fn the_leader_measures_a_failover() {
     )
     .await;
 }
+
+/// One HTTP/1.0 exchange with a server: status, head and body.
+async fn http_raw(url: &str, request: String) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(request.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_string(&mut out))
+        .await
+        .expect("an answer within 10 s")
+        .expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    (status, head.to_string(), body.to_string())
+}
+
+fn get_with(path: &str, header: &str) -> String {
+    format!("GET {path} HTTP/1.0\r\nHost: x\r\n{header}\r\n")
+}
+
+/// The dashboard (issue 21): pages behind a login that gives a cookie
+/// (not the token), the bearer header works too; the fleet with its hosts,
+/// the jobs with drift and filters, a job with its placement explained,
+/// history, output and events; the live feed as server-sent events; a
+/// login only redirects within the dashboard.
+#[tokio::test]
+async fn the_dashboard_shows_the_fleet_behind_a_login() {
+    let servers = hosts(2).await;
+    let s = &servers[0];
+    s.run(r#"{"name":"web","image":"busybox","command":["sh","-c","echo hello-from-web; sleep 1000"],"daemonize":true}"#)
+        .await
+        .expect("web");
+
+    // Not logged in: sent to the login page, which comes back here.
+    let (st, head, _) = http_raw(&s.url, get_with("/ui/jobs?state=running", "")).await;
+    assert_eq!(st, 303, "{head}");
+    assert!(
+        head.contains("location: /ui/login?next=/ui/jobs%3Fstate%3Drunning"),
+        "{head}"
+    );
+    let (st, _, body) = http_raw(&s.url, get_with("/ui/login?next=/ui/jobs", "")).await;
+    assert_eq!(st, 200);
+    assert!(body.contains(r#"name="next" value="/ui/jobs""#), "{body}");
+    // The feed and the API stay closed.
+    assert_eq!(http_raw(&s.url, get_with("/ui/feed", "")).await.0, 401);
+
+    let post = |body: String| {
+        format!(
+            "POST /ui/login HTTP/1.0\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let (st, _, body) = http_raw(&s.url, post("token=nope&next=/ui".into())).await;
+    assert_eq!(st, 401);
+    assert!(
+        body.contains("not this cluster&#39;s token") || body.contains("not this cluster's token"),
+        "{body}"
+    );
+    let (st, head, _) = http_raw(
+        &s.url,
+        post(format!(
+            "token={}&next=https://evil.example/",
+            s.shared.token
+        )),
+    )
+    .await;
+    assert_eq!(st, 303);
+    assert!(head.contains("location: /ui\r\n"), "{head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .expect("a cookie")
+        .to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(
+        !cookie.contains(&s.shared.token),
+        "the cookie holds the token: {cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_string();
+    let with_cookie = format!("Cookie: {session}\r\n");
+
+    // The fleet: both hosts, alive, one of them the leader.
+    let (st, head, body) = http_raw(&s.url, get_with("/ui", &with_cookie)).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        head.contains("content-security-policy: default-src 'none'"),
+        "{head}"
+    );
+    for n in ["n1", "n2"] {
+        assert!(body.contains(&format!(r#"data-host="{n}""#)), "{body}");
+    }
+    assert!(body.contains("alive, leader"), "{body}");
+    assert!(body.contains(r#"<b>2</b> hosts alive"#), "{body}");
+    // The feed starts with what happened, newest first.
+    assert!(body.contains("<b>started</b>"), "{body}");
+
+    // The jobs, with the bearer header instead of the cookie.
+    let bearer = format!("Authorization: Bearer {}\r\n", s.shared.token);
+    let (st, _, body) = http_raw(&s.url, get_with("/ui/jobs", &bearer)).await;
+    assert_eq!(st, 200);
+    assert!(
+        body.contains(r#"data-job="web" data-state="running""#),
+        "{body}"
+    );
+    let (_, _, body) = http_raw(&s.url, get_with("/ui/jobs?state=drifting", &bearer)).await;
+    assert!(!body.contains(r#"data-job="web""#), "{body}");
+
+    // One job: placement explained over every host, its output, events.
+    let (st, _, body) = http_raw(&s.url, get_with("/ui/jobs/web", &with_cookie)).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("<b>chosen</b>"), "{body}");
+    assert!(
+        body.contains("eligible, ranked lower") || body.contains("rejected: "),
+        "{body}"
+    );
+    assert!(body.contains("hello-from-web"), "{body}");
+    assert!(body.contains("<b>placed</b>"), "{body}");
+    assert!(body.contains(r#"data-job="web""#), "{body}");
+    let (st, _, _) = http_raw(&s.url, get_with("/ui/jobs/nope", &with_cookie)).await;
+    assert_eq!(st, 404);
+
+    // The live feed: a stop arrives as a server-sent event with its
+    // revision as the id.
+    let rev = s.shared.store.revision().await.expect("revision");
+    let url = s.url.clone();
+    let feed = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        conn.write_all(
+            get_with(&format!("/ui/feed?since={}&job=web", rev + 1), &with_cookie).as_bytes(),
+        )
+        .await
+        .expect("write");
+        let mut got = String::new();
+        let mut buf = [0u8; 4096];
+        while !got.contains("\"action\":\"stopped\"") {
+            let n = conn.read(&mut buf).await.expect("read");
+            assert!(n > 0, "the feed ended: {got}");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        got
+    });
+    s.client.stop("web", 1).await.expect("stop");
+    let got = tokio::time::timeout(Duration::from_secs(10), feed)
+        .await
+        .expect("the stop within 10 s")
+        .expect("feed");
+    assert!(got.contains("content-type: text/event-stream"), "{got}");
+    assert!(got.contains("event: fleet\n"), "{got}");
+    assert!(got.contains("\nid: "), "{got}");
+}

@@ -38,6 +38,7 @@
 
 #![deny(unsafe_code)]
 
+mod browser;
 mod cleanup;
 mod cluster;
 mod http;
@@ -49,6 +50,7 @@ mod pki;
 mod util;
 mod wait;
 
+pub use browser::Browser;
 pub use cleanup::cleanup_stale;
 pub use cluster::Cluster;
 pub use http::{http_get, https_get, HttpResponse};
