@@ -135,8 +135,7 @@ async fn events(
                 "since: {r}: revisions start at 1"
             )))
         }
-        Some(r) => r,
-        None => sh.store.revision().await? + 1,
+        r => r,
     };
     let rx = crate::events::follow(&sh, from, q.job, q.host).await?;
     ndjson(rx)

@@ -28,13 +28,33 @@ struct Seen {
     error: Option<String>,
 }
 
+/// Where a job may go, as its viking-proc record says: why it was placed
+/// where it was.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Constraints {
+    pinned: Option<String>,
+    filter: Vec<String>,
+}
+
 /// Changes into events. Pure.
 #[derive(Debug, Default)]
 pub struct Translator {
     ps: HashMap<String, Seen>,
-    procs: HashSet<String>,
+    procs: HashMap<String, Constraints>,
     hosts: HashSet<String>,
     gone: HashSet<String>,
+    /// Whether it started from the store's state ([`Translator::prime`]):
+    /// then a host it does not know is not alive.
+    primed: bool,
+    /// The restart backoff, to say how long a restart waited.
+    policy: viking_core::reconcile::Policy,
+}
+
+fn constraints(p: &ProcRecord) -> Constraints {
+    Constraints {
+        pinned: p.job.host.clone(),
+        filter: p.job.filter.clone(),
+    }
 }
 
 fn event(rev: i64, time: u64, kind: &str, action: &str) -> FleetEvent {
@@ -50,6 +70,85 @@ fn event(rev: i64, time: u64, kind: &str, action: &str) -> FleetEvent {
 }
 
 impl Translator {
+    /// A translator that names restart backoffs under `policy`.
+    pub fn with_policy(policy: viking_core::reconcile::Policy) -> Self {
+        Translator {
+            policy,
+            ..Default::default()
+        }
+    }
+
+    /// Start from the store's state (viking-ps, viking-proc, floki's live
+    /// hosts and every host it knew), as listed: what follows is told
+    /// against it, so a job's first change after is a move, a restart or
+    /// an exit, not a placement or a start.
+    pub fn prime(
+        &mut self,
+        ps: &[viking_store::KeyValue],
+        procs: &[viking_store::KeyValue],
+        hosts: &[viking_store::KeyValue],
+        fleet: &[viking_store::KeyValue],
+    ) {
+        for kv in ps {
+            if let (Some(name), Ok(p)) = (
+                keys::name_of(keys::PS, &kv.key),
+                decode::<PsRecord>(&kv.value),
+            ) {
+                self.ps.insert(
+                    name.to_string(),
+                    Seen {
+                        status: p.status.as_str().to_string(),
+                        node: p.node.clone(),
+                        restarts: p.restarts,
+                        error: p.error.clone(),
+                    },
+                );
+            }
+        }
+        for kv in procs {
+            if let (Some(name), Ok(p)) = (
+                keys::name_of(keys::PROC, &kv.key),
+                decode::<ProcRecord>(&kv.value),
+            ) {
+                self.procs.insert(name.to_string(), constraints(&p));
+            }
+        }
+        for kv in hosts {
+            if let Some(name) = keys::name_of(keys::HOSTS, &kv.key) {
+                self.hosts.insert(name.to_string());
+            }
+        }
+        for kv in fleet {
+            if let Some(name) = keys::name_of(keys::FLEET, &kv.key) {
+                if !self.hosts.contains(name) {
+                    self.gone.insert(name.to_string());
+                }
+            }
+        }
+        self.primed = true;
+    }
+
+    /// Why a job was placed where it was, as far as its record tells.
+    fn placed_why(&self, name: &str, host: &str) -> Option<String> {
+        let c = self.procs.get(name)?;
+        Some(match (&c.pinned, c.filter.is_empty()) {
+            (Some(h), _) if h == host => format!("pinned to {h}"),
+            (_, false) => format!("ranked first of the hosts with {}", c.filter.join(",")),
+            _ => "ranked first by dowding".to_string(),
+        })
+    }
+
+    /// Why a job left `from`, as far as the stream tells.
+    fn moved_why(&self, from: &str) -> Option<String> {
+        if self.gone.contains(from) || (self.primed && !self.hosts.contains(from)) {
+            Some(format!("host {from} gone"))
+        } else if self.hosts.contains(from) {
+            Some("rebalanced".to_string())
+        } else {
+            None
+        }
+    }
+
     /// The events one change of the store means (none for keys that are
     /// not events: counters, indexes, routes...).
     pub fn translate(&mut self, ev: &WatchEvent, now: u64) -> Vec<FleetEvent> {
@@ -61,10 +160,15 @@ impl Translator {
         if let Some(name) = keys::name_of(keys::PROC, key) {
             let mut out = Vec::new();
             match ev.kind {
-                EventKind::Put if self.procs.insert(name.to_string()) => {
+                EventKind::Put if !self.procs.contains_key(name) => {
                     let mut e = event(rev, now, "job", "accepted");
                     e.job = Some(name.to_string());
-                    if let Ok(p) = decode::<ProcRecord>(&ev.kv.value) {
+                    let decoded = decode::<ProcRecord>(&ev.kv.value).ok();
+                    self.procs.insert(
+                        name.to_string(),
+                        decoded.as_ref().map(constraints).unwrap_or_default(),
+                    );
+                    if let Some(p) = decoded {
                         e.time = p.created_at;
                         e.detail.insert("image".into(), p.job.image.clone());
                         if let Some(w) = p.waiting {
@@ -73,7 +177,11 @@ impl Translator {
                     }
                     out.push(e);
                 }
-                EventKind::Put => {}
+                EventKind::Put => {
+                    if let Ok(p) = decode::<ProcRecord>(&ev.kv.value) {
+                        self.procs.insert(name.to_string(), constraints(&p));
+                    }
+                }
                 EventKind::Delete => {
                     self.procs.remove(name);
                     let mut e = event(rev, now, "job", "stopped");
@@ -120,7 +228,15 @@ impl Translator {
     /// order they happened: a job accepted before it is placed, a job
     /// stopped after what its last record said.
     pub fn translate_revision(&mut self, evs: &[WatchEvent], now: u64) -> Vec<FleetEvent> {
-        let mut out: Vec<FleetEvent> = evs.iter().flat_map(|e| self.translate(e, now)).collect();
+        // viking-proc first: a placement in the same transaction is told
+        // with what the job's record says of where it may go.
+        let is_proc = |e: &&WatchEvent| keys::name_of(keys::PROC, &e.kv.key).is_some();
+        let mut out: Vec<FleetEvent> = evs
+            .iter()
+            .filter(is_proc)
+            .chain(evs.iter().filter(|e| !is_proc(e)))
+            .flat_map(|e| self.translate(e, now))
+            .collect();
         let rank = |e: &FleetEvent| match e.action.as_str() {
             "accepted" | "joined" | "returned" => 0,
             "stopped" | "removed" | "gone" => 2,
@@ -188,11 +304,18 @@ impl Translator {
                     let mut e = job("moved", p.created_at, &p.node);
                     if let Some(b) = &before {
                         e.detail.insert("from".into(), b.node.clone());
+                        if let Some(why) = self.moved_why(&b.node) {
+                            e.detail.insert("why".into(), why);
+                        }
                     }
                     e.detail.insert("to".into(), p.node.clone());
                     e
                 } else {
-                    job("placed", p.created_at, &p.node)
+                    let mut e = job("placed", p.created_at, &p.node);
+                    if let Some(why) = self.placed_why(name, &p.node) {
+                        e.detail.insert("why".into(), why);
+                    }
+                    e
                 };
                 if let Some(by) = &p.claimed_by {
                     e.detail.insert("by".into(), by.clone());
@@ -204,6 +327,14 @@ impl Translator {
                 let mut e = if restarted {
                     let mut e = job("restarted", p.started_at.unwrap_or(now), &p.node);
                     e.detail.insert("count".into(), p.restarts.to_string());
+                    // The reconciler waited backoff(streak) after the
+                    // streak's last crash; the record holds streak + 1.
+                    let waited = match p.crash_streak {
+                        0 => 0,
+                        n => self.policy.backoff(n - 1),
+                    };
+                    e.detail
+                        .insert("backoff".into(), format!("{}s", waited as f64 / 1000.0));
                     e
                 } else {
                     job("started", p.started_at.unwrap_or(now), &p.node)
@@ -246,15 +377,30 @@ pub fn wanted(e: &FleetEvent, job: Option<&str>, host: Option<&str>) -> bool {
 /// dashboard's live feed read it.
 pub async fn follow(
     sh: &std::sync::Arc<crate::Shared>,
-    from: Revision,
+    from: Option<Revision>,
     job: Option<String>,
     host: Option<String>,
 ) -> Result<tokio::sync::mpsc::UnboundedReceiver<FleetEvent>, ServerError> {
+    let mut t = Translator::with_policy(sh.config.policy);
+    let from = match from {
+        Some(r) => r,
+        None => {
+            // From now: told against the state now (a list each; the
+            // watch starts after the oldest of them, and what it replays
+            // of the others is already seen, so it says nothing twice).
+            let store = sh.store.as_ref();
+            let (ps, r1) = store.list(keys::PS).await?;
+            let (procs, _) = store.list(keys::PROC).await?;
+            let (hosts, _) = store.list(keys::HOSTS).await?;
+            let (fleet, _) = store.list(keys::FLEET).await?;
+            t.prime(&ps, &procs, &hosts, &fleet);
+            r1 + 1
+        }
+    };
     let mut watch = sh.store.watch("", from).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<FleetEvent>();
     let mut shutdown = sh.shutdown.clone();
     tokio::spawn(async move {
-        let mut t = Translator::default();
         loop {
             let ev = tokio::select! {
                 _ = crate::stopped(&mut shutdown) => return,
@@ -432,6 +578,55 @@ mod tests {
             ["started", "health check failed", "replacing", "started"]
         );
         assert_eq!(got[1].detail["error"], "health check failed: no answer");
+    }
+
+    /// Started from the store's state, a job's first change after is told
+    /// against it: a move (with why: its host is not alive) and a restart
+    /// (with the backoff it waited), not a placement and a start.
+    #[test]
+    fn a_primed_translator_tells_moves_and_restarts_with_why() {
+        let kv = |key: String, value: Vec<u8>| put(key, value, 1).kv;
+        let mut crashed: serde_json::Value =
+            serde_json::from_slice(&ps("db", "n2", Status::Running, 2)).unwrap();
+        crashed["data"]["crash_streak"] = serde_json::json!(3);
+        let mut t = Translator::default();
+        t.prime(
+            &[
+                kv(keys::ps("web"), ps("web", "n1", Status::Running, 0)),
+                kv(keys::ps("db"), ps("db", "n2", Status::Exited, 1)),
+            ],
+            &[],
+            &[kv(keys::host("n2"), b"{}".to_vec())],
+            &[
+                kv(format!("{}n1", keys::FLEET), b"{}".to_vec()),
+                kv(format!("{}n2", keys::FLEET), b"{}".to_vec()),
+            ],
+        );
+        let moved = t.translate(
+            &put(keys::ps("web"), ps("web", "n2", Status::Starting, 1), 2),
+            0,
+        );
+        assert_eq!(moved[0].action, "moved");
+        assert_eq!(moved[0].detail["from"], "n1");
+        assert_eq!(moved[0].detail["why"], "host n1 gone");
+        let restarted = t.translate(&put(keys::ps("db"), crashed.to_string().into_bytes(), 3), 0);
+        assert_eq!(restarted[0].action, "restarted");
+        assert_eq!(restarted[0].detail["count"], "2");
+        // The third crash in a row waited backoff(2) = 2 s.
+        assert_eq!(restarted[0].detail["backoff"], "2s");
+        // A move off a live host is a rebalance.
+        let moved = t.translate(
+            &put(keys::ps("db"), ps("db", "n3", Status::Starting, 3), 4),
+            0,
+        );
+        assert_eq!(moved[0].detail["why"], "rebalanced");
+        // Unprimed, the same change is a placement: nothing told it more.
+        let mut fresh = Translator::default();
+        let placed = fresh.translate(
+            &put(keys::ps("web"), ps("web", "n2", Status::Starting, 1), 2),
+            0,
+        );
+        assert_eq!(placed[0].action, "placed");
     }
 
     #[test]

@@ -2641,6 +2641,7 @@ async fn events_replay_a_jobs_life_and_refuse_a_compacted_revision() {
     assert!(got.iter().all(|e| e.job.as_deref() == Some("e1")));
     assert!(got.windows(2).all(|w| w[0].rev <= w[1].rev), "{got:?}");
     assert_eq!(got[1].host.as_deref(), Some(s.shared.config.name.as_str()));
+    assert_eq!(got[1].detail["why"], "ranked first by dowding", "{got:?}");
     // From the revision of its start: that and what follows, again.
     let again = read(got[2].rev).await;
     assert_eq!(again.first().map(|e| e.action.as_str()), Some("started"));
@@ -2702,6 +2703,13 @@ async fn the_leader_measures_a_failover() {
         count(&leader.shared.metrics.scrape(&leader.shared).await.unwrap()),
         0.0
     );
+    // The event stream from now: told against the fleet as it is, so the
+    // jobs' moves read as moves, with why.
+    let mut events = leader
+        .client
+        .events(None, None, None)
+        .await
+        .expect("events");
     // The other host dies (its server stops; its lease runs out).
     drop(hs);
     viking_testkit::eventually_async(
@@ -2725,6 +2733,25 @@ async fn the_leader_measures_a_failover() {
         || async { count(&leader.shared.metrics.scrape(&leader.shared).await.unwrap()) == 1.0 },
     )
     .await;
+    let moved = loop {
+        let next = tokio::time::timeout(
+            Duration::from_secs(10),
+            events.next::<viking_client::api::FleetEvent>(),
+        )
+        .await
+        .expect("an event within 10 s")
+        .expect("a line")
+        .expect("the stream goes on");
+        if next.0.action == "moved" {
+            break next.0;
+        }
+    };
+    assert_eq!(moved.detail["from"], other, "{moved:?}");
+    assert_eq!(
+        moved.detail["why"],
+        format!("host {other} gone"),
+        "{moved:?}"
+    );
 }
 
 /// One HTTP/1.0 exchange with a server: status, head and body.

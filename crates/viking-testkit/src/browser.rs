@@ -190,10 +190,19 @@ impl Browser {
     /// A PNG of the whole page, written to `path` (its directory made).
     pub fn screenshot(&mut self, path: &Path) -> Result<()> {
         use base64::Engine;
-        let r = self.page(
-            "Page.captureScreenshot",
-            json!({"format": "png", "captureBeyondViewport": true}),
-        )?;
+        // A page being laid out again (a live refresh) may have no size
+        // for a moment: asked again until it has, within a bound.
+        let start = Instant::now();
+        let r = loop {
+            match self.page(
+                "Page.captureScreenshot",
+                json!({"format": "png", "captureBeyondViewport": true}),
+            ) {
+                Ok(r) => break r,
+                Err(e) if start.elapsed() > Duration::from_secs(10) => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
         let data = r["data"].as_str().context("screenshot data")?;
         let png = base64::engine::general_purpose::STANDARD
             .decode(data)

@@ -123,6 +123,11 @@ fn the_dashboard_follows_the_fleet_in_a_browser() {
     .expect("live");
     b.eval("window.kept = 'this page was not reloaded'; true")
         .expect("marker");
+    let before = b
+        .eval("Number(document.body.dataset.refreshed || 0)")
+        .expect("refreshed")
+        .as_u64()
+        .unwrap_or(0);
     n3.kill().expect("kill n3");
     let gone = format!(
         "window.kept === 'this page was not reloaded' \
@@ -139,7 +144,12 @@ fn the_dashboard_follows_the_fleet_in_a_browser() {
     let refreshed = b
         .eval("Number(document.body.dataset.refreshed || 0)")
         .expect("refreshed");
-    assert!(refreshed.as_u64().unwrap_or(0) >= 1, "{refreshed}");
+    assert!(refreshed.as_u64().unwrap_or(0) > before, "{refreshed}");
+    let feed = b
+        .eval("document.querySelector('#feed').innerText")
+        .expect("feed");
+    let feed = feed.as_str().unwrap_or_default().to_string();
+    assert!(feed.contains(&format!("host gone {}", n3.name())), "{feed}");
     b.screenshot(&shots().join("fleet-host-gone.png"))
         .expect("screenshot");
 

@@ -44,7 +44,7 @@ impl Docker {
 
     /// `docker` aimed at `n`'s server, as a shell words prefix.
     fn prefix(&self, n: &Node) -> String {
-        format!("timeout 60 docker -H tcp://{}:8791", n.ip())
+        format!("timeout -k 5 60 docker -H tcp://{}:8791", n.ip())
     }
 
     /// Runs a shell script where `$D` is the docker command for `n`.

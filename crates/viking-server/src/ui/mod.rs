@@ -319,8 +319,11 @@ struct FeedQuery {
 
 /// `/ui/feed`: the event stream as server-sent events (`event: fleet`,
 /// the revision as its id, so a reconnecting browser resumes after the
-/// last one it saw). A revision the store no longer holds resumes at the
-/// oldest one it has: a page wants what it can get, not an error.
+/// last one it saw). A page starts it from now (so a move reads as a move:
+/// `events::follow` tells it against the state now) and refreshes itself
+/// once it is open; `since` replays. A revision the store no longer holds
+/// resumes at the oldest one it has: a page wants what it can get, not an
+/// error.
 async fn feed(
     State(sh): State<Arc<Shared>>,
     Query(q): Query<FeedQuery>,
@@ -331,14 +334,16 @@ async fn feed(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i64>().ok())
         .map(|r| r + 1);
-    let from = match last_seen.into_iter().chain(q.since).max() {
-        Some(r) if r >= 1 => r,
-        _ => sh.store.revision().await? + 1,
-    };
+    // Without either: from now, told against the state now.
+    let from = last_seen
+        .into_iter()
+        .chain(q.since)
+        .max()
+        .filter(|r| *r >= 1);
     let rx = match crate::events::follow(&sh, from, q.job.clone(), None).await {
         Ok(rx) => rx,
         Err(ServerError::Store(viking_store::StoreError::Compacted { oldest, .. })) => {
-            crate::events::follow(&sh, oldest, q.job, None).await?
+            crate::events::follow(&sh, Some(oldest), q.job, None).await?
         }
         Err(e) => return Err(e),
     };

@@ -9,8 +9,10 @@
   var feed = document.getElementById("feed");
   var state = document.getElementById("feed-state");
   if (!feed || !window.EventSource) return;
+  // From now: the feed tells each change against the fleet as it is (a
+  // move reads as a move); what changed between the page and the feed's
+  // start is picked up by the refresh when the feed opens.
   var params = new URLSearchParams();
-  params.set("since", String(Number(body.dataset.rev || "0") + 1));
   if (body.dataset.job) params.set("job", body.dataset.job);
   var source = new EventSource("/ui/feed?" + params.toString());
   var pending = null;
@@ -72,6 +74,7 @@
   source.onopen = function () {
     state.textContent = "live";
     state.className = "state live";
+    if (!pending) pending = setTimeout(refresh, 0);
   };
   source.onerror = function () {
     state.textContent = "reconnecting";
