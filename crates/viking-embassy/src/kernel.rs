@@ -34,6 +34,7 @@
 //!
 //! [`render`] is the pure part: a table in, the restore input out.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Stdio;
@@ -78,6 +79,77 @@ pub struct Kernel {
     /// The table the rules say now, to find the endpoints the next table
     /// removes.
     applied: std::sync::Mutex<Option<RoutingTable>>,
+    /// What the rules counted before their last rewrite (a rewrite
+    /// starts the counters again), per ambassador port.
+    counted: std::sync::Mutex<BTreeMap<u16, PortCounts>>,
+}
+
+/// What the kernel counted for one ambassador port: connections (the nat
+/// rules see only a connection's first packet) and bytes each way (the
+/// forward rules, per direction of the connection). A host's own
+/// processes reach a service without the forward chain: their bytes are
+/// not counted, their connections are.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PortCounts {
+    pub connections: u64,
+    pub bytes_from_clients: u64,
+    pub bytes_to_clients: u64,
+}
+
+impl PortCounts {
+    fn add(&mut self, o: PortCounts) {
+        self.connections += o.connections;
+        self.bytes_from_clients += o.bytes_from_clients;
+        self.bytes_to_clients += o.bytes_to_clients;
+    }
+}
+
+/// The counters of viking's rules in `iptables-save -c` output (of the nat
+/// and filter tables), per ambassador port. Pure.
+pub fn parse_counters(text: &str) -> BTreeMap<u16, PortCounts> {
+    let mut out: BTreeMap<u16, PortCounts> = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix('[') else {
+            continue;
+        };
+        let Some((counts, rule)) = rest.split_once("] ") else {
+            continue;
+        };
+        let Some((_packets, bytes)) = counts.split_once(':') else {
+            continue;
+        };
+        let packets: u64 = _packets.parse().unwrap_or(0);
+        let bytes: u64 = bytes.parse().unwrap_or(0);
+        let words: Vec<&str> = rule.split_whitespace().collect();
+        let after = |flag: &str| {
+            words
+                .iter()
+                .position(|w| *w == flag)
+                .and_then(|i| words.get(i + 1))
+                .copied()
+        };
+        match after("-A") {
+            Some(NAT_CHAIN) if words.contains(&"DNAT") => {
+                if let Some(port) = after("--dport").and_then(|p| p.parse().ok()) {
+                    out.entry(port).or_default().connections += packets;
+                }
+            }
+            Some(FORWARD_CHAIN) => {
+                let Some(port) = after("--ctorigdstport").and_then(|p| p.parse::<u16>().ok())
+                else {
+                    continue;
+                };
+                let c = out.entry(port).or_default();
+                match after("--ctdir") {
+                    Some("ORIGINAL") => c.bytes_from_clients += bytes,
+                    Some("REPLY") => c.bytes_to_clients += bytes,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 impl Kernel {
@@ -100,6 +172,7 @@ impl Kernel {
         Ok(Kernel {
             spec: KernelSpec { bind, ports },
             applied: std::sync::Mutex::new(None),
+            counted: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -119,7 +192,23 @@ impl Kernel {
     /// their endpoint goes away.
     pub async fn apply(&self, table: &RoutingTable) -> Result<usize> {
         let (text, rules) = render(&self.spec, table);
+        // The rewrite starts the counters again: what they hold is kept.
+        // (What they count between this read and the rewrite is lost.)
+        let before = self.read_counters().await.unwrap_or_default();
         run("iptables-restore", &["-w", "--noflush"], Some(&text)).await?;
+        {
+            let mut counted = self
+                .counted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (port, c) in before {
+                counted.entry(port).or_default().add(c);
+            }
+            // A port that left the table starts from nothing if it comes
+            // back (perhaps for another service).
+            let kept: std::collections::HashSet<u16> = table.iter().map(|(p, _)| p).collect();
+            counted.retain(|p, _| kept.contains(p));
+        }
         for hook in hooks(&self.spec) {
             ensure_hook(&hook).await?;
         }
@@ -134,6 +223,47 @@ impl Kernel {
             }
         }
         Ok(rules)
+    }
+
+    async fn read_counters(&self) -> Result<BTreeMap<u16, PortCounts>> {
+        let mut text = run("iptables-save", &["-c", "-t", "nat"], None).await?;
+        text.push_str(&run("iptables-save", &["-c", "-t", "filter"], None).await?);
+        Ok(parse_counters(&text))
+    }
+
+    /// Each route of the table applied last, with what the kernel counted
+    /// for its port since this process first wrote it: connections and
+    /// bytes (connections open now are not counted: 0).
+    pub async fn stats(&self) -> Result<Vec<crate::RouteStats>> {
+        let now = self.read_counters().await?;
+        let table = self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .unwrap_or_default();
+        let counted = self
+            .counted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        Ok(table
+            .iter()
+            .map(|(port, route)| {
+                let mut c = counted.get(&port).copied().unwrap_or_default();
+                c.add(now.get(&port).copied().unwrap_or_default());
+                crate::RouteStats {
+                    port,
+                    service: route.service.clone(),
+                    container_port: route.container_port,
+                    endpoints: route.endpoints.clone(),
+                    connections_total: c.connections,
+                    bytes_in: c.bytes_from_clients,
+                    bytes_out: c.bytes_to_clients,
+                    ..Default::default()
+                }
+            })
+            .collect())
     }
 
     /// Deletes the conntrack entries of connections to `port` translated
@@ -235,6 +365,18 @@ pub fn render(spec: &KernelSpec, table: &RoutingTable) -> (String, usize) {
     let _ = writeln!(out, "-A {POST_CHAIN} {forwarded} -j MASQUERADE");
     out.push_str("COMMIT\n*filter\n");
     let _ = writeln!(out, ":{FORWARD_CHAIN} - [0:0]");
+    // Per port and direction, to count its bytes; then every port of the
+    // range (a connection whose route is gone lives on).
+    for (port, route) in table.iter() {
+        let comment = comment(&route.service, route.container_port);
+        for dir in ["ORIGINAL", "REPLY"] {
+            let _ = writeln!(
+                out,
+                "-A {FORWARD_CHAIN} -m conntrack --ctstate DNAT --ctorigdst {}/32 --ctorigdstport {port} --ctdir {dir} -m comment --comment {comment} -j ACCEPT",
+                spec.bind
+            );
+        }
+    }
     let _ = writeln!(out, "-A {FORWARD_CHAIN} {forwarded} -j ACCEPT");
     out.push_str("COMMIT\n");
     (out, rules)
@@ -441,7 +583,43 @@ mod tests {
         );
         assert!(text.starts_with("*nat\n:VIKING-EMBASSY - [0:0]\n:VIKING-EMBASSY-POST - [0:0]\n"));
         assert!(text.contains("-A VIKING-EMBASSY-POST -m conntrack --ctstate DNAT --ctorigdst 172.17.0.1/32 --ctorigdstport 20000:29999 -j MASQUERADE\nCOMMIT\n"));
-        assert!(text.ends_with("*filter\n:VIKING-EMBASSY-FWD - [0:0]\n-A VIKING-EMBASSY-FWD -m conntrack --ctstate DNAT --ctorigdst 172.17.0.1/32 --ctorigdstport 20000:29999 -j ACCEPT\nCOMMIT\n"));
+        assert!(text.ends_with("*filter\n:VIKING-EMBASSY-FWD - [0:0]\n\
+            -A VIKING-EMBASSY-FWD -m conntrack --ctstate DNAT --ctorigdst 172.17.0.1/32 --ctorigdstport 20001 --ctdir ORIGINAL -m comment --comment web:80 -j ACCEPT\n\
+            -A VIKING-EMBASSY-FWD -m conntrack --ctstate DNAT --ctorigdst 172.17.0.1/32 --ctorigdstport 20001 --ctdir REPLY -m comment --comment web:80 -j ACCEPT\n\
+            -A VIKING-EMBASSY-FWD -m conntrack --ctstate DNAT --ctorigdst 172.17.0.1/32 --ctorigdstport 20000:29999 -j ACCEPT\nCOMMIT\n"), "{text}");
+    }
+
+    /// `iptables-save -c` as iptables-nft 1.8.9 prints viking's rules:
+    /// connections from the DNAT rules' packets, bytes from the forward
+    /// rules by direction; other chains and the range's rule ignored.
+    #[test]
+    fn counters_are_read_per_port() {
+        let text = "\
+*nat
+:VIKING-EMBASSY - [0:0]
+[3:180] -A VIKING-EMBASSY -p tcp -m tcp --dport 20001 -m comment --comment \"web:80\" -m statistic --mode random --probability 0.50000000000 -j DNAT --to-destination 10.0.0.2:31000
+[4:240] -A VIKING-EMBASSY -p tcp -m tcp --dport 20001 -m comment --comment \"web:80\" -j DNAT --to-destination 10.0.0.3:31000
+[9:540] -A DOCKER -p tcp -m tcp --dport 20001 -j DNAT --to-destination 10.0.0.9:1
+[7:420] -A VIKING-EMBASSY-POST -m conntrack --ctstate DNAT --ctorigdst 172.17.0.1 --ctorigdstport 20000:29999 -j MASQUERADE
+COMMIT
+*filter
+[50:7000] -A VIKING-EMBASSY-FWD -m conntrack --ctstate DNAT --ctorigdst 172.17.0.1 --ctorigdstport 20001 --ctdir ORIGINAL -m comment --comment \"web:80\" -j ACCEPT
+[40:90000] -A VIKING-EMBASSY-FWD -m conntrack --ctstate DNAT --ctorigdst 172.17.0.1 --ctorigdstport 20001 --ctdir REPLY -m comment --comment \"web:80\" -j ACCEPT
+[5:500] -A VIKING-EMBASSY-FWD -m conntrack --ctstate DNAT --ctorigdst 172.17.0.1 --ctorigdstport 20000:29999 -j ACCEPT
+COMMIT
+";
+        let c = parse_counters(text);
+        assert_eq!(
+            c.into_iter().collect::<Vec<_>>(),
+            vec![(
+                20001,
+                PortCounts {
+                    connections: 7,
+                    bytes_from_clients: 7000,
+                    bytes_to_clients: 90000
+                }
+            )]
+        );
     }
 
     #[test]

@@ -64,6 +64,6 @@ pub use config::{
 };
 pub use embassy::{ApplyReport, Embassy, PortFailure};
 pub use error::{Error, Result};
-pub use kernel::{Kernel, KernelSpec};
+pub use kernel::{parse_counters, Kernel, KernelSpec, PortCounts};
 pub use stats::RouteStats;
 pub use table::{Route, RoutingTable};

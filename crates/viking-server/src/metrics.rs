@@ -80,7 +80,8 @@ pub struct Metrics {
     /// Store requests' latency and failures (`metered::MeteredStore`).
     pub store_seconds: Family<OpLabels, Histogram, fn() -> Histogram>,
     pub store_errors: Family<OpErrorLabels, Counter>,
-    /// embassy's proxy, per service port, since the server started.
+    /// embassy, per service port, since the server started (the proxy's
+    /// own counts, or the kernel path's rule counters).
     embassy_connections: Family<ServiceLabels, Gauge>,
     embassy_active: Family<ServiceLabels, Gauge>,
     embassy_bytes_in: Family<ServiceLabels, Gauge>,
@@ -196,7 +197,7 @@ impl Metrics {
         let embassy_connections = Family::<ServiceLabels, Gauge>::default();
         registry.register(
             "embassy_connections",
-            "Connections embassy's proxy accepted on a service port since the server started",
+            "Connections embassy forwarded on a service port since the server started",
             embassy_connections.clone(),
         );
         let embassy_active = Family::<ServiceLabels, Gauge>::default();
@@ -208,13 +209,13 @@ impl Metrics {
         let embassy_bytes_in = Family::<ServiceLabels, Gauge>::default();
         registry.register(
             "embassy_bytes_from_clients",
-            "Bytes embassy's proxy carried from clients to a service since the server started",
+            "Bytes embassy carried from clients to a service since the server started (the kernel path: of clients in containers)",
             embassy_bytes_in.clone(),
         );
         let embassy_bytes_out = Family::<ServiceLabels, Gauge>::default();
         registry.register(
             "embassy_bytes_to_clients",
-            "Bytes embassy's proxy carried from a service to clients since the server started",
+            "Bytes embassy carried from a service to clients since the server started (the kernel path: to clients in containers)",
             embassy_bytes_out.clone(),
         );
         Metrics {
@@ -333,7 +334,20 @@ impl Metrics {
             .lock()
             .ok()
             .and_then(|e| e.as_ref().map(|e| e.stats()));
-        for r in proxy.unwrap_or_default() {
+        // The kernel path counts with its rules' counters (no open
+        // connections: it does not hold them).
+        let (routes, open_known) = match (proxy, &sh.embassy_kernel) {
+            (Some(p), _) => (p, true),
+            (None, Some(k)) => match k.stats().await {
+                Ok(s) => (s, false),
+                Err(e) => {
+                    tracing::debug!("metrics: embassy's kernel counters: {e}");
+                    (Vec::new(), false)
+                }
+            },
+            (None, None) => (Vec::new(), false),
+        };
+        for r in routes {
             let l = ServiceLabels {
                 service: r.service.clone(),
                 port: r.container_port.to_string(),
@@ -342,9 +356,11 @@ impl Metrics {
             self.embassy_connections
                 .get_or_create(&l)
                 .set(clamp(r.connections_total));
-            self.embassy_active
-                .get_or_create(&l)
-                .set(clamp(r.connections_active));
+            if open_known {
+                self.embassy_active
+                    .get_or_create(&l)
+                    .set(clamp(r.connections_active));
+            }
             self.embassy_bytes_in
                 .get_or_create(&l)
                 .set(clamp(r.bytes_in));

@@ -477,6 +477,31 @@ fn the_kernel_path_balances_follows_a_move_and_outlives_its_server() {
         POLL,
         || distinct(fetch(n1, amb, 30)).len() == 2,
     );
+    // What n1's kernel path counted for the port: those connections and
+    // their bytes each way (its rules' counters, in /metrics).
+    let metrics = n1.sh(&format!(
+        "curl -sk -H 'Authorization: Bearer {}' https://{}:8791/metrics",
+        c.token(),
+        n1.ip()
+    ));
+    let metrics = String::from_utf8_lossy(&metrics.stdout).to_string();
+    let figure = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("port=\"8080\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} for port 8080 in:\n{metrics}"))
+    };
+    assert!(figure("viking_embassy_connections") >= 30, "{metrics}");
+    // An HTTP request, and an answer with a 12-character body.
+    assert!(
+        figure("viking_embassy_bytes_from_clients") >= 30 * 40,
+        "{metrics}"
+    );
+    assert!(
+        figure("viking_embassy_bytes_to_clients") >= 30 * 50,
+        "{metrics}"
+    );
     // On n2 one instance is local: reached at its container's address
     // (hairpin through the bridge), the other at n3.
     eventually(
