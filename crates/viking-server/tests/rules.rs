@@ -2853,6 +2853,11 @@ async fn the_dashboard_shows_the_fleet_behind_a_login() {
         assert!(body.contains(&format!(r#"data-host="{n}""#)), "{body}");
     }
     assert!(body.contains("alive, leader"), "{body}");
+    // Each host with its jobs.
+    assert!(
+        body.contains(r#"href="/ui/jobs/web" title="running">web</a>"#),
+        "{body}"
+    );
     assert!(body.contains(r#"<b>2</b> hosts alive"#), "{body}");
     // The feed starts with what happened, newest first.
     assert!(body.contains("<b>started</b>"), "{body}");

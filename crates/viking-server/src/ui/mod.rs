@@ -270,7 +270,7 @@ async fn fleet(State(sh): State<Arc<Shared>>) -> Response {
     };
     let content = view::fleet(&sh)
         .await
-        .map(|(hosts, totals)| pages::fleet(&hosts, &totals, crate::now_ms()));
+        .map(|(hosts, totals, jobs)| pages::fleet(&hosts, &totals, &jobs, crate::now_ms()));
     framed(&sh, "Fleet", Nav::Fleet, (&feed, rev), None, content)
 }
 

@@ -154,7 +154,12 @@ pub struct Totals {
 }
 
 /// `/ui`: every host, alive or gone, and the fleet's totals.
-pub fn fleet(hosts: &[HostView], totals: &Totals, now: u64) -> Markup {
+pub fn fleet(
+    hosts: &[HostView],
+    totals: &Totals,
+    jobs: &std::collections::BTreeMap<String, Vec<JobRow>>,
+    now: u64,
+) -> Markup {
     let alive = hosts.iter().filter(|h| h.alive).count();
     html! {
         h1 { "Fleet" }
@@ -177,7 +182,12 @@ pub fn fleet(hosts: &[HostView], totals: &Totals, now: u64) -> Markup {
                         td.state { (host_state(h)) @if let Some(why) = &h.host.held { br; small { (why) } } }
                         td { (h.host.ip) }
                         td { @for t in &h.host.tags { span.tag { (t) } " " } }
-                        td { (h.host.running) }
+                        td.jobs {
+                            @for j in jobs.get(&h.host.name).map_or(&[][..], Vec::as_slice) {
+                                a.job.drift[j.drifting] href={"/ui/jobs/" (j.name)} title=(j.status) { (j.name) }
+                                " "
+                            }
+                        }
                         td { (format!("{:.2}", h.host.cpu_used as f64 / 1000.0)) " of " (h.host.cpus) }
                         td { (mib(h.host.memory_used)) " of " (mib(h.host.memory)) }
                         td { (format!("{:.2}", h.reserved_millicpus as f64 / 1000.0)) " CPU, " (mib(h.reserved_memory)) }

@@ -14,8 +14,8 @@ use super::pages::{Explained, JobRow, Totals};
 use crate::error::ServerError;
 use crate::{placement, state, Shared};
 
-/// The fleet: every host and the job totals.
-pub async fn fleet(sh: &Shared) -> Result<(Vec<HostView>, Totals), ServerError> {
+/// The fleet: every host, the job totals, and each host's jobs by name.
+pub async fn fleet(sh: &Shared) -> Result<(Vec<HostView>, Totals, JobsByHost), ServerError> {
     let hosts = crate::floki::list(sh).await?;
     let rows = jobs(sh).await?;
     let totals = Totals {
@@ -23,8 +23,15 @@ pub async fn fleet(sh: &Shared) -> Result<(Vec<HostView>, Totals), ServerError> 
         running: rows.iter().filter(|r| r.status == "running").count(),
         drifting: rows.iter().filter(|r| r.drifting).count(),
     };
-    Ok((hosts, totals))
+    let mut by_host = JobsByHost::new();
+    for r in rows {
+        by_host.entry(r.host.clone()).or_default().push(r);
+    }
+    Ok((hosts, totals, by_host))
 }
+
+/// Each host's jobs (the jobs page's rows), by host name.
+pub type JobsByHost = BTreeMap<String, Vec<JobRow>>;
 
 /// Every job viking keeps or runs: viking-proc against viking-ps, drift
 /// (desired, not running) first, then by name.
