@@ -2861,6 +2861,17 @@ async fn the_dashboard_shows_the_fleet_behind_a_login() {
     assert!(body.contains(r#"<b>2</b> hosts alive"#), "{body}");
     // The feed starts with what happened, newest first.
     assert!(body.contains("<b>started</b>"), "{body}");
+    // An in-place refresh gets the content without the feed's lines.
+    let (st, _, body) = http_raw(
+        &s.url,
+        get_with("/ui", &format!("{with_cookie}X-Viking-Refresh: 1\r\n")),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert!(
+        body.contains(r#"data-host="n2""#) && !body.contains("<b>started</b>"),
+        "{body}"
+    );
 
     // The jobs, with the bearer header instead of the cookie.
     let bearer = format!("Authorization: Bearer {}\r\n", s.shared.token);

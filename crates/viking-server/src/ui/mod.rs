@@ -261,10 +261,29 @@ fn framed(
     }
 }
 
-async fn fleet(State(sh): State<Arc<Shared>>) -> Response {
+/// The header the pages' script sends when it refreshes a page's content
+/// in place: the feed's first lines are not read again for it (that reads
+/// the store's history).
+const REFRESH: &str = "x-viking-refresh";
+
+/// A page's first feed lines and the revision they go up to; none for an
+/// in-place refresh.
+async fn feed_start(
+    sh: &Shared,
+    headers: &HeaderMap,
+    job: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<viking_client::api::FleetEvent>, i64), ServerError> {
+    if headers.contains_key(REFRESH) {
+        return Ok((Vec::new(), sh.store.revision().await?));
+    }
+    crate::events::recent(sh, job, limit).await
+}
+
+async fn fleet(State(sh): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     // The feed's revision first: what changes after it reaches the page
     // through the feed.
-    let (feed, rev) = match crate::events::recent(&sh, None, FEED_START).await {
+    let (feed, rev) = match feed_start(&sh, &headers, None, FEED_START).await {
         Ok(r) => r,
         Err(e) => return framed(&sh, "Fleet", Nav::Fleet, (&[], 0), None, Err(e)),
     };
@@ -274,8 +293,12 @@ async fn fleet(State(sh): State<Arc<Shared>>) -> Response {
     framed(&sh, "Fleet", Nav::Fleet, (&feed, rev), None, content)
 }
 
-async fn jobs(State(sh): State<Arc<Shared>>, Query(filter): Query<pages::JobsFilter>) -> Response {
-    let (feed, rev) = match crate::events::recent(&sh, None, FEED_START).await {
+async fn jobs(
+    State(sh): State<Arc<Shared>>,
+    Query(filter): Query<pages::JobsFilter>,
+    headers: HeaderMap,
+) -> Response {
+    let (feed, rev) = match feed_start(&sh, &headers, None, FEED_START).await {
         Ok(r) => r,
         Err(e) => return framed(&sh, "Jobs", Nav::Jobs, (&[], 0), None, Err(e)),
     };
@@ -293,8 +316,12 @@ async fn jobs(State(sh): State<Arc<Shared>>, Query(filter): Query<pages::JobsFil
     framed(&sh, "Jobs", Nav::Jobs, (&feed, rev), None, content)
 }
 
-async fn job(State(sh): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
-    let (feed, rev) = match crate::events::recent(&sh, Some(&name), JOB_EVENTS).await {
+async fn job(
+    State(sh): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let (feed, rev) = match feed_start(&sh, &headers, Some(&name), JOB_EVENTS).await {
         Ok(r) => r,
         Err(e) => return framed(&sh, &name, Nav::Jobs, (&[], 0), Some(&name), Err(e)),
     };

@@ -53,7 +53,8 @@
       pending = setTimeout(refresh, 1000);
       return;
     }
-    fetch(location.href, { credentials: "same-origin" })
+    // The header: the server skips the feed's first lines (we have them).
+    fetch(location.href, { credentials: "same-origin", headers: { "X-Viking-Refresh": "1" } })
       .then(function (r) {
         if (!r.ok) throw new Error("status " + r.status);
         return r.text();
