@@ -42,19 +42,26 @@ impl Docker {
         self.dir.path().join("docker")
     }
 
-    /// `docker` aimed at `n`'s server, as a shell words prefix.
+    /// `docker` aimed at `n`'s server, as shell words: `$DOCKER`, and
+    /// `$D` bounded by `timeout`.
     fn prefix(&self, n: &Node) -> String {
-        format!("timeout -k 5 60 docker -H tcp://{}:8791", n.ip())
+        format!(
+            "DOCKER=\"docker -H tcp://{}:8791\"; D=\"timeout -k 5 60 $DOCKER\"",
+            n.ip()
+        )
     }
 
-    /// Runs a shell script where `$D` is the docker command for `n`.
+    /// Runs a shell script where `$D` (bounded) and `$DOCKER` are the
+    /// docker command for `n`.
     fn sh(&self, n: &Node, script: &str, stdin: Option<&[u8]>) -> Output {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
-            .arg(format!("D=\"{}\"; {script}", self.prefix(n)))
+            .arg(format!("{}; {script}", self.prefix(n)))
             .env("DOCKER_CONFIG", self.path())
             .env("DOCKER_CERT_PATH", self.path())
             .env("DOCKER_TLS_VERIFY", "1")
+            // As CI runs it: no $SHELL, so `script` uses /bin/sh.
+            .env_remove("SHELL")
             .env_remove("DOCKER_HOST")
             .env_remove("DOCKER_CONTEXT");
         // Bounded as a whole too (the group killed), so nothing a script
@@ -225,13 +232,24 @@ fn the_docker_cli_drives_the_fleet() {
         text(&o.stderr)
     );
 
-    // run -it: a TTY (one raw stream), under a pseudo-terminal.
+    // run -it: a TTY (one raw stream), under a pseudo-terminal. The
+    // timeout goes around `script`, not inside it: under the shell that
+    // script starts (the caller's $SHELL, dash when it has none, as in CI)
+    // a `timeout` inside is a forked child in a process group of its own,
+    // the background of the pty, and docker's raw mode (tcsetattr) stops
+    // it with SIGTTOU until it is killed.
     let o = d.sh(
         n3,
-        &format!("script -qec \"$D run -it --rm {BUSYBOX} sh -c 'tty >/dev/null && echo a-tty; exit 2'\" /dev/null"),
+        &format!("timeout -k 5 60 script -qec \"$DOCKER run -it --rm {BUSYBOX} sh -c 'tty >/dev/null && echo a-tty; exit 2'\" /dev/null"),
         None,
     );
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
     assert!(
         text(&o.stdout).contains("a-tty\r\n"),
         "{:?}",
