@@ -121,6 +121,17 @@ pub enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Send a signal to a job's process where it runs. KILL (the
+    /// default) stops the job and takes it out of viking-proc; any other
+    /// signal leaves it desired (a daemonized job that it ends is restarted).
+    Kill {
+        /// The signal: a name (HUP, SIGTERM) or a number.
+        #[arg(short = 's', long = "signal", default_value = "KILL",
+              value_parser = parse_signal)]
+        signal: viking_core::signal::Signal,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
     /// Remove a job and its record (its volumes and history are kept).
     Rm {
         /// Remove a running job too.
@@ -641,6 +652,19 @@ pub async fn dispatch(target: &context::Target, command: Command) -> Result<i32,
             }
             Ok(0)
         }
+        Command::Kill { signal, names } => {
+            let mut code = 0;
+            for n in names {
+                match c.kill(path_segment(&n)?, &signal).await {
+                    Ok(_) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("Error: {e}");
+                        code = 1;
+                    }
+                }
+            }
+            Ok(code)
+        }
         Command::Stop { time, names } => {
             let mut code = 0;
             for n in names {
@@ -720,6 +744,11 @@ pub async fn dispatch(target: &context::Target, command: Command) -> Result<i32,
             Ok(0)
         }
     }
+}
+
+/// `--signal`: Docker's spellings of a signal.
+fn parse_signal(s: &str) -> Result<viking_core::signal::Signal, String> {
+    viking_core::signal::Signal::parse(s).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -555,6 +555,20 @@ impl Client {
         self.json_within(Method::POST, &path, None, after).await
     }
 
+    /// Send `signal` to a job's process where it runs; `KILL` stops the
+    /// job for good (as `stop` with no grace period does).
+    pub async fn kill(
+        &self,
+        name: &str,
+        signal: &viking_core::signal::Signal,
+    ) -> Result<InspectResponse, ClientError> {
+        // A KILL is a stop: the forward to the job's host has its own
+        // deadline.
+        let path = routes::kill(job_name(name)?, signal);
+        self.json_within(Method::POST, &path, None, 2 * self.deadline)
+            .await
+    }
+
     /// Scale a job run with replicas to `replicas` instances; the answer
     /// lists them.
     pub async fn scale(&self, name: &str, replicas: u32) -> Result<RunResponse, ClientError> {

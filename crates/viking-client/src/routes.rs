@@ -18,6 +18,9 @@ pub const HOSTS: &str = "/v1/hosts";
 pub const JOB: &str = "/v1/jobs/{name}";
 /// `POST`: stop a job (`t` = seconds before killing it).
 pub const JOB_STOP: &str = "/v1/jobs/{name}/stop";
+/// `POST`: send a signal to a job's process (`signal=NAME`); `KILL`
+/// stops it for good.
+pub const JOB_KILL: &str = "/v1/jobs/{name}/kill";
 /// `POST`: scale a job run with replicas (`replicas=N`).
 pub const JOB_SCALE: &str = "/v1/jobs/{name}/scale";
 /// `GET`: a job's output as frames (`follow=true`).
@@ -125,13 +128,19 @@ pub fn exec(name: &str) -> String {
     JOB_EXEC.replace(NAME, name)
 }
 
-/// `POST`: stop a job, killing it after `timeout` seconds.
+/// `POST`: scale a job run with replicas to `replicas`.
 pub fn scale(name: &str, replicas: u32) -> String {
     format!("{}?replicas={replicas}", JOB_SCALE.replace(NAME, name))
 }
 
+/// `POST`: stop a job, killing it after `timeout` seconds.
 pub fn stop(name: &str, timeout: i64) -> String {
     format!("{}?t={timeout}", JOB_STOP.replace(NAME, name))
+}
+
+/// `POST`: send `signal` (a parsed one: letters only) to a job's process.
+pub fn kill(name: &str, signal: &viking_core::signal::Signal) -> String {
+    format!("{}?signal={}", JOB_KILL.replace(NAME, name), signal.name)
 }
 
 /// `DELETE`: remove a job (`force`: a running one too).

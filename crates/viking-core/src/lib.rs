@@ -7,7 +7,8 @@
 //! - [`keys`]: the store's key layout;
 //! - [`names`]: generated job names, like Docker's;
 //! - [`scheduler`]: dowding, the placement pipeline (filters, then ranking);
-//! - [`reconcile`]: the reconciler's planner (proc against ps, with `now`).
+//! - [`reconcile`]: the reconciler's planner (proc against ps, with `now`);
+//! - [`signal`]: the signals `kill` sends a job's process.
 //!
 //! Architecture invariant: nothing here does I/O, reads a clock or spawns a
 //! task. Time is passed in as an argument; so everything here is
@@ -22,6 +23,7 @@ pub mod rebalance;
 pub mod reconcile;
 pub mod records;
 pub mod scheduler;
+pub mod signal;
 pub mod status;
 
 pub use job::{FieldError, Job, JobError, JobSpec, Link, PortSpec, Proto};

@@ -48,6 +48,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(routes::HOSTS, get(hosts))
         .route(routes::JOB, get(inspect).delete(remove))
         .route(routes::JOB_STOP, post(stop))
+        .route(routes::JOB_KILL, post(kill))
         .route(routes::JOB_SCALE, post(scale))
         .route(routes::JOB_LOGS, get(logs))
         .route(routes::JOB_EXEC, post(exec))
@@ -618,6 +619,35 @@ async fn stop(
     match first {
         Some(r) => Ok(Json(r)),
         None => Ok(Json(jobs::stop(&sh, &name, t).await?)),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct KillQuery {
+    signal: Option<String>,
+}
+
+/// `viking kill`: a signal to a job's process (a service's name: to each
+/// of its instances); `KILL`, the default, stops it.
+async fn kill(
+    State(sh): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(q): Query<KillQuery>,
+) -> ApiResult<Json<viking_client::api::InspectResponse>> {
+    crate::standing::require_member(&sh).await?;
+    let signal = match q.signal.as_deref() {
+        None => viking_core::signal::KILL,
+        Some(s) => viking_core::signal::Signal::parse(s)
+            .map_err(|e| ServerError::Invalid(format!("signal: {e}")))?,
+    };
+    let mut first = None;
+    for i in jobs::instances_named(&sh, &name).await? {
+        let r = jobs::kill(&sh, &i, signal).await?;
+        first.get_or_insert(r);
+    }
+    match first {
+        Some(r) => Ok(Json(r)),
+        None => Ok(Json(jobs::kill(&sh, &name, signal).await?)),
     }
 }
 

@@ -26,6 +26,7 @@ use viking_client::frame::{Frame, STDERR, STDOUT};
 use viking_client::wire::{JobIntent, JobState, Placements};
 
 use viking_core::records::{encode, ProcRecord, PsRecord};
+use viking_core::signal::Signal;
 use viking_core::{keys, scheduler, Job};
 use viking_docker::Output;
 use viking_store::{Compare, Op, Revision, StoreExt};
@@ -424,6 +425,49 @@ pub async fn stop(sh: &Shared, name: &str, timeout: i64) -> Result<InspectRespon
         },
     }
     inspect_after(sh, name).await
+}
+
+/// Send `signal` to a job's process where it runs. `KILL` stops the job
+/// for good, as a stop with no grace period does (out of viking-proc, never
+/// started again), which is what `docker kill` does to a container with a
+/// restart policy. Any other signal leaves the job as it is desired: a
+/// process that the signal ends is restarted like any other that exits
+/// (a daemonized job), or ends its attached run with its exit code.
+pub async fn kill(sh: &Shared, name: &str, signal: Signal) -> Result<InspectResponse> {
+    if signal == viking_core::signal::KILL {
+        return stop(sh, name, 0).await;
+    }
+    let ps = state::ps(sh.store.as_ref(), name).await?;
+    let p = match ps {
+        Some((p, _)) if p.status.is_live() && !p.container_id.is_empty() => p,
+        Some(_) => return Err(not_running(name)),
+        None if state::proc(sh.store.as_ref(), name).await?.is_some() => {
+            return Err(not_running(name))
+        }
+        None => return Err(state::no_such_job(name)),
+    };
+    match owner(sh, &p).await? {
+        Owner::Here => {
+            sh.runtime
+                .kill(&p.container_id, &signal.to_string())
+                .await?
+        }
+        Owner::Peer(c, host) => {
+            c.kill(name, &signal)
+                .await
+                .map_err(|e| ServerError::from_peer(&host, e))?;
+        }
+        Owner::Gone(host) => {
+            return Err(ServerError::Unavailable(format!(
+                "job {name:?} runs on host {host:?}, which is gone: no signal can reach it"
+            )))
+        }
+    }
+    inspect_after(sh, name).await
+}
+
+fn not_running(name: &str) -> ServerError {
+    ServerError::Conflict(format!("job {name:?} is not running"))
 }
 
 async fn inspect_after(sh: &Shared, name: &str) -> Result<InspectResponse> {

@@ -721,6 +721,61 @@ async fn hosts(n: usize) -> Vec<TestServer> {
     out
 }
 
+fn kills(engine: &FakeRuntime) -> Vec<String> {
+    engine
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            viking_docker::fake::Call::Kill { signal, .. } => Some(signal),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `viking kill` (and `docker kill`): a signal reaches the job's process on
+/// its host through any server and leaves the job desired; a bad signal
+/// is refused naming the field and sends nothing; KILL stops it for good.
+#[tokio::test]
+async fn kill_signals_the_job_where_it_runs() {
+    use viking_core::signal::{Signal, KILL};
+    let (n1, n2) = two_hosts().await;
+    n1.run(r#"{"name":"far","image":"busybox","daemonize":true,"host":"n2"}"#)
+        .await
+        .expect("run through n1");
+    let e = n1
+        .client
+        .call(Method::POST, "/v1/jobs/far/kill?signal=NOPE", None)
+        .await
+        .expect_err("a bad signal");
+    assert!(e.to_string().contains("signal: \"NOPE\""), "{e}");
+    assert_eq!(status(e), 400);
+    let e = n1
+        .client
+        .kill("nobody", &KILL)
+        .await
+        .expect_err("no such job");
+    assert_eq!(status(e), 404);
+    assert!(kills(&n2.engine).is_empty() && kills(&n1.engine).is_empty());
+
+    let hup = Signal::parse("hup").expect("HUP");
+    n1.client.kill("far", &hup).await.expect("kill -s HUP");
+    assert_eq!(kills(&n2.engine), vec!["SIGHUP".to_string()]);
+    assert!(kills(&n1.engine).is_empty());
+    assert_eq!(n1.keys(keys::PROC).await, vec!["proc/far".to_string()]);
+
+    // KILL: out of viking-proc, its container stopped and never restarted.
+    let r = n1.client.kill("far", &KILL).await.expect("kill");
+    assert!(r.proc.is_none(), "{r:?}");
+    assert!(!r.ps.expect("ps stays until rm").is_running());
+    assert!(n2.engine.containers().iter().all(|c| c.status != "running"));
+    let e = n1
+        .client
+        .kill("far", &hup)
+        .await
+        .expect_err("not running any more");
+    assert_eq!(status(e), 409);
+}
+
 #[tokio::test]
 async fn a_job_pinned_to_another_host_is_forwarded_there() {
     let (n1, n2) = two_hosts().await;

@@ -271,6 +271,54 @@ fn the_docker_cli_drives_the_fleet() {
     assert_eq!(text(&o.stdout), "one\ntwo\n", "{}", text(&o.stderr));
     assert_eq!(d.ok(n3, "logs --tail 1 ticker"), "two\n");
 
+    // kill: a signal reaches the job's process where it runs, through any
+    // server; the job stays desired. KILL (the default) stops it for good.
+    d.ok(
+        n1,
+        &format!("run -d --name trapper {BUSYBOX} sh -c 'trap \"echo got-hup\" HUP; echo ready; while :; do sleep 0.1; done'"),
+    );
+    eventually("trapper ready", Duration::from_secs(20), POLL, || {
+        d.run(n1, "logs trapper").stdout.starts_with(b"ready")
+    });
+    assert_eq!(d.ok(n2, "kill -s HUP trapper"), "trapper\n");
+    eventually("trapper got the HUP", Duration::from_secs(20), POLL, || {
+        text(&d.run(n3, "logs trapper").stdout) == "ready\ngot-hup\n"
+    });
+    let o = d.run(n1, "kill -s NOPE trapper");
+    assert!(
+        text(&o.stderr).contains("signal: \"NOPE\" is not a signal"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(d.ok(n3, "kill trapper"), "trapper\n");
+    let state = d.ok(n1, "inspect -f '{{.State.Status}}' trapper");
+    assert_eq!(state.trim(), "exited", "{state}");
+    assert!(
+        !n1.cli_ok(["proc"]).expect("proc").contains("trapper"),
+        "a killed job left in viking-proc"
+    );
+    let o = d.run(n2, "kill nope");
+    assert!(
+        text(&o.stderr).contains("No such container: nope"),
+        "{}",
+        text(&o.stderr)
+    );
+    // docker run passes the signals of its terminal on (its sig-proxy):
+    // ^C reaches the attached job, whose exit code is docker run's.
+    let o = d.sh(
+        n2,
+        &format!("( $DOCKER run --rm --name sigjob {BUSYBOX} sh -c 'trap \"echo got-int; exit 7\" INT; echo ready; while :; do sleep 0.1; done' > /tmp/viking-docker-int.$$ & p=$!; i=0; \
+           until $D ps --filter name=sigjob --format '{{{{.State}}}}' | grep -q running && grep -q ready /tmp/viking-docker-int.$$; do i=$((i+1)); [ $i -gt 200 ] && break; sleep 0.1; done; \
+           kill -INT $p; wait $p; echo rc=$?; cat /tmp/viking-docker-int.$$; rm -f /tmp/viking-docker-int.$$ )"),
+        None,
+    );
+    assert_eq!(
+        text(&o.stdout),
+        "rc=7\nready\ngot-int\n",
+        "{}",
+        text(&o.stderr)
+    );
+
     // Refused options: Docker's error naming what viking refuses, and no
     // trace (no record, no container).
     for (flag, field) in [

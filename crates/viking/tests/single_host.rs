@@ -123,6 +123,20 @@ fn daemonized_job_lifecycle() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("is running"), "{}", stderr(&out));
 
+    // kill: a bad signal is refused before anything is sent; an unknown
+    // job is not found.
+    let out = s.cli(&["kill", "-s", "NOPE", &name]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("\"NOPE\" is not a signal"),
+        "{}",
+        stderr(&out)
+    );
+    let out = s.cli(&["kill", "-s", "HUP", "nobody-here"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no such job"), "{}", stderr(&out));
+    assert_eq!(s.json(&["ps", "--json"])[0]["status"], "running");
+
     // stop: out of proc, container stopped, record kept with the exit.
     let out = s.cli(&["stop", "-t", "1", &name]);
     assert!(out.status.success(), "{}", stderr(&out));

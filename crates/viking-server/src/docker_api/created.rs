@@ -98,6 +98,15 @@ impl CreatedTable {
         }
     }
 
+    /// The job held under `id` (or named `name`) and not started yet: its
+    /// id. A started one is a viking job with records, which stop, kill,
+    /// rm and inspect reach by its name.
+    pub fn find_unstarted(&self, id_or_name: &str) -> Option<String> {
+        let key = self.find(id_or_name)?;
+        let unstarted = self.lock().get(&key).is_some_and(|c| !c.started);
+        unstarted.then_some(key)
+    }
+
     /// Whether a job of this name is held (a name taken before its start).
     pub fn has_name(&self, name: &str) -> bool {
         self.lock().values().any(|c| c.job.name == name)

@@ -101,6 +101,7 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/containers/{id}/wait", post(wait))
         .route("/containers/{id}/start", post(start))
         .route("/containers/{id}/stop", post(stop))
+        .route("/containers/{id}/kill", post(kill))
         .route("/containers/{id}/logs", get(logs))
         .route("/containers/{id}", axum::routing::delete(remove))
         .route("/containers/{id}/resize", post(resize))
@@ -972,12 +973,40 @@ async fn stop(
     Path(id): Path<String>,
     Query(q): Query<StopQuery>,
 ) -> DResult<StatusCode> {
-    if let Some(key) = sh.docker_created.find(&id) {
+    if let Some(key) = sh.docker_created.find_unstarted(&id) {
         sh.docker_created.remove(&key);
         return Ok(StatusCode::NO_CONTENT);
     }
     let name = resolve(&sh, &id).await?;
     jobs::stop(&sh, &name, q.t.unwrap_or(10)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize)]
+struct KillQuery {
+    signal: Option<String>,
+}
+
+/// `POST /containers/{id}/kill`: `viking kill` (`docker kill [-s SIG]`, and
+/// the signals `docker run` passes on from its terminal).
+async fn kill(
+    State(sh): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(q): Query<KillQuery>,
+) -> DResult<StatusCode> {
+    let signal = match q.signal.as_deref().filter(|s| !s.is_empty()) {
+        None => viking_core::signal::KILL,
+        Some(s) => viking_core::signal::Signal::parse(s)
+            .map_err(|e| DockerError::new(StatusCode::BAD_REQUEST, format!("signal: {e}")))?,
+    };
+    if sh.docker_created.find_unstarted(&id).is_some() {
+        return Err(DockerError::new(
+            StatusCode::CONFLICT,
+            format!("Container {id} is not running"),
+        ));
+    }
+    let name = resolve(&sh, &id).await?;
+    jobs::kill(&sh, &name, signal).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -987,7 +1016,7 @@ async fn remove(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> DResult<StatusCode> {
-    if let Some(key) = sh.docker_created.find(&id) {
+    if let Some(key) = sh.docker_created.find_unstarted(&id) {
         sh.docker_created.remove(&key);
         return Ok(StatusCode::NO_CONTENT);
     }
@@ -998,7 +1027,7 @@ async fn remove(
 
 /// `GET /containers/{id}/json`: `docker inspect`, with the host.
 async fn inspect(State(sh): State<Arc<Shared>>, Path(id): Path<String>) -> DResult<Json<Value>> {
-    if let Some(key) = sh.docker_created.find(&id) {
+    if let Some(key) = sh.docker_created.find_unstarted(&id) {
         if let Some((job, _, _)) = sh.docker_created.exit(&key) {
             let proc = ProcRecord {
                 job,
