@@ -139,7 +139,7 @@ async fn events(
         r => r,
     };
     let rx = crate::events::follow(&sh, from, q.job, q.host).await?;
-    ndjson(rx)
+    ndjson(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 /// `GET /metrics`: Prometheus's text format.
@@ -316,18 +316,19 @@ where
         };
         let _ = tx.send(last);
     });
-    ndjson(rx)
+    ndjson(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
 }
 
 /// A streamed answer: one JSON value per line, as the channel yields them,
 /// and a blank line after every [`HEARTBEAT`] of silence, so the client
 /// can tell a slow step (a pull, a settle) from a stopped server.
 fn ndjson<T: serde::Serialize + Send + 'static>(
-    rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+    rx: impl futures::Stream<Item = T> + Send + Unpin + 'static,
 ) -> ApiResult<Response> {
+    use futures::StreamExt;
     use viking_client::api::HEARTBEAT;
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        let line = match tokio::time::timeout(HEARTBEAT, rx.recv()).await {
+        let line = match tokio::time::timeout(HEARTBEAT, rx.next()).await {
             Ok(Some(line)) => {
                 let mut v = match serde_json::to_vec(&line) {
                     Ok(v) => v,
@@ -468,7 +469,7 @@ async fn push(State(sh): State<Arc<Shared>>, body: axum::body::Bytes) -> ApiResu
         };
         let _ = tx.send(last);
     });
-    ndjson(rx)
+    ndjson(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
 }
 
 /// A JSON body, or a 400 that says what is wrong with it.

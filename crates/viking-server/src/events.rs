@@ -371,16 +371,22 @@ pub fn wanted(e: &FleetEvent, job: Option<&str>, host: Option<&str>) -> bool {
         && host.is_none_or(|h| e.host.as_deref() == Some(h) || e.detail.values().any(|v| v == h))
 }
 
+/// How many events a reader of [`follow`] may leave unread: one that falls
+/// further behind has its stream ended (it resumes with `since`, the
+/// revision of the last event it read + 1), so a reader that stops reading
+/// costs the server no more than this.
+const FOLLOW_QUEUE: usize = 1024;
+
 /// The fleet's events from revision `from` on, for as long as the receiver
-/// is kept (or until the server stops, or the store's watch ends), with
-/// `job` and `host` as [`wanted`] filters. `GET /v1/events` and the
-/// dashboard's live feed read it.
+/// is kept and read (or until the server stops, or the store's watch
+/// ends), with `job` and `host` as [`wanted`] filters. `GET /v1/events`
+/// and the dashboard's live feed read it.
 pub async fn follow(
     sh: &std::sync::Arc<crate::Shared>,
     from: Option<Revision>,
     job: Option<String>,
     host: Option<String>,
-) -> Result<tokio::sync::mpsc::UnboundedReceiver<FleetEvent>, ServerError> {
+) -> Result<tokio::sync::mpsc::Receiver<FleetEvent>, ServerError> {
     let mut t = Translator::with_policy(sh.config.policy);
     let from = match from {
         Some(r) => r,
@@ -398,7 +404,7 @@ pub async fn follow(
         }
     };
     let mut watch = sh.store.watch("", from).await?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<FleetEvent>();
+    let (tx, rx) = tokio::sync::mpsc::channel::<FleetEvent>(FOLLOW_QUEUE);
     let mut shutdown = sh.shutdown.clone();
     tokio::spawn(async move {
         loop {
@@ -410,7 +416,16 @@ pub async fn follow(
             match ev {
                 Some(Ok(evs)) => {
                     for e in t.translate_revision(&evs, crate::now_ms()) {
-                        if wanted(&e, job.as_deref(), host.as_deref()) && tx.send(e).is_err() {
+                        if !wanted(&e, job.as_deref(), host.as_deref()) {
+                            continue;
+                        }
+                        if let Err(full_or_gone) = tx.try_send(e) {
+                            if let tokio::sync::mpsc::error::TrySendError::Full(e) = full_or_gone {
+                                tracing::info!(
+                                    rev = e.rev,
+                                    "events: a reader {FOLLOW_QUEUE} events behind; its stream ends"
+                                );
+                            }
                             return;
                         }
                     }
@@ -429,18 +444,24 @@ pub async fn follow(
 /// How long [`recent`] reads the store's history at most.
 const RECENT_BUDGET: std::time::Duration = std::time::Duration::from_millis(1500);
 
-/// The last `limit` events the store's history still holds (from its
-/// oldest revision, i.e. the compaction window, to now), filtered by
-/// `job`, newest last, and the revision they go up to: a page shows them
-/// and follows with `since` = that revision + 1. Reading stops after
-/// [`RECENT_BUDGET`] with what it has.
+/// How far back [`recent`] reads the store's history, in revisions: a
+/// page's first lines come from the newest changes, whatever the
+/// compaction window holds.
+const RECENT_REVISIONS: i64 = 2000;
+
+/// The last `limit` events of the store's newest [`RECENT_REVISIONS`]
+/// revisions that it still holds, filtered by `job`, newest last, and the
+/// revision they go up to: a page shows them and follows with `since` =
+/// that revision + 1. Reading stops after [`RECENT_BUDGET`] with what it
+/// has.
 pub async fn recent(
     sh: &crate::Shared,
     job: Option<&str>,
     limit: usize,
 ) -> Result<(Vec<FleetEvent>, Revision), ServerError> {
     let now = sh.store.revision().await?;
-    let mut watch = match sh.store.watch("", 1).await {
+    let from = (now - RECENT_REVISIONS + 1).max(1);
+    let mut watch = match sh.store.watch("", from).await {
         Ok(w) => w,
         Err(StoreError::Compacted { oldest, .. }) => sh.store.watch("", oldest).await?,
         Err(e) => return Err(e.into()),

@@ -89,6 +89,7 @@ pub mod reconciler;
 pub mod recover;
 pub mod renew;
 pub mod services;
+pub mod session;
 pub mod standing;
 pub mod state;
 pub mod status;

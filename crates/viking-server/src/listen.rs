@@ -223,7 +223,7 @@ async fn connection<S>(
             if certified {
                 req.extensions_mut().insert(ClientCertified);
             }
-            let authenticated = certified || has_token(&req, &token);
+            let authenticated = certified || has_token(&req, &token) || has_session(&req, &token);
             let request = InFlight::start(conn, authenticated);
             let mut app = app.clone();
             async move {
@@ -304,6 +304,14 @@ fn has_token<B>(req: &Request<B>, expected: &str) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|given| token::matches(expected, given))
+}
+
+/// Whether `req` carries a valid dashboard login cookie: a credential too,
+/// so a browser's feed is not taken for a connection that has not said
+/// who it is.
+fn has_session<B>(req: &Request<B>, token: &str) -> bool {
+    crate::session::from_headers(req.headers())
+        .is_some_and(|v| crate::session::valid(token, &v, crate::now_ms() / 1000))
 }
 
 /// The open connections and which of them are pending.

@@ -1161,6 +1161,27 @@ async fn a_store_of_another_cluster_is_only_taken_over_with_adopt() {
     assert_eq!(removals_or_stops(&s.engine), vec![]);
 }
 
+/// A floki record of a host named `name` whose API is at `api`: 64 CPUs,
+/// 1 TiB, nothing running.
+fn host_record(name: &str, api: &str) -> viking_core::records::HostRecord {
+    viking_core::records::HostRecord {
+        name: name.to_string(),
+        ip: "127.0.0.1".to_string(),
+        api: api.to_string(),
+        tags: vec![],
+        cpus: 64,
+        memory: 1 << 40,
+        running: 0,
+        memory_used: 0,
+        cpu_used: 0,
+        version: "test".to_string(),
+        started_at: 1,
+        updated_at: 1,
+        server_id: String::new(),
+        held: None,
+    }
+}
+
 /// A host that is alive in floki (a record under a lease kept alive) but
 /// whose server accepts connections and never answers: stopped (SIGSTOP),
 /// or cut off after connecting. Counts the connections it accepted; leaves
@@ -1187,20 +1208,8 @@ impl StalledHost {
             }
         });
         let record = viking_core::records::HostRecord {
-            name: name.to_string(),
-            ip: "127.0.0.1".to_string(),
-            api: format!("http://{addr}"),
-            tags: vec![],
-            cpus: 64,
-            memory: 1 << 40,
-            running: 0,
-            memory_used: 0,
-            cpu_used: 0,
-            version: "test".to_string(),
-            started_at: 1,
-            updated_at: 1,
             server_id: format!("stalled-{name}"),
-            held: None,
+            ..host_record(name, &format!("http://{addr}"))
         };
         let ttl = Duration::from_secs(1);
         let lease = store.lease_grant(ttl).await.expect("lease");
@@ -2717,6 +2726,64 @@ async fn events_replay_a_jobs_life_and_refuse_a_compacted_revision() {
             .contains(&format!("oldest available is {now}")),
         "{e}"
     );
+}
+
+/// A reader of the event stream that stops reading costs the server a
+/// bounded queue: its stream ends (it resumes with `since`), while one
+/// that reads gets every event.
+#[tokio::test]
+async fn an_event_reader_that_falls_behind_has_its_stream_ended() {
+    let s = TestServer::start().await;
+    let from = s.shared.store.revision().await.expect("revision") + 1;
+    let mut idle = viking_server::events::follow(&s.shared, Some(from), None, None)
+        .await
+        .expect("follow");
+    let mut reading = viking_server::events::follow(&s.shared, Some(from), None, None)
+        .await
+        .expect("follow");
+    let reader = tokio::spawn(async move {
+        let mut joined = 0;
+        while joined < 1500 {
+            match tokio::time::timeout(Duration::from_secs(20), reading.recv()).await {
+                Ok(Some(e)) if e.action == "joined" => joined += 1,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        joined
+    });
+    for batch in 0..15 {
+        let ops = (0..100)
+            .map(|i| {
+                let name = format!("h{batch}-{i}");
+                let rec = host_record(&name, "http://127.0.0.1:9");
+                viking_store::Op::Put {
+                    key: keys::host(&name),
+                    value: viking_core::records::encode(&rec).expect("encode"),
+                    lease: None,
+                }
+            })
+            .collect();
+        s.shared
+            .store
+            .txn(vec![], ops, vec![])
+            .await
+            .expect("hosts");
+    }
+    assert_eq!(
+        reader.await.expect("reader"),
+        1500,
+        "a reader gets them all"
+    );
+    let mut queued = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), idle.recv()).await {
+            Ok(Some(_)) => queued += 1,
+            Ok(None) => break,
+            Err(_) => panic!("the stream of a reader that fell behind stayed open"),
+        }
+    }
+    assert!(queued > 0 && queued < 1500, "{queued}");
 }
 
 /// `viking_failover_seconds`: the leader observes the time from a host's

@@ -61,10 +61,14 @@ impl CreatedTable {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Holds `job` under `id` until it is started.
-    pub fn insert(&self, id: String, job: Job, attached: bool, tty: bool) {
+    /// Holds `job` under `id` until it is started; false (and nothing
+    /// held) if a job of its name is held already.
+    pub fn insert(&self, id: String, job: Job, attached: bool, tty: bool) -> bool {
         let mut m = self.lock();
         m.retain(|_, c| c.started || c.made.elapsed() < UNSTARTED);
+        if m.values().any(|c| c.job.name == job.name) {
+            return false;
+        }
         m.insert(
             id,
             Created {
@@ -77,6 +81,7 @@ impl CreatedTable {
                 started: false,
             },
         );
+        true
     }
 
     /// The job held under `id` (or named `name`): its id.
@@ -105,11 +110,6 @@ impl CreatedTable {
         let key = self.find(id_or_name)?;
         let unstarted = self.lock().get(&key).is_some_and(|c| !c.started);
         unstarted.then_some(key)
-    }
-
-    /// Whether a job of this name is held (a name taken before its start).
-    pub fn has_name(&self, name: &str) -> bool {
-        self.lock().values().any(|c| c.job.name == name)
     }
 
     /// A channel for the attach connection of `id`; `None` if there is no

@@ -467,7 +467,6 @@ async fn create(
             "the create body is larger than 1 MiB",
         ));
     }
-    tracing::debug!(body = %String::from_utf8_lossy(&body), "docker create");
     let doc: Value = serde_json::from_slice(&body)
         .map_err(|e| DockerError::new(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))?;
     let c = convert::create(q.name.as_deref(), &doc)
@@ -479,21 +478,22 @@ async fn create(
     let job = Job::from_spec(spec, crate::placement::generate_name)
         .map_err(|e| DockerError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     crate::container::check_limits(&sh, &job)?;
-    let taken = sh.docker_created.has_name(&job.name)
-        || state::ps(sh.store.as_ref(), &job.name).await?.is_some()
-        || state::proc(sh.store.as_ref(), &job.name).await?.is_some();
+    let id = convert::job_id(&job.name);
+    let name = job.name.clone();
+    // The store's records first, then held here in one step (two creates
+    // of one name at once: one is refused).
+    let taken = state::ps(sh.store.as_ref(), &name).await?.is_some()
+        || state::proc(sh.store.as_ref(), &name).await?.is_some()
+        || !sh.docker_created.insert(id.clone(), job, c.attached, c.tty);
     if taken {
         return Err(DockerError::new(
             StatusCode::CONFLICT,
             format!(
                 "Conflict. The container name \"/{}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
-                job.name,
-                convert::job_id(&job.name)
+                name, id
             ),
         ));
     }
-    let id = convert::job_id(&job.name);
-    sh.docker_created.insert(id.clone(), job, c.attached, c.tty);
     Ok((StatusCode::CREATED, Json(json!({"Id": id, "Warnings": []}))).into_response())
 }
 
@@ -651,6 +651,27 @@ async fn start(State(sh): State<Arc<Shared>>, Path(id): Path<String>) -> DResult
     let Some((job, attached, tty, attach_rx, exit)) = sh.docker_created.start(&key) else {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     };
+    // A task of its own: a client that goes away during the start cancels
+    // nothing half-way, and the held entry always goes at its end.
+    let started = tokio::spawn(begin(sh, key, job, attached, tty, attach_rx, exit));
+    started.await.unwrap_or_else(|e| {
+        Err(DockerError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the start ended: {e}"),
+        ))
+    })
+}
+
+/// A held container's start, from its entry's parts.
+async fn begin(
+    sh: Arc<Shared>,
+    key: String,
+    job: Job,
+    attached: bool,
+    tty: bool,
+    attach_rx: Option<tokio::sync::oneshot::Receiver<created::Hijacked>>,
+    exit: tokio::sync::watch::Sender<Option<i64>>,
+) -> DResult<Response> {
     if !attached {
         let r = jobs::run_daemon(&sh, job, &|_| {}).await;
         sh.docker_created.remove(&key);
@@ -1084,7 +1105,7 @@ async fn logs(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
         let mut frames = FrameReader::new(tokio_util::io::StreamReader::new(raw));
-        let mut kept = Vec::new();
+        let mut kept = Tail::default();
         let send = |f: &viking_client::frame::Frame| {
             let mut out = bytes::BytesMut::new();
             stream::translate(f, framing, &mut out);
@@ -1099,14 +1120,14 @@ async fn logs(
             if !wanted {
                 continue;
             }
-            if tail.is_some() {
-                kept.push(f);
+            if let Some(n) = tail {
+                kept.push(f, n);
             } else if tx.send(Ok(send(&f))).await.is_err() {
                 return;
             }
         }
         if let Some(n) = tail {
-            for f in last_lines(kept, n) {
+            for f in last_lines(kept.frames.into(), n) {
                 if tx.send(Ok(send(&f))).await.is_err() {
                     return;
                 }
@@ -1115,6 +1136,43 @@ async fn logs(
     });
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     Ok(([(header::CONTENT_TYPE, stream_type(version, tty))], body).into_response())
+}
+
+/// The most a `--tail` keeps of a log while it reads it: a line longer
+/// than this is cut to its end.
+const TAIL_BYTES: usize = 8 << 20;
+
+/// The frames of a log that can still hold its last lines, as it is read:
+/// a frame is dropped once the frames after it hold more than `n`
+/// newlines, or the kept bytes pass [`TAIL_BYTES`]. So a job that wrote
+/// gigabytes costs its `--tail` no more than that.
+#[derive(Default)]
+struct Tail {
+    frames: std::collections::VecDeque<viking_client::frame::Frame>,
+    newlines: usize,
+    bytes: usize,
+}
+
+impl Tail {
+    fn push(&mut self, f: viking_client::frame::Frame, n: usize) {
+        self.newlines += newlines(&f.data);
+        self.bytes += f.data.len();
+        self.frames.push_back(f);
+        while self.frames.len() > 1 {
+            let front = &self.frames[0];
+            let (nl, len) = (newlines(&front.data), front.data.len());
+            if self.newlines - nl <= n && self.bytes - len <= TAIL_BYTES {
+                break;
+            }
+            self.newlines -= nl;
+            self.bytes -= len;
+            self.frames.pop_front();
+        }
+    }
+}
+
+fn newlines(data: &[u8]) -> usize {
+    data.iter().filter(|b| **b == b'\n').count()
 }
 
 /// The frames that hold the last `n` lines of output (a frame is kept
@@ -1185,5 +1243,36 @@ mod tests {
         assert_eq!(text(&last_lines(frames.clone(), 4)), "b\nc\nd\ne\n");
         assert_eq!(text(&last_lines(frames.clone(), 10)), "a\nb\nc\nd\ne\n");
         assert_eq!(text(&last_lines(frames, 0)), "");
+    }
+
+    /// The tail read as the log comes gives what the whole log gives, and
+    /// keeps only what it needs: a few frames, whatever the log's size.
+    #[test]
+    fn a_tail_kept_while_reading_is_bounded() {
+        let log: Vec<Frame> = (0..10_000)
+            .map(|i| match i % 3 {
+                0 => Frame::new(STDOUT, format!("line {i}\n").into_bytes()),
+                1 => Frame::new(STDOUT, format!("part {i} ").into_bytes()),
+                _ => Frame::new(STDOUT, format!("of a line {i}\nnext {i}\n").into_bytes()),
+            })
+            .collect();
+        for n in (0..9).chain([40]) {
+            let mut t = Tail::default();
+            for f in log.iter().cloned() {
+                t.push(f, n);
+                assert!(t.frames.len() <= n + 2, "{n}: {}", t.frames.len());
+            }
+            assert_eq!(
+                text(&last_lines(t.frames.into(), n)),
+                text(&last_lines(log.clone(), n)),
+                "{n}"
+            );
+        }
+        // One endless line: cut to the last TAIL_BYTES or so.
+        let mut t = Tail::default();
+        for _ in 0..40 {
+            t.push(Frame::new(STDOUT, vec![b'x'; 1 << 20]), 10);
+        }
+        assert!(t.bytes <= TAIL_BYTES + (1 << 20), "{}", t.bytes);
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! Read-only: no page changes anything. A person logs in with the cluster
 //! token once (`/ui/login`) and holds a cookie afterwards
-//! ([`session`]); the API's bearer header and a client certificate of the
+//! (`crate::session`); the API's bearer header and a client certificate of the
 //! cluster's CA work on every page too. Everything is in the binary: the
 //! HTML is rendered here ([`pages`], maud), the stylesheet and the script
 //! are two files of `assets/`; a Content-Security-Policy lets a page load
@@ -15,7 +15,6 @@
 //! through [`view`] and `events` and never writes.
 
 pub mod pages;
-pub mod session;
 pub mod view;
 
 use std::sync::Arc;
@@ -32,6 +31,7 @@ use maud::Markup;
 use serde::Deserialize;
 
 use crate::error::ServerError;
+use crate::session;
 use crate::Shared;
 use pages::{Frame, Nav};
 
@@ -360,7 +360,7 @@ async fn feed(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i64>().ok())
-        .map(|r| r + 1);
+        .and_then(|r| r.checked_add(1));
     // Without either: from now, told against the state now.
     let from = last_seen
         .into_iter()
@@ -374,15 +374,12 @@ async fn feed(
         }
         Err(e) => return Err(e),
     };
-    let stream = futures::StreamExt::map(
-        tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
-        |e| {
-            Event::default()
-                .event("fleet")
-                .id(e.rev.to_string())
-                .json_data(&e)
-        },
-    );
+    let stream = futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |e| {
+        Event::default()
+            .event("fleet")
+            .id(e.rev.to_string())
+            .json_data(&e)
+    });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())

@@ -16,6 +16,18 @@
   if (body.dataset.job) params.set("job", body.dataset.job);
   var source = new EventSource("/ui/feed?" + params.toString());
   var pending = null;
+  // One refresh at a time: one asked for while another is on its way
+  // follows it, so an older page never replaces a newer one.
+  var inFlight = false;
+  var again = false;
+
+  function schedule(ms) {
+    if (inFlight) {
+      again = true;
+    } else if (!pending) {
+      pending = setTimeout(refresh, ms);
+    }
+  }
 
   function text(tag, value, cls) {
     var e = document.createElement(tag);
@@ -54,6 +66,8 @@
       return;
     }
     // The header: the server skips the feed's first lines (we have them).
+    inFlight = true;
+    var retry = false;
     fetch(location.href, { credentials: "same-origin", headers: { "X-Viking-Refresh": "1" } })
       .then(function (r) {
         if (!r.ok) throw new Error("status " + r.status);
@@ -68,14 +82,21 @@
         }
       })
       .catch(function () {
-        pending = pending || setTimeout(refresh, 2000);
+        retry = true;
+      })
+      .then(function () {
+        inFlight = false;
+        if (retry || again) {
+          again = false;
+          schedule(retry ? 2000 : 300);
+        }
       });
   }
 
   source.onopen = function () {
     state.textContent = "live";
     state.className = "state live";
-    if (!pending) pending = setTimeout(refresh, 0);
+    schedule(0);
   };
   source.onerror = function () {
     state.textContent = "reconnecting";
@@ -86,6 +107,6 @@
     feed.insertBefore(item(ev), feed.firstChild);
     while (feed.children.length > 200) feed.removeChild(feed.lastChild);
     body.dataset.rev = ev.rev;
-    if (!pending) pending = setTimeout(refresh, 300);
+    schedule(300);
   });
 })();
