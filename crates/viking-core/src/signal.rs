@@ -76,6 +76,11 @@ impl Signal {
     }
 }
 
+/// The signal a request asks for: none is [`KILL`], `kill`'s default.
+pub fn asked(s: Option<&str>) -> Result<Signal, BadSignal> {
+    s.map_or(Ok(KILL), Signal::parse)
+}
+
 impl fmt::Display for Signal {
     /// `SIGNAME`, as Docker's engine takes it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -99,5 +104,7 @@ mod tests {
             assert!(Signal::parse(bad).is_err(), "{bad}");
         }
         assert!(BadSignal("NOPE".into()).to_string().contains("\"NOPE\""));
+        assert_eq!(asked(None), Ok(KILL));
+        assert_eq!(asked(Some("HUP")), Ok(hup));
     }
 }

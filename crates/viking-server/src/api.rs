@@ -611,16 +611,15 @@ async fn stop(
 ) -> ApiResult<Json<viking_client::api::InspectResponse>> {
     crate::standing::require_member(&sh).await?;
     let t = q.t.unwrap_or(10);
-    // A service's name stops every instance.
+    // A service's name stops every instance; the first one's answer.
     let mut first = None;
-    for i in jobs::instances_named(&sh, &name).await? {
+    for i in jobs::jobs_named(&sh, &name).await? {
         let r = jobs::stop(&sh, &i, t).await?;
         first.get_or_insert(r);
     }
-    match first {
-        Some(r) => Ok(Json(r)),
-        None => Ok(Json(jobs::stop(&sh, &name, t).await?)),
-    }
+    first
+        .map(Json)
+        .ok_or_else(|| crate::state::no_such_job(&name))
 }
 
 #[derive(Deserialize, Default)]
@@ -636,20 +635,16 @@ async fn kill(
     Query(q): Query<KillQuery>,
 ) -> ApiResult<Json<viking_client::api::InspectResponse>> {
     crate::standing::require_member(&sh).await?;
-    let signal = match q.signal.as_deref() {
-        None => viking_core::signal::KILL,
-        Some(s) => viking_core::signal::Signal::parse(s)
-            .map_err(|e| ServerError::Invalid(format!("signal: {e}")))?,
-    };
+    let signal = viking_core::signal::asked(q.signal.as_deref())
+        .map_err(|e| ServerError::Invalid(format!("signal: {e}")))?;
     let mut first = None;
-    for i in jobs::instances_named(&sh, &name).await? {
+    for i in jobs::jobs_named(&sh, &name).await? {
         let r = jobs::kill(&sh, &i, signal).await?;
         first.get_or_insert(r);
     }
-    match first {
-        Some(r) => Ok(Json(r)),
-        None => Ok(Json(jobs::kill(&sh, &name, signal).await?)),
-    }
+    first
+        .map(Json)
+        .ok_or_else(|| crate::state::no_such_job(&name))
 }
 
 #[derive(Deserialize)]
@@ -682,11 +677,7 @@ async fn remove(
 ) -> ApiResult<StatusCode> {
     crate::standing::require_member(&sh).await?;
     // A service's name removes every instance.
-    let instances = jobs::instances_named(&sh, &name).await?;
-    if instances.is_empty() {
-        jobs::remove(&sh, &name, q.force, q.volumes).await?;
-    }
-    for i in instances {
+    for i in jobs::jobs_named(&sh, &name).await? {
         jobs::remove(&sh, &i, q.force, q.volumes).await?;
     }
     Ok(StatusCode::NO_CONTENT)

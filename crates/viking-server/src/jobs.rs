@@ -593,9 +593,19 @@ pub async fn instances_of(sh: &Shared, service: &str) -> Result<Vec<ProcRecord>>
     Ok(found)
 }
 
+/// The jobs `name` stands for: a service's instances, or the one job of
+/// that name (which may not exist: the action on it says so).
+pub async fn jobs_named(sh: &Shared, name: &str) -> Result<Vec<String>> {
+    let instances = instances_named(sh, name).await?;
+    if instances.is_empty() {
+        return Ok(vec![name.to_string()]);
+    }
+    Ok(instances)
+}
+
 /// The instances a name stands for: the instances of the service of that
 /// name when no job has the name itself; none otherwise.
-pub async fn instances_named(sh: &Shared, name: &str) -> Result<Vec<String>> {
+async fn instances_named(sh: &Shared, name: &str) -> Result<Vec<String>> {
     // Only a service with replicas holds its name; no job has it then.
     if sh.store.get(&keys::service(name)).await?.is_none() {
         return Ok(Vec::new());

@@ -38,6 +38,18 @@ pub struct Created {
     pub started: bool,
 }
 
+/// What a created container's start needs, taken from its entry.
+pub struct Starting {
+    pub job: Job,
+    /// Whether the client attaches (an interactive job).
+    pub attached: bool,
+    pub tty: bool,
+    /// The attach connection's receiver, if the client attached.
+    pub attach: Option<oneshot::Receiver<Hijacked>>,
+    /// Where the exit code goes.
+    pub exit: watch::Sender<Option<i64>>,
+}
+
 /// One exec created through the Docker API.
 struct Exec {
     job: String,
@@ -53,6 +65,25 @@ struct Exec {
 pub struct CreatedTable {
     entries: Mutex<HashMap<String, Created>>,
     execs: Mutex<HashMap<String, Exec>>,
+}
+
+/// The key of the entry under `id` (or named `name`, or whose id starts
+/// with `id`, when only one does).
+fn key_of(m: &HashMap<String, Created>, id_or_name: &str) -> Option<String> {
+    if m.contains_key(id_or_name) {
+        return Some(id_or_name.to_string());
+    }
+    let hits: Vec<&String> = m
+        .iter()
+        .filter(|(id, c)| {
+            c.job.name == id_or_name || (id_or_name.len() >= 4 && id.starts_with(id_or_name))
+        })
+        .map(|(id, _)| id)
+        .collect();
+    match hits.as_slice() {
+        [one] => Some((*one).clone()),
+        _ => None,
+    }
 }
 
 impl CreatedTable {
@@ -86,30 +117,15 @@ impl CreatedTable {
 
     /// The job held under `id` (or named `name`): its id.
     pub fn find(&self, id_or_name: &str) -> Option<String> {
-        let m = self.lock();
-        if m.contains_key(id_or_name) {
-            return Some(id_or_name.to_string());
-        }
-        let hits: Vec<&String> = m
-            .iter()
-            .filter(|(id, c)| {
-                c.job.name == id_or_name || (id_or_name.len() >= 4 && id.starts_with(id_or_name))
-            })
-            .map(|(id, _)| id)
-            .collect();
-        match hits.as_slice() {
-            [one] => Some((*one).clone()),
-            _ => None,
-        }
+        key_of(&self.lock(), id_or_name)
     }
 
     /// The job held under `id` (or named `name`) and not started yet: its
     /// id. A started one is a viking job with records, which stop, kill,
     /// rm and inspect reach by its name.
     pub fn find_unstarted(&self, id_or_name: &str) -> Option<String> {
-        let key = self.find(id_or_name)?;
-        let unstarted = self.lock().get(&key).is_some_and(|c| !c.started);
-        unstarted.then_some(key)
+        let m = self.lock();
+        key_of(&m, id_or_name).filter(|key| m.get(key).is_some_and(|c| !c.started))
     }
 
     /// A channel for the attach connection of `id`; `None` if there is no
@@ -125,33 +141,22 @@ impl CreatedTable {
         Some(tx)
     }
 
-    /// Marks `id` started and hands over what the start needs: the job,
-    /// whether it is attached, its tty, the attach connection's receiver
-    /// and the exit code's sender. `None`: no such container, or started.
-    #[allow(clippy::type_complexity)]
-    pub fn start(
-        &self,
-        id: &str,
-    ) -> Option<(
-        Job,
-        bool,
-        bool,
-        Option<oneshot::Receiver<Hijacked>>,
-        watch::Sender<Option<i64>>,
-    )> {
+    /// Marks `id` started and hands over what the start needs. `None`: no
+    /// such container, or started.
+    pub fn start(&self, id: &str) -> Option<Starting> {
         let mut m = self.lock();
         let c = m.get_mut(id)?;
         if c.started {
             return None;
         }
         c.started = true;
-        Some((
-            c.job.clone(),
-            c.attached,
-            c.tty,
-            c.attach.take(),
-            c.exit.clone(),
-        ))
+        Some(Starting {
+            job: c.job.clone(),
+            attached: c.attached,
+            tty: c.tty,
+            attach: c.attach.take(),
+            exit: c.exit.clone(),
+        })
     }
 
     /// The exit code of `id`, to wait for; `None` if not held here.

@@ -648,12 +648,12 @@ async fn start(State(sh): State<Arc<Shared>>, Path(id): Path<String>) -> DResult
             format!("viking starts a job when it is run; {name} is not running: docker rm it and docker run it again"),
         ));
     };
-    let Some((job, attached, tty, attach_rx, exit)) = sh.docker_created.start(&key) else {
+    let Some(starting) = sh.docker_created.start(&key) else {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     };
     // A task of its own: a client that goes away during the start cancels
     // nothing half-way, and the held entry always goes at its end.
-    let started = tokio::spawn(begin(sh, key, job, attached, tty, attach_rx, exit));
+    let started = tokio::spawn(begin(sh, key, starting));
     started.await.unwrap_or_else(|e| {
         Err(DockerError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -662,16 +662,15 @@ async fn start(State(sh): State<Arc<Shared>>, Path(id): Path<String>) -> DResult
     })
 }
 
-/// A held container's start, from its entry's parts.
-async fn begin(
-    sh: Arc<Shared>,
-    key: String,
-    job: Job,
-    attached: bool,
-    tty: bool,
-    attach_rx: Option<tokio::sync::oneshot::Receiver<created::Hijacked>>,
-    exit: tokio::sync::watch::Sender<Option<i64>>,
-) -> DResult<Response> {
+/// A held container's start.
+async fn begin(sh: Arc<Shared>, key: String, starting: created::Starting) -> DResult<Response> {
+    let created::Starting {
+        job,
+        attached,
+        tty,
+        attach: attach_rx,
+        exit,
+    } = starting;
     if !attached {
         let r = jobs::run_daemon(&sh, job, &|_| {}).await;
         sh.docker_created.remove(&key);
@@ -1015,11 +1014,9 @@ async fn kill(
     Path(id): Path<String>,
     Query(q): Query<KillQuery>,
 ) -> DResult<StatusCode> {
-    let signal = match q.signal.as_deref().filter(|s| !s.is_empty()) {
-        None => viking_core::signal::KILL,
-        Some(s) => viking_core::signal::Signal::parse(s)
-            .map_err(|e| DockerError::new(StatusCode::BAD_REQUEST, format!("signal: {e}")))?,
-    };
+    // Docker's client sends `signal=` for its default.
+    let signal = viking_core::signal::asked(q.signal.as_deref().filter(|s| !s.is_empty()))
+        .map_err(|e| DockerError::new(StatusCode::BAD_REQUEST, format!("signal: {e}")))?;
     if sh.docker_created.find_unstarted(&id).is_some() {
         return Err(DockerError::new(
             StatusCode::CONFLICT,
